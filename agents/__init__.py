@@ -1,0 +1,1 @@
+"""What happens to the events: validation, dead letters, and the batch pipeline that applies aggregates."""

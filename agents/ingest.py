@@ -1,0 +1,105 @@
+"""The Faust agents: one per input topic, each a short loop over batches handed to the BatchProcessor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from typing import Any
+
+import faust
+from faust import streams as faust_streams
+from redis.asyncio import Redis
+
+from agents.pipeline import BatchProcessor, DeadLetter, Record
+from agents.planner import Item
+from streams.app import app, settings
+from streams.names import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
+from streams.topics import (
+    chat_history_topic,
+    chat_messages_topic,
+    dead_letter_topic,
+    llm_observations_topic,
+    sentiment_topic,
+)
+
+log = logging.getLogger(__name__)
+
+# session key -> [first offset, start ms, mentor]; on RocksDB, changelog-backed, co-partitioned with
+# chat-messages (keyed by session_id), so a session's messages always meet its state on one worker.
+session_starts = app.Table(
+    "session-starts",
+    partitions=settings.topic_partitions,
+    schema=faust.Schema(key_serializer="json", value_serializer="json"),
+)
+
+
+class FaustSessions:
+    """The session table, read and written under the event that owns the key's partition."""
+
+    @staticmethod
+    def _enter(item: Item) -> None:
+        # RocksDB reads and changelog writes pick their partition from the "current event"; in a
+        # batch that must be the event of this key, not the batch's last one.
+        faust_streams._current_event.set(weakref.ref(item.source))
+
+    def get(self, item: Item, key: str) -> list[Any] | None:
+        self._enter(item)
+        value: list[Any] | None = session_starts.get(key)
+        return value
+
+    def put(self, item: Item, key: str, value: list[Any]) -> None:
+        self._enter(item)
+        session_starts[key] = value
+
+
+async def send_dead_letters(dead: list[DeadLetter]) -> None:
+    now_ms = int(time.time() * 1000)
+    futures = [await dead_letter_topic.send(key=d.key(), value=d.value(now_ms)) for d in dead]
+    await asyncio.gather(*futures)  # delivered before the batch's offsets may be committed
+    for d in dead:
+        log.warning("dead letter %s[%d]@%d: %s", d.record.topic, d.record.partition, d.record.offset, d.reason)
+
+
+_processor: BatchProcessor | None = None
+_sessions = FaustSessions()
+
+
+def processor() -> BatchProcessor:
+    global _processor
+    if _processor is None:  # created lazily, inside the worker's event loop
+        _processor = BatchProcessor(settings, Redis.from_url(settings.redis_url), send_dead_letters)
+    return _processor
+
+
+async def _apply(topic: str, events: list[Any]) -> None:
+    records = [
+        Record(topic, e.message.partition, e.message.offset, e.message.key, e.message.value, e) for e in events
+    ]
+    result = await processor().process(records, _sessions)
+    log.debug("%s: %d applied, %d skipped, %d dead", topic, result.applied, result.skipped, result.dead)
+
+
+@app.agent(chat_messages_topic, name="apply-chat-messages")
+async def apply_chat_messages(stream: Any) -> None:
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+        await _apply(CHAT_MESSAGES, events)
+
+
+@app.agent(sentiment_topic, name="apply-sentiment")
+async def apply_sentiment(stream: Any) -> None:
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+        await _apply(SENTIMENT, events)
+
+
+@app.agent(llm_observations_topic, name="apply-llm-observations")
+async def apply_llm_observations(stream: Any) -> None:
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+        await _apply(LLM_OBSERVATIONS, events)
+
+
+@app.agent(chat_history_topic, name="apply-chat-history")
+async def apply_chat_history(stream: Any) -> None:
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+        await _apply(CHAT_HISTORY, events)

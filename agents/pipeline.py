@@ -1,0 +1,178 @@
+"""One batch, start to end: validate, dead-letter the bad, plan and apply the good atomically per org.
+
+Independent of Faust so it can be driven by a Faust agent (agents/ingest.py), a benchmark or a tool.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from agents.planner import CONV_FIELDS, Item, OrgState, Planner, Retention, Sessions, state_reads
+from streams.exceptions import InvalidEvent
+from streams.prices import PriceTable
+from streams.schemas import Limits, parse
+from streams.settings import Settings
+from tables import keys
+from tables.writer import Writer
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A Kafka record of an input topic (named without prefix)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    source: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    record: Record
+    reason: str
+
+    def key(self) -> bytes:
+        # Unique per source record, so a consumer can drop the copies a replay sends again.
+        return f"{self.record.topic}:{self.record.partition}:{self.record.offset}".encode()
+
+    def value(self, now_ms: int) -> bytes:
+        raw = self.record.value
+        text: str | None
+        try:
+            text = None if raw is None else raw.decode()
+        except UnicodeDecodeError:
+            text = None
+        return orjson.dumps(
+            {
+                "topic": self.record.topic,
+                "partition": self.record.partition,
+                "offset": self.record.offset,
+                "key": None if self.record.key is None else base64.b64encode(self.record.key).decode(),
+                "raw": None if raw is None else base64.b64encode(raw).decode(),
+                "raw_text": text,
+                "reason": self.reason,
+                "dead_at_ms": now_ms,
+            }
+        )
+
+
+@dataclass
+class BatchResult:
+    applied: int = 0  # events that changed an aggregate (new, or a replacing observation)
+    skipped: int = 0  # already applied (replay) or duplicates
+    dead: int = 0
+    orgs: set[str] = field(default_factory=set)
+    attempts: int = 1
+
+
+SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
+
+
+class BatchProcessor:
+    def __init__(self, settings: Settings, redis: Redis, send_dead_letters: SendDeadLetters) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.send_dead_letters = send_dead_letters
+        self.writer = Writer(redis)
+        day = 86_400_000
+        self.limits = Limits(
+            retention_ms=settings.daily_retention_days * day,
+            max_future_ms=settings.max_future_seconds * 1000,
+        )
+        self.planner = Planner(
+            PriceTable.load(settings.price_table),
+            Retention(
+                hourly_ms=settings.hourly_retention_days * day,
+                daily_ms=settings.daily_retention_days * day,
+                dedup_ms=settings.dedup_window_days * day,
+            ),
+        )
+
+    def validate(self, records: list[Record], now_ms: int) -> tuple[dict[str, list[Item]], list[DeadLetter]]:
+        by_org: dict[str, list[Item]] = {}
+        dead: list[DeadLetter] = []
+        for r in records:
+            try:
+                ev = parse(r.topic, r.key, r.value, now_ms, self.limits)
+            except InvalidEvent as exc:
+                dead.append(DeadLetter(r, exc.reason))
+                continue
+            except Exception as exc:  # a bug must not stop the stream: the event is kept, with why
+                log.exception("validating %s[%d]@%d failed", r.topic, r.partition, r.offset)
+                dead.append(DeadLetter(r, f"could not be validated: {exc!r}"))
+                continue
+            by_org.setdefault(ev.org, []).append(Item(ev, r.topic, r.partition, r.offset, r.source))
+        return by_org, dead
+
+    async def process(self, records: list[Record], sessions: Sessions) -> BatchResult:
+        now_ms = int(time.time() * 1000)
+        by_org, dead = self.validate(records, now_ms)
+        result = BatchResult(dead=len(dead), orgs=set(by_org))
+        if dead:
+            # Before the batch's offsets can be committed, so no bad event is ever lost.
+            await self.send_dead_letters(dead)
+        pending = by_org
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            result.attempts = attempt
+            states = await self.read_states(pending)
+            writes = [self.planner.plan(org, items, states[org], sessions, now_ms) for org, items in pending.items()]
+            conflicts = await self.writer.apply(writes)
+            for w in writes:
+                if w.org not in conflicts:
+                    result.applied += w.events
+            if not conflicts:
+                break
+            log.info("re-planning %d org(s) after conflicts: %s", len(conflicts), conflicts)
+            pending = {org: pending[org] for org in conflicts}
+        else:
+            raise RuntimeError(f"gave up applying a batch after {MAX_ATTEMPTS} conflicting attempts: {conflicts}")
+        result.skipped = len(records) - len(dead) - result.applied
+        if by_org:
+            await self.redis.sadd(keys.orgs(), *by_org)
+        return result
+
+    async def read_states(self, by_org: dict[str, list[Item]]) -> dict[str, OrgState]:
+        """Everything the planner needs from Redis, for every org of the batch, in one round trip."""
+        plans = {org: state_reads(org, items) for org, items in by_org.items()}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for org, (offset_fields, seen, convs) in plans.items():
+                pipe.hmget(keys.offsets(org), offset_fields)
+                by_day: dict[str, list[str]] = {}
+                for day, event_id in seen:
+                    by_day.setdefault(day, []).append(event_id)
+                for day, ids in by_day.items():
+                    pipe.hmget(keys.seen(org, day), ids)
+                for cid in convs:
+                    pipe.hmget(keys.conversation(org, cid), list(CONV_FIELDS))
+            replies = iter(await pipe.execute())
+        states: dict[str, OrgState] = {}
+        for org, (offset_fields, seen, convs) in plans.items():
+            st = OrgState()
+            for fld, val in zip(offset_fields, next(replies), strict=True):
+                st.offsets[fld] = None if val is None else int(val)
+            by_day = {}
+            for day, event_id in seen:
+                by_day.setdefault(day, []).append(event_id)
+            for day, ids in by_day.items():
+                for event_id, val in zip(ids, next(replies), strict=True):
+                    st.seen[(day, event_id)] = None if val is None else val.decode()
+            for cid in convs:
+                vals = next(replies)
+                st.convs[cid] = {f: None if v is None else v.decode() for f, v in zip(CONV_FIELDS, vals, strict=True)}
+            states[org] = st
+        return states
+

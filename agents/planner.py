@@ -1,0 +1,280 @@
+"""From a batch of validated events to the writes that apply it: the arithmetic behind every aggregate.
+
+Pure except for the state it is handed: what Redis held before the batch (`OrgState`, read in one round
+trip) and the per-session table (a Faust table in the worker, a dict in unit tests).
+
+Rules (see docs/semantics.md):
+- an event at or below its org's watermark for its topic-partition is already applied: skipped;
+- an event whose `event_id` was applied before counts once; an observation re-sent with the same id
+  replaces its earlier cost and tokens;
+- a session's bucket is the event time of its first message, "first" meaning first in its partition,
+  which is what makes a replay after a crash decide exactly as the first run did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from streams.prices import PriceTable
+from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
+from tables import keys
+from tables.buckets import day_end_ms, day_of, hour_end_ms, hour_of
+from tables.writer import OrgWrite
+
+CONV_FIELDS = ("sentiment", "sentiment_ts", "record_ts", "student", "mentor", "topics")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A valid event and where it was read from (topic named without prefix)."""
+
+    event: Event
+    topic: str
+    partition: int
+    offset: int
+    source: Any = None  # the Faust event, which tells the session table which partition to use
+
+
+class Sessions(Protocol):
+    """Per-session state: `[first offset, start ms, mentor]` of each session's first message."""
+
+    def get(self, item: Item, key: str) -> list[Any] | None: ...
+
+    def put(self, item: Item, key: str, value: list[Any]) -> None: ...
+
+
+class DictSessions:
+    """Sessions kept in a dict: for unit tests and tools that run without a worker."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, list[Any]] = {}
+
+    def get(self, item: Item, key: str) -> list[Any] | None:
+        return self.data.get(key)
+
+    def put(self, item: Item, key: str, value: list[Any]) -> None:
+        self.data[key] = value
+
+
+@dataclass
+class OrgState:
+    """What Redis held for one org before the batch: the planner's preconditions."""
+
+    offsets: dict[str, int | None] = field(default_factory=dict)
+    seen: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (day, event_id) -> value
+    convs: dict[str, dict[str, str | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Retention:
+    hourly_ms: int
+    daily_ms: int
+    dedup_ms: int
+
+
+def state_reads(org: str, items: list[Item]) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """What to read before planning: offset fields, (day, event_id) pairs, conversation ids."""
+    offset_fields = sorted({keys.offset_field(i.topic, i.partition) for i in items})
+    seen = list(dict.fromkeys((day_of(i.event.ts_ms), i.event.event_id) for i in items))
+    convs = list(
+        dict.fromkeys(
+            i.event.session_id if isinstance(i.event, SentimentEvent) else i.event.id
+            for i in items
+            if isinstance(i.event, (SentimentEvent, Conversation))
+        )
+    )
+    return offset_fields, seen, convs
+
+
+def session_key(org: str, session_id: str) -> str:
+    return f"{org}\x1f{session_id}"
+
+
+class Planner:
+    def __init__(self, prices: PriceTable, retention: Retention) -> None:
+        self.prices = prices
+        self.retention = retention
+
+    def plan(
+        self,
+        org: str,
+        items: list[Item],
+        state: OrgState,
+        sessions: Sessions,
+        now_ms: int,
+    ) -> OrgWrite:
+        """The OrgWrite for this org's items (in offset order within each partition)."""
+        w = OrgWrite(org)
+        seen = dict(state.seen)
+        convs = {cid: dict(v) for cid, v in state.convs.items()}
+        for cid, fields in state.convs.items():
+            ckey = keys.conversation(org, cid)
+            for fld, value in fields.items():
+                w.guard(ckey, fld, value)
+        for item in items:
+            ev = item.event
+            fld = keys.offset_field(item.topic, item.partition)
+            mark = state.offsets.get(fld)
+            if mark is not None and item.offset <= mark:
+                if isinstance(ev, ChatMessage):
+                    self._session(org, ev, item, sessions)  # restores table state a crash lost
+                continue
+            w.watermark(fld, mark, item.offset)
+            day = day_of(ev.ts_ms)
+            seen_key = keys.seen(org, day)
+            prev = seen.get((day, ev.event_id))
+            w.guard(seen_key, ev.event_id, state.seen.get((day, ev.event_id)))
+            w.expire_at(seen_key, (now_ms + self.retention.dedup_ms) // 1000)
+            if isinstance(ev, LlmObservation):
+                new = self._observation(w, ev, prev)
+                seen[(day, ev.event_id)] = new
+                w.hset(seen_key, ev.event_id, new)
+                self._meta(w, ev, item.topic, counted=prev is None)
+                continue
+            if prev is not None:
+                continue  # a re-sent event: it counted the first time
+            seen[(day, ev.event_id)] = "1"
+            w.hset(seen_key, ev.event_id, "1")
+            w.events += 1
+            if isinstance(ev, ChatMessage):
+                self._session(org, ev, item, sessions)
+                self._chat_message(w, ev, item, sessions)
+            elif isinstance(ev, SentimentEvent):
+                self._sentiment(w, ev, convs)
+            elif isinstance(ev, Conversation):
+                self._conversation(w, ev, convs)
+            self._meta(w, ev, item.topic, counted=True)
+        return w
+
+    # --- per-session state -------------------------------------------------------------------------
+
+    @staticmethod
+    def _session(org: str, ev: ChatMessage, item: Item, sessions: Sessions) -> None:
+        """Record the session's first message (by offset) in the table; idempotent under replay."""
+        sk = session_key(org, ev.session_id)
+        offset = item.offset
+        raw = sessions.get(item, sk)
+        # Rewritten only when there is no state, or the state came from a later message than this one
+        # (a replay after a crash that lost the table's changelog tail).
+        if raw is None or raw[0] > offset:
+            sessions.put(item, sk, [offset, ev.ts_ms, ev.mentor_id])
+
+    # --- aggregates --------------------------------------------------------------------------------
+
+    def _bucket_keys(self, w: OrgWrite, ts_ms: int) -> tuple[str, str]:
+        hkey = keys.hourly(w.org, hour_of(ts_ms))
+        dkey = keys.daily(w.org, day_of(ts_ms))
+        w.expire_at(hkey, (hour_end_ms(ts_ms) + self.retention.hourly_ms) // 1000)
+        w.expire_at(dkey, (day_end_ms(ts_ms) + self.retention.daily_ms) // 1000)
+        return hkey, dkey
+
+    def _incr_both(self, w: OrgWrite, ts_ms: int, fields: tuple[str, ...], n: int = 1) -> None:
+        hkey, dkey = self._bucket_keys(w, ts_ms)
+        for fld in fields:
+            w.hincr(hkey, fld, n)
+            w.hincr(dkey, fld, n)
+
+    def _chat_message(self, w: OrgWrite, ev: ChatMessage, item: Item, sessions: Sessions) -> None:
+        raw = sessions.get(item, session_key(w.org, ev.session_id))
+        assert raw is not None  # _session() wrote it just before
+        first_offset, start_ms, mentor = raw
+        is_first = first_offset == item.offset
+        fields = [keys.MESSAGES, keys.mentor_field(keys.MESSAGES, mentor)]
+        if is_first:
+            fields += [keys.SESSIONS, keys.mentor_field(keys.SESSIONS, mentor)]
+        self._incr_both(w, start_ms, tuple(fields))
+        conv = keys.conversation(w.org, ev.session_id)
+        w.hincr(conv, "messages_human" if ev.role == "human" else "messages_ai")
+        if is_first:
+            w.hset(conv, "started_ms", str(start_ms))
+            w.nx_zadd(keys.conversations(w.org), ev.session_id, float(start_ms))
+            w.nx_zadd(keys.conversations_by(w.org, "student", ev.student), ev.session_id, 0.0)
+            w.nx_zadd(keys.conversations_by(w.org, "mentor", ev.mentor_id), ev.session_id, 0.0)
+            w.nx_hset(conv, "student", ev.student)
+            w.nx_hset(conv, "mentor", ev.mentor_id)
+        for topic in ev.topics:
+            w.nx_zadd(keys.conversations_by(w.org, "topic", topic), ev.session_id, 0.0)
+        if ev.role == "human":
+            day = day_of(ev.ts_ms)
+            _, dkey = self._bucket_keys(w, ev.ts_ms)
+            w.hincr(dkey, keys.HUMAN)
+            expire = (day_end_ms(ev.ts_ms) + self.retention.daily_ms) // 1000
+            for top in (keys.top_students(w.org, day), keys.top_students(w.org, day, ev.mentor_id)):
+                w.zincr(top, ev.student)
+                w.expire_at(top, expire)
+
+    def _sentiment(self, w: OrgWrite, ev: SentimentEvent, convs: dict[str, dict[str, str | None]]) -> None:
+        self._incr_both(w, ev.ts_ms, (keys.SENTIMENT, keys.sentiment_field(ev.sentiment)))
+        conv = convs.setdefault(ev.session_id, dict.fromkeys(CONV_FIELDS))
+        cur_ts = conv.get("sentiment_ts")
+        ckey = keys.conversation(w.org, ev.session_id)
+        if cur_ts is not None and int(cur_ts) > ev.ts_ms:
+            return  # an older judgement arriving late does not replace the latest one
+        old = conv.get("sentiment")
+        if old is not None and old != ev.sentiment:
+            w.zrem(keys.conversations_by(w.org, "sentiment", old), ev.session_id)
+        w.zadd(keys.conversations_by(w.org, "sentiment", ev.sentiment), ev.session_id, 0.0)
+        w.hset(ckey, "sentiment", ev.sentiment)
+        w.hset(ckey, "sentiment_ts", str(ev.ts_ms))
+        conv["sentiment"] = ev.sentiment
+        conv["sentiment_ts"] = str(ev.ts_ms)
+
+    def _conversation(self, w: OrgWrite, ev: Conversation, convs: dict[str, dict[str, str | None]]) -> None:
+        conv = convs.setdefault(ev.id, dict.fromkeys(CONV_FIELDS))
+        cur_ts = conv.get("record_ts")
+        if cur_ts is not None and int(cur_ts) > ev.ts_ms:
+            return  # a stale version of the record
+        ckey = keys.conversation(w.org, ev.id)
+        old_topics = set(orjson.loads(conv["topics"])) if conv.get("topics") else set()
+        for kind, old, new in (("student", conv.get("student"), ev.student), ("mentor", conv.get("mentor"), ev.mentor)):
+            if old is not None and old != new:
+                w.zrem(keys.conversations_by(w.org, kind, old), ev.id)
+            w.zadd(keys.conversations_by(w.org, kind, new), ev.id, 0.0)
+        for topic in old_topics - set(ev.topics):
+            w.zrem(keys.conversations_by(w.org, "topic", topic), ev.id)
+        for topic in ev.topics:
+            w.zadd(keys.conversations_by(w.org, "topic", topic), ev.id, 0.0)
+        w.zadd(keys.conversations(w.org), ev.id, float(ev.inserted_at_ms))
+        topics_json = orjson.dumps(list(ev.topics)).decode()
+        w.hset(ckey, "record", orjson.dumps(ev.record).decode())
+        w.hset(ckey, "record_ts", str(ev.ts_ms))
+        w.hset(ckey, "student", ev.student)
+        w.hset(ckey, "mentor", ev.mentor)
+        w.hset(ckey, "topics", topics_json)
+        conv.update(record_ts=str(ev.ts_ms), student=ev.student, mentor=ev.mentor, topics=topics_json)
+
+    def _observation(self, w: OrgWrite, ev: LlmObservation, prev: str | None) -> str:
+        """Apply (or replace) an observation's cost and tokens; return what `seen` now records for it."""
+        cost = ev.cost_nanos
+        unpriced = 0
+        if cost is None:
+            cost = self.prices.cost_nanos(ev.model, ev.input_tokens, ev.output_tokens)
+            if cost is None:
+                cost, unpriced = 0, 1
+        new = f"{cost},{ev.input_tokens},{ev.output_tokens},{unpriced},{ev.ts_ms}"
+        if prev == new:
+            return new
+        if prev is not None:
+            p_cost, p_in, p_out, p_unpriced, p_ts = (int(x) for x in prev.split(","))
+            self._obs_delta(w, p_ts, -p_cost, -p_in, -p_out, -p_unpriced, count=-1)
+        self._obs_delta(w, ev.ts_ms, cost, ev.input_tokens, ev.output_tokens, unpriced, count=1)
+        return new
+
+    def _obs_delta(self, w: OrgWrite, ts_ms: int, cost: int, t_in: int, t_out: int, unpriced: int, count: int) -> None:
+        hkey, dkey = self._bucket_keys(w, ts_ms)
+        for key in (hkey, dkey):
+            w.hincr(key, keys.COST, cost)
+            w.hincr(key, keys.TOKENS_IN, t_in)
+            w.hincr(key, keys.TOKENS_OUT, t_out)
+            w.hincr(key, keys.OBSERVATIONS, count)
+            w.hincr(key, keys.UNPRICED, unpriced)
+
+    @staticmethod
+    def _meta(w: OrgWrite, ev: Event, topic: str, counted: bool) -> None:
+        meta = keys.meta(w.org)
+        w.hmax(meta, "last_event_ms", ev.ts_ms)
+        if counted:
+            w.hincr(meta, f"events|{topic}")

@@ -1,0 +1,1 @@
+"""What is served: the analytics API and the dashboard."""

@@ -1,0 +1,85 @@
+"""The `ai-analytics` command: worker, stack, topics, produce (more subcommands join as they exist)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from streams.exceptions import SettingsError
+from streams.settings import get_settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "worker":
+        _worker(argv)
+        return
+    parser = argparse.ArgumentParser(prog="ai-analytics", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="run a Faust worker (extra arguments go to Faust: -l info, ...)")
+    stack = sub.add_parser("stack", help="the local stack: Kafka, Redis, worker, API, demo traffic")
+    stack_sub = stack.add_subparsers(dest="action", required=True)
+    up = stack_sub.add_parser("up", help="start everything in the foreground; Ctrl-C stops it")
+    up.add_argument("--no-demo", action="store_true", help="do not start the demo producer")
+    up.add_argument("--no-api", action="store_true", help="do not start the API")
+    stack_sub.add_parser("down", help="stop a stack started by `stack up`")
+    stack_sub.add_parser("status", help="which parts answer on their ports")
+    sub.add_parser("topics", help="create the contract's topics on the configured broker (idempotent)")
+    _add_produce(sub)
+    args = parser.parse_args(argv)
+    try:
+        sys.exit(_run(args))
+    except SettingsError as exc:
+        parser.exit(2, f"ai-analytics: {exc}\n")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from infra.exceptions import InfraError
+
+    settings = get_settings()
+    try:
+        if args.command == "stack":
+            from infra import stack
+
+            if args.action == "up":
+                return stack.up(settings, demo=not args.no_demo, api=not args.no_api)
+            if args.action == "down":
+                return stack.down()
+            return stack.status(settings)
+        if args.command == "topics":
+            from streams.admin import ensure_topics
+
+            created = asyncio.run(ensure_topics(settings))
+            print(f"created: {', '.join(created) if created else 'none (all present)'}")
+            return 0
+        if args.command == "produce":
+            from streams.produce_cli import run_produce
+
+            return run_produce(args, settings)
+    except InfraError as exc:
+        print(f"ai-analytics: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _add_produce(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        from streams.produce_cli import add_arguments
+    except ImportError:
+        return
+    add_arguments(sub)
+
+
+def _worker(argv: list[str]) -> None:
+    # Imported here, not only through Faust's autodiscovery, which logs an import error and carries on
+    # with no agents at all: a broken agent module must stop the worker loudly.
+    import agents.ingest  # noqa: F401
+    from streams.app import app
+
+    sys.argv = ["ai-analytics", *argv]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""Event schemas (typed records, UTC-aware datetimes) and the validation that builds them from raw bytes.
+
+`parse(topic, key, raw, now_ms, limits)` returns a record or raises `InvalidEvent` whose reason is what the
+dead-letter record says. Validation is pure: no broker, no Redis.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from streams.exceptions import InvalidEvent
+from streams.names import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
+
+ROLES = frozenset({"human", "ai"})
+SENTIMENTS = frozenset({"positive", "neutral", "negative"})
+# Orgs name Redis hash tags ({org}) and URL path segments: keep braces, colons, slashes and spaces out.
+ORG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+NANOS = Decimal(1_000_000_000)
+MAX_TEXT = 1024  # longest id, username or label we accept
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The time window an event's timestamp must fall in, relative to now (milliseconds)."""
+
+    retention_ms: int
+    max_future_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    event_id: str
+    org: str
+    ts_ms: int
+    session_id: str
+    student: str
+    mentor_id: str
+    role: str
+    topics: tuple[str, ...]
+    content: str | None = None
+
+    @property
+    def timestamp(self) -> datetime:
+        return datetime.fromtimestamp(self.ts_ms / 1000, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SentimentEvent:
+    event_id: str
+    org: str
+    ts_ms: int
+    session_id: str
+    student: str
+    sentiment: str
+    mentor_id: str | None = None
+    score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LlmObservation:
+    event_id: str
+    org: str
+    ts_ms: int
+    trace_id: str
+    type: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_nanos: int | None  # None: infer from the price table
+    session_id: str | None = None
+    provider: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A chat-history record; `record` is the conversation as the API serves it."""
+
+    event_id: str
+    org: str
+    ts_ms: int
+    id: str
+    student: str
+    mentor: str
+    topics: tuple[str, ...]
+    inserted_at_ms: int
+    record: dict[str, Any]
+
+
+Event = ChatMessage | SentimentEvent | LlmObservation | Conversation
+
+
+def parse_timestamp(value: object, field: str = "timestamp") -> int:
+    """RFC 3339 with an offset, or epoch milliseconds -> epoch milliseconds (UTC)."""
+    if isinstance(value, bool):
+        raise InvalidEvent(f"{field} must be an RFC 3339 string with offset or epoch milliseconds, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidEvent(f"{field} must be a finite number")
+        return int(value)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidEvent(f"{field} {value[:64]!r} is not RFC 3339 (e.g. 2026-11-22T10:00:00Z)") from None
+        if dt.tzinfo is None:
+            raise InvalidEvent(f"{field} {value[:64]!r} has no UTC offset; add Z or +HH:MM")
+        return int(dt.timestamp() * 1000)
+    raise InvalidEvent(f"{field} must be an RFC 3339 string with offset or epoch milliseconds, got {type(value).__name__}")
+
+
+def parse_cost(value: object) -> int:
+    """USD as a decimal string or number -> integer nano-dollars, exactly."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidEvent(f"cost must be a decimal string or a number, got {type(value).__name__}")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise InvalidEvent(f"cost {str(value)[:64]!r} is not a decimal number") from None
+    if not amount.is_finite():
+        raise InvalidEvent("cost must be finite")
+    if amount < 0:
+        raise InvalidEvent(f"cost must not be negative, got {value}")
+    if amount > Decimal(1_000_000):
+        raise InvalidEvent(f"cost {value} USD for one observation is beyond belief (limit 1000000)")
+    return int((amount * NANOS).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+class _Fields:
+    """Typed access to a decoded event object, raising InvalidEvent naming the field."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def text(self, name: str) -> str:
+        if name not in self.data or self.data[name] is None:
+            raise InvalidEvent(f"missing field {name!r}")
+        return self._text(name, self.data[name])
+
+    def opt_text(self, name: str) -> str | None:
+        value = self.data.get(name)
+        return None if value is None else self._text(name, value)
+
+    @staticmethod
+    def _text(name: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise InvalidEvent(f"field {name!r} must be a string, got {type(value).__name__}")
+        if not value or len(value) > MAX_TEXT:
+            raise InvalidEvent(f"field {name!r} must be 1 to {MAX_TEXT} characters")
+        return value
+
+    def choice(self, name: str, allowed: frozenset[str]) -> str:
+        value = self.text(name)
+        if value not in allowed:
+            raise InvalidEvent(f"field {name!r} is {value[:64]!r}; expected one of {', '.join(sorted(allowed))}")
+        return value
+
+    def count(self, obj: dict[str, Any], name: str, where: str) -> int:
+        value = obj.get(name, 0)
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidEvent(f"{where}.{name} must be a non-negative integer, got {value!r}")
+        return value
+
+    def str_list(self, name: str) -> tuple[str, ...]:
+        value = self.data.get(name)
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise InvalidEvent(f"field {name!r} must be a list")
+        out = []
+        for item in value:
+            # chat-history topics come as [{"name": ...}], chat messages as [str]
+            if isinstance(item, dict):
+                item = item.get("name")
+            if not isinstance(item, str) or not item or len(item) > MAX_TEXT:
+                raise InvalidEvent(f"field {name!r} must hold non-empty strings (or {{\"name\": str}} objects)")
+            out.append(item)
+        return tuple(dict.fromkeys(out))
+
+
+def decode(raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        raise InvalidEvent("empty message (no value)")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidEvent(f"an event must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def parse(topic: str, key: bytes | None, raw: bytes | None, now_ms: int, limits: Limits) -> Event:
+    """Validate one Kafka record of an input topic (named without prefix)."""
+    data = decode(raw)
+    f = _Fields(data)
+    event_id = f.text("event_id")
+    org = f.text("org")
+    if not ORG_RE.match(org):
+        raise InvalidEvent(f"org {org[:64]!r} must be 1-128 letters, digits, '.', '_', '@' or '-'")
+    if "timestamp" not in data or data["timestamp"] is None:
+        raise InvalidEvent("missing field 'timestamp'")
+    ts_ms = parse_timestamp(data["timestamp"])
+    if ts_ms < now_ms - limits.retention_ms:
+        raise InvalidEvent(f"timestamp {_iso(ts_ms)} is beyond retention (older than {limits.retention_ms // 86_400_000} days)")
+    if ts_ms > now_ms + limits.max_future_ms:
+        raise InvalidEvent(f"timestamp {_iso(ts_ms)} is more than {limits.max_future_ms // 1000}s in the future")
+
+    if topic == CHAT_MESSAGES:
+        session_id = f.text("session_id")
+        _check_key(key, session_id, "session_id")
+        content = data.get("content")
+        if content is not None and not isinstance(content, str):
+            raise InvalidEvent("field 'content' must be a string")
+        return ChatMessage(
+            event_id=event_id,
+            org=org,
+            ts_ms=ts_ms,
+            session_id=session_id,
+            student=f.text("student"),
+            mentor_id=f.text("mentor_id"),
+            role=f.choice("role", ROLES),
+            topics=f.str_list("topics"),
+            content=content,
+        )
+    if topic == SENTIMENT:
+        session_id = f.text("session_id")
+        score = data.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+            raise InvalidEvent("field 'score' must be a number")
+        return SentimentEvent(
+            event_id=event_id,
+            org=org,
+            ts_ms=ts_ms,
+            session_id=session_id,
+            student=f.text("student"),
+            sentiment=f.choice("sentiment", SENTIMENTS),
+            mentor_id=f.opt_text("mentor_id"),
+            score=None if score is None else float(score),
+        )
+    if topic == LLM_OBSERVATIONS:
+        usage = data.get("usage")
+        if usage is None:
+            usage = {}
+        if not isinstance(usage, dict):
+            raise InvalidEvent("field 'usage' must be an object like {\"input\": 10, \"output\": 20}")
+        cost = data.get("cost")
+        return LlmObservation(
+            event_id=event_id,
+            org=org,
+            ts_ms=ts_ms,
+            trace_id=f.text("trace_id"),
+            type=f.text("type"),
+            model=f.text("model"),
+            input_tokens=f.count(usage, "input", "usage"),
+            output_tokens=f.count(usage, "output", "usage"),
+            cost_nanos=None if cost is None else parse_cost(cost),
+            session_id=f.opt_text("session_id"),
+            provider=f.opt_text("provider"),
+        )
+    if topic == CHAT_HISTORY:
+        conv_id = f.text("id")
+        inserted = data.get("inserted_at")
+        inserted_ms = ts_ms if inserted is None else parse_timestamp(inserted, "inserted_at")
+        topics = f.str_list("topics")
+        student = f.text("student")
+        mentor = f.text("mentor")
+        record = {k: v for k, v in data.items() if k not in ("event_id", "org", "timestamp")}
+        record["topics"] = [{"name": t} for t in topics]
+        record["inserted_at"] = _iso(inserted_ms)
+        return Conversation(
+            event_id=event_id,
+            org=org,
+            ts_ms=ts_ms,
+            id=conv_id,
+            student=student,
+            mentor=mentor,
+            topics=topics,
+            inserted_at_ms=inserted_ms,
+            record=record,
+        )
+    raise InvalidEvent(f"no schema for topic {topic!r}")
+
+
+def _check_key(key: bytes | None, expected: str, field: str) -> None:
+    # Per-session state is partitioned by key: an event keyed otherwise would meet its session's
+    # state on another worker, so it is refused rather than miscounted.
+    if key != expected.encode():
+        shown = "(none)" if key is None else repr(key[:64])
+        raise InvalidEvent(f"message key {shown} must equal the event's {field} {expected[:64]!r}")
+
+
+def _iso(ts_ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return f"{ts_ms}ms"

@@ -1,0 +1,96 @@
+"""Settings, read once from the environment (prefix `AIA_`) with defaults and strict casting.
+
+Nothing else in the project reads `os.environ` for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import get_type_hints
+
+from streams.exceptions import SettingsError
+
+PREFIX = "AIA_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Prepended to every topic name, so tests (or tenants sharing a cluster) stay apart.
+    topic_prefix: str = ""
+    topic_partitions: int = 6
+    topic_replication: int = 1
+    app_id: str = "ai-analytics"
+    data_dir: Path = Path(".stack/worker")
+    worker_web_port: int = 0  # 0: no Faust web server in the worker (the API is separate)
+    # Events per batch and how long a partial batch waits before it is applied anyway.
+    batch_size: int = 5000
+    batch_within: float = 0.2
+    hourly_retention_days: int = 90
+    daily_retention_days: int = 400
+    dedup_window_days: int = 7
+    # Events stamped further than this in the future are dead letters (clock skew allowance).
+    max_future_seconds: int = 300
+    price_table: Path | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _cast(f.name, raw, hints[f.name])
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("topic_partitions", "topic_replication", "batch_size", "hourly_retention_days", "daily_retention_days", "dedup_window_days"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
+        if self.batch_within <= 0:
+            raise SettingsError(f"{PREFIX}BATCH_WITHIN must be positive, got {self.batch_within}")
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[PREFIX + f.name.upper()] = str(value)
+        return out
+
+
+def _cast(name: str, raw: str, hint: object) -> object:
+    key = PREFIX + name.upper()
+    try:
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if hint is Path:
+            return Path(raw)
+        if hint == (Path | None):
+            return Path(raw) if raw else None
+        return raw
+    except ValueError:
+        raise SettingsError(f"{key}={raw!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,89 @@
+"""Every Redis key and hash field name, built here and nowhere else.
+
+An org's keys carry the hash tag `{org}` so they share one Redis Cluster slot: a batch's writes for an
+org run as one atomic script, and multi-key reads work on a cluster.
+"""
+
+from __future__ import annotations
+
+NS = "aia"
+
+# Fields of a bucket hash (hourly or daily).
+SESSIONS = "sessions"
+MESSAGES = "messages"
+HUMAN = "human"
+SENTIMENT = "sentiment"
+COST = "cost_nanos"
+OBSERVATIONS = "observations"
+UNPRICED = "unpriced"
+TOKENS_IN = "tokens_in"
+TOKENS_OUT = "tokens_out"
+
+
+def mentor_field(field: str, mentor: str) -> str:
+    return f"{field}|m|{mentor}"
+
+
+def sentiment_field(label: str) -> str:
+    return f"{SENTIMENT}|{label}"
+
+
+def _org(org: str) -> str:
+    return f"{NS}:{{{org}}}"
+
+
+def hourly(org: str, hour: str) -> str:
+    return f"{_org(org)}:h:{hour}"
+
+
+def daily(org: str, day: str) -> str:
+    return f"{_org(org)}:d:{day}"
+
+
+def top_students(org: str, day: str, mentor: str | None = None) -> str:
+    base = f"{_org(org)}:top:{day}"
+    return base if mentor is None else f"{base}|m|{mentor}"
+
+
+def offsets(org: str) -> str:
+    """Hash `topic:partition` -> the last offset whose event of this org is applied."""
+    return f"{_org(org)}:offsets"
+
+
+def offset_field(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+def seen(org: str, day: str) -> str:
+    """Hash event_id -> what it contributed (`1`, or for observations `cost,in,out,hour`), per event day."""
+    return f"{_org(org)}:seen:{day}"
+
+
+def meta(org: str) -> str:
+    """Hash: newest event time applied, last apply time, per-topic counts."""
+    return f"{_org(org)}:meta"
+
+
+def conversation(org: str, conv_id: str) -> str:
+    return f"{_org(org)}:conv:{conv_id}"
+
+
+def conversations(org: str) -> str:
+    """Sorted set of conversation ids scored by inserted_at (ms): the chat-history index."""
+    return f"{_org(org)}:convs"
+
+
+def conversations_by(org: str, kind: str, value: str) -> str:
+    """Index by `student`, `mentor`, `topic` or `sentiment`, scored like `conversations`."""
+    return f"{_org(org)}:convs:{kind}:{value}"
+
+
+def orgs() -> str:
+    """Set of known orgs (registered, or seen in an applied event). Not org-tagged: global."""
+    return f"{NS}:orgs"
+
+
+def org_of(key: str) -> str:
+    """The org of an org-tagged key (for tests and tooling)."""
+    start = key.index("{") + 1
+    return key[start : key.index("}", start)]

@@ -1,0 +1,163 @@
+"""The atomic batch writer: one org's deltas, its source offsets and its guards applied by one Lua script.
+
+A batch is split by org; each org's part becomes an `OrgWrite`. The script first checks that the org's
+offset watermarks and every guarded field still hold what the planner read; only then does it write
+everything. A mismatch (a replayed batch already applied, another worker racing in a rebalance) writes
+nothing and reports a conflict, and the caller re-plans that org from fresh state. So an org's
+aggregates always equal exactly the events up to its watermarks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from tables import keys
+
+APPLY_LUA = r"""
+local p = cjson.decode(ARGV[1])
+local offsets = KEYS[1]
+local function same(cur, expected)
+  if expected == cjson.null then return cur == false end
+  return cur == expected
+end
+for _, w in ipairs(p.w) do
+  if not same(redis.call('HGET', offsets, w[1]), w[2]) then return {0, 'offset ' .. w[1]} end
+end
+for _, g in ipairs(p.g) do
+  if not same(redis.call('HGET', KEYS[g[1]], g[2]), g[3]) then return {0, 'guard ' .. KEYS[g[1]] .. ' ' .. g[2]} end
+end
+for _, w in ipairs(p.w) do redis.call('HSET', offsets, w[1], w[3]) end
+for _, o in ipairs(p.i) do redis.call('HINCRBY', KEYS[o[1]], o[2], o[3]) end
+for _, o in ipairs(p.z) do redis.call('ZINCRBY', KEYS[o[1]], o[3], o[2]) end
+for _, o in ipairs(p.s) do redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
+for _, o in ipairs(p.sn) do redis.call('HSETNX', KEYS[o[1]], o[2], o[3]) end
+for _, o in ipairs(p.r) do redis.call('ZREM', KEYS[o[1]], o[2]) end
+for _, o in ipairs(p.a) do redis.call('ZADD', KEYS[o[1]], o[3], o[2]) end
+for _, o in ipairs(p.an) do redis.call('ZADD', KEYS[o[1]], 'NX', o[3], o[2]) end
+for _, o in ipairs(p.m) do
+  local cur = tonumber(redis.call('HGET', KEYS[o[1]], o[2]) or '-1')
+  if tonumber(o[3]) > cur then redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
+end
+for _, o in ipairs(p.x) do redis.call('EXPIREAT', KEYS[o[1]], o[2]) end
+return {1, ''}
+"""
+
+
+@dataclass
+class OrgWrite:
+    """Everything one batch does to one org, with the preconditions it was planned under."""
+
+    org: str
+    _keys: list[str] = field(default_factory=list)
+    _index: dict[str, int] = field(default_factory=dict)
+    watermarks: dict[str, tuple[int | None, int]] = field(default_factory=dict)
+    guards: dict[tuple[int, str], str | None] = field(default_factory=dict)
+    hincrs: dict[tuple[int, str], int] = field(default_factory=dict)
+    zincrs: dict[tuple[int, str], int] = field(default_factory=dict)
+    sets: dict[tuple[int, str], str] = field(default_factory=dict)
+    zrems: dict[tuple[int, str], None] = field(default_factory=dict)
+    zadds: dict[tuple[int, str], float] = field(default_factory=dict)
+    nx_sets: dict[tuple[int, str], str] = field(default_factory=dict)
+    nx_zadds: dict[tuple[int, str], float] = field(default_factory=dict)
+    maxes: dict[tuple[int, str], int] = field(default_factory=dict)
+    expires: dict[int, int] = field(default_factory=dict)
+    events: int = 0
+
+    def __post_init__(self) -> None:
+        self.k(keys.offsets(self.org))  # KEYS[1] is always the offsets hash
+
+    def k(self, key: str) -> int:
+        idx = self._index.get(key)
+        if idx is None:
+            self._keys.append(key)
+            idx = self._index[key] = len(self._keys)  # Lua is 1-based
+        return idx
+
+    @property
+    def keys(self) -> list[str]:
+        return self._keys
+
+    def watermark(self, offset_field: str, expected: int | None, new: int) -> None:
+        prev = self.watermarks.get(offset_field)
+        self.watermarks[offset_field] = (expected if prev is None else prev[0], max(new, prev[1] if prev else new))
+
+    def guard(self, key: str, fld: str, expected: str | None) -> None:
+        self.guards.setdefault((self.k(key), fld), expected)
+
+    def hincr(self, key: str, fld: str, n: int = 1) -> None:
+        slot = (self.k(key), fld)
+        self.hincrs[slot] = self.hincrs.get(slot, 0) + n
+
+    def zincr(self, key: str, member: str, n: int = 1) -> None:
+        slot = (self.k(key), member)
+        self.zincrs[slot] = self.zincrs.get(slot, 0) + n
+
+    def hset(self, key: str, fld: str, value: str) -> None:
+        self.sets[(self.k(key), fld)] = value
+
+    def zadd(self, key: str, member: str, score: float) -> None:
+        slot = (self.k(key), member)
+        self.zrems.pop(slot, None)
+        self.zadds[slot] = score
+
+    def zrem(self, key: str, member: str) -> None:
+        slot = (self.k(key), member)
+        self.zadds.pop(slot, None)
+        self.zrems[slot] = None
+
+    def nx_hset(self, key: str, fld: str, value: str) -> None:
+        """HSETNX: the first value wins (fields a later authoritative write may already hold)."""
+        self.nx_sets.setdefault((self.k(key), fld), value)
+
+    def nx_zadd(self, key: str, member: str, score: float) -> None:
+        self.nx_zadds.setdefault((self.k(key), member), score)
+
+    def hmax(self, key: str, fld: str, value: int) -> None:
+        slot = (self.k(key), fld)
+        self.maxes[slot] = max(value, self.maxes.get(slot, value))
+
+    def expire_at(self, key: str, epoch_s: int) -> None:
+        self.expires[self.k(key)] = epoch_s
+
+    def payload(self) -> bytes:
+        return orjson.dumps(
+            {
+                "w": [[f, None if exp is None else str(exp), str(new)] for f, (exp, new) in self.watermarks.items()],
+                "g": [[k, f, exp] for (k, f), exp in self.guards.items()],
+                "i": [[k, f, str(n)] for (k, f), n in self.hincrs.items() if n],
+                "z": [[k, m, str(n)] for (k, m), n in self.zincrs.items() if n],
+                "s": [[k, f, v] for (k, f), v in self.sets.items()],
+                "sn": [[k, f, v] for (k, f), v in self.nx_sets.items()],
+                "an": [[k, m, repr(float(s))] for (k, m), s in self.nx_zadds.items()],
+                "r": [[k, m] for (k, m) in self.zrems],
+                "a": [[k, m, repr(float(s))] for (k, m), s in self.zadds.items()],
+                "m": [[k, f, str(v)] for (k, f), v in self.maxes.items()],
+                "x": [[k, ts] for k, ts in self.expires.items()],
+            }
+        )
+
+
+class Writer:
+    """Applies OrgWrites with one pipelined round trip; returns the orgs whose preconditions failed."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._script: Any = redis.register_script(APPLY_LUA)
+
+    async def apply(self, writes: list[OrgWrite]) -> dict[str, str]:
+        if not writes:
+            return {}
+        # transaction=False: each script is atomic on its own; orgs may live in different cluster slots.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for w in writes:
+                await self._script(keys=w.keys, args=[w.payload()], client=pipe)
+            results = await pipe.execute()
+        conflicts = {}
+        for w, (ok, reason) in zip(writes, results, strict=True):
+            if int(ok) != 1:
+                conflicts[w.org] = reason.decode() if isinstance(reason, bytes) else str(reason)
+        return conflicts

@@ -1,0 +1,127 @@
+"""End to end: events sent with aiokafka to the real broker, a real Faust worker, aggregates read from real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
+
+from streams.producer import AnalyticsProducer
+from streams.settings import Settings
+from tables import keys
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.integration
+
+
+def make_traffic(seed: int, now: datetime) -> list[dict[str, Any]]:
+    """Sessions of several messages from both roles, across orgs, days and mentors."""
+    rng = random.Random(seed)
+    events = []
+    for s in range(40):
+        org = rng.choice(["acme", "globex"])
+        mentor = rng.choice(["m1", "m2", "m3"])
+        student = rng.choice(["ann", "bob", "cyd", "dee", "eve"])
+        start = now - timedelta(days=rng.randint(0, 3), minutes=rng.randint(0, 600))
+        for i in range(rng.randint(1, 6)):
+            events.append(
+                {
+                    "event_id": f"e-{s}-{i}",
+                    "org": org,
+                    "timestamp": (start + timedelta(seconds=30 * i)).isoformat(),
+                    "session_id": f"sess-{s}",
+                    "student": student,
+                    "mentor_id": mentor,
+                    "role": "human" if i % 2 == 0 else "ai",
+                    "topics": ["algebra"],
+                }
+            )
+    return events
+
+
+def reference(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Expected aggregates, computed straight from the events (first message = first sent)."""
+    seen: set[str] = set()
+    start_day: dict[tuple[str, str], str] = {}
+    sessions: Counter[tuple[str, str]] = Counter()
+    messages: Counter[tuple[str, str]] = Counter()
+    human: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for e in events:
+        if e["event_id"] in seen:
+            continue
+        seen.add(e["event_id"])
+        day = datetime.fromisoformat(e["timestamp"]).astimezone(UTC).strftime("%Y%m%d")
+        sk = (e["org"], e["session_id"])
+        if sk not in start_day:
+            start_day[sk] = day
+            sessions[(e["org"], day)] += 1
+        messages[(e["org"], start_day[sk])] += 1
+        if e["role"] == "human":
+            human[(e["org"], day)][e["student"]] += 1
+    return {"sessions": sessions, "messages": messages, "human": human, "unique": len(seen)}
+
+
+async def test_worker_applies_events_exactly_and_dead_letters_bad_ones(
+    settings: Settings, redis: Redis, topics: list[str], workers: Any
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = make_traffic(7, now)
+    resent = events[::9]  # producers retry: the same event_id again must count once
+    async with AnalyticsProducer.connect(settings.kafka_bootstrap, topic_prefix=settings.topic_prefix) as producer:
+        for e in events + resent:
+            await producer.send("chat-messages", e, wait=False)
+        await producer.send_raw("chat-messages", b"{not json", key=b"sess-x")
+        await producer.send_raw("chat-messages", orjson.dumps({**events[0], "event_id": "bad-role", "role": "bot"}),
+                                key=events[0]["session_id"].encode())  # fmt: skip
+        await producer.flush()
+
+    worker = workers("w1")
+    expected = reference(events)
+
+    async def applied() -> bool:
+        total = 0
+        for org in ("acme", "globex"):
+            total += int(await redis.hget(keys.meta(org), "events|chat-messages") or 0)
+        return total == expected["unique"]
+
+    await eventually(applied, timeout=90, what=f"all events applied (worker log:\n{worker.log_tail()})")
+
+    for (org, day), n in expected["sessions"].items():
+        assert int(await redis.hget(keys.daily(org, day), keys.SESSIONS) or 0) == n, (org, day)
+    for (org, day), n in expected["messages"].items():
+        assert int(await redis.hget(keys.daily(org, day), keys.MESSAGES) or 0) == n, (org, day)
+    for (org, day), counts in expected["human"].items():
+        got = {m.decode(): int(s) for m, s in await redis.zrange(keys.top_students(org, day), 0, -1, withscores=True)}
+        assert got == dict(counts), (org, day)
+    assert {m.decode() for m in await redis.smembers(keys.orgs())} == {e["org"] for e in events}
+
+    dead = await read_topic(settings, "analytics-dead-letter", 2)
+    reasons = sorted(d["reason"] for d in dead)
+    assert reasons[0].startswith("field 'role' is 'bot'")
+    assert reasons[1].startswith("not JSON")
+    assert all(d["topic"] == "chat-messages" for d in dead)
+    assert worker.alive(), worker.log_tail()
+
+
+async def read_topic(settings: Settings, name: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+    consumer = AIOKafkaConsumer(
+        settings.topic(name), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(out) < count:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    out.extend(orjson.loads(r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return out
