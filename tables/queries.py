@@ -1,0 +1,263 @@
+"""Reading the aggregates back: one function per view, each costing in proportion to the buckets (or
+conversations) in its range, never to the events behind them. All reads of an org touch only keys of its
+hash tag, so they work on Redis Cluster too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from tables import keys
+from tables.buckets import day_label_of_date, days_between, hour_label_of, hours_between
+from tables.exceptions import QueryError
+
+TOP_N = 20
+NANOS = Decimal(1_000_000_000)
+AGGREGATIONS = ("hourly", "daily", "weekly")
+
+
+@dataclass(frozen=True)
+class Retention:
+    hourly_days: int
+    daily_days: int
+
+    def check(self, start: date, today: date, *, hourly: bool, param: str = "start_date") -> None:
+        days = self.hourly_days if hourly else self.daily_days
+        oldest = today - timedelta(days=days - 1)
+        if start < oldest:
+            grain = "hourly" if hourly else "daily"
+            raise QueryError(param, f"{param} {start} is past the {grain} retention of {days} days (oldest: {oldest})")
+
+
+def _int(value: bytes | None) -> int:
+    return 0 if value is None else int(value)
+
+
+def _ratio(messages: int, sessions: int) -> tuple[int, float]:
+    if sessions == 0:
+        return 0, 0.0
+    exact = Decimal(messages) / Decimal(sessions)
+    return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)), float(exact)
+
+
+async def average_messages_per_session(
+    redis: Redis, org: str, start: date, end: date, aggregation: str = "daily", mentor_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Rows of sessions started per period and their messages; periods with no session included."""
+    s_field, m_field = keys.SESSIONS, keys.MESSAGES
+    if mentor_id is not None:
+        s_field, m_field = keys.mentor_field(s_field, mentor_id), keys.mentor_field(m_field, mentor_id)
+    if aggregation == "hourly":
+        hours = hours_between(start, end)
+        labels = [(h.strftime("%Y-%m-%dT%H:00:00Z"), keys.hourly(org, hour_label_of(h))) for h in hours]
+    else:
+        labels = [(d.isoformat(), keys.daily(org, day_label_of_date(d))) for d in days_between(start, end)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for _, key in labels:
+            pipe.hmget(key, [s_field, m_field])
+        replies = await pipe.execute()
+    periods: list[tuple[str, int, int]] = [(t, _int(s), _int(m)) for (t, _), (s, m) in zip(labels, replies, strict=True)]
+    if aggregation == "weekly":
+        weeks: dict[str, list[int]] = {}
+        for t, s, m in periods:
+            d = date.fromisoformat(t)
+            monday = (d - timedelta(days=d.weekday())).isoformat()
+            acc = weeks.setdefault(monday, [0, 0])
+            acc[0] += s
+            acc[1] += m
+        periods = [(t, s, m) for t, (s, m) in weeks.items()]
+    rows = []
+    for t, sessions, messages in periods:
+        avg, exact = _ratio(messages, sessions)
+        rows.append(
+            {
+                "time": t,
+                "avg_messages": avg,
+                "total_sessions": sessions,
+                "total_messages": messages,
+                "avg_messages_exact": exact,
+            }
+        )
+    return rows
+
+
+async def top_students(
+    redis: Redis, org: str, start: date, end: date, mentor_id: str | None = None, limit: int = TOP_N
+) -> list[dict[str, Any]]:
+    """Human messages per student over the range, most first, ties by username ascending."""
+    zkeys = [keys.top_students(org, day_label_of_date(d), mentor_id) for d in days_between(start, end)]
+    merged = await redis.zunion(zkeys, withscores=True)
+    counts = [(member.decode(), int(score)) for member, score in merged]
+    counts.sort(key=lambda kv: (-kv[1], kv[0]))
+    return [{"username": u, "chat_message_count": n} for u, n in counts[:limit]]
+
+
+async def sentiment_counts(redis: Redis, org: str, start: date, end: date) -> list[dict[str, Any]]:
+    """One row per day (zeros included): all sentiment events, and the count of each label."""
+    fields = [keys.SENTIMENT, *(keys.sentiment_field(s) for s in ("positive", "neutral", "negative"))]
+    days = days_between(start, end)
+    async with redis.pipeline(transaction=False) as pipe:
+        for d in days:
+            pipe.hmget(keys.daily(org, day_label_of_date(d)), fields)
+        replies = await pipe.execute()
+    return [
+        {
+            "date": d.isoformat(),
+            "sentiment_count": _int(total),
+            "positive": _int(pos),
+            "neutral": _int(neu),
+            "negative": _int(neg),
+        }
+        for d, (total, pos, neu, neg) in zip(days, replies, strict=True)
+    ]
+
+
+def cost_buckets(org: str, start: datetime, end: datetime) -> list[str]:
+    """Bucket keys that exactly cover [start, end): whole days as daily buckets, the edges as hours.
+
+    Both ends are rounded down to the hour (the finest grain kept).
+    """
+    start = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    end = end.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    out = []
+    t = start
+    while t < end:
+        if t.hour == 0 and t + timedelta(days=1) <= end:
+            out.append(keys.daily(org, t.strftime("%Y%m%d")))
+            t += timedelta(days=1)
+        else:
+            out.append(keys.hourly(org, hour_label_of(t)))
+            t += timedelta(hours=1)
+    return out
+
+
+async def tenant_cost(redis: Redis, org: str, start: datetime, end: datetime) -> dict[str, Any]:
+    """Exact LLM cost of the org in [start, end), in USD (and nano-dollars, tokens, observations)."""
+    fields = [keys.COST, keys.TOKENS_IN, keys.TOKENS_OUT, keys.OBSERVATIONS, keys.UNPRICED]
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in cost_buckets(org, start, end):
+            pipe.hmget(key, fields)
+        replies = await pipe.execute()
+    totals = [sum(_int(r[i]) for r in replies) for i in range(len(fields))]
+    nanos = totals[0]
+    return {
+        "total_cost": float(Decimal(nanos) / NANOS),
+        "total_cost_exact": str(Decimal(nanos) / NANOS),
+        "cost_nanos": nanos,
+        "input_tokens": totals[1],
+        "output_tokens": totals[2],
+        "observations": totals[3],
+        "unpriced_observations": totals[4],
+    }
+
+
+async def org_exists(redis: Redis, org: str) -> bool:
+    return bool(await redis.sismember(keys.orgs(), org))
+
+
+async def register_org(redis: Redis, org: str) -> None:
+    await redis.sadd(keys.orgs(), org)
+
+
+async def freshness(redis: Redis, org: str) -> dict[str, Any]:
+    """Time of the newest event applied for the org, and the count applied per topic."""
+    meta = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.meta(org))).items()}
+    last = int(meta.pop("last_event_ms", 0))
+    return {
+        "last_event_at": datetime.fromtimestamp(last / 1000, UTC).isoformat().replace("+00:00", "Z") if last else None,
+        "events": {k.split("|", 1)[1]: int(v) for k, v in meta.items() if k.startswith("events|")},
+    }
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    start: date | None = None
+    end: date | None = None
+    student: str | None = None
+    mentor: str | None = None
+    sentiment: str | None = None
+    topics: tuple[str, ...] = ()
+
+
+async def chat_history(
+    redis: Redis, org: str, flt: HistoryFilter, page: int, page_size: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """(count, the page's conversations), newest first by inserted_at."""
+    lo = "-inf" if flt.start is None else _ms(flt.start)
+    hi = "+inf" if flt.end is None else _ms(flt.end + timedelta(days=1)) - 1
+    index = keys.conversations(org)
+    filters = []
+    if flt.student:
+        filters.append(keys.conversations_by(org, "student", flt.student))
+    if flt.mentor:
+        filters.append(keys.conversations_by(org, "mentor", flt.mentor))
+    if flt.sentiment:
+        filters.append(keys.conversations_by(org, "sentiment", flt.sentiment))
+    filters.extend(keys.conversations_by(org, "topic", t) for t in flt.topics)
+    if not filters:
+        count = int(await redis.zcount(index, lo, hi))
+        start = (page - 1) * page_size
+        ids = await redis.zrevrangebyscore(index, hi, lo, start=start, num=page_size)
+    else:
+        # Walk the smallest filter set, then check the others and the date range against it.
+        sizes = [int(n) for n in await _pipeline(redis, [("zcard", k) for k in filters])]
+        smallest = filters[sizes.index(min(sizes))]
+        candidates = [m for m in await redis.zrange(smallest, 0, -1)]
+        if not candidates:
+            return 0, []
+        scores = await redis.zmscore(index, candidates)
+        rest = [k for k in filters if k != smallest]
+        memberships = await _pipeline(redis, [("zmscore", k, candidates) for k in rest])
+        lo_f = float("-inf") if lo == "-inf" else float(lo)
+        hi_f = float("inf") if hi == "+inf" else float(hi)
+        matched = []
+        for i, (cid, score) in enumerate(zip(candidates, scores, strict=True)):
+            if score is None or not lo_f <= score <= hi_f:
+                continue
+            if all(m[i] is not None for m in memberships):
+                matched.append((score, cid))
+        matched.sort(key=lambda sc: (-sc[0], sc[1]))
+        count = len(matched)
+        ids = [cid for _, cid in matched[(page - 1) * page_size : page * page_size]]
+    return count, await _conversations(redis, org, [i.decode() for i in ids])
+
+
+async def _conversations(redis: Redis, org: str, ids: list[str]) -> list[dict[str, Any]]:
+    fields = ["record", "student", "mentor", "started_ms", "messages_human", "messages_ai", "sentiment", "topics"]
+    rows = await _pipeline(redis, [("hmget", keys.conversation(org, cid), fields) for cid in ids])
+    out = []
+    for cid, (record, student, mentor, started, human, ai, sentiment, topics) in zip(ids, rows, strict=True):
+        rec: dict[str, Any] = orjson.loads(record) if record else {"id": cid}
+        rec.setdefault("id", cid)
+        if student is not None:
+            rec.setdefault("student", student.decode())
+        if mentor is not None:
+            rec.setdefault("mentor", mentor.decode())
+        if "inserted_at" not in rec and started is not None:
+            rec["inserted_at"] = datetime.fromtimestamp(int(started) / 1000, UTC).isoformat().replace("+00:00", "Z")
+        if "topics" not in rec:
+            rec["topics"] = [{"name": t} for t in orjson.loads(topics)] if topics else []
+        rec["messages_human"] = _int(human)
+        rec["messages_ai"] = _int(ai)
+        rec["message_count"] = _int(human) + _int(ai)
+        rec["sentiment"] = None if sentiment is None else sentiment.decode()
+        out.append(rec)
+    return out
+
+
+async def _pipeline(redis: Redis, calls: list[tuple[Any, ...]]) -> list[Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for name, *args in calls:
+            getattr(pipe, name)(*args)
+        result: list[Any] = await pipe.execute()
+        return result
+
+
+def _ms(d: date) -> int:
+    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
