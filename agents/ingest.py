@@ -78,7 +78,30 @@ async def _apply(topic: str, events: list[Any]) -> None:
         Record(topic, e.message.partition, e.message.offset, e.message.key, e.message.value, e) for e in events
     ]
     result = await processor().process(records, _sessions)
-    log.debug("%s: %d applied, %d skipped, %d dead", topic, result.applied, result.skipped, result.dead)
+    _progress.add(topic, len(records), result.applied, result.skipped, result.dead)
+
+
+class Progress:
+    """Counts what the agents did, logged every few seconds: enough to see a worker is alive and working."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.last = time.monotonic()
+        self.counts: dict[str, list[int]] = {}
+
+    def add(self, topic: str, read: int, applied: int, skipped: int, dead: int) -> None:
+        acc = self.counts.setdefault(topic, [0, 0, 0, 0])
+        for i, n in enumerate((read, applied, skipped, dead)):
+            acc[i] += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            summary = "; ".join(f"{t}: {r} read, {a} applied, {s} skipped, {d} dead" for t, (r, a, s, d) in self.counts.items())
+            log.info("last %.0fs: %s", now - self.last, summary)
+            self.counts.clear()
+            self.last = now
+
+
+_progress = Progress()
 
 
 @app.agent(chat_messages_topic, name="apply-chat-messages")

@@ -5,6 +5,7 @@ Independent of Faust so it can be driven by a Faust agent (agents/ingest.py), a 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -25,7 +26,7 @@ from tables.writer import Writer
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 20
+MAX_ATTEMPTS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +137,9 @@ class BatchProcessor:
                     result.applied += w.events
             if not conflicts:
                 break
-            log.info("re-planning %d org(s) after conflicts: %s", len(conflicts), conflicts)
+            log.debug("re-planning %d org(s) after conflicts: %s", len(conflicts), conflicts)
             pending = {org: pending[org] for org in conflicts}
+            await asyncio.sleep(0.002 * attempt)  # let the other writer finish before re-reading
         else:
             raise RuntimeError(f"gave up applying a batch after {MAX_ATTEMPTS} conflicting attempts: {conflicts}")
         result.skipped = len(records) - len(dead) - result.applied

@@ -24,7 +24,9 @@ from tables import keys
 from tables.buckets import day_end_ms, day_of, hour_end_ms, hour_of
 from tables.writer import OrgWrite
 
-CONV_FIELDS = ("sentiment", "sentiment_ts", "record_ts", "student", "mentor", "topics")
+SENTIMENT_FIELDS = ("sentiment", "sentiment_ts")
+RECORD_FIELDS = ("record_ts", "student", "mentor", "topics")
+CONV_FIELDS = SENTIMENT_FIELDS + RECORD_FIELDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +112,6 @@ class Planner:
         w = OrgWrite(org)
         seen = dict(state.seen)
         convs = {cid: dict(v) for cid, v in state.convs.items()}
-        for cid, fields in state.convs.items():
-            ckey = keys.conversation(org, cid)
-            for fld, value in fields.items():
-                w.guard(ckey, fld, value)
         for item in items:
             ev = item.event
             fld = keys.offset_field(item.topic, item.partition)
@@ -143,11 +141,21 @@ class Planner:
                 self._session(org, ev, item, sessions)
                 self._chat_message(w, ev, item, sessions)
             elif isinstance(ev, SentimentEvent):
+                self._guard_conv(w, ev.session_id, SENTIMENT_FIELDS, state)
                 self._sentiment(w, ev, convs)
             elif isinstance(ev, Conversation):
+                self._guard_conv(w, ev.id, RECORD_FIELDS, state)
                 self._conversation(w, ev, convs)
             self._meta(w, ev, item.topic, counted=True)
         return w
+
+    @staticmethod
+    def _guard_conv(w: OrgWrite, conv_id: str, fields: tuple[str, ...], state: OrgState) -> None:
+        """The conversation fields this event's decision reads must still hold their pre-batch values."""
+        ckey = keys.conversation(w.org, conv_id)
+        before = state.convs.get(conv_id, {})
+        for fld in fields:
+            w.guard(ckey, fld, before.get(fld))
 
     # --- per-session state -------------------------------------------------------------------------
 
@@ -193,8 +201,9 @@ class Planner:
             w.nx_zadd(keys.conversations(w.org), ev.session_id, float(start_ms))
             w.nx_zadd(keys.conversations_by(w.org, "student", ev.student), ev.session_id, 0.0)
             w.nx_zadd(keys.conversations_by(w.org, "mentor", ev.mentor_id), ev.session_id, 0.0)
-            w.nx_hset(conv, "student", ev.student)
-            w.nx_hset(conv, "mentor", ev.mentor_id)
+            # Not `student`/`mentor`: those belong to the chat-history record, which may differ.
+            w.hset(conv, "first_student", ev.student)
+            w.hset(conv, "first_mentor", ev.mentor_id)
         for topic in ev.topics:
             w.nx_zadd(keys.conversations_by(w.org, "topic", topic), ev.session_id, 0.0)
         if ev.role == "human":

@@ -27,6 +27,8 @@ app = faust.App(
     broker_max_poll_records=settings.batch_size,
     stream_buffer_maxsize=max(4096, settings.batch_size * 2),
     broker_commit_interval=1.0,
+    broker_session_timeout=settings.session_timeout,
+    broker_heartbeat_interval=settings.heartbeat_interval,
     producer_acks=-1,
     logging_config=None,
 )

@@ -77,7 +77,13 @@ def _worker(argv: list[str]) -> None:
     import agents.ingest  # noqa: F401
     from streams.app import app
 
-    sys.argv = ["ai-analytics", *argv]
+    settings = get_settings()
+    extra = [] if settings.worker_web_port or any(a.startswith("--with") for a in argv) else ["--without-web"]
+    if settings.worker_web_port and not any(a.startswith("--web-port") for a in argv):
+        extra += ["--web-port", str(settings.worker_web_port)]
+    # Faust's worker command turns its web server on unless told otherwise; several workers on one
+    # machine would fight over its port, and the API is a separate process anyway.
+    sys.argv = ["ai-analytics", *argv, *extra]
     app.main()
 
 

@@ -31,6 +31,9 @@ class Settings:
     # Events per batch and how long a partial batch waits before it is applied anyway.
     batch_size: int = 5000
     batch_within: float = 0.2
+    # How long the group waits for a worker that died without leaving before moving its partitions.
+    session_timeout: float = 30.0
+    heartbeat_interval: float = 3.0
     hourly_retention_days: int = 90
     daily_retention_days: int = 400
     dedup_window_days: int = 7

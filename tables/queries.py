@@ -229,7 +229,7 @@ async def chat_history(
 
 
 async def _conversations(redis: Redis, org: str, ids: list[str]) -> list[dict[str, Any]]:
-    fields = ["record", "student", "mentor", "started_ms", "messages_human", "messages_ai", "sentiment", "topics"]
+    fields = ["record", "first_student", "first_mentor", "started_ms", "messages_human", "messages_ai", "sentiment", "topics"]
     rows = await _pipeline(redis, [("hmget", keys.conversation(org, cid), fields) for cid in ids])
     out = []
     for cid, (record, student, mentor, started, human, ai, sentiment, topics) in zip(ids, rows, strict=True):

@@ -64,6 +64,8 @@ def settings(kafka: KafkaBroker, redis_server: RedisServer, tmp_path: Path) -> S
         data_dir=tmp_path / "worker",
         batch_size=500,
         batch_within=0.1,
+        session_timeout=6.0,
+        heartbeat_interval=1.0,
     )
 
 

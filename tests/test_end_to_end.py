@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
@@ -77,9 +78,8 @@ async def test_worker_applies_events_exactly_and_dead_letters_bad_ones(
     async with AnalyticsProducer.connect(settings.kafka_bootstrap, topic_prefix=settings.topic_prefix) as producer:
         for e in events + resent:
             await producer.send("chat-messages", e, wait=False)
-        await producer.send_raw("chat-messages", b"{not json", key=b"sess-x")
-        await producer.send_raw("chat-messages", orjson.dumps({**events[0], "event_id": "bad-role", "role": "bot"}),
-                                key=events[0]["session_id"].encode())  # fmt: skip
+        for topic, raw, key in bad_events(events[0], now):
+            await producer.send_raw(topic, raw, key=key)
         await producer.flush()
 
     worker = workers("w1")
@@ -102,12 +102,53 @@ async def test_worker_applies_events_exactly_and_dead_letters_bad_ones(
         assert got == dict(counts), (org, day)
     assert {m.decode() for m in await redis.smembers(keys.orgs())} == {e["org"] for e in events}
 
-    dead = await read_topic(settings, "analytics-dead-letter", 2)
-    reasons = sorted(d["reason"] for d in dead)
-    assert reasons[0].startswith("field 'role' is 'bot'")
-    assert reasons[1].startswith("not JSON")
-    assert all(d["topic"] == "chat-messages" for d in dead)
+    bad = bad_events(events[0], now)
+    dead = await read_topic(settings, "analytics-dead-letter", len(bad))
+    assert len(dead) == len(bad)
+    by_raw = {base64.b64decode(d["raw"]): d for d in dead}
+    for (topic, raw, _), expected_reason in zip(bad, BAD_REASONS, strict=True):
+        letter = by_raw[raw]
+        assert letter["topic"] == topic
+        assert expected_reason in letter["reason"], (expected_reason, letter["reason"])
+        assert isinstance(letter["partition"], int) and isinstance(letter["offset"], int)
     assert worker.alive(), worker.log_tail()
+
+
+BAD_REASONS = [
+    "not JSON",
+    "an event must be a JSON object, got list",
+    "missing field 'student'",
+    "field 'student' must be a string, got int",
+    "field 'role' is 'bot'",
+    "is beyond retention",
+    "in the future",
+    "field 'sentiment' is 'meh'",
+    "cost must not be negative",
+    "missing field 'mentor'",
+]
+
+
+def bad_events(good: dict[str, Any], now: datetime) -> list[tuple[str, bytes, bytes | None]]:
+    """One event of each kind of bad, in the order of BAD_REASONS."""
+    key = good["session_id"].encode()
+    no_student = {k: v for k, v in good.items() if k != "student"}
+    old = (now - timedelta(days=401)).isoformat()
+    future = (now + timedelta(hours=2)).isoformat()
+    return [
+        ("chat-messages", b"{not json", key),
+        ("chat-messages", b"[1, 2, 3]", key),
+        ("chat-messages", orjson.dumps({**no_student, "event_id": "bad-1"}), key),
+        ("chat-messages", orjson.dumps({**good, "event_id": "bad-2", "student": 42}), key),
+        ("chat-messages", orjson.dumps({**good, "event_id": "bad-3", "role": "bot"}), key),
+        ("chat-messages", orjson.dumps({**good, "event_id": "bad-4", "timestamp": old}), key),
+        ("chat-messages", orjson.dumps({**good, "event_id": "bad-5", "timestamp": future}), key),
+        ("sentiment", orjson.dumps({**good, "event_id": "bad-6", "sentiment": "meh"}), key),
+        ("llm-observations", orjson.dumps({"event_id": "bad-7", "org": "acme", "timestamp": good["timestamp"],
+                                           "trace_id": "t", "type": "generation", "model": "gpt-4o",
+                                           "cost": "-1"}), b"t"),  # fmt: skip
+        ("chat-history", orjson.dumps({"event_id": "bad-8", "org": "acme", "timestamp": good["timestamp"],
+                                       "id": "c1", "student": "ann"}), b"c1"),  # fmt: skip
+    ]
 
 
 async def read_topic(settings: Settings, name: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
