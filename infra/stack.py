@@ -77,13 +77,17 @@ def up(settings: Settings, *, demo: bool = True, api: bool = True) -> int:
         env["AIA_DATA_DIR"] = str(STACK_DIR / "worker")
         worker_cmd = [sys.executable, "-m", "streams", "worker", "-l", settings.log_level]
         children.append(_child("worker", worker_cmd, env))
-        if api and _module_exists("api.app"):
+        dashboard = None
+        if api:
             children.append(_child("api", [sys.executable, "-m", "api"], env))
-        if demo and _module_exists("streams.demo"):
+            key = asyncio.run(_demo_key(settings))
+            dashboard = f"http://{settings.api_host}:{settings.api_port}/dashboard/#org=acme-academy&key={key}"
+        if demo:
             children.append(_child("demo", [sys.executable, "-m", "streams.cli", "produce", "demo", "--rate", "50"], env))
         _say(f"all started in {time.monotonic() - t0:.1f}s; logs in {STACK_DIR}/*.log")
-        if any(c.name == "api" for c in children):
-            _say(f"dashboard: http://{settings.api_host}:{settings.api_port}/dashboard/")
+        if dashboard:
+            _say(f"API docs:  http://{settings.api_host}:{settings.api_port}/docs")
+            _say(f"dashboard: {dashboard}")
         _say("Ctrl-C (or `ai-analytics stack down`) stops everything")
         while not stopping.wait(1.0):
             for c in children:
@@ -109,13 +113,22 @@ def _child(name: str, cmd: list[str], env: dict[str, str]) -> Child:
     return Child(name, proc, log, pid_file)
 
 
-def _module_exists(name: str) -> bool:
-    import importlib.util
+async def _demo_key(settings: Settings) -> str:
+    """A platform_admin key for all orgs, kept in .stack/ so the printed dashboard address stays valid."""
+    from redis.asyncio import Redis
 
+    from tables import apikeys
+
+    path = STACK_DIR / "demo-key"
+    redis = Redis.from_url(settings.redis_url)
     try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
+        if path.exists() and await apikeys.lookup(redis, path.read_text().strip()) is not None:
+            return path.read_text().strip()
+        token, _ = await apikeys.create(redis, apikeys.ALL_ORGS, "platform_admin", "local stack dashboard")
+        path.write_text(token)
+        return token
+    finally:
+        await redis.aclose()
 
 
 def down() -> int:

@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from streams.exceptions import SettingsError
-from streams.settings import get_settings
+from streams.settings import Settings, get_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,6 +26,21 @@ def main(argv: list[str] | None = None) -> None:
     stack_sub.add_parser("down", help="stop a stack started by `stack up`")
     stack_sub.add_parser("status", help="which parts answer on their ports")
     sub.add_parser("topics", help="create the contract's topics on the configured broker (idempotent)")
+    sub.add_parser("api", help="serve the API and the dashboard (AIA_API_HOST:AIA_API_PORT)")
+    keys_p = sub.add_parser("keys", help="API keys: create, list, revoke")
+    keys_sub = keys_p.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="create a key; its secret is printed once")
+    create.add_argument("--org", required=True, help="the org it may read, or '*' for all orgs")
+    create.add_argument("--role", required=True, choices=("analyst", "platform_admin"))
+    create.add_argument("--name", default="", help="a note to recognise the key by")
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id")
+    orgs_p = sub.add_parser("orgs", help="orgs: register one before its first event, or list them")
+    orgs_sub = orgs_p.add_subparsers(dest="action", required=True)
+    reg = orgs_sub.add_parser("register", help="make an org exist (its reads answer 200 with zeros)")
+    reg.add_argument("org")
+    orgs_sub.add_parser("list", help="list the orgs that exist")
     _add_produce(sub)
     args = parser.parse_args(argv)
     try:
@@ -53,6 +68,13 @@ def _run(args: argparse.Namespace) -> int:
             created = asyncio.run(ensure_topics(settings))
             print(f"created: {', '.join(created) if created else 'none (all present)'}")
             return 0
+        if args.command == "api":
+            from api.__main__ import main as serve
+
+            serve()
+            return 0
+        if args.command in ("keys", "orgs"):
+            return asyncio.run(_admin(args, settings))
         if args.command == "produce":
             from streams.produce_cli import run_produce
 
@@ -61,6 +83,46 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ai-analytics: {exc}", file=sys.stderr)
         return 1
     return 2
+
+
+async def _admin(args: argparse.Namespace, settings: Settings) -> int:
+    from redis.asyncio import Redis
+
+    from streams.schemas import ORG_RE
+    from tables import apikeys, keys, queries
+
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        if args.command == "orgs":
+            if args.action == "register":
+                if not ORG_RE.match(args.org):
+                    print("ai-analytics: an org is 1-128 letters, digits, '.', '_', '@' or '-'", file=sys.stderr)
+                    return 2
+                await queries.register_org(redis, args.org)
+                print(f"registered {args.org}")
+            else:
+                for org in sorted(m.decode() for m in await redis.smembers(keys.orgs())):
+                    print(org)
+            return 0
+        if args.action == "create":
+            if args.org != apikeys.ALL_ORGS and not ORG_RE.match(args.org):
+                print("ai-analytics: --org is an org name or '*'", file=sys.stderr)
+                return 2
+            token, record = await apikeys.create(redis, args.org, args.role, args.name)
+            print(token)
+            print(f"(key {record.id}: org {record.org}, role {record.role}; shown once, stored hashed)", file=sys.stderr)
+            return 0
+        if args.action == "list":
+            for k in await apikeys.list_keys(redis):
+                print(f"{k.id}\torg={k.org}\trole={k.role}\tcreated_at={k.created_at}\t{k.name}")
+            return 0
+        if await apikeys.revoke(redis, args.id):
+            print(f"revoked {args.id}")
+            return 0
+        print(f"ai-analytics: no key with id {args.id}", file=sys.stderr)
+        return 1
+    finally:
+        await redis.aclose()
 
 
 def _add_produce(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

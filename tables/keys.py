@@ -87,3 +87,13 @@ def org_of(key: str) -> str:
     """The org of an org-tagged key (for tests and tooling)."""
     start = key.index("{") + 1
     return key[start : key.index("}", start)]
+
+
+def api_keys() -> str:
+    """Hash sha256(token) -> key record (global, not org-tagged)."""
+    return f"{NS}:apikeys"
+
+
+def api_key_ids() -> str:
+    """Hash key id -> sha256(token), for listing and revoking."""
+    return f"{NS}:apikeys:ids"

@@ -1,0 +1,55 @@
+"""Prometheus metrics of the API process, plus pipeline gauges read at scrape time (lag, dead letters, applied)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from redis.asyncio import Redis
+
+from streams.settings import Settings
+from tables import keys
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    def __init__(self, settings: Settings) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("aia_http_requests_total", "HTTP requests", ["method", "route", "status"],
+                                registry=self.registry)  # fmt: skip
+        self.latency = Histogram(
+            "aia_http_request_seconds", "HTTP request latency", ["route"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )  # fmt: skip
+        self.errors = Counter("aia_http_unexpected_errors_total", "Requests answered 503 after an error",
+                              registry=self.registry)  # fmt: skip
+        self.lag = Gauge("aia_consumer_lag", "Messages not yet committed by the workers", ["topic"],
+                         registry=self.registry)  # fmt: skip
+        self.dead = Gauge("aia_dead_letters", "Messages in the dead-letter topic", registry=self.registry)
+        self.applied = Gauge("aia_events_applied", "Events applied to the aggregates", ["org", "topic"],
+                             registry=self.registry)  # fmt: skip
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    async def render(self, redis: Redis, kafka: Any) -> tuple[bytes, str]:
+        try:
+            lag, dead = await kafka.lag()
+            for topic, n in lag.items():
+                self.lag.labels(topic).set(n)
+            self.dead.set(dead)
+        except Exception as exc:  # metrics must render even when Kafka is away
+            log.warning("consumer lag unavailable: %r", exc)
+        try:
+            for raw in await redis.smembers(keys.orgs()):
+                org = raw.decode()
+                for fld, value in (await redis.hgetall(keys.meta(org))).items():
+                    name = fld.decode()
+                    if name.startswith("events|"):
+                        self.applied.labels(org, name.split("|", 1)[1]).set(int(value))
+        except Exception as exc:
+            log.warning("applied counts unavailable: %r", exc)
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,100 @@
+"""Query-parameter parsing: every bad value becomes a 400 that names the parameter and says what is expected."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from api.errors import ApiError
+
+PERIODS = {"today": 1, "yesterday": 1, "7d": 7, "30d": 30, "90d": 90}
+SENTIMENTS = ("positive", "neutral", "negative")
+MAX_PAGE_SIZE = 100
+
+
+def bad(param: str, message: str) -> ApiError:
+    return ApiError(400, message, param=param)
+
+
+def parse_date(param: str, value: str | None, *, required: bool) -> date | None:
+    if value is None or value == "":
+        if required:
+            raise bad(param, f"{param} is required (YYYY-MM-DD)")
+        return None
+    try:
+        if len(value) != 10:
+            raise ValueError
+        return date.fromisoformat(value)
+    except ValueError:
+        raise bad(param, f"{param} must be a date as YYYY-MM-DD, got {value[:40]!r}") from None
+
+
+def parse_date_or_datetime(param: str, value: str | None, *, end: bool) -> datetime:
+    """A date (the whole day: its start, or for an end the start of the next day) or an RFC 3339 datetime."""
+    if value is None or value == "":
+        raise bad(param, f"{param} is required (YYYY-MM-DD or an RFC 3339 datetime)")
+    if len(value) == 10:
+        d = parse_date(param, value, required=True)
+        assert d is not None
+        start = datetime(d.year, d.month, d.day, tzinfo=UTC)
+        return start + timedelta(days=1) if end else start
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise bad(param, f"{param} must be YYYY-MM-DD or an RFC 3339 datetime, got {value[:40]!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)  # the platform's clients send naive UTC datetimes
+    return dt.astimezone(UTC)
+
+
+def date_range(start_raw: str | None, end_raw: str | None, *, required: bool, default_days: int = 30) -> tuple[date, date]:
+    today = datetime.now(UTC).date()
+    start = parse_date("start_date", start_raw, required=required)
+    end = parse_date("end_date", end_raw, required=required)
+    if end is None:
+        end = today if start is None else max(start, today)
+    if start is None:
+        start = end - timedelta(days=default_days - 1)
+    if end < start:
+        raise bad("end_date", f"end_date {end} is before start_date {start}")
+    if (end - start).days > 3660:
+        raise bad("end_date", "the range may span at most 10 years")
+    return start, end
+
+
+def choice(param: str, value: str | None, allowed: tuple[str, ...], default: str | None) -> str | None:
+    if value is None or value == "":
+        return default
+    if value not in allowed:
+        raise bad(param, f"{param} must be one of {', '.join(allowed)}, got {value[:40]!r}")
+    return value
+
+
+def positive_int(param: str, value: str | None, default: int, maximum: int | None = None) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise bad(param, f"{param} must be a whole number, got {value[:40]!r}") from None
+    if n < 1:
+        raise bad(param, f"{param} must be at least 1, got {n}")
+    if maximum is not None and n > maximum:
+        raise bad(param, f"{param} must be at most {maximum}, got {n}")
+    return n
+
+
+def text(param: str, value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if len(value) > 1024:
+        raise bad(param, f"{param} is longer than 1024 characters")
+    return value
+
+
+def period_days(value: str | None) -> tuple[date, date]:
+    period = choice("period", value, tuple(PERIODS), "7d")
+    assert period is not None
+    today = datetime.now(UTC).date()
+    if period == "yesterday":
+        return today - timedelta(days=1), today - timedelta(days=1)
+    return today - timedelta(days=PERIODS[period] - 1), today
