@@ -20,7 +20,11 @@ run: $(STAMP)
 down: $(STAMP)
 	$(BIN)/ai-analytics stack down
 
+# Lint and type checks first (seconds), then the suite against a real Kafka and Redis.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -30,7 +34,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-check: lint typecheck test
+check: test
 
 clean:
 	rm -rf .stack .pytest_cache .mypy_cache .ruff_cache

@@ -74,9 +74,7 @@ def processor() -> BatchProcessor:
 
 
 async def _apply(topic: str, events: list[Any]) -> None:
-    records = [
-        Record(topic, e.message.partition, e.message.offset, e.message.key, e.message.value, e) for e in events
-    ]
+    records = [Record(topic, e.message.partition, e.message.offset, e.message.key, e.message.value, e) for e in events]
     result = await processor().process(records, _sessions)
     _progress.add(topic, len(records), result.applied, result.skipped, result.dead)
 
@@ -95,7 +93,9 @@ class Progress:
             acc[i] += n
         now = time.monotonic()
         if now - self.last >= self.every:
-            summary = "; ".join(f"{t}: {r} read, {a} applied, {s} skipped, {d} dead" for t, (r, a, s, d) in self.counts.items())
+            summary = "; ".join(
+                f"{t}: {r} read, {a} applied, {s} skipped, {d} dead" for t, (r, a, s, d) in self.counts.items()
+            )
             log.info("last %.0fs: %s", now - self.last, summary)
             self.counts.clear()
             self.last = now

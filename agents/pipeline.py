@@ -177,4 +177,3 @@ class BatchProcessor:
                 st.convs[cid] = {f: None if v is None else v.decode() for f, v in zip(CONV_FIELDS, vals, strict=True)}
             states[org] = st
         return states
-

@@ -237,7 +237,8 @@ class Planner:
         if cur_ts is not None and int(cur_ts) > ev.ts_ms:
             return  # a stale version of the record
         ckey = keys.conversation(w.org, ev.id)
-        old_topics = set(orjson.loads(conv["topics"])) if conv.get("topics") else set()
+        topics_before = conv.get("topics")
+        old_topics = set(orjson.loads(topics_before)) if topics_before else set()
         for kind, old, new in (("student", conv.get("student"), ev.student), ("mentor", conv.get("mentor"), ev.mentor)):
             if old is not None and old != new:
                 w.zrem(keys.conversations_by(w.org, kind, old), ev.id)

@@ -1,6 +1,5 @@
 """The ASGI application: the platform's analytics endpoints, health, metrics, OpenAPI docs and the dashboard."""
 
-
 import asyncio
 import time
 import uuid
@@ -11,7 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -66,7 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     metrics = Metrics(settings)
     retention = Retention(settings.hourly_retention_days, settings.daily_retention_days)
-    limits = Limits(retention_ms=settings.daily_retention_days * 86_400_000, max_future_ms=settings.max_future_seconds * 1000)
+    limits = Limits(
+        retention_ms=settings.daily_retention_days * 86_400_000, max_future_ms=settings.max_future_seconds * 1000
+    )
 
     def redis() -> Redis:
         r: Redis = state["redis"]

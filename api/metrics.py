@@ -44,9 +44,11 @@ class Metrics:
         except Exception as exc:  # metrics must render even when Kafka is away
             log.warning("consumer lag unavailable: %r", exc)
         try:
-            for raw in await redis.smembers(keys.orgs()):
+            orgs: Any = await redis.smembers(keys.orgs())
+            for raw in orgs:
                 org = raw.decode()
-                for fld, value in (await redis.hgetall(keys.meta(org))).items():
+                meta: Any = await redis.hgetall(keys.meta(org))
+                for fld, value in meta.items():
                     name = fld.decode()
                     if name.startswith("events|"):
                         self.applied.labels(org, name.split("|", 1)[1]).set(int(value))

@@ -46,7 +46,9 @@ def parse_date_or_datetime(param: str, value: str | None, *, end: bool) -> datet
     return dt.astimezone(UTC)
 
 
-def date_range(start_raw: str | None, end_raw: str | None, *, required: bool, default_days: int = 30) -> tuple[date, date]:
+def date_range(
+    start_raw: str | None, end_raw: str | None, *, required: bool, default_days: int = 30
+) -> tuple[date, date]:
     today = datetime.now(UTC).date()
     start = parse_date("start_date", start_raw, required=required)
     end = parse_date("end_date", end_raw, required=required)

@@ -28,7 +28,9 @@ def ensure_jars() -> Path:
         return LIB
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise InfraError("Maven (mvn) is needed to fetch Kafka's jars from Maven Central; install it (apt-get install maven)")
+        raise InfraError(
+            "Maven (mvn) is needed to fetch Kafka's jars from Maven Central; install it (apt-get install maven)"
+        )
     if shutil.which("java") is None:
         raise InfraError("Java 17+ is needed to run Kafka; install it (apt-get install openjdk-17-jre-headless)")
     result = subprocess.run([mvn, "-q", "-B", "-f", str(POM), "package"], capture_output=True, text=True)

@@ -54,7 +54,9 @@ def wait_until(
     raise InfraError(f"{what} not ready after {timeout:.0f}s; last lines of {log}:\n{tail(log)}")
 
 
-def spawn(args: list[str], *, log: Path, pid_file: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    args: list[str], *, log: Path, pid_file: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start a child in its own session (so a terminal's Ctrl-C reaches only the supervisor,
     which stops children in order), its output appended to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)

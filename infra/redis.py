@@ -26,7 +26,9 @@ def ensure_redis_server() -> str:
         result = subprocess.run(args, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise InfraError(f"{' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
     if found is None:
         raise InfraError("apt-get installed redis-server but it is not on PATH")
     return found
@@ -77,7 +79,13 @@ class RedisServer:
         ]  # fmt: skip
         self.proc = spawn(args, log=self.log_file, pid_file=self.pid_file)
         try:
-            wait_until(lambda: _pong(self.port), proc=self.proc, what=f"Redis on {self.port}", log=self.log_file, timeout=timeout)
+            wait_until(
+                lambda: _pong(self.port),
+                proc=self.proc,
+                what=f"Redis on {self.port}",
+                log=self.log_file,
+                timeout=timeout,
+            )
         except InfraError:
             self.stop()
             raise

@@ -83,7 +83,9 @@ def up(settings: Settings, *, demo: bool = True, api: bool = True) -> int:
             key = asyncio.run(_demo_key(settings))
             dashboard = f"http://{settings.api_host}:{settings.api_port}/dashboard/#org=acme-academy&key={key}"
         if demo:
-            children.append(_child("demo", [sys.executable, "-m", "streams.cli", "produce", "demo", "--rate", "50"], env))
+            children.append(
+                _child("demo", [sys.executable, "-m", "streams.cli", "produce", "demo", "--rate", "50"], env)
+            )
         _say(f"all started in {time.monotonic() - t0:.1f}s; logs in {STACK_DIR}/*.log")
         if dashboard:
             _say(f"API docs:  http://{settings.api_host}:{settings.api_port}/docs")

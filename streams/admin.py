@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -12,7 +13,6 @@ from streams.names import AGGREGATES, ALL_TOPICS
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
 
 
 async def ensure_topics(settings: Settings, *, attempts: int = 10) -> list[str]:
@@ -33,10 +33,8 @@ async def ensure_topics(settings: Settings, *, attempts: int = 10) -> list[str]:
                 if settings.topic(name) not in existing
             ]
             if new:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):  # another process created it first
                     await admin.create_topics(new)
-                except TopicAlreadyExistsError:
-                    pass
             return [t.name for t in new]
         except KafkaConnectionError:
             if attempt == attempts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
 from streams.exceptions import SettingsError
 from streams.settings import Settings, get_settings
@@ -101,7 +102,8 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
                 await queries.register_org(redis, args.org)
                 print(f"registered {args.org}")
             else:
-                for org in sorted(m.decode() for m in await redis.smembers(keys.orgs())):
+                members: Any = await redis.smembers(keys.orgs())
+                for org in sorted(m.decode() for m in members):
                     print(org)
             return 0
         if args.action == "create":
@@ -110,7 +112,9 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
                 return 2
             token, record = await apikeys.create(redis, args.org, args.role, args.name)
             print(token)
-            print(f"(key {record.id}: org {record.org}, role {record.role}; shown once, stored hashed)", file=sys.stderr)
+            print(
+                f"(key {record.id}: org {record.org}, role {record.role}; shown once, stored hashed)", file=sys.stderr
+            )
             return 0
         if args.action == "list":
             for k in await apikeys.list_keys(redis):

@@ -26,7 +26,7 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     kinds = produce.add_subparsers(dest="source", required=True)
     f = kinds.add_parser("file", help="send each line of a JSON-lines file ('-' for stdin)")
     f.add_argument("path", help="path of the file, or - for stdin")
-    f.add_argument("--topic", choices=INPUT_TOPICS, help="topic of lines that carry no \"topic\" field")
+    f.add_argument("--topic", choices=INPUT_TOPICS, help='topic of lines that carry no "topic" field')
     d = kinds.add_parser("demo", help="seeded, realistic traffic for every topic")
     d.add_argument("--rate", type=float, default=50.0, help="events per second (0: as fast as possible)")
     d.add_argument("--count", type=int, default=0, help="stop after this many events (0: run until stopped)")

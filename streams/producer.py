@@ -60,7 +60,9 @@ class AnalyticsProducer:
         await self._producer.start()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self._producer.stop()
 
     async def send(self, topic: str, event: dict[str, Any], *, wait: bool = True) -> dict[str, Any]:

@@ -113,7 +113,9 @@ def parse_timestamp(value: object, field: str = "timestamp") -> int:
         if dt.tzinfo is None:
             raise InvalidEvent(f"{field} {value[:64]!r} has no UTC offset; add Z or +HH:MM")
         return int(dt.timestamp() * 1000)
-    raise InvalidEvent(f"{field} must be an RFC 3339 string with offset or epoch milliseconds, got {type(value).__name__}")
+    raise InvalidEvent(
+        f"{field} must be an RFC 3339 string with offset or epoch milliseconds, got {type(value).__name__}"
+    )
 
 
 def parse_cost(value: object) -> int:
@@ -184,7 +186,7 @@ class _Fields:
             if isinstance(item, dict):
                 item = item.get("name")
             if not isinstance(item, str) or not item or len(item) > MAX_TEXT:
-                raise InvalidEvent(f"field {name!r} must hold non-empty strings (or {{\"name\": str}} objects)")
+                raise InvalidEvent(f'field {name!r} must hold non-empty strings (or {{"name": str}} objects)')
             out.append(item)
         return tuple(dict.fromkeys(out))
 
@@ -213,7 +215,9 @@ def parse(topic: str, key: bytes | None, raw: bytes | None, now_ms: int, limits:
         raise InvalidEvent("missing field 'timestamp'")
     ts_ms = parse_timestamp(data["timestamp"])
     if ts_ms < now_ms - limits.retention_ms:
-        raise InvalidEvent(f"timestamp {_iso(ts_ms)} is beyond retention (older than {limits.retention_ms // 86_400_000} days)")
+        raise InvalidEvent(
+            f"timestamp {_iso(ts_ms)} is beyond retention (older than {limits.retention_ms // 86_400_000} days)"
+        )
     if ts_ms > now_ms + limits.max_future_ms:
         raise InvalidEvent(f"timestamp {_iso(ts_ms)} is more than {limits.max_future_ms // 1000}s in the future")
 
@@ -254,7 +258,7 @@ def parse(topic: str, key: bytes | None, raw: bytes | None, now_ms: int, limits:
         if usage is None:
             usage = {}
         if not isinstance(usage, dict):
-            raise InvalidEvent("field 'usage' must be an object like {\"input\": 10, \"output\": 20}")
+            raise InvalidEvent('field \'usage\' must be an object like {"input": 10, "output": 20}')
         cost = data.get("cost")
         return LlmObservation(
             event_id=event_id,

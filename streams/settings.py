@@ -59,7 +59,14 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        for name in ("topic_partitions", "topic_replication", "batch_size", "hourly_retention_days", "daily_retention_days", "dedup_window_days"):
+        for name in (
+            "topic_partitions",
+            "topic_replication",
+            "batch_size",
+            "hourly_retention_days",
+            "daily_retention_days",
+            "dedup_window_days",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
         if self.batch_within <= 0:

@@ -30,7 +30,7 @@ class ApiKey:
     created_at: int
 
     def allows_org(self, org: str) -> bool:
-        return self.org == ALL_ORGS or hmac.compare_digest(self.org, org)
+        return self.org == ALL_ORGS or hmac.compare_digest(self.org.encode(), org.encode())
 
 
 def _digest(token: str) -> str:

@@ -62,7 +62,9 @@ async def average_messages_per_session(
         for _, key in labels:
             pipe.hmget(key, [s_field, m_field])
         replies = await pipe.execute()
-    periods: list[tuple[str, int, int]] = [(t, _int(s), _int(m)) for (t, _), (s, m) in zip(labels, replies, strict=True)]
+    periods: list[tuple[str, int, int]] = [
+        (t, _int(s), _int(m)) for (t, _), (s, m) in zip(labels, replies, strict=True)
+    ]
     if aggregation == "weekly":
         weeks: dict[str, list[int]] = {}
         for t, s, m in periods:
@@ -92,7 +94,7 @@ async def top_students(
 ) -> list[dict[str, Any]]:
     """Human messages per student over the range, most first, ties by username ascending."""
     zkeys = [keys.top_students(org, day_label_of_date(d), mentor_id) for d in days_between(start, end)]
-    merged = await redis.zunion(zkeys, withscores=True)
+    merged: Any = await redis.zunion(zkeys, withscores=True)
     counts = [(member.decode(), int(score)) for member, score in merged]
     counts.sort(key=lambda kv: (-kv[1], kv[0]))
     return [{"username": u, "chat_message_count": n} for u, n in counts[:limit]]
@@ -167,7 +169,8 @@ async def register_org(redis: Redis, org: str) -> None:
 
 async def freshness(redis: Redis, org: str) -> dict[str, Any]:
     """Time of the newest event applied for the org, and the count applied per topic."""
-    meta = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.meta(org))).items()}
+    raw: Any = await redis.hgetall(keys.meta(org))
+    meta = {k.decode(): v.decode() for k, v in raw.items()}
     last = int(meta.pop("last_event_ms", 0))
     return {
         "last_event_at": datetime.fromtimestamp(last / 1000, UTC).isoformat().replace("+00:00", "Z") if last else None,
@@ -203,12 +206,12 @@ async def chat_history(
     if not filters:
         count = int(await redis.zcount(index, lo, hi))
         start = (page - 1) * page_size
-        ids = await redis.zrevrangebyscore(index, hi, lo, start=start, num=page_size)
+        ids: Any = await redis.zrevrangebyscore(index, hi, lo, start=start, num=page_size)
     else:
         # Walk the smallest filter set, then check the others and the date range against it.
         sizes = [int(n) for n in await _pipeline(redis, [("zcard", k) for k in filters])]
         smallest = filters[sizes.index(min(sizes))]
-        candidates = [m for m in await redis.zrange(smallest, 0, -1)]
+        candidates: Any = await redis.zrange(smallest, 0, -1)
         if not candidates:
             return 0, []
         scores = await redis.zmscore(index, candidates)
@@ -229,7 +232,16 @@ async def chat_history(
 
 
 async def _conversations(redis: Redis, org: str, ids: list[str]) -> list[dict[str, Any]]:
-    fields = ["record", "first_student", "first_mentor", "started_ms", "messages_human", "messages_ai", "sentiment", "topics"]
+    fields = [
+        "record",
+        "first_student",
+        "first_mentor",
+        "started_ms",
+        "messages_human",
+        "messages_ai",
+        "sentiment",
+        "topics",
+    ]
     rows = await _pipeline(redis, [("hmget", keys.conversation(org, cid), fields) for cid in ids])
     out = []
     for cid, (record, student, mentor, started, human, ai, sentiment, topics) in zip(ids, rows, strict=True):

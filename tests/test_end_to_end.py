@@ -143,11 +143,28 @@ def bad_events(good: dict[str, Any], now: datetime) -> list[tuple[str, bytes, by
         ("chat-messages", orjson.dumps({**good, "event_id": "bad-4", "timestamp": old}), key),
         ("chat-messages", orjson.dumps({**good, "event_id": "bad-5", "timestamp": future}), key),
         ("sentiment", orjson.dumps({**good, "event_id": "bad-6", "sentiment": "meh"}), key),
-        ("llm-observations", orjson.dumps({"event_id": "bad-7", "org": "acme", "timestamp": good["timestamp"],
-                                           "trace_id": "t", "type": "generation", "model": "gpt-4o",
-                                           "cost": "-1"}), b"t"),  # fmt: skip
-        ("chat-history", orjson.dumps({"event_id": "bad-8", "org": "acme", "timestamp": good["timestamp"],
-                                       "id": "c1", "student": "ann"}), b"c1"),  # fmt: skip
+        (
+            "llm-observations",
+            orjson.dumps(
+                {
+                    "event_id": "bad-7",
+                    "org": "acme",
+                    "timestamp": good["timestamp"],
+                    "trace_id": "t",
+                    "type": "generation",
+                    "model": "gpt-4o",
+                    "cost": "-1",
+                }
+            ),
+            b"t",
+        ),
+        (
+            "chat-history",
+            orjson.dumps(
+                {"event_id": "bad-8", "org": "acme", "timestamp": good["timestamp"], "id": "c1", "student": "ann"}
+            ),
+            b"c1",
+        ),
     ]
 
 

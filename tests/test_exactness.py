@@ -12,35 +12,14 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from streams.demo import DemoConfig, DemoTraffic
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
 from tables import queries
 from tests import reference
 from tests.conftest import WorkerProcess
+from tests.traffic import demo_events, produce
 
 pytestmark = pytest.mark.integration
-
-
-def demo_events(n: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
-    traffic = DemoTraffic(DemoConfig(seed=seed, late_share=0.1, resend_share=0.02))
-    now = datetime.now(UTC)
-    out: list[tuple[str, dict[str, Any]]] = []
-    while len(out) < n:
-        out.extend(traffic.session(now))
-    return out
-
-
-async def produce(settings: Settings, events: list[tuple[str, dict[str, Any]]], seconds: float) -> None:
-    """Send the events spread over about `seconds`, in order."""
-    chunks = max(1, int(seconds * 10))
-    size = -(-len(events) // chunks)
-    async with AnalyticsProducer.connect(settings.kafka_bootstrap, topic_prefix=settings.topic_prefix) as producer:
-        for i in range(0, len(events), size):
-            for topic, e in events[i : i + size]:
-                await producer.send(topic, e, wait=False)
-            await producer.flush()
-            await asyncio.sleep(0.1)
 
 
 async def mismatches(redis: Redis, exp: reference.Expected) -> list[str]:
@@ -57,7 +36,9 @@ async def mismatches(redis: Redis, exp: reference.Expected) -> list[str]:
                 out.append(f"{org} {row['time']} sessions/messages: got {got}, want {want}")
         for row in await queries.sentiment_counts(redis, org, first, last):
             if row["sentiment_count"] != exp.sentiment[(org, row["date"])]:
-                out.append(f"{org} {row['date']} sentiment: got {row['sentiment_count']}, want {exp.sentiment[(org, row['date'])]}")
+                out.append(
+                    f"{org} {row['date']} sentiment: got {row['sentiment_count']}, want {exp.sentiment[(org, row['date'])]}"
+                )
         d = first
         while d <= last:
             day = d.isoformat()
@@ -99,7 +80,7 @@ async def test_kill9_during_a_stream_leaves_every_aggregate_exact(
     rng = random.Random(5)
     started = [workers("a")]
     sending = asyncio.create_task(produce(settings, events, seconds=12))
-    for i in range(4):
+    for _ in range(4):
         await asyncio.sleep(rng.uniform(2.0, 5.0))
         started[-1].kill()
         await asyncio.sleep(rng.uniform(0.0, 1.0))
@@ -140,7 +121,10 @@ async def test_resent_event_counts_once_and_resent_observation_replaces_cost(
         await producer.send("chat-messages", msg)  # the same event again
         await producer.send("llm-observations", {**obs, "cost": "0.125"})  # Langfuse-style update
         # a marker that arrives after everything above, so we know when it has all been applied
-        await producer.send("chat-messages", {**msg, "event_id": "m-2", "session_id": "s2"}, )
+        await producer.send(
+            "chat-messages",
+            {**msg, "event_id": "m-2", "session_id": "s2"},
+        )
 
     today = now.date()
 

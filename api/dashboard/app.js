@@ -48,7 +48,7 @@ function barChart(svg, labels, series, opts) {
       if (v > 0) svg.append(el("rect", { x: pad.l + i * bw + 2, y: y(base + v), width: Math.max(1, bw - 4), height: y(base) - y(base + v), class: ser.cls }));
       base += v;
     }
-    if (labels.length <= 16 || i % 2 === 0) svg.append(el("text", { x: pad.l + i * bw + bw / 2, y: H - 8, "text-anchor": "middle" }, label.slice(5)));
+    if (bw >= 40 || i % Math.ceil(40 / bw) === 0) svg.append(el("text", { x: pad.l + i * bw + bw / 2, y: H - 8, "text-anchor": "middle" }, label.slice(5)));
   });
   if (opts.line) {
     const lmax = Math.max(1, ...opts.line);

@@ -1,0 +1,334 @@
+"""The API against the real stack: values against an independent reference, every error status, the auth
+matrix, POST through Kafka, operations endpoints, and schemathesis over the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from infra.browser import render
+from infra.kafka import KafkaBroker
+from infra.procs import ROOT, free_port, port_open, tail
+from infra.redis import RedisServer
+from streams.admin import ensure_topics
+from streams.settings import Settings
+from tables import apikeys
+from tests import reference
+from tests.conftest import WorkerProcess
+from tests.traffic import demo_events, produce
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Env:
+    settings: Settings
+    base: str
+    keys: dict[str, str]
+    expected: reference.Expected
+    worker: WorkerProcess
+    api_log: Path
+
+    def url(self, org: str, path: str) -> str:
+        return f"{self.base}/api/ai-analytics/orgs/{org}/users/tester/{path}/"
+
+    def get(
+        self, org: str, path: str, key: str | None = "admin", scheme: str = "Api-Token", **query: Any
+    ) -> httpx.Response:
+        headers = {} if key is None else {"Authorization": f"{scheme} {self.keys.get(key, key)}"}
+        return httpx.get(self.url(org, path), params=query, headers=headers, timeout=10)
+
+
+def start_api(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings.as_env()}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not port_open(settings.api_port):
+        assert proc.poll() is None and time.monotonic() < deadline, tail(log)
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def env(kafka: KafkaBroker, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("api")
+    run = uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url, topic_prefix=f"api{run}.", topic_partitions=3,
+        app_id=f"aia-api-{run}", data_dir=tmp / "worker", batch_size=500, batch_within=0.1, session_timeout=6.0,
+        heartbeat_interval=1.0, api_port=free_port(),
+    )  # fmt: skip
+    events = demo_events(3000, seed=99)
+    expected = reference.expected(events)
+
+    async def prepare() -> dict[str, str]:
+        redis = Redis.from_url(settings.redis_url)
+        await redis.flushall()
+        made = {}
+        for name, org, role in [
+            ("admin", "*", "platform_admin"),
+            ("analyst", "acme-academy", "analyst"),
+            ("acme_admin", "acme-academy", "platform_admin"),
+            ("other", "globex-school", "analyst"),
+        ]:
+            made[name], _ = await apikeys.create(redis, org, role, name)
+        revoked, record = await apikeys.create(redis, "*", "analyst", "revoked")
+        await apikeys.revoke(redis, record.id)
+        made["revoked"] = revoked
+        await redis.aclose()
+        await ensure_topics(settings)
+        return made
+
+    keys = asyncio.run(prepare())
+    worker = WorkerProcess(settings, "api-worker").start()
+    api_log = tmp / "api.log"
+    api = start_api(settings, api_log)
+    asyncio.run(produce(settings, events, seconds=2))
+    e = Env(settings, f"http://127.0.0.1:{settings.api_port}", keys, expected, worker, api_log)
+    unique = Counter(t for t, _ in {(t, ev["event_id"]): None for t, ev in events})
+    deadline = time.monotonic() + 120
+    while True:
+        counts: Counter[str] = Counter()
+        for org in expected.orgs:
+            r = e.get(org, "freshness")
+            if r.status_code == 200:
+                counts.update(r.json()["events"])
+        if counts == unique:
+            break
+        assert time.monotonic() < deadline, f"not applied: {counts} != {unique}\n{worker.log_tail()}"
+        time.sleep(0.5)
+    yield e
+    api.terminate()
+    api.wait(30)
+    worker.kill()
+
+
+def days(e: Env) -> tuple[date, date]:
+    ds = sorted({d for _, d in e.expected.days()})
+    return date.fromisoformat(ds[0]), date.fromisoformat(ds[-1])
+
+
+# --- values ------------------------------------------------------------------------------------------
+
+
+def test_average_messages_per_session_matches_reference(env: Env) -> None:
+    first, last = days(env)
+    for org in env.expected.orgs:
+        r = env.get(org, "average-messages-per-session", start_date=first.isoformat(), end_date=last.isoformat())
+        assert r.status_code == 200, r.text
+        for row in r.json():
+            sessions = env.expected.sessions[(org, row["time"])]
+            messages = env.expected.messages[(org, row["time"])]
+            assert (row["total_sessions"], row["total_messages"]) == (sessions, messages)
+            assert row["avg_messages"] == (int(messages / sessions + 0.5) if sessions else 0)
+    weekly = env.get("acme-academy", "average-messages-per-session", start_date=first.isoformat(),
+                     end_date=last.isoformat(), aggregation="weekly").json()  # fmt: skip
+    assert sum(r["total_sessions"] for r in weekly) == sum(
+        n for (o, _), n in env.expected.sessions.items() if o == "acme-academy"
+    )
+
+
+def test_top_students_match_reference(env: Env) -> None:
+    first, last = days(env)
+    for org in env.expected.orgs:
+        totals: Counter[str] = Counter()
+        for (o, _), counts in env.expected.human.items():
+            if o == org:
+                totals.update(counts)
+        want = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
+        r = env.get(org, "top-students-by-chat-messages", start_date=first.isoformat(), end_date=last.isoformat())
+        assert r.status_code == 200
+        assert [(x["username"], x["chat_message_count"]) for x in r.json()] == want
+
+
+def test_sentiment_count_and_tenant_cost_match_reference(env: Env) -> None:
+    today = datetime.now(UTC).date()
+    for org in env.expected.orgs:
+        rows = env.get(org, "sentiment-count", period="7d").json()
+        assert [r["date"] for r in rows] == [(today - timedelta(days=6 - i)).isoformat() for i in range(7)]
+        for row in rows:
+            assert row["sentiment_count"] == env.expected.sentiment[(org, row["date"])]
+        first, last = days(env)
+        cost = env.get(org, "tenant-cost", start_date=first.isoformat(), end_date=last.isoformat()).json()
+        want = sum(n for (o, _), n in env.expected.cost.items() if o == org)
+        assert cost["cost_nanos"] == want
+        assert cost["total_cost"] == pytest.approx(want / 1e9)
+
+
+def test_chat_history_pages_newest_first(env: Env) -> None:
+    org = "acme-academy"
+    r = env.get(org, "chat-history", page_size="7")
+    body = r.json()
+    assert r.status_code == 200
+    assert body["count"] == len(env.expected.conversations[org])
+    stamps = [c["inserted_at"] for c in body["results"]]
+    assert stamps == sorted(stamps, reverse=True) and len(stamps) == 7
+    assert body["previous"] is None and "page=2" in body["next"]
+    nxt = httpx.get(body["next"], headers={"Authorization": f"Api-Token {env.keys['admin']}"}).json()
+    assert not {c["id"] for c in nxt["results"]} & {c["id"] for c in body["results"]}
+    one = body["results"][0]
+    filtered = env.get(org, "chat-history", filter_user_id=one["student"], mentor=one["mentor"]).json()
+    assert one["id"] in {c["id"] for c in filtered["results"]}
+    assert all(c["student"] == one["student"] and c["mentor"] == one["mentor"] for c in filtered["results"])
+
+
+def test_post_chat_history_goes_through_kafka_and_is_listed(env: Env) -> None:
+    org = "acme-academy"
+    body = {"student": "newbie", "mentor": "math-tutor", "topics": [{"name": "calculus"}], "title": "Limits"}
+    r = httpx.post(env.url(org, "chat-history"), json=body, headers={"Authorization": f"Token {env.keys['admin']}"})
+    assert r.status_code == 201, r.text
+    stored = r.json()
+    assert stored["id"] and stored["student"] == "newbie" and stored["topics"] == [{"name": "calculus"}]
+    deadline = time.monotonic() + 10
+    while True:
+        found = env.get(org, "chat-history", filter_user_id="newbie").json()["results"]
+        if found:
+            break
+        assert time.monotonic() < deadline, "posted record never listed"
+        time.sleep(0.1)
+    assert found[0]["id"] == stored["id"] and found[0]["title"] == "Limits"
+    bad = httpx.post(
+        env.url(org, "chat-history"), json={"mentor": "m"}, headers={"Authorization": f"Token {env.keys['admin']}"}
+    )
+    assert bad.status_code == 400 and bad.json()["parameter"] == "body" and "student" in bad.json()["error"]
+
+
+# --- errors and auth -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "param"),
+    [
+        ("average-messages-per-session", {"end_date": "2026-01-01"}, "start_date"),
+        ("average-messages-per-session", {"start_date": "2026-13-01", "end_date": "2026-01-01"}, "start_date"),
+        ("average-messages-per-session", {"start_date": "2026-02-01", "end_date": "2026-01-01"}, "end_date"),
+        (
+            "average-messages-per-session",
+            {"start_date": "2026-01-01", "end_date": "2026-01-02", "aggregation": "yearly"},
+            "aggregation",
+        ),
+        ("average-messages-per-session", {"start_date": "2000-01-01", "end_date": "2000-01-02"}, "start_date"),
+        ("sentiment-count", {"period": "1y"}, "period"),
+        ("tenant-cost", {"start_date": "yesterday", "end_date": "2026-01-01"}, "start_date"),
+        ("tenant-cost", {"start_date": "2026-11-02"}, "end_date"),
+        ("top-students-by-chat-messages", {"start_date": "2026-11-02", "end_date": "2026-11-01"}, "end_date"),
+        ("chat-history", {"page": "0"}, "page"),
+        ("chat-history", {"page": "9999"}, "page"),
+        ("chat-history", {"page_size": "1000"}, "page_size"),
+        ("chat-history", {"sentiment": "angry"}, "sentiment"),
+    ],
+)
+def test_bad_parameters_get_400_naming_them(env: Env, path: str, query: dict[str, str], param: str) -> None:
+    r = env.get("acme-academy", path, **query)
+    assert r.status_code == 400, r.text
+    assert r.json()["parameter"] == param
+    assert r.json()["error"]
+
+
+def test_auth_matrix(env: Env) -> None:
+    acme, globex = "acme-academy", "globex-school"
+    assert env.get(acme, "sentiment-count", key=None).status_code == 401
+    assert env.get(acme, "sentiment-count", key="not-a-key").status_code == 401
+    assert env.get(acme, "sentiment-count", key="revoked").status_code == 401
+    assert env.get(acme, "sentiment-count", scheme="Bearer").status_code == 401
+    assert env.get(acme, "sentiment-count", key="analyst").status_code == 200
+    assert env.get(acme, "sentiment-count", key="analyst", scheme="Token").status_code == 200
+    # another org's key: 403 whether or not the org exists, so existence does not leak
+    assert env.get(acme, "sentiment-count", key="other").status_code == 403
+    assert env.get("no-such-org", "sentiment-count", key="other").status_code == 403
+    assert env.get(globex, "top-students-by-chat-messages", key="analyst").status_code == 403
+    # all-orgs key: 404 for an org that does not exist
+    assert env.get("no-such-org", "sentiment-count", key="admin").status_code == 404
+    # chat-history needs platform_admin
+    assert env.get(acme, "chat-history", key="analyst").status_code == 403
+    assert env.get(acme, "chat-history", key="acme_admin").status_code == 200
+    assert env.get(globex, "chat-history", key="acme_admin").status_code == 403
+    post = httpx.post(env.url(acme, "chat-history"), json={"student": "x", "mentor": "y"},
+                      headers={"Authorization": f"Api-Token {env.keys['analyst']}"})  # fmt: skip
+    assert post.status_code == 403
+
+
+def test_registered_org_exists_with_zeros(env: Env) -> None:
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "orgs", "register", "fresh-org"], cwd=ROOT,
+                         env={**os.environ, **env.settings.as_env()}, capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = env.get("fresh-org", "sentiment-count", period="today").json()
+    assert rows == [{"date": datetime.now(UTC).date().isoformat(), "sentiment_count": 0, "positive": 0, "neutral": 0,
+                     "negative": 0}]  # fmt: skip
+
+
+def test_operations_endpoints(env: Env) -> None:
+    assert httpx.get(f"{env.base}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{env.base}/readyz")
+    assert ready.status_code == 200 and ready.json()["kafka"] == "ok" and ready.json()["redis"] == "ok"
+    metrics = httpx.get(f"{env.base}/metrics", timeout=20).text
+    assert "aia_http_requests_total" in metrics
+    assert 'aia_consumer_lag{topic="chat-messages"}' in metrics
+    assert 'aia_events_applied{org="acme-academy",topic="chat-messages"}' in metrics
+    doc = httpx.get(f"{env.base}/openapi.json").json()
+    assert "/api/ai-analytics/orgs/{org}/users/{user_id}/tenant-cost/" in doc["paths"]
+    assert httpx.get(f"{env.base}/docs").status_code == 200
+
+
+# --- fuzzing -----------------------------------------------------------------------------------------
+
+
+def test_fuzz_no_500_and_responses_match_schema(env: Env) -> None:
+    """Schemathesis cases for every operation, with an all-orgs key, another org's key, and none."""
+    schema = schemathesis.openapi.from_url(f"{env.base}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 9
+    keys = [env.keys["admin"], env.keys["other"], None]
+    for op in operations:
+
+        @given(case=op.as_strategy(), which=st.integers(0, 2), real_org=st.booleans())
+        @hsettings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def check(case: Any, which: int, real_org: bool) -> None:
+            if real_org and case.path_parameters and "org" in case.path_parameters:
+                case.path_parameters["org"] = "acme-academy"
+            key = keys[which]
+            headers = {} if key is None else {"Authorization": f"Api-Token {key}"}
+            response = case.call(headers=headers, timeout=20)
+            assert response.status_code < 500, (case.method, case.formatted_path, response.status_code, response.text)
+            if response.status_code in (200, 201):
+                case.validate_response(response)
+
+        check()
+
+
+# --- dashboard -----------------------------------------------------------------------------------------
+
+
+def test_dashboard_in_headless_chromium_shows_live_data(env: Env, tmp_path: Path) -> None:
+    url = f"{env.base}/dashboard/#org=acme-academy&key={env.keys['admin']}"
+    shot = ROOT / "docs" / "dashboard.png"
+    dom = render(url, tmp_path / "profile", screenshot=shot)
+    assert 'data-loaded="true"' in dom, dom[-2000:]
+    sessions_svg = dom.split('id="sessions-chart"', 1)[1].split("</svg>", 1)[0]
+    assert sessions_svg.count("<rect") >= 1 and "<polyline" in sessions_svg
+    assert dom.split('id="sentiment-chart"', 1)[1].split("</svg>", 1)[0].count("<rect") >= 1
+    top = dom.split('id="top"', 1)[1].split("</table>", 1)[0]
+    assert top.count("<tr>") >= 5  # header + students
+    assert "newest event applied" in dom
+    assert "$" in dom.split('id="cost-total"', 1)[1][:40]
+    assert shot.stat().st_size > 10_000
