@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from typing import Any
@@ -75,7 +76,10 @@ def processor() -> BatchProcessor:
 
 async def _apply(topic: str, events: list[Any]) -> None:
     records = [Record(topic, e.message.partition, e.message.offset, e.message.key, e.message.value, e) for e in events]
+    t0 = time.perf_counter()
     result = await processor().process(records, _sessions)
+    if os.environ.get("AIA_TRACE_BATCHES"):
+        log.warning("batch %s: %d records in %.1f ms", topic, len(records), (time.perf_counter() - t0) * 1000)
     _progress.add(topic, len(records), result.applied, result.skipped, result.dead)
 
 

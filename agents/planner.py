@@ -21,7 +21,7 @@ import orjson
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import keys
-from tables.buckets import day_end_ms, day_of, hour_end_ms, hour_of
+from tables.buckets import DAY_MS, HOUR_MS, day_label, day_of, hour_label
 from tables.writer import OrgWrite
 
 SENTIMENT_FIELDS = ("sentiment", "sentiment_ts")
@@ -110,6 +110,7 @@ class Planner:
     ) -> OrgWrite:
         """The OrgWrite for this org's items (in offset order within each partition)."""
         w = OrgWrite(org)
+        seen_keys: dict[str, str] = {}
         seen = dict(state.seen)
         convs = {cid: dict(v) for cid, v in state.convs.items()}
         for item in items:
@@ -122,20 +123,21 @@ class Planner:
                 continue
             w.watermark(fld, mark, item.offset)
             day = day_of(ev.ts_ms)
-            seen_key = keys.seen(org, day)
+            seen_key = seen_keys.get(day)
+            if seen_key is None:
+                seen_key = seen_keys[day] = keys.seen(org, day)
+                w.expire_at(seen_key, (now_ms + self.retention.dedup_ms) // 1000)
             prev = seen.get((day, ev.event_id))
-            w.guard(seen_key, ev.event_id, state.seen.get((day, ev.event_id)))
-            w.expire_at(seen_key, (now_ms + self.retention.dedup_ms) // 1000)
             if isinstance(ev, LlmObservation):
                 new = self._observation(w, ev, prev)
                 seen[(day, ev.event_id)] = new
-                w.hset(seen_key, ev.event_id, new)
+                w.mark_seen(seen_key, ev.event_id, state.seen.get((day, ev.event_id)), new)
                 self._meta(w, ev, item.topic, counted=prev is None)
                 continue
             if prev is not None:
                 continue  # a re-sent event: it counted the first time
             seen[(day, ev.event_id)] = "1"
-            w.hset(seen_key, ev.event_id, "1")
+            w.mark_seen(seen_key, ev.event_id, state.seen.get((day, ev.event_id)), "1")
             w.events += 1
             if isinstance(ev, ChatMessage):
                 self._session(org, ev, item, sessions)
@@ -147,6 +149,7 @@ class Planner:
                 self._guard_conv(w, ev.id, RECORD_FIELDS, state)
                 self._conversation(w, ev, convs)
             self._meta(w, ev, item.topic, counted=True)
+        self._flush_buckets(w)
         return w
 
     @staticmethod
@@ -172,18 +175,32 @@ class Planner:
 
     # --- aggregates --------------------------------------------------------------------------------
 
-    def _bucket_keys(self, w: OrgWrite, ts_ms: int) -> tuple[str, str]:
-        hkey = keys.hourly(w.org, hour_of(ts_ms))
-        dkey = keys.daily(w.org, day_of(ts_ms))
-        w.expire_at(hkey, (hour_end_ms(ts_ms) + self.retention.hourly_ms) // 1000)
-        w.expire_at(dkey, (day_end_ms(ts_ms) + self.retention.daily_ms) // 1000)
-        return hkey, dkey
-
     def _incr_both(self, w: OrgWrite, ts_ms: int, fields: tuple[str, ...], n: int = 1) -> None:
-        hkey, dkey = self._bucket_keys(w, ts_ms)
+        """Add n to each field of the hour and the day of ts_ms (summed per bucket, keyed at the end)."""
+        deltas = w.bucket_deltas
+        hour, day = ts_ms // HOUR_MS, ts_ms // DAY_MS
         for fld in fields:
-            w.hincr(hkey, fld, n)
-            w.hincr(dkey, fld, n)
+            deltas[(0, hour, fld)] = deltas.get((0, hour, fld), 0) + n
+            deltas[(1, day, fld)] = deltas.get((1, day, fld), 0) + n
+
+    def _flush_buckets(self, w: OrgWrite) -> None:
+        hourly_s, daily_s = self.retention.hourly_ms // 1000, self.retention.daily_ms // 1000
+        bucket_keys: dict[tuple[int, int], str] = {}
+        for (grain, index, fld), n in w.bucket_deltas.items():
+            key = bucket_keys.get((grain, index))
+            if key is None:
+                if grain == 0:
+                    key = keys.hourly(w.org, hour_label(index))
+                    w.expire_at(key, (index + 1) * 3600 + hourly_s)
+                else:
+                    key = keys.daily(w.org, day_label(index))
+                    w.expire_at(key, (index + 1) * 86400 + daily_s)
+                bucket_keys[(grain, index)] = key
+            w.hincr(key, fld, n)
+        for (day, mentor, student), n in w.top_deltas.items():
+            key = keys.top_students(w.org, day_label(day), mentor)
+            w.zincr(key, student, n)
+            w.expire_at(key, (day + 1) * 86400 + daily_s)
 
     def _chat_message(self, w: OrgWrite, ev: ChatMessage, item: Item, sessions: Sessions) -> None:
         raw = sessions.get(item, session_key(w.org, ev.session_id))
@@ -207,13 +224,11 @@ class Planner:
         for topic in ev.topics:
             w.nx_zadd(keys.conversations_by(w.org, "topic", topic), ev.session_id, 0.0)
         if ev.role == "human":
-            day = day_of(ev.ts_ms)
-            _, dkey = self._bucket_keys(w, ev.ts_ms)
-            w.hincr(dkey, keys.HUMAN)
-            expire = (day_end_ms(ev.ts_ms) + self.retention.daily_ms) // 1000
-            for top in (keys.top_students(w.org, day), keys.top_students(w.org, day, ev.mentor_id)):
-                w.zincr(top, ev.student)
-                w.expire_at(top, expire)
+            day_index = ev.ts_ms // DAY_MS
+            w.bucket_deltas[(1, day_index, keys.HUMAN)] = w.bucket_deltas.get((1, day_index, keys.HUMAN), 0) + 1
+            top = w.top_deltas
+            for slot in ((day_index, None, ev.student), (day_index, ev.mentor_id, ev.student)):
+                top[slot] = top.get(slot, 0) + 1
 
     def _sentiment(self, w: OrgWrite, ev: SentimentEvent, convs: dict[str, dict[str, str | None]]) -> None:
         self._incr_both(w, ev.ts_ms, (keys.SENTIMENT, keys.sentiment_field(ev.sentiment)))
@@ -274,13 +289,11 @@ class Planner:
         return new
 
     def _obs_delta(self, w: OrgWrite, ts_ms: int, cost: int, t_in: int, t_out: int, unpriced: int, count: int) -> None:
-        hkey, dkey = self._bucket_keys(w, ts_ms)
-        for key in (hkey, dkey):
-            w.hincr(key, keys.COST, cost)
-            w.hincr(key, keys.TOKENS_IN, t_in)
-            w.hincr(key, keys.TOKENS_OUT, t_out)
-            w.hincr(key, keys.OBSERVATIONS, count)
-            w.hincr(key, keys.UNPRICED, unpriced)
+        self._incr_both(w, ts_ms, (keys.COST,), cost)
+        self._incr_both(w, ts_ms, (keys.TOKENS_IN,), t_in)
+        self._incr_both(w, ts_ms, (keys.TOKENS_OUT,), t_out)
+        self._incr_both(w, ts_ms, (keys.OBSERVATIONS,), count)
+        self._incr_both(w, ts_ms, (keys.UNPRICED,), unpriced)
 
     @staticmethod
     def _meta(w: OrgWrite, ev: Event, topic: str, counted: bool) -> None:

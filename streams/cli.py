@@ -144,6 +144,7 @@ def _worker(argv: list[str]) -> None:
     from streams.app import app
 
     settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     extra = [] if settings.worker_web_port or any(a.startswith("--with") for a in argv) else ["--without-web"]
     if settings.worker_web_port and not any(a.startswith("--web-port") for a in argv):
         extra += ["--web-port", str(settings.worker_web_port)]

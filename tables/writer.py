@@ -30,7 +30,27 @@ end
 for _, g in ipairs(p.g) do
   if not same(redis.call('HGET', KEYS[g[1]], g[2]), g[3]) then return {0, 'guard ' .. KEYS[g[1]] .. ' ' .. g[2]} end
 end
+for _, d in ipairs(p.d) do
+  local key, ids, expected = KEYS[d[1]], d[2], d[3]
+  for i = 1, #ids, 1000 do
+    local cur = redis.call('HMGET', key, unpack(ids, i, math.min(i + 999, #ids)))
+    for n = 1, #cur do
+      if not same(cur[n], expected[i + n - 1]) then return {0, 'seen ' .. ids[i + n - 1]} end
+    end
+  end
+end
 for _, w in ipairs(p.w) do redis.call('HSET', offsets, w[1], w[3]) end
+for _, d in ipairs(p.d) do
+  local key, ids, values = KEYS[d[1]], d[2], d[4]
+  for i = 1, #ids, 500 do
+    local args = {}
+    for n = i, math.min(i + 499, #ids) do
+      args[#args + 1] = ids[n]
+      args[#args + 1] = values[n]
+    end
+    redis.call('HSET', key, unpack(args))
+  end
+end
 for _, o in ipairs(p.i) do redis.call('HINCRBY', KEYS[o[1]], o[2], o[3]) end
 for _, o in ipairs(p.z) do redis.call('ZINCRBY', KEYS[o[1]], o[3], o[2]) end
 for _, o in ipairs(p.s) do redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
@@ -65,6 +85,11 @@ class OrgWrite:
     nx_zadds: dict[tuple[int, str], float] = field(default_factory=dict)
     maxes: dict[tuple[int, str], int] = field(default_factory=dict)
     expires: dict[int, int] = field(default_factory=dict)
+    # event_id -> (value before the batch, value after), per seen-hash key: checked and written in bulk
+    seen: dict[str, dict[str, tuple[str | None, str]]] = field(default_factory=dict)
+    # (0 hourly | 1 daily, bucket index, field) -> delta; (day index, mentor or None, student) -> delta
+    bucket_deltas: dict[tuple[int, int, str], int] = field(default_factory=dict)
+    top_deltas: dict[tuple[int, str | None, str], int] = field(default_factory=dict)
     events: int = 0
 
     def __post_init__(self) -> None:
@@ -84,6 +109,11 @@ class OrgWrite:
     def watermark(self, offset_field: str, expected: int | None, new: int) -> None:
         prev = self.watermarks.get(offset_field)
         self.watermarks[offset_field] = (expected if prev is None else prev[0], max(new, prev[1] if prev else new))
+
+    def mark_seen(self, key: str, event_id: str, expected: str | None, new: str) -> None:
+        ids = self.seen.setdefault(key, {})
+        prev = ids.get(event_id)
+        ids[event_id] = (expected if prev is None else prev[0], new)
 
     def guard(self, key: str, fld: str, expected: str | None) -> None:
         self.guards.setdefault((self.k(key), fld), expected)
@@ -128,6 +158,10 @@ class OrgWrite:
             {
                 "w": [[f, None if exp is None else str(exp), str(new)] for f, (exp, new) in self.watermarks.items()],
                 "g": [[k, f, exp] for (k, f), exp in self.guards.items()],
+                "d": [
+                    [self.k(key), list(ids), [e for e, _ in ids.values()], [v for _, v in ids.values()]]
+                    for key, ids in self.seen.items()
+                ],
                 "i": [[k, f, str(n)] for (k, f), n in self.hincrs.items() if n],
                 "z": [[k, m, str(n)] for (k, m), n in self.zincrs.items() if n],
                 "s": [[k, f, v] for (k, f), v in self.sets.items()],
