@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
+import signal
 import time
 import weakref
 from collections import OrderedDict
@@ -19,6 +21,7 @@ from agents.planner import Item
 from streams.app import app, settings
 from streams.names import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
 from streams.topics import (
+    aggregates_topic,
     chat_history_topic,
     chat_messages_topic,
     dead_letter_topic,
@@ -79,9 +82,23 @@ class FaustSessions:
 _sessions = FaustSessions()
 
 
-@app.on_partitions_revoked.connect
-async def _forget_sessions(sender: Any, revoked: Any, **kwargs: Any) -> None:
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
+async def _forget_sessions(sender: Any, *args: Any, **kwargs: Any) -> None:
     _sessions.cache.clear()
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def _install_task_dump() -> None:
+    """SIGUSR1 logs every asyncio task's stack: how to see where a live worker is waiting."""
+    loop = asyncio.get_running_loop()
+
+    def dump() -> None:
+        out = io.StringIO()
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(limit=12, file=out)
+        log.warning("asyncio tasks on SIGUSR1:\n%s", out.getvalue())
+
+    loop.add_signal_handler(signal.SIGUSR1, dump)
 
 
 async def send_dead_letters(dead: list[DeadLetter]) -> None:
@@ -92,18 +109,42 @@ async def send_dead_letters(dead: list[DeadLetter]) -> None:
         log.warning("dead letter %s[%d]@%d: %s", d.record.topic, d.record.partition, d.record.offset, d.reason)
 
 
+async def publish_aggregates(records: list[tuple[bytes, bytes]]) -> None:
+    futures = [await aggregates_topic.send(key=k, value=v) for k, v in records]
+    await asyncio.gather(*futures)  # published before the batch's offsets may be committed
+
+
 _processor: BatchProcessor | None = None
 
 
 def processor() -> BatchProcessor:
     global _processor
     if _processor is None:  # created lazily, inside the worker's event loop
-        _processor = BatchProcessor(settings, Redis.from_url(settings.redis_url), send_dead_letters)
+        _processor = BatchProcessor(settings, Redis.from_url(settings.redis_url), send_dead_letters, publish_aggregates)
     return _processor
+
+
+_last_offset: dict[tuple[str, int], int] = {}
+
+
+def _check_continuity(topic: str, records: list[Record]) -> None:
+    """Log what should never happen inside one batch stream: a record twice, or offsets going backwards
+    or skipping within a partition (a rebalance may legitimately restart a partition elsewhere)."""
+    seen: set[tuple[int, int]] = set()
+    for r in records:
+        tp = (topic, r.partition)
+        if (r.partition, r.offset) in seen:
+            log.warning("continuity: %s[%d]@%d twice in one batch", topic, r.partition, r.offset)
+        seen.add((r.partition, r.offset))
+        last = _last_offset.get(tp)
+        if last is not None and r.offset != last + 1:
+            log.warning("continuity: %s[%d] jumped from %d to %d", topic, r.partition, last, r.offset)
+        _last_offset[tp] = r.offset
 
 
 async def _apply(topic: str, events: list[Any]) -> None:
     records = [Record(topic, e.message.partition, e.message.offset, e.message.key, e.message.value, e) for e in events]
+    _check_continuity(topic, records)
     t0 = time.perf_counter()
     result = await processor().process(records, _sessions)
     if os.environ.get("AIA_TRACE_BATCHES"):

@@ -22,7 +22,7 @@ from streams.prices import PriceTable
 from streams.schemas import Limits, parse
 from streams.settings import Settings
 from tables import keys
-from tables.writer import Writer
+from tables.writer import OrgWrite, Writer
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,18 @@ class BatchResult:
 
 
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
+# (record key, record value) pairs for the compacted analytics-aggregates topic
+Publish = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]
 
 
 class BatchProcessor:
-    def __init__(self, settings: Settings, redis: Redis, send_dead_letters: SendDeadLetters) -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis, send_dead_letters: SendDeadLetters, publish: Publish | None = None
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.send_dead_letters = send_dead_letters
+        self.publish = publish
         self.writer = Writer(redis)
         day = 86_400_000
         self.limits = Limits(
@@ -106,7 +111,10 @@ class BatchProcessor:
     def validate(self, records: list[Record], now_ms: int) -> tuple[dict[str, list[Item]], list[DeadLetter]]:
         by_org: dict[str, list[Item]] = {}
         dead: list[DeadLetter] = []
-        for r in records:
+        # Around a rebalance Faust can hand one batch a record twice (a pre-rebalance buffer plus the
+        # re-fetch from the committed offset) and out of order; the planner wants each once, in order.
+        unique = {(r.partition, r.offset): r for r in reversed(records)}
+        for r in sorted(unique.values(), key=lambda r: (r.partition, r.offset)):
             try:
                 ev = parse(r.topic, r.key, r.value, now_ms, self.limits)
             except InvalidEvent as exc:
@@ -127,6 +135,7 @@ class BatchProcessor:
             # Before the batch's offsets can be committed, so no bad event is ever lost.
             await self.send_dead_letters(dead)
         pending = by_org
+        done: list[OrgWrite] = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts = attempt
             states = await self.read_states(pending)
@@ -135,6 +144,7 @@ class BatchProcessor:
             for w in writes:
                 if w.org not in conflicts:
                     result.applied += w.events
+                    done.append(w)
             if not conflicts:
                 break
             log.debug("re-planning %d org(s) after conflicts: %s", len(conflicts), conflicts)
@@ -145,7 +155,46 @@ class BatchProcessor:
         result.skipped = len(records) - len(dead) - result.applied
         if by_org:
             await self.redis.sadd(keys.orgs(), *by_org)
+        if self.publish is not None and done:
+            await self.publish(await self.aggregate_records(done, sessions, now_ms))
         return result
+
+    async def aggregate_records(
+        self, writes: list[OrgWrite], sessions: Sessions, now_ms: int
+    ) -> list[tuple[bytes, bytes]]:
+        """The new absolute value of every bucket counter the batch touched.
+
+        Values come from the apply script itself. Events a replay skipped (applied by a run that may have
+        died before publishing) have their counters' current values read back and published again, so
+        the compacted topic never keeps a value older than Redis.
+        """
+        values: dict[tuple[str, str, str], int] = {}
+        for w in writes:
+            values.update(w.new_values)
+        reread: list[tuple[str, str, str]] = []
+        for w in writes:
+            if w.replayed:
+                shadow = self.planner.touched_by(w.org, w.replayed, sessions, now_ms)
+                shadow.payload()
+                reread += [(shadow.keys[k - 1], f, "h") for (k, f), _ in shadow._incr_order]
+                reread += [(shadow.keys[k - 1], m, "z") for (k, m), _ in shadow._zincr_order]
+        reread = [r for r in reread if r not in values]
+        if reread:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, member, kind in reread:
+                    if kind == "h":
+                        pipe.hget(key, member)
+                    else:
+                        pipe.zscore(key, member)
+                for slot, value in zip(reread, await pipe.execute(), strict=True):
+                    values[slot] = int(float(value or 0))
+        out = []
+        for (key, member, kind), value in values.items():
+            described = keys.describe_counter(key, member, kind)
+            if described is not None:
+                record_key, fields = described
+                out.append((record_key.encode(), orjson.dumps({**fields, "value": value, "applied_at_ms": now_ms})))
+        return out
 
     async def read_states(self, by_org: dict[str, list[Item]]) -> dict[str, OrgState]:
         """Everything the planner needs from Redis, for every org of the batch, in one round trip."""

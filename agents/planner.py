@@ -117,11 +117,10 @@ class Planner:
             ev = item.event
             fld = keys.offset_field(item.topic, item.partition)
             mark = state.offsets.get(fld)
-            if mark is not None and item.offset <= mark:
-                if isinstance(ev, ChatMessage):
-                    self._session(org, ev, item, sessions)  # restores table state a crash lost
-                continue
-            w.watermark(fld, mark, item.offset)
+            # The watermark records progress (and makes two writers of one partition conflict); what an
+            # event contributed is decided by its event_id alone, so a replayed, re-ordered or gapped
+            # delivery still counts every event exactly once.
+            w.watermark(fld, mark, item.offset if mark is None else max(mark, item.offset))
             day = day_of(ev.ts_ms)
             seen_key = seen_keys.get(day)
             if seen_key is None:
@@ -130,12 +129,19 @@ class Planner:
             prev = seen.get((day, ev.event_id))
             if isinstance(ev, LlmObservation):
                 new = self._observation(w, ev, prev)
+                if new != prev:
+                    w.events += 1
+                else:
+                    w.replayed.append(item)
                 seen[(day, ev.event_id)] = new
                 w.mark_seen(seen_key, ev.event_id, state.seen.get((day, ev.event_id)), new)
                 self._meta(w, ev, item.topic, counted=prev is None)
                 continue
             if prev is not None:
-                continue  # a re-sent event: it counted the first time
+                if isinstance(ev, ChatMessage):
+                    self._session(org, ev, item, sessions)  # a replay restores table state a crash lost
+                w.replayed.append(item)
+                continue  # a re-sent or replayed event: it counted the first time
             seen[(day, ev.event_id)] = "1"
             w.mark_seen(seen_key, ev.event_id, state.seen.get((day, ev.event_id)), "1")
             w.events += 1
@@ -151,6 +157,10 @@ class Planner:
             self._meta(w, ev, item.topic, counted=True)
         self._flush_buckets(w)
         return w
+
+    def touched_by(self, org: str, items: list[Item], sessions: Sessions, now_ms: int) -> OrgWrite:
+        """What these (already applied) items wrote, planned as if new: to re-publish those counters."""
+        return self.plan(org, items, OrgState(), sessions, now_ms)
 
     @staticmethod
     def _guard_conv(w: OrgWrite, conv_id: str, fields: tuple[str, ...], state: OrgState) -> None:

@@ -97,3 +97,24 @@ def api_keys() -> str:
 def api_key_ids() -> str:
     """Hash key id -> sha256(token), for listing and revoking."""
     return f"{NS}:apikeys:ids"
+
+
+def describe_counter(key: str, member: str, kind: str) -> tuple[str, dict[str, str]] | None:
+    """(the analytics-aggregates record key, its parts) of a bucket counter, or None for other keys.
+
+    Record keys read `org|metric|grain|bucket`, e.g. `acme|messages|d|20261122`, and for the top-students
+    sets `acme|top_students|d|20261122|ann` (`top_students|m|<mentor>` for a mentor's set).
+    """
+    if not key.startswith(f"{NS}:{{"):
+        return None
+    org = org_of(key)
+    rest = key[len(_org(org)) + 1 :]
+    grain, _, bucket = rest.partition(":")
+    if kind == "h" and grain in ("h", "d"):
+        return f"{org}|{member}|{grain}|{bucket}", {"org": org, "metric": member, "grain": grain, "bucket": bucket}
+    if kind == "z" and grain == "top":
+        day, _, mentor = bucket.partition("|m|")
+        metric = "top_students" if not mentor else f"top_students|m|{mentor}"
+        fields = {"org": org, "metric": metric, "grain": "d", "bucket": day, "student": member}
+        return f"{org}|{metric}|d|{day}|{member}", fields
+    return None

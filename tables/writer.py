@@ -51,8 +51,9 @@ for _, d in ipairs(p.d) do
     redis.call('HSET', key, unpack(args))
   end
 end
-for _, o in ipairs(p.i) do redis.call('HINCRBY', KEYS[o[1]], o[2], o[3]) end
-for _, o in ipairs(p.z) do redis.call('ZINCRBY', KEYS[o[1]], o[3], o[2]) end
+local new_h, new_z = {}, {}
+for _, o in ipairs(p.i) do new_h[#new_h + 1] = redis.call('HINCRBY', KEYS[o[1]], o[2], o[3]) end
+for _, o in ipairs(p.z) do new_z[#new_z + 1] = redis.call('ZINCRBY', KEYS[o[1]], o[3], o[2]) end
 for _, o in ipairs(p.s) do redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
 for _, o in ipairs(p.sn) do redis.call('HSETNX', KEYS[o[1]], o[2], o[3]) end
 for _, o in ipairs(p.r) do redis.call('ZREM', KEYS[o[1]], o[2]) end
@@ -63,7 +64,7 @@ for _, o in ipairs(p.m) do
   if tonumber(o[3]) > cur then redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
 end
 for _, o in ipairs(p.x) do redis.call('EXPIREAT', KEYS[o[1]], o[2]) end
-return {1, ''}
+return {1, '', new_h, new_z}
 """
 
 
@@ -91,6 +92,12 @@ class OrgWrite:
     bucket_deltas: dict[tuple[int, int, str], int] = field(default_factory=dict)
     top_deltas: dict[tuple[int, str | None, str], int] = field(default_factory=dict)
     events: int = 0
+    replayed: list[Any] = field(default_factory=list)  # items at or below a watermark: applied before
+    _incr_order: list[tuple[tuple[int, str], int]] = field(default_factory=list)
+    _zincr_order: list[tuple[tuple[int, str], int]] = field(default_factory=list)
+    # After a successful apply: ((key, field or member, "h" | "z"), new absolute value) of every counter
+    # the batch changed, as the script saw them (for the analytics-aggregates topic).
+    new_values: list[tuple[tuple[str, str, str], int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.k(keys.offsets(self.org))  # KEYS[1] is always the offsets hash
@@ -154,6 +161,8 @@ class OrgWrite:
         self.expires[self.k(key)] = epoch_s
 
     def payload(self) -> bytes:
+        self._incr_order = [(slot, n) for slot, n in self.hincrs.items() if n]
+        self._zincr_order = [(slot, n) for slot, n in self.zincrs.items() if n]
         return orjson.dumps(
             {
                 "w": [[f, None if exp is None else str(exp), str(new)] for f, (exp, new) in self.watermarks.items()],
@@ -162,8 +171,8 @@ class OrgWrite:
                     [self.k(key), list(ids), [e for e, _ in ids.values()], [v for _, v in ids.values()]]
                     for key, ids in self.seen.items()
                 ],
-                "i": [[k, f, str(n)] for (k, f), n in self.hincrs.items() if n],
-                "z": [[k, m, str(n)] for (k, m), n in self.zincrs.items() if n],
+                "i": [[k, f, str(n)] for (k, f), n in self._incr_order],
+                "z": [[k, m, str(n)] for (k, m), n in self._zincr_order],
                 "s": [[k, f, v] for (k, f), v in self.sets.items()],
                 "sn": [[k, f, v] for (k, f), v in self.nx_sets.items()],
                 "an": [[k, m, repr(float(s))] for (k, m), s in self.nx_zadds.items()],
@@ -191,7 +200,16 @@ class Writer:
                 await self._script(keys=w.keys, args=[w.payload()], client=pipe)
             results = await pipe.execute()
         conflicts = {}
-        for w, (ok, reason) in zip(writes, results, strict=True):
+        for w, (ok, reason, *values) in zip(writes, results, strict=True):
             if int(ok) != 1:
                 conflicts[w.org] = reason.decode() if isinstance(reason, bytes) else str(reason)
+                continue
+            new_h, new_z = values
+            names = w.keys
+            w.new_values = [
+                ((names[k - 1], f, "h"), int(v)) for ((k, f), _), v in zip(w._incr_order, new_h, strict=True)
+            ]
+            w.new_values += [
+                ((names[k - 1], m, "z"), int(float(v))) for ((k, m), _), v in zip(w._zincr_order, new_z, strict=True)
+            ]
         return conflicts

@@ -20,7 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from infra.kafka import KafkaBroker
@@ -150,3 +152,23 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 60
             return last
         await asyncio.sleep(0.25)
     raise AssertionError(f"{what} not reached within {timeout}s; last value: {last!r}")
+
+
+async def read_compacted(settings: Settings, idle_s: float = 3.0) -> dict[str, dict[str, Any]]:
+    """Everything on analytics-aggregates from the beginning, last value per key (what compaction keeps)."""
+    consumer = AIOKafkaConsumer(
+        settings.topic("analytics-aggregates"), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    latest: dict[str, dict[str, Any]] = {}
+    quiet_since = time.monotonic()
+    try:
+        while time.monotonic() - quiet_since < idle_s:
+            batch = await consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                for r in records:
+                    latest[r.key.decode()] = orjson.loads(r.value)
+                quiet_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return latest

@@ -32,7 +32,7 @@ from streams.admin import ensure_topics
 from streams.settings import Settings
 from tables import apikeys
 from tests import reference
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, read_compacted
 from tests.traffic import demo_events, produce
 
 pytestmark = pytest.mark.integration
@@ -332,3 +332,28 @@ def test_dashboard_in_headless_chromium_shows_live_data(env: Env, tmp_path: Path
     assert "newest event applied" in dom
     assert "$" in dom.split('id="cost-total"', 1)[1][:40]
     assert shot.stat().st_size > 10_000
+
+
+# --- analytics-aggregates ----------------------------------------------------------------------------
+
+
+def test_aggregates_topic_rebuilds_the_api_values(env: Env) -> None:
+    latest = asyncio.run(read_compacted(env.settings))
+    first, last = days(env)
+    for org in env.expected.orgs:
+        rows = env.get(org, "average-messages-per-session", start_date=first.isoformat(), end_date=last.isoformat())
+        for row in rows.json():
+            day = row["time"].replace("-", "")
+            sessions = latest.get(f"{org}|sessions|d|{day}", {}).get("value", 0)
+            messages = latest.get(f"{org}|messages|d|{day}", {}).get("value", 0)
+            assert (sessions, messages) == (row["total_sessions"], row["total_messages"]), (org, day)
+        cost = env.get(org, "tenant-cost", start_date=first.isoformat(), end_date=last.isoformat()).json()
+        rebuilt = sum(v["value"] for k, v in latest.items() if k.startswith(f"{org}|cost_nanos|d|"))
+        assert rebuilt == cost["cost_nanos"]
+        top = env.get(org, "top-students-by-chat-messages", start_date=first.isoformat(), end_date=last.isoformat())
+        totals: Counter[str] = Counter()
+        for v in latest.values():
+            if v["org"] == org and v["metric"] == "top_students":
+                totals[v["student"]] += v["value"]
+        want = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
+        assert [(r["username"], r["chat_message_count"]) for r in top.json()] == want
