@@ -104,7 +104,7 @@ async def ceiling(settings: Settings, n: int) -> float:
 
 
 def start_worker(settings: Settings, name: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **replace(settings, data_dir=settings.data_dir / name).as_env()}
+    env = {**os.environ, **replace(settings, data_dir=settings.data_dir / settings.app_id / name).as_env()}
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "streams", "worker", "-l", "warn"],
