@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 from infra.exceptions import InfraError
+from infra.procs import apt_install
 
 # Without the background-networking flags Chromium tries to reach Google's hosts at every start.
 FLAGS = [
@@ -18,21 +17,7 @@ FLAGS = [
 
 
 def ensure_chromium() -> str:
-    found = shutil.which("chromium")
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        raise InfraError("chromium is missing; install it (apt-get install chromium)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for args in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "chromium"]):
-        result = subprocess.run(args, capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            raise InfraError(f"{' '.join(args)} failed:\n{result.stderr[-2000:]}")
-    found = shutil.which("chromium")
-    if found is None:
-        raise InfraError("apt-get installed chromium but it is not on PATH")
-    return found
+    return apt_install("chromium", "chromium")
 
 
 def render(

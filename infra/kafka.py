@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.exceptions import InfraError
-from infra.procs import ROOT, spawn, stop_process, tail, wait_until
+from infra.procs import ROOT, LocalServer, spawn, wait_until
 
 POM = ROOT / "infra" / "broker" / "pom.xml"
 LOG4J = ROOT / "infra" / "broker" / "log4j2.properties"
@@ -45,7 +45,7 @@ def _cluster_id() -> str:
 
 
 @dataclass
-class KafkaBroker:
+class KafkaBroker(LocalServer):
     """One broker+controller on loopback; its data survives `stop()` and a later `start()`."""
 
     data_dir: Path
@@ -54,18 +54,12 @@ class KafkaBroker:
     partitions: int = 6
     heap: str = "768m"
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    name = "kafka"
+    stop_timeout = 60.0
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "kafka.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "kafka.pid"
 
     def _config(self) -> Path:
         logs = self.data_dir / "logs"
@@ -135,17 +129,3 @@ class KafkaBroker:
         except InfraError:
             self.stop()
             raise
-
-    def stop(self) -> None:
-        stop_process(self.proc, timeout=60, pid_file=self.pid_file)
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL, for fault tests: the broker gets no chance to flush or leave cleanly."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def log_tail(self) -> str:
-        return tail(self.log_file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,3 +105,53 @@ def stop_pid_file(pid_file: Path, *, timeout: float = 30.0) -> bool:
         os.kill(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     return True
+
+
+class LocalServer:
+    """What the Kafka and Redis launchers share: a child process, its log and pid files, stop and kill."""
+
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None
+    name: str = "server"
+    stop_timeout: float = 30.0
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / f"{self.name}.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / f"{self.name}.pid"
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout=self.stop_timeout, pid_file=self.pid_file)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, for fault tests: no chance to flush or leave cleanly."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def log_tail(self) -> str:
+        return tail(self.log_file)
+
+
+def apt_install(package: str, binary: str) -> str:
+    """Path of `binary`; runs `apt-get install <package>` when it is missing and we are root."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        raise InfraError(f"{binary} is missing; install it (apt-get install {package}) and run again")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for args in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", package]):
+        result = subprocess.run(args, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            raise InfraError(f"{' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    found = shutil.which(binary) or (f"/usr/bin/{binary}" if Path(f"/usr/bin/{binary}").exists() else None)
+    if found is None:
+        raise InfraError(f"apt-get installed {package} but {binary} is not on PATH")
+    return found

@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.exceptions import InfraError
-from infra.procs import spawn, stop_process, tail, wait_until
+from infra.procs import LocalServer, apt_install, spawn, wait_until
 
 
 def ensure_redis_server() -> str:
-    """Path of redis-server; runs `apt-get install redis-server` when missing and we are root."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        raise InfraError("redis-server is missing; install it (apt-get install redis-server) and run again")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for args in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "redis-server"]):
-        result = subprocess.run(args, capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            raise InfraError(f"{' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    found = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-    )
-    if found is None:
-        raise InfraError("apt-get installed redis-server but it is not on PATH")
-    return found
+    """Path of redis-server; installed from Debian's package when missing."""
+    return apt_install("redis-server", "redis-server")
 
 
 def _pong(port: int) -> bool:
@@ -44,23 +26,16 @@ def _pong(port: int) -> bool:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(LocalServer):
     data_dir: Path
     port: int = 6379
     appendonly: bool = True
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    name = "redis"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "redis.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "redis.pid"
 
     def start(self, timeout: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -89,16 +64,3 @@ class RedisServer:
         except InfraError:
             self.stop()
             raise
-
-    def stop(self) -> None:
-        stop_process(self.proc, timeout=30, pid_file=self.pid_file)
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def log_tail(self) -> str:
-        return tail(self.log_file)
