@@ -178,22 +178,30 @@ class BatchProcessor:
                 shadow.payload()
                 reread += [(shadow.keys[k - 1], f, "h") for (k, f), _ in shadow._incr_order]
                 reread += [(shadow.keys[k - 1], m, "z") for (k, m), _ in shadow._zincr_order]
-        reread = [r for r in reread if r not in values]
-        if reread:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, member, kind in reread:
-                    if kind == "h":
-                        pipe.hget(key, member)
-                    else:
-                        pipe.zscore(key, member)
-                for slot, value in zip(reread, await pipe.execute(), strict=True):
-                    values[slot] = int(float(value or 0))
+        # A top-students set is published whole (one record per org, day and mentor), read after the apply.
+        zsets = sorted({key for key, _, kind in [*values, *reread] if kind == "z"})
+        reread = [r for r in reread if r not in values and r[2] == "h"]
+        values = {slot: v for slot, v in values.items() if slot[2] == "h"}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, member, _ in reread:
+                pipe.hget(key, member)
+            for key in zsets:
+                pipe.zrange(key, 0, -1, withscores=True)
+            replies = await pipe.execute() if (reread or zsets) else []
+        for slot, value in zip(reread, replies[: len(reread)], strict=True):
+            values[slot] = int(value or 0)
         out = []
         for (key, member, kind), value in values.items():
             described = keys.describe_counter(key, member, kind)
             if described is not None:
                 record_key, fields = described
                 out.append((record_key.encode(), orjson.dumps({**fields, "value": value, "applied_at_ms": now_ms})))
+        for key, members in zip(zsets, replies[len(reread) :], strict=True):
+            described = keys.describe_counter(key, "", "z")
+            if described is not None:
+                record_key, fields = described
+                counts = {m.decode(): int(score) for m, score in members}
+                out.append((record_key.encode(), orjson.dumps({**fields, "value": counts, "applied_at_ms": now_ms})))
         return out
 
     async def read_states(self, by_org: dict[str, list[Item]]) -> dict[str, OrgState]:

@@ -102,8 +102,9 @@ def api_key_ids() -> str:
 def describe_counter(key: str, member: str, kind: str) -> tuple[str, dict[str, str]] | None:
     """(the analytics-aggregates record key, its parts) of a bucket counter, or None for other keys.
 
-    Record keys read `org|metric|grain|bucket`, e.g. `acme|messages|d|20261122`, and for the top-students
-    sets `acme|top_students|d|20261122|ann` (`top_students|m|<mentor>` for a mentor's set).
+    Record keys read `org|metric|grain|bucket`, e.g. `acme|messages|d|20261122`; a top-students set is one
+    record, `acme|top_students|d|20261122` (`top_students|m|<mentor>` for a mentor's set), whose value
+    holds every student's count that day.
     """
     if not key.startswith(f"{NS}:{{"):
         return None
@@ -115,6 +116,5 @@ def describe_counter(key: str, member: str, kind: str) -> tuple[str, dict[str, s
     if kind == "z" and grain == "top":
         day, _, mentor = bucket.partition("|m|")
         metric = "top_students" if not mentor else f"top_students|m|{mentor}"
-        fields = {"org": org, "metric": metric, "grain": "d", "bucket": day, "student": member}
-        return f"{org}|{metric}|d|{day}|{member}", fields
+        return f"{org}|{metric}|d|{day}", {"org": org, "metric": metric, "grain": "d", "bucket": day}
     return None
