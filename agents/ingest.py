@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import signal
 import time
 import weakref
@@ -147,7 +146,7 @@ async def _apply(topic: str, events: list[Any]) -> None:
     _check_continuity(topic, records)
     t0 = time.perf_counter()
     result = await processor().process(records, _sessions)
-    if os.environ.get("AIA_TRACE_BATCHES"):
+    if settings.trace_batches:
         log.warning("batch %s: %d records in %.1f ms", topic, len(records), (time.perf_counter() - t0) * 1000)
     _progress.add(topic, len(records), result.applied, result.skipped, result.dead)
 

@@ -43,6 +43,7 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     log_level: str = "info"
+    trace_batches: int = 0  # 1: the worker logs every batch's size and time
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
