@@ -1,0 +1,105 @@
+"""Pure logic without servers: cost inference, buckets, range planning, and the planner's decisions."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from agents.planner import DictSessions, Item, OrgState, Planner, Retention
+from streams.prices import PriceTable
+from streams.schemas import ChatMessage, LlmObservation
+from tables import keys
+from tables.buckets import day_of, hour_of, hours_between
+from tables.queries import cost_buckets
+
+DAY = 86_400_000
+T0 = calendar.timegm((2026, 11, 20, 23, 30, 0)) * 1000  # 23:30 UTC, half an hour before midnight
+
+
+def test_inferred_cost_is_exact_and_override_wins(tmp_path: Path) -> None:
+    table = PriceTable.load()
+    # gpt-4o-mini: $0.15 / $0.60 per million tokens -> 150 and 600 nano-dollars per thousand tokens
+    assert table.cost_nanos("gpt-4o-mini-2024-07-18", 1000, 1000) == 150_000 + 600_000
+    assert table.cost_nanos("GPT-4O", 1, 0) == 2_500  # case-insensitive; gpt-4o after gpt-4o-mini
+    assert table.cost_nanos("my-own-model", 10, 10) is None
+    override = tmp_path / "prices.toml"
+    override.write_text('[[model]]\nmatch = "^gpt-4o"\ninput = "1"\noutput = "1"\n')
+    assert PriceTable.load(override).cost_nanos("gpt-4o", 1_000_000, 0) == 1_000_000_000
+
+
+def test_buckets_are_utc() -> None:
+    assert hour_of(T0) == "2026112023"
+    assert day_of(T0) == "20261120"
+    assert day_of(T0 + 30 * 60 * 1000) == "20261121"
+    assert len(hours_between(date(2026, 11, 20), date(2026, 11, 21))) == 48
+
+
+def test_cost_range_uses_days_inside_and_hours_at_the_edges() -> None:
+    start = datetime(2026, 11, 20, 22, 15, tzinfo=UTC)
+    end = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+    got = cost_buckets("acme", start, end)
+    assert got == [
+        keys.hourly("acme", "2026112022"),
+        keys.hourly("acme", "2026112023"),
+        keys.daily("acme", "20261121"),
+        keys.daily("acme", "20261122"),
+        keys.hourly("acme", "2026112300"),
+        keys.hourly("acme", "2026112301"),
+    ]
+
+
+def planner() -> Planner:
+    return Planner(PriceTable.load(), Retention(hourly_ms=90 * DAY, daily_ms=400 * DAY, dedup_ms=7 * DAY))
+
+
+def msg(event_id: str, offset: int, ts: int, session: str = "s1", role: str = "human") -> Item:
+    ev = ChatMessage(event_id, "acme", ts, session, "ann", "m1", role, ())
+    return Item(ev, "chat-messages", 0, offset)
+
+
+def daily(w: object, field: str, ts: int) -> int:
+    return w.bucket_deltas.get((1, ts // DAY, field), 0)  # type: ignore[attr-defined]
+
+
+def test_session_belongs_to_the_day_of_its_first_message() -> None:
+    p, sessions = planner(), DictSessions()
+    items = [msg("a", 10, T0), msg("b", 11, T0 + 60 * 60 * 1000, role="ai")]  # the second is the next day
+    w = p.plan("acme", items, OrgState(), sessions, T0)
+    assert daily(w, keys.SESSIONS, T0) == 1
+    assert daily(w, keys.MESSAGES, T0) == 2  # both messages count where the session started
+    assert daily(w, keys.MESSAGES, T0 + DAY) == 0
+    assert w.top_deltas == {(T0 // DAY, None, "ann"): 1, (T0 // DAY, "m1", "ann"): 1}
+
+
+def test_replayed_events_count_nothing_and_restore_the_session_table() -> None:
+    p = planner()
+    first = msg("a", 10, T0)
+    seen = {(day_of(T0), "a"): "1"}  # applied before a crash that lost the table's changelog tail
+    sessions = DictSessions()
+    w = p.plan("acme", [first, msg("b", 11, T0)], OrgState(seen=seen), sessions, T0)
+    assert daily(w, keys.SESSIONS, T0) == 0  # the session was counted with "a" already
+    assert daily(w, keys.MESSAGES, T0) == 1  # only "b" is new
+    assert sessions.data["acme\x1fs1"][0] == 10  # "a" is the first message again
+    assert w.replayed == [first]
+
+
+def test_resent_observation_replaces_its_cost() -> None:
+    p = planner()
+    obs = LlmObservation("o1", "acme", T0, "t1", "generation", "x", 10, 10, 300)
+    prev = f"500,10,10,0,{T0}"
+    w = p.plan("acme", [Item(obs, "llm-observations", 0, 5)], OrgState(seen={(day_of(T0), "o1"): prev}),
+               DictSessions(), T0)  # fmt: skip
+    assert daily(w, keys.COST, T0) == -200
+    assert daily(w, keys.OBSERVATIONS, T0) == 0
+
+
+@pytest.mark.parametrize("dup_in_batch", [True, False])
+def test_an_event_id_counts_once(dup_in_batch: bool) -> None:
+    p = planner()
+    items = [msg("a", 1, T0), msg("a", 2, T0)] if dup_in_batch else [msg("a", 2, T0)]
+    seen = {} if dup_in_batch else {(day_of(T0), "a"): "1"}
+    w = p.plan("acme", items, OrgState(seen=seen), DictSessions(), T0)
+    assert daily(w, keys.MESSAGES, T0) == (1 if dup_in_batch else 0)
