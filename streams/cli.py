@@ -141,10 +141,14 @@ def _worker(argv: list[str]) -> None:
     # Imported here, not only through Faust's autodiscovery, which logs an import error and carries on
     # with no agents at all: a broken agent module must stop the worker loudly.
     import agents.ingest  # noqa: F401
+    from streams.admin import ensure_topics
     from streams.app import app
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    # Our topics first (the compacted aggregates topic above all): left to the broker's auto-creation,
+    # it would be created without compaction on the first publish.
+    asyncio.run(ensure_topics(settings))
     extra = [] if settings.worker_web_port or any(a.startswith("--with") for a in argv) else ["--without-web"]
     if settings.worker_web_port and not any(a.startswith("--web-port") for a in argv):
         extra += ["--web-port", str(settings.worker_web_port)]
