@@ -168,35 +168,35 @@ class BatchProcessor:
         died before publishing) have their counters' current values read back and published again, so
         the compacted topic never keeps a value older than Redis.
         """
-        values: dict[tuple[str, str, str], int] = {}
+        values: dict[tuple[str, str], int] = {}
+        zsets: set[str] = set()
+        reread: list[tuple[str, str]] = []
         for w in writes:
             values.update(w.new_values)
-        reread: list[tuple[str, str, str]] = []
-        for w in writes:
+            zsets |= w.sorted_sets()
             if w.replayed:
                 shadow = self.planner.touched_by(w.org, w.replayed, sessions, now_ms)
                 shadow.payload()
-                reread += [(shadow.keys[k - 1], f, "h") for (k, f), _ in shadow._incr_order]
-                reread += [(shadow.keys[k - 1], m, "z") for (k, m), _ in shadow._zincr_order]
+                reread += shadow.counters()
+                zsets |= shadow.sorted_sets()
+        reread = [slot for slot in dict.fromkeys(reread) if slot not in values]
         # A top-students set is published whole (one record per org, day and mentor), read after the apply.
-        zsets = sorted({key for key, _, kind in [*values, *reread] if kind == "z"})
-        reread = [r for r in reread if r not in values and r[2] == "h"]
-        values = {slot: v for slot, v in values.items() if slot[2] == "h"}
+        ordered_zsets = sorted(zsets)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key, member, _ in reread:
-                pipe.hget(key, member)
-            for key in zsets:
+            for key, fld in reread:
+                pipe.hget(key, fld)
+            for key in ordered_zsets:
                 pipe.zrange(key, 0, -1, withscores=True)
-            replies = await pipe.execute() if (reread or zsets) else []
+            replies = await pipe.execute() if (reread or ordered_zsets) else []
         for slot, value in zip(reread, replies[: len(reread)], strict=True):
             values[slot] = int(value or 0)
         out = []
-        for (key, member, kind), value in values.items():
-            described = keys.describe_counter(key, member, kind)
+        for (key, fld), value in values.items():
+            described = keys.describe_counter(key, fld, "h")
             if described is not None:
                 record_key, fields = described
                 out.append((record_key.encode(), orjson.dumps({**fields, "value": value, "applied_at_ms": now_ms})))
-        for key, members in zip(zsets, replies[len(reread) :], strict=True):
+        for key, members in zip(ordered_zsets, replies[len(reread) :], strict=True):
             described = keys.describe_counter(key, "", "z")
             if described is not None:
                 record_key, fields = described
@@ -210,10 +210,7 @@ class BatchProcessor:
         async with self.redis.pipeline(transaction=False) as pipe:
             for org, (offset_fields, seen, convs) in plans.items():
                 pipe.hmget(keys.offsets(org), offset_fields)
-                by_day: dict[str, list[str]] = {}
-                for day, event_id in seen:
-                    by_day.setdefault(day, []).append(event_id)
-                for day, ids in by_day.items():
+                for day, ids in seen.items():
                     pipe.hmget(keys.seen(org, day), ids)
                 for cid in convs:
                     pipe.hmget(keys.conversation(org, cid), list(CONV_FIELDS))
@@ -223,10 +220,7 @@ class BatchProcessor:
             st = OrgState()
             for fld, val in zip(offset_fields, next(replies), strict=True):
                 st.offsets[fld] = None if val is None else int(val)
-            by_day = {}
-            for day, event_id in seen:
-                by_day.setdefault(day, []).append(event_id)
-            for day, ids in by_day.items():
+            for day, ids in seen.items():
                 for event_id, val in zip(ids, next(replies), strict=True):
                     st.seen[(day, event_id)] = None if val is None else val.decode()
             for cid in convs:

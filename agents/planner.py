@@ -77,10 +77,12 @@ class Retention:
     dedup_ms: int
 
 
-def state_reads(org: str, items: list[Item]) -> tuple[list[str], list[tuple[str, str]], list[str]]:
-    """What to read before planning: offset fields, (day, event_id) pairs, conversation ids."""
+def state_reads(org: str, items: list[Item]) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """What to read before planning: offset fields, event ids by their day, conversation ids."""
     offset_fields = sorted({keys.offset_field(i.topic, i.partition) for i in items})
-    seen = list(dict.fromkeys((day_of(i.event.ts_ms), i.event.event_id) for i in items))
+    seen: dict[str, list[str]] = {}
+    for day, event_id in dict.fromkeys((day_of(i.event.ts_ms), i.event.event_id) for i in items):
+        seen.setdefault(day, []).append(event_id)
     convs = list(
         dict.fromkeys(
             i.event.session_id if isinstance(i.event, SentimentEvent) else i.event.id

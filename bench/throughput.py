@@ -17,7 +17,6 @@ import os
 import platform
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -29,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
 from infra.kafka import KafkaBroker
-from infra.procs import ROOT, free_port
+from infra.procs import free_port, spawn, worker_command
 from infra.redis import RedisServer
 from streams.admin import ensure_topics
 from streams.settings import Settings
@@ -105,15 +104,7 @@ async def ceiling(settings: Settings, n: int) -> float:
 
 def start_worker(settings: Settings, name: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **replace(settings, data_dir=settings.data_dir / settings.app_id / name).as_env()}
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker", "-l", "warn"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return spawn(worker_command("warn"), log=log, env=env)
 
 
 async def applied(redis: Redis) -> int:

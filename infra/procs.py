@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,16 +56,22 @@ def wait_until(
     raise InfraError(f"{what} not ready after {timeout:.0f}s; last lines of {log}:\n{tail(log)}")
 
 
+def worker_command(log_level: str) -> list[str]:
+    """`python -m streams worker` with this interpreter: how the stack, the tests and the benchmarks start one."""
+    return [sys.executable, "-m", "streams", "worker", "-l", log_level]
+
+
 def spawn(
     args: list[str], *, log: Path, pid_file: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start a child in its own session (so a terminal's Ctrl-C reaches only the supervisor,
-    which stops children in order), its output appended to `log`."""
+    """Start a child in the project's folder and its own session (so a terminal's Ctrl-C reaches only the
+    supervisor, which stops children in order), its output appended to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
-        )
+            args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env,
+        )  # fmt: skip
     if pid_file is not None:
         pid_file.write_text(str(proc.pid))
     return proc

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from infra.exceptions import InfraError
 from infra.kafka import KafkaBroker
-from infra.procs import ROOT, port_open, spawn, stop_pid_file, stop_process
+from infra.procs import ROOT, port_open, spawn, stop_pid_file, stop_process, worker_command
 from infra.redis import RedisServer
 from streams.admin import ensure_topics
 from streams.settings import Settings
@@ -75,8 +75,7 @@ def up(settings: Settings, *, demo: bool = True, api: bool = True) -> int:
         _say(f"topics ready ({len(created)} created, {settings.topic_partitions} partitions each)")
         env = {**os.environ, **settings.as_env()}
         env["AIA_DATA_DIR"] = str(STACK_DIR / "worker")
-        worker_cmd = [sys.executable, "-m", "streams", "worker", "-l", settings.log_level]
-        children.append(_child("worker", worker_cmd, env))
+        children.append(_child("worker", worker_command(settings.log_level), env))
         dashboard = None
         if api:
             children.append(_child("api", [sys.executable, "-m", "api"], env))

@@ -51,9 +51,9 @@ for _, d in ipairs(p.d) do
     redis.call('HSET', key, unpack(args))
   end
 end
-local new_h, new_z = {}, {}
+local new_h = {}
 for _, o in ipairs(p.i) do new_h[#new_h + 1] = redis.call('HINCRBY', KEYS[o[1]], o[2], o[3]) end
-for _, o in ipairs(p.z) do new_z[#new_z + 1] = redis.call('ZINCRBY', KEYS[o[1]], o[3], o[2]) end
+for _, o in ipairs(p.z) do redis.call('ZINCRBY', KEYS[o[1]], o[3], o[2]) end
 for _, o in ipairs(p.s) do redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
 for _, o in ipairs(p.sn) do redis.call('HSETNX', KEYS[o[1]], o[2], o[3]) end
 for _, o in ipairs(p.r) do redis.call('ZREM', KEYS[o[1]], o[2]) end
@@ -64,7 +64,7 @@ for _, o in ipairs(p.m) do
   if tonumber(o[3]) > cur then redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
 end
 for _, o in ipairs(p.x) do redis.call('EXPIREAT', KEYS[o[1]], o[2]) end
-return {1, '', new_h, new_z}
+return {1, '', new_h}
 """
 
 
@@ -95,9 +95,9 @@ class OrgWrite:
     replayed: list[Any] = field(default_factory=list)  # items at or below a watermark: applied before
     _incr_order: list[tuple[tuple[int, str], int]] = field(default_factory=list)
     _zincr_order: list[tuple[tuple[int, str], int]] = field(default_factory=list)
-    # After a successful apply: ((key, field or member, "h" | "z"), new absolute value) of every counter
-    # the batch changed, as the script saw them (for the analytics-aggregates topic).
-    new_values: list[tuple[tuple[str, str, str], int]] = field(default_factory=list)
+    # After a successful apply: ((key, field), new absolute value) of every hash counter the batch
+    # changed, as the script saw them (for the analytics-aggregates topic).
+    new_values: list[tuple[tuple[str, str], int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.k(keys.offsets(self.org))  # KEYS[1] is always the offsets hash
@@ -160,6 +160,14 @@ class OrgWrite:
     def expire_at(self, key: str, epoch_s: int) -> None:
         self.expires[self.k(key)] = epoch_s
 
+    def counters(self) -> list[tuple[str, str]]:
+        """(key, field) of each hash counter this write changes, in the script's order (after payload())."""
+        return [(self._keys[k - 1], f) for (k, f), _ in self._incr_order]
+
+    def sorted_sets(self) -> set[str]:
+        """The sorted sets (top students) this write changes (after payload())."""
+        return {self._keys[k - 1] for (k, _), _ in self._zincr_order}
+
     def payload(self) -> bytes:
         self._incr_order = [(slot, n) for slot, n in self.hincrs.items() if n]
         self._zincr_order = [(slot, n) for slot, n in self.zincrs.items() if n]
@@ -204,12 +212,6 @@ class Writer:
             if int(ok) != 1:
                 conflicts[w.org] = reason.decode() if isinstance(reason, bytes) else str(reason)
                 continue
-            new_h, new_z = values
-            names = w.keys
-            w.new_values = [
-                ((names[k - 1], f, "h"), int(v)) for ((k, f), _), v in zip(w._incr_order, new_h, strict=True)
-            ]
-            w.new_values += [
-                ((names[k - 1], m, "z"), int(float(v))) for ((k, m), _), v in zip(w._zincr_order, new_z, strict=True)
-            ]
+            (new_h,) = values
+            w.new_values = [(slot, int(v)) for slot, v in zip(w.counters(), new_h, strict=True)]
         return conflicts

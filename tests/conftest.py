@@ -11,7 +11,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -26,7 +25,7 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from infra.kafka import KafkaBroker
-from infra.procs import ROOT, free_port, tail
+from infra.procs import free_port, spawn, tail, worker_command
 from infra.redis import RedisServer
 from streams.admin import ensure_topics
 from streams.settings import Settings
@@ -95,16 +94,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         env = {**os.environ, **self.settings.as_env(), "PYTHONUNBUFFERED": "1"}
         env.pop("AIA_PRICE_TABLE", None)
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams", "worker", "-l", "info"],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.proc = spawn(worker_command("info"), log=self.log, env=env)
         return self
 
     def kill(self) -> None:

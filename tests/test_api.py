@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from infra.browser import render
 from infra.kafka import KafkaBroker
-from infra.procs import ROOT, free_port, port_open, tail
+from infra.procs import ROOT, free_port, port_open, spawn, tail
 from infra.redis import RedisServer
 from streams.admin import ensure_topics
 from streams.settings import Settings
@@ -59,9 +59,7 @@ class Env:
 
 def start_api(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings.as_env()}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+    proc = spawn([sys.executable, "-m", "api"], log=log, env=env)
     deadline = time.monotonic() + 30
     while not port_open(settings.api_port):
         assert proc.poll() is None and time.monotonic() < deadline, tail(log)
