@@ -25,9 +25,9 @@ pytestmark = pytest.mark.integration
 
 KNOWN_BUG = pytest.mark.xfail(
     strict=False,
-    reason="Known bug (docs/semantics.md): around a rebalance Faust's take_events was seen to skip an offset "
-    "(worker log: 'continuity: ... jumped'); since counting is by event_id these tests passed 12 of 12 runs, "
-    "but a skipped first message of a session can still be counted late or twice. Remove once fixed.",
+    reason="Known bug (docs/semantics.md): around a rebalance Faust's take_events was seen to skip offsets "
+    "(worker log: 'continuity: ... jumped', once 348 to 393) that are then not delivered again, so aggregates "
+    "can end short. Counting by event_id made it rarer (12 of 12 runs passed, then 1 of 3 failed). Remove once fixed.",
 )
 
 
