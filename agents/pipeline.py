@@ -1,6 +1,6 @@
 """One batch, start to end: validate, dead-letter the bad, plan and apply the good atomically per org.
 
-Independent of Faust so it can be driven by a Faust agent (agents/ingest.py), a benchmark or a tool.
+Independent of Kafka clients, so it can be driven by the worker (agents/worker.py), a benchmark or a tool.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
-from agents.planner import CONV_FIELDS, Item, OrgState, Planner, Retention, Sessions, state_reads
+from agents.planner import CONV_FIELDS, Item, OrgState, Planner, Retention, state_reads
 from streams.exceptions import InvalidEvent
 from streams.prices import PriceTable
 from streams.schemas import Limits, parse
@@ -38,7 +37,6 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
-    source: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +109,9 @@ class BatchProcessor:
     def validate(self, records: list[Record], now_ms: int) -> tuple[dict[str, list[Item]], list[DeadLetter]]:
         by_org: dict[str, list[Item]] = {}
         dead: list[DeadLetter] = []
-        # Around a rebalance Faust can hand one batch a record twice (a pre-rebalance buffer plus the
-        # re-fetch from the committed offset) and out of order; the planner wants each once, in order.
-        unique = {(r.partition, r.offset): r for r in reversed(records)}
-        for r in sorted(unique.values(), key=lambda r: (r.partition, r.offset)):
+        # The planner wants each record once, in offset order per partition (as the worker reads them).
+        unique = {(r.topic, r.partition, r.offset): r for r in reversed(records)}
+        for r in sorted(unique.values(), key=lambda r: (r.topic, r.partition, r.offset)):
             try:
                 ev = parse(r.topic, r.key, r.value, now_ms, self.limits)
             except InvalidEvent as exc:
@@ -124,10 +121,10 @@ class BatchProcessor:
                 log.exception("validating %s[%d]@%d failed", r.topic, r.partition, r.offset)
                 dead.append(DeadLetter(r, f"could not be validated: {exc!r}"))
                 continue
-            by_org.setdefault(ev.org, []).append(Item(ev, r.topic, r.partition, r.offset, r.source))
+            by_org.setdefault(ev.org, []).append(Item(ev, r.topic, r.partition, r.offset))
         return by_org, dead
 
-    async def process(self, records: list[Record], sessions: Sessions) -> BatchResult:
+    async def process(self, records: list[Record]) -> BatchResult:
         now_ms = int(time.time() * 1000)
         by_org, dead = self.validate(records, now_ms)
         result = BatchResult(dead=len(dead), orgs=set(by_org))
@@ -135,16 +132,16 @@ class BatchProcessor:
             # Before the batch's offsets can be committed, so no bad event is ever lost.
             await self.send_dead_letters(dead)
         pending = by_org
-        done: list[OrgWrite] = []
+        done: list[tuple[OrgWrite, OrgState]] = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts = attempt
             states = await self.read_states(pending)
-            writes = [self.planner.plan(org, items, states[org], sessions, now_ms) for org, items in pending.items()]
+            writes = [self.planner.plan(org, items, states[org], now_ms) for org, items in pending.items()]
             conflicts = await self.writer.apply(writes)
             for w in writes:
                 if w.org not in conflicts:
                     result.applied += w.events
-                    done.append(w)
+                    done.append((w, states[w.org]))
             if not conflicts:
                 break
             log.debug("re-planning %d org(s) after conflicts: %s", len(conflicts), conflicts)
@@ -156,11 +153,11 @@ class BatchProcessor:
         if by_org:
             await self.redis.sadd(keys.orgs(), *by_org)
         if self.publish is not None and done:
-            await self.publish(await self.aggregate_records(done, sessions, now_ms))
+            await self.publish(await self.aggregate_records(done, now_ms))
         return result
 
     async def aggregate_records(
-        self, writes: list[OrgWrite], sessions: Sessions, now_ms: int
+        self, writes: list[tuple[OrgWrite, OrgState]], now_ms: int
     ) -> list[tuple[bytes, bytes]]:
         """The new absolute value of every bucket counter the batch touched.
 
@@ -171,11 +168,11 @@ class BatchProcessor:
         values: dict[tuple[str, str], int] = {}
         zsets: set[str] = set()
         reread: list[tuple[str, str]] = []
-        for w in writes:
+        for w, state in writes:
             values.update(w.new_values)
             zsets |= w.sorted_sets()
             if w.replayed:
-                shadow = self.planner.touched_by(w.org, w.replayed, sessions, now_ms)
+                shadow = self.planner.touched_by(w.org, w.replayed, state, now_ms)
                 shadow.payload()
                 reread += shadow.counters()
                 zsets |= shadow.sorted_sets()

@@ -1,20 +1,20 @@
 """From a batch of validated events to the writes that apply it: the arithmetic behind every aggregate.
 
 Pure except for the state it is handed: what Redis held before the batch (`OrgState`, read in one round
-trip) and the per-session table (a Faust table in the worker, a dict in unit tests).
+trip), including each session's state (its first message), which lives in the conversation hash so
+that it is written in the same atomic step as the counts it decides.
 
 Rules (see docs/semantics.md):
 - an event at or below its org's watermark for its topic-partition is already applied: skipped;
 - an event whose `event_id` was applied before counts once; an observation re-sent with the same id
   replaces its earlier cost and tokens;
-- a session's bucket is the event time of its first message, "first" meaning first in its partition,
-  which is what makes a replay after a crash decide exactly as the first run did.
+- a session's bucket is the event time of its first message, "first" meaning first applied, which is
+  first in its partition because every worker applies a partition's records in offset order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import orjson
 
@@ -26,7 +26,9 @@ from tables.writer import OrgWrite
 
 SENTIMENT_FIELDS = ("sentiment", "sentiment_ts")
 RECORD_FIELDS = ("record_ts", "student", "mentor", "topics")
-CONV_FIELDS = SENTIMENT_FIELDS + RECORD_FIELDS
+# The session's first message: its offset, event time (the session's bucket) and mentor.
+SESSION_FIELDS = ("first_offset", "started_ms", "first_mentor")
+CONV_FIELDS = SENTIMENT_FIELDS + RECORD_FIELDS + SESSION_FIELDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,28 +39,6 @@ class Item:
     topic: str
     partition: int
     offset: int
-    source: Any = None  # the Faust event, which tells the session table which partition to use
-
-
-class Sessions(Protocol):
-    """Per-session state: `[first offset, start ms, mentor]` of each session's first message."""
-
-    def get(self, item: Item, key: str) -> list[Any] | None: ...
-
-    def put(self, item: Item, key: str, value: list[Any]) -> None: ...
-
-
-class DictSessions:
-    """Sessions kept in a dict: for unit tests and tools that run without a worker."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, list[Any]] = {}
-
-    def get(self, item: Item, key: str) -> list[Any] | None:
-        return self.data.get(key)
-
-    def put(self, item: Item, key: str, value: list[Any]) -> None:
-        self.data[key] = value
 
 
 @dataclass
@@ -85,16 +65,12 @@ def state_reads(org: str, items: list[Item]) -> tuple[list[str], dict[str, list[
         seen.setdefault(day, []).append(event_id)
     convs = list(
         dict.fromkeys(
-            i.event.session_id if isinstance(i.event, SentimentEvent) else i.event.id
+            i.event.id if isinstance(i.event, Conversation) else i.event.session_id
             for i in items
-            if isinstance(i.event, (SentimentEvent, Conversation))
+            if isinstance(i.event, (ChatMessage, SentimentEvent, Conversation))
         )
     )
     return offset_fields, seen, convs
-
-
-def session_key(org: str, session_id: str) -> str:
-    return f"{org}\x1f{session_id}"
 
 
 class Planner:
@@ -107,7 +83,6 @@ class Planner:
         org: str,
         items: list[Item],
         state: OrgState,
-        sessions: Sessions,
         now_ms: int,
     ) -> OrgWrite:
         """The OrgWrite for this org's items (in offset order within each partition)."""
@@ -140,16 +115,14 @@ class Planner:
                 self._meta(w, ev, item.topic, counted=prev is None)
                 continue
             if prev is not None:
-                if isinstance(ev, ChatMessage):
-                    self._session(org, ev, item, sessions)  # a replay restores table state a crash lost
                 w.replayed.append(item)
                 continue  # a re-sent or replayed event: it counted the first time
             seen[(day, ev.event_id)] = "1"
             w.mark_seen(seen_key, ev.event_id, state.seen.get((day, ev.event_id)), "1")
             w.events += 1
             if isinstance(ev, ChatMessage):
-                self._session(org, ev, item, sessions)
-                self._chat_message(w, ev, item, sessions)
+                self._guard_conv(w, ev.session_id, SESSION_FIELDS, state)
+                self._chat_message(w, ev, item, convs)
             elif isinstance(ev, SentimentEvent):
                 self._guard_conv(w, ev.session_id, SENTIMENT_FIELDS, state)
                 self._sentiment(w, ev, convs)
@@ -160,9 +133,12 @@ class Planner:
         self._flush_buckets(w)
         return w
 
-    def touched_by(self, org: str, items: list[Item], sessions: Sessions, now_ms: int) -> OrgWrite:
-        """What these (already applied) items wrote, planned as if new: to re-publish those counters."""
-        return self.plan(org, items, OrgState(), sessions, now_ms)
+    def touched_by(self, org: str, items: list[Item], state: OrgState, now_ms: int) -> OrgWrite:
+        """What these (already applied) items wrote, planned as if new: to re-publish those counters.
+
+        `state` is what Redis held before the batch: it has the sessions of these items, which were
+        applied before, so each message finds its session's bucket and whether it was the first."""
+        return self.plan(org, items, OrgState(convs=state.convs), now_ms)
 
     @staticmethod
     def _guard_conv(w: OrgWrite, conv_id: str, fields: tuple[str, ...], state: OrgState) -> None:
@@ -171,19 +147,6 @@ class Planner:
         before = state.convs.get(conv_id, {})
         for fld in fields:
             w.guard(ckey, fld, before.get(fld))
-
-    # --- per-session state -------------------------------------------------------------------------
-
-    @staticmethod
-    def _session(org: str, ev: ChatMessage, item: Item, sessions: Sessions) -> None:
-        """Record the session's first message (by offset) in the table; idempotent under replay."""
-        sk = session_key(org, ev.session_id)
-        offset = item.offset
-        raw = sessions.get(item, sk)
-        # Rewritten only when there is no state, or the state came from a later message than this one
-        # (a replay after a crash that lost the table's changelog tail).
-        if raw is None or raw[0] > offset:
-            sessions.put(item, sk, [offset, ev.ts_ms, ev.mentor_id])
 
     # --- aggregates --------------------------------------------------------------------------------
 
@@ -214,11 +177,13 @@ class Planner:
             w.zincr(key, student, n)
             w.expire_at(key, (day + 1) * 86400 + daily_s)
 
-    def _chat_message(self, w: OrgWrite, ev: ChatMessage, item: Item, sessions: Sessions) -> None:
-        raw = sessions.get(item, session_key(w.org, ev.session_id))
-        assert raw is not None  # _session() wrote it just before
-        first_offset, start_ms, mentor = raw
-        is_first = first_offset == item.offset
+    def _chat_message(self, w: OrgWrite, ev: ChatMessage, item: Item, convs: dict[str, dict[str, str | None]]) -> None:
+        conv_state = convs.setdefault(ev.session_id, dict.fromkeys(CONV_FIELDS))
+        if conv_state["started_ms"] is None:  # no message of this session was applied before: the first
+            conv_state.update(first_offset=str(item.offset), started_ms=str(ev.ts_ms), first_mentor=ev.mentor_id)
+        start_ms = int(conv_state["started_ms"] or 0)
+        mentor = conv_state["first_mentor"] or ""
+        is_first = conv_state["first_offset"] == str(item.offset)
         fields = [keys.MESSAGES, keys.mentor_field(keys.MESSAGES, mentor)]
         if is_first:
             fields += [keys.SESSIONS, keys.mentor_field(keys.SESSIONS, mentor)]
@@ -227,6 +192,7 @@ class Planner:
         w.hincr(conv, "messages_human" if ev.role == "human" else "messages_ai")
         if is_first:
             w.hset(conv, "started_ms", str(start_ms))
+            w.hset(conv, "first_offset", str(item.offset))
             w.nx_zadd(keys.conversations(w.org), ev.session_id, float(start_ms))
             w.nx_zadd(keys.conversations_by(w.org, "student", ev.student), ev.session_id, 0.0)
             w.nx_zadd(keys.conversations_by(w.org, "mentor", ev.mentor_id), ev.session_id, 0.0)

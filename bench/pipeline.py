@@ -18,7 +18,6 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from agents.pipeline import BatchProcessor, Record
-from agents.planner import DictSessions
 from bench.throughput import event
 from infra.procs import free_port
 from infra.redis import RedisServer
@@ -34,7 +33,6 @@ async def run(n: int, batch: int, partitions: int, redis_url: str) -> float:
         raise AssertionError("no dead letters expected")
 
     proc = BatchProcessor(settings, redis, no_dead)  # type: ignore[arg-type]
-    sessions = DictSessions()
     now_ms = int(time.time() * 1000)
     offsets = [0] * partitions
     records = []
@@ -45,7 +43,7 @@ async def run(n: int, batch: int, partitions: int, redis_url: str) -> float:
         offsets[p] += 1
     started = time.perf_counter()
     for i in range(0, n, batch):
-        await proc.process(records[i : i + batch], sessions)
+        await proc.process(records[i : i + batch])
     elapsed = time.perf_counter() - started
     await redis.aclose()
     return n / elapsed

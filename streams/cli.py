@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     parser = argparse.ArgumentParser(prog="ai-analytics", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("worker", help="run a Faust worker (extra arguments go to Faust: -l info, ...)")
+    sub.add_parser("worker", help="run a worker (-l LEVEL sets the log level); several share the partitions")
     stack = sub.add_parser("stack", help="the local stack: Kafka, Redis, worker, API, demo traffic")
     stack_sub = stack.add_subparsers(dest="action", required=True)
     up = stack_sub.add_parser("up", help="start everything in the foreground; Ctrl-C stops it")
@@ -138,24 +138,21 @@ def _add_produce(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _worker(argv: list[str]) -> None:
-    # Imported here, not only through Faust's autodiscovery, which logs an import error and carries on
-    # with no agents at all: a broken agent module must stop the worker loudly.
-    import agents.ingest  # noqa: F401
-    from streams.admin import ensure_topics
-    from streams.app import app
+    import logging
 
-    settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    # Our topics first (the compacted aggregates topic above all): left to the broker's auto-creation,
-    # it would be created without compaction on the first publish.
-    asyncio.run(ensure_topics(settings))
-    extra = [] if settings.worker_web_port or any(a.startswith("--with") for a in argv) else ["--without-web"]
-    if settings.worker_web_port and not any(a.startswith("--web-port") for a in argv):
-        extra += ["--web-port", str(settings.worker_web_port)]
-    # Faust's worker command turns its web server on unless told otherwise; several workers on one
-    # machine would fight over its port, and the API is a separate process anyway.
-    sys.argv = ["ai-analytics", *argv, *extra]
-    app.main()
+    from agents.worker import serve
+
+    parser = argparse.ArgumentParser(prog="ai-analytics worker", description="apply the input topics to Redis")
+    parser.add_argument("-l", "--loglevel", default=None, help="debug, info (default: AIA_LOG_LEVEL), warning")
+    args = parser.parse_args(argv[1:])
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        parser.exit(2, f"ai-analytics: {exc}\n")
+    level = (args.loglevel or settings.log_level).upper()
+    logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

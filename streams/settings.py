@@ -27,7 +27,6 @@ class Settings:
     topic_replication: int = 1
     app_id: str = "ai-analytics"
     data_dir: Path = Path(".stack/worker")
-    worker_web_port: int = 0  # 0: no Faust web server in the worker (the API is separate)
     # Events per batch and how long a partial batch waits before it is applied anyway.
     batch_size: int = 5000
     batch_within: float = 0.2

@@ -23,14 +23,6 @@ from tests.traffic import demo_events, produce
 
 pytestmark = pytest.mark.integration
 
-KNOWN_BUG = pytest.mark.xfail(
-    strict=False,
-    reason="Known bug (docs/semantics.md): around a rebalance Faust's take_events was seen to skip offsets "
-    "(worker log: 'continuity: ... jumped', once 348 to 393) that are then not delivered again, so aggregates "
-    "can end short. Counting by event_id made it rarer (12 of 12 runs passed, then 1 of 3 failed). Remove once fixed.",
-)
-
-
 async def mismatches(redis: Redis, exp: reference.Expected) -> list[str]:
     """Every difference between what the queries serve and the reference, day by day."""
     out = []
@@ -75,6 +67,8 @@ async def settle(redis: Redis, exp: reference.Expected, workers: list[WorkerProc
             await asyncio.sleep(2.0)  # and it stays exact: nothing applied twice afterwards
             diff = await mismatches(redis, exp)
             if not diff:
+                for w in workers:  # the tripwire: no worker saw a partition's offsets jump
+                    assert "continuity:" not in w.log.read_text(errors="replace"), w.log_tail()
                 return
         await asyncio.sleep(1.0)
     for w in workers:
@@ -85,7 +79,6 @@ async def settle(redis: Redis, exp: reference.Expected, workers: list[WorkerProc
     raise AssertionError(f"{len(diff)} mismatches, e.g.:\n" + "\n".join(diff[:15]) + f"\n{logs}")
 
 
-@KNOWN_BUG
 async def test_kill9_during_a_stream_leaves_every_aggregate_exact(
     settings: Settings, redis: Redis, topics: list[str], workers: Any
 ) -> None:
@@ -111,7 +104,6 @@ async def test_kill9_during_a_stream_leaves_every_aggregate_exact(
         assert latest[f"{org}|cost_nanos|d|{day.replace('-', '')}"]["value"] == nanos
 
 
-@KNOWN_BUG
 async def test_two_workers_one_joining_one_killed_mid_stream(
     settings: Settings, redis: Redis, topics: list[str], workers: Any
 ) -> None:

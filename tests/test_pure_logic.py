@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.planner import DictSessions, Item, OrgState, Planner, Retention
+from agents.planner import CONV_FIELDS, Item, OrgState, Planner, Retention
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, LlmObservation
 from tables import keys
@@ -65,33 +65,46 @@ def daily(w: object, field: str, ts: int) -> int:
 
 
 def test_session_belongs_to_the_day_of_its_first_message() -> None:
-    p, sessions = planner(), DictSessions()
+    p = planner()
     items = [msg("a", 10, T0), msg("b", 11, T0 + 60 * 60 * 1000, role="ai")]  # the second is the next day
-    w = p.plan("acme", items, OrgState(), sessions, T0)
+    w = p.plan("acme", items, OrgState(), T0)
     assert daily(w, keys.SESSIONS, T0) == 1
     assert daily(w, keys.MESSAGES, T0) == 2  # both messages count where the session started
     assert daily(w, keys.MESSAGES, T0 + DAY) == 0
     assert w.top_deltas == {(T0 // DAY, None, "ann"): 1, (T0 // DAY, "m1", "ann"): 1}
 
 
-def test_replayed_events_count_nothing_and_restore_the_session_table() -> None:
+def test_replayed_events_count_nothing_and_a_session_started_before_keeps_its_bucket() -> None:
     p = planner()
     first = msg("a", 10, T0)
-    seen = {(day_of(T0), "a"): "1"}  # applied before a crash that lost the table's changelog tail
-    sessions = DictSessions()
-    w = p.plan("acme", [first, msg("b", 11, T0)], OrgState(seen=seen), sessions, T0)
+    seen = {(day_of(T0), "a"): "1"}  # "a" was applied before a crash; its session state is in Redis
+    session = {"first_offset": "10", "started_ms": str(T0 - 2 * 3_600_000), "first_mentor": "m0"}
+    state = OrgState(seen=seen, convs={"s1": dict.fromkeys(CONV_FIELDS) | session})
+    w = p.plan("acme", [first, msg("b", 11, T0)], state, T0)
     assert daily(w, keys.SESSIONS, T0) == 0  # the session was counted with "a" already
-    assert daily(w, keys.MESSAGES, T0) == 1  # only "b" is new
-    assert sessions.data["acme\x1fs1"][0] == 10  # "a" is the first message again
+    assert daily(w, keys.MESSAGES, T0) == 1  # only "b" is new, counted where the session started...
+    assert w.bucket_deltas.get((1, T0 // DAY, keys.mentor_field(keys.MESSAGES, "m0"))) == 1  # ...for its mentor
     assert w.replayed == [first]
+    assert w.guards[(w.k(keys.conversation("acme", "s1")), "started_ms")] == session["started_ms"]
+    shadow = p.touched_by("acme", w.replayed, state, T0)  # what "a" wrote, to publish again
+    assert daily(shadow, keys.SESSIONS, T0) == 1
+
+
+def test_the_first_applied_message_starts_the_session_and_is_guarded() -> None:
+    p = planner()
+    w = p.plan("acme", [msg("a", 10, T0), msg("b", 12, T0 + 1000)], OrgState(), T0)
+    conv = keys.conversation("acme", "s1")
+    assert w.sets[(w.k(conv), "first_offset")] == "10"
+    assert w.sets[(w.k(conv), "started_ms")] == str(T0)
+    # Applied only if no other writer started the session meanwhile.
+    assert w.guards[(w.k(conv), "started_ms")] is None
 
 
 def test_resent_observation_replaces_its_cost() -> None:
     p = planner()
     obs = LlmObservation("o1", "acme", T0, "t1", "generation", "x", 10, 10, 300)
     prev = f"500,10,10,0,{T0}"
-    w = p.plan("acme", [Item(obs, "llm-observations", 0, 5)], OrgState(seen={(day_of(T0), "o1"): prev}),
-               DictSessions(), T0)  # fmt: skip
+    w = p.plan("acme", [Item(obs, "llm-observations", 0, 5)], OrgState(seen={(day_of(T0), "o1"): prev}), T0)
     assert daily(w, keys.COST, T0) == -200
     assert daily(w, keys.OBSERVATIONS, T0) == 0
 
@@ -101,5 +114,5 @@ def test_an_event_id_counts_once(dup_in_batch: bool) -> None:
     p = planner()
     items = [msg("a", 1, T0), msg("a", 2, T0)] if dup_in_batch else [msg("a", 2, T0)]
     seen = {} if dup_in_batch else {(day_of(T0), "a"): "1"}
-    w = p.plan("acme", items, OrgState(seen=seen), DictSessions(), T0)
+    w = p.plan("acme", items, OrgState(seen=seen), T0)
     assert daily(w, keys.MESSAGES, T0) == (1 if dup_in_batch else 0)

@@ -1,0 +1,210 @@
+"""The worker: reads the four input topics in batches and applies each batch with the BatchProcessor.
+
+It reads with aiokafka's `getmany` in one consumer group (several workers share the partitions), hands
+every batch to the BatchProcessor, and commits the batch's offsets only after the batch is applied in
+Redis, its dead letters are acknowledged and its aggregates published. A rebalance waits for the batch
+in flight. Why not Faust's agents: see docs/semantics.md ("Why the worker reads with aiokafka").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from redis.asyncio import Redis
+
+from agents.pipeline import BatchProcessor, DeadLetter, Record
+from streams.admin import ensure_topics
+from streams.names import AGGREGATES, DEAD_LETTER, INPUT_TOPICS
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Called after each applied batch with the orgs it touched (the alert rules hook in here).
+AfterBatch = Callable[[set[str]], Awaitable[None]]
+
+
+class Progress:
+    """Counts what the worker did, logged every few seconds: enough to see a worker is alive and working."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.last = time.monotonic()
+        self.counts: dict[str, list[int]] = {}
+
+    def add(self, topic: str, read: int, applied: int, skipped: int, dead: int) -> None:
+        acc = self.counts.setdefault(topic, [0, 0, 0, 0])
+        for i, n in enumerate((read, applied, skipped, dead)):
+            acc[i] += n
+
+    def maybe_log(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every and self.counts:
+            summary = "; ".join(
+                f"{t}: {r} read, {a} applied, {s} skipped, {d} dead" for t, (r, a, s, d) in self.counts.items()
+            )
+            log.info("last %.0fs: %s", now - self.last, summary)
+            self.counts.clear()
+            self.last = now
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # The batch in flight finishes (and commits) before its partitions can move.
+        async with self.worker.batch_lock:
+            pass
+        if revoked:
+            log.info("partitions revoked: %s", _tps(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.worker.last_offset.clear()
+        log.info("partitions assigned: %s", _tps(assigned))
+
+
+def _tps(tps: set[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "none"
+
+
+class Worker:
+    def __init__(self, settings: Settings, after_batch: AfterBatch | None = None) -> None:
+        self.settings = settings
+        self.after_batch = after_batch
+        self.names = {settings.topic(name): name for name in INPUT_TOPICS}
+        self.batch_lock = asyncio.Lock()
+        self.progress = Progress()
+        self.last_offset: dict[tuple[str, int], int] = {}
+        self.redis: Redis = Redis.from_url(settings.redis_url)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id=f"{settings.app_id}-worker",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+        )
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.app_id,
+            client_id=f"{settings.app_id}-worker",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.batch_size,
+            session_timeout_ms=int(settings.session_timeout * 1000),
+            heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        self.processor = BatchProcessor(settings, self.redis, self.send_dead_letters, self.publish_aggregates)
+
+    async def send_dead_letters(self, dead: list[DeadLetter]) -> None:
+        now_ms = int(time.time() * 1000)
+        topic = self.settings.topic(DEAD_LETTER)
+        futures = [await self.producer.send(topic, key=d.key(), value=d.value(now_ms)) for d in dead]
+        await asyncio.gather(*futures)  # delivered before the batch's offsets are committed
+        for d in dead:
+            log.warning("dead letter %s[%d]@%d: %s", d.record.topic, d.record.partition, d.record.offset, d.reason)
+
+    async def publish_aggregates(self, records: list[tuple[bytes, bytes]]) -> None:
+        topic = self.settings.topic(AGGREGATES)
+        futures = [await self.producer.send(topic, key=k, value=v) for k, v in records]
+        await asyncio.gather(*futures)  # published before the batch's offsets are committed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # Our topics first (the compacted aggregates topic above all): left to the broker's auto-creation,
+        # it would be created without compaction on the first publish.
+        await ensure_topics(self.settings)
+        await self.producer.start()
+        try:
+            self.consumer.subscribe(list(self.names), listener=_Rebalance(self))
+            await self.consumer.start()
+            log.info("worker started: group %s, topics %s", self.settings.app_id, ", ".join(self.names))
+            try:
+                await self._loop(stop)
+            finally:
+                await self.consumer.stop()  # leaves the group, so its partitions move at once
+        finally:
+            await self.producer.stop()
+            await self.redis.aclose()
+            log.info("worker stopped")
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        timeout_ms = int(self.settings.batch_within * 1000)
+        while not stop.is_set():
+            batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.settings.batch_size)
+            self.progress.maybe_log()
+            if not batch:
+                continue
+            async with self.batch_lock:  # taken without yielding: no rebalance slips in after the fetch
+                await self.apply(batch)
+
+    async def apply(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        t0 = time.perf_counter()
+        records: list[Record] = []
+        for tp, msgs in batch.items():
+            name = self.names[tp.topic]
+            self._check_continuity(name, tp.partition, msgs[0].offset, msgs[-1].offset)
+            records += [Record(name, tp.partition, m.offset, m.key, m.value) for m in msgs]
+        result = await self.processor.process(records)
+        await self._commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+        if self.settings.trace_batches:
+            log.warning("batch: %d records in %.1f ms", len(records), (time.perf_counter() - t0) * 1000)
+        self.progress.add("all", len(records), result.applied, result.skipped, result.dead)
+        if self.after_batch is not None and result.orgs:
+            await self.after_batch(result.orgs)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on (a rebalance, or this worker was too slow): the next owner re-reads from
+            # the last commit and the applied events are recognised by their event ids.
+            log.warning("offsets not committed (%s); the next owner replays them", exc)
+        except KafkaError as exc:
+            log.warning("offsets not committed (%r); a replay will recognise the applied events", exc)
+
+    def _check_continuity(self, topic: str, partition: int, first: int, last: int) -> None:
+        """A tripwire: within one assignment a partition's records must come without a gap."""
+        key = (topic, partition)
+        prev = self.last_offset.get(key)
+        if prev is not None and first != prev + 1:
+            log.warning("continuity: %s[%d] jumped from %d to %d", topic, partition, prev, first)
+        self.last_offset[key] = last
+
+
+def install_task_dump(loop: asyncio.AbstractEventLoop) -> None:
+    """SIGUSR1 logs every asyncio task's stack: how to see where a live worker is waiting."""
+
+    def dump() -> None:
+        out = io.StringIO()
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(limit=12, file=out)
+        log.warning("asyncio tasks on SIGUSR1:\n%s", out.getvalue())
+
+    loop.add_signal_handler(signal.SIGUSR1, dump)
+
+
+async def serve(settings: Settings, extra: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] | None = None) -> None:
+    """Run a worker until SIGTERM or SIGINT; `extra` tasks run beside it and get the same stop event."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    install_task_dump(loop)
+    worker = Worker(settings)
+    tasks = [asyncio.create_task(worker.run(stop), name="worker")]
+    tasks += [asyncio.create_task(fn(stop)) for fn in extra or []]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    stop.set()  # one part failed (or all stopped): the others finish what they hold and stop too
+    for result in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(result, Exception):
+            raise result
