@@ -6,7 +6,6 @@ Independent of Kafka clients, so it can be driven by the worker (agents/worker.p
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +15,7 @@ import orjson
 from redis.asyncio import Redis
 
 from agents.planner import CONV_FIELDS, Item, OrgState, Planner, Retention, state_reads
+from streams.deadletter import DeadLetter, Record
 from streams.exceptions import InvalidEvent
 from streams.prices import PriceTable
 from streams.schemas import Limits, parse
@@ -26,47 +26,6 @@ from tables.writer import OrgWrite, Writer
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 50
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A Kafka record of an input topic (named without prefix)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    record: Record
-    reason: str
-
-    def key(self) -> bytes:
-        # Unique per source record, so a consumer can drop the copies a replay sends again.
-        return f"{self.record.topic}:{self.record.partition}:{self.record.offset}".encode()
-
-    def value(self, now_ms: int) -> bytes:
-        raw = self.record.value
-        text: str | None
-        try:
-            text = None if raw is None else raw.decode()
-        except UnicodeDecodeError:
-            text = None
-        return orjson.dumps(
-            {
-                "topic": self.record.topic,
-                "partition": self.record.partition,
-                "offset": self.record.offset,
-                "key": None if self.record.key is None else base64.b64encode(self.record.key).decode(),
-                "raw": None if raw is None else base64.b64encode(raw).decode(),
-                "raw_text": text,
-                "reason": self.reason,
-                "dead_at_ms": now_ms,
-            }
-        )
 
 
 @dataclass

@@ -21,7 +21,7 @@ import orjson
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import keys
-from tables.buckets import DAY_MS, HOUR_MS, day_label, day_of, hour_label
+from tables.buckets import DAY_MS, HOUR_MS, MINUTE_MS, day_label, day_of, hour_label
 from tables.writer import OrgWrite
 
 SENTIMENT_FIELDS = ("sentiment", "sentiment_ts")
@@ -29,6 +29,8 @@ RECORD_FIELDS = ("record_ts", "student", "mentor", "topics")
 # The session's first message: its offset, event time (the session's bucket) and mentor.
 SESSION_FIELDS = ("first_offset", "started_ms", "first_mentor")
 CONV_FIELDS = SENTIMENT_FIELDS + RECORD_FIELDS + SESSION_FIELDS
+# Minute counts serve the alert rules' rolling hours (and the hour before, for the volume rule).
+MINUTES_KEPT_S = 3 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,14 @@ class Planner:
             deltas[(0, hour, fld)] = deltas.get((0, hour, fld), 0) + n
             deltas[(1, day, fld)] = deltas.get((1, day, fld), 0) + n
 
+    @staticmethod
+    def _incr_minute(w: OrgWrite, ts_ms: int, fields: tuple[str, ...]) -> None:
+        """Count by the event's own minute (for the alert rules' rolling hour)."""
+        deltas = w.bucket_deltas
+        index = ts_ms // MINUTE_MS
+        for fld in fields:
+            deltas[(2, index, fld)] = deltas.get((2, index, fld), 0) + 1
+
     def _flush_buckets(self, w: OrgWrite) -> None:
         hourly_s, daily_s = self.retention.hourly_ms // 1000, self.retention.daily_ms // 1000
         bucket_keys: dict[tuple[int, int], str] = {}
@@ -167,6 +177,9 @@ class Planner:
                 if grain == 0:
                     key = keys.hourly(w.org, hour_label(index))
                     w.expire_at(key, (index + 1) * 3600 + hourly_s)
+                elif grain == 2:
+                    key = keys.minute(w.org, index)
+                    w.expire_at(key, (index + 1) * 60 + MINUTES_KEPT_S)
                 else:
                     key = keys.daily(w.org, day_label(index))
                     w.expire_at(key, (index + 1) * 86400 + daily_s)
@@ -188,6 +201,7 @@ class Planner:
         if is_first:
             fields += [keys.SESSIONS, keys.mentor_field(keys.SESSIONS, mentor)]
         self._incr_both(w, start_ms, tuple(fields))
+        self._incr_minute(w, ev.ts_ms, (keys.MESSAGES,))
         conv = keys.conversation(w.org, ev.session_id)
         w.hincr(conv, "messages_human" if ev.role == "human" else "messages_ai")
         if is_first:
@@ -210,6 +224,7 @@ class Planner:
 
     def _sentiment(self, w: OrgWrite, ev: SentimentEvent, convs: dict[str, dict[str, str | None]]) -> None:
         self._incr_both(w, ev.ts_ms, (keys.SENTIMENT, keys.sentiment_field(ev.sentiment)))
+        self._incr_minute(w, ev.ts_ms, (keys.SENTIMENT, keys.sentiment_field(ev.sentiment)))
         conv = convs.setdefault(ev.session_id, dict.fromkeys(CONV_FIELDS))
         cur_ts = conv.get("sentiment_ts")
         ckey = keys.conversation(w.org, ev.session_id)

@@ -13,16 +13,16 @@ import io
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.asyncio import Redis
 
-from agents.pipeline import BatchProcessor, DeadLetter, Record
+from agents.pipeline import BatchProcessor
 from streams.admin import ensure_topics
+from streams.deadletter import DeadLetter, Record
 from streams.names import AGGREGATES, DEAD_LETTER, INPUT_TOPICS
 from streams.settings import Settings
 
@@ -120,9 +120,6 @@ class Worker:
         await asyncio.gather(*futures)  # published before the batch's offsets are committed
 
     async def run(self, stop: asyncio.Event) -> None:
-        # Our topics first (the compacted aggregates topic above all): left to the broker's auto-creation,
-        # it would be created without compaction on the first publish.
-        await ensure_topics(self.settings)
         await self.producer.start()
         try:
             self.consumer.subscribe(list(self.names), listener=_Rebalance(self))
@@ -193,16 +190,22 @@ def install_task_dump(loop: asyncio.AbstractEventLoop) -> None:
     loop.add_signal_handler(signal.SIGUSR1, dump)
 
 
-async def serve(settings: Settings, extra: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] | None = None) -> None:
-    """Run a worker until SIGTERM or SIGINT; `extra` tasks run beside it and get the same stop event."""
+async def serve(settings: Settings) -> None:
+    """Run a worker and the alert engine until SIGTERM or SIGINT."""
+    from agents.alerts import AlertEngine
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     install_task_dump(loop)
-    worker = Worker(settings)
-    tasks = [asyncio.create_task(worker.run(stop), name="worker")]
-    tasks += [asyncio.create_task(fn(stop)) for fn in extra or []]
+    engine = AlertEngine(settings) if settings.alert_interval > 0 else None  # a bad rules file stops us here
+    # Our topics first (the compacted aggregates topic above all): left to the broker's auto-creation,
+    # it would be created without compaction on the first publish.
+    await ensure_topics(settings)
+    tasks = [asyncio.create_task(Worker(settings).run(stop), name="worker")]
+    if engine is not None:
+        tasks.append(asyncio.create_task(engine.run(stop), name="alerts"))
     await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     stop.set()  # one part failed (or all stopped): the others finish what they hold and stop too
     for result in await asyncio.gather(*tasks, return_exceptions=True):

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from agents.pipeline import BatchProcessor, Record
+from agents.pipeline import BatchProcessor
 from bench.throughput import event
 from infra.procs import free_port
 from infra.redis import RedisServer
+from streams.deadletter import Record
 from streams.settings import Settings
 
 

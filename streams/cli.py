@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     reg.add_argument("org")
     orgs_sub.add_parser("list", help="list the orgs that exist")
     _add_produce(sub)
+    from streams.alert_consumers import add_arguments as add_alerts
+
+    add_alerts(sub)
     args = parser.parse_args(argv)
     try:
         sys.exit(_run(args))
@@ -76,6 +79,10 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         if args.command in ("keys", "orgs"):
             return asyncio.run(_admin(args, settings))
+        if args.command == "alerts":
+            from streams.alert_consumers import run_alerts
+
+            return run_alerts(args, settings)
         if args.command == "produce":
             from streams.produce_cli import run_produce
 
@@ -152,7 +159,10 @@ def _worker(argv: list[str]) -> None:
     level = (args.loglevel or settings.log_level).upper()
     logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except SettingsError as exc:  # a bad rules file, for example
+        parser.exit(2, f"ai-analytics: {exc}\n")
 
 
 if __name__ == "__main__":

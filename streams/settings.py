@@ -41,6 +41,11 @@ class Settings:
     price_table: Path | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Alert rules (TOML; None: the shipped streams/alerts.toml), how often they are evaluated (0: never),
+    # and how long a dead evaluator's lease keeps another worker from taking over.
+    alert_rules: Path | None = None
+    alert_interval: float = 5.0
+    alert_lease_seconds: float = 15.0
     log_level: str = "info"
     trace_batches: int = 0  # 1: the worker logs every batch's size and time
 
@@ -69,6 +74,11 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
+        if self.alert_interval < 0 or self.alert_lease_seconds <= self.alert_interval:
+            raise SettingsError(
+                f"{PREFIX}ALERT_LEASE_SECONDS ({self.alert_lease_seconds}) must exceed {PREFIX}ALERT_INTERVAL "
+                f"({self.alert_interval}), which must not be negative"
+            )
         if self.batch_within <= 0:
             raise SettingsError(f"{PREFIX}BATCH_WITHIN must be positive, got {self.batch_within}")
 

@@ -40,6 +40,26 @@ def daily(org: str, day: str) -> str:
     return f"{_org(org)}:d:{day}"
 
 
+def minute(org: str, minute_index: int) -> str:
+    """Hash of counts by event minute (epoch minutes), kept a few hours: what the alert rules read."""
+    return f"{_org(org)}:min:{minute_index}"
+
+
+def alert_state(org: str) -> str:
+    """Hash `rule` -> JSON of the rule's state for this org (ok or firing, crossing number)."""
+    return f"{_org(org)}:alerts"
+
+
+def alert_outbox(org: str) -> str:
+    """List of alert events decided but not yet published (written in the same step as the state)."""
+    return f"{_org(org)}:alerts:outbox"
+
+
+def alert_lease() -> str:
+    """Which worker evaluates the rules and publishes alerts (a lease with a TTL). Global."""
+    return f"{NS}:alerts:lease"
+
+
 def top_students(org: str, day: str, mentor: str | None = None) -> str:
     base = f"{_org(org)}:top:{day}"
     return base if mentor is None else f"{base}|m|{mentor}"

@@ -23,6 +23,7 @@ from tests.traffic import demo_events, produce
 
 pytestmark = pytest.mark.integration
 
+
 async def mismatches(redis: Redis, exp: reference.Expected) -> list[str]:
     """Every difference between what the queries serve and the reference, day by day."""
     out = []

@@ -1,0 +1,236 @@
+"""The alert engine: evaluates the rules every few seconds and publishes each crossing once.
+
+- One worker at a time evaluates (a lease in Redis with a TTL); another takes over when it dies.
+- A rule's state (ok or firing, and its crossing number) lives in Redis. A crossing changes the state
+  and appends the alert to the org's outbox in one Lua step, so a restart or a second worker never
+  decides the same crossing again.
+- The outbox is drained to `analytics-alerts` and trimmed only after Kafka acknowledged. A worker that
+  dies between the two leaves the alert in the outbox; the next lease holder first reads the recent
+  alerts back from the topic and skips those already there (by `alert_id`), so each crossing is
+  published once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from agents.rules import Reading, RuleSet, Verdict, alert_event, evaluate, transition
+from streams.names import ALERTS
+from streams.settings import Settings
+from tables import keys
+from tables.buckets import DAY_MS, MINUTE_MS, day_label
+
+log = logging.getLogger(__name__)
+
+TRANSITION_LUA = """
+-- KEYS[1] the org's rule states, KEYS[2] its outbox; ARGV rule, state read before, new state, alert
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (cur or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('RPUSH', KEYS[2], ARGV[4])
+return 1
+"""
+
+LEASE_LUA = """
+-- KEYS[1] the lease; ARGV holder id, ttl ms. 1 when ARGV[1] holds it (taken or renewed), else 0.
+local cur = redis.call('GET', KEYS[1])
+if cur == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RECENT_ALERTS = 2000  # per partition, read back when a worker takes the lease
+
+
+class AlertEngine:
+    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+        self.settings = settings
+        self.rules = RuleSet.load(settings.alert_rules)  # a bad rules file stops the worker at start
+        self.redis: Redis = redis or Redis.from_url(settings.redis_url)
+        self.topic = settings.topic(ALERTS)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.leading = False
+        self.published: set[str] = set()
+        self._published_order: deque[str] = deque()
+        self._transition: Any = self.redis.register_script(TRANSITION_LUA)
+        self._lease: Any = self.redis.register_script(LEASE_LUA)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id=f"{settings.app_id}-alerts",
+            acks="all",
+            enable_idempotence=True,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.producer.start()
+        try:
+            while not stop.is_set():
+                try:
+                    await self.tick()
+                except (RedisError, KafkaError, OSError) as exc:
+                    log.warning("alert evaluation failed, retrying: %r", exc)
+                    self.leading = False  # re-read the topic before publishing again
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.alert_interval)
+        finally:
+            with contextlib.suppress(RedisError):
+                if self.leading:  # hand over at once instead of after the TTL
+                    await self.redis.eval(
+                        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+                        1,
+                        keys.alert_lease(),
+                        self.holder,
+                    )
+            await self.producer.stop()
+
+    async def tick(self, now_ms: int | None = None) -> None:
+        ttl_ms = int(self.settings.alert_lease_seconds * 1000)
+        if not int(await self._lease(keys=[keys.alert_lease()], args=[self.holder, ttl_ms])):
+            if self.leading:
+                log.info("alert lease lost to another worker")
+            self.leading = False
+            return
+        if not self.leading:
+            await self._load_published()
+            self.leading = True
+            log.info("evaluating alert rules (lease %s)", self.holder)
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        members: Any = await self.redis.smembers(keys.orgs())
+        orgs = sorted(m.decode() for m in members)
+        await self.evaluate(orgs, now_ms)
+        await self.drain(orgs)
+
+    async def evaluate(self, orgs: list[str], now_ms: int) -> None:
+        plans = {org: self.rules.for_org(org) for org in orgs}
+        now_min = now_ms // MINUTE_MS
+        spans = {
+            org: 2 * max((p.get("window_minutes", 1) for p in rules.values()), default=0)
+            for org, rules in plans.items()
+        }
+        fields = [keys.MESSAGES, keys.SENTIMENT, keys.sentiment_field("negative")]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for org, span in spans.items():
+                pipe.hgetall(keys.alert_state(org))
+                pipe.hget(keys.daily(org, day_label(now_ms // DAY_MS)), keys.COST)
+                for m in range(now_min - span + 1, now_min + 1):
+                    pipe.hmget(keys.minute(org, m), fields)
+            replies = iter(await pipe.execute())
+        for org, span in spans.items():
+            states = {k.decode(): v.decode() for k, v in next(replies).items()}
+            cost = int(next(replies) or 0)
+            minutes = {}
+            for m in range(now_min - span + 1, now_min + 1):
+                vals = next(replies)
+                if any(vals):
+                    minutes[m] = (int(vals[0] or 0), int(vals[1] or 0), int(vals[2] or 0))
+            reading = Reading(now_ms, cost, minutes)
+            for rule, params in plans[org].items():
+                await self._decide(org, rule, evaluate(org, rule, params, reading), states.get(rule), now_ms)
+
+    async def _decide(self, org: str, rule: str, verdict: Verdict, raw_state: str | None, now_ms: int) -> None:
+        state: dict[str, Any] = orjson.loads(raw_state) if raw_state else {"state": "ok", "crossing": 0}
+        new = transition(state["state"], verdict)
+        if new is None:
+            return
+        crossing = state["crossing"] + (1 if new == "firing" else 0)
+        event = alert_event(org, verdict, new, crossing, now_ms)
+        new_state = orjson.dumps({"state": new, "crossing": crossing, "since": event["at"]})
+        ok = await self._transition(
+            keys=[keys.alert_state(org), keys.alert_outbox(org)],
+            args=[rule, raw_state or "", new_state, orjson.dumps(event)],
+        )
+        if int(ok):
+            log.warning("alert %s: %s", event["state"], event["summary"])
+
+    async def drain(self, orgs: list[str]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for org in orgs:
+                pipe.lrange(keys.alert_outbox(org), 0, -1)
+            outboxes = await pipe.execute()
+        for org, items in zip(orgs, outboxes, strict=True):
+            if not items:
+                continue
+            futures = []
+            sent = []
+            for raw in items:
+                event = orjson.loads(raw)
+                if event["alert_id"] in self.published:
+                    continue  # already on the topic (a previous holder died before trimming)
+                key = f"{event['org']}|{event['rule']}".encode()
+                futures.append(await self.producer.send(self.topic, key=key, value=raw))
+                sent.append(event["alert_id"])
+            await asyncio.gather(*futures)
+            for alert_id in sent:
+                self._remember(alert_id)
+            await self.redis.ltrim(keys.alert_outbox(org), len(items), -1)  # only this holder appends
+
+    def _remember(self, alert_id: str) -> None:
+        self.published.add(alert_id)
+        self._published_order.append(alert_id)
+        if len(self._published_order) > 50_000:
+            self.published.discard(self._published_order.popleft())
+
+    async def _load_published(self) -> None:
+        """The alert ids already on the topic (its recent tail): what a previous holder published."""
+        self.published.clear()
+        self._published_order.clear()
+        for alert_id in await recent_alert_ids(self.settings.kafka_bootstrap, self.topic):
+            self._remember(alert_id)
+
+
+async def recent_alert_ids(bootstrap: str, topic: str, per_partition: int = RECENT_ALERTS) -> list[str]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()  # refreshes the cluster metadata
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        begins = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(begins[tp], ends[tp] - per_partition))
+        ids: list[str] = []
+        pending = {tp for tp in tps if ends[tp] > max(begins[tp], ends[tp] - per_partition)}
+        while pending:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for tp, records in batch.items():
+                ids += [alert_id for r in records if (alert_id := _alert_id(r.value))]
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    pending.discard(tp)
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        return ids
+    finally:
+        await consumer.stop()
+
+
+def _alert_id(value: bytes | None) -> str | None:
+    try:
+        event = orjson.loads(value or b"")
+        return str(event["alert_id"]) if isinstance(event, dict) and "alert_id" in event else None
+    except orjson.JSONDecodeError:
+        return None  # not ours: someone else wrote to the topic
