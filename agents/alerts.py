@@ -23,12 +23,13 @@ from collections import deque
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agents.rules import Reading, RuleSet, Verdict, alert_event, evaluate, transition
+from streams.alert_consumers import whole_topic
 from streams.names import ALERTS
 from streams.settings import Settings
 from tables import keys
@@ -199,15 +200,10 @@ class AlertEngine:
 
 
 async def recent_alert_ids(bootstrap: str, topic: str, per_partition: int = RECENT_ALERTS) -> list[str]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    consumer, tps = await whole_topic(bootstrap, topic)
     try:
-        await consumer.topics()  # refreshes the cluster metadata
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
         if not tps:
             return []
-        consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         begins = await consumer.beginning_offsets(tps)
         for tp in tps:

@@ -91,23 +91,25 @@ def format_alert(event: dict[str, Any]) -> str:
     )
 
 
+async def whole_topic(bootstrap: str, topic: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A started consumer, in no group, holding every partition of the topic (none if it does not exist)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    return consumer, sorted(consumer.assignment())
+
+
 async def tail(settings: Settings, from_beginning: bool, as_json: bool, count: int) -> int:
     topic = settings.topic(ALERTS)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    consumer, tps = await whole_topic(settings.kafka_bootstrap, topic)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     printed = 0
     try:
-        await consumer.topics()  # refreshes the cluster metadata
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
+        if not tps:
             print(f"ai-analytics: no topic {topic} (start a worker, or run `ai-analytics topics`)", file=sys.stderr)
             return 1
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)
         else:
@@ -147,33 +149,36 @@ class Forwarder:
         self.timeout = timeout
         self.max_backoff = max_backoff
         self.headers = {"Content-Type": "application/json", **(headers or {})}
-        self.consumer = AIOKafkaConsumer(
-            settings.topic(ALERTS),
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=group,
+        self.group = group
+        self.start = start
+        self.delivered = 0
+        self.producer: AIOKafkaProducer | None = None  # for refused alerts; clients are made inside the loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            self.settings.topic(ALERTS),
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.group,
             enable_auto_commit=False,
-            auto_offset_reset=start,
+            auto_offset_reset=self.start,
             # Waiting for a webhook is how this consumer works, not a sign that it hangs.
             max_poll_interval_ms=7 * 24 * 3600 * 1000,
         )
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-        self.delivered = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.consumer.start()
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all")
+        await consumer.start()
         await self.producer.start()
         log.info("forwarding %s to %s", self.settings.topic(ALERTS), self.url)
         try:
             async with httpx.AsyncClient(timeout=self.timeout) as client:
                 while not stop.is_set():
-                    batch = await self.consumer.getmany(timeout_ms=500)
+                    batch = await consumer.getmany(timeout_ms=500)
                     for tp, records in batch.items():
                         for r in records:
                             if not await self.deliver(client, r, stop):
                                 return  # stopped while retrying: not committed, sent again on restart
-                            await self.consumer.commit({tp: r.offset + 1})
+                            await consumer.commit({tp: r.offset + 1})
         finally:
-            await self.consumer.stop()
+            await consumer.stop()
             await self.producer.stop()
 
     async def deliver(
@@ -220,6 +225,7 @@ class Forwarder:
     async def _refused(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         log.error("%s; sent to the dead-letter topic", reason)
         dead = DeadLetter(Record(ALERTS, record.partition, record.offset, record.key, record.value), reason)
+        assert self.producer is not None  # started by run()
         await self.producer.send_and_wait(
             self.settings.topic(DEAD_LETTER), key=dead.key(), value=dead.value(int(time.time() * 1000))
         )

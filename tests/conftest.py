@@ -144,21 +144,29 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 60
     raise AssertionError(f"{what} not reached within {timeout}s; last value: {last!r}")
 
 
-async def read_compacted(settings: Settings, idle_s: float = 3.0) -> dict[str, dict[str, Any]]:
-    """Everything on analytics-aggregates from the beginning, last value per key (what compaction keeps)."""
+async def read_topic(settings: Settings, name: str, idle_s: float = 3.0) -> list[tuple[bytes | None, Any]]:
+    """Every record of a topic from the beginning, as (key, decoded JSON value), until `idle_s` of quiet."""
     consumer = AIOKafkaConsumer(
-        settings.topic("analytics-aggregates"), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
+        settings.topic(name), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
     )
     await consumer.start()
-    latest: dict[str, dict[str, Any]] = {}
+    out: list[tuple[bytes | None, Any]] = []
     quiet_since = time.monotonic()
     try:
         while time.monotonic() - quiet_since < idle_s:
             batch = await consumer.getmany(timeout_ms=300)
             for records in batch.values():
-                for r in records:
-                    latest[r.key.decode()] = orjson.loads(r.value)
+                out += [(r.key, orjson.loads(r.value)) for r in records]
                 quiet_since = time.monotonic()
     finally:
         await consumer.stop()
+    return out
+
+
+async def read_compacted(settings: Settings, idle_s: float = 3.0) -> dict[str, dict[str, Any]]:
+    """Everything on analytics-aggregates from the beginning, last value per key (what compaction keeps)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for key, value in await read_topic(settings, "analytics-aggregates", idle_s):
+        assert key is not None
+        latest[key.decode()] = value
     return latest
