@@ -9,6 +9,7 @@ in flight. Why not Faust's agents: see docs/semantics.md ("Why the worker reads 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import signal
@@ -19,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from agents.pipeline import BatchProcessor
 from streams.admin import ensure_topics
@@ -142,7 +144,28 @@ class Worker:
             if not batch:
                 continue
             async with self.batch_lock:  # taken without yielding: no rebalance slips in after the fetch
+                await self._apply_until_done(batch, stop)
+
+    async def _apply_until_done(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], stop: asyncio.Event
+    ) -> None:
+        """Apply the batch, retrying while Redis or Kafka is away (a restart, a failover).
+
+        A retry is safe: what a failed attempt applied is recognised by event id and not counted again.
+        Nothing is committed until the batch is through; stopping meanwhile leaves it to the next run."""
+        delay = 0.5
+        while True:
+            try:
                 await self.apply(batch)
+                return
+            except (RedisError, KafkaError, OSError) as exc:
+                if stop.is_set():
+                    log.warning("stopping with a batch not applied (%r); the next owner replays it", exc)
+                    return
+                log.warning("batch not applied (%r); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 10.0)
 
     async def apply(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         t0 = time.perf_counter()
