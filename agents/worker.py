@@ -27,6 +27,7 @@ from streams.admin import ensure_topics
 from streams.deadletter import DeadLetter, Record
 from streams.names import AGGREGATES, DEAD_LETTER, INPUT_TOPICS
 from streams.settings import Settings
+from tables import keys
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.worker.last_offset.clear()
         log.info("partitions assigned: %s", _tps(assigned))
+        await self.worker.resume_from_redis(assigned)
 
 
 def _tps(tps: set[TopicPartition]) -> str:
@@ -144,6 +146,8 @@ class Worker:
             if not batch:
                 continue
             async with self.batch_lock:  # taken without yielding: no rebalance slips in after the fetch
+                for tp, msgs in batch.items():
+                    self._check_continuity(self.names[tp.topic], tp.partition, msgs[0].offset, msgs[-1].offset)
                 await self._apply_until_done(batch, stop)
 
     async def _apply_until_done(
@@ -154,11 +158,15 @@ class Worker:
         A retry is safe: what a failed attempt applied is recognised by event id and not counted again.
         Nothing is committed until the batch is through; stopping meanwhile leaves it to the next run."""
         delay = 0.5
+        redis_failed = False
         while True:
             try:
+                if redis_failed and await self._redis_lost_writes(batch):
+                    return  # read again from what Redis holds; this batch is not committed
                 await self.apply(batch)
                 return
             except (RedisError, KafkaError, OSError) as exc:
+                redis_failed = redis_failed or isinstance(exc, (RedisError, OSError))
                 if stop.is_set():
                     log.warning("stopping with a batch not applied (%r); the next owner replays it", exc)
                     return
@@ -167,20 +175,66 @@ class Worker:
                     await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, 10.0)
 
+    async def _redis_lost_writes(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> bool:
+        """After Redis was away: if it came back without some earlier batches (a crash that lost its
+        last writes), seek every partition of the batch back to what Redis holds and report True."""
+        tps = sorted(batch)
+        fields = [keys.offset_field(self.names[tp.topic], tp.partition) for tp in tps]
+        values = await self.redis.hmget(keys.progress(self.settings.app_id), fields)
+        behind = {
+            tp: (-1 if v is None else int(v)) + 1
+            for tp, v in zip(tps, values, strict=True)
+            if (-1 if v is None else int(v)) + 1 < batch[tp][0].offset
+        }
+        if not behind:
+            return False
+        for tp in tps:
+            start = min(behind.get(tp, batch[tp][0].offset), batch[tp][0].offset)
+            log.warning(
+                "Redis came back without offsets of %s[%d]: reading again from %d", tp.topic, tp.partition, start
+            )
+            self.consumer.seek(tp, start)
+        self.last_offset.clear()
+        return True
+
     async def apply(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         t0 = time.perf_counter()
         records: list[Record] = []
         for tp, msgs in batch.items():
             name = self.names[tp.topic]
-            self._check_continuity(name, tp.partition, msgs[0].offset, msgs[-1].offset)
             records += [Record(name, tp.partition, m.offset, m.key, m.value) for m in msgs]
         result = await self.processor.process(records)
+        # The batch is wholly applied: record it in Redis (after the org scripts), then in Kafka.
+        progress = {
+            keys.offset_field(self.names[tp.topic], tp.partition): msgs[-1].offset for tp, msgs in batch.items()
+        }
+        await self.redis.hset(keys.progress(self.settings.app_id), mapping=progress)  # type: ignore[arg-type]
         await self._commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
         if self.settings.trace_batches:
             log.warning("batch: %d records in %.1f ms", len(records), (time.perf_counter() - t0) * 1000)
         self.progress.add("all", len(records), result.applied, result.skipped, result.dead)
         if self.after_batch is not None and result.orgs:
             await self.after_batch(result.orgs)
+
+    async def resume_from_redis(self, assigned: set[TopicPartition]) -> None:
+        """Where Redis is behind Kafka's committed offset (it lost its last writes in a crash, or was
+        emptied), read again from what Redis holds; the events it still has count once by their ids."""
+        if not assigned:
+            return
+        tps = sorted(assigned)
+        fields = [keys.offset_field(self.names[tp.topic], tp.partition) for tp in tps]
+        values = await self.redis.hmget(keys.progress(self.settings.app_id), fields)
+        for tp, value in zip(tps, values, strict=True):
+            committed = await self.consumer.committed(tp)
+            if committed is None:
+                continue  # a new group: it starts at the beginning anyway
+            start = 0 if value is None else int(value) + 1
+            if start < committed:
+                log.warning(
+                    "Redis holds %s[%d] only up to offset %d but Kafka's commit is %d: reading again from %d",
+                    tp.topic, tp.partition, start - 1, committed, start,
+                )  # fmt: skip
+                self.consumer.seek(tp, start)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:

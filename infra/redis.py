@@ -47,8 +47,9 @@ class RedisServer(LocalServer):
             "--daemonize", "no",
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            # everysec loses at most a second on a machine crash; our offsets live in the
-            # same file, so a lost second is replayed from Kafka, never half-applied.
+            # everysec loses at most a second on a crash; the file keeps a prefix of the writes and the
+            # worker's progress hash is written after each batch, so a lost second is read again from
+            # Kafka (see tables.keys.progress), never half-applied.
             "--appendfsync", "everysec",
             "--logfile", "",
         ]  # fmt: skip

@@ -45,6 +45,15 @@ def minute(org: str, minute_index: int) -> str:
     return f"{_org(org)}:min:{minute_index}"
 
 
+def progress(group: str) -> str:
+    """Hash `topic:partition` -> the last offset whose batch is wholly applied, per consumer group.
+
+    Written after the batch's org scripts, so in Redis's append-only file it comes after them: if Redis
+    restarts having lost its last writes, this is behind Kafka's committed offset too, and the worker
+    reads again from here (the applied events are recognised by their ids). Global, not org-tagged."""
+    return f"{NS}:progress:{group}"
+
+
 def alert_state(org: str) -> str:
     """Hash `rule` -> JSON of the rule's state for this org (ok or firing, crossing number)."""
     return f"{_org(org)}:alerts"
