@@ -103,7 +103,13 @@ def bad_record(draw: Any, org: str) -> tuple[str, bytes | None, bytes]:
     elif kind == "json":
         return topic, key, draw(st.binary(max_size=40).filter(_not_a_json_object))
     elif kind == "object":
-        return topic, key, orjson.dumps(draw(st.one_of(st.lists(st.integers()), st.integers(), names)))
+        return (
+            topic,
+            key,
+            orjson.dumps(
+                draw(st.one_of(st.lists(st.integers(-(2**63), 2**63 - 1)), st.integers(-(2**63), 2**63 - 1), names))
+            ),
+        )
     elif topic == "chat-messages":  # "key": a chat message keyed by something other than its session
         key = key + b"-other"
     else:
