@@ -92,14 +92,15 @@ class Planner:
         seen_keys: dict[str, str] = {}
         seen = dict(state.seen)
         convs = {cid: dict(v) for cid, v in state.convs.items()}
+        last_offsets: dict[tuple[str, int], int] = {}
+        guarded: set[tuple[str, tuple[str, ...]]] = set()
+        counted: dict[str, int] = {}  # topic -> events that counted
+        newest_ms = 0
         for item in items:
             ev = item.event
-            fld = keys.offset_field(item.topic, item.partition)
-            mark = state.offsets.get(fld)
-            # The watermark records progress (and makes two writers of one partition conflict); what an
-            # event contributed is decided by its event_id alone, so a replayed, re-ordered or gapped
-            # delivery still counts every event exactly once.
-            w.watermark(fld, mark, item.offset if mark is None else max(mark, item.offset))
+            tp = (item.topic, item.partition)
+            last_offsets[tp] = max(item.offset, last_offsets.get(tp, item.offset))
+            newest_ms = max(newest_ms, ev.ts_ms)
             day = day_of(ev.ts_ms)
             seen_key = seen_keys.get(day)
             if seen_key is None:
@@ -114,7 +115,8 @@ class Planner:
                     w.replayed.append(item)
                 seen[(day, ev.event_id)] = new
                 w.mark_seen(seen_key, ev.event_id, state.seen.get((day, ev.event_id)), new)
-                self._meta(w, ev, item.topic, counted=prev is None)
+                if prev is None:
+                    counted[item.topic] = counted.get(item.topic, 0) + 1
                 continue
             if prev is not None:
                 w.replayed.append(item)
@@ -122,16 +124,28 @@ class Planner:
             seen[(day, ev.event_id)] = "1"
             w.mark_seen(seen_key, ev.event_id, state.seen.get((day, ev.event_id)), "1")
             w.events += 1
+            counted[item.topic] = counted.get(item.topic, 0) + 1
             if isinstance(ev, ChatMessage):
-                self._guard_conv(w, ev.session_id, SESSION_FIELDS, state)
+                self._guard_conv(w, ev.session_id, SESSION_FIELDS, state, guarded)
                 self._chat_message(w, ev, item, convs)
             elif isinstance(ev, SentimentEvent):
-                self._guard_conv(w, ev.session_id, SENTIMENT_FIELDS, state)
+                self._guard_conv(w, ev.session_id, SENTIMENT_FIELDS, state, guarded)
                 self._sentiment(w, ev, convs)
             elif isinstance(ev, Conversation):
-                self._guard_conv(w, ev.id, RECORD_FIELDS, state)
+                self._guard_conv(w, ev.id, RECORD_FIELDS, state, guarded)
                 self._conversation(w, ev, convs)
-            self._meta(w, ev, item.topic, counted=True)
+        # The watermark records progress (and makes two writers of one partition conflict); what an
+        # event contributed is decided by its event_id alone, so a replayed or re-sent event still
+        # counts exactly once.
+        for (topic, partition), offset in last_offsets.items():
+            fld = keys.offset_field(topic, partition)
+            mark = state.offsets.get(fld)
+            w.watermark(fld, mark, offset if mark is None else max(mark, offset))
+        meta = keys.meta(org)
+        if items:
+            w.hmax(meta, "last_event_ms", newest_ms)
+        for topic, n in counted.items():
+            w.hincr(meta, f"events|{topic}", n)
         self._flush_buckets(w)
         return w
 
@@ -143,8 +157,13 @@ class Planner:
         return self.plan(org, items, OrgState(convs=state.convs), now_ms)
 
     @staticmethod
-    def _guard_conv(w: OrgWrite, conv_id: str, fields: tuple[str, ...], state: OrgState) -> None:
+    def _guard_conv(
+        w: OrgWrite, conv_id: str, fields: tuple[str, ...], state: OrgState, guarded: set[tuple[str, tuple[str, ...]]]
+    ) -> None:
         """The conversation fields this event's decision reads must still hold their pre-batch values."""
+        if (conv_id, fields) in guarded:
+            return
+        guarded.add((conv_id, fields))
         ckey = keys.conversation(w.org, conv_id)
         before = state.convs.get(conv_id, {})
         for fld in fields:
@@ -287,10 +306,3 @@ class Planner:
         self._incr_both(w, ts_ms, (keys.TOKENS_OUT,), t_out)
         self._incr_both(w, ts_ms, (keys.OBSERVATIONS,), count)
         self._incr_both(w, ts_ms, (keys.UNPRICED,), unpriced)
-
-    @staticmethod
-    def _meta(w: OrgWrite, ev: Event, topic: str, counted: bool) -> None:
-        meta = keys.meta(w.org)
-        w.hmax(meta, "last_event_ms", ev.ts_ms)
-        if counted:
-            w.hincr(meta, f"events|{topic}")

@@ -1,0 +1,482 @@
+"""Every figure of docs/BENCHMARKS.md from one run, side by side on one broker and the same events.
+
+    python -m bench.run                     # the full run (about half an hour on 2 cores)
+    python -m bench.run --quick             # small sizes, a few minutes: to check the harness
+
+Starts its own Kafka and Redis (temporary folder, free ports; `AIA_BENCH_DIR` keeps the folder), then:
+1. produces N chat messages (~270 bytes, 5 orgs, sessions of 8) to one topic;
+2. ceiling: one raw aiokafka consumer, `getmany` + `orjson.loads`, nothing else;
+3. ours: one worker process from the first event to the last applied in Redis; its RSS sampled as it
+   runs; Redis memory per million events after it;
+4. scaling: two workers in one group, same events;
+5. baseline: the textbook Faust way (bench/faust_baseline.py), on the first `--baseline-events`;
+6. freshness: a worker and the API, demo-like load at fixed rates plus probe events; the delay from a
+   probe's send to its effect visible through the API (polled every 10 ms);
+7. serving: the five endpoints under 100 concurrent pollers, 7-day and 90-day ranges, with 1M and 10M
+   events stored (loaded through the batch pipeline, spread over 90 days).
+Prints each figure as it comes and writes the report to docs/BENCHMARKS.md (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from agents.pipeline import BatchProcessor
+from bench.throughput import applied, ceiling, produce, start_worker
+from infra.kafka import KafkaBroker
+from infra.procs import ROOT, free_port, spawn, wait_until
+from infra.redis import RedisServer
+from streams.admin import ensure_topics
+from streams.deadletter import Record
+from streams.settings import Settings
+from tables import apikeys
+
+API_PATH = "/api/ai-analytics/orgs/{org}/users/bench/"
+
+
+@dataclass
+class Report:
+    rows: list[tuple[str, str, str]] = field(default_factory=list)  # (section, what, figure)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, section: str, what: str, figure: str) -> None:
+        self.rows.append((section, what, figure))
+        print(f"{section:10} {what}: {figure}", flush=True)
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+async def run_ours(settings: Settings, n: int, workers: int, tmp: Path) -> tuple[float, list[int]]:
+    """Events/s from the first to the last applied, and the first worker's RSS samples (KiB)."""
+    redis = Redis.from_url(settings.redis_url)
+    await redis.flushall()
+    procs = [start_worker(settings, f"w{i}", tmp / f"{settings.app_id}-{i}.log") for i in range(workers)]
+    samples: list[int] = []
+    first_at = None
+    first_count = 0
+    last_sample = 0.0
+    try:
+        deadline = time.monotonic() + 3600
+        while True:
+            done = await applied(redis)
+            if done and first_at is None:
+                first_at, first_count = time.perf_counter(), done
+            if time.monotonic() - last_sample >= 1.0:
+                samples.append(rss_kib(procs[0].pid))
+                last_sample = time.monotonic()
+            if done >= n:
+                break
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"workers stopped or too slow: {done}/{n} applied; see {tmp}")
+            await asyncio.sleep(0.05)
+        assert first_at is not None
+        elapsed = time.perf_counter() - first_at
+        return (n - first_count) / elapsed, samples
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait(60)
+        await redis.aclose()
+
+
+def run_baseline(settings: Settings, n: int, tmp: Path) -> float:
+    result = tmp / "faust-baseline.result"
+    result.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "BENCH_BOOTSTRAP": settings.kafka_bootstrap,
+        "BENCH_TOPIC": settings.topic("chat-messages"),
+        "BENCH_EVENTS": str(n),
+        "BENCH_RESULT": str(result),
+        "BENCH_DATADIR": str(tmp / "faust-data"),
+        "BENCH_APP_ID": f"faust-baseline-{uuid.uuid4().hex[:6]}",
+        "BENCH_PARTITIONS": str(settings.topic_partitions),
+    }
+    proc = spawn([sys.executable, "-m", "bench.faust_baseline", "worker", "-l", "warn"], log=tmp / "faust.log", env=env)
+    try:
+        # A crashed agent leaves Faust running: give up at 200 events/s rather than wait forever.
+        wait_until(result.exists, proc=proc, what="the Faust baseline", log=tmp / "faust.log", timeout=120 + n / 200)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    count, seconds = result.read_text().split()
+    return int(count) / float(seconds)
+
+
+class Api:
+    """The API as a subprocess (as users run it), with an all-orgs key."""
+
+    def __init__(self, settings: Settings, tmp: Path) -> None:
+        self.settings = replace(settings, api_port=free_port())
+        self.tmp = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base = f"http://127.0.0.1:{self.settings.api_port}"
+
+    def start(self) -> None:
+        env = {**os.environ, **self.settings.as_env()}
+        self.proc = spawn([sys.executable, "-m", "api"], log=self.tmp / "api.log", env=env)
+        wait_until(self._ready, proc=self.proc, what="the API", log=self.tmp / "api.log", timeout=60)
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def key(self) -> str:
+        redis = Redis.from_url(self.settings.redis_url)
+        token, _ = await apikeys.create(redis, "*", "platform_admin", "bench")
+        await redis.aclose()
+        return token
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def freshness(settings: Settings, api: Api, rate: int, seconds: float, tmp: Path) -> tuple[float, float, int]:
+    """(p50 ms, p99 ms, probes) of send -> visible through the API at `rate` events/s in total."""
+    run = uuid.uuid4().hex[:6]
+    s = replace(settings, topic_prefix=f"fresh{run}.", app_id=f"fresh-{run}", batch_within=0.05)
+    await ensure_topics(s)
+    worker = start_worker(s, "fresh", tmp / f"fresh-{rate}.log")
+    token = await api.key()
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, linger_ms=2, acks="all")
+    await producer.start()
+    probe_org = f"probe-{run}"
+    today = datetime.now(UTC).date().isoformat()
+    url = f"{api.base}{API_PATH.format(org=probe_org)}average-messages-per-session/"
+    sent: list[float] = []
+    seen: list[float] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        """`rate` events a second in total, 20 of them probes (each a new session of the probe org)."""
+        start = time.perf_counter()
+        count, next_probe = 0, start
+        while (now := time.perf_counter()) - start < seconds:
+            while count < int((now - start) * rate):
+                count += 1
+                if time.perf_counter() >= next_probe:
+                    next_probe += 0.05
+                    e = _chat(f"p{run}-{len(sent)}", probe_org, f"ps{len(sent)}", "human")
+                    sent.append(time.perf_counter())
+                else:
+                    e = _chat(f"l{run}-{count}", f"load{(count // 8) % 5}", f"ls{count // 8}", "ai")
+                await producer.send(s.topic("chat-messages"), orjson.dumps(e), key=e["session_id"].encode())
+            await asyncio.sleep(0.005)
+        await producer.flush()
+
+    async def poll() -> None:
+        async with httpx.AsyncClient(headers={"Authorization": f"Api-Token {token}"}) as client:
+            while not stop.is_set() or len(seen) < len(sent):
+                r = await client.get(url, params={"start_date": today, "end_date": today})
+                if r.status_code == 200 and r.json():
+                    total = r.json()[0]["total_sessions"]
+                    now = time.perf_counter()
+                    while len(seen) < min(total, len(sent)):
+                        seen.append(now)
+                if stop.is_set() and time.perf_counter() - stopped_at > 30:
+                    break
+                await asyncio.sleep(0.01)
+
+    # Warm up: the worker joins its group and applies a first probe before the clock starts.
+    stopped_at = 0.0
+    warm = _chat(f"w{run}", f"warm-{run}", "w", "human")
+    await producer.send_and_wait(s.topic("chat-messages"), orjson.dumps(warm), key=b"w")
+    redis = Redis.from_url(s.redis_url)
+    for _ in range(600):
+        if await redis.sismember("aia:orgs", f"warm-{run}"):
+            break
+        await asyncio.sleep(0.1)
+    await redis.aclose()
+    poller = asyncio.create_task(poll())
+    await load()
+    stop.set()
+    stopped_at = time.perf_counter()
+    await poller
+    await producer.stop()
+    os.killpg(worker.pid, signal.SIGTERM)
+    worker.wait(60)
+    delays = [(b - a) * 1000 for a, b in zip(sent, seen, strict=False)]
+    return pct(delays, 50), pct(delays, 99), len(delays)
+
+
+def _chat(event_id: str, org: str, session: str, role: str, ts_ms: int | None = None) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "org": org,
+        "timestamp": ts_ms if ts_ms is not None else int(time.time() * 1000),
+        "session_id": session,
+        "student": f"student{hash(session) % 400:03d}",
+        "mentor_id": f"mentor{hash(session) % 7}",
+        "role": role,
+        "topics": ["algebra"],
+    }
+
+
+def serving_records(n: int, seed: int) -> Any:
+    """n events over the last 89 days, 5 orgs: chat messages (70%), sentiment (15%), observations (15%)."""
+    rng = random.Random(seed)
+    now_ms = int(time.time() * 1000)
+    span = 89 * 86_400_000
+    offsets = [0, 0, 0]
+    for i in range(n):
+        org = f"org{(i // 8) % 5}"
+        ts = now_ms - rng.randrange(span)
+        kind = rng.random()
+        if kind < 0.70:
+            sess = f"s{i // 8}"
+            e = _chat(f"e{i}", org, sess, "human" if i % 2 else "ai", ts)
+            topic, key, t = "chat-messages", sess.encode(), 0
+        elif kind < 0.85:
+            e = {"event_id": f"e{i}", "org": org, "timestamp": ts, "session_id": f"s{i // 8}",
+                 "student": f"student{i % 400:03d}", "sentiment": rng.choice(["positive", "neutral", "negative"])}  # fmt: skip
+            topic, key, t = "sentiment", None, 1
+        else:
+            e = {"event_id": f"e{i}", "org": org, "timestamp": ts, "trace_id": f"t{i}", "type": "generation",
+                 "model": "gpt-4o-mini", "usage": {"input": rng.randrange(2000), "output": rng.randrange(800)}}  # fmt: skip
+            topic, key, t = "llm-observations", None, 2
+        offsets[t] += 1
+        yield Record(topic, 0, offsets[t], key, orjson.dumps(e))
+
+
+async def load_store(settings: Settings, n: int) -> float:
+    """Apply n events straight through the batch pipeline (no Kafka); returns Redis MiB used."""
+    redis = Redis.from_url(settings.redis_url)
+    await redis.flushall()
+
+    async def no_dead(dead: list[Any]) -> None:
+        raise RuntimeError(f"unexpected dead letters: {dead[:3]}")
+
+    proc = BatchProcessor(settings, redis, no_dead)
+    batch: list[Record] = []
+    started = time.perf_counter()
+    for i, record in enumerate(serving_records(n, seed=n), 1):
+        batch.append(record)
+        if len(batch) == 20_000:
+            await proc.process(batch)
+            batch = []
+        if i % 1_000_000 == 0:
+            print(f"           loaded {i:,} events ({i / (time.perf_counter() - started):,.0f}/s)", flush=True)
+    if batch:
+        await proc.process(batch)
+    used = int((await redis.info("memory"))["used_memory"])
+    await redis.aclose()
+    return used / 2**20
+
+
+async def serving(
+    api: Api, token: str, days: int, seconds: float, pollers: int = 100
+) -> dict[str, tuple[float, float, int]]:
+    end = datetime.now(UTC).date()
+    start = end - timedelta(days=days - 1)
+    rng = {"start_date": start.isoformat(), "end_date": end.isoformat()}
+    base = f"{api.base}{API_PATH.format(org='org0')}"
+    endpoints = {
+        "average-messages-per-session": ("average-messages-per-session/", rng),
+        "chat-history": ("chat-history/", {**rng, "page_size": 20}),
+        "sentiment-count": ("sentiment-count/", {"period": "7d" if days <= 7 else "90d"}),
+        "tenant-cost": ("tenant-cost/", rng),
+        "top-students-by-chat-messages": ("top-students-by-chat-messages/", rng),
+    }
+    out = {}
+    limits = httpx.Limits(max_connections=pollers, max_keepalive_connections=pollers)
+    async with httpx.AsyncClient(headers={"Authorization": f"Api-Token {token}"}, limits=limits, timeout=30) as client:
+        for name, (path, params) in endpoints.items():
+            latencies, errors = await _poll(client, base + path, params, seconds, pollers)
+            if errors:
+                raise RuntimeError(f"{name}: {errors} non-200 answers")
+            out[name] = (pct(latencies, 50), pct(latencies, 99), len(latencies))
+    return out
+
+
+async def _poll(
+    client: httpx.AsyncClient, url: str, params: dict[str, Any], seconds: float, pollers: int
+) -> tuple[list[float], int]:
+    """`pollers` concurrent loops of GET for `seconds`: every latency (ms) and the count of non-200s."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def poller() -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            r = await client.get(url, params=params)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            errors += r.status_code != 200
+
+    await asyncio.gather(*(poller() for _ in range(pollers)))
+    return latencies, errors
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--baseline-events", type=int, default=200_000)
+    parser.add_argument("--serving-events", default="1000000,10000000", help="comma-separated sizes")
+    parser.add_argument("--serving-seconds", type=float, default=5.0, help="per endpoint and range")
+    parser.add_argument("--freshness-seconds", type=float, default=30.0)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--quick", action="store_true", help="small sizes: check the harness")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.baseline_events, args.serving_events = 50_000, 20_000, "20000,60000"
+        args.serving_seconds, args.freshness_seconds = 2.0, 8.0
+    report = Report()
+    began = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="aia-bench-") as d:
+        tmp = Path(os.environ.get("AIA_BENCH_DIR", d))
+        kafka = KafkaBroker(tmp / "kafka", port=free_port(), controller_port=free_port(), partitions=args.partitions)
+        redis_server = RedisServer(tmp / "redis", port=free_port(), appendonly=True)
+        kafka.start()
+        redis_server.start()
+        api: Api | None = None
+        try:
+            base = Settings(
+                kafka_bootstrap=kafka.bootstrap,
+                redis_url=redis_server.url,
+                topic_partitions=args.partitions,
+                data_dir=tmp / "workers",
+                alert_interval=0,  # the benchmark measures the pipeline; alerts have their own tests
+            )
+            await ensure_topics(base)
+            n = args.events
+            avg = await produce(base, n)
+            ceil = await ceiling(base, n)
+            report.add("ceiling", f"raw aiokafka getmany + orjson.loads, {n:,} events", f"{ceil:,.0f} events/s")
+            one, rss = await run_ours(replace(base, app_id=f"one-{uuid.uuid4().hex[:6]}"), n, 1, tmp)
+            redis = Redis.from_url(base.redis_url)
+            used = int((await redis.info("memory"))["used_memory"])
+            await redis.aclose()
+            report.add("ours", "one worker, first to last event applied in Redis", f"{one:,.0f} events/s")
+            report.add("ours", "ratio to the ceiling (goal: at least 0.5)", f"{one / ceil:.3f}")
+            report.add(
+                "memory",
+                "worker RSS during that run (first / max / last sample, 1/s)",
+                f"{rss[0] / 1024:.0f} / {max(rss) / 1024:.0f} / {rss[-1] / 1024:.0f} MiB ({len(rss)} samples)",
+            )
+            report.add("memory", "Redis used_memory per million events applied", f"{used / 2**20 / (n / 1e6):,.0f} MiB")
+            two, _ = await run_ours(replace(base, app_id=f"two-{uuid.uuid4().hex[:6]}"), n, 2, tmp)
+            report.add(
+                "scaling", "two workers in one group, same events", f"{two:,.0f} events/s ({two / one:.2f}x one)"
+            )
+            nb = min(args.baseline_events, n)
+            faust_rate = run_baseline(base, nb, tmp)
+            report.add(
+                "baseline",
+                f"textbook Faust, windowed tables per event, first {nb:,} events",
+                f"{faust_rate:,.0f} events/s",
+            )
+            report.add("baseline", "ours / baseline (goal: at least 5x)", f"{one / faust_rate:.1f}x")
+
+            api = Api(base, tmp)
+            api.start()
+            for rate in (1000, 5000):
+                p50, p99, probes = await freshness(base, api, rate, args.freshness_seconds, tmp)
+                report.add("freshness", f"{rate:,} events/s: send to visible in the API, p50 / p99 ({probes} probes)",
+                           f"{p50:,.0f} / {p99:,.0f} ms")  # fmt: skip
+            for size in (int(x) for x in args.serving_events.split(",")):
+                t0 = time.perf_counter()
+                mib = await load_store(base, size)
+                report.add(
+                    "serving",
+                    f"{size:,} events stored (loaded in {time.perf_counter() - t0:,.0f} s)",
+                    f"Redis {mib:,.0f} MiB",
+                )
+                token = await api.key()
+                for days in (7, 90):
+                    results = await serving(api, token, days, args.serving_seconds)
+                    for name, (p50, p99, count) in results.items():
+                        report.add("serving", f"{size:,} events, {days}-day range, {name}: p50 / p99 ({count:,} requests)",
+                                   f"{p50:,.1f} / {p99:,.1f} ms")  # fmt: skip
+            machine = (
+                f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+                f"{platform.platform()}; Python {platform.python_version()}; Kafka 4.1.1 (KRaft, one node); "
+                f"redis-server {(await _redis_version(base))}; aiokafka {version('aiokafka')}, "
+                f"faust-streaming {version('faust-streaming')}, redis-py {version('redis')}"
+            )
+            write_report(args, report, began, machine, avg)
+        finally:
+            if api is not None:
+                api.stop()
+            kafka.stop()
+            redis_server.stop()
+
+
+async def _redis_version(settings: Settings) -> str:
+    redis = Redis.from_url(settings.redis_url)
+    info = await redis.info("server")
+    await redis.aclose()
+    return str(info["redis_version"])
+
+
+def write_report(args: argparse.Namespace, report: Report, began: datetime, machine: str, avg: float) -> None:
+    cmd = "python -m bench.run" + (" --quick" if args.quick else "")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `{cmd}` on {began:%Y-%m-%d %H:%M} UTC; every figure below is from that one run,",
+        "on one broker and one Redis that the run started itself (loopback), with the same events.",
+        "",
+        f"Machine and versions: {machine}.",
+        "",
+        f"Events: {args.events:,} chat messages of ~{avg:.0f} bytes (5 orgs, sessions of 8 messages, 400 students), "
+        f"{args.partitions} partitions; batch size 5000.",
+        "",
+        "| section | what | figure |",
+        "|---|---|---|",
+        *(f"| {s} | {w} | {f} |" for s, w, f in report.rows),
+        "",
+        "How each figure is taken: see the docstring of `bench/run.py`. Where we miss a goal and why:",
+        "`docs/performance.md`.",
+        "",
+    ]
+    args.out.write_text("\n".join(lines))
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
