@@ -272,3 +272,26 @@ def test_rules_file_errors_stop_the_worker_with_the_reason(settings: Settings, t
         time.sleep(0.2)
     assert proc.returncode == 2
     assert "budget_usd: not a decimal amount" in (tmp_path / "bad.log").read_text()
+
+
+async def test_alerts_tail_prints_alerts_as_lines(settings: Settings, topics: list[str], tmp_path: Path) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    for state in ("firing", "resolved"):
+        event = {"alert_id": f"acme|daily_cost|1|{state}", "org": "acme", "rule": "daily_cost", "state": state,
+                 "value": 2.5, "threshold": 1.0, "window": {"start": "2026-11-22T00:00:00Z", "end": "2026-11-23T00:00:00Z"},
+                 "at": "2026-11-22T10:00:00Z", "summary": "acme: over budget"}  # fmt: skip
+        await producer.send_and_wait(settings.topic("analytics-alerts"), orjson.dumps(event), key=b"acme|daily_cost")
+    await producer.stop()
+    env = {**os.environ, **settings.as_env()}
+    cmd = [sys.executable, "-m", "streams", "alerts", "tail", "--from-beginning", "--count", "2"]
+    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    lines = out.decode().splitlines()
+    assert proc.returncode == 0
+    assert lines == [
+        "2026-11-22T10:00:00Z FIRING   acme daily_cost value=2.5 threshold=1.0 "
+        "window=2026-11-22T00:00:00Z..2026-11-23T00:00:00Z  acme: over budget",
+        "2026-11-22T10:00:00Z RESOLVED acme daily_cost value=2.5 threshold=1.0 "
+        "window=2026-11-22T00:00:00Z..2026-11-23T00:00:00Z  acme: over budget",
+    ]
