@@ -159,8 +159,10 @@ def _worker(argv: list[str]) -> None:
     level = (args.loglevel or settings.log_level).upper()
     logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    import uvloop
+
     try:
-        asyncio.run(serve(settings))
+        uvloop.run(serve(settings))
     except SettingsError as exc:  # a bad rules file, for example
         parser.exit(2, f"ai-analytics: {exc}\n")
 

@@ -57,6 +57,15 @@ async def lookup(redis: Redis, token: str) -> ApiKey | None:
     return None if raw is None else ApiKey(**orjson.loads(raw))
 
 
+async def lookup_with_org(redis: Redis, token: str, org: str) -> tuple[ApiKey | None, bool]:
+    """The key of a token and whether the org exists, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(keys.api_keys(), _digest(token))
+        pipe.sismember(keys.orgs(), org)
+        raw, exists = await pipe.execute()
+    return (None if raw is None else ApiKey(**orjson.loads(raw))), bool(exists)
+
+
 async def list_keys(redis: Redis) -> list[ApiKey]:
     return sorted((ApiKey(**orjson.loads(v)) for v in (await redis.hgetall(keys.api_keys())).values()),
                   key=lambda k: k.created_at)  # fmt: skip
