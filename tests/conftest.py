@@ -53,21 +53,26 @@ def redis_server(tmp_root: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture
-def settings(kafka: KafkaBroker, redis_server: RedisServer, tmp_path: Path) -> Settings:
+def make_settings(bootstrap: str, redis_url: str, tmp_path: Path, name: str = "test") -> Settings:
+    """Settings of one test: its own topic prefix and consumer group, small batches, a quick rebalance."""
     run = uuid.uuid4().hex[:8]
     return Settings(
-        kafka_bootstrap=kafka.bootstrap,
-        redis_url=redis_server.url,
+        kafka_bootstrap=bootstrap,
+        redis_url=redis_url,
         topic_prefix=f"t{run}.",
         topic_partitions=3,
-        app_id=f"aia-test-{run}",
+        app_id=f"aia-{name}-{run}",
         data_dir=tmp_path / "worker",
         batch_size=500,
         batch_within=0.1,
         session_timeout=6.0,
         heartbeat_interval=1.0,
     )
+
+
+@pytest.fixture
+def settings(kafka: KafkaBroker, redis_server: RedisServer, tmp_path: Path) -> Settings:
+    return make_settings(kafka.bootstrap, redis_server.url, tmp_path)
 
 
 @pytest.fixture

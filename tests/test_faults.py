@@ -22,7 +22,7 @@ from infra.redis import RedisServer
 from streams.admin import ensure_topics
 from streams.settings import Settings
 from tests import reference
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, make_settings
 from tests.test_exactness import mismatches, settle
 from tests.traffic import demo_events, produce
 
@@ -44,19 +44,7 @@ def own_servers(tmp_root: Path) -> Iterator[tuple[KafkaBroker, RedisServer]]:
 @pytest.fixture
 async def fault_settings(own_servers: tuple[KafkaBroker, RedisServer], tmp_path: Path) -> AsyncIterator[Settings]:
     broker, server = own_servers
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap=broker.bootstrap,
-        redis_url=server.url,
-        topic_prefix=f"f{run}.",
-        topic_partitions=3,
-        app_id=f"aia-fault-{run}",
-        data_dir=tmp_path / "worker",
-        batch_size=500,
-        batch_within=0.1,
-        session_timeout=6.0,
-        heartbeat_interval=1.0,
-    )
+    settings = make_settings(broker.bootstrap, server.url, tmp_path, "fault")
     client = Redis.from_url(server.url)
     await client.flushall()
     await ensure_topics(settings)
