@@ -33,7 +33,7 @@ CONV_FIELDS = SENTIMENT_FIELDS + RECORD_FIELDS + SESSION_FIELDS
 MINUTES_KEPT_S = 3 * 3600
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event, and a frozen __init__ costs 5x
 class Item:
     """A valid event and where it was read from (topic named without prefix)."""
 

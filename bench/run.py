@@ -37,6 +37,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -322,8 +323,10 @@ async def serving(
         "top-students-by-chat-messages": ("top-students-by-chat-messages/", rng),
     }
     out = {}
-    limits = httpx.Limits(max_connections=pollers, max_keepalive_connections=pollers)
-    async with httpx.AsyncClient(headers={"Authorization": f"Api-Token {token}"}, limits=limits, timeout=30) as client:
+    # aiohttp: httpx's pool managed under 100 req/s with 100 concurrent connections here, aiohttp 1,300.
+    connector = aiohttp.TCPConnector(limit=pollers)
+    headers = {"Authorization": f"Api-Token {token}"}
+    async with aiohttp.ClientSession(headers=headers, connector=connector, timeout=aiohttp.ClientTimeout(30)) as client:
         for name, (path, params) in endpoints.items():
             latencies, errors = await _poll(client, base + path, params, seconds, pollers, interval)
             if errors:
@@ -333,7 +336,7 @@ async def serving(
 
 
 async def _poll(
-    client: httpx.AsyncClient, url: str, params: dict[str, Any], seconds: float, pollers: int, interval: float
+    client: aiohttp.ClientSession, url: str, params: dict[str, Any], seconds: float, pollers: int, interval: float
 ) -> tuple[list[float], int]:
     """`pollers` concurrent pollers for `seconds`, each asking once every `interval` seconds (0: again as
     soon as answered): every latency (ms) and the count of non-200 answers."""
@@ -350,9 +353,10 @@ async def _poll(
                 await asyncio.sleep(max(0.0, due - now))
                 due += interval
             t0 = time.perf_counter()
-            r = await client.get(url, params=params)
+            async with client.get(url, params=params) as r:
+                await r.read()
             latencies.append((time.perf_counter() - t0) * 1000)
-            errors += r.status_code != 200
+            errors += r.status != 200
 
     await asyncio.gather(*(poller(interval * i / pollers) for i in range(pollers)))
     return latencies, errors

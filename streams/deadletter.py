@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import orjson
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event, and a frozen __init__ costs 5x
 class Record:
     """A Kafka record of an input topic (named without prefix)."""
 

@@ -33,7 +33,7 @@ class Limits:
     max_future_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event, and a frozen __init__ costs 5x
 class ChatMessage:
     event_id: str
     org: str
@@ -50,7 +50,7 @@ class ChatMessage:
         return datetime.fromtimestamp(self.ts_ms / 1000, UTC)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SentimentEvent:
     event_id: str
     org: str
@@ -62,7 +62,7 @@ class SentimentEvent:
     score: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LlmObservation:
     event_id: str
     org: str
@@ -77,7 +77,7 @@ class LlmObservation:
     provider: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Conversation:
     """A chat-history record; `record` is the conversation as the API serves it."""
 
