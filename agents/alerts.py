@@ -200,7 +200,7 @@ class AlertEngine:
 
 
 async def recent_alert_ids(bootstrap: str, topic: str, per_partition: int = RECENT_ALERTS) -> list[str]:
-    consumer, tps = await whole_topic(bootstrap, topic)
+    consumer, tps = await whole_topic(bootstrap, topic, "earliest")
     try:
         if not tps:
             return []

@@ -91,16 +91,26 @@ def format_alert(event: dict[str, Any]) -> str:
     )
 
 
-async def whole_topic(bootstrap: str, topic: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
-    """A started consumer, in no group, holding every partition of the topic (none if it does not exist)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+async def whole_topic(bootstrap: str, topic: str, start: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A started consumer, in no group, holding every partition of the topic (none if it does not exist),
+    each read from `start` ("earliest" or "latest").
+
+    Positions come from `auto_offset_reset`, not from seeks: a metadata update right after the start can
+    hand the consumer its partitions again, which resets them (and would undo a seek)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, auto_offset_reset=start
+    )
     await consumer.start()
+    for _ in range(50):  # the partitions arrive with the topic's metadata
+        if consumer.assignment():
+            break
+        await asyncio.sleep(0.1)
     return consumer, sorted(consumer.assignment())
 
 
 async def tail(settings: Settings, from_beginning: bool, as_json: bool, count: int) -> int:
     topic = settings.topic(ALERTS)
-    consumer, tps = await whole_topic(settings.kafka_bootstrap, topic)
+    consumer, tps = await whole_topic(settings.kafka_bootstrap, topic, "earliest" if from_beginning else "latest")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,10 +120,6 @@ async def tail(settings: Settings, from_beginning: bool, as_json: bool, count: i
         if not tps:
             print(f"ai-analytics: no topic {topic} (start a worker, or run `ai-analytics topics`)", file=sys.stderr)
             return 1
-        if from_beginning:
-            await consumer.seek_to_beginning(*tps)
-        else:
-            await consumer.seek_to_end(*tps)
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500)
             records = sorted((r for rs in batch.values() for r in rs), key=lambda r: r.timestamp)

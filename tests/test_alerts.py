@@ -285,10 +285,16 @@ async def test_alerts_tail_prints_alerts_as_lines(settings: Settings, topics: li
     await producer.stop()
     env = {**os.environ, **settings.as_env()}
     cmd = [sys.executable, "-m", "streams", "alerts", "tail", "--from-beginning", "--count", "2"]
-    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.PIPE)
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
     lines = out.decode().splitlines()
-    assert proc.returncode == 0
+    assert proc.returncode == 0, err.decode()[-2000:]
     assert lines == [
         "2026-11-22T10:00:00Z FIRING   acme daily_cost value=2.5 threshold=1.0 "
         "window=2026-11-22T00:00:00Z..2026-11-23T00:00:00Z  acme: over budget",
