@@ -21,7 +21,7 @@ import orjson
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import keys
-from tables.buckets import DAY_MS, HOUR_MS, MINUTE_MS, day_label, day_of, hour_label
+from tables.buckets import DAY_MS, HOUR_MS, MINUTE_MS, day_label, day_of, hour_label, week_start
 from tables.writer import OrgWrite
 
 SENTIMENT_FIELDS = ("sentiment", "sentiment_ts")
@@ -208,6 +208,11 @@ class Planner:
             key = keys.top_students(w.org, day_label(day), mentor)
             w.zincr(key, student, n)
             w.expire_at(key, (day + 1) * 86400 + daily_s)
+            # The week's set too, so a long range unions weeks, not days (90 days: ~25 sets, not 90).
+            monday = week_start(day)
+            key = keys.top_students(w.org, keys.week_label(day_label(monday)), mentor)
+            w.zincr(key, student, n)
+            w.expire_at(key, (monday + 7) * 86400 + daily_s)
 
     def _chat_message(self, w: OrgWrite, ev: ChatMessage, item: Item, convs: dict[str, dict[str, str | None]]) -> None:
         conv_state = convs.setdefault(ev.session_id, dict.fromkeys(CONV_FIELDS))

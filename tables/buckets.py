@@ -52,3 +52,23 @@ def hours_between(start: date, end: date) -> list[datetime]:
 
 def hour_label_of(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y%m%d%H")
+
+
+def week_start(day_index: int) -> int:
+    """The day index of the Monday of that day's ISO week (day 0, 1970-01-01, was a Thursday)."""
+    return day_index - (day_index + 3) % 7
+
+
+def split_weeks(start: date, end: date) -> tuple[list[date], list[date]]:
+    """Cover start..end (both included) with whole ISO weeks (their Mondays) and the days left over."""
+    days: list[date] = []
+    mondays: list[date] = []
+    d = start
+    while d <= end:
+        if d.weekday() == 0 and d + timedelta(days=6) <= end:
+            mondays.append(d)
+            d += timedelta(days=7)
+        else:
+            days.append(d)
+            d += timedelta(days=1)
+    return mondays, days

@@ -69,7 +69,13 @@ def alert_lease() -> str:
     return f"{NS}:alerts:lease"
 
 
+def week_label(monday: str) -> str:
+    """The label of a week's top-students set: `w` and its Monday (`w20261116`)."""
+    return f"w{monday}"
+
+
 def top_students(org: str, day: str, mentor: str | None = None) -> str:
+    """Sorted set student -> human messages, for a day (`YYYYMMDD`) or a week (`week_label`)."""
     base = f"{_org(org)}:top:{day}"
     return base if mentor is None else f"{base}|m|{mentor}"
 
@@ -145,5 +151,6 @@ def describe_counter(key: str, member: str, kind: str) -> tuple[str, dict[str, s
     if kind == "z" and grain == "top":
         day, _, mentor = bucket.partition("|m|")
         metric = "top_students" if not mentor else f"top_students|m|{mentor}"
-        return f"{org}|{metric}|d|{day}", {"org": org, "metric": metric, "grain": "d", "bucket": day}
+        grain, day = ("w", day[1:]) if day.startswith("w") else ("d", day)
+        return f"{org}|{metric}|{grain}|{day}", {"org": org, "metric": metric, "grain": grain, "bucket": day}
     return None

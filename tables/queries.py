@@ -14,7 +14,7 @@ import orjson
 from redis.asyncio import Redis
 
 from tables import keys
-from tables.buckets import day_label_of_date, days_between, hour_label_of, hours_between
+from tables.buckets import day_label_of_date, days_between, hour_label_of, hours_between, split_weeks
 from tables.exceptions import QueryError
 
 TOP_N = 20
@@ -92,8 +92,12 @@ async def average_messages_per_session(
 async def top_students(
     redis: Redis, org: str, start: date, end: date, mentor_id: str | None = None, limit: int = TOP_N
 ) -> list[dict[str, Any]]:
-    """Human messages per student over the range, most first, ties by username ascending."""
-    zkeys = [keys.top_students(org, day_label_of_date(d), mentor_id) for d in days_between(start, end)]
+    """Human messages per student over the range, most first, ties by username ascending.
+
+    Whole weeks inside the range are read from weekly sets, the days around them from daily ones."""
+    mondays, days = split_weeks(start, end)
+    zkeys = [keys.top_students(org, keys.week_label(day_label_of_date(m)), mentor_id) for m in mondays]
+    zkeys += [keys.top_students(org, day_label_of_date(d), mentor_id) for d in days]
     merged: Any = await redis.zunion(zkeys, withscores=True)
     counts = [(member.decode(), int(score)) for member, score in merged]
     counts.sort(key=lambda kv: (-kv[1], kv[0]))

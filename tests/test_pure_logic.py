@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import calendar
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ from agents.planner import CONV_FIELDS, Item, OrgState, Planner, Retention
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, LlmObservation
 from tables import keys
-from tables.buckets import day_of, hour_of, hours_between
+from tables.buckets import day_of, days_between, hour_of, hours_between, split_weeks
 from tables.queries import cost_buckets
 
 DAY = 86_400_000
@@ -116,3 +116,28 @@ def test_an_event_id_counts_once(dup_in_batch: bool) -> None:
     seen = {} if dup_in_batch else {(day_of(T0), "a"): "1"}
     w = p.plan("acme", items, OrgState(seen=seen), T0)
     assert daily(w, keys.MESSAGES, T0) == (1 if dup_in_batch else 0)
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [(date(2026, 11, 1), date(2026, 11, 30)), (date(2026, 11, 16), date(2026, 11, 22)),
+     (date(2026, 11, 17), date(2026, 11, 22)), (date(2026, 8, 25), date(2026, 11, 22)), (date(2026, 11, 22), date(2026, 11, 22))],
+)  # fmt: skip
+def test_a_range_is_covered_by_whole_weeks_and_days_exactly_once(start: date, end: date) -> None:
+    mondays, days = split_weeks(start, end)
+    covered = [m + timedelta(days=i) for m in mondays for i in range(7)] + days
+    assert sorted(covered) == days_between(start, end)
+    assert all(m.weekday() == 0 for m in mondays)
+    assert len(mondays) + len(days) <= (end - start).days // 7 + 12
+
+
+def test_a_human_message_counts_in_its_day_and_its_week() -> None:
+    w = planner().plan("acme", [msg("a", 1, T0)], OrgState(), T0)
+    w.payload()
+    assert datetime.fromtimestamp(T0 / 1000, UTC).date() == date(2026, 11, 20)  # a Friday: week of the 16th
+    assert w.sorted_sets() == {
+        keys.top_students("acme", "20261120"),
+        keys.top_students("acme", "20261120", "m1"),
+        keys.top_students("acme", "w20261116"),
+        keys.top_students("acme", "w20261116", "m1"),
+    }
