@@ -26,7 +26,7 @@ class Settings:
     topic_partitions: int = 6
     topic_replication: int = 1
     app_id: str = "ai-analytics"
-    data_dir: Path = Path(".stack/worker")
+    data_dir: Path = Path(".stack/worker")  # scratch space; the worker itself keeps no local state
     # Events per batch and how long a partial batch waits before it is applied anyway.
     batch_size: int = 5000
     batch_within: float = 0.2
