@@ -14,7 +14,7 @@ import io
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -31,9 +31,6 @@ from tables import keys
 
 log = logging.getLogger(__name__)
 
-# Called after each applied batch with the orgs it touched (the alert rules hook in here).
-AfterBatch = Callable[[set[str]], Awaitable[None]]
-
 
 class Progress:
     """Counts what the worker did, logged every few seconds: enough to see a worker is alive and working."""
@@ -41,21 +38,18 @@ class Progress:
     def __init__(self, every: float = 10.0) -> None:
         self.every = every
         self.last = time.monotonic()
-        self.counts: dict[str, list[int]] = {}
+        self.counts = [0, 0, 0, 0]  # read, applied, skipped, dead
 
-    def add(self, topic: str, read: int, applied: int, skipped: int, dead: int) -> None:
-        acc = self.counts.setdefault(topic, [0, 0, 0, 0])
+    def add(self, read: int, applied: int, skipped: int, dead: int) -> None:
         for i, n in enumerate((read, applied, skipped, dead)):
-            acc[i] += n
+            self.counts[i] += n
 
     def maybe_log(self) -> None:
         now = time.monotonic()
-        if now - self.last >= self.every and self.counts:
-            summary = "; ".join(
-                f"{t}: {r} read, {a} applied, {s} skipped, {d} dead" for t, (r, a, s, d) in self.counts.items()
-            )
-            log.info("last %.0fs: %s", now - self.last, summary)
-            self.counts.clear()
+        if now - self.last >= self.every and self.counts[0]:
+            r, a, s, d = self.counts
+            log.info("last %.0fs: %d read, %d applied, %d skipped, %d dead", now - self.last, r, a, s, d)
+            self.counts = [0, 0, 0, 0]
             self.last = now
 
 
@@ -81,9 +75,8 @@ def _tps(tps: set[TopicPartition]) -> str:
 
 
 class Worker:
-    def __init__(self, settings: Settings, after_batch: AfterBatch | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.after_batch = after_batch
         self.names = {settings.topic(name): name for name in INPUT_TOPICS}
         self.batch_lock = asyncio.Lock()
         self.progress = Progress()
@@ -178,24 +171,28 @@ class Worker:
     async def _redis_lost_writes(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> bool:
         """After Redis was away: if it came back without some earlier batches (a crash that lost its
         last writes), seek every partition of the batch back to what Redis holds and report True."""
-        tps = sorted(batch)
-        fields = [keys.offset_field(self.names[tp.topic], tp.partition) for tp in tps]
-        values = await self.redis.hmget(keys.progress(self.settings.app_id), fields)
-        behind = {
-            tp: (-1 if v is None else int(v)) + 1
-            for tp, v in zip(tps, values, strict=True)
-            if (-1 if v is None else int(v)) + 1 < batch[tp][0].offset
-        }
-        if not behind:
+        held = await self._redis_next_offsets(batch)
+        if all(held[tp] >= msgs[0].offset for tp, msgs in batch.items()):
             return False
-        for tp in tps:
-            start = min(behind.get(tp, batch[tp][0].offset), batch[tp][0].offset)
+        for tp, msgs in batch.items():
+            start = min(held[tp], msgs[0].offset)
             log.warning(
                 "Redis came back without offsets of %s[%d]: reading again from %d", tp.topic, tp.partition, start
             )
             self.consumer.seek(tp, start)
         self.last_offset.clear()
         return True
+
+    def _progress_field(self, tp: TopicPartition) -> str:
+        return keys.offset_field(self.names[tp.topic], tp.partition)
+
+    async def _redis_next_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Per partition, the first offset whose batch Redis does not hold (0 when it holds none)."""
+        ordered = sorted(tps)
+        values = await self.redis.hmget(
+            keys.progress(self.settings.app_id), [self._progress_field(tp) for tp in ordered]
+        )
+        return {tp: 0 if v is None else int(v) + 1 for tp, v in zip(ordered, values, strict=True)}
 
     async def apply(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         t0 = time.perf_counter()
@@ -205,30 +202,22 @@ class Worker:
             records += [Record(name, tp.partition, m.offset, m.key, m.value) for m in msgs]
         result = await self.processor.process(records)
         # The batch is wholly applied: record it in Redis (after the org scripts), then in Kafka.
-        progress = {
-            keys.offset_field(self.names[tp.topic], tp.partition): msgs[-1].offset for tp, msgs in batch.items()
-        }
+        progress = {self._progress_field(tp): msgs[-1].offset for tp, msgs in batch.items()}
         await self.redis.hset(keys.progress(self.settings.app_id), mapping=progress)  # type: ignore[arg-type]
         await self._commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
         if self.settings.trace_batches:
             log.warning("batch: %d records in %.1f ms", len(records), (time.perf_counter() - t0) * 1000)
-        self.progress.add("all", len(records), result.applied, result.skipped, result.dead)
-        if self.after_batch is not None and result.orgs:
-            await self.after_batch(result.orgs)
+        self.progress.add(len(records), result.applied, result.skipped, result.dead)
 
     async def resume_from_redis(self, assigned: set[TopicPartition]) -> None:
         """Where Redis is behind Kafka's committed offset (it lost its last writes in a crash, or was
         emptied), read again from what Redis holds; the events it still has count once by their ids."""
         if not assigned:
             return
-        tps = sorted(assigned)
-        fields = [keys.offset_field(self.names[tp.topic], tp.partition) for tp in tps]
-        values = await self.redis.hmget(keys.progress(self.settings.app_id), fields)
-        for tp, value in zip(tps, values, strict=True):
+        for tp, start in (await self._redis_next_offsets(assigned)).items():
             committed = await self.consumer.committed(tp)
             if committed is None:
                 continue  # a new group: it starts at the beginning anyway
-            start = 0 if value is None else int(value) + 1
             if start < committed:
                 log.warning(
                     "Redis holds %s[%d] only up to offset %d but Kafka's commit is %d: reading again from %d",
