@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -53,7 +54,7 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def run_alerts(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] %(levelname)s %(message)s")
     if args.action == "tail":
-        return asyncio.run(tail(settings, args.from_beginning, args.json, args.count))
+        return asyncio.run(_until_signal(lambda stop: tail(settings, args.from_beginning, args.json, args.count, stop)))
     headers = {}
     for h in args.header:
         name, sep, value = h.partition(":")
@@ -73,13 +74,13 @@ def run_alerts(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_until_signal(forwarder.run))
 
 
-async def _until_signal(run: Any) -> int:
+async def _until_signal(run: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
+    """Run until done or until SIGTERM/SIGINT sets the stop event it is handed; its exit code (or 0)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await run(stop)
-    return 0
+    return await run(stop) or 0
 
 
 def format_alert(event: dict[str, Any]) -> str:
@@ -108,13 +109,9 @@ async def whole_topic(bootstrap: str, topic: str, start: str) -> tuple[AIOKafkaC
     return consumer, sorted(consumer.assignment())
 
 
-async def tail(settings: Settings, from_beginning: bool, as_json: bool, count: int) -> int:
+async def tail(settings: Settings, from_beginning: bool, as_json: bool, count: int, stop: asyncio.Event) -> int:
     topic = settings.topic(ALERTS)
     consumer, tps = await whole_topic(settings.kafka_bootstrap, topic, "earliest" if from_beginning else "latest")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     printed = 0
     try:
         if not tps:
