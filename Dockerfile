@@ -7,7 +7,6 @@ COPY agents agents
 COPY tables tables
 COPY api api
 COPY infra infra
+COPY cli cli
 RUN pip install --no-cache-dir .
-ENV AIA_DATA_DIR=/data/worker
-VOLUME /data
 ENTRYPOINT ["ai-analytics"]

@@ -23,17 +23,16 @@ from collections import deque
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agents.rules import Reading, RuleSet, Verdict, alert_event, evaluate, transition
-from streams.alert_consumers import whole_topic
-from streams.names import ALERTS
+from streams import clients
 from streams.settings import Settings
-from tables import keys
-from tables.buckets import DAY_MS, MINUTE_MS, day_label
+from streams.topics import ALERTS
+from tables import keys, queries
+from tables.buckets import MINUTE_MS, Grain
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +74,7 @@ class AlertEngine:
         self._published_order: deque[str] = deque()
         self._transition: Any = self.redis.register_script(TRANSITION_LUA)
         self._lease: Any = self.redis.register_script(LEASE_LUA)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id=f"{settings.app_id}-alerts",
-            acks="all",
-            enable_idempotence=True,
-        )
+        self.producer = clients.producer(settings.kafka_bootstrap, client_id=f"{settings.app_id}-alerts")
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.producer.start()
@@ -116,8 +110,7 @@ class AlertEngine:
             self.leading = True
             log.info("evaluating alert rules (lease %s)", self.holder)
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        members: Any = await self.redis.smembers(keys.orgs())
-        orgs = sorted(m.decode() for m in members)
+        orgs = await queries.list_orgs(self.redis)
         await self.evaluate(orgs, now_ms)
         await self.drain(orgs)
 
@@ -132,9 +125,9 @@ class AlertEngine:
         async with self.redis.pipeline(transaction=False) as pipe:
             for org, span in spans.items():
                 pipe.hgetall(keys.alert_state(org))
-                pipe.hget(keys.daily(org, day_label(now_ms // DAY_MS)), keys.COST)
+                pipe.hget(keys.bucket(org, Grain.DAY, Grain.DAY.index(now_ms)), keys.COST)
                 for m in range(now_min - span + 1, now_min + 1):
-                    pipe.hmget(keys.minute(org, m), fields)
+                    pipe.hmget(keys.bucket(org, Grain.MINUTE, m), fields)
             replies = iter(await pipe.execute())
         for org, span in spans.items():
             states = {k.decode(): v.decode() for k, v in next(replies).items()}
@@ -200,7 +193,7 @@ class AlertEngine:
 
 
 async def recent_alert_ids(bootstrap: str, topic: str, per_partition: int = RECENT_ALERTS) -> list[str]:
-    consumer, tps = await whole_topic(bootstrap, topic, "earliest")
+    consumer, tps = await clients.whole_topic(bootstrap, topic, "earliest")
     try:
         if not tps:
             return []

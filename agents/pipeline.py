@@ -10,18 +10,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
-from agents.planner import CONV_FIELDS, Item, OrgState, Planner, Retention, state_reads
+from agents.planner import Item, Planner, state_query
 from streams.deadletter import DeadLetter, Record
 from streams.exceptions import InvalidEvent
 from streams.prices import PriceTable
 from streams.schemas import Limits, parse
 from streams.settings import Settings
 from tables import keys
+from tables.buckets import Retention
+from tables.state import OrgState, StateReader
 from tables.writer import OrgWrite, Writer
 
 log = logging.getLogger(__name__)
@@ -52,20 +53,9 @@ class BatchProcessor:
         self.send_dead_letters = send_dead_letters
         self.publish = publish
         self.writer = Writer(redis)
-        self._read: Any = redis.register_script(READ_LUA)
-        day = 86_400_000
-        self.limits = Limits(
-            retention_ms=settings.daily_retention_days * day,
-            max_future_ms=settings.max_future_seconds * 1000,
-        )
-        self.planner = Planner(
-            PriceTable.load(settings.price_table),
-            Retention(
-                hourly_ms=settings.hourly_retention_days * day,
-                daily_ms=settings.daily_retention_days * day,
-                dedup_ms=settings.dedup_window_days * day,
-            ),
-        )
+        self.reader = StateReader(redis)
+        self.limits = Limits.from_settings(settings)
+        self.planner = Planner(PriceTable.load(settings.price_table), Retention.from_settings(settings))
 
     def validate(self, records: list[Record], now_ms: int) -> tuple[dict[str, list[Item]], list[DeadLetter]]:
         by_org: dict[str, list[Item]] = {}
@@ -96,7 +86,7 @@ class BatchProcessor:
         done: list[tuple[OrgWrite, OrgState]] = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts = attempt
-            states = await self.read_states(pending)
+            states = await self.reader.read({org: state_query(items) for org, items in pending.items()})
             writes = [self.planner.plan(org, items, states[org], now_ms) for org, items in pending.items()]
             conflicts = await self.writer.apply(writes)
             for w in writes:
@@ -161,52 +151,3 @@ class BatchProcessor:
                 counts = {m.decode(): int(score) for m, score in members}
                 out.append((record_key.encode(), orjson.dumps({**fields, "value": counts, "applied_at_ms": now_ms})))
         return out
-
-    async def read_states(self, by_org: dict[str, list[Item]]) -> dict[str, OrgState]:
-        """Everything the planner needs from Redis, for every org of the batch, in one round trip.
-
-        One Lua read per org returns its state as one JSON document: thousands of small replies would
-        cost more to parse than everything else in the batch."""
-        plans = {org: state_reads(org, items) for org, items in by_org.items()}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for org, (offset_fields, seen, convs) in plans.items():
-                key_list = [keys.offsets(org), *(keys.seen(org, day) for day in seen)]
-                key_list += [keys.conversation(org, cid) for cid in convs]
-                args = orjson.dumps({"o": offset_fields, "s": list(seen.values()), "n": len(convs), "f": CONV_FIELDS})
-                await self._read(keys=key_list, args=[args], client=pipe)
-            replies = await pipe.execute()
-        states: dict[str, OrgState] = {}
-        for (org, (offset_fields, seen, convs)), raw in zip(plans.items(), replies, strict=True):
-            offsets, seen_vals, conv_vals = (v or [] for v in orjson.loads(raw))  # Lua's cjson writes {} for []
-            st = OrgState()
-            for fld, val in zip(offset_fields, offsets or [], strict=True):
-                st.offsets[fld] = None if val is False else int(val)
-            for (day, ids), vals in zip(seen.items(), seen_vals, strict=True):
-                for event_id, val in zip(ids, vals or [], strict=True):
-                    st.seen[(day, event_id)] = None if val is False else val
-            for cid, vals in zip(convs, conv_vals, strict=True):
-                st.convs[cid] = {f: None if v is False else v for f, v in zip(CONV_FIELDS, vals, strict=True)}
-            states[org] = st
-        return states
-
-
-READ_LUA = r"""
--- KEYS: the offsets hash, one seen hash per day, then the conversations. ARGV[1]: JSON
--- {o: offset fields, s: [[event ids] per seen hash], n: number of conversations, f: conversation fields}
-local a = cjson.decode(ARGV[1])
-local offsets = {}
-if #a.o > 0 then offsets = redis.call('HMGET', KEYS[1], unpack(a.o)) end
-local seen = {}
-for i, ids in ipairs(a.s) do
-  local vals = {}
-  for j = 1, #ids, 1000 do
-    local part = redis.call('HMGET', KEYS[1 + i], unpack(ids, j, math.min(j + 999, #ids)))
-    for n = 1, #part do vals[#vals + 1] = part[n] end
-  end
-  seen[i] = vals
-end
-local convs = {}
-local base = 1 + #a.s
-for i = 1, a.n do convs[i] = redis.call('HMGET', KEYS[base + i], unpack(a.f)) end
-return cjson.encode({offsets, seen, convs})
-"""

@@ -14,23 +14,17 @@ Rules (see docs/semantics.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import keys
-from tables.buckets import DAY_MS, HOUR_MS, MINUTE_MS, day_label, day_of, hour_label, week_start
+from tables.buckets import Grain, Retention, day_of
+from tables.keys import CONV_RECORD, CONV_SENTIMENT, CONV_SESSION, CONV_STATE
+from tables.state import OrgState, StateQuery
 from tables.writer import OrgWrite
-
-SENTIMENT_FIELDS = ("sentiment", "sentiment_ts")
-RECORD_FIELDS = ("record_ts", "student", "mentor", "topics")
-# The session's first message: its offset, event time (the session's bucket) and mentor.
-SESSION_FIELDS = ("first_offset", "started_ms", "first_mentor")
-CONV_FIELDS = SENTIMENT_FIELDS + RECORD_FIELDS + SESSION_FIELDS
-# Minute counts serve the alert rules' rolling hours (and the hour before, for the volume rule).
-MINUTES_KEPT_S = 3 * 3600
 
 
 @dataclass(slots=True)  # not frozen: built per event, and a frozen __init__ costs 5x
@@ -43,23 +37,7 @@ class Item:
     offset: int
 
 
-@dataclass
-class OrgState:
-    """What Redis held for one org before the batch: the planner's preconditions."""
-
-    offsets: dict[str, int | None] = field(default_factory=dict)
-    seen: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (day, event_id) -> value
-    convs: dict[str, dict[str, str | None]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Retention:
-    hourly_ms: int
-    daily_ms: int
-    dedup_ms: int
-
-
-def state_reads(org: str, items: list[Item]) -> tuple[list[str], dict[str, list[str]], list[str]]:
+def state_query(items: list[Item]) -> StateQuery:
     """What to read before planning: offset fields, event ids by their day, conversation ids."""
     offset_fields = sorted({keys.offset_field(i.topic, i.partition) for i in items})
     seen: dict[str, list[str]] = {}
@@ -72,7 +50,7 @@ def state_reads(org: str, items: list[Item]) -> tuple[list[str], dict[str, list[
             if isinstance(i.event, (ChatMessage, SentimentEvent, Conversation))
         )
     )
-    return offset_fields, seen, convs
+    return StateQuery(offset_fields, seen, convs)
 
 
 class Planner:
@@ -105,7 +83,7 @@ class Planner:
             seen_key = seen_keys.get(day)
             if seen_key is None:
                 seen_key = seen_keys[day] = keys.seen(org, day)
-                w.expire_at(seen_key, (now_ms + self.retention.dedup_ms) // 1000)
+                w.expire_at(seen_key, self.retention.dedup_expire_at_s(now_ms))
             prev = seen.get((day, ev.event_id))
             if isinstance(ev, LlmObservation):
                 new = self._observation(w, ev, prev)
@@ -126,13 +104,13 @@ class Planner:
             w.events += 1
             counted[item.topic] = counted.get(item.topic, 0) + 1
             if isinstance(ev, ChatMessage):
-                self._guard_conv(w, ev.session_id, SESSION_FIELDS, state, guarded)
+                self._guard_conv(w, ev.session_id, CONV_SESSION, state, guarded)
                 self._chat_message(w, ev, item, convs)
             elif isinstance(ev, SentimentEvent):
-                self._guard_conv(w, ev.session_id, SENTIMENT_FIELDS, state, guarded)
+                self._guard_conv(w, ev.session_id, CONV_SENTIMENT, state, guarded)
                 self._sentiment(w, ev, convs)
             elif isinstance(ev, Conversation):
-                self._guard_conv(w, ev.id, RECORD_FIELDS, state, guarded)
+                self._guard_conv(w, ev.id, CONV_RECORD, state, guarded)
                 self._conversation(w, ev, convs)
         # The watermark records progress (and makes two writers of one partition conflict); what an
         # event contributed is decided by its event_id alone, so a replayed or re-sent event still
@@ -171,51 +149,40 @@ class Planner:
 
     # --- aggregates --------------------------------------------------------------------------------
 
-    def _incr_both(self, w: OrgWrite, ts_ms: int, fields: tuple[str, ...], n: int = 1) -> None:
+    @staticmethod
+    def _incr_both(w: OrgWrite, ts_ms: int, fields: tuple[str, ...], n: int = 1) -> None:
         """Add n to each field of the hour and the day of ts_ms (summed per bucket, keyed at the end)."""
         deltas = w.bucket_deltas
-        hour, day = ts_ms // HOUR_MS, ts_ms // DAY_MS
+        hour, day = Grain.HOUR.index(ts_ms), Grain.DAY.index(ts_ms)
         for fld in fields:
-            deltas[(0, hour, fld)] = deltas.get((0, hour, fld), 0) + n
-            deltas[(1, day, fld)] = deltas.get((1, day, fld), 0) + n
+            deltas[(Grain.HOUR, hour, fld)] = deltas.get((Grain.HOUR, hour, fld), 0) + n
+            deltas[(Grain.DAY, day, fld)] = deltas.get((Grain.DAY, day, fld), 0) + n
 
     @staticmethod
     def _incr_minute(w: OrgWrite, ts_ms: int, fields: tuple[str, ...]) -> None:
         """Count by the event's own minute (for the alert rules' rolling hour)."""
         deltas = w.bucket_deltas
-        index = ts_ms // MINUTE_MS
+        index = Grain.MINUTE.index(ts_ms)
         for fld in fields:
-            deltas[(2, index, fld)] = deltas.get((2, index, fld), 0) + 1
+            deltas[(Grain.MINUTE, index, fld)] = deltas.get((Grain.MINUTE, index, fld), 0) + 1
 
     def _flush_buckets(self, w: OrgWrite) -> None:
-        hourly_s, daily_s = self.retention.hourly_ms // 1000, self.retention.daily_ms // 1000
-        bucket_keys: dict[tuple[int, int], str] = {}
+        bucket_keys: dict[tuple[Grain, int], str] = {}
         for (grain, index, fld), n in w.bucket_deltas.items():
             key = bucket_keys.get((grain, index))
             if key is None:
-                if grain == 0:
-                    key = keys.hourly(w.org, hour_label(index))
-                    w.expire_at(key, (index + 1) * 3600 + hourly_s)
-                elif grain == 2:
-                    key = keys.minute(w.org, index)
-                    w.expire_at(key, (index + 1) * 60 + MINUTES_KEPT_S)
-                else:
-                    key = keys.daily(w.org, day_label(index))
-                    w.expire_at(key, (index + 1) * 86400 + daily_s)
-                bucket_keys[(grain, index)] = key
+                key = bucket_keys[(grain, index)] = keys.bucket(w.org, grain, index)
+                w.expire_at(key, self.retention.expire_at_s(grain, index))
             w.hincr(key, fld, n)
         for (day, mentor, student), n in w.top_deltas.items():
-            key = keys.top_students(w.org, day_label(day), mentor)
-            w.zincr(key, student, n)
-            w.expire_at(key, (day + 1) * 86400 + daily_s)
             # The week's set too, so a long range unions weeks, not days (90 days: ~25 sets, not 90).
-            monday = week_start(day)
-            key = keys.top_students(w.org, keys.week_label(day_label(monday)), mentor)
-            w.zincr(key, student, n)
-            w.expire_at(key, (monday + 7) * 86400 + daily_s)
+            for grain, index in ((Grain.DAY, day), (Grain.WEEK, Grain.WEEK.index(Grain.DAY.start_ms(day)))):
+                key = keys.top_students(w.org, grain, index, mentor)
+                w.zincr(key, student, n)
+                w.expire_at(key, self.retention.expire_at_s(grain, index))
 
     def _chat_message(self, w: OrgWrite, ev: ChatMessage, item: Item, convs: dict[str, dict[str, str | None]]) -> None:
-        conv_state = convs.setdefault(ev.session_id, dict.fromkeys(CONV_FIELDS))
+        conv_state = convs.setdefault(ev.session_id, dict.fromkeys(CONV_STATE))
         if conv_state["started_ms"] is None:  # no message of this session was applied before: the first
             conv_state.update(first_offset=str(item.offset), started_ms=str(ev.ts_ms), first_mentor=ev.mentor_id)
         start_ms = int(conv_state["started_ms"] or 0)
@@ -240,8 +207,9 @@ class Planner:
         for topic in ev.topics:
             w.nx_zadd(keys.conversations_by(w.org, "topic", topic), ev.session_id, 0.0)
         if ev.role == "human":
-            day_index = ev.ts_ms // DAY_MS
-            w.bucket_deltas[(1, day_index, keys.HUMAN)] = w.bucket_deltas.get((1, day_index, keys.HUMAN), 0) + 1
+            day_index = Grain.DAY.index(ev.ts_ms)
+            human = (Grain.DAY, day_index, keys.HUMAN)
+            w.bucket_deltas[human] = w.bucket_deltas.get(human, 0) + 1
             top = w.top_deltas
             for slot in ((day_index, None, ev.student), (day_index, ev.mentor_id, ev.student)):
                 top[slot] = top.get(slot, 0) + 1
@@ -249,7 +217,7 @@ class Planner:
     def _sentiment(self, w: OrgWrite, ev: SentimentEvent, convs: dict[str, dict[str, str | None]]) -> None:
         self._incr_both(w, ev.ts_ms, (keys.SENTIMENT, keys.sentiment_field(ev.sentiment)))
         self._incr_minute(w, ev.ts_ms, (keys.SENTIMENT, keys.sentiment_field(ev.sentiment)))
-        conv = convs.setdefault(ev.session_id, dict.fromkeys(CONV_FIELDS))
+        conv = convs.setdefault(ev.session_id, dict.fromkeys(CONV_STATE))
         cur_ts = conv.get("sentiment_ts")
         ckey = keys.conversation(w.org, ev.session_id)
         if cur_ts is not None and int(cur_ts) > ev.ts_ms:
@@ -264,7 +232,7 @@ class Planner:
         conv["sentiment_ts"] = str(ev.ts_ms)
 
     def _conversation(self, w: OrgWrite, ev: Conversation, convs: dict[str, dict[str, str | None]]) -> None:
-        conv = convs.setdefault(ev.id, dict.fromkeys(CONV_FIELDS))
+        conv = convs.setdefault(ev.id, dict.fromkeys(CONV_STATE))
         cur_ts = conv.get("record_ts")
         if cur_ts is not None and int(cur_ts) > ev.ts_ms:
             return  # a stale version of the record

@@ -1,7 +1,7 @@
 """Alert rules: the rules file (TOML, defaults plus per-org overrides) and what each rule decides.
 
 Pure: `evaluate` turns what Redis holds for an org (a `Reading`) into a `Verdict` per rule; the engine
-(agents/alerts.py) turns verdicts into state changes and alert events. See streams/alerts.toml.
+(agents/alerts.py) turns verdicts into state changes and alert events. See agents/alerts.toml.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-import streams
 from streams.exceptions import SettingsError
+from streams.schemas import format_timestamp
 from tables.buckets import DAY_MS, MINUTE_MS
 
-DEFAULT_RULES = Path(streams.__file__).with_name("alerts.toml")
+DEFAULT_RULES = Path(__file__).with_name("alerts.toml")
 
 DAILY_COST = "daily_cost"
 NEGATIVE_SENTIMENT = "negative_sentiment"
@@ -205,9 +205,6 @@ def alert_event(org: str, verdict: Verdict, new_state: str, crossing: int, now_m
     """The analytics-alerts record. `alert_id` names the crossing and its edge, so a copy is recognisable."""
     state = "firing" if new_state == "firing" else "resolved"
 
-    def iso(ms: int) -> str:
-        return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
-
     return {
         "alert_id": f"{org}|{verdict.rule}|{crossing}|{state}",
         "rule": verdict.rule,
@@ -215,9 +212,9 @@ def alert_event(org: str, verdict: Verdict, new_state: str, crossing: int, now_m
         "state": state,
         "value": verdict.value,
         "threshold": verdict.threshold,
-        "window": {"start": iso(verdict.window_start_ms), "end": iso(verdict.window_end_ms)},
+        "window": {"start": format_timestamp(verdict.window_start_ms), "end": format_timestamp(verdict.window_end_ms)},
         "crossing": crossing,
-        "at": iso(now_ms),
+        "at": format_timestamp(now_ms),
         "summary": verdict.summary,
         **verdict.extra,
     }

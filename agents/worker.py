@@ -16,17 +16,17 @@ import signal
 import time
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agents.pipeline import BatchProcessor
-from streams.admin import ensure_topics
+from streams import clients
 from streams.deadletter import DeadLetter, Record
-from streams.names import AGGREGATES, DEAD_LETTER, INPUT_TOPICS
 from streams.settings import Settings
+from streams.topics import AGGREGATES, DEAD_LETTER, INPUT_TOPICS
 from tables import keys
 
 log = logging.getLogger(__name__)
@@ -82,19 +82,11 @@ class Worker:
         self.progress = Progress()
         self.last_offset: dict[tuple[str, int], int] = {}
         self.redis: Redis = Redis.from_url(settings.redis_url)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+        self.producer = clients.producer(settings.kafka_bootstrap, client_id=f"{settings.app_id}-worker")
+        self.consumer = clients.group_consumer(
+            settings.kafka_bootstrap,
+            settings.app_id,
             client_id=f"{settings.app_id}-worker",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-        )
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=settings.app_id,
-            client_id=f"{settings.app_id}-worker",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             max_poll_records=settings.batch_size,
             session_timeout_ms=int(settings.session_timeout * 1000),
             heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
@@ -268,7 +260,7 @@ async def serve(settings: Settings) -> None:
     engine = AlertEngine(settings) if settings.alert_interval > 0 else None  # a bad rules file stops us here
     # Our topics first (the compacted aggregates topic above all): left to the broker's auto-creation,
     # it would be created without compaction on the first publish.
-    await ensure_topics(settings)
+    await clients.ensure_topics(settings)
     tasks = [asyncio.create_task(Worker(settings).run(stop), name="worker")]
     if engine is not None:
         tasks.append(asyncio.create_task(engine.run(stop), name="alerts"))

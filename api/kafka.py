@@ -6,11 +6,11 @@ import asyncio
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from api.errors import ApiError
-from streams.names import DEAD_LETTER, INPUT_TOPICS
+from streams import clients
 from streams.settings import Settings
+from streams.topics import DEAD_LETTER, INPUT_TOPICS
 
 
 class KafkaGateway:
@@ -23,10 +23,9 @@ class KafkaGateway:
     async def _ensure(self) -> AIOKafkaProducer:
         async with self._lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-                    request_timeout_ms=5000,
-                )  # fmt: skip
+                producer = clients.producer(
+                    self.settings.kafka_bootstrap, client_id=f"{self.settings.app_id}-api", request_timeout_ms=5000
+                )
                 await asyncio.wait_for(producer.start(), 5.0)
                 self._producer = producer
             return self._producer
@@ -51,7 +50,7 @@ class KafkaGateway:
         now = time.monotonic()
         if self._lag_cache and now - self._lag_cache[0] < 5.0:
             return self._lag_cache[1], self._lag_cache[2]
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=3000)
+        admin = clients.admin(self.settings.kafka_bootstrap, request_timeout_ms=3000)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=3000)
         try:
             await asyncio.wait_for(admin.start(), 3.0)

@@ -8,14 +8,13 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
 
-from streams.settings import Settings
-from tables import keys
+from tables import keys, queries
 
 log = logging.getLogger(__name__)
 
 
 class Metrics:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("aia_http_requests_total", "HTTP requests", ["method", "route", "status"],
                                 registry=self.registry)  # fmt: skip
@@ -44,9 +43,7 @@ class Metrics:
         except Exception as exc:  # metrics must render even when Kafka is away
             log.warning("consumer lag unavailable: %r", exc)
         try:
-            orgs: Any = await redis.smembers(keys.orgs())
-            for raw in orgs:
-                org = raw.decode()
+            for org in await queries.list_orgs(redis):
                 meta: Any = await redis.hgetall(keys.meta(org))
                 for fld, value in meta.items():
                     name = fld.decode()

@@ -7,7 +7,6 @@ from datetime import UTC, date, datetime, timedelta
 from api.errors import ApiError
 
 PERIODS = {"today": 1, "yesterday": 1, "7d": 7, "30d": 30, "90d": 90}
-SENTIMENTS = ("positive", "neutral", "negative")
 MAX_PAGE_SIZE = 100
 
 

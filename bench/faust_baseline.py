@@ -34,7 +34,7 @@ app = faust.App(
 )
 topic = app.topic(os.environ.get("BENCH_TOPIC", "chat-messages"), value_serializer="raw")
 
-JSON = faust.Schema(key_serializer="json", value_serializer="json")
+JSON: Any = faust.Schema(key_serializer="json", value_serializer="json")
 sessions = app.Table("sessions", schema=JSON)
 hourly = (
     app.Table("hourly", default=int, schema=JSON)

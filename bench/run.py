@@ -48,7 +48,7 @@ from bench.throughput import applied, ceiling, produce, start_worker
 from infra.kafka import KafkaBroker
 from infra.procs import ROOT, free_port, spawn, wait_until
 from infra.redis import RedisServer
-from streams.admin import ensure_topics
+from streams.clients import ensure_topics
 from streams.deadletter import Record
 from streams.settings import Settings
 from tables import apikeys
@@ -315,7 +315,7 @@ async def serving(
     start = end - timedelta(days=days - 1)
     rng = {"start_date": start.isoformat(), "end_date": end.isoformat()}
     base = f"{api.base}{API_PATH.format(org='org0')}"
-    endpoints = {
+    endpoints: dict[str, tuple[str, dict[str, Any]]] = {
         "average-messages-per-session": ("average-messages-per-session/", rng),
         "chat-history": ("chat-history/", {**rng, "page_size": 20}),
         "sentiment-count": ("sentiment-count/", {"period": "7d" if days <= 7 else "90d"}),
@@ -390,7 +390,6 @@ async def main() -> None:
                 kafka_bootstrap=kafka.bootstrap,
                 redis_url=redis_server.url,
                 topic_partitions=args.partitions,
-                data_dir=tmp / "workers",
                 alert_interval=0,  # the benchmark measures the pipeline; alerts have their own tests
             )
             await ensure_topics(base)

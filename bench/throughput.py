@@ -7,7 +7,6 @@ import os
 import subprocess
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -89,7 +88,7 @@ async def ceiling(settings: Settings, n: int) -> float:
 
 
 def start_worker(settings: Settings, name: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **replace(settings, data_dir=settings.data_dir / settings.app_id / name).as_env()}
+    env = {**os.environ, **settings.as_env()}
     return spawn(worker_command("warn"), log=log, env=env)
 
 

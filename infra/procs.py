@@ -57,8 +57,13 @@ def wait_until(
 
 
 def worker_command(log_level: str) -> list[str]:
-    """`python -m streams worker` with this interpreter: how the stack, the tests and the benchmarks start one."""
-    return [sys.executable, "-m", "streams", "worker", "-l", log_level]
+    """`ai-analytics worker` with this interpreter: how the stack, the tests and the benchmarks start one."""
+    return cli_command("worker", "-l", log_level)
+
+
+def cli_command(*args: str) -> list[str]:
+    """`ai-analytics ARGS...` run as `python -m cli` with this interpreter (no console script needed)."""
+    return [sys.executable, "-m", "cli", *args]
 
 
 def spawn(

@@ -11,19 +11,21 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from redis.asyncio import Redis
+
 from infra.exceptions import InfraError
 from infra.kafka import KafkaBroker
-from infra.procs import ROOT, port_open, spawn, stop_pid_file, stop_process, worker_command
+from infra.procs import ROOT, cli_command, port_open, spawn, stop_pid_file, stop_process, worker_command
 from infra.redis import RedisServer
-from streams.admin import ensure_topics
+from streams.clients import ensure_topics
 from streams.settings import Settings
+from tables import apikeys
 
 STACK_DIR = ROOT / ".stack"
 
@@ -74,17 +76,14 @@ def up(settings: Settings, *, demo: bool = True, api: bool = True) -> int:
         created = asyncio.run(ensure_topics(settings))
         _say(f"topics ready ({len(created)} created, {settings.topic_partitions} partitions each)")
         env = {**os.environ, **settings.as_env()}
-        env["AIA_DATA_DIR"] = str(STACK_DIR / "worker")
         children.append(_child("worker", worker_command(settings.log_level), env))
         dashboard = None
         if api:
-            children.append(_child("api", [sys.executable, "-m", "api"], env))
+            children.append(_child("api", cli_command("api"), env))
             key = asyncio.run(_demo_key(settings))
             dashboard = f"http://{settings.api_host}:{settings.api_port}/dashboard/#org=acme-academy&key={key}"
         if demo:
-            children.append(
-                _child("demo", [sys.executable, "-m", "streams.cli", "produce", "demo", "--rate", "50"], env)
-            )
+            children.append(_child("demo", cli_command("produce", "demo", "--rate", "50"), env))
         _say(f"all started in {time.monotonic() - t0:.1f}s; logs in {STACK_DIR}/*.log")
         if dashboard:
             _say(f"API docs:  http://{settings.api_host}:{settings.api_port}/docs")
@@ -116,10 +115,6 @@ def _child(name: str, cmd: list[str], env: dict[str, str]) -> Child:
 
 async def _demo_key(settings: Settings) -> str:
     """A platform_admin key for all orgs, kept in .stack/ so the printed dashboard address stays valid."""
-    from redis.asyncio import Redis
-
-    from tables import apikeys
-
     path = STACK_DIR / "demo-key"
     redis = Redis.from_url(settings.redis_url)
     try:

@@ -1,1 +1,2 @@
-"""What comes in: the Faust app, settings, topics, event schemas, codec and producer client."""
+"""What comes in: settings, topic names, event schemas and their validation, Kafka clients, the producer
+client, the price table and demo traffic."""

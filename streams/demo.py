@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streams.names import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
+from streams.schemas import SENTIMENTS, format_timestamp
+from streams.topics import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
 
 ORGS = ("acme-academy", "globex-school", "initech-u")
 MENTORS = ("math-tutor", "essay-coach", "physics-pal", "spanish-buddy")
@@ -27,7 +28,6 @@ MODELS = (
     ("gemini-1.5-flash", "google"),
     ("in-house-tutor-v2", "self-hosted"),  # matches no price: counted as unpriced
 )
-SENTIMENTS = ("positive", "neutral", "negative")
 
 
 @dataclass
@@ -36,10 +36,6 @@ class DemoConfig:
     late_share: float = 0.05  # events stamped minutes to days in the past
     resend_share: float = 0.01  # events sent twice with the same event_id
     with_cost_share: float = 0.5  # observations that carry their own cost
-
-
-def _iso(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
 
 
 class DemoTraffic:
@@ -83,7 +79,7 @@ class DemoTraffic:
                     {
                         "event_id": self._id("msg"),
                         "org": org,
-                        "timestamp": _iso(t),
+                        "timestamp": format_timestamp(t),
                         "session_id": session_id,
                         "student": student,
                         "mentor_id": mentor,
@@ -98,7 +94,7 @@ class DemoTraffic:
                 obs: dict[str, Any] = {
                     "event_id": self._id("obs"),
                     "org": org,
-                    "timestamp": _iso(t),
+                    "timestamp": format_timestamp(t),
                     "trace_id": uuid.UUID(int=rng.getrandbits(128)).hex,
                     "session_id": session_id,
                     "type": "generation",
@@ -116,7 +112,7 @@ class DemoTraffic:
                 {
                     "event_id": self._id("sent"),
                     "org": org,
-                    "timestamp": _iso(t),
+                    "timestamp": format_timestamp(t),
                     "session_id": session_id,
                     "student": student,
                     "mentor_id": mentor,
@@ -131,7 +127,7 @@ class DemoTraffic:
                 {
                     "event_id": self._id("conv"),
                     "org": org,
-                    "timestamp": _iso(t),
+                    "timestamp": format_timestamp(t),
                     "id": session_id,
                     "student": student,
                     "email": f"{student}@example.edu",
@@ -146,7 +142,7 @@ class DemoTraffic:
                     "metadata": {},
                     "tools": [],
                     "title": f"{topics[0].title()} with {mentor}",
-                    "inserted_at": _iso(start),
+                    "inserted_at": format_timestamp(start),
                 },
             )
         )

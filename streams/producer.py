@@ -17,20 +17,17 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streams.names import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
+from streams.schemas import format_timestamp
+from streams.topics import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
 
 KEY_FIELD = {CHAT_MESSAGES: "session_id", SENTIMENT: "session_id", LLM_OBSERVATIONS: "trace_id", CHAT_HISTORY: "id"}
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def complete(event: dict[str, Any]) -> dict[str, Any]:
     """Fill in `event_id` and `timestamp` when absent."""
     out = dict(event)
     out.setdefault("event_id", uuid.uuid4().hex)
-    out.setdefault("timestamp", now_iso())
+    out.setdefault("timestamp", format_timestamp(datetime.now(UTC)))
     return out
 
 

@@ -7,6 +7,7 @@ dead-letter record says. Validation is pure: no broker, no Redis.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -15,10 +16,12 @@ from typing import Any
 import orjson
 
 from streams.exceptions import InvalidEvent
-from streams.names import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
+from streams.settings import Settings
+from streams.topics import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
 
 ROLES = frozenset({"human", "ai"})
-SENTIMENTS = frozenset({"positive", "neutral", "negative"})
+# The sentiment labels, in the order the API and the dashboard show them.
+SENTIMENTS = ("positive", "neutral", "negative")
 # Orgs name Redis hash tags ({org}) and URL path segments: keep braces, colons, slashes and spaces out.
 ORG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 NANOS = Decimal(1_000_000_000)
@@ -31,6 +34,11 @@ class Limits:
 
     retention_ms: int
     max_future_ms: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """Older than the daily retention, or further ahead than the clock-skew allowance: refused."""
+        return cls(settings.daily_retention_days * 86_400_000, settings.max_future_seconds * 1000)
 
 
 @dataclass(slots=True)  # not frozen: built per event, and a frozen __init__ costs 5x
@@ -118,6 +126,17 @@ def parse_timestamp(value: object, field: str = "timestamp") -> int:
     )
 
 
+def format_timestamp(value: int | datetime) -> str:
+    """Epoch milliseconds (or an aware datetime) -> RFC 3339 in UTC ending in `Z`: how every time we write
+    reads. Milliseconds no datetime can hold come back as `<n>ms`, so a reason can still name them."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(value / 1000, UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return f"{value}ms"
+
+
 def parse_cost(value: object) -> int:
     """USD as a decimal string or number -> integer nano-dollars, exactly."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -160,7 +179,7 @@ class _Fields:
             raise InvalidEvent(f"field {name!r} must be 1 to {MAX_TEXT} characters")
         return value
 
-    def choice(self, name: str, allowed: frozenset[str]) -> str:
+    def choice(self, name: str, allowed: Collection[str]) -> str:
         value = self.text(name)
         if value not in allowed:
             raise InvalidEvent(f"field {name!r} is {value[:64]!r}; expected one of {', '.join(sorted(allowed))}")
@@ -216,10 +235,12 @@ def parse(topic: str, key: bytes | None, raw: bytes | None, now_ms: int, limits:
     ts_ms = parse_timestamp(data["timestamp"])
     if ts_ms < now_ms - limits.retention_ms:
         raise InvalidEvent(
-            f"timestamp {_iso(ts_ms)} is beyond retention (older than {limits.retention_ms // 86_400_000} days)"
+            f"timestamp {format_timestamp(ts_ms)} is beyond retention (older than {limits.retention_ms // 86_400_000} days)"
         )
     if ts_ms > now_ms + limits.max_future_ms:
-        raise InvalidEvent(f"timestamp {_iso(ts_ms)} is more than {limits.max_future_ms // 1000}s in the future")
+        raise InvalidEvent(
+            f"timestamp {format_timestamp(ts_ms)} is more than {limits.max_future_ms // 1000}s in the future"
+        )
 
     if topic == CHAT_MESSAGES:
         session_id = f.text("session_id")
@@ -282,7 +303,7 @@ def parse(topic: str, key: bytes | None, raw: bytes | None, now_ms: int, limits:
         mentor = f.text("mentor")
         record = {k: v for k, v in data.items() if k not in ("event_id", "org", "timestamp")}
         record["topics"] = [{"name": t} for t in topics]
-        record["inserted_at"] = _iso(inserted_ms)
+        record["inserted_at"] = format_timestamp(inserted_ms)
         return Conversation(
             event_id=event_id,
             org=org,
@@ -303,10 +324,3 @@ def _check_key(key: bytes | None, expected: str, field: str) -> None:
     if key != expected.encode():
         shown = "(none)" if key is None else repr(key[:64])
         raise InvalidEvent(f"message key {shown} must equal the event's {field} {expected[:64]!r}")
-
-
-def _iso(ts_ms: int) -> str:
-    try:
-        return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
-    except (OverflowError, ValueError, OSError):
-        return f"{ts_ms}ms"

@@ -26,7 +26,6 @@ class Settings:
     topic_partitions: int = 6
     topic_replication: int = 1
     app_id: str = "ai-analytics"
-    data_dir: Path = Path(".stack/worker")  # scratch space; the worker itself keeps no local state
     # Events per batch and how long a partial batch waits before it is applied anyway.
     batch_size: int = 5000
     batch_within: float = 0.2
@@ -41,7 +40,7 @@ class Settings:
     price_table: Path | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    # Alert rules (TOML; None: the shipped streams/alerts.toml), how often they are evaluated (0: never),
+    # Alert rules (TOML; None: the shipped agents/alerts.toml), how often they are evaluated (0: never),
     # and how long a dead evaluator's lease keeps another worker from taking over.
     alert_rules: Path | None = None
     alert_interval: float = 5.0

@@ -1,13 +1,94 @@
-"""UTC time buckets: hourly (`YYYYMMDDHH`) and daily (`YYYYMMDD`) labels, from epoch milliseconds."""
+"""UTC time buckets: the grains aggregates are kept at (minute, hour, day, week), their labels and how long
+each is kept (`Retention`, from settings)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from enum import IntEnum
 from functools import lru_cache
+
+from streams.settings import Settings
+from tables.exceptions import QueryError
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+# Minute counts serve the alert rules' rolling hour (and the hour before it, for the volume rule).
+MINUTES_KEPT_S = 3 * 3600
+
+
+class Grain(IntEnum):
+    """A bucket size. A bucket is named by its index: epoch minutes, hours or days, or for a week the day
+    index of its Monday (ISO weeks, so a week is not a whole number of weeks since the epoch)."""
+
+    MINUTE = 0
+    HOUR = 1
+    DAY = 2
+    WEEK = 3
+
+    def index(self, ts_ms: int) -> int:
+        """The index of the bucket holding ts_ms."""
+        if self is Grain.WEEK:
+            return week_start(ts_ms // DAY_MS)
+        return ts_ms // _SPAN_MS[self]
+
+    def start_ms(self, index: int) -> int:
+        return index * (DAY_MS if self is Grain.WEEK else _SPAN_MS[self])
+
+    def end_s(self, index: int) -> int:
+        """Epoch seconds at which the bucket ends."""
+        return (self.start_ms(index) + _SPAN_MS[self]) // 1000
+
+    def label(self, index: int) -> str:
+        """`YYYYMMDDHH` for an hour, `YYYYMMDD` for a day, `wYYYYMMDD` (its Monday) for a week, the epoch
+        minute for a minute."""
+        if self is Grain.HOUR:
+            return hour_label(index)
+        if self is Grain.DAY:
+            return day_label(index)
+        if self is Grain.WEEK:
+            return "w" + day_label(index)
+        return str(index)
+
+
+_SPAN_MS = {Grain.MINUTE: MINUTE_MS, Grain.HOUR: HOUR_MS, Grain.DAY: DAY_MS, Grain.WEEK: WEEK_MS}
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long buckets and event ids are kept, in days (from settings)."""
+
+    hourly_days: int
+    daily_days: int
+    dedup_days: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Retention:
+        return cls(settings.hourly_retention_days, settings.daily_retention_days, settings.dedup_window_days)
+
+    def expire_at_s(self, grain: Grain, index: int) -> int:
+        """When a bucket's key expires: its end plus the retention of its grain (days and weeks: daily)."""
+        if grain is Grain.MINUTE:
+            keep = MINUTES_KEPT_S
+        elif grain is Grain.HOUR:
+            keep = self.hourly_days * 86400
+        else:
+            keep = self.daily_days * 86400
+        return grain.end_s(index) + keep
+
+    def dedup_expire_at_s(self, now_ms: int) -> int:
+        """When the ids seen in a batch applied at now_ms may be forgotten."""
+        return (now_ms + self.dedup_days * DAY_MS) // 1000
+
+    def check(self, start: date, today: date, *, hourly: bool, param: str = "start_date") -> None:
+        """Refuse a range that starts before what the grain keeps, naming the parameter and the limit."""
+        days = self.hourly_days if hourly else self.daily_days
+        oldest = today - timedelta(days=days - 1)
+        if start < oldest:
+            grain = "hourly" if hourly else "daily"
+            raise QueryError(param, f"{param} {start} is past the {grain} retention of {days} days (oldest: {oldest})")
 
 
 @lru_cache(maxsize=65536)
@@ -28,16 +109,17 @@ def day_of(ts_ms: int) -> str:
     return day_label(ts_ms // DAY_MS)
 
 
-def hour_end_ms(ts_ms: int) -> int:
-    return (ts_ms // HOUR_MS + 1) * HOUR_MS
+def day_index(d: date) -> int:
+    """Days since 1970-01-01 (the DAY grain's index of a date)."""
+    return d.toordinal() - _EPOCH_ORDINAL
 
 
-def day_end_ms(ts_ms: int) -> int:
-    return (ts_ms // DAY_MS + 1) * DAY_MS
+def hour_index(dt: datetime) -> int:
+    """Hours since the epoch (the HOUR grain's index of an aware datetime)."""
+    return int(dt.timestamp()) // 3600
 
 
-def day_label_of_date(d: date) -> str:
-    return d.strftime("%Y%m%d")
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 def days_between(start: date, end: date) -> list[date]:
@@ -48,10 +130,6 @@ def days_between(start: date, end: date) -> list[date]:
 def hours_between(start: date, end: date) -> list[datetime]:
     first = datetime(start.year, start.month, start.day, tzinfo=UTC)
     return [first + timedelta(hours=i) for i in range(((end - start).days + 1) * 24)]
-
-
-def hour_label_of(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%Y%m%d%H")
 
 
 def week_start(day_index: int) -> int:

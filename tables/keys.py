@@ -6,6 +6,8 @@ org run as one atomic script, and multi-key reads work on a cluster.
 
 from __future__ import annotations
 
+from tables.buckets import Grain
+
 NS = "aia"
 
 # Fields of a bucket hash (hourly or daily).
@@ -20,6 +22,20 @@ TOKENS_IN = "tokens_in"
 TOKENS_OUT = "tokens_out"
 
 
+# Fields of a conversation hash (`conversation`). The latest judgement and when it was made:
+CONV_SENTIMENT = ("sentiment", "sentiment_ts")
+# The chat-history record (JSON), its event time, and the student, mentor and topics it names:
+CONV_RECORD = ("record_ts", "student", "mentor", "topics")
+# The session's first message: its offset, event time (the session's bucket) and mentor.
+CONV_SESSION = ("first_offset", "started_ms", "first_mentor")
+# What the planner reads of a conversation before deciding (written only by the apply script).
+CONV_STATE = CONV_SENTIMENT + CONV_RECORD + CONV_SESSION
+RECORD = "record"
+FIRST_STUDENT = "first_student"
+MESSAGES_HUMAN = "messages_human"
+MESSAGES_AI = "messages_ai"
+
+
 def mentor_field(field: str, mentor: str) -> str:
     return f"{field}|m|{mentor}"
 
@@ -32,17 +48,14 @@ def _org(org: str) -> str:
     return f"{NS}:{{{org}}}"
 
 
-def hourly(org: str, hour: str) -> str:
-    return f"{_org(org)}:h:{hour}"
+_GRAIN_CODE = {Grain.MINUTE: "min", Grain.HOUR: "h", Grain.DAY: "d", Grain.WEEK: "wk"}
 
 
-def daily(org: str, day: str) -> str:
-    return f"{_org(org)}:d:{day}"
+def bucket(org: str, grain: Grain, index: int) -> str:
+    """Hash of an org's counters in one bucket: `aia:{org}:h:2026112210`, `:d:20261122`, `:min:<epoch minute>`.
 
-
-def minute(org: str, minute_index: int) -> str:
-    """Hash of counts by event minute (epoch minutes), kept a few hours: what the alert rules read."""
-    return f"{_org(org)}:min:{minute_index}"
+    Minute buckets are kept a few hours: what the alert rules read."""
+    return f"{_org(org)}:{_GRAIN_CODE[grain]}:{grain.label(index)}"
 
 
 def progress(group: str) -> str:
@@ -69,14 +82,10 @@ def alert_lease() -> str:
     return f"{NS}:alerts:lease"
 
 
-def week_label(monday: str) -> str:
-    """The label of a week's top-students set: `w` and its Monday (`w20261116`)."""
-    return f"w{monday}"
-
-
-def top_students(org: str, day: str, mentor: str | None = None) -> str:
-    """Sorted set student -> human messages, for a day (`YYYYMMDD`) or a week (`week_label`)."""
-    base = f"{_org(org)}:top:{day}"
+def top_students(org: str, grain: Grain, index: int, mentor: str | None = None) -> str:
+    """Sorted set student -> human messages, for a day (`:top:YYYYMMDD`) or an ISO week (`:top:wYYYYMMDD`,
+    its Monday); a mentor's set ends in `|m|<mentor>`."""
+    base = f"{_org(org)}:top:{grain.label(index)}"
     return base if mentor is None else f"{base}|m|{mentor}"
 
 
@@ -90,7 +99,8 @@ def offset_field(topic: str, partition: int) -> str:
 
 
 def seen(org: str, day: str) -> str:
-    """Hash event_id -> what it contributed (`1`, or for observations `cost,in,out,hour`), per event day."""
+    """Hash event_id -> what it contributed (`1`, or for an observation `cost,in,out,unpriced,ts`), per
+    event day (`YYYYMMDD`)."""
     return f"{_org(org)}:seen:{day}"
 
 

@@ -13,26 +13,13 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from streams.schemas import SENTIMENTS, format_timestamp
 from tables import keys
-from tables.buckets import day_label_of_date, days_between, hour_label_of, hours_between, split_weeks
-from tables.exceptions import QueryError
+from tables.buckets import Grain, day_index, days_between, hour_index, hours_between, split_weeks
 
 TOP_N = 20
 NANOS = Decimal(1_000_000_000)
 AGGREGATIONS = ("hourly", "daily", "weekly")
-
-
-@dataclass(frozen=True)
-class Retention:
-    hourly_days: int
-    daily_days: int
-
-    def check(self, start: date, today: date, *, hourly: bool, param: str = "start_date") -> None:
-        days = self.hourly_days if hourly else self.daily_days
-        oldest = today - timedelta(days=days - 1)
-        if start < oldest:
-            grain = "hourly" if hourly else "daily"
-            raise QueryError(param, f"{param} {start} is past the {grain} retention of {days} days (oldest: {oldest})")
 
 
 def _int(value: bytes | None) -> int:
@@ -55,9 +42,9 @@ async def average_messages_per_session(
         s_field, m_field = keys.mentor_field(s_field, mentor_id), keys.mentor_field(m_field, mentor_id)
     if aggregation == "hourly":
         hours = hours_between(start, end)
-        labels = [(h.strftime("%Y-%m-%dT%H:00:00Z"), keys.hourly(org, hour_label_of(h))) for h in hours]
+        labels = [(h.strftime("%Y-%m-%dT%H:00:00Z"), keys.bucket(org, Grain.HOUR, hour_index(h))) for h in hours]
     else:
-        labels = [(d.isoformat(), keys.daily(org, day_label_of_date(d))) for d in days_between(start, end)]
+        labels = [(d.isoformat(), keys.bucket(org, Grain.DAY, day_index(d))) for d in days_between(start, end)]
     async with redis.pipeline(transaction=False) as pipe:
         for _, key in labels:
             pipe.hmget(key, [s_field, m_field])
@@ -96,8 +83,8 @@ async def top_students(
 
     Whole weeks inside the range are read from weekly sets, the days around them from daily ones."""
     mondays, days = split_weeks(start, end)
-    zkeys = [keys.top_students(org, keys.week_label(day_label_of_date(m)), mentor_id) for m in mondays]
-    zkeys += [keys.top_students(org, day_label_of_date(d), mentor_id) for d in days]
+    zkeys = [keys.top_students(org, Grain.WEEK, day_index(m), mentor_id) for m in mondays]
+    zkeys += [keys.top_students(org, Grain.DAY, day_index(d), mentor_id) for d in days]
     merged: Any = await redis.zunion(zkeys, withscores=True)
     counts = [(member.decode(), int(score)) for member, score in merged]
     counts.sort(key=lambda kv: (-kv[1], kv[0]))
@@ -106,21 +93,15 @@ async def top_students(
 
 async def sentiment_counts(redis: Redis, org: str, start: date, end: date) -> list[dict[str, Any]]:
     """One row per day (zeros included): all sentiment events, and the count of each label."""
-    fields = [keys.SENTIMENT, *(keys.sentiment_field(s) for s in ("positive", "neutral", "negative"))]
+    fields = [keys.SENTIMENT, *(keys.sentiment_field(s) for s in SENTIMENTS)]
     days = days_between(start, end)
     async with redis.pipeline(transaction=False) as pipe:
         for d in days:
-            pipe.hmget(keys.daily(org, day_label_of_date(d)), fields)
+            pipe.hmget(keys.bucket(org, Grain.DAY, day_index(d)), fields)
         replies = await pipe.execute()
     return [
-        {
-            "date": d.isoformat(),
-            "sentiment_count": _int(total),
-            "positive": _int(pos),
-            "neutral": _int(neu),
-            "negative": _int(neg),
-        }
-        for d, (total, pos, neu, neg) in zip(days, replies, strict=True)
+        {"date": d.isoformat(), "sentiment_count": _int(total), **dict(zip(SENTIMENTS, map(_int, labels), strict=True))}
+        for d, (total, *labels) in zip(days, replies, strict=True)
     ]
 
 
@@ -135,10 +116,10 @@ def cost_buckets(org: str, start: datetime, end: datetime) -> list[str]:
     t = start
     while t < end:
         if t.hour == 0 and t + timedelta(days=1) <= end:
-            out.append(keys.daily(org, t.strftime("%Y%m%d")))
+            out.append(keys.bucket(org, Grain.DAY, day_index(t.date())))
             t += timedelta(days=1)
         else:
-            out.append(keys.hourly(org, hour_label_of(t)))
+            out.append(keys.bucket(org, Grain.HOUR, hour_index(t)))
             t += timedelta(hours=1)
     return out
 
@@ -163,6 +144,12 @@ async def tenant_cost(redis: Redis, org: str, start: datetime, end: datetime) ->
     }
 
 
+async def list_orgs(redis: Redis) -> list[str]:
+    """The orgs that exist (registered, or named by an applied event), sorted."""
+    members: Any = await redis.smembers(keys.orgs())
+    return sorted(m.decode() for m in members)
+
+
 async def org_exists(redis: Redis, org: str) -> bool:
     return bool(await redis.sismember(keys.orgs(), org))
 
@@ -177,7 +164,7 @@ async def freshness(redis: Redis, org: str) -> dict[str, Any]:
     meta = {k.decode(): v.decode() for k, v in raw.items()}
     last = int(meta.pop("last_event_ms", 0))
     return {
-        "last_event_at": datetime.fromtimestamp(last / 1000, UTC).isoformat().replace("+00:00", "Z") if last else None,
+        "last_event_at": format_timestamp(last) if last else None,
         "events": {k.split("|", 1)[1]: int(v) for k, v in meta.items() if k.startswith("events|")},
     }
 
@@ -256,7 +243,7 @@ async def _conversations(redis: Redis, org: str, ids: list[str]) -> list[dict[st
         if mentor is not None:
             rec.setdefault("mentor", mentor.decode())
         if "inserted_at" not in rec and started is not None:
-            rec["inserted_at"] = datetime.fromtimestamp(int(started) / 1000, UTC).isoformat().replace("+00:00", "Z")
+            rec["inserted_at"] = format_timestamp(int(started))
         if "topics" not in rec:
             rec["topics"] = [{"name": t} for t in orjson.loads(topics)] if topics else []
         rec["messages_human"] = _int(human)

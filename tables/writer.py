@@ -16,6 +16,7 @@ import orjson
 from redis.asyncio import Redis
 
 from tables import keys
+from tables.buckets import Grain
 
 APPLY_LUA = r"""
 local p = cjson.decode(ARGV[1])
@@ -55,7 +56,6 @@ local new_h = {}
 for _, o in ipairs(p.i) do new_h[#new_h + 1] = redis.call('HINCRBY', KEYS[o[1]], o[2], o[3]) end
 for _, o in ipairs(p.z) do redis.call('ZINCRBY', KEYS[o[1]], o[3], o[2]) end
 for _, o in ipairs(p.s) do redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
-for _, o in ipairs(p.sn) do redis.call('HSETNX', KEYS[o[1]], o[2], o[3]) end
 for _, o in ipairs(p.r) do redis.call('ZREM', KEYS[o[1]], o[2]) end
 for _, o in ipairs(p.a) do redis.call('ZADD', KEYS[o[1]], o[3], o[2]) end
 for _, o in ipairs(p.an) do redis.call('ZADD', KEYS[o[1]], 'NX', o[3], o[2]) end
@@ -82,14 +82,13 @@ class OrgWrite:
     sets: dict[tuple[int, str], str] = field(default_factory=dict)
     zrems: dict[tuple[int, str], None] = field(default_factory=dict)
     zadds: dict[tuple[int, str], float] = field(default_factory=dict)
-    nx_sets: dict[tuple[int, str], str] = field(default_factory=dict)
     nx_zadds: dict[tuple[int, str], float] = field(default_factory=dict)
     maxes: dict[tuple[int, str], int] = field(default_factory=dict)
     expires: dict[int, int] = field(default_factory=dict)
     # event_id -> (value before the batch, value after), per seen-hash key: checked and written in bulk
     seen: dict[str, dict[str, tuple[str | None, str]]] = field(default_factory=dict)
-    # (0 hourly | 1 daily, bucket index, field) -> delta; (day index, mentor or None, student) -> delta
-    bucket_deltas: dict[tuple[int, int, str], int] = field(default_factory=dict)
+    # (grain, bucket index, field) -> delta; (day index, mentor or None, student) -> delta
+    bucket_deltas: dict[tuple[Grain, int, str], int] = field(default_factory=dict)
     top_deltas: dict[tuple[int, str | None, str], int] = field(default_factory=dict)
     events: int = 0
     replayed: list[Any] = field(default_factory=list)  # items at or below a watermark: applied before
@@ -146,10 +145,6 @@ class OrgWrite:
         self.zadds.pop(slot, None)
         self.zrems[slot] = None
 
-    def nx_hset(self, key: str, fld: str, value: str) -> None:
-        """HSETNX: the first value wins (fields a later authoritative write may already hold)."""
-        self.nx_sets.setdefault((self.k(key), fld), value)
-
     def nx_zadd(self, key: str, member: str, score: float) -> None:
         self.nx_zadds.setdefault((self.k(key), member), score)
 
@@ -182,7 +177,6 @@ class OrgWrite:
                 "i": [[k, f, str(n)] for (k, f), n in self._incr_order],
                 "z": [[k, m, str(n)] for (k, m), n in self._zincr_order],
                 "s": [[k, f, v] for (k, f), v in self.sets.items()],
-                "sn": [[k, f, v] for (k, f), v in self.nx_sets.items()],
                 "an": [[k, m, repr(float(s))] for (k, m), s in self.nx_zadds.items()],
                 "r": [[k, m] for (k, m) in self.zrems],
                 "a": [[k, m, repr(float(s))] for (k, m), s in self.zadds.items()],

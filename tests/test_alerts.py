@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
 import time
 from collections import Counter
@@ -24,11 +23,11 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from agents.alerts import AlertEngine
-from infra.procs import free_port, spawn
+from infra.procs import cli_command, free_port, spawn
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
 from tables import keys
-from tests.conftest import WorkerProcess, eventually, read_topic
+from tests.support import WorkerProcess, eventually, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -213,8 +212,8 @@ async def test_forwarder_delivers_every_alert_once_the_webhook_is_back(
     settings: Settings, topics: list[str], webhook: Webhook, tmp_path: Path
 ) -> None:
     env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "streams", "alerts", "forward", "--url", f"http://127.0.0.1:{webhook.port}/hook",
-           "--start", "earliest", "--max-backoff", "0.5", "--timeout", "2"]  # fmt: skip
+    cmd = cli_command("alerts", "forward", "--url", f"http://127.0.0.1:{webhook.port}/hook",
+           "--start", "earliest", "--max-backoff", "0.5", "--timeout", "2")  # fmt: skip
     log = tmp_path / "forwarder.log"
     forwarder = spawn(cmd, log=log, env=env)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
@@ -266,7 +265,7 @@ def test_rules_file_errors_stop_the_worker_with_the_reason(settings: Settings, t
     bad = tmp_path / "bad.toml"
     bad.write_text("[defaults.daily_cost]\nbudget_usd = 'lots'\n")
     env = {**os.environ, **replace(settings, alert_rules=bad).as_env()}
-    proc = spawn([sys.executable, "-m", "streams", "worker"], log=tmp_path / "bad.log", env=env)
+    proc = spawn(cli_command("worker"), log=tmp_path / "bad.log", env=env)
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -284,7 +283,7 @@ async def test_alerts_tail_prints_alerts_as_lines(settings: Settings, topics: li
         await producer.send_and_wait(settings.topic("analytics-alerts"), orjson.dumps(event), key=b"acme|daily_cost")
     await producer.stop()
     env = {**os.environ, **settings.as_env()}
-    cmd = [sys.executable, "-m", "streams", "alerts", "tail", "--from-beginning", "--count", "2"]
+    cmd = cli_command("alerts", "tail", "--from-beginning", "--count", "2")
     proc = await asyncio.create_subprocess_exec(
         *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -26,14 +25,13 @@ from redis.asyncio import Redis
 
 from infra.browser import render
 from infra.kafka import KafkaBroker
-from infra.procs import ROOT, free_port, port_open, spawn, tail
+from infra.procs import ROOT, cli_command, free_port, port_open, spawn, tail
 from infra.redis import RedisServer
-from streams.admin import ensure_topics
+from streams.clients import ensure_topics
 from streams.settings import Settings
 from tables import apikeys
 from tests import reference
-from tests.conftest import WorkerProcess, read_compacted
-from tests.traffic import demo_events, produce
+from tests.support import WorkerProcess, demo_events, produce, read_compacted
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +57,7 @@ class Env:
 
 def start_api(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings.as_env()}
-    proc = spawn([sys.executable, "-m", "api"], log=log, env=env)
+    proc = spawn(cli_command("api"), log=log, env=env)
     deadline = time.monotonic() + 30
     while not port_open(settings.api_port):
         assert proc.poll() is None and time.monotonic() < deadline, tail(log)
@@ -73,7 +71,7 @@ def env(kafka: KafkaBroker, redis_server: RedisServer, tmp_path_factory: pytest.
     run = uuid.uuid4().hex[:8]
     settings = Settings(
         kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url, topic_prefix=f"api{run}.", topic_partitions=3,
-        app_id=f"aia-api-{run}", data_dir=tmp / "worker", batch_size=500, batch_within=0.1, session_timeout=6.0,
+        app_id=f"aia-api-{run}", batch_size=500, batch_within=0.1, session_timeout=6.0,
         heartbeat_interval=1.0, api_port=free_port(),
     )  # fmt: skip
     events = demo_events(3000, seed=99)
@@ -271,7 +269,7 @@ def test_auth_matrix(env: Env) -> None:
 
 
 def test_registered_org_exists_with_zeros(env: Env) -> None:
-    out = subprocess.run([sys.executable, "-m", "streams.cli", "orgs", "register", "fresh-org"], cwd=ROOT,
+    out = subprocess.run(cli_command("orgs", "register", "fresh-org"), cwd=ROOT,
                          env={**os.environ, **env.settings.as_env()}, capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 0, out.stderr
     rows = env.get("fresh-org", "sentiment-count", period="today").json()

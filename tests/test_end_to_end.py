@@ -1,4 +1,5 @@
-"""End to end: events sent with aiokafka to the real broker, a real Faust worker, aggregates read from real Redis."""
+"""End to end: events sent to the real broker, a real worker, aggregates read back through the queries the API
+serves, and every kind of bad event in the dead-letter topic with its reason."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import base64
 import random
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -16,8 +17,8 @@ from redis.asyncio import Redis
 
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
-from tables import keys
-from tests.conftest import eventually
+from tables import keys, queries
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -50,15 +51,15 @@ def make_traffic(seed: int, now: datetime) -> list[dict[str, Any]]:
 def reference(events: list[dict[str, Any]]) -> dict[str, Any]:
     """Expected aggregates, computed straight from the events (first message = first sent)."""
     seen: set[str] = set()
-    start_day: dict[tuple[str, str], str] = {}
-    sessions: Counter[tuple[str, str]] = Counter()
-    messages: Counter[tuple[str, str]] = Counter()
-    human: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    start_day: dict[tuple[str, str], date] = {}
+    sessions: Counter[tuple[str, date]] = Counter()
+    messages: Counter[tuple[str, date]] = Counter()
+    human: dict[tuple[str, date], Counter[str]] = defaultdict(Counter)
     for e in events:
         if e["event_id"] in seen:
             continue
         seen.add(e["event_id"])
-        day = datetime.fromisoformat(e["timestamp"]).astimezone(UTC).strftime("%Y%m%d")
+        day = datetime.fromisoformat(e["timestamp"]).astimezone(UTC).date()
         sk = (e["org"], e["session_id"])
         if sk not in start_day:
             start_day[sk] = day
@@ -93,14 +94,14 @@ async def test_worker_applies_events_exactly_and_dead_letters_bad_ones(
 
     await eventually(applied, timeout=90, what=f"all events applied (worker log:\n{worker.log_tail()})")
 
-    for (org, day), n in expected["sessions"].items():
-        assert int(await redis.hget(keys.daily(org, day), keys.SESSIONS) or 0) == n, (org, day)
-    for (org, day), n in expected["messages"].items():
-        assert int(await redis.hget(keys.daily(org, day), keys.MESSAGES) or 0) == n, (org, day)
+    for org, day in set(expected["sessions"]) | set(expected["messages"]):
+        (row,) = await queries.average_messages_per_session(redis, org, day, day)
+        want = (expected["sessions"][(org, day)], expected["messages"][(org, day)])
+        assert (row["total_sessions"], row["total_messages"]) == want, (org, day)
     for (org, day), counts in expected["human"].items():
-        got = {m.decode(): int(s) for m, s in await redis.zrange(keys.top_students(org, day), 0, -1, withscores=True)}
+        got = {r["username"]: r["chat_message_count"] for r in await queries.top_students(redis, org, day, day)}
         assert got == dict(counts), (org, day)
-    assert {m.decode() for m in await redis.smembers(keys.orgs())} == {e["org"] for e in events}
+    assert await queries.list_orgs(redis) == sorted({e["org"] for e in events})
 
     bad = bad_events(events[0], now)
     dead = await read_topic(settings, "analytics-dead-letter", len(bad))

@@ -4,11 +4,9 @@ exactly equal to an independent reference; re-sent events count once; a re-sent 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,66 +16,9 @@ from streams.producer import AnalyticsProducer
 from streams.settings import Settings
 from tables import queries
 from tests import reference
-from tests.conftest import WorkerProcess, read_compacted
-from tests.traffic import demo_events, produce
+from tests.support import demo_events, produce, read_compacted, settle
 
 pytestmark = pytest.mark.integration
-
-
-async def mismatches(redis: Redis, exp: reference.Expected) -> list[str]:
-    """Every difference between what the queries serve and the reference, day by day."""
-    out = []
-    days = sorted({d for _, d in exp.days()})
-    first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
-    for org in sorted(exp.orgs):
-        rows = await queries.average_messages_per_session(redis, org, first, last, "daily")
-        for row in rows:
-            want = (exp.sessions[(org, row["time"])], exp.messages[(org, row["time"])])
-            got = (row["total_sessions"], row["total_messages"])
-            if got != want:
-                out.append(f"{org} {row['time']} sessions/messages: got {got}, want {want}")
-        for row in await queries.sentiment_counts(redis, org, first, last):
-            if row["sentiment_count"] != exp.sentiment[(org, row["date"])]:
-                out.append(
-                    f"{org} {row['date']} sentiment: got {row['sentiment_count']}, want {exp.sentiment[(org, row['date'])]}"
-                )
-        d = first
-        while d <= last:
-            day = d.isoformat()
-            start = datetime(d.year, d.month, d.day, tzinfo=UTC)
-            cost = await queries.tenant_cost(redis, org, start, start + timedelta(days=1))
-            if cost["cost_nanos"] != exp.cost[(org, day)]:
-                out.append(f"{org} {day} cost: got {cost['cost_nanos']}, want {exp.cost[(org, day)]}")
-            top = await queries.top_students(redis, org, d, d, limit=10_000)
-            got_top = {r["username"]: r["chat_message_count"] for r in top}
-            if got_top != dict(exp.human.get((org, day), {})):
-                out.append(f"{org} {day} top students differ: got {sorted(got_top.items())[:5]}...")
-            d += timedelta(days=1)
-        count, _ = await queries.chat_history(redis, org, queries.HistoryFilter(), 1, 1)
-        if count != len(exp.conversations[org]):
-            out.append(f"{org} conversations: got {count}, want {len(exp.conversations[org])}")
-    return out
-
-
-async def settle(redis: Redis, exp: reference.Expected, workers: list[WorkerProcess], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    diff: list[str] = []
-    while time.monotonic() < deadline:
-        diff = await mismatches(redis, exp)
-        if not diff:
-            await asyncio.sleep(2.0)  # and it stays exact: nothing applied twice afterwards
-            diff = await mismatches(redis, exp)
-            if not diff:
-                for w in workers:  # the tripwire: no worker saw a partition's offsets jump
-                    assert "continuity:" not in w.log.read_text(errors="replace"), w.log_tail()
-                return
-        await asyncio.sleep(1.0)
-    for w in workers:
-        if w.alive() and w.proc is not None:
-            os.kill(w.proc.pid, signal.SIGUSR1)  # the worker logs where its tasks wait
-    await asyncio.sleep(1.0)
-    logs = "\n".join(f"--- {w.log}\n{w.log_tail(15)}" for w in workers)
-    raise AssertionError(f"{len(diff)} mismatches, e.g.:\n" + "\n".join(diff[:15]) + f"\n{logs}")
 
 
 async def test_kill9_during_a_stream_leaves_every_aggregate_exact(

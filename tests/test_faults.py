@@ -19,12 +19,10 @@ from redis.asyncio import Redis
 from infra.kafka import KafkaBroker
 from infra.procs import free_port
 from infra.redis import RedisServer
-from streams.admin import ensure_topics
+from streams.clients import ensure_topics
 from streams.settings import Settings
 from tests import reference
-from tests.conftest import WorkerProcess, make_settings
-from tests.test_exactness import mismatches, settle
-from tests.traffic import demo_events, produce
+from tests.support import WorkerProcess, demo_events, make_settings, mismatches, produce, settle
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +40,9 @@ def own_servers(tmp_root: Path) -> Iterator[tuple[KafkaBroker, RedisServer]]:
 
 
 @pytest.fixture
-async def fault_settings(own_servers: tuple[KafkaBroker, RedisServer], tmp_path: Path) -> AsyncIterator[Settings]:
+async def fault_settings(own_servers: tuple[KafkaBroker, RedisServer]) -> AsyncIterator[Settings]:
     broker, server = own_servers
-    settings = make_settings(broker.bootstrap, server.url, tmp_path, "fault")
+    settings = make_settings(broker.bootstrap, server.url, "fault")
     client = Redis.from_url(server.url)
     await client.flushall()
     await ensure_topics(settings)

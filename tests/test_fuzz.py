@@ -18,8 +18,7 @@ from redis.asyncio import Redis
 
 from streams.settings import Settings
 from tests import reference
-from tests.conftest import WorkerProcess, read_topic
-from tests.test_exactness import mismatches
+from tests.support import WorkerProcess, mismatches, read_topic
 
 pytestmark = pytest.mark.integration
 

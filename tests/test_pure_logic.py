@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from agents.planner import CONV_FIELDS, Item, OrgState, Planner, Retention
+from agents.planner import Item, Planner
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, LlmObservation
 from tables import keys
-from tables.buckets import day_of, days_between, hour_of, hours_between, split_weeks
+from tables.buckets import Grain, Retention, day_of, days_between, hour_of, hours_between, split_weeks
+from tables.keys import CONV_STATE
 from tables.queries import cost_buckets
+from tables.state import OrgState
 
 DAY = 86_400_000
 T0 = calendar.timegm((2026, 11, 20, 23, 30, 0)) * 1000  # 23:30 UTC, half an hour before midnight
@@ -42,17 +44,17 @@ def test_cost_range_uses_days_inside_and_hours_at_the_edges() -> None:
     end = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
     got = cost_buckets("acme", start, end)
     assert got == [
-        keys.hourly("acme", "2026112022"),
-        keys.hourly("acme", "2026112023"),
-        keys.daily("acme", "20261121"),
-        keys.daily("acme", "20261122"),
-        keys.hourly("acme", "2026112300"),
-        keys.hourly("acme", "2026112301"),
+        "aia:{acme}:h:2026112022",
+        "aia:{acme}:h:2026112023",
+        "aia:{acme}:d:20261121",
+        "aia:{acme}:d:20261122",
+        "aia:{acme}:h:2026112300",
+        "aia:{acme}:h:2026112301",
     ]
 
 
 def planner() -> Planner:
-    return Planner(PriceTable.load(), Retention(hourly_ms=90 * DAY, daily_ms=400 * DAY, dedup_ms=7 * DAY))
+    return Planner(PriceTable.load(), Retention(hourly_days=90, daily_days=400, dedup_days=7))
 
 
 def msg(event_id: str, offset: int, ts: int, session: str = "s1", role: str = "human") -> Item:
@@ -61,7 +63,7 @@ def msg(event_id: str, offset: int, ts: int, session: str = "s1", role: str = "h
 
 
 def daily(w: object, field: str, ts: int) -> int:
-    return w.bucket_deltas.get((1, ts // DAY, field), 0)  # type: ignore[attr-defined]
+    return w.bucket_deltas.get((Grain.DAY, ts // DAY, field), 0)  # type: ignore[attr-defined]
 
 
 def test_session_belongs_to_the_day_of_its_first_message() -> None:
@@ -79,11 +81,11 @@ def test_replayed_events_count_nothing_and_a_session_started_before_keeps_its_bu
     first = msg("a", 10, T0)
     seen = {(day_of(T0), "a"): "1"}  # "a" was applied before a crash; its session state is in Redis
     session = {"first_offset": "10", "started_ms": str(T0 - 2 * 3_600_000), "first_mentor": "m0"}
-    state = OrgState(seen=seen, convs={"s1": dict.fromkeys(CONV_FIELDS) | session})
+    state = OrgState(seen=seen, convs={"s1": dict.fromkeys(CONV_STATE) | session})
     w = p.plan("acme", [first, msg("b", 11, T0)], state, T0)
     assert daily(w, keys.SESSIONS, T0) == 0  # the session was counted with "a" already
     assert daily(w, keys.MESSAGES, T0) == 1  # only "b" is new, counted where the session started...
-    assert w.bucket_deltas.get((1, T0 // DAY, keys.mentor_field(keys.MESSAGES, "m0"))) == 1  # ...for its mentor
+    assert w.bucket_deltas.get((Grain.DAY, T0 // DAY, keys.mentor_field(keys.MESSAGES, "m0"))) == 1  # ...for its mentor
     assert w.replayed == [first]
     assert w.guards[(w.k(keys.conversation("acme", "s1")), "started_ms")] == session["started_ms"]
     shadow = p.touched_by("acme", w.replayed, state, T0)  # what "a" wrote, to publish again
@@ -136,8 +138,8 @@ def test_a_human_message_counts_in_its_day_and_its_week() -> None:
     w.payload()
     assert datetime.fromtimestamp(T0 / 1000, UTC).date() == date(2026, 11, 20)  # a Friday: week of the 16th
     assert w.sorted_sets() == {
-        keys.top_students("acme", "20261120"),
-        keys.top_students("acme", "20261120", "m1"),
-        keys.top_students("acme", "w20261116"),
-        keys.top_students("acme", "w20261116", "m1"),
+        "aia:{acme}:top:20261120",
+        "aia:{acme}:top:20261120|m|m1",
+        "aia:{acme}:top:w20261116",
+        "aia:{acme}:top:w20261116|m|m1",
     }

@@ -16,9 +16,9 @@ from typing import Any, TextIO
 import orjson
 
 from streams.demo import DemoConfig, DemoTraffic
-from streams.names import INPUT_TOPICS
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
+from streams.topics import INPUT_TOPICS
 
 
 def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,7 +33,7 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     d.add_argument("--seed", type=int, default=42)
 
 
-def run_produce(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.source == "file":
             if args.path == "-":

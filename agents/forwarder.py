@@ -1,4 +1,4 @@
-"""Consumers of `analytics-alerts`: `ai-analytics alerts tail` prints them, `alerts forward` POSTs them.
+"""Consumers of `analytics-alerts`: `tail` prints alerts as they come, the `Forwarder` POSTs them to a webhook.
 
 The forwarder reads in its own consumer group and commits an alert's offset only once the webhook
 accepted it (2xx). While the webhook is down or failing (connection errors, timeouts, 408, 425, 429,
@@ -10,77 +10,25 @@ Each POST carries `Idempotency-Key: <alert_id>`: a retry after a lost answer may
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
+from streams import clients
 from streams.deadletter import DeadLetter, Record
-from streams.names import ALERTS, DEAD_LETTER
 from streams.settings import Settings
+from streams.topics import ALERTS, DEAD_LETTER
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = {408, 425, 429}
-
-
-def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    alerts = sub.add_parser("alerts", help="alerts: print them as they come, or forward them to a webhook")
-    kinds = alerts.add_subparsers(dest="action", required=True)
-    tail = kinds.add_parser("tail", help="print alerts as they come (Ctrl-C stops)")
-    tail.add_argument("--from-beginning", action="store_true", help="print the topic's earlier alerts first")
-    tail.add_argument("--json", action="store_true", help="print each alert as its JSON record")
-    tail.add_argument("--count", type=int, default=0, help="exit after this many alerts (0: run until stopped)")
-    fwd = kinds.add_parser("forward", help="POST each alert to a webhook, with retries")
-    fwd.add_argument("--url", required=True, help="the webhook URL")
-    fwd.add_argument("--group", default="", help="consumer group (default: <AIA_APP_ID>-alert-forwarder)")
-    fwd.add_argument(
-        "--start", choices=("latest", "earliest"), default="latest", help="where a new group starts (default: latest)"
-    )
-    fwd.add_argument("--timeout", type=float, default=10.0, help="seconds per POST")
-    fwd.add_argument("--max-backoff", type=float, default=30.0, help="longest wait between retries, seconds")
-    fwd.add_argument("--header", action="append", default=[], help="extra header 'Name: value' (repeatable)")
-
-
-def run_alerts(args: argparse.Namespace, settings: Settings) -> int:
-    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] %(levelname)s %(message)s")
-    if args.action == "tail":
-        return asyncio.run(_until_signal(lambda stop: tail(settings, args.from_beginning, args.json, args.count, stop)))
-    headers = {}
-    for h in args.header:
-        name, sep, value = h.partition(":")
-        if not sep or not name.strip():
-            print(f"ai-analytics: --header {h!r} is not 'Name: value'", file=sys.stderr)
-            return 2
-        headers[name.strip()] = value.strip()
-    forwarder = Forwarder(
-        settings,
-        args.url,
-        group=args.group or f"{settings.app_id}-alert-forwarder",
-        start=args.start,
-        timeout=args.timeout,
-        max_backoff=args.max_backoff,
-        headers=headers,
-    )
-    return asyncio.run(_until_signal(forwarder.run))
-
-
-async def _until_signal(run: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
-    """Run until done or until SIGTERM/SIGINT sets the stop event it is handed; its exit code (or 0)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return await run(stop) or 0
 
 
 def format_alert(event: dict[str, Any]) -> str:
@@ -92,26 +40,11 @@ def format_alert(event: dict[str, Any]) -> str:
     )
 
 
-async def whole_topic(bootstrap: str, topic: str, start: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
-    """A started consumer, in no group, holding every partition of the topic (none if it does not exist),
-    each read from `start` ("earliest" or "latest").
-
-    Positions come from `auto_offset_reset`, not from seeks: a metadata update right after the start can
-    hand the consumer its partitions again, which resets them (and would undo a seek)."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, auto_offset_reset=start
-    )
-    await consumer.start()
-    for _ in range(50):  # the partitions arrive with the topic's metadata
-        if consumer.assignment():
-            break
-        await asyncio.sleep(0.1)
-    return consumer, sorted(consumer.assignment())
-
-
 async def tail(settings: Settings, from_beginning: bool, as_json: bool, count: int, stop: asyncio.Event) -> int:
     topic = settings.topic(ALERTS)
-    consumer, tps = await whole_topic(settings.kafka_bootstrap, topic, "earliest" if from_beginning else "latest")
+    consumer, tps = await clients.whole_topic(
+        settings.kafka_bootstrap, topic, "earliest" if from_beginning else "latest"
+    )
     printed = 0
     try:
         if not tps:
@@ -158,16 +91,15 @@ class Forwarder:
         self.producer: AIOKafkaProducer | None = None  # for refused alerts; clients are made inside the loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(
+        consumer = clients.group_consumer(
+            self.settings.kafka_bootstrap,
+            self.group,
             self.settings.topic(ALERTS),
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=self.group,
-            enable_auto_commit=False,
             auto_offset_reset=self.start,
             # Waiting for a webhook is how this consumer works, not a sign that it hangs.
             max_poll_interval_ms=7 * 24 * 3600 * 1000,
         )
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all")
+        self.producer = clients.producer(self.settings.kafka_bootstrap, client_id=f"{self.group}-dead-letters")
         await consumer.start()
         await self.producer.start()
         log.info("forwarding %s to %s", self.settings.topic(ALERTS), self.url)

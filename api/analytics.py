@@ -1,0 +1,97 @@
+"""The platform's analytics endpoints over the aggregates: average messages per session, sentiment counts,
+tenant cost, top students, and how fresh the data is."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from api import params
+from api.auth import ORG, USER, Caller
+from api.state import State
+from tables import queries
+
+router = APIRouter(tags=["analytics"])
+
+
+@router.get("/average-messages-per-session/")
+async def average_messages_per_session(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (required).")] = None,
+    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (required).")] = None,
+    mentor_id: Annotated[str | None, Query(description="Only sessions with this mentor.")] = None,
+    aggregation: Annotated[str | None, Query(description="hourly, daily (default) or weekly.")] = None,
+) -> list[dict[str, Any]]:
+    """Sessions started per period and the average number of messages in them."""
+    agg = params.choice("aggregation", aggregation, queries.AGGREGATIONS, "daily") or "daily"
+    start, end = params.date_range(start_date, end_date, required=True)
+    state.retention.check(start, _today(), hourly=agg == "hourly")
+    if agg == "hourly" and (end - start).days > state.retention.hourly_days:
+        raise params.bad("end_date", f"hourly rows span at most {state.retention.hourly_days} days")
+    return await queries.average_messages_per_session(
+        state.redis, org, start, end, agg, params.text("mentor_id", mentor_id)
+    )
+
+
+@router.get("/sentiment-count/")
+async def sentiment_count(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    period: Annotated[str | None, Query(description="today, yesterday, 7d (default), 30d or 90d.")] = None,
+) -> list[dict[str, Any]]:
+    """Sentiment judgements per day (zeros included), with a breakdown by sentiment."""
+    start, end = params.period_days(period)
+    return await queries.sentiment_counts(state.redis, org, start, end)
+
+
+@router.get("/tenant-cost/")
+async def tenant_cost(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    start_date: Annotated[str | None, Query(description="Start: YYYY-MM-DD or an RFC 3339 datetime.")] = None,
+    end_date: Annotated[str | None, Query(description="End (a date includes that whole day).")] = None,
+) -> dict[str, Any]:
+    """Exact LLM cost of the org over the range (USD), with tokens and observation counts."""
+    start = params.parse_date_or_datetime("start_date", start_date, end=False)
+    end = params.parse_date_or_datetime("end_date", end_date, end=True)
+    if end < start:
+        raise params.bad("end_date", f"end_date {end_date} is before start_date {start_date}")
+    state.retention.check(start.date(), _today(), hourly=False)
+    if (end - start).days > 3660:
+        raise params.bad("end_date", "the range may span at most 10 years")
+    return await queries.tenant_cost(state.redis, org, start, end)
+
+
+@router.get("/top-students-by-chat-messages/")
+async def top_students(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    mentor_id: Annotated[str | None, Query(description="Only messages to this mentor.")] = None,
+    start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (default: 30 days ago).")] = None,
+    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).")] = None,
+) -> list[dict[str, Any]]:
+    """The 20 students with the most messages, ties by username."""
+    start, end = params.date_range(start_date, end_date, required=False)
+    state.retention.check(start, _today(), hourly=False)
+    return await queries.top_students(state.redis, org, start, end, params.text("mentor_id", mentor_id))
+
+
+@router.get("/freshness/")
+async def freshness(org: ORG, user_id: USER, key: Caller, state: State) -> dict[str, Any]:
+    """Time of the newest event applied for the org, and events applied per topic."""
+    return await queries.freshness(state.redis, org)
+
+
+def _today() -> Any:
+    return datetime.now(UTC).date()

@@ -1,0 +1,44 @@
+"""Who is calling: `Authorization: Api-Token <key>` (or `Token <key>`), checked against the org in the path.
+
+401 without a key or with an unknown one; 403 for a key scoped to another org, whether or not that org
+exists (no existence leak); 404 for an org that does not exist, to an all-orgs key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi import Path as PathParam
+
+from api.errors import ApiError
+from api.state import State
+from tables import apikeys
+
+ORG = Annotated[str, PathParam(description="The org (tenant) whose analytics are read.", max_length=128)]
+USER = Annotated[str, PathParam(description="The caller's user id, as in the platform's API.", max_length=256)]
+
+
+async def caller(request: Request, org: ORG, state: State) -> apikeys.ApiKey:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise ApiError(401, "missing Authorization header; send `Authorization: Api-Token <key>`")
+    if scheme not in ("Api-Token", "Token") or not token.strip():
+        raise ApiError(401, "Authorization must be `Api-Token <key>` or `Token <key>`")
+    key, exists = await apikeys.lookup_with_org(state.redis, token.strip(), org)  # one round trip
+    if key is None:
+        raise ApiError(401, "unknown or revoked API key")
+    if not key.allows_org(org):
+        raise ApiError(403, f"this key may not read org {org!r}")
+    if not exists:
+        raise ApiError(404, f"org {org!r} does not exist")
+    return key
+
+
+Caller = Annotated[apikeys.ApiKey, Depends(caller)]
+
+
+def require_admin(key: apikeys.ApiKey) -> None:
+    if key.role != "platform_admin":
+        raise ApiError(403, "chat history needs a platform_admin key")

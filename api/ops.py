@@ -1,0 +1,70 @@
+"""Operations: request metrics middleware, health, readiness and the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import ORJSONResponse, PlainTextResponse, Response
+
+from api.metrics import Metrics
+from api.state import State
+
+router = APIRouter(tags=["operations"])
+
+
+class ObserveMiddleware:
+    """Counts and times every HTTP request (a plain ASGI middleware: Starlette's BaseHTTPMiddleware
+    costs more per request than most of our endpoints)."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe(scope["method"], path, status, time.perf_counter() - started)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "Kafka or Redis unreachable."}})
+async def readyz(state: State) -> ORJSONResponse:
+    """Kafka and Redis are reachable."""
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(state.redis.ping(), 2.0)
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"unreachable: {type(exc).__name__}"
+    checks["kafka"] = await state.kafka.check()
+    ok = all(v == "ok" for v in checks.values())
+    return ORJSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics_endpoint(state: State) -> Response:
+    """Prometheus metrics: requests, latencies, consumer lag, dead letters, events applied."""
+    body, content_type = await state.metrics.render(state.redis, state.kafka)
+    return Response(body, media_type=content_type)

@@ -1,0 +1,72 @@
+"""`ai-analytics keys ...` and `ai-analytics orgs ...`: API keys and orgs, kept in Redis."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from redis.asyncio import Redis
+
+from streams.schemas import ORG_RE
+from streams.settings import Settings
+from tables import apikeys, queries
+
+
+def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys_p = sub.add_parser("keys", help="API keys: create, list, revoke")
+    keys_sub = keys_p.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="create a key; its secret is printed once")
+    create.add_argument("--org", required=True, help="the org it may read, or '*' for all orgs")
+    create.add_argument("--role", required=True, choices=apikeys.ROLES)
+    create.add_argument("--name", default="", help="a note to recognise the key by")
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id")
+    orgs_p = sub.add_parser("orgs", help="orgs: register one before its first event, or list them")
+    orgs_sub = orgs_p.add_subparsers(dest="action", required=True)
+    reg = orgs_sub.add_parser("register", help="make an org exist (its reads answer 200 with zeros)")
+    reg.add_argument("org")
+    orgs_sub.add_parser("list", help="list the orgs that exist")
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        if args.command == "orgs":
+            return await _orgs(redis, args)
+        return await _keys(redis, args)
+    finally:
+        await redis.aclose()
+
+
+async def _orgs(redis: Redis, args: argparse.Namespace) -> int:
+    if args.action == "register":
+        if not ORG_RE.match(args.org):
+            print("ai-analytics: an org is 1-128 letters, digits, '.', '_', '@' or '-'", file=sys.stderr)
+            return 2
+        await queries.register_org(redis, args.org)
+        print(f"registered {args.org}")
+        return 0
+    for org in await queries.list_orgs(redis):
+        print(org)
+    return 0
+
+
+async def _keys(redis: Redis, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        if args.org != apikeys.ALL_ORGS and not ORG_RE.match(args.org):
+            print("ai-analytics: --org is an org name or '*'", file=sys.stderr)
+            return 2
+        token, record = await apikeys.create(redis, args.org, args.role, args.name)
+        print(token)
+        print(f"(key {record.id}: org {record.org}, role {record.role}; shown once, stored hashed)", file=sys.stderr)
+        return 0
+    if args.action == "list":
+        for k in await apikeys.list_keys(redis):
+            print(f"{k.id}\torg={k.org}\trole={k.role}\tcreated_at={k.created_at}\t{k.name}")
+        return 0
+    if await apikeys.revoke(redis, args.id):
+        print(f"revoked {args.id}")
+        return 0
+    print(f"ai-analytics: no key with id {args.id}", file=sys.stderr)
+    return 1

@@ -1,0 +1,97 @@
+"""`ai-analytics`: worker, api, stack, topics, keys, orgs, produce, alerts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from cli import admin, alerts, produce
+from infra.exceptions import InfraError
+from streams.exceptions import SettingsError
+from streams.settings import Settings, get_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ai-analytics", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("worker", help="run a worker; several share the partitions")
+    worker.add_argument("-l", "--loglevel", default=None, help="debug, info (default: AIA_LOG_LEVEL), warning")
+    sub.add_parser("api", help="serve the API and the dashboard (AIA_API_HOST:AIA_API_PORT)")
+    stack = sub.add_parser("stack", help="the local stack: Kafka, Redis, worker, API, demo traffic")
+    stack_sub = stack.add_subparsers(dest="action", required=True)
+    up = stack_sub.add_parser("up", help="start everything in the foreground; Ctrl-C stops it")
+    up.add_argument("--no-demo", action="store_true", help="do not start the demo producer")
+    up.add_argument("--no-api", action="store_true", help="do not start the API")
+    stack_sub.add_parser("down", help="stop a stack started by `stack up`")
+    stack_sub.add_parser("status", help="which parts answer on their ports")
+    sub.add_parser("topics", help="create the contract's topics on the configured broker (idempotent)")
+    admin.add_arguments(sub)
+    produce.add_arguments(sub)
+    alerts.add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        sys.exit(run(args, get_settings()))
+    except SettingsError as exc:  # a bad environment variable, price table or rules file
+        parser.exit(2, f"ai-analytics: {exc}\n")
+    except InfraError as exc:
+        parser.exit(1, f"ai-analytics: {exc}\n")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "worker":
+        return _worker(settings, args.loglevel)
+    if args.command == "api":
+        return _api(settings)
+    if args.command == "stack":
+        from infra import stack
+
+        if args.action == "up":
+            return stack.up(settings, demo=not args.no_demo, api=not args.no_api)
+        if args.action == "down":
+            return stack.down()
+        return stack.status(settings)
+    if args.command == "topics":
+        from streams.clients import ensure_topics
+
+        created = asyncio.run(ensure_topics(settings))
+        print(f"created: {', '.join(created) if created else 'none (all present)'}")
+        return 0
+    if args.command in ("keys", "orgs"):
+        return asyncio.run(admin.run(args, settings))
+    if args.command == "produce":
+        return produce.run(args, settings)
+    if args.command == "alerts":
+        return alerts.run(args, settings)
+    return 2
+
+
+def configure_logging(level: str) -> None:
+    level = level.upper()
+    logging.basicConfig(level=level, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def _worker(settings: Settings, loglevel: str | None) -> int:
+    import uvloop
+
+    from agents.worker import serve
+
+    configure_logging(loglevel or settings.log_level)
+    uvloop.run(serve(settings))
+    return 0
+
+
+def _api(settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+    return 0

@@ -1,0 +1,197 @@
+"""Helpers the integration tests share: settings per test, demo traffic, worker subprocesses, polling,
+reading topics back, and comparing what the queries serve with the independent reference."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
+
+from infra.procs import spawn, tail, worker_command
+from streams.demo import DemoConfig, DemoTraffic
+from streams.producer import AnalyticsProducer
+from streams.settings import Settings
+from tables import queries
+from tests import reference
+
+LOG_ROOT = Path(tempfile.gettempdir()) / "aia-test-logs"
+
+
+def make_settings(bootstrap: str, redis_url: str, name: str = "test") -> Settings:
+    """Settings of one test: its own topic prefix and consumer group, small batches, a quick rebalance."""
+    run = uuid.uuid4().hex[:8]
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        redis_url=redis_url,
+        topic_prefix=f"t{run}.",
+        topic_partitions=3,
+        app_id=f"aia-{name}-{run}",
+        batch_size=500,
+        batch_within=0.1,
+        session_timeout=6.0,
+        heartbeat_interval=1.0,
+    )
+
+
+def demo_events(n: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    traffic = DemoTraffic(DemoConfig(seed=seed, late_share=0.1, resend_share=0.02))
+    now = datetime.now(UTC)
+    out: list[tuple[str, dict[str, Any]]] = []
+    while len(out) < n:
+        out.extend(traffic.session(now))
+    return out
+
+
+async def produce(settings: Settings, events: list[tuple[str, dict[str, Any]]], seconds: float) -> None:
+    """Send the events spread over about `seconds`, in order."""
+    chunks = max(1, int(seconds * 10))
+    size = -(-len(events) // chunks)
+    async with AnalyticsProducer.connect(settings.kafka_bootstrap, topic_prefix=settings.topic_prefix) as producer:
+        for i in range(0, len(events), size):
+            for topic, e in events[i : i + size]:
+                await producer.send(topic, e, wait=False)
+            await producer.flush()
+            await asyncio.sleep(0.1)
+
+
+class WorkerProcess:
+    """A real `ai-analytics worker` subprocess, as a user would run it; its log under the test's log folder."""
+
+    def __init__(self, settings: Settings, name: str = "w1") -> None:
+        self.settings = settings
+        self.log = LOG_ROOT / settings.app_id / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **self.settings.as_env(), "PYTHONUNBUFFERED": "1"}
+        env.pop("AIA_PRICE_TABLE", None)
+        self.proc = spawn(worker_command("info"), log=self.log, env=env)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to commit, flush or leave the group."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return tail(self.log, lines)
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 60.0, what: str = "condition") -> Any:
+    """Poll an async check until it returns a truthy value; fail with the last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{what} not reached within {timeout}s; last value: {last!r}")
+
+
+async def read_topic(settings: Settings, name: str, idle_s: float = 3.0) -> list[tuple[bytes | None, Any]]:
+    """Every record of a topic from the beginning, as (key, decoded JSON value), until `idle_s` of quiet."""
+    consumer = AIOKafkaConsumer(
+        settings.topic(name), bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    out: list[tuple[bytes | None, Any]] = []
+    quiet_since = time.monotonic()
+    try:
+        while time.monotonic() - quiet_since < idle_s:
+            batch = await consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                out += [(r.key, orjson.loads(r.value)) for r in records]
+                quiet_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def read_compacted(settings: Settings, idle_s: float = 3.0) -> dict[str, dict[str, Any]]:
+    """Everything on analytics-aggregates from the beginning, last value per key (what compaction keeps)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for key, value in await read_topic(settings, "analytics-aggregates", idle_s):
+        assert key is not None
+        latest[key.decode()] = value
+    return latest
+
+
+async def mismatches(redis: Redis, exp: reference.Expected) -> list[str]:
+    """Every difference between what the queries serve and the reference, day by day."""
+    out = []
+    days = sorted({d for _, d in exp.days()})
+    first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
+    for org in sorted(exp.orgs):
+        rows = await queries.average_messages_per_session(redis, org, first, last, "daily")
+        for row in rows:
+            want = (exp.sessions[(org, row["time"])], exp.messages[(org, row["time"])])
+            got = (row["total_sessions"], row["total_messages"])
+            if got != want:
+                out.append(f"{org} {row['time']} sessions/messages: got {got}, want {want}")
+        for row in await queries.sentiment_counts(redis, org, first, last):
+            if row["sentiment_count"] != exp.sentiment[(org, row["date"])]:
+                out.append(
+                    f"{org} {row['date']} sentiment: got {row['sentiment_count']}, want {exp.sentiment[(org, row['date'])]}"
+                )
+        d = first
+        while d <= last:
+            day = d.isoformat()
+            start = datetime(d.year, d.month, d.day, tzinfo=UTC)
+            cost = await queries.tenant_cost(redis, org, start, start + timedelta(days=1))
+            if cost["cost_nanos"] != exp.cost[(org, day)]:
+                out.append(f"{org} {day} cost: got {cost['cost_nanos']}, want {exp.cost[(org, day)]}")
+            top = await queries.top_students(redis, org, d, d, limit=10_000)
+            got_top = {r["username"]: r["chat_message_count"] for r in top}
+            if got_top != dict(exp.human.get((org, day), {})):
+                out.append(f"{org} {day} top students differ: got {sorted(got_top.items())[:5]}...")
+            d += timedelta(days=1)
+        count, _ = await queries.chat_history(redis, org, queries.HistoryFilter(), 1, 1)
+        if count != len(exp.conversations[org]):
+            out.append(f"{org} conversations: got {count}, want {len(exp.conversations[org])}")
+    return out
+
+
+async def settle(redis: Redis, exp: reference.Expected, workers: list[WorkerProcess], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    diff: list[str] = []
+    while time.monotonic() < deadline:
+        diff = await mismatches(redis, exp)
+        if not diff:
+            await asyncio.sleep(2.0)  # and it stays exact: nothing applied twice afterwards
+            diff = await mismatches(redis, exp)
+            if not diff:
+                for w in workers:  # the tripwire: no worker saw a partition's offsets jump
+                    assert "continuity:" not in w.log.read_text(errors="replace"), w.log_tail()
+                return
+        await asyncio.sleep(1.0)
+    for w in workers:
+        if w.alive() and w.proc is not None:
+            os.kill(w.proc.pid, signal.SIGUSR1)  # the worker logs where its tasks wait
+    await asyncio.sleep(1.0)
+    logs = "\n".join(f"--- {w.log}\n{w.log_tail(15)}" for w in workers)
+    raise AssertionError(f"{len(diff)} mismatches, e.g.:\n" + "\n".join(diff[:15]) + f"\n{logs}")
