@@ -123,10 +123,9 @@ class BatchProcessor:
             values.update(w.new_values)
             zsets |= w.sorted_sets()
             if w.replayed:
-                shadow = self.planner.touched_by(w.org, w.replayed, state, now_ms)
-                shadow.payload()
-                reread += shadow.counters()
-                zsets |= shadow.sorted_sets()
+                counters, sets = self.planner.touched(w.org, w.replayed, state)
+                reread += counters
+                zsets |= sets
         reread = [slot for slot in dict.fromkeys(reread) if slot not in values]
         # A top-students set is published whole (one record per org, day and mentor), read after the apply.
         ordered_zsets = sorted(zsets)

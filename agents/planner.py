@@ -1,20 +1,19 @@
 """From a batch of validated events to the writes that apply it: the arithmetic behind every aggregate.
 
-Pure except for the state it is handed: what Redis held before the batch (`OrgState`, read in one round
-trip), including each session's state (its first message), which lives in the conversation hash so
-that it is written in the same atomic step as the counts it decides.
-
-Rules (see docs/semantics.md):
-- an event at or below its org's watermark for its topic-partition is already applied: skipped;
-- an event whose `event_id` was applied before counts once; an observation re-sent with the same id
-  replaces its earlier cost and tokens;
-- a session's bucket is the event time of its first message, "first" meaning first applied, which is
-  first in its partition because every worker applies a partition's records in offset order.
+Pure except for the state it is handed (`OrgState`: what Redis held before the batch, read in one round
+trip). Every decision is a function of the set of events applied, whatever their order and however many
+times each arrives, so any worker can apply any batch and the same records always give the same numbers
+(the rules are in tables/conversations.py and docs/semantics.md):
+- an event counts once by its `event_id`; an observation re-sent with the same id replaces the applied one
+  when it is newer by (timestamp, offset);
+- a session belongs to the bucket of its earliest message by event time; a message that arrives later
+  with an earlier time moves the session (its count and all its messages) to its own bucket;
+- a conversation's sentiment and record are those of the latest event by (timestamp, offset, event_id).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -22,7 +21,7 @@ from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import keys
 from tables.buckets import Grain, Retention, day_of
-from tables.keys import CONV_RECORD, CONV_SENTIMENT, CONV_SESSION, CONV_STATE
+from tables.conversations import ConversationState, is_newer, starts_earlier
 from tables.state import OrgState, StateQuery
 from tables.writer import OrgWrite
 
@@ -37,20 +36,41 @@ class Item:
     offset: int
 
 
+def conversation_id(event: Event) -> str | None:
+    """The conversation an event belongs to (its session), if any."""
+    if isinstance(event, Conversation):
+        return event.id
+    if isinstance(event, (ChatMessage, SentimentEvent)):
+        return event.session_id
+    return None
+
+
 def state_query(items: list[Item]) -> StateQuery:
-    """What to read before planning: offset fields, event ids by their day, conversation ids."""
+    """What to read before planning: offset fields, observation ids, other event ids by their day,
+    conversation ids."""
     offset_fields = sorted({keys.offset_field(i.topic, i.partition) for i in items})
+    observations = list(dict.fromkeys(i.event.event_id for i in items if isinstance(i.event, LlmObservation)))
     seen: dict[str, list[str]] = {}
-    for day, event_id in dict.fromkeys((day_of(i.event.ts_ms), i.event.event_id) for i in items):
+    for day, event_id in dict.fromkeys(
+        (day_of(i.event.ts_ms), i.event.event_id) for i in items if not isinstance(i.event, LlmObservation)
+    ):
         seen.setdefault(day, []).append(event_id)
-    convs = list(
-        dict.fromkeys(
-            i.event.id if isinstance(i.event, Conversation) else i.event.session_id
-            for i in items
-            if isinstance(i.event, (ChatMessage, SentimentEvent, Conversation))
-        )
-    )
-    return StateQuery(offset_fields, seen, convs)
+    convs = list(dict.fromkeys(cid for i in items if (cid := conversation_id(i.event)) is not None))
+    return StateQuery(offset_fields, observations, seen, convs)
+
+
+def observation_value(
+    cost: int, t_in: int, t_out: int, unpriced: int, ts_ms: int, offset: int, arrival_day: int
+) -> str:
+    """What the observations hash records for an applied observation: its contribution, its version, and
+    the day it arrived (for pruning past the dedup window)."""
+    return f"{cost},{t_in},{t_out},{unpriced},{ts_ms},{offset},{arrival_day}"
+
+
+def parse_observation_value(value: str) -> tuple[int, int, int, int, int, int]:
+    """(cost, input tokens, output tokens, unpriced, ts_ms, offset) of an applied observation."""
+    cost, t_in, t_out, unpriced, ts_ms, offset, _ = (int(x) for x in value.split(","))
+    return cost, t_in, t_out, unpriced, ts_ms, offset
 
 
 class Planner:
@@ -58,20 +78,16 @@ class Planner:
         self.prices = prices
         self.retention = retention
 
-    def plan(
-        self,
-        org: str,
-        items: list[Item],
-        state: OrgState,
-        now_ms: int,
-    ) -> OrgWrite:
-        """The OrgWrite for this org's items (in offset order within each partition)."""
+    def plan(self, org: str, items: list[Item], state: OrgState, now_ms: int) -> OrgWrite:
+        """The OrgWrite for this org's items, in any order."""
         w = OrgWrite(org)
         seen_keys: dict[str, str] = {}
         seen = dict(state.seen)
-        convs = {cid: dict(v) for cid, v in state.convs.items()}
+        observations = dict(state.observations)
+        arrival_day = Grain.DAY.index(now_ms)
+        before: dict[str, ConversationState] = {}
+        convs: dict[str, ConversationState] = {}
         last_offsets: dict[tuple[str, int], int] = {}
-        guarded: set[tuple[str, tuple[str, ...]]] = set()
         counted: dict[str, int] = {}  # topic -> events that counted
         newest_ms = 0
         for item in items:
@@ -79,23 +95,24 @@ class Planner:
             tp = (item.topic, item.partition)
             last_offsets[tp] = max(item.offset, last_offsets.get(tp, item.offset))
             newest_ms = max(newest_ms, ev.ts_ms)
+            if isinstance(ev, LlmObservation):
+                prev = observations.get(ev.event_id)
+                new = self._observation(w, ev, item.offset, prev, arrival_day)
+                if new is None:
+                    w.replayed.append(item)
+                    continue
+                w.events += 1
+                observations[ev.event_id] = new
+                w.mark_seen(keys.observations(org), ev.event_id, state.observations.get(ev.event_id), new)
+                if prev is None:
+                    counted[item.topic] = counted.get(item.topic, 0) + 1
+                continue
             day = day_of(ev.ts_ms)
             seen_key = seen_keys.get(day)
             if seen_key is None:
                 seen_key = seen_keys[day] = keys.seen(org, day)
                 w.expire_at(seen_key, self.retention.dedup_expire_at_s(now_ms))
             prev = seen.get((day, ev.event_id))
-            if isinstance(ev, LlmObservation):
-                new = self._observation(w, ev, prev)
-                if new != prev:
-                    w.events += 1
-                else:
-                    w.replayed.append(item)
-                seen[(day, ev.event_id)] = new
-                w.mark_seen(seen_key, ev.event_id, state.seen.get((day, ev.event_id)), new)
-                if prev is None:
-                    counted[item.topic] = counted.get(item.topic, 0) + 1
-                continue
             if prev is not None:
                 w.replayed.append(item)
                 continue  # a re-sent or replayed event: it counted the first time
@@ -103,18 +120,23 @@ class Planner:
             w.mark_seen(seen_key, ev.event_id, state.seen.get((day, ev.event_id)), "1")
             w.events += 1
             counted[item.topic] = counted.get(item.topic, 0) + 1
+            cid = conversation_id(ev)
+            if cid is None:
+                continue
+            conv = convs.get(cid)
+            if conv is None:
+                before[cid] = ConversationState.from_fields(state.convs.get(cid, {}))
+                conv = convs[cid] = replace(before[cid])
             if isinstance(ev, ChatMessage):
-                self._guard_conv(w, ev.session_id, CONV_SESSION, state, guarded)
-                self._chat_message(w, ev, item, convs)
+                self._chat_message(w, ev, conv)
             elif isinstance(ev, SentimentEvent):
-                self._guard_conv(w, ev.session_id, CONV_SENTIMENT, state, guarded)
-                self._sentiment(w, ev, convs)
+                self._sentiment(w, ev, item.offset, conv)
             elif isinstance(ev, Conversation):
-                self._guard_conv(w, ev.id, CONV_RECORD, state, guarded)
-                self._conversation(w, ev, convs)
+                self._record(ev, item.offset, conv)
+        for cid, conv in convs.items():
+            self._write_conversation(w, cid, before[cid], conv)
         # The watermark records progress (and makes two writers of one partition conflict); what an
-        # event contributed is decided by its event_id alone, so a replayed or re-sent event still
-        # counts exactly once.
+        # event contributed is decided by its event_id alone.
         for (topic, partition), offset in last_offsets.items():
             fld = keys.offset_field(topic, partition)
             mark = state.offsets.get(fld)
@@ -127,48 +149,56 @@ class Planner:
         self._flush_buckets(w)
         return w
 
-    def touched_by(self, org: str, items: list[Item], state: OrgState, now_ms: int) -> OrgWrite:
-        """What these (already applied) items wrote, planned as if new: to re-publish those counters.
+    def touched(self, org: str, items: list[Item], state: OrgState) -> tuple[list[tuple[str, str]], set[str]]:
+        """The bucket counters ((key, field)) and top-students sets that these already applied items count
+        in, given what Redis holds: to publish their current values again after a replay."""
+        counters: dict[tuple[str, str], None] = {}
+        zsets: set[str] = set()
 
-        `state` is what Redis held before the batch: it has the sessions of these items, which were
-        applied before, so each message finds its session's bucket and whether it was the first."""
-        return self.plan(org, items, OrgState(convs=state.convs), now_ms)
+        def both(ts_ms: int, fields: tuple[str, ...]) -> None:
+            for grain in (Grain.HOUR, Grain.DAY):
+                key = keys.bucket(org, grain, grain.index(ts_ms))
+                counters.update(dict.fromkeys((key, f) for f in fields))
 
-    @staticmethod
-    def _guard_conv(
-        w: OrgWrite, conv_id: str, fields: tuple[str, ...], state: OrgState, guarded: set[tuple[str, tuple[str, ...]]]
-    ) -> None:
-        """The conversation fields this event's decision reads must still hold their pre-batch values."""
-        if (conv_id, fields) in guarded:
-            return
-        guarded.add((conv_id, fields))
-        ckey = keys.conversation(w.org, conv_id)
-        before = state.convs.get(conv_id, {})
-        for fld in fields:
-            w.guard(ckey, fld, before.get(fld))
+        for item in items:
+            ev = item.event
+            if isinstance(ev, ChatMessage):
+                conv = ConversationState.from_fields(state.convs.get(ev.session_id, {}))
+                start = ev.ts_ms if conv.started_ms is None else conv.started_ms
+                mentor = conv.first_mentor or ev.mentor_id
+                both(start, _session_fields(mentor))
+                if ev.role == "human":
+                    day = Grain.DAY.index(ev.ts_ms)
+                    counters[(keys.bucket(org, Grain.DAY, day), keys.HUMAN)] = None
+                    for grain, index in ((Grain.DAY, day), (Grain.WEEK, Grain.WEEK.index(ev.ts_ms))):
+                        zsets |= {keys.top_students(org, grain, index, m) for m in (None, ev.mentor_id)}
+            elif isinstance(ev, SentimentEvent):
+                both(ev.ts_ms, (keys.SENTIMENT, keys.sentiment_field(ev.sentiment)))
+            elif isinstance(ev, LlmObservation):
+                value = state.observations.get(ev.event_id)
+                ts_ms = ev.ts_ms if value is None else parse_observation_value(value)[4]
+                both(ts_ms, _COST_FIELDS)
+        return list(counters), zsets
 
     # --- aggregates --------------------------------------------------------------------------------
 
     @staticmethod
-    def _incr_both(w: OrgWrite, ts_ms: int, fields: tuple[str, ...], n: int = 1) -> None:
-        """Add n to each field of the hour and the day of ts_ms (summed per bucket, keyed at the end)."""
+    def _add(w: OrgWrite, grains: tuple[Grain, ...], ts_ms: int, fields: tuple[str, ...], n: int) -> None:
+        """Add n to each field of the buckets of ts_ms at these grains (summed per bucket, keyed at the end)."""
+        if not n:
+            return
         deltas = w.bucket_deltas
-        hour, day = Grain.HOUR.index(ts_ms), Grain.DAY.index(ts_ms)
-        for fld in fields:
-            deltas[(Grain.HOUR, hour, fld)] = deltas.get((Grain.HOUR, hour, fld), 0) + n
-            deltas[(Grain.DAY, day, fld)] = deltas.get((Grain.DAY, day, fld), 0) + n
-
-    @staticmethod
-    def _incr_minute(w: OrgWrite, ts_ms: int, fields: tuple[str, ...]) -> None:
-        """Count by the event's own minute (for the alert rules' rolling hour)."""
-        deltas = w.bucket_deltas
-        index = Grain.MINUTE.index(ts_ms)
-        for fld in fields:
-            deltas[(Grain.MINUTE, index, fld)] = deltas.get((Grain.MINUTE, index, fld), 0) + 1
+        for grain in grains:
+            index = grain.index(ts_ms)
+            for fld in fields:
+                slot = (grain, index, fld)
+                deltas[slot] = deltas.get(slot, 0) + n
 
     def _flush_buckets(self, w: OrgWrite) -> None:
         bucket_keys: dict[tuple[Grain, int], str] = {}
         for (grain, index, fld), n in w.bucket_deltas.items():
+            if not n:
+                continue
             key = bucket_keys.get((grain, index))
             if key is None:
                 key = bucket_keys[(grain, index)] = keys.bucket(w.org, grain, index)
@@ -181,101 +211,107 @@ class Planner:
                 w.zincr(key, student, n)
                 w.expire_at(key, self.retention.expire_at_s(grain, index))
 
-    def _chat_message(self, w: OrgWrite, ev: ChatMessage, item: Item, convs: dict[str, dict[str, str | None]]) -> None:
-        conv_state = convs.setdefault(ev.session_id, dict.fromkeys(CONV_STATE))
-        if conv_state["started_ms"] is None:  # no message of this session was applied before: the first
-            conv_state.update(first_offset=str(item.offset), started_ms=str(ev.ts_ms), first_mentor=ev.mentor_id)
-        start_ms = int(conv_state["started_ms"] or 0)
-        mentor = conv_state["first_mentor"] or ""
-        is_first = conv_state["first_offset"] == str(item.offset)
-        fields = [keys.MESSAGES, keys.mentor_field(keys.MESSAGES, mentor)]
-        if is_first:
-            fields += [keys.SESSIONS, keys.mentor_field(keys.SESSIONS, mentor)]
-        self._incr_both(w, start_ms, tuple(fields))
-        self._incr_minute(w, ev.ts_ms, (keys.MESSAGES,))
-        conv = keys.conversation(w.org, ev.session_id)
-        w.hincr(conv, "messages_human" if ev.role == "human" else "messages_ai")
-        if is_first:
-            w.hset(conv, "started_ms", str(start_ms))
-            w.hset(conv, "first_offset", str(item.offset))
-            w.nx_zadd(keys.conversations(w.org), ev.session_id, float(start_ms))
-            w.nx_zadd(keys.conversations_by(w.org, "student", ev.student), ev.session_id, 0.0)
-            w.nx_zadd(keys.conversations_by(w.org, "mentor", ev.mentor_id), ev.session_id, 0.0)
-            # Not `student`/`mentor`: those belong to the chat-history record, which may differ.
-            w.hset(conv, "first_student", ev.student)
-            w.hset(conv, "first_mentor", ev.mentor_id)
-        for topic in ev.topics:
-            w.nx_zadd(keys.conversations_by(w.org, "topic", topic), ev.session_id, 0.0)
+    def _chat_message(self, w: OrgWrite, ev: ChatMessage, conv: ConversationState) -> None:
+        messages_before = conv.human + conv.ai
+        if starts_earlier(ev.ts_ms, ev.event_id, conv.started_ms, conv.first_event):
+            if conv.started_ms is not None:  # the session moves: it leaves its old bucket with all its messages
+                self._add(w, _HOUR_DAY, conv.started_ms, (keys.SESSIONS,), -1)
+                self._add(w, _HOUR_DAY, conv.started_ms, (keys.MESSAGES,), -messages_before)
+                if conv.first_mentor:
+                    self._add(w, _HOUR_DAY, conv.started_ms, (_mentor(keys.SESSIONS, conv.first_mentor),), -1)
+                    self._add(
+                        w, _HOUR_DAY, conv.started_ms, (_mentor(keys.MESSAGES, conv.first_mentor),), -messages_before
+                    )
+            conv.started_ms, conv.first_event = ev.ts_ms, ev.event_id
+            conv.first_mentor, conv.first_student = ev.mentor_id, ev.student
+            self._add(w, _HOUR_DAY, ev.ts_ms, (keys.SESSIONS, _mentor(keys.SESSIONS, ev.mentor_id)), 1)
+            self._add(
+                w, _HOUR_DAY, ev.ts_ms, (keys.MESSAGES, _mentor(keys.MESSAGES, ev.mentor_id)), messages_before + 1
+            )
+        else:
+            assert conv.started_ms is not None  # starts_earlier is true for a session with no start
+            self._add(w, _HOUR_DAY, conv.started_ms, (keys.MESSAGES, _mentor(keys.MESSAGES, conv.first_mentor)), 1)
+        if ev.role == "human":
+            conv.human += 1
+        else:
+            conv.ai += 1
+        if ev.topics:
+            conv.msg_topics = conv.msg_topics | frozenset(ev.topics)
+        self._add(w, (Grain.MINUTE,), ev.ts_ms, (keys.MESSAGES,), 1)
         if ev.role == "human":
             day_index = Grain.DAY.index(ev.ts_ms)
-            human = (Grain.DAY, day_index, keys.HUMAN)
-            w.bucket_deltas[human] = w.bucket_deltas.get(human, 0) + 1
+            self._add(w, (Grain.DAY,), ev.ts_ms, (keys.HUMAN,), 1)
             top = w.top_deltas
             for slot in ((day_index, None, ev.student), (day_index, ev.mentor_id, ev.student)):
                 top[slot] = top.get(slot, 0) + 1
 
-    def _sentiment(self, w: OrgWrite, ev: SentimentEvent, convs: dict[str, dict[str, str | None]]) -> None:
-        self._incr_both(w, ev.ts_ms, (keys.SENTIMENT, keys.sentiment_field(ev.sentiment)))
-        self._incr_minute(w, ev.ts_ms, (keys.SENTIMENT, keys.sentiment_field(ev.sentiment)))
-        conv = convs.setdefault(ev.session_id, dict.fromkeys(CONV_STATE))
-        cur_ts = conv.get("sentiment_ts")
-        ckey = keys.conversation(w.org, ev.session_id)
-        if cur_ts is not None and int(cur_ts) > ev.ts_ms:
-            return  # an older judgement arriving late does not replace the latest one
-        old = conv.get("sentiment")
-        if old is not None and old != ev.sentiment:
-            w.zrem(keys.conversations_by(w.org, "sentiment", old), ev.session_id)
-        w.zadd(keys.conversations_by(w.org, "sentiment", ev.sentiment), ev.session_id, 0.0)
-        w.hset(ckey, "sentiment", ev.sentiment)
-        w.hset(ckey, "sentiment_ts", str(ev.ts_ms))
-        conv["sentiment"] = ev.sentiment
-        conv["sentiment_ts"] = str(ev.ts_ms)
+    def _sentiment(self, w: OrgWrite, ev: SentimentEvent, offset: int, conv: ConversationState) -> None:
+        fields = (keys.SENTIMENT, keys.sentiment_field(ev.sentiment))
+        self._add(w, (Grain.HOUR, Grain.DAY, Grain.MINUTE), ev.ts_ms, fields, 1)
+        version = (ev.ts_ms, offset, ev.event_id)
+        if is_newer(version, conv.sentiment_version):
+            conv.sentiment, conv.sentiment_version = ev.sentiment, version
 
-    def _conversation(self, w: OrgWrite, ev: Conversation, convs: dict[str, dict[str, str | None]]) -> None:
-        conv = convs.setdefault(ev.id, dict.fromkeys(CONV_STATE))
-        cur_ts = conv.get("record_ts")
-        if cur_ts is not None and int(cur_ts) > ev.ts_ms:
-            return  # a stale version of the record
-        ckey = keys.conversation(w.org, ev.id)
-        topics_before = conv.get("topics")
-        old_topics = set(orjson.loads(topics_before)) if topics_before else set()
-        for kind, old, new in (("student", conv.get("student"), ev.student), ("mentor", conv.get("mentor"), ev.mentor)):
-            if old is not None and old != new:
-                w.zrem(keys.conversations_by(w.org, kind, old), ev.id)
-            w.zadd(keys.conversations_by(w.org, kind, new), ev.id, 0.0)
-        for topic in old_topics - set(ev.topics):
-            w.zrem(keys.conversations_by(w.org, "topic", topic), ev.id)
-        for topic in ev.topics:
-            w.zadd(keys.conversations_by(w.org, "topic", topic), ev.id, 0.0)
-        w.zadd(keys.conversations(w.org), ev.id, float(ev.inserted_at_ms))
-        topics_json = orjson.dumps(list(ev.topics)).decode()
-        w.hset(ckey, "record", orjson.dumps(ev.record).decode())
-        w.hset(ckey, "record_ts", str(ev.ts_ms))
-        w.hset(ckey, "student", ev.student)
-        w.hset(ckey, "mentor", ev.mentor)
-        w.hset(ckey, "topics", topics_json)
-        conv.update(record_ts=str(ev.ts_ms), student=ev.student, mentor=ev.mentor, topics=topics_json)
+    @staticmethod
+    def _record(ev: Conversation, offset: int, conv: ConversationState) -> None:
+        version = (ev.ts_ms, offset, ev.event_id)
+        if is_newer(version, conv.record_version):
+            conv.record_version = version
+            conv.student, conv.mentor, conv.topics = ev.student, ev.mentor, ev.topics
+            conv.inserted_ms = ev.inserted_at_ms
+            conv.record_json = orjson.dumps(ev.record).decode()
 
-    def _observation(self, w: OrgWrite, ev: LlmObservation, prev: str | None) -> str:
-        """Apply (or replace) an observation's cost and tokens; return what `seen` now records for it."""
+    @staticmethod
+    def _write_conversation(w: OrgWrite, cid: str, before: ConversationState, after: ConversationState) -> None:
+        """Write what changed in the hash and in the indexes, guarded by the hash's version."""
+        ckey = keys.conversation(w.org, cid)
+        w.guard(ckey, keys.CONV_VERSION, None if before.version is None else str(before.version))
+        w.hincr(ckey, keys.CONV_VERSION, 1)
+        old_fields = before.to_fields()
+        for fld, value in after.to_fields().items():
+            if old_fields.get(fld) != value:
+                w.hset(ckey, fld, value)
+        old, new = before.index_entries(), after.index_entries()
+        for kind, value in old.keys() - new.keys():
+            w.zrem(_index_key(w.org, kind, value), cid)
+        for (kind, value), score in new.items():
+            if old.get((kind, value)) != score:
+                w.zadd(_index_key(w.org, kind, value), cid, score)
+
+    def _observation(
+        self, w: OrgWrite, ev: LlmObservation, offset: int, prev: str | None, arrival_day: int
+    ) -> str | None:
+        """Apply (or replace) an observation's cost and tokens; return what `seen` now records for it, or
+        None when nothing changes (a copy, or an older version than the one applied)."""
+        if prev is not None:
+            p_cost, p_in, p_out, p_unpriced, p_ts, p_offset = parse_observation_value(prev)
+            if not is_newer((ev.ts_ms, offset, ev.event_id), (p_ts, p_offset, ev.event_id)):
+                return None
         cost = ev.cost_nanos
         unpriced = 0
         if cost is None:
             cost = self.prices.cost_nanos(ev.model, ev.input_tokens, ev.output_tokens)
             if cost is None:
                 cost, unpriced = 0, 1
-        new = f"{cost},{ev.input_tokens},{ev.output_tokens},{unpriced},{ev.ts_ms}"
-        if prev == new:
-            return new
         if prev is not None:
-            p_cost, p_in, p_out, p_unpriced, p_ts = (int(x) for x in prev.split(","))
-            self._obs_delta(w, p_ts, -p_cost, -p_in, -p_out, -p_unpriced, count=-1)
-        self._obs_delta(w, ev.ts_ms, cost, ev.input_tokens, ev.output_tokens, unpriced, count=1)
-        return new
+            for fld, n in zip(_COST_FIELDS, (-p_cost, -p_in, -p_out, -1, -p_unpriced), strict=True):
+                self._add(w, _HOUR_DAY, p_ts, (fld,), n)
+        for fld, n in zip(_COST_FIELDS, (cost, ev.input_tokens, ev.output_tokens, 1, unpriced), strict=True):
+            self._add(w, _HOUR_DAY, ev.ts_ms, (fld,), n)
+        return observation_value(cost, ev.input_tokens, ev.output_tokens, unpriced, ev.ts_ms, offset, arrival_day)
 
-    def _obs_delta(self, w: OrgWrite, ts_ms: int, cost: int, t_in: int, t_out: int, unpriced: int, count: int) -> None:
-        self._incr_both(w, ts_ms, (keys.COST,), cost)
-        self._incr_both(w, ts_ms, (keys.TOKENS_IN,), t_in)
-        self._incr_both(w, ts_ms, (keys.TOKENS_OUT,), t_out)
-        self._incr_both(w, ts_ms, (keys.OBSERVATIONS,), count)
-        self._incr_both(w, ts_ms, (keys.UNPRICED,), unpriced)
+
+_HOUR_DAY = (Grain.HOUR, Grain.DAY)
+_COST_FIELDS = (keys.COST, keys.TOKENS_IN, keys.TOKENS_OUT, keys.OBSERVATIONS, keys.UNPRICED)
+
+
+def _mentor(fld: str, mentor: str | None) -> str:
+    return keys.mentor_field(fld, mentor or "")
+
+
+def _session_fields(mentor: str) -> tuple[str, ...]:
+    return (keys.SESSIONS, keys.MESSAGES, _mentor(keys.SESSIONS, mentor), _mentor(keys.MESSAGES, mentor))
+
+
+def _index_key(org: str, kind: str, value: str) -> str:
+    return keys.conversations(org) if not kind else keys.conversations_by(org, kind, value)

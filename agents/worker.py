@@ -251,6 +251,7 @@ def install_task_dump(loop: asyncio.AbstractEventLoop) -> None:
 async def serve(settings: Settings) -> None:
     """Run a worker and the alert engine until SIGTERM or SIGINT."""
     from agents.alerts import AlertEngine
+    from agents.maintenance import prune_loop
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -261,7 +262,10 @@ async def serve(settings: Settings) -> None:
     # Our topics first (the compacted aggregates topic above all): left to the broker's auto-creation,
     # it would be created without compaction on the first publish.
     await clients.ensure_topics(settings)
-    tasks = [asyncio.create_task(Worker(settings).run(stop), name="worker")]
+    tasks = [
+        asyncio.create_task(Worker(settings).run(stop), name="worker"),
+        asyncio.create_task(prune_loop(settings, stop), name="prune"),
+    ]
     if engine is not None:
         tasks.append(asyncio.create_task(engine.run(stop), name="alerts"))
     await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -22,16 +22,27 @@ TOKENS_IN = "tokens_in"
 TOKENS_OUT = "tokens_out"
 
 
-# Fields of a conversation hash (`conversation`). The latest judgement and when it was made:
-CONV_SENTIMENT = ("sentiment", "sentiment_ts")
-# The chat-history record (JSON), its event time, and the student, mentor and topics it names:
-CONV_RECORD = ("record_ts", "student", "mentor", "topics")
-# The session's first message: its offset, event time (the session's bucket) and mentor.
-CONV_SESSION = ("first_offset", "started_ms", "first_mentor")
-# What the planner reads of a conversation before deciding (written only by the apply script).
-CONV_STATE = CONV_SENTIMENT + CONV_RECORD + CONV_SESSION
-RECORD = "record"
-FIRST_STUDENT = "first_student"
+# Fields of a conversation hash (`conversation`) the planner reads before deciding; tables/conversations.py
+# says what each holds. `v` is bumped by every batch that writes the hash: the apply script's guard.
+CONV_STATE = (
+    "v",
+    "started_ms",
+    "first_event",
+    "first_mentor",
+    "first_student",
+    "messages_human",
+    "messages_ai",
+    "msg_topics",
+    "sentiment",
+    "sentiment_ver",
+    "record_ver",
+    "student",
+    "mentor",
+    "topics",
+    "inserted_ms",
+)
+CONV_VERSION = "v"
+RECORD = "record"  # the newest chat-history record, as JSON
 MESSAGES_HUMAN = "messages_human"
 MESSAGES_AI = "messages_ai"
 
@@ -102,6 +113,13 @@ def seen(org: str, day: str) -> str:
     """Hash event_id -> what it contributed (`1`, or for an observation `cost,in,out,unpriced,ts`), per
     event day (`YYYYMMDD`)."""
     return f"{_org(org)}:seen:{day}"
+
+
+def observations(org: str) -> str:
+    """Hash event_id -> an applied observation's contribution and version (`cost,in,out,unpriced,ts,offset,
+    arrival day`), whatever its event day, so a version re-sent with another timestamp replaces it. Entries
+    older than the dedup window (by arrival) are pruned by the worker."""
+    return f"{_org(org)}:obs"
 
 
 def meta(org: str) -> str:

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from streams.schemas import SENTIMENTS, format_timestamp
 from tables import keys
 from tables.buckets import Grain, day_index, days_between, hour_index, hours_between, split_weeks
+from tables.conversations import ConversationState
 
 TOP_N = 20
 NANOS = Decimal(1_000_000_000)
@@ -223,33 +224,30 @@ async def chat_history(
 
 
 async def _conversations(redis: Redis, org: str, ids: list[str]) -> list[dict[str, Any]]:
-    fields = [
-        "record",
-        "first_student",
-        "first_mentor",
-        "started_ms",
-        "messages_human",
-        "messages_ai",
-        "sentiment",
-        "topics",
-    ]
+    """The served records: the newest chat-history record's fields, completed from the messages (the
+    earliest message's student and mentor where no record names them, per-role counts, every topic) and
+    the latest sentiment."""
+    fields = [keys.RECORD, *keys.CONV_STATE]
     rows = await _pipeline(redis, [("hmget", keys.conversation(org, cid), fields) for cid in ids])
     out = []
-    for cid, (record, student, mentor, started, human, ai, sentiment, topics) in zip(ids, rows, strict=True):
+    for cid, (record, *values) in zip(ids, rows, strict=True):
+        conv = ConversationState.from_fields(
+            {f: None if v is None else v.decode() for f, v in zip(keys.CONV_STATE, values, strict=True)}
+        )
         rec: dict[str, Any] = orjson.loads(record) if record else {"id": cid}
         rec.setdefault("id", cid)
-        if student is not None:
-            rec.setdefault("student", student.decode())
-        if mentor is not None:
-            rec.setdefault("mentor", mentor.decode())
-        if "inserted_at" not in rec and started is not None:
-            rec["inserted_at"] = format_timestamp(int(started))
-        if "topics" not in rec:
-            rec["topics"] = [{"name": t} for t in orjson.loads(topics)] if topics else []
-        rec["messages_human"] = _int(human)
-        rec["messages_ai"] = _int(ai)
-        rec["message_count"] = _int(human) + _int(ai)
-        rec["sentiment"] = None if sentiment is None else sentiment.decode()
+        if conv.first_student is not None:
+            rec.setdefault("student", conv.first_student)
+        if conv.first_mentor is not None:
+            rec.setdefault("mentor", conv.first_mentor)
+        if "inserted_at" not in rec and conv.started_ms is not None:
+            rec["inserted_at"] = format_timestamp(conv.started_ms)
+        topics = list(dict.fromkeys([*conv.topics, *sorted(conv.msg_topics)]))
+        rec["topics"] = [{"name": t} for t in topics]
+        rec["messages_human"] = conv.human
+        rec["messages_ai"] = conv.ai
+        rec["message_count"] = conv.human + conv.ai
+        rec["sentiment"] = conv.sentiment
         out.append(rec)
     return out
 

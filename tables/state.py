@@ -12,24 +12,26 @@ from redis.asyncio import Redis
 from tables import keys
 
 READ_LUA = r"""
--- KEYS: the offsets hash, one seen hash per day, then the conversations. ARGV[1]: JSON
--- {o: offset fields, s: [[event ids] per seen hash], n: number of conversations, f: conversation fields}
+-- KEYS: the offsets hash, the observations hash, one seen hash per day, then the conversations. ARGV[1]:
+-- JSON {o: offset fields, b: observation ids, s: [[event ids] per seen hash], n: conversations, f: their fields}
 local a = cjson.decode(ARGV[1])
-local offsets = {}
-if #a.o > 0 then offsets = redis.call('HMGET', KEYS[1], unpack(a.o)) end
-local seen = {}
-for i, ids in ipairs(a.s) do
+local function hmget(key, ids)
   local vals = {}
   for j = 1, #ids, 1000 do
-    local part = redis.call('HMGET', KEYS[1 + i], unpack(ids, j, math.min(j + 999, #ids)))
+    local part = redis.call('HMGET', key, unpack(ids, j, math.min(j + 999, #ids)))
     for n = 1, #part do vals[#vals + 1] = part[n] end
   end
-  seen[i] = vals
+  return vals
 end
+local offsets = {}
+if #a.o > 0 then offsets = redis.call('HMGET', KEYS[1], unpack(a.o)) end
+local obs = hmget(KEYS[2], a.b)
+local seen = {}
+for i, ids in ipairs(a.s) do seen[i] = hmget(KEYS[2 + i], ids) end
 local convs = {}
-local base = 1 + #a.s
+local base = 2 + #a.s
 for i = 1, a.n do convs[i] = redis.call('HMGET', KEYS[base + i], unpack(a.f)) end
-return cjson.encode({offsets, seen, convs})
+return cjson.encode({offsets, obs, seen, convs})
 """
 
 
@@ -39,14 +41,17 @@ class OrgState:
 
     offsets: dict[str, int | None] = field(default_factory=dict)
     seen: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (day, event_id) -> value
+    observations: dict[str, str | None] = field(default_factory=dict)  # event_id -> value
     convs: dict[str, dict[str, str | None]] = field(default_factory=dict)  # id -> keys.CONV_STATE fields
 
 
 @dataclass
 class StateQuery:
-    """What to read for one org: offset fields, event ids by their day (`YYYYMMDD`), conversation ids."""
+    """What to read for one org: offset fields, observation ids, other event ids by their day (`YYYYMMDD`),
+    conversation ids."""
 
     offset_fields: list[str]
+    observations: list[str]
     seen: dict[str, list[str]]
     convs: list[str]
 
@@ -61,19 +66,27 @@ class StateReader:
         thousands of small replies would cost more to parse than everything else in the batch."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for org, q in queries.items():
-                key_list = [keys.offsets(org), *(keys.seen(org, day) for day in q.seen)]
+                key_list = [keys.offsets(org), keys.observations(org), *(keys.seen(org, day) for day in q.seen)]
                 key_list += [keys.conversation(org, cid) for cid in q.convs]
                 args = orjson.dumps(
-                    {"o": q.offset_fields, "s": list(q.seen.values()), "n": len(q.convs), "f": keys.CONV_STATE}
+                    {
+                        "o": q.offset_fields,
+                        "b": q.observations,
+                        "s": list(q.seen.values()),
+                        "n": len(q.convs),
+                        "f": keys.CONV_STATE,
+                    }
                 )
                 await self._read(keys=key_list, args=[args], client=pipe)
             replies = await pipe.execute()
         states: dict[str, OrgState] = {}
         for (org, q), raw in zip(queries.items(), replies, strict=True):
-            offsets, seen_vals, conv_vals = (v or [] for v in orjson.loads(raw))  # Lua's cjson writes {} for []
+            offsets, obs_vals, seen_vals, conv_vals = (v or [] for v in orjson.loads(raw))  # cjson writes {} for []
             st = OrgState()
-            for fld, val in zip(q.offset_fields, offsets or [], strict=True):
+            for fld, val in zip(q.offset_fields, offsets, strict=True):
                 st.offsets[fld] = None if val is False else int(val)
+            for event_id, val in zip(q.observations, obs_vals, strict=True):
+                st.observations[event_id] = None if val is False else val
             for (day, ids), vals in zip(q.seen.items(), seen_vals, strict=True):
                 for event_id, val in zip(ids, vals or [], strict=True):
                     st.seen[(day, event_id)] = None if val is False else val
@@ -81,3 +94,29 @@ class StateReader:
                 st.convs[cid] = {f: None if v is False else v for f, v in zip(keys.CONV_STATE, vals, strict=True)}
             states[org] = st
         return states
+
+
+PRUNE_LUA = r"""
+-- KEYS[1] an org's observations hash. ARGV: cursor, how many to scan, the oldest arrival day to keep.
+-- Deletes the entries that arrived before it; returns the next cursor ("0" when the scan is through).
+local r = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local oldest = tonumber(ARGV[3])
+local gone = {}
+for i = 1, #r[2], 2 do
+  local arrived = tonumber(string.match(r[2][i + 1], '(%d+)$'))
+  if arrived ~= nil and arrived < oldest then gone[#gone + 1] = r[2][i] end
+end
+if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
+return r[1]
+"""
+
+
+async def prune_observations(redis: Redis, org: str, oldest_day: int, *, chunk: int = 1000) -> None:
+    """Forget the observations of an org that arrived before `oldest_day` (a day index): past the dedup
+    window a re-sent version counts as a new observation, as a re-sent event does."""
+    script: Any = redis.register_script(PRUNE_LUA)
+    cursor = "0"
+    while True:
+        cursor = (await script(keys=[keys.observations(org)], args=[cursor, chunk, oldest_day])).decode()
+        if cursor == "0":
+            return

@@ -13,6 +13,7 @@ from streams.prices import PriceTable
 from streams.schemas import ChatMessage, LlmObservation
 from tables import keys
 from tables.buckets import Grain, Retention, day_of, days_between, hour_of, hours_between, split_weeks
+from tables.conversations import is_newer, starts_earlier
 from tables.keys import CONV_STATE
 from tables.queries import cost_buckets
 from tables.state import OrgState
@@ -76,39 +77,65 @@ def test_session_belongs_to_the_day_of_its_first_message() -> None:
     assert w.top_deltas == {(T0 // DAY, None, "ann"): 1, (T0 // DAY, "m1", "ann"): 1}
 
 
-def test_replayed_events_count_nothing_and_a_session_started_before_keeps_its_bucket() -> None:
+def test_replayed_events_count_nothing_and_a_later_message_counts_where_the_session_started() -> None:
     p = planner()
     first = msg("a", 10, T0)
     seen = {(day_of(T0), "a"): "1"}  # "a" was applied before a crash; its session state is in Redis
-    session = {"first_offset": "10", "started_ms": str(T0 - 2 * 3_600_000), "first_mentor": "m0"}
+    session = {"v": "3", "started_ms": str(T0 - 2 * 3_600_000), "first_event": "a0", "first_mentor": "m0",
+               "messages_human": "2"}  # fmt: skip
     state = OrgState(seen=seen, convs={"s1": dict.fromkeys(CONV_STATE) | session})
     w = p.plan("acme", [first, msg("b", 11, T0)], state, T0)
-    assert daily(w, keys.SESSIONS, T0) == 0  # the session was counted with "a" already
+    assert daily(w, keys.SESSIONS, T0) == 0  # the session was counted already
     assert daily(w, keys.MESSAGES, T0) == 1  # only "b" is new, counted where the session started...
     assert w.bucket_deltas.get((Grain.DAY, T0 // DAY, keys.mentor_field(keys.MESSAGES, "m0"))) == 1  # ...for its mentor
     assert w.replayed == [first]
-    assert w.guards[(w.k(keys.conversation("acme", "s1")), "started_ms")] == session["started_ms"]
-    shadow = p.touched_by("acme", w.replayed, state, T0)  # what "a" wrote, to publish again
-    assert daily(shadow, keys.SESSIONS, T0) == 1
+    # Applied only if no other writer changed the conversation meanwhile.
+    assert w.guards[(w.k(keys.conversation("acme", "s1")), "v")] == "3"
+    counters, _ = p.touched("acme", w.replayed, state)  # what "a" counts in, to publish again
+    assert ("aia:{acme}:d:20261120", keys.SESSIONS) in counters
 
 
-def test_the_first_applied_message_starts_the_session_and_is_guarded() -> None:
+def test_an_earlier_message_arriving_later_moves_the_session_with_all_its_messages() -> None:
     p = planner()
-    w = p.plan("acme", [msg("a", 10, T0), msg("b", 12, T0 + 1000)], OrgState(), T0)
+    later = T0 + DAY
+    session = {"v": "1", "started_ms": str(later), "first_event": "b", "first_mentor": "m2",
+               "messages_human": "1", "messages_ai": "1"}  # fmt: skip
+    state = OrgState(convs={"s1": dict.fromkeys(CONV_STATE) | session})
+    w = p.plan("acme", [msg("a", 10, T0)], state, T0)
+    assert (daily(w, keys.SESSIONS, later), daily(w, keys.MESSAGES, later)) == (-1, -2)
+    assert (daily(w, keys.SESSIONS, T0), daily(w, keys.MESSAGES, T0)) == (1, 3)
+    assert daily(w, keys.mentor_field(keys.MESSAGES, "m2"), later) == -2
+    assert daily(w, keys.mentor_field(keys.SESSIONS, "m1"), T0) == 1  # the earliest message's mentor
     conv = keys.conversation("acme", "s1")
-    assert w.sets[(w.k(conv), "first_offset")] == "10"
     assert w.sets[(w.k(conv), "started_ms")] == str(T0)
-    # Applied only if no other writer started the session meanwhile.
-    assert w.guards[(w.k(conv), "started_ms")] is None
+    assert w.sets[(w.k(conv), "first_event")] == "a"
+    assert w.zadds[(w.k(keys.conversations("acme")), "s1")] == float(T0)  # listed by its new start
 
 
-def test_resent_observation_replaces_its_cost() -> None:
+def test_session_start_and_latest_version_rules() -> None:
+    assert starts_earlier(5, "b", None, None)
+    assert starts_earlier(4, "z", 5, "a")
+    assert starts_earlier(5, "a", 5, "b")  # the same millisecond: the smaller event_id
+    assert not starts_earlier(5, "b", 5, "a")
+    assert not starts_earlier(5, "a", 5, "a")  # the same message again moves nothing
+    assert is_newer((2, 0, "x"), (1, 9, "y"))
+    assert is_newer((2, 7, "x"), (2, 6, "y"))  # the same time: the later offset
+    assert is_newer((2, 7, "y"), (2, 7, "x"))
+    assert not is_newer((2, 7, "x"), (2, 7, "x"))
+    assert not is_newer((1, 9, "x"), (2, 0, "x"))
+
+
+def test_resent_observation_replaces_its_cost_unless_it_is_older() -> None:
     p = planner()
     obs = LlmObservation("o1", "acme", T0, "t1", "generation", "x", 10, 10, 300)
-    prev = f"500,10,10,0,{T0}"
-    w = p.plan("acme", [Item(obs, "llm-observations", 0, 5)], OrgState(seen={(day_of(T0), "o1"): prev}), T0)
+    prev = f"500,10,10,0,{T0},4,{T0 // DAY}"
+    w = p.plan("acme", [Item(obs, "llm-observations", 0, 5)], OrgState(observations={"o1": prev}), T0)
     assert daily(w, keys.COST, T0) == -200
     assert daily(w, keys.OBSERVATIONS, T0) == 0
+    newer = f"500,10,10,0,{T0 + 1},3,{T0 // DAY}"
+    w = p.plan("acme", [Item(obs, "llm-observations", 0, 5)], OrgState(observations={"o1": newer}), T0)
+    assert daily(w, keys.COST, T0) == 0  # an older version arriving late changes nothing
+    assert w.replayed
 
 
 @pytest.mark.parametrize("dup_in_batch", [True, False])

@@ -1,0 +1,37 @@
+"""Housekeeping a worker does beside applying batches: forgetting what the dedup window no longer covers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from streams.settings import Settings
+from tables import queries
+from tables.buckets import Grain
+from tables.state import prune_observations
+
+log = logging.getLogger(__name__)
+
+
+async def prune_loop(settings: Settings, stop: asyncio.Event, every_s: float = 3600.0) -> None:
+    """Every hour (and at start), drop the observations that arrived before the dedup window from every
+    org's observations hash. Several workers doing it at once is harmless: a prune deletes only entries
+    nobody can still replace."""
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        while not stop.is_set():
+            oldest_day = Grain.DAY.index(int(time.time() * 1000)) - settings.dedup_window_days
+            try:
+                for org in await queries.list_orgs(redis):
+                    await prune_observations(redis, org, oldest_day)
+            except (RedisError, OSError) as exc:
+                log.warning("pruning observations failed, retrying later: %r", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+    finally:
+        await redis.aclose()

@@ -1,0 +1,214 @@
+"""Every answer is a function of the set of records received.
+
+One set of records (chat messages, sentiment, chat-history records, observations with re-sent versions,
+re-sent copies) goes through the BatchProcessor on a real Redis several times: each time in another random
+order, cut into other random batches, with random records delivered again (as an at-least-once engine
+does). Every answer the API serves (through tables/queries) and every conversation record must be identical
+each time, and equal to the independent batch computation in tests/reference.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import zlib
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from agents.pipeline import BatchProcessor
+from infra.redis import RedisServer
+from streams.deadletter import DeadLetter, Record
+from streams.settings import Settings
+from tables import queries
+from tests import reference
+
+pytestmark = pytest.mark.integration
+
+ORG = "acme"
+MENTORS = ("m1", "m2")
+TOPICS = ("algebra", "essays", "physics")
+PARTITIONS = 3
+KEY_FIELD = {
+    "chat-messages": "session_id",
+    "sentiment": "session_id",
+    "chat-history": "id",
+    "llm-observations": "trace_id",
+}
+NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0) - timedelta(hours=1)
+
+
+def ts(minutes_ago: int) -> str:
+    return (NOW - timedelta(minutes=minutes_ago)).isoformat()
+
+
+@st.composite
+def event_sets(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
+    """Events in send order: sessions whose messages are stamped out of order, over day boundaries."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    n = 0
+
+    def eid(kind: str) -> str:
+        nonlocal n
+        n += 1
+        return f"{kind}{n}"
+
+    for s in range(draw(st.integers(1, 5))):
+        session, student = f"s{s}", f"stu{draw(st.integers(0, 3))}"
+        # Times spread over three days (minutes ago), distinct within a session: no ties to break.
+        times = draw(st.lists(st.integers(1, 3 * 24 * 60), min_size=1, max_size=6, unique=True))
+        for t in times:
+            events.append(("chat-messages", {
+                "event_id": eid("m"), "org": ORG, "timestamp": ts(t), "session_id": session, "student": student,
+                "mentor_id": draw(st.sampled_from(MENTORS)), "role": draw(st.sampled_from(("human", "ai"))),
+                "topics": draw(st.lists(st.sampled_from(TOPICS), max_size=2, unique=True)),
+            }))  # fmt: skip
+        sentiment_times = draw(st.lists(st.integers(1, 3 * 24 * 60), max_size=3, unique=True))
+        for t in sentiment_times:
+            events.append(("sentiment", {
+                "event_id": eid("j"), "org": ORG, "timestamp": ts(t), "session_id": session, "student": student,
+                "sentiment": draw(st.sampled_from(("positive", "neutral", "negative"))),
+            }))  # fmt: skip
+        for t in draw(st.lists(st.integers(1, 3 * 24 * 60), max_size=2, unique=True)):
+            events.append(("chat-history", {
+                "event_id": eid("r"), "org": ORG, "timestamp": ts(t), "id": session, "student": student,
+                "mentor": draw(st.sampled_from(MENTORS)), "title": f"title at {t}",
+                "topics": [{"name": x} for x in draw(st.lists(st.sampled_from(TOPICS), max_size=2, unique=True))],
+            }))  # fmt: skip
+    for o in range(draw(st.integers(0, 4))):
+        event_id = eid("o")
+        # A trace's observation, sent again with another cost (Langfuse's update); newest by time then send wins.
+        for t in draw(st.lists(st.integers(1, 3 * 24 * 60), min_size=1, max_size=3)):
+            events.append(("llm-observations", {
+                "event_id": event_id, "org": ORG, "timestamp": ts(t), "trace_id": f"t{o}", "type": "generation",
+                "model": "gpt-4o", "usage": {"input": 10, "output": 5},
+                "cost": str(draw(st.integers(0, 10**6))) + "e-6",
+            }))  # fmt: skip
+    # Producers retry: some events sent twice, the same event_id in a second record.
+    copies = draw(st.lists(st.sampled_from(range(len(events))), max_size=4, unique=True))
+    return events + [events[i] for i in copies]
+
+
+def as_records(events: list[tuple[str, dict[str, Any]]]) -> list[Record]:
+    """The records a broker would hold: partition by key, offsets in send order per partition."""
+    next_offset: dict[tuple[str, int], int] = {}
+    out = []
+    for topic, e in events:
+        key = e[KEY_FIELD[topic]].encode()
+        partition = zlib.crc32(key) % PARTITIONS
+        offset = next_offset.get((topic, partition), 0)
+        next_offset[(topic, partition)] = offset + 1
+        out.append(Record(topic, partition, offset, key, orjson.dumps(e)))
+    return out
+
+
+def deliveries(records: list[Record], rng: random.Random) -> list[list[Record]]:
+    """The records in a random order, some of them again, cut into random batches."""
+    stream = records + rng.sample(records, rng.randint(0, len(records)))
+    rng.shuffle(stream)
+    batches, i = [], 0
+    while i < len(stream):
+        size = rng.randint(1, 12)
+        batches.append(stream[i : i + size])
+        i += size
+    return batches
+
+
+async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
+    """Everything the API would serve for the org over the range."""
+    out: dict[str, Any] = {}
+    for agg in ("hourly", "daily", "weekly"):
+        for mentor in (None, *MENTORS):
+            out[f"avg {agg} {mentor}"] = await queries.average_messages_per_session(
+                redis, ORG, first, last, agg, mentor
+            )
+    out["sentiment"] = await queries.sentiment_counts(redis, ORG, first, last)
+    d = first
+    while d <= last:
+        start = datetime(d.year, d.month, d.day, tzinfo=UTC)
+        out[f"cost {d}"] = await queries.tenant_cost(redis, ORG, start, start + timedelta(days=1))
+        for mentor in (None, *MENTORS):
+            out[f"top {d} {mentor}"] = await queries.top_students(redis, ORG, d, d, mentor, limit=1000)
+        d += timedelta(days=1)
+    out["top all"] = await queries.top_students(redis, ORG, first, last)
+    filters = [queries.HistoryFilter()]
+    filters += [queries.HistoryFilter(mentor=m) for m in MENTORS]
+    filters += [queries.HistoryFilter(topics=(t,)) for t in TOPICS]
+    filters += [queries.HistoryFilter(sentiment=s) for s in ("positive", "neutral", "negative")]
+    filters += [queries.HistoryFilter(student=f"stu{i}") for i in range(4)]
+    for flt in filters:
+        out[f"history {flt}"] = await queries.chat_history(redis, ORG, flt, 1, 100)
+    return out
+
+
+async def apply_all(url: str, batches: list[list[Record]]) -> dict[str, Any]:
+    redis = Redis.from_url(url)
+    try:
+        await redis.flushall()
+        dead: list[DeadLetter] = []
+
+        async def keep(letters: list[DeadLetter]) -> None:
+            dead.extend(letters)
+
+        processor = BatchProcessor(Settings(), redis, keep)
+        for batch in batches:
+            await processor.process(batch)
+        assert dead == [], [d.reason for d in dead]
+        first, last = (NOW - timedelta(days=4)).date(), NOW.date()
+        return await answers(redis, first, last)
+    finally:
+        await redis.aclose()
+
+
+def check_reference(got: dict[str, Any], exp: reference.Expected) -> None:
+    """The answers equal the batch computation over the set of events."""
+    for agg, table in (("hourly", exp.hourly), ("daily", exp.daily), ("weekly", exp.weekly)):
+        for mentor in (None, *MENTORS):
+            for row in got[f"avg {agg} {mentor}"]:
+                want = table.get((ORG, row["time"], mentor or ""), [0, 0])
+                assert [row["total_sessions"], row["total_messages"]] == want, (agg, mentor, row)
+    for row in got["sentiment"]:
+        assert row["sentiment_count"] == exp.sentiment[(ORG, row["date"])], row
+    for name, value in got.items():
+        if name.startswith("cost "):
+            assert value["cost_nanos"] == exp.cost[(ORG, name[5:])], name
+        if name.startswith("top ") and name.endswith(" None") and name != "top all":
+            day = name.split()[1]
+            assert {r["username"]: r["chat_message_count"] for r in value} == dict(exp.human.get((ORG, day), {}))
+    count, rows = got[f"history {queries.HistoryFilter()}"]
+    assert count == len(exp.conversations[ORG])
+    for rec in rows:
+        assert rec["sentiment"] == exp.latest_sentiment.get((ORG, rec["id"])), rec
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(events=event_sets(), seed=st.integers(0, 2**32))
+def test_any_order_any_split_any_repetition_gives_the_same_answers(
+    redis_server: RedisServer, events: list[tuple[str, dict[str, Any]]], seed: int
+) -> None:
+    records = as_records(events)
+    rng = random.Random(seed)
+    in_order = asyncio.run(apply_all(redis_server.url, [records]))
+    check_reference(in_order, reference.expected(events))
+    for _ in range(2):
+        shuffled = asyncio.run(apply_all(redis_server.url, deliveries(records, rng)))
+        assert shuffled == in_order
+
+
+async def test_observations_past_the_dedup_window_are_pruned(redis_server: RedisServer) -> None:
+    from tables import keys
+    from tables.state import prune_observations
+
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await redis.delete(keys.observations(ORG))
+        await redis.hset(keys.observations(ORG), mapping={"old": "1,0,0,0,5,1,100", "new": "1,0,0,0,5,2,107"})
+        await prune_observations(redis, ORG, oldest_day=101, chunk=1)
+        assert await redis.hkeys(keys.observations(ORG)) == [b"new"]
+    finally:
+        await redis.aclose()
