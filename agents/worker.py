@@ -22,11 +22,12 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from agents.outputs import Outputs
 from agents.pipeline import BatchProcessor
 from streams import clients
-from streams.deadletter import DeadLetter, Record
+from streams.deadletter import Record
 from streams.settings import Settings
-from streams.topics import AGGREGATES, DEAD_LETTER, INPUT_TOPICS
+from streams.topics import INPUT_TOPICS
 from tables import keys
 
 log = logging.getLogger(__name__)
@@ -93,20 +94,8 @@ class Worker:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
         )
-        self.processor = BatchProcessor(settings, self.redis, self.send_dead_letters, self.publish_aggregates)
-
-    async def send_dead_letters(self, dead: list[DeadLetter]) -> None:
-        now_ms = int(time.time() * 1000)
-        topic = self.settings.topic(DEAD_LETTER)
-        futures = [await self.producer.send(topic, key=d.key(), value=d.value(now_ms)) for d in dead]
-        await asyncio.gather(*futures)  # delivered before the batch's offsets are committed
-        for d in dead:
-            log.warning("dead letter %s[%d]@%d: %s", d.record.topic, d.record.partition, d.record.offset, d.reason)
-
-    async def publish_aggregates(self, records: list[tuple[bytes, bytes]]) -> None:
-        topic = self.settings.topic(AGGREGATES)
-        futures = [await self.producer.send(topic, key=k, value=v) for k, v in records]
-        await asyncio.gather(*futures)  # published before the batch's offsets are committed
+        outputs = Outputs(settings, self.producer)
+        self.processor = BatchProcessor(settings, self.redis, outputs.dead_letters, outputs.aggregates)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.producer.start()

@@ -10,7 +10,7 @@ import sys
 from cli import admin, alerts, produce
 from infra.exceptions import InfraError
 from streams.exceptions import SettingsError
-from streams.settings import Settings, get_settings
+from streams.settings import ENGINES, Settings, get_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="run a worker; several share the partitions")
     worker.add_argument("-l", "--loglevel", default=None, help="debug, info (default: AIA_LOG_LEVEL), warning")
+    worker.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="faust (Faust agents) or kafka (an aiokafka loop); default AIA_ENGINE",
+    )
     sub.add_parser("api", help="serve the API and the dashboard (AIA_API_HOST:AIA_API_PORT)")
     stack = sub.add_parser("stack", help="the local stack: Kafka, Redis, worker, API, demo traffic")
     stack_sub = stack.add_subparsers(dest="action", required=True)
@@ -46,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "worker":
-        return _worker(settings, args.loglevel)
+        return _worker(settings, args.engine or settings.engine, args.loglevel or settings.log_level)
     if args.command == "api":
         return _api(settings)
     if args.command == "stack":
@@ -78,12 +84,20 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
-def _worker(settings: Settings, loglevel: str | None) -> int:
+def _worker(settings: Settings, engine: str, loglevel: str) -> int:
+    if engine == "faust":
+        import faust
+
+        from streams.app import app
+
+        # Faust's worker configures logging, handles signals and runs the agents found in agents/.
+        faust.Worker(app, loglevel=loglevel.upper(), loop=None).execute_from_commandline()
+        return 0
     import uvloop
 
     from agents.worker import serve
 
-    configure_logging(loglevel or settings.log_level)
+    configure_logging(loglevel)
     uvloop.run(serve(settings))
     return 0
 

@@ -15,6 +15,7 @@ from typing import get_type_hints
 from streams.exceptions import SettingsError
 
 PREFIX = "AIA_"
+ENGINES = ("faust", "kafka")
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,9 @@ class Settings:
     topic_prefix: str = ""
     topic_partitions: int = 6
     topic_replication: int = 1
-    app_id: str = "ai-analytics"
+    app_id: str = "ai-analytics"  # the consumer group (both engines) and the Faust app's id
+    # Which engine a worker runs: "faust" (Faust agents, streams/app.py) or "kafka" (an aiokafka getmany loop).
+    engine: str = "kafka"
     # Events per batch and how long a partial batch waits before it is applied anyway.
     batch_size: int = 5000
     batch_within: float = 0.2
@@ -78,6 +81,8 @@ class Settings:
                 f"{PREFIX}ALERT_LEASE_SECONDS ({self.alert_lease_seconds}) must exceed {PREFIX}ALERT_INTERVAL "
                 f"({self.alert_interval}), which must not be negative"
             )
+        if self.engine not in ENGINES:
+            raise SettingsError(f"{PREFIX}ENGINE must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.batch_within <= 0:
             raise SettingsError(f"{PREFIX}BATCH_WITHIN must be positive, got {self.batch_within}")
 

@@ -78,6 +78,11 @@ def progress(group: str) -> str:
     return f"{NS}:progress:{group}"
 
 
+def engine_stats(group: str) -> str:
+    """Hash of a Faust-engine worker group's delivery counters (gaps, refetched, out of order, ...). Global."""
+    return f"{NS}:engine:{group}"
+
+
 def alert_state(org: str) -> str:
     """Hash `rule` -> JSON of the rule's state for this org (ok or firing, crossing number)."""
     return f"{_org(org)}:alerts"

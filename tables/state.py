@@ -120,3 +120,23 @@ async def prune_observations(redis: Redis, org: str, oldest_day: int, *, chunk: 
         cursor = (await script(keys=[keys.observations(org)], args=[cursor, chunk, oldest_day])).decode()
         if cursor == "0":
             return
+
+
+SAVE_PROGRESS_LUA = r"""
+-- KEYS[1] a group's progress hash. ARGV: field, offset, field, offset, ... Moves each field up, never down.
+for i = 1, #ARGV, 2 do
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
+  if tonumber(ARGV[i + 1]) > cur then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
+
+
+async def save_progress(redis: Redis, group: str, offsets: dict[str, int]) -> None:
+    """Record, per `topic:partition`, the last offset below which every record is applied (never lowered:
+    a worker that lost a partition may still finish a batch of it)."""
+    script: Any = redis.register_script(SAVE_PROGRESS_LUA)
+    args: list[str | int] = []
+    for fld, offset in offsets.items():
+        args += [fld, offset]
+    await script(keys=[keys.progress(group)], args=args)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agents.planner import Item, Planner
+from agents.progress import PartitionProgress, runs
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, LlmObservation
 from tables import keys
@@ -170,3 +171,21 @@ def test_a_human_message_counts_in_its_day_and_its_week() -> None:
         "aia:{acme}:top:w20261116",
         "aia:{acme}:top:w20261116|m|m1",
     }
+
+
+def test_progress_advances_only_over_contiguous_offsets_and_names_the_gaps() -> None:
+    p = PartitionProgress()
+    p.add([5, 6, 7, 10, 11])  # before Redis's progress is known: collected, no gaps yet
+    assert p.gaps() == []
+    p.start_at(5)
+    assert p.next == 8
+    assert p.gaps() == [(8, 10)]
+    p.add([9, 8, 9])  # out of order, with a copy
+    assert (p.next, p.gaps()) == (12, [])
+    p.expect(20)  # the engine's committed offset: it will start there
+    assert p.gaps() == [(12, 20)]
+    p.add(range(12, 20))
+    assert (p.next, p.gaps()) == (20, [])
+    p.add([3, 4])  # below the progress: already applied, nothing moves
+    assert p.next == 20
+    assert runs([4, 1, 2, 2, 7]) == [(1, 3), (4, 5), (7, 8)]
