@@ -225,6 +225,11 @@ class FaustEngine:
             meta = committed.get(ktp)
             if meta is not None and meta.offset > 0:
                 track.expect(meta.offset)
+                if track.next is not None and track.next < meta.offset:
+                    log.warning(
+                        "Redis holds %s[%d] only below %d but Kafka's commit is %d: reading again from %d",
+                        tp[0], tp[1], track.next, meta.offset, track.next,
+                    )  # fmt: skip
             if track.gaps():
                 self.gap_seen[tp] = 0.0  # known at assignment: fill at once
 
@@ -290,8 +295,11 @@ class FaustEngine:
                     "last %.0fs: %d read, %d applied, %d skipped, %d dead; %d gaps, %d refetched, %d out of order",
                     every_s, *(delta[k] for k in ("read", "applied", "skipped", "dead", "gaps", "refetched", "out_of_order")),
                 )  # fmt: skip
-                with contextlib.suppress(RedisError, OSError):
-                    await self.redis.hset(keys.engine_stats(self.settings.app_id), mapping=self.stats)  # type: ignore[arg-type]
+                with contextlib.suppress(RedisError, OSError):  # summed over the group's workers
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for name, n in delta.items():
+                            pipe.hincrby(keys.engine_stats(self.settings.app_id), name, n)
+                        await pipe.execute()
 
 
 engine = FaustEngine(settings)

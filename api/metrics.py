@@ -29,6 +29,11 @@ class Metrics:
         self.dead = Gauge("aia_dead_letters", "Messages in the dead-letter topic", registry=self.registry)
         self.applied = Gauge("aia_events_applied", "Events applied to the aggregates", ["org", "topic"],
                              registry=self.registry)  # fmt: skip
+        self.engine = Gauge(
+            "aia_faust_engine_records", "Faust-engine workers' counts, summed over the group: read, applied, skipped, "
+            "dead, gaps (offset ranges Faust did not deliver), refetched (records read again directly), "
+            "out_of_order (records delivered below an offset already delivered)", ["counter"], registry=self.registry,
+        )  # fmt: skip
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
@@ -49,6 +54,9 @@ class Metrics:
                     name = fld.decode()
                     if name.startswith("events|"):
                         self.applied.labels(org, name.split("|", 1)[1]).set(int(value))
+            stats: Any = await redis.hgetall(keys.engine_stats(kafka.settings.app_id))
+            for fld, value in stats.items():
+                self.engine.labels(fld.decode()).set(int(value))
         except Exception as exc:
             log.warning("applied counts unavailable: %r", exc)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,14 @@ def redis_server(tmp_root: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def settings(kafka: KafkaBroker, redis_server: RedisServer) -> Settings:
-    return make_settings(kafka.bootstrap, redis_server.url)
+def engine() -> str:
+    """The engine a test's workers run; suites that must hold on both override it with both."""
+    return "kafka"
+
+
+@pytest.fixture
+def settings(kafka: KafkaBroker, redis_server: RedisServer, engine: str) -> Settings:
+    return replace(make_settings(kafka.bootstrap, redis_server.url), engine=engine)
 
 
 @pytest.fixture

@@ -13,12 +13,18 @@ import pytest
 from redis.asyncio import Redis
 
 from streams.producer import AnalyticsProducer
-from streams.settings import Settings
+from streams.settings import ENGINES, Settings
 from tables import queries
 from tests import reference
 from tests.support import demo_events, produce, read_compacted, settle
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both engines."""
+    return str(request.param)
 
 
 async def test_kill9_during_a_stream_leaves_every_aggregate_exact(
@@ -101,3 +107,26 @@ async def test_resent_event_counts_once_and_resent_observation_replaces_cost(
     rows = await queries.average_messages_per_session(redis, "acme", today, today)
     assert (rows[0]["total_sessions"], rows[0]["total_messages"]) == (2, 2)
     assert await queries.top_students(redis, "acme", today, today) == [{"username": "ann", "chat_message_count": 2}]
+
+
+async def test_chaos_one_of_two_workers_killed_every_few_seconds_during_a_shuffled_duplicated_stream(
+    settings: Settings, redis: Redis, topics: list[str], workers: Any
+) -> None:
+    """Sessions' messages out of order (several producers, late mobile clients), 5% of events sent again,
+    and one of two workers SIGKILLed and restarted every few seconds: the answers equal the batch
+    computation over the set of events."""
+    rng = random.Random(77)
+    events = demo_events(12_000, seed=53)
+    rng.shuffle(events)
+    events += rng.sample(events, len(events) // 20)
+    exp = reference.expected(events)
+    steady = workers("steady")
+    victims = [workers("victim")]
+    sending = asyncio.create_task(produce(settings, events, seconds=15))
+    while not sending.done():
+        await asyncio.sleep(rng.uniform(2.0, 4.0))
+        victims[-1].kill()
+        victims.append(workers("victim"))
+    await sending
+    await settle(redis, exp, [steady, *victims], timeout=240)
+    assert steady.alive(), steady.log_tail()

@@ -20,11 +20,17 @@ from infra.kafka import KafkaBroker
 from infra.procs import free_port
 from infra.redis import RedisServer
 from streams.clients import ensure_topics
-from streams.settings import Settings
+from streams.settings import ENGINES, Settings
 from tests import reference
 from tests.support import WorkerProcess, demo_events, make_settings, mismatches, produce, settle
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both engines."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +46,9 @@ def own_servers(tmp_root: Path) -> Iterator[tuple[KafkaBroker, RedisServer]]:
 
 
 @pytest.fixture
-async def fault_settings(own_servers: tuple[KafkaBroker, RedisServer]) -> AsyncIterator[Settings]:
+async def fault_settings(own_servers: tuple[KafkaBroker, RedisServer], engine: str) -> AsyncIterator[Settings]:
     broker, server = own_servers
-    settings = make_settings(broker.bootstrap, server.url, "fault")
+    settings = replace(make_settings(broker.bootstrap, server.url, "fault"), engine=engine)
     client = Redis.from_url(server.url)
     await client.flushall()
     await ensure_topics(settings)
