@@ -6,16 +6,17 @@
 Starts its own Kafka and Redis (temporary folder, free ports; `AIA_BENCH_DIR` keeps the folder), then:
 1. produces N chat messages (~270 bytes, 5 orgs, sessions of 8) to one topic;
 2. ceiling: one raw aiokafka consumer, `getmany` + `orjson.loads`, nothing else;
-3. ours: one worker process from the first event to the last applied in Redis; its RSS sampled as it
-   runs; Redis memory per million events after it;
-4. scaling: two workers in one group, same events;
-5. baseline: the textbook Faust way (bench/faust_baseline.py), on the first `--baseline-events`;
-6. freshness: a worker and the API, demo-like load at fixed rates plus probe events; the delay from a
+3. each engine (kafka: the aiokafka loop; faust: Faust agents): one worker process from the first event
+   to the last applied in Redis, its RSS sampled as it runs, Redis memory per million events after it;
+   then two workers in one group on the same events;
+4. baseline: the textbook Faust way (bench/faust_baseline.py), on the first `--baseline-events`;
+5. freshness: a worker and the API, demo-like load at fixed rates plus probe events; the delay from a
    probe's send to its effect visible through the API (polled every 10 ms);
-7. serving: the five endpoints under 100 concurrent pollers (each polling once a second, as dashboards
+6. serving: the five endpoints under 100 concurrent pollers (each polling once a second, as dashboards
    do), 7-day and 90-day ranges, with 1M and 10M events stored (loaded through the batch pipeline,
    spread over 90 days); then the same 100 pollers without pause, for the API's saturation throughput.
-Prints each figure as it comes and writes the report to docs/BENCHMARKS.md (`--out`).
+Prints each figure as it comes and writes the report to docs/BENCHMARKS.md (`--out`); `--only kafka,faust`
+runs just those sections (the ceiling is always measured, for the ratios).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from infra.procs import ROOT, free_port, spawn, wait_until
 from infra.redis import RedisServer
 from streams.clients import ensure_topics
 from streams.deadletter import Record
-from streams.settings import Settings
+from streams.settings import ENGINES, Settings
 from tables import apikeys
 
 API_PATH = "/api/ai-analytics/orgs/{org}/users/bench/"
@@ -371,6 +372,12 @@ async def main() -> None:
     parser.add_argument("--freshness-seconds", type=float, default=30.0)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="small sizes: check the harness")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated sections: kafka, faust (each engine: one and two workers), baseline, freshness, "
+        "serving; the ceiling is always measured",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
     if args.quick:
@@ -397,38 +404,58 @@ async def main() -> None:
             avg = await produce(base, n)
             ceil = await ceiling(base, n)
             report.add("ceiling", f"raw aiokafka getmany + orjson.loads, {n:,} events", f"{ceil:,.0f} events/s")
-            one, rss = await run_ours(replace(base, app_id=f"one-{uuid.uuid4().hex[:6]}"), n, 1, tmp)
-            redis = Redis.from_url(base.redis_url)
-            used = int((await redis.info("memory"))["used_memory"])
-            await redis.aclose()
-            report.add("ours", "one worker, first to last event applied in Redis", f"{one:,.0f} events/s")
-            report.add("ours", "ratio to the ceiling (goal: at least 0.5)", f"{one / ceil:.3f}")
-            report.add(
-                "memory",
-                "worker RSS while it applied them (first / max / last sample, one a second)",
-                f"{rss[0] / 1024:.0f} / {max(rss) / 1024:.0f} / {rss[-1] / 1024:.0f} MiB ({len(rss)} samples)",
-            )
-            report.add("memory", "Redis used_memory per million events applied", f"{used / 2**20 / (n / 1e6):,.0f} MiB")
-            two, _ = await run_ours(replace(base, app_id=f"two-{uuid.uuid4().hex[:6]}"), n, 2, tmp)
-            report.add(
-                "scaling", "two workers in one group, same events", f"{two:,.0f} events/s ({two / one:.2f}x one)"
-            )
-            nb = min(args.baseline_events, n)
-            faust_rate = run_baseline(base, nb, tmp)
-            report.add(
-                "baseline",
-                f"textbook Faust, windowed tables per event, first {nb:,} events",
-                f"{faust_rate:,.0f} events/s",
-            )
-            report.add("baseline", "ours / baseline (goal: at least 5x)", f"{one / faust_rate:.1f}x")
+            one_by_engine: dict[str, float] = {}
+            for engine in ENGINES:
+                if not wanted(args, engine):
+                    continue
+                settings = replace(base, engine=engine, app_id=f"one-{engine}-{uuid.uuid4().hex[:6]}")
+                one, rss = await run_ours(settings, n, 1, tmp)
+                one_by_engine[engine] = one
+                redis = Redis.from_url(base.redis_url)
+                used = int((await redis.info("memory"))["used_memory"])
+                await redis.aclose()
+                report.add(engine, "one worker, first to last event applied in Redis", f"{one:,.0f} events/s")
+                report.add(engine, "ratio to the ceiling", f"{one / ceil:.3f}")
+                report.add(
+                    engine,
+                    "worker RSS while it applied them (first / max / last sample, one a second)",
+                    f"{rss[0] / 1024:.0f} / {max(rss) / 1024:.0f} / {rss[-1] / 1024:.0f} MiB ({len(rss)} samples)",
+                )
+                report.add(
+                    engine, "Redis used_memory per million events applied", f"{used / 2**20 / (n / 1e6):,.0f} MiB"
+                )
+                settings = replace(settings, app_id=f"two-{engine}-{uuid.uuid4().hex[:6]}")
+                two, _ = await run_ours(settings, n, 2, tmp)
+                report.add(
+                    engine, "two workers in one group, same events", f"{two:,.0f} events/s ({two / one:.2f}x one)"
+                )
+            if len(one_by_engine) == 2:
+                report.add(
+                    "engines", "faust / kafka, one worker", f"{one_by_engine['faust'] / one_by_engine['kafka']:.2f}"
+                )
+            if wanted(args, "baseline"):
+                nb = min(args.baseline_events, n)
+                faust_rate = run_baseline(base, nb, tmp)
+                report.add(
+                    "baseline",
+                    f"textbook Faust, windowed tables per event, first {nb:,} events",
+                    f"{faust_rate:,.0f} events/s",
+                )
+                for engine, one in one_by_engine.items():
+                    report.add(
+                        "baseline", f"{engine} engine / baseline (goal: at least 5x)", f"{one / faust_rate:.1f}x"
+                    )
+            if not (wanted(args, "freshness") or wanted(args, "serving")):
+                write_report(args, report, began, await _machine(base), avg)
+                return
 
             api = Api(base, tmp)
             api.start()
-            for rate in (1000, 5000):
+            for rate in (1000, 5000) if wanted(args, "freshness") else ():
                 p50, p99, probes = await freshness(base, api, rate, args.freshness_seconds, tmp)
                 report.add("freshness", f"{rate:,} events/s: send to visible in the API, p50 / p99 ({probes} probes)",
                            f"{p50:,.0f} / {p99:,.0f} ms")  # fmt: skip
-            for size in (int(x) for x in args.serving_events.split(",")):
+            for size in (int(x) for x in args.serving_events.split(",")) if wanted(args, "serving") else ():
                 t0 = time.perf_counter()
                 mib = await load_store(base, size)
                 report.add(
@@ -448,18 +475,25 @@ async def main() -> None:
                 report.add("serving", f"{size:,} events, 90-day range, 100 pollers without pause: all endpoints",
                            f"{total / (args.serving_seconds / 2 * len(sat)):,.0f} requests/s, p99 "
                            f"{max(p99 for _, p99, _ in sat.values()):,.0f} ms (worst endpoint)")  # fmt: skip
-            machine = (
-                f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
-                f"{platform.platform()}; Python {platform.python_version()}; Kafka 4.1.1 (KRaft, one node); "
-                f"redis-server {(await _redis_version(base))}; aiokafka {version('aiokafka')}, "
-                f"faust-streaming {version('faust-streaming')}, redis-py {version('redis')}"
-            )
-            write_report(args, report, began, machine, avg)
+            write_report(args, report, began, await _machine(base), avg)
         finally:
             if api is not None:
                 api.stop()
             kafka.stop()
             redis_server.stop()
+
+
+def wanted(args: argparse.Namespace, section: str) -> bool:
+    return not args.only or section in args.only.split(",")
+
+
+async def _machine(settings: Settings) -> str:
+    return (
+        f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+        f"{platform.platform()}; Python {platform.python_version()}; Kafka 4.1.1 (KRaft, one node); "
+        f"redis-server {(await _redis_version(settings))}; aiokafka {version('aiokafka')}, "
+        f"faust-streaming {version('faust-streaming')}, redis-py {version('redis')}"
+    )
 
 
 async def _redis_version(settings: Settings) -> str:
@@ -470,7 +504,7 @@ async def _redis_version(settings: Settings) -> str:
 
 
 def write_report(args: argparse.Namespace, report: Report, began: datetime, machine: str, avg: float) -> None:
-    cmd = "python -m bench.run" + (" --quick" if args.quick else "")
+    cmd = "python -m bench.run" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
     lines = [
         "# Benchmarks",
         "",

@@ -15,7 +15,7 @@ from typing import Any
 
 import faust
 
-from streams.faust_transport import SCHEME, register
+from streams.faust_transport import SCHEME, FastStream, register
 from streams.settings import get_settings
 from streams.topics import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
 
@@ -24,14 +24,16 @@ register()
 
 app = faust.App(
     settings.app_id,
-    # Faust's aiokafka transport with a consumer that drains a fetched batch in one step (see
-    # streams/faust_transport.py); `kafka://` works too, at about a third of the speed.
+    # Faust's aiokafka transport and streams without per-message scheduling (streams/faust_transport.py,
+    # docs/faust.md); `kafka://` and the stock Stream work too, at about a third of the speed.
     broker=f"{SCHEME}://{settings.kafka_bootstrap}",
+    Stream=FastStream,
     autodiscover=["agents"],
     origin="streams",
     # The app keeps no tables; Faust still wants a folder of its own.
     datadir=str(Path(tempfile.gettempdir()) / f"ai-analytics-faust-{settings.app_id}"),
     web_enabled=False,
+    web_host="127.0.0.1",  # should a web server start anyway, it listens on loopback only
     key_serializer="raw",
     value_serializer="raw",
     consumer_auto_offset_reset="earliest",

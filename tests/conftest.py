@@ -47,8 +47,8 @@ def redis_server(tmp_root: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def engine() -> str:
-    """The engine a test's workers run; suites that must hold on both override it with both."""
-    return "kafka"
+    """The engine a test's workers run: the default one; suites that must hold on both override it."""
+    return Settings().engine
 
 
 @pytest.fixture

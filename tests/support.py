@@ -69,15 +69,16 @@ async def produce(settings: Settings, events: list[tuple[str, dict[str, Any]]], 
 class WorkerProcess:
     """A real `ai-analytics worker` subprocess, as a user would run it; its log under the test's log folder."""
 
-    def __init__(self, settings: Settings, name: str = "w1") -> None:
+    def __init__(self, settings: Settings, name: str = "w1", command: list[str] | None = None) -> None:
         self.settings = settings
         self.log = LOG_ROOT / settings.app_id / f"{name}.log"
+        self.command = command or worker_command("info")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, **self.settings.as_env(), "PYTHONUNBUFFERED": "1"}
         env.pop("AIA_PRICE_TABLE", None)
-        self.proc = spawn(worker_command("info"), log=self.log, env=env)
+        self.proc = spawn(self.command, log=self.log, env=env)
         return self
 
     def kill(self) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from streams.producer import AnalyticsProducer
 from streams.settings import ENGINES, Settings
 from tables import queries
 from tests import reference
-from tests.support import demo_events, produce, read_compacted, settle
+from tests.support import WorkerProcess, demo_events, produce, read_compacted, settle
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +132,17 @@ async def test_chaos_one_of_two_workers_killed_every_few_seconds_during_a_shuffl
     await sending
     await settle(redis, exp, [steady, *victims], timeout=240)
     assert steady.alive(), steady.log_tail()
+
+
+@pytest.mark.parametrize("engine", ["faust"])
+async def test_faust_own_command_runs_the_agents(settings: Settings, redis: Redis, topics: list[str]) -> None:
+    """`faust -A streams.app worker` (Faust's own command line) runs the same agents, exactly."""
+    events = demo_events(2_000, seed=61)
+    faust = str(Path(sys.executable).with_name("faust"))
+    worker = WorkerProcess(settings, "faust-cli", [faust, "-A", "streams.app", "worker", "-l", "info", "--without-web"])
+    worker.start()
+    try:
+        await produce(settings, events, seconds=1)
+        await settle(redis, reference.expected(events), [worker], timeout=120)
+    finally:
+        worker.kill()
