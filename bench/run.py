@@ -125,7 +125,11 @@ def run_baseline(settings: Settings, n: int, tmp: Path) -> float:
         "BENCH_APP_ID": f"faust-baseline-{uuid.uuid4().hex[:6]}",
         "BENCH_PARTITIONS": str(settings.topic_partitions),
     }
-    proc = spawn([sys.executable, "-m", "bench.faust_baseline", "worker", "-l", "warn"], log=tmp / "faust.log", env=env)
+    proc = spawn(
+        [sys.executable, "-m", "bench.faust_baseline", "worker", "-l", "warn", "--without-web"],
+        log=tmp / "faust.log",
+        env=env,
+    )
     try:
         # A crashed agent leaves Faust running: give up at 200 events/s rather than wait forever.
         wait_until(result.exists, proc=proc, what="the Faust baseline", log=tmp / "faust.log", timeout=120 + n / 200)
