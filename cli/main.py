@@ -85,6 +85,12 @@ def configure_logging(level: str) -> None:
 
 
 def _worker(settings: Settings, engine: str, loglevel: str) -> int:
+    from agents.rules import RuleSet
+    from streams.prices import PriceTable
+
+    # A bad rules file or price table stops the worker here with the reason (exit 2), before any engine.
+    RuleSet.load(settings.alert_rules)
+    PriceTable.load(settings.price_table)
     if engine == "faust":
         import faust
 

@@ -135,7 +135,9 @@ async def test_each_rule_fires_once_and_resolves_once_across_a_kill9_restart(ale
         }, final
         resolved = {a["rule"]: a for a in final if a["state"] == "resolved"}
         assert resolved["daily_cost"]["value_exact"] == "0.7"
-        assert resolved["negative_sentiment"]["value"] == 0.4
+        # Resolved at the first evaluation that saw the share at or under 0.5: 4 of 8, 9 or 10, depending on
+        # how the six positive judgements were batched.
+        assert resolved["negative_sentiment"]["value"] in (0.5, 4 / 9, 0.4), resolved
         assert resolved["message_volume"]["value"] == 5.0
         assert all(a["alert_id"].endswith("|1|" + a["state"]) for a in final)
     finally:
