@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import orjson
 from redis.asyncio import Redis
 
-from agents.planner import Item, Planner, state_query
+from agents.planner import Item, NeedState, Planner, state_query
 from streams.deadletter import DeadLetter, Record
 from streams.exceptions import InvalidEvent
 from streams.prices import PriceTable
@@ -86,8 +86,8 @@ class BatchProcessor:
         done: list[tuple[OrgWrite, OrgState]] = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts = attempt
-            states = await self.reader.read({org: state_query(items) for org, items in pending.items()})
-            writes = [self.planner.plan(org, items, states[org], now_ms) for org, items in pending.items()]
+            writes = await self.plan(pending, now_ms)
+            states = {w.org: w.state for w in writes}
             conflicts = await self.writer.apply(writes)
             for w in writes:
                 if w.org not in conflicts:
@@ -106,6 +106,27 @@ class BatchProcessor:
         if self.publish is not None and done:
             await self.publish(await self.aggregate_records(done, now_ms))
         return result
+
+    async def plan(self, by_org: dict[str, list[Item]], now_ms: int) -> list[OrgWrite]:
+        """Read every org's state in one round trip and plan its write; an org whose plan needs more
+        conversations (an observation moved to another session) is read again with them."""
+        queries = {org: state_query(items) for org, items in by_org.items()}
+        pending = dict(by_org)
+        writes: list[OrgWrite] = []
+        while pending:
+            states = await self.reader.read({org: queries[org] for org in pending})
+            retry: dict[str, list[Item]] = {}
+            for org, items in pending.items():
+                try:
+                    w = self.planner.plan(org, items, states[org], now_ms)
+                except NeedState as need:
+                    queries[org].convs += sorted(need.conversations - set(queries[org].convs))
+                    retry[org] = items
+                    continue
+                w.state = states[org]
+                writes.append(w)
+            pending = retry
+        return writes
 
     async def aggregate_records(
         self, writes: list[tuple[OrgWrite, OrgState]], now_ms: int

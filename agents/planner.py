@@ -19,7 +19,7 @@ import orjson
 
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
-from tables import keys
+from tables import ids, keys
 from tables.buckets import Grain, Retention, day_of
 from tables.conversations import ConversationState, is_newer, starts_earlier
 from tables.state import OrgState, StateQuery
@@ -37,11 +37,13 @@ class Item:
 
 
 def conversation_id(event: Event) -> str | None:
-    """The conversation an event belongs to (its session), if any."""
+    """The conversation an event belongs to (its session, as kept: tables/ids.py), if any."""
     if isinstance(event, Conversation):
-        return event.id
+        return ids.normalize(event.id)
     if isinstance(event, (ChatMessage, SentimentEvent)):
-        return event.session_id
+        return ids.normalize(event.session_id)
+    if isinstance(event, LlmObservation) and event.session_id is not None:
+        return ids.normalize(event.session_id)
     return None
 
 
@@ -59,18 +61,39 @@ def state_query(items: list[Item]) -> StateQuery:
     return StateQuery(offset_fields, observations, seen, convs)
 
 
-def observation_value(
-    cost: int, t_in: int, t_out: int, unpriced: int, ts_ms: int, offset: int, arrival_day: int
-) -> str:
-    """What the observations hash records for an applied observation: its contribution, its version, and
-    the day it arrived (for pruning past the dedup window)."""
-    return f"{cost},{t_in},{t_out},{unpriced},{ts_ms},{offset},{arrival_day}"
+@dataclass(frozen=True, slots=True)
+class AppliedObservation:
+    """What the observations hash records for an applied observation: its contribution, its version, the
+    model and session it counts for, and the day it arrived (for pruning past the dedup window)."""
+
+    cost: int
+    input_tokens: int
+    output_tokens: int
+    unpriced: int
+    ts_ms: int
+    offset: int
+    model: str
+    session: str | None
+    arrival_day: int
+
+    def value(self) -> str:
+        return orjson.dumps(
+            [self.cost, self.input_tokens, self.output_tokens, self.unpriced, self.ts_ms, self.offset,
+             self.model, self.session, self.arrival_day]
+        ).decode()  # fmt: skip
+
+    @classmethod
+    def parse(cls, value: str) -> AppliedObservation:
+        return cls(*orjson.loads(value))
 
 
-def parse_observation_value(value: str) -> tuple[int, int, int, int, int, int]:
-    """(cost, input tokens, output tokens, unpriced, ts_ms, offset) of an applied observation."""
-    cost, t_in, t_out, unpriced, ts_ms, offset, _ = (int(x) for x in value.split(","))
-    return cost, t_in, t_out, unpriced, ts_ms, offset
+class NeedState(Exception):
+    """The plan needs conversations the batch's state read did not include (an observation re-sent with
+    another session): read them too and plan again."""
+
+    def __init__(self, conversations: set[str]) -> None:
+        super().__init__(f"conversations not read: {sorted(conversations)}")
+        self.conversations = conversations
 
 
 class Planner:
@@ -96,16 +119,26 @@ class Planner:
             last_offsets[tp] = max(item.offset, last_offsets.get(tp, item.offset))
             newest_ms = max(newest_ms, ev.ts_ms)
             if isinstance(ev, LlmObservation):
-                prev = observations.get(ev.event_id)
-                new = self._observation(w, ev, item.offset, prev, arrival_day)
+                raw = observations.get(ev.event_id)
+                prev_obs = None if raw is None else AppliedObservation.parse(raw)
+                new = self._observation(w, ev, item.offset, prev_obs, arrival_day)
                 if new is None:
                     w.replayed.append(item)
                     continue
                 w.events += 1
-                observations[ev.event_id] = new
-                w.mark_seen(keys.observations(org), ev.event_id, state.observations.get(ev.event_id), new)
-                if prev is None:
+                observations[ev.event_id] = new.value()
+                w.mark_seen(keys.observations(org), ev.event_id, state.observations.get(ev.event_id), new.value())
+                if prev_obs is None:
                     counted[item.topic] = counted.get(item.topic, 0) + 1
+                # The session's cost by hour: attributed to its student and mentor from its final state.
+                for applied, sign in ((prev_obs, -1), (new, 1)):
+                    if applied is None or applied.session is None:
+                        continue
+                    conv = self._conversation(applied.session, state, before, convs, must_be_read=True)
+                    hour = Grain.HOUR.index(applied.ts_ms)
+                    conv.costs = {**conv.costs, hour: conv.costs.get(hour, 0) + sign * applied.cost}
+                    if sign > 0:  # the latest time of each trace: a maximum, whatever the order
+                        conv.traces = {**conv.traces, ev.trace_id: max(ev.ts_ms, conv.traces.get(ev.trace_id, 0))}
                 continue
             day = day_of(ev.ts_ms)
             seen_key = seen_keys.get(day)
@@ -123,16 +156,13 @@ class Planner:
             cid = conversation_id(ev)
             if cid is None:
                 continue
-            conv = convs.get(cid)
-            if conv is None:
-                before[cid] = ConversationState.from_fields(state.convs.get(cid, {}))
-                conv = convs[cid] = replace(before[cid])
+            conv = self._conversation(cid, state, before, convs)
             if isinstance(ev, ChatMessage):
                 self._chat_message(w, ev, conv)
             elif isinstance(ev, SentimentEvent):
                 self._sentiment(w, ev, item.offset, conv)
             elif isinstance(ev, Conversation):
-                self._record(ev, item.offset, conv)
+                self._record(w, ev, item.offset, conv)
         for cid, conv in convs.items():
             self._write_conversation(w, cid, before[cid], conv)
         # The watermark records progress (and makes two writers of one partition conflict); what an
@@ -149,6 +179,25 @@ class Planner:
         self._flush_buckets(w)
         return w
 
+    @staticmethod
+    def _conversation(
+        cid: str,
+        state: OrgState,
+        before: dict[str, ConversationState],
+        convs: dict[str, ConversationState],
+        *,
+        must_be_read: bool = False,
+    ) -> ConversationState:
+        """The batch's working copy of a conversation (its state before the batch kept in `before`). The
+        batch's own conversations were read; another one (`must_be_read`) may not have been."""
+        conv = convs.get(cid)
+        if conv is None:
+            if must_be_read and cid not in state.convs:
+                raise NeedState({cid})
+            before[cid] = ConversationState.from_fields(state.convs.get(cid, {}))
+            conv = convs[cid] = replace(before[cid])
+        return conv
+
     def touched(self, org: str, items: list[Item], state: OrgState) -> tuple[list[tuple[str, str]], set[str]]:
         """The bucket counters ((key, field)) and top-students sets that these already applied items count
         in, given what Redis holds: to publish their current values again after a replay."""
@@ -163,21 +212,23 @@ class Planner:
         for item in items:
             ev = item.event
             if isinstance(ev, ChatMessage):
-                conv = ConversationState.from_fields(state.convs.get(ev.session_id, {}))
+                conv = ConversationState.from_fields(state.convs.get(ids.normalize(ev.session_id), {}))
                 start = ev.ts_ms if conv.started_ms is None else conv.started_ms
-                mentor = conv.first_mentor or ev.mentor_id
+                mentor = conv.first_mentor or ids.normalize(ev.mentor_id)
                 both(start, _session_fields(mentor))
                 if ev.role == "human":
                     day = Grain.DAY.index(ev.ts_ms)
                     counters[(keys.bucket(org, Grain.DAY, day), keys.HUMAN)] = None
                     for grain, index in ((Grain.DAY, day), (Grain.WEEK, Grain.WEEK.index(ev.ts_ms))):
-                        zsets |= {keys.top_students(org, grain, index, m) for m in (None, ev.mentor_id)}
+                        zsets |= {keys.top_students(org, grain, index, m) for m in (None, ids.normalize(ev.mentor_id))}
             elif isinstance(ev, SentimentEvent):
                 both(ev.ts_ms, (keys.SENTIMENT, keys.sentiment_field(ev.sentiment)))
             elif isinstance(ev, LlmObservation):
                 value = state.observations.get(ev.event_id)
-                ts_ms = ev.ts_ms if value is None else parse_observation_value(value)[4]
-                both(ts_ms, _COST_FIELDS)
+                applied = None if value is None else AppliedObservation.parse(value)
+                both(ev.ts_ms if applied is None else applied.ts_ms, _COST_FIELDS)
+                if applied is not None:
+                    both(applied.ts_ms, (keys.cost_field("model", applied.model),))
         return list(counters), zsets
 
     # --- aggregates --------------------------------------------------------------------------------
@@ -205,14 +256,17 @@ class Planner:
                 w.expire_at(key, self.retention.expire_at_s(grain, index))
             w.hincr(key, fld, n)
         for (day, mentor, student), n in w.top_deltas.items():
-            # The week's set too, so a long range unions weeks, not days (90 days: ~25 sets, not 90).
+            # The week's set too, so a long range unions weeks, not days (90 days: ~25 sets, not 90); and
+            # the all-time set, for a request without dates.
             for grain, index in ((Grain.DAY, day), (Grain.WEEK, Grain.WEEK.index(Grain.DAY.start_ms(day)))):
                 key = keys.top_students(w.org, grain, index, mentor)
                 w.zincr(key, student, n)
                 w.expire_at(key, self.retention.expire_at_s(grain, index))
+            w.zincr(keys.top_students_all(w.org, mentor), student, n)
 
     def _chat_message(self, w: OrgWrite, ev: ChatMessage, conv: ConversationState) -> None:
         messages_before = conv.human + conv.ai
+        mentor = self._mentor(w, ev.mentor_id)
         if starts_earlier(ev.ts_ms, ev.event_id, conv.started_ms, conv.first_event):
             if conv.started_ms is not None:  # the session moves: it leaves its old bucket with all its messages
                 self._add(w, _HOUR_DAY, conv.started_ms, (keys.SESSIONS,), -1)
@@ -223,11 +277,9 @@ class Planner:
                         w, _HOUR_DAY, conv.started_ms, (_mentor(keys.MESSAGES, conv.first_mentor),), -messages_before
                     )
             conv.started_ms, conv.first_event = ev.ts_ms, ev.event_id
-            conv.first_mentor, conv.first_student = ev.mentor_id, ev.student
-            self._add(w, _HOUR_DAY, ev.ts_ms, (keys.SESSIONS, _mentor(keys.SESSIONS, ev.mentor_id)), 1)
-            self._add(
-                w, _HOUR_DAY, ev.ts_ms, (keys.MESSAGES, _mentor(keys.MESSAGES, ev.mentor_id)), messages_before + 1
-            )
+            conv.first_mentor, conv.first_student = mentor, ev.student
+            self._add(w, _HOUR_DAY, ev.ts_ms, (keys.SESSIONS, _mentor(keys.SESSIONS, mentor)), 1)
+            self._add(w, _HOUR_DAY, ev.ts_ms, (keys.MESSAGES, _mentor(keys.MESSAGES, mentor)), messages_before + 1)
         else:
             assert conv.started_ms is not None  # starts_earlier is true for a session with no start
             self._add(w, _HOUR_DAY, conv.started_ms, (keys.MESSAGES, _mentor(keys.MESSAGES, conv.first_mentor)), 1)
@@ -242,7 +294,7 @@ class Planner:
             day_index = Grain.DAY.index(ev.ts_ms)
             self._add(w, (Grain.DAY,), ev.ts_ms, (keys.HUMAN,), 1)
             top = w.top_deltas
-            for slot in ((day_index, None, ev.student), (day_index, ev.mentor_id, ev.student)):
+            for slot in ((day_index, None, ev.student), (day_index, mentor, ev.student)):
                 top[slot] = top.get(slot, 0) + 1
 
     def _sentiment(self, w: OrgWrite, ev: SentimentEvent, offset: int, conv: ConversationState) -> None:
@@ -252,25 +304,51 @@ class Planner:
         if is_newer(version, conv.sentiment_version):
             conv.sentiment, conv.sentiment_version = ev.sentiment, version
 
-    @staticmethod
-    def _record(ev: Conversation, offset: int, conv: ConversationState) -> None:
+    def _record(self, w: OrgWrite, ev: Conversation, offset: int, conv: ConversationState) -> None:
         version = (ev.ts_ms, offset, ev.event_id)
         if is_newer(version, conv.record_version):
             conv.record_version = version
-            conv.student, conv.mentor, conv.topics = ev.student, ev.mentor, ev.topics
+            conv.student, conv.mentor, conv.topics = ev.student, self._mentor(w, ev.mentor), ev.topics
             conv.inserted_ms = ev.inserted_at_ms
+            conv.deleted = ev.deleted
             conv.record_json = orjson.dumps(ev.record).decode()
 
     @staticmethod
-    def _write_conversation(w: OrgWrite, cid: str, before: ConversationState, after: ConversationState) -> None:
-        """Write what changed in the hash and in the indexes, guarded by the hash's version."""
+    def _mentor(w: OrgWrite, mentor: str) -> str:
+        """A mentor id as kept; one that is not a UUID gets its served UUID mapped back to it."""
+        kept = ids.normalize(mentor)
+        if ids.needs_mapping(kept):
+            w.hset(keys.uuids(w.org), ids.served(w.org, ids.MENTOR, kept), ids.mapping_value(ids.MENTOR, kept))
+        return kept
+
+    def _write_conversation(self, w: OrgWrite, cid: str, before: ConversationState, after: ConversationState) -> None:
+        """Write what changed in the hash, in the indexes and in the cost attributed to the session's student
+        and mentor (derived from the final state, so the order of its events does not matter), guarded by
+        the hash's version."""
+        retention = self.retention
         ckey = keys.conversation(w.org, cid)
+        if before.version is None and ids.needs_mapping(cid):
+            w.hset(
+                keys.uuids(w.org), ids.served(w.org, ids.CONVERSATION, cid), ids.mapping_value(ids.CONVERSATION, cid)
+            )
         w.guard(ckey, keys.CONV_VERSION, None if before.version is None else str(before.version))
         w.hincr(ckey, keys.CONV_VERSION, 1)
         old_fields = before.to_fields()
         for fld, value in after.to_fields().items():
             if old_fields.get(fld) != value:
                 w.hset(ckey, fld, value)
+        old_cost, new_cost = _attributed(w.org, cid, before), _attributed(w.org, cid, after)
+        for slot in old_cost.keys() | new_cost.keys():
+            n = new_cost.get(slot, 0) - old_cost.get(slot, 0)
+            if not n:
+                continue
+            kind, grain, index, member = slot
+            if kind == "z":
+                key = keys.session_costs(w.org, index)
+                w.zincr(key, member, n)
+                w.expire_at(key, retention.expire_at_s(Grain.DAY, index))
+            else:
+                w.bucket_deltas[(grain, index, member)] = w.bucket_deltas.get((grain, index, member), 0) + n
         old, new = before.index_entries(), after.index_entries()
         for kind, value in old.keys() - new.keys():
             w.zrem(_index_key(w.org, kind, value), cid)
@@ -279,26 +357,31 @@ class Planner:
                 w.zadd(_index_key(w.org, kind, value), cid, score)
 
     def _observation(
-        self, w: OrgWrite, ev: LlmObservation, offset: int, prev: str | None, arrival_day: int
-    ) -> str | None:
-        """Apply (or replace) an observation's cost and tokens; return what `seen` now records for it, or
-        None when nothing changes (a copy, or an older version than the one applied)."""
-        if prev is not None:
-            p_cost, p_in, p_out, p_unpriced, p_ts, p_offset = parse_observation_value(prev)
-            if not is_newer((ev.ts_ms, offset, ev.event_id), (p_ts, p_offset, ev.event_id)):
-                return None
+        self, w: OrgWrite, ev: LlmObservation, offset: int, prev: AppliedObservation | None, arrival_day: int
+    ) -> AppliedObservation | None:
+        """Apply (or replace) an observation's cost and tokens in the org's and its model's buckets; return
+        what the observations hash now records for it, or None when nothing changes (a copy, or an older
+        version than the one applied)."""
+        if prev is not None and not is_newer((ev.ts_ms, offset, ev.event_id), (prev.ts_ms, prev.offset, ev.event_id)):
+            return None
         cost = ev.cost_nanos
         unpriced = 0
         if cost is None:
             cost = self.prices.cost_nanos(ev.model, ev.input_tokens, ev.output_tokens)
             if cost is None:
                 cost, unpriced = 0, 1
-        if prev is not None:
-            for fld, n in zip(_COST_FIELDS, (-p_cost, -p_in, -p_out, -1, -p_unpriced), strict=True):
-                self._add(w, _HOUR_DAY, p_ts, (fld,), n)
-        for fld, n in zip(_COST_FIELDS, (cost, ev.input_tokens, ev.output_tokens, 1, unpriced), strict=True):
-            self._add(w, _HOUR_DAY, ev.ts_ms, (fld,), n)
-        return observation_value(cost, ev.input_tokens, ev.output_tokens, unpriced, ev.ts_ms, offset, arrival_day)
+        new = AppliedObservation(
+            cost, ev.input_tokens, ev.output_tokens, unpriced, ev.ts_ms, offset, ev.model,
+            None if ev.session_id is None else ids.normalize(ev.session_id), arrival_day,
+        )  # fmt: skip
+        for applied, sign in ((prev, -1), (new, 1)):
+            if applied is None:
+                continue
+            counts = (applied.cost, applied.input_tokens, applied.output_tokens, 1, applied.unpriced)
+            for fld, n in zip(_COST_FIELDS, counts, strict=True):
+                self._add(w, _HOUR_DAY, applied.ts_ms, (fld,), sign * n)
+            self._add(w, _HOUR_DAY, applied.ts_ms, (keys.cost_field("model", applied.model),), sign * applied.cost)
+        return new
 
 
 _HOUR_DAY = (Grain.HOUR, Grain.DAY)
@@ -315,3 +398,23 @@ def _session_fields(mentor: str) -> tuple[str, ...]:
 
 def _index_key(org: str, kind: str, value: str) -> str:
     return keys.conversations(org) if not kind else keys.conversations_by(org, kind, value)
+
+
+def _attributed(org: str, cid: str, conv: ConversationState) -> dict[tuple[str, Grain, int, str], int]:
+    """What a session's cost adds to its student's and mentor's buckets (hour and day), and to the day's
+    per-mentor session costs: a function of the conversation's state alone."""
+    who = conv.attribution()
+    out: dict[tuple[str, Grain, int, str], int] = {}
+    if who is None:
+        return out
+    student, mentor = who
+    fields = (keys.cost_field("u", student), keys.cost_field("m", mentor))
+    for hour, n in conv.costs.items():
+        day = hour // 24
+        for grain, index in ((Grain.HOUR, hour), (Grain.DAY, day)):
+            for fld in fields:
+                slot = ("h", grain, index, fld)
+                out[slot] = out.get(slot, 0) + n
+        zslot = ("z", Grain.DAY, day, f"{mentor}|{cid}")
+        out[zslot] = out.get(zslot, 0) + n
+    return out

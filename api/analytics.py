@@ -26,6 +26,7 @@ async def average_messages_per_session(
     end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (required).")] = None,
     mentor_id: Annotated[str | None, Query(description="Only sessions with this mentor.")] = None,
     aggregation: Annotated[str | None, Query(description="hourly, daily (default) or weekly.")] = None,
+    group_by: Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")] = None,
 ) -> list[dict[str, Any]]:
     """Sessions started per period and the average number of messages in them."""
     agg = params.choice("aggregation", aggregation, queries.AGGREGATIONS, "daily") or "daily"
@@ -78,13 +79,17 @@ async def top_students(
     key: Caller,
     state: State,
     mentor_id: Annotated[str | None, Query(description="Only messages to this mentor.")] = None,
-    start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (default: 30 days ago).")] = None,
+    start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (default: all time).")] = None,
     end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).")] = None,
+    group_by: Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")] = None,
 ) -> list[dict[str, Any]]:
     """The 20 students with the most messages, ties by username."""
+    mentor = params.text("mentor_id", mentor_id)
+    if not start_date and not end_date:
+        return await queries.top_students(state.redis, org, None, None, mentor)
     start, end = params.date_range(start_date, end_date, required=False)
     state.retention.check(start, _today(), hourly=False)
-    return await queries.top_students(state.redis, org, start, end, params.text("mentor_id", mentor_id))
+    return await queries.top_students(state.redis, org, start, end, mentor)
 
 
 @router.get("/freshness/")

@@ -17,7 +17,7 @@ from fastapi.responses import ORJSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import analytics, history, ops
+from api import analytics, costs, history, ops
 from api.errors import ApiError
 from api.metrics import Metrics
 from api.state import AppState
@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ops.ObserveMiddleware, metrics=metrics)
     app.include_router(analytics.router, prefix=PREFIX, responses=ERRORS)
     app.include_router(history.router, prefix=PREFIX, responses=ERRORS)
+    app.include_router(costs.router, prefix=PREFIX, responses=ERRORS)
+    app.include_router(costs.all_orgs_router, responses=ERRORS)
     app.include_router(ops.router)
 
     @app.get("/", include_in_schema=False)
@@ -97,4 +99,4 @@ def _error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def unexpected(_: Request, exc: Exception) -> ORJSONResponse:
         # A dependency being down is a 503 the client can retry, never a 500 with a traceback.
         metrics.errors.inc()
-        return ORJSONResponse({"error": f"temporarily unavailable: {type(exc).__name__}"}, status_code=503)
+        return ORJSONResponse({"detail": f"temporarily unavailable: {type(exc).__name__}"}, status_code=503)

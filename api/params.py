@@ -8,6 +8,7 @@ from api.errors import ApiError
 
 PERIODS = {"today": 1, "yesterday": 1, "7d": 7, "30d": 30, "90d": 90}
 MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
 
 
 def bad(param: str, message: str) -> ApiError:
@@ -99,3 +100,28 @@ def period_days(value: str | None) -> tuple[date, date]:
     if period == "yesterday":
         return today - timedelta(days=1), today - timedelta(days=1)
     return today - timedelta(days=PERIODS[period] - 1), today
+
+
+def page_size(value: str | None) -> int:
+    """Rows per page as Django REST framework's PageNumberPagination reads it: a size over the maximum is
+    capped, one that is not a positive whole number falls back to the default."""
+    try:
+        n = int(value) if value else DEFAULT_PAGE_SIZE
+    except ValueError:
+        return DEFAULT_PAGE_SIZE
+    return DEFAULT_PAGE_SIZE if n < 1 else min(n, MAX_PAGE_SIZE)
+
+
+def page_number(value: str | None, pages: int) -> int:
+    """The page asked for; as Django REST framework does, one that is not a page of the result is a 404."""
+    if value is None or value == "":
+        return 1
+    if value == "last":
+        return pages
+    try:
+        n = int(value)
+    except ValueError:
+        raise ApiError(404, "Invalid page.", param="page") from None
+    if n < 1 or n > pages:
+        raise ApiError(404, "Invalid page.", param="page")
+    return n

@@ -18,7 +18,13 @@ from streams.schemas import SENTIMENTS, format_timestamp
 from streams.topics import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
 
 ORGS = ("acme-academy", "globex-school", "initech-u")
-MENTORS = ("math-tutor", "essay-coach", "physics-pal", "spanish-buddy")
+# Mentors are UUIDs on the platform (its `mentor_unique_id`); the names are only for titles.
+MENTORS = {
+    "8d7f2c1e-3b4a-4c5d-9e6f-0a1b2c3d4e01": "Math Tutor",
+    "8d7f2c1e-3b4a-4c5d-9e6f-0a1b2c3d4e02": "Essay Coach",
+    "8d7f2c1e-3b4a-4c5d-9e6f-0a1b2c3d4e03": "Physics Pal",
+    "8d7f2c1e-3b4a-4c5d-9e6f-0a1b2c3d4e04": "Spanish Buddy",
+}
 STUDENTS = tuple(f"student{i:03d}" for i in range(60))
 TOPICS = ("algebra", "fractions", "essays", "grammar", "kinematics", "vocabulary", "geometry")
 MODELS = (
@@ -58,7 +64,7 @@ class DemoTraffic:
         """One tutoring session's events, in the order a platform would send them."""
         rng, cfg = self.rng, self.config
         org = rng.choices(ORGS, weights=(5, 3, 2))[0]
-        mentor = rng.choice(MENTORS)
+        mentor = rng.choice(tuple(MENTORS))
         student = STUDENTS[min(int(rng.paretovariate(1.2)) - 1, len(STUDENTS) - 1)]
         session_id = uuid.UUID(int=rng.getrandbits(128)).hex
         n_messages = rng.randint(2, 12)
@@ -141,7 +147,7 @@ class DemoTraffic:
                     "llm_provider": provider,
                     "metadata": {},
                     "tools": [],
-                    "title": f"{topics[0].title()} with {mentor}",
+                    "title": f"{topics[0].title()} with {MENTORS[mentor]}",
                     "inserted_at": format_timestamp(start),
                 },
             )

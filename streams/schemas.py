@@ -32,13 +32,15 @@ MAX_TEXT = 1024  # longest id, username or label we accept
 class Limits:
     """The time window an event's timestamp must fall in, relative to now (milliseconds)."""
 
-    retention_ms: int
+    retention_ms: int | None  # None: no event is too old (daily aggregates are kept forever)
     max_future_ms: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
-        """Older than the daily retention, or further ahead than the clock-skew allowance: refused."""
-        return cls(settings.daily_retention_days * 86_400_000, settings.max_future_seconds * 1000)
+        """Older than the daily retention (when one is set), or further ahead than the clock-skew
+        allowance: refused."""
+        days = settings.daily_retention_days
+        return cls(days * 86_400_000 if days else None, settings.max_future_seconds * 1000)
 
 
 @dataclass(slots=True)  # not frozen: built per event, and a frozen __init__ costs 5x
@@ -98,6 +100,7 @@ class Conversation:
     topics: tuple[str, ...]
     inserted_at_ms: int
     record: dict[str, Any]
+    deleted: bool = False  # `"deleted": true`: the platform deleted the conversation
 
 
 Event = ChatMessage | SentimentEvent | LlmObservation | Conversation
@@ -233,7 +236,7 @@ def parse(topic: str, key: bytes | None, raw: bytes | None, now_ms: int, limits:
     if "timestamp" not in data or data["timestamp"] is None:
         raise InvalidEvent("missing field 'timestamp'")
     ts_ms = parse_timestamp(data["timestamp"])
-    if ts_ms < now_ms - limits.retention_ms:
+    if limits.retention_ms is not None and ts_ms < now_ms - limits.retention_ms:
         raise InvalidEvent(
             f"timestamp {format_timestamp(ts_ms)} is beyond retention (older than {limits.retention_ms // 86_400_000} days)"
         )
@@ -301,6 +304,9 @@ def parse(topic: str, key: bytes | None, raw: bytes | None, now_ms: int, limits:
         topics = f.str_list("topics")
         student = f.text("student")
         mentor = f.text("mentor")
+        deleted = data.get("deleted", False)
+        if not isinstance(deleted, bool):
+            raise InvalidEvent("field 'deleted' must be true or false")
         record = {k: v for k, v in data.items() if k not in ("event_id", "org", "timestamp")}
         record["topics"] = [{"name": t} for t in topics]
         record["inserted_at"] = format_timestamp(inserted_ms)
@@ -314,6 +320,7 @@ def parse(topic: str, key: bytes | None, raw: bytes | None, now_ms: int, limits:
             topics=topics,
             inserted_at_ms=inserted_ms,
             record=record,
+            deleted=deleted,
         )
     raise InvalidEvent(f"no schema for topic {topic!r}")
 

@@ -36,7 +36,8 @@ class Settings:
     session_timeout: float = 30.0
     heartbeat_interval: float = 3.0
     hourly_retention_days: int = 90
-    daily_retention_days: int = 400
+    # Daily (and weekly) aggregates are small: kept without expiry unless a number of days is set.
+    daily_retention_days: int = 0
     dedup_window_days: int = 7
     # Events stamped further than this in the future are dead letters (clock skew allowance).
     max_future_seconds: int = 300
@@ -71,7 +72,6 @@ class Settings:
             "topic_replication",
             "batch_size",
             "hourly_retention_days",
-            "daily_retention_days",
             "dedup_window_days",
         ):
             if getattr(self, name) < 1:
@@ -80,6 +80,10 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}ALERT_LEASE_SECONDS ({self.alert_lease_seconds}) must exceed {PREFIX}ALERT_INTERVAL "
                 f"({self.alert_interval}), which must not be negative"
+            )
+        if self.daily_retention_days < 0:
+            raise SettingsError(
+                f"{PREFIX}DAILY_RETENTION_DAYS must be 0 (keep forever) or more, got {self.daily_retention_days}"
             )
         if self.engine not in ENGINES:
             raise SettingsError(f"{PREFIX}ENGINE must be one of {', '.join(ENGINES)}, got {self.engine!r}")

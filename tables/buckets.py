@@ -58,7 +58,7 @@ _SPAN_MS = {Grain.MINUTE: MINUTE_MS, Grain.HOUR: HOUR_MS, Grain.DAY: DAY_MS, Gra
 
 @dataclass(frozen=True)
 class Retention:
-    """How long buckets and event ids are kept, in days (from settings)."""
+    """How long buckets and event ids are kept, in days (from settings); daily_days 0: forever."""
 
     hourly_days: int
     daily_days: int
@@ -68,12 +68,15 @@ class Retention:
     def from_settings(cls, settings: Settings) -> Retention:
         return cls(settings.hourly_retention_days, settings.daily_retention_days, settings.dedup_window_days)
 
-    def expire_at_s(self, grain: Grain, index: int) -> int:
-        """When a bucket's key expires: its end plus the retention of its grain (days and weeks: daily)."""
+    def expire_at_s(self, grain: Grain, index: int) -> int | None:
+        """When a bucket's key expires: its end plus the retention of its grain (days and weeks: daily);
+        None when it is kept forever."""
         if grain is Grain.MINUTE:
             keep = MINUTES_KEPT_S
         elif grain is Grain.HOUR:
             keep = self.hourly_days * 86400
+        elif not self.daily_days:
+            return None
         else:
             keep = self.daily_days * 86400
         return grain.end_s(index) + keep
@@ -85,6 +88,8 @@ class Retention:
     def check(self, start: date, today: date, *, hourly: bool, param: str = "start_date") -> None:
         """Refuse a range that starts before what the grain keeps, naming the parameter and the limit."""
         days = self.hourly_days if hourly else self.daily_days
+        if not days:
+            return
         oldest = today - timedelta(days=days - 1)
         if start < oldest:
             grain = "hourly" if hourly else "daily"

@@ -67,6 +67,11 @@ class ConversationState:
     mentor: str | None = None
     topics: tuple[str, ...] = ()
     inserted_ms: int | None = None
+    deleted: bool = False  # the newest record is a deletion: the conversation is listed nowhere
+    # LLM cost of the session's observations by hour (epoch hours -> nano-dollars), attributed to its
+    # student and mentor (`attribution`) whenever those are known.
+    costs: dict[int, int] = field(default_factory=dict)
+    traces: dict[str, int] = field(default_factory=dict)  # trace_id -> its latest observation time (ms)
     record_json: str | None = field(default=None, compare=False)  # written, never read back by the planner
 
     @classmethod
@@ -88,6 +93,9 @@ class ConversationState:
             mentor=f("mentor"),
             topics=tuple(orjson.loads(f("topics") or "[]")),
             inserted_ms=_int(f("inserted_ms")),
+            deleted=f("deleted") == "1",
+            costs={int(h): n for h, n in orjson.loads(f("costs") or "{}").items()},
+            traces=orjson.loads(f("traces") or "{}"),
         )
 
     def to_fields(self) -> dict[str, str]:
@@ -98,6 +106,10 @@ class ConversationState:
             out["first_event"] = self.first_event or ""
             out["first_mentor"] = self.first_mentor or ""
             out["first_student"] = self.first_student or ""
+        if self.costs:
+            out["costs"] = orjson.dumps({str(h): n for h, n in sorted(self.costs.items()) if n}).decode()
+        if self.traces:
+            out["traces"] = orjson.dumps(self.traces, option=orjson.OPT_SORT_KEYS).decode()
         if self.msg_topics:
             out["msg_topics"] = orjson.dumps(sorted(self.msg_topics)).decode()
         if self.sentiment is not None and self.sentiment_version is not None:
@@ -109,9 +121,17 @@ class ConversationState:
             out["mentor"] = self.mentor or ""
             out["topics"] = orjson.dumps(list(self.topics)).decode()
             out["inserted_ms"] = str(self.inserted_ms or 0)
+            out["deleted"] = "1" if self.deleted else "0"
             if self.record_json is not None:
                 out[keys.RECORD] = self.record_json
         return out
+
+    def attribution(self) -> tuple[str, str] | None:
+        """(student, mentor) the session's LLM cost counts for: those of its earliest message (observations
+        name only the session); None until a message of the session is known."""
+        if self.started_ms is None:
+            return None
+        return self.first_student or "", self.first_mentor or ""
 
     def index_entries(self) -> dict[tuple[str, str], float]:
         """Where the conversation is listed: (index kind, value) -> score; kind "" is the main index.
@@ -119,6 +139,8 @@ class ConversationState:
         The newest record's student, mentor and insertion time win over the earliest message's; topics
         are those of the record and of every message; sentiment is the latest judgement."""
         out: dict[tuple[str, str], float] = {}
+        if self.deleted:
+            return out
         score = self.inserted_ms if self.record_version is not None else self.started_ms
         if score is not None:
             out[("", "")] = float(score)

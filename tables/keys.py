@@ -40,11 +40,19 @@ CONV_STATE = (
     "mentor",
     "topics",
     "inserted_ms",
+    "deleted",
+    "costs",
+    "traces",
 )
 CONV_VERSION = "v"
 RECORD = "record"  # the newest chat-history record, as JSON
 MESSAGES_HUMAN = "messages_human"
 MESSAGES_AI = "messages_ai"
+
+
+def cost_field(kind: str, value: str) -> str:
+    """A bucket field of LLM cost (nano-dollars) for one student (`u`), mentor (`m`) or model (`model`)."""
+    return f"{COST}|{kind}|{value}"
 
 
 def mentor_field(field: str, mentor: str) -> str:
@@ -105,6 +113,18 @@ def top_students(org: str, grain: Grain, index: int, mentor: str | None = None) 
     return base if mentor is None else f"{base}|m|{mentor}"
 
 
+def top_students_all(org: str, mentor: str | None = None) -> str:
+    """Sorted set student -> human messages of all time (never expires); a mentor's ends in `|m|<mentor>`."""
+    base = f"{_org(org)}:top:all"
+    return base if mentor is None else f"{base}|m|{mentor}"
+
+
+def session_costs(org: str, day: int) -> str:
+    """Sorted set `<mentor>|<session>` -> LLM cost (nano-dollars) of the session's observations that day
+    (a day index), for the per-mentor cost report."""
+    return f"{_org(org)}:costsess:{Grain.DAY.label(day)}"
+
+
 def offsets(org: str) -> str:
     """Hash `topic:partition` -> the last offset whose event of this org is applied."""
     return f"{_org(org)}:offsets"
@@ -121,10 +141,15 @@ def seen(org: str, day: str) -> str:
 
 
 def observations(org: str) -> str:
-    """Hash event_id -> an applied observation's contribution and version (`cost,in,out,unpriced,ts,offset,
-    arrival day`), whatever its event day, so a version re-sent with another timestamp replaces it. Entries
-    older than the dedup window (by arrival) are pruned by the worker."""
+    """Hash event_id -> an applied observation's contribution and version (JSON `[cost, in, out, unpriced, ts,
+    offset, model, session, arrival day]`), whatever its event day, so a version re-sent with another
+    timestamp replaces it. Entries older than the dedup window (by arrival) are pruned by the worker."""
     return f"{_org(org)}:obs"
+
+
+def uuids(org: str) -> str:
+    """Hash served UUID -> `kind|id` for the conversation and mentor ids that are not UUIDs (tables/ids.py)."""
+    return f"{_org(org)}:uuids"
 
 
 def meta(org: str) -> str:
@@ -183,6 +208,8 @@ def describe_counter(key: str, member: str, kind: str) -> tuple[str, dict[str, s
         return f"{org}|{member}|{grain}|{bucket}", {"org": org, "metric": member, "grain": grain, "bucket": bucket}
     if kind == "z" and grain == "top":
         day, _, mentor = bucket.partition("|m|")
+        if day == "all":
+            return None  # the all-time sets are served, not published
         metric = "top_students" if not mentor else f"top_students|m|{mentor}"
         grain, day = ("w", day[1:]) if day.startswith("w") else ("d", day)
         return f"{org}|{metric}|{grain}|{day}", {"org": org, "metric": metric, "grain": grain, "bucket": day}

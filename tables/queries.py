@@ -5,7 +5,7 @@ hash tag, so they work on Redis Cluster too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -14,7 +14,7 @@ import orjson
 from redis.asyncio import Redis
 
 from streams.schemas import SENTIMENTS, format_timestamp
-from tables import keys
+from tables import ids, keys
 from tables.buckets import Grain, day_index, days_between, hour_index, hours_between, split_weeks
 from tables.conversations import ConversationState
 
@@ -40,6 +40,7 @@ async def average_messages_per_session(
     """Rows of sessions started per period and their messages; periods with no session included."""
     s_field, m_field = keys.SESSIONS, keys.MESSAGES
     if mentor_id is not None:
+        mentor_id = await resolve(redis, org, ids.MENTOR, mentor_id)
         s_field, m_field = keys.mentor_field(s_field, mentor_id), keys.mentor_field(m_field, mentor_id)
     if aggregation == "hourly":
         hours = hours_between(start, end)
@@ -78,14 +79,24 @@ async def average_messages_per_session(
 
 
 async def top_students(
-    redis: Redis, org: str, start: date, end: date, mentor_id: str | None = None, limit: int = TOP_N
+    redis: Redis,
+    org: str,
+    start: date | None,
+    end: date | None,
+    mentor_id: str | None = None,
+    limit: int = TOP_N,
 ) -> list[dict[str, Any]]:
-    """Human messages per student over the range, most first, ties by username ascending.
+    """Human messages per student over the range (all time without one), most first, ties by username.
 
     Whole weeks inside the range are read from weekly sets, the days around them from daily ones."""
-    mondays, days = split_weeks(start, end)
-    zkeys = [keys.top_students(org, Grain.WEEK, day_index(m), mentor_id) for m in mondays]
-    zkeys += [keys.top_students(org, Grain.DAY, day_index(d), mentor_id) for d in days]
+    if mentor_id is not None:
+        mentor_id = await resolve(redis, org, ids.MENTOR, mentor_id)
+    if start is None or end is None:
+        zkeys = [keys.top_students_all(org, mentor_id)]
+    else:
+        mondays, days = split_weeks(start, end)
+        zkeys = [keys.top_students(org, Grain.WEEK, day_index(m), mentor_id) for m in mondays]
+        zkeys += [keys.top_students(org, Grain.DAY, day_index(d), mentor_id) for d in days]
     merged: Any = await redis.zunion(zkeys, withscores=True)
     counts = [(member.decode(), int(score)) for member, score in merged]
     counts.sort(key=lambda kv: (-kv[1], kv[0]))
@@ -135,7 +146,7 @@ async def tenant_cost(redis: Redis, org: str, start: datetime, end: datetime) ->
     totals = [sum(_int(r[i]) for r in replies) for i in range(len(fields))]
     nanos = totals[0]
     return {
-        "total_cost": float(Decimal(nanos) / NANOS),
+        "total_cost": usd(nanos),
         "total_cost_exact": str(Decimal(nanos) / NANOS),
         "cost_nanos": nanos,
         "input_tokens": totals[1],
@@ -143,6 +154,81 @@ async def tenant_cost(redis: Redis, org: str, start: datetime, end: datetime) ->
         "observations": totals[3],
         "unpriced_observations": totals[4],
     }
+
+
+def usd(nanos: int) -> float:
+    """Nano-dollars as the float the platform's clients read (sums are kept exact in nano-dollars)."""
+    return float(Decimal(nanos) / NANOS)
+
+
+async def cost_fields(redis: Redis, org: str, start: datetime, end: datetime, prefix: str) -> dict[str, int]:
+    """Sum over [start, end) of every bucket field starting with `prefix` (e.g. `cost|model|`), by the rest
+    of the field's name; whole days from daily buckets, the edges from hourly ones."""
+    buckets = cost_buckets(org, start, end)
+    rows = await _pipeline(redis, [("hgetall", key) for key in buckets])
+    out: dict[str, int] = {}
+    for row in rows:
+        for fld, value in row.items():
+            name = fld.decode()
+            if name.startswith(prefix):
+                rest = name[len(prefix) :]
+                out[rest] = out.get(rest, 0) + int(value)
+    return out
+
+
+async def cost_of(redis: Redis, org: str, start: datetime, end: datetime, fld: str) -> int:
+    """Exact nano-dollars of one cost field (keys.cost_field) over [start, end)."""
+    replies = await _pipeline(redis, [("hget", key, fld) for key in cost_buckets(org, start, end)])
+    return sum(_int(r) for r in replies)
+
+
+async def session_costs(redis: Redis, org: str, start: datetime, end: datetime) -> dict[tuple[str, str], int]:
+    """(mentor, session) -> cost of the session's observations in [start, end), exact to the hour like
+    every cost: the sessions come from the per-day sets of the days the range touches, their cost from
+    each session's cost by hour."""
+    first = start.astimezone(UTC).date()
+    last = (end.astimezone(UTC) - timedelta(microseconds=1)).date()
+    if last < first:
+        return {}
+    merged: Any = await redis.zunion(
+        [keys.session_costs(org, day_index(d)) for d in days_between(first, last)], withscores=True
+    )
+    candidates = [member.decode().partition("|")[::2] for member, score in merged if int(score)]
+    rows = await _pipeline(redis, [("hget", keys.conversation(org, session), "costs") for _, session in candidates])
+    lo, hi = hour_index(start.astimezone(UTC)), hour_index(end.astimezone(UTC))
+    out: dict[tuple[str, str], int] = {}
+    for (mentor, session), raw in zip(candidates, rows, strict=True):
+        nanos = sum(n for h, n in orjson.loads(raw or b"{}").items() if lo <= int(h) < hi)
+        if nanos:
+            out[(mentor, session)] = nanos
+    return out
+
+
+async def latest_trace(redis: Redis, org: str, student: str, start: datetime, end: datetime) -> tuple[str, int] | None:
+    """(trace_id, time in ms) of the latest LLM trace in [start, end) of the student's sessions."""
+    lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+    members: Any = await redis.zrange(keys.conversations_by(org, "student", student), 0, -1)
+    rows = await _pipeline(redis, [("hget", keys.conversation(org, m.decode()), "traces") for m in members])
+    best: tuple[int, str] | None = None
+    for raw in rows:
+        for trace_id, ts in orjson.loads(raw or b"{}").items():
+            if lo <= ts < hi and (best is None or (ts, trace_id) > best):
+                best = (ts, trace_id)
+    return None if best is None else (best[1], best[0])
+
+
+async def resolve(redis: Redis, org: str, kind: str, value: str) -> str:
+    """The kept id behind an id a client sends: a served UUID maps back to a non-UUID id (tables/ids.py),
+    another UUID is kept canonical, anything else is kept as given."""
+    uid = ids.canonical(value)
+    if uid is None:
+        return value
+    mapped: Any = await redis.hget(keys.uuids(org), uid)
+    if mapped is not None:
+        found_kind, _, kept = str(mapped.decode()).partition("|")
+        if found_kind == kind:
+            return kept
+    return uid
 
 
 async def list_orgs(redis: Redis) -> list[str]:
@@ -184,6 +270,8 @@ async def chat_history(
     redis: Redis, org: str, flt: HistoryFilter, page: int, page_size: int
 ) -> tuple[int, list[dict[str, Any]]]:
     """(count, the page's conversations), newest first by inserted_at."""
+    if flt.mentor:
+        flt = replace(flt, mentor=await resolve(redis, org, ids.MENTOR, flt.mentor))
     lo = "-inf" if flt.start is None else _ms(flt.start)
     hi = "+inf" if flt.end is None else _ms(flt.end + timedelta(days=1)) - 1
     index = keys.conversations(org)
@@ -198,7 +286,7 @@ async def chat_history(
     if not filters:
         count = int(await redis.zcount(index, lo, hi))
         start = (page - 1) * page_size
-        ids: Any = await redis.zrevrangebyscore(index, hi, lo, start=start, num=page_size)
+        page_ids: Any = await redis.zrevrangebyscore(index, hi, lo, start=start, num=page_size)
     else:
         # Walk the smallest filter set, then check the others and the date range against it.
         sizes = [int(n) for n in await _pipeline(redis, [("zcard", k) for k in filters])]
@@ -219,36 +307,86 @@ async def chat_history(
                 matched.append((score, cid))
         matched.sort(key=lambda sc: (-sc[0], sc[1]))
         count = len(matched)
-        ids = [cid for _, cid in matched[(page - 1) * page_size : page * page_size]]
-    return count, await _conversations(redis, org, [i.decode() for i in ids])
+        page_ids = [cid for _, cid in matched[(page - 1) * page_size : page * page_size]]
+    return count, await _conversations(redis, org, [i.decode() for i in page_ids])
 
 
-async def _conversations(redis: Redis, org: str, ids: list[str]) -> list[dict[str, Any]]:
-    """The served records: the newest chat-history record's fields, completed from the messages (the
-    earliest message's student and mentor where no record names them, per-role counts, every topic) and
-    the latest sentiment."""
+async def conversation(redis: Redis, org: str, conv_id: str) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """(the kept id, the stored record, the served conversation) of a conversation by the id a client
+    sends (a served UUID or a kept id), or None when there is none (or it was deleted)."""
+    cid = await resolve(redis, org, ids.CONVERSATION, conv_id)
     fields = [keys.RECORD, *keys.CONV_STATE]
-    rows = await _pipeline(redis, [("hmget", keys.conversation(org, cid), fields) for cid in ids])
+    reply: Any = await redis.hmget(keys.conversation(org, cid), fields)
+    record, *values = reply
+    conv = ConversationState.from_fields(
+        {f: None if v is None else v.decode() for f, v in zip(keys.CONV_STATE, values, strict=True)}
+    )
+    if conv.deleted or (conv.record_version is None and conv.started_ms is None):
+        return None
+    stored: dict[str, Any] = orjson.loads(record) if record else {}
+    return cid, stored, served_conversation(org, cid, stored, conv)
+
+
+async def _conversations(redis: Redis, org: str, ids_: list[str]) -> list[dict[str, Any]]:
+    fields = [keys.RECORD, *keys.CONV_STATE]
+    rows = await _pipeline(redis, [("hmget", keys.conversation(org, cid), fields) for cid in ids_])
     out = []
-    for cid, (record, *values) in zip(ids, rows, strict=True):
+    for cid, (record, *values) in zip(ids_, rows, strict=True):
         conv = ConversationState.from_fields(
             {f: None if v is None else v.decode() for f, v in zip(keys.CONV_STATE, values, strict=True)}
         )
-        rec: dict[str, Any] = orjson.loads(record) if record else {"id": cid}
-        rec.setdefault("id", cid)
-        if conv.first_student is not None:
-            rec.setdefault("student", conv.first_student)
-        if conv.first_mentor is not None:
-            rec.setdefault("mentor", conv.first_mentor)
-        if "inserted_at" not in rec and conv.started_ms is not None:
-            rec["inserted_at"] = format_timestamp(conv.started_ms)
-        topics = list(dict.fromkeys([*conv.topics, *sorted(conv.msg_topics)]))
-        rec["topics"] = [{"name": t} for t in topics]
-        rec["messages_human"] = conv.human
-        rec["messages_ai"] = conv.ai
-        rec["message_count"] = conv.human + conv.ai
-        rec["sentiment"] = conv.sentiment
-        out.append(rec)
+        out.append(served_conversation(org, cid, orjson.loads(record) if record else {}, conv))
+    return out
+
+
+# Optional fields of the platform's record, served when the record holds a value of the right type.
+_BOOLS = ("has_document", "memory_tracked", "enable_artifacts", "is_shared", "is_authenticated")
+_SHORT_TEXTS = ("llm_name", "llm_provider", "title")  # at most 255 characters on the platform
+_TEXTS = ("email", "model", "platform", "lti_email", "lti_username")  # required: "" when unknown
+
+
+def served_conversation(org: str, cid: str, record: dict[str, Any], conv: ConversationState) -> dict[str, Any]:
+    """A conversation in the platform's `Conversations` shape, readable by its SDK whatever the events held.
+
+    The newest chat-history record supplies the platform's fields; the messages supply the student and
+    mentor where no record names them, the per-role counts and further topics; sentiment is the latest
+    judgement ("" when none). Ids are UUIDs (tables/ids.py; the kept ids are in `session_id` and
+    `mentor_name`). Message contents are not kept, so `messages` is an empty list ("[]")."""
+    has_record = conv.record_version is not None
+    mentor = (conv.mentor if has_record else conv.first_mentor) or ""
+    student = (conv.student if has_record else conv.first_student) or ""
+    inserted_ms = conv.inserted_ms if has_record and conv.inserted_ms else conv.started_ms
+    topics = list(dict.fromkeys([*conv.topics, *sorted(conv.msg_topics)]))
+    out: dict[str, Any] = {
+        "id": ids.served(org, ids.CONVERSATION, cid),
+        "session_id": cid,
+        "messages": "[]",
+        "topics": [{"name": t[:255]} for t in topics],
+        "sentiment": conv.sentiment or "",
+        "mentor": ids.served(org, ids.MENTOR, mentor),
+        "mentor_name": mentor,
+        "student": student,
+        "rating": r if isinstance(r := record.get("rating"), int) and not isinstance(r, bool) else 0,
+        "inserted_at": format_timestamp(inserted_ms or 0),
+        "is_conversation": conv.human > 0 and conv.ai > 0,
+        "message_count_human": conv.human,
+        "message_count_ai": conv.ai,
+        "message_count": conv.human + conv.ai,
+    }
+    for name in _TEXTS:
+        value = record.get(name)
+        out[name] = value if isinstance(value, str) else ""
+    for name in _BOOLS:
+        if isinstance(record.get(name), bool):
+            out[name] = record[name]
+    for name in _SHORT_TEXTS:
+        if isinstance(record.get(name), str):
+            out[name] = record[name][:255]
+    if "metadata" in record:
+        out["metadata"] = record["metadata"]
+    tools = record.get("tools")
+    if isinstance(tools, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in tools):
+        out["tools"] = tools
     return out
 
 

@@ -103,7 +103,7 @@ local r = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
 local oldest = tonumber(ARGV[3])
 local gone = {}
 for i = 1, #r[2], 2 do
-  local arrived = tonumber(string.match(r[2][i + 1], '(%d+)$'))
+  local arrived = tonumber(string.match(r[2][i + 1], '(%d+)%]$'))
   if arrived ~= nil and arrived < oldest then gone[#gone + 1] = r[2][i] end
 end
 if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end

@@ -91,6 +91,7 @@ class OrgWrite:
     bucket_deltas: dict[tuple[Grain, int, str], int] = field(default_factory=dict)
     top_deltas: dict[tuple[int, str | None, str], int] = field(default_factory=dict)
     events: int = 0
+    state: Any = None  # the OrgState it was planned from (tables/state.py)
     replayed: list[Any] = field(default_factory=list)  # items at or below a watermark: applied before
     _incr_order: list[tuple[tuple[int, str], int]] = field(default_factory=list)
     _zincr_order: list[tuple[tuple[int, str], int]] = field(default_factory=list)
@@ -152,8 +153,10 @@ class OrgWrite:
         slot = (self.k(key), fld)
         self.maxes[slot] = max(value, self.maxes.get(slot, value))
 
-    def expire_at(self, key: str, epoch_s: int) -> None:
-        self.expires[self.k(key)] = epoch_s
+    def expire_at(self, key: str, epoch_s: int | None) -> None:
+        """EXPIREAT for the key (None: kept forever, nothing to do)."""
+        if epoch_s is not None:
+            self.expires[self.k(key)] = epoch_s
 
     def counters(self) -> list[tuple[str, str]]:
         """(key, field) of each hash counter this write changes, in the script's order (after payload())."""

@@ -120,3 +120,160 @@ def expected(events: list[tuple[str, dict[str, Any]]]) -> Expected:
         out.cost[(org, day(version[0]))] += nanos
     out.latest_sentiment = {key: label for key, (_, label) in sentiments.items()}
     return out
+
+
+# --- per-observation and per-conversation detail, for the cost family and chat history -------------------
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One observation as it counts: its newest version, attributed through its session to the student and
+    mentor of the session's earliest message (None without a session_id or without a known session)."""
+
+    org: str
+    event_id: str
+    trace_id: str
+    ts_ms: int
+    model: str
+    session_id: str | None
+    nanos: int
+    student: str | None
+    mentor: str | None
+
+
+@dataclass
+class Conversation:
+    org: str
+    id: str
+    student: str | None = None
+    mentor: str | None = None
+    title: str | None = None
+    topics: set[str] = field(default_factory=set)
+    inserted_ms: int | None = None
+    sentiment: str = ""
+    record: dict[str, Any] | None = None
+
+
+def session_starts(events: list[tuple[str, dict[str, Any]]]) -> dict[tuple[str, str], tuple[int, str, str, str]]:
+    """(org, session_id) -> (time, event_id, student, mentor) of the session's earliest message (copies once)."""
+    seen: set[tuple[str, str]] = set()
+    first: dict[tuple[str, str], tuple[int, str, str, str]] = {}
+    for topic, e in events:
+        if topic != "chat-messages" or (e["org"], e["event_id"]) in seen:
+            continue
+        seen.add((e["org"], e["event_id"]))
+        cand = (ts_ms(e["timestamp"]), e["event_id"], e["student"], e["mentor_id"])
+        key = (e["org"], e["session_id"])
+        if key not in first or cand[:2] < first[key][:2]:
+            first[key] = cand
+    return first
+
+
+def observations(events: list[tuple[str, dict[str, Any]]]) -> list[Observation]:
+    """Every observation once (the newest copy by (time, send order)), with its cost and attribution."""
+    starts = session_starts(events)
+    newest: dict[tuple[str, str], tuple[tuple[int, int], dict[str, Any]]] = {}
+    for index, (topic, e) in enumerate(events):
+        if topic != "llm-observations":
+            continue
+        ident = (e["org"], e["event_id"])
+        version = (ts_ms(e["timestamp"]), index)
+        if ident not in newest or version > newest[ident][0]:
+            newest[ident] = (version, e)
+    out = []
+    for (org, event_id), ((t, _), e) in newest.items():
+        sid = e.get("session_id")
+        start = starts.get((org, sid)) if sid else None
+        out.append(
+            Observation(
+                org=org,
+                event_id=event_id,
+                trace_id=e["trace_id"],
+                ts_ms=t,
+                model=e["model"],
+                session_id=sid,
+                nanos=_cost_nanos(e),
+                student=start[2] if start else None,
+                mentor=start[3] if start else None,
+            )
+        )
+    return out
+
+
+def cost_nanos(
+    obs: list[Observation],
+    start_ms: int,
+    end_ms: int,
+    *,
+    org: str | None = None,
+    student: str | None = None,
+    mentor: str | None = None,
+    model: str | None = None,
+) -> int:
+    """The exact cost (nano-dollars) of the observations in [start_ms, end_ms) matching every given filter."""
+    return sum(
+        o.nanos
+        for o in obs
+        if start_ms <= o.ts_ms < end_ms
+        and (org is None or o.org == org)
+        and (student is None or o.student == student)
+        and (mentor is None or o.mentor == mentor)
+        and (model is None or o.model == model)
+    )
+
+
+def conversations(events: list[tuple[str, dict[str, Any]]]) -> dict[tuple[str, str], Conversation]:
+    """(org, conversation id) -> what chat history serves: the newest record's fields (by time, send order,
+    event_id), the earliest message's student and mentor where no record names them, the topics of the
+    record and of the messages, and the latest sentiment label ("" when none)."""
+    seen: set[tuple[str, str, str]] = set()
+    out: dict[tuple[str, str], Conversation] = {}
+    records: dict[tuple[str, str], tuple[tuple[int, int, str], dict[str, Any]]] = {}
+    msg_topics: dict[tuple[str, str], set[str]] = defaultdict(set)
+    latest: dict[tuple[str, str], tuple[tuple[int, int, str], str]] = {}
+    for index, (topic, e) in enumerate(events):
+        org = e["org"]
+        if topic == "llm-observations" or (topic, org, e["event_id"]) in seen:
+            continue
+        seen.add((topic, org, e["event_id"]))
+        t = ts_ms(e["timestamp"])
+        if topic == "chat-messages":
+            key = (org, e["session_id"])
+            out.setdefault(key, Conversation(org, e["session_id"]))
+            msg_topics[key].update(e.get("topics") or ())
+        elif topic == "chat-history":
+            key = (org, e["id"])
+            out.setdefault(key, Conversation(org, e["id"]))
+            version = (t, index, e["event_id"])
+            if key not in records or version > records[key][0]:
+                records[key] = (version, e)
+        elif topic == "sentiment":
+            key = (org, e["session_id"])
+            version = (t, index, e["event_id"])
+            if key not in latest or version > latest[key][0]:
+                latest[key] = (version, e["sentiment"])
+    starts = session_starts(events)
+    for key, conv in out.items():
+        rec = records.get(key, (None, None))[1]
+        start = starts.get(key)
+        conv.record = rec
+        conv.student = (rec or {}).get("student") or (start[2] if start else None)
+        conv.mentor = (rec or {}).get("mentor") or (start[3] if start else None)
+        conv.title = (rec or {}).get("title")
+        names = [x["name"] if isinstance(x, dict) else x for x in (rec or {}).get("topics") or ()]
+        conv.topics = set(names) | msg_topics.get(key, set())
+        if rec is not None:
+            conv.inserted_ms = ts_ms(rec.get("inserted_at") or rec["timestamp"])
+        elif start is not None:
+            conv.inserted_ms = start[0]
+        conv.sentiment = latest[key][1] if key in latest else ""
+    return out
+
+
+def top_students(exp: Expected, org: str, limit: int = 20) -> list[tuple[str, int]]:
+    """Human messages per student over every day, most first, ties by username ascending."""
+    totals: Counter[str] = Counter()
+    for (o, _), counts in exp.human.items():
+        if o == org:
+            totals.update(counts)
+    return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]

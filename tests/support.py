@@ -11,15 +11,17 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
-from infra.procs import spawn, tail, worker_command
+from infra.procs import cli_command, port_open, spawn, tail, worker_command
 from streams.demo import DemoConfig, DemoTraffic
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
@@ -66,6 +68,17 @@ async def produce(settings: Settings, events: list[tuple[str, dict[str, Any]]], 
             await asyncio.sleep(0.1)
 
 
+def start_api(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """A real `ai-analytics api` subprocess on `settings.api_port`, once its port accepts connections."""
+    env = {**os.environ, **settings.as_env()}
+    proc = spawn(cli_command("api"), log=log, env=env)
+    deadline = time.monotonic() + 30
+    while not port_open(settings.api_port):
+        assert proc.poll() is None and time.monotonic() < deadline, tail(log)
+        time.sleep(0.1)
+    return proc
+
+
 class WorkerProcess:
     """A real `ai-analytics worker` subprocess, as a user would run it; its log under the test's log folder."""
 
@@ -100,6 +113,27 @@ class WorkerProcess:
 
     def log_tail(self, lines: int = 40) -> str:
         return tail(self.log, lines)
+
+
+@dataclass
+class Env:
+    """A running stack for API tests: its settings, the API's base URL, named keys and the reference."""
+
+    settings: Settings
+    base: str
+    keys: dict[str, str]
+    expected: reference.Expected
+    worker: WorkerProcess
+    api_log: Path
+
+    def url(self, org: str, path: str) -> str:
+        return f"{self.base}/api/ai-analytics/orgs/{org}/users/tester/{path}/"
+
+    def get(
+        self, org: str, path: str, key: str | None = "admin", scheme: str = "Api-Token", **query: Any
+    ) -> httpx.Response:
+        headers = {} if key is None else {"Authorization": f"{scheme} {self.keys.get(key, key)}"}
+        return httpx.get(self.url(org, path), params=query, headers=headers, timeout=10)
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 60.0, what: str = "condition") -> Any:

@@ -183,7 +183,7 @@ def check_reference(got: dict[str, Any], exp: reference.Expected) -> None:
     count, rows = got[f"history {queries.HistoryFilter()}"]
     assert count == len(exp.conversations[ORG])
     for rec in rows:
-        assert rec["sentiment"] == exp.latest_sentiment.get((ORG, rec["id"])), rec
+        assert rec["sentiment"] == exp.latest_sentiment.get((ORG, rec["session_id"]), ""), rec
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -207,7 +207,10 @@ async def test_observations_past_the_dedup_window_are_pruned(redis_server: Redis
     redis = Redis.from_url(redis_server.url)
     try:
         await redis.delete(keys.observations(ORG))
-        await redis.hset(keys.observations(ORG), mapping={"old": "1,0,0,0,5,1,100", "new": "1,0,0,0,5,2,107"})
+        await redis.hset(
+            keys.observations(ORG),
+            mapping={"old": '[1,0,0,0,5,1,"m",null,100]', "new": '[1,0,0,0,5,2,"m","s1",107]'},
+        )
         await prune_observations(redis, ORG, oldest_day=101, chunk=1)
         assert await redis.hkeys(keys.observations(ORG)) == [b"new"]
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.planner import Item, Planner
+from agents.planner import AppliedObservation, Item, Planner
 from agents.progress import PartitionProgress, runs
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, LlmObservation
@@ -129,11 +129,11 @@ def test_session_start_and_latest_version_rules() -> None:
 def test_resent_observation_replaces_its_cost_unless_it_is_older() -> None:
     p = planner()
     obs = LlmObservation("o1", "acme", T0, "t1", "generation", "x", 10, 10, 300)
-    prev = f"500,10,10,0,{T0},4,{T0 // DAY}"
+    prev = AppliedObservation(500, 10, 10, 0, T0, 4, "x", None, T0 // DAY).value()
     w = p.plan("acme", [Item(obs, "llm-observations", 0, 5)], OrgState(observations={"o1": prev}), T0)
     assert daily(w, keys.COST, T0) == -200
     assert daily(w, keys.OBSERVATIONS, T0) == 0
-    newer = f"500,10,10,0,{T0 + 1},3,{T0 // DAY}"
+    newer = AppliedObservation(500, 10, 10, 0, T0 + 1, 3, "x", None, T0 // DAY).value()
     w = p.plan("acme", [Item(obs, "llm-observations", 0, 5)], OrgState(observations={"o1": newer}), T0)
     assert daily(w, keys.COST, T0) == 0  # an older version arriving late changes nothing
     assert w.replayed
@@ -170,6 +170,8 @@ def test_a_human_message_counts_in_its_day_and_its_week() -> None:
         "aia:{acme}:top:20261120|m|m1",
         "aia:{acme}:top:w20261116",
         "aia:{acme}:top:w20261116|m|m1",
+        "aia:{acme}:top:all",
+        "aia:{acme}:top:all|m|m1",
     }
 
 

@@ -19,7 +19,7 @@ async function api(path, query) {
   const url = `/api/ai-analytics/orgs/${encodeURIComponent(state.org)}/users/dashboard/${path}/` + (qs ? `?${qs}` : "");
   const res = await fetch(url, { headers: { Authorization: `Api-Token ${state.key}` } });
   const body = await res.json().catch(() => ({}));
-  if (!res.ok) { const err = new Error(body.error || res.statusText); err.status = res.status; throw err; }
+  if (!res.ok) { const err = new Error(body.detail || res.statusText); err.status = res.status; throw err; }
   return body;
 }
 
@@ -90,7 +90,7 @@ async function refresh() {
     fillTable("top", top.map((r, i) => [i + 1, r.username, r.chat_message_count]));
     try {
       const convs = await api("chat-history", { page_size: 10 });
-      fillTable("convs", convs.results.map((c) => [(c.inserted_at || "").replace("T", " ").slice(0, 19), c.student, c.mentor, c.message_count, c.sentiment || "–"]));
+      fillTable("convs", convs.results.map((c) => [(c.inserted_at || "").replace("T", " ").slice(0, 19), c.student, c.mentor_name || c.mentor, c.message_count, c.sentiment || "–"]));
     } catch (e) {
       fillTable("convs", [[e.status === 403 ? "needs a platform_admin key" : e.message, "", "", "", ""]]);
     }

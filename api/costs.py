@@ -1,0 +1,155 @@
+"""The platform's LLM cost family: per user, per mentor, by model, per mentor with its sessions, the user's
+latest trace, and per tenant across orgs. Sums are exact (nano-dollars) and answered in USD.
+
+An observation counts for its org and model; through its `session_id` it also counts for the student and
+mentor of that session's earliest message (docs/semantics.md, "Cost attribution").
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
+
+from api import params
+from api.auth import ORG, USER, Caller
+from api.errors import ApiError
+from api.state import State
+from streams.schemas import format_timestamp
+from tables import apikeys, ids, keys, queries
+
+router = APIRouter(tags=["cost"])
+all_orgs_router = APIRouter(tags=["cost"])
+
+START = Annotated[str | None, Query(description="Start: YYYY-MM-DD or a datetime (naive means UTC). Required.")]
+END = Annotated[str | None, Query(description="End (a date includes that whole day). Required.")]
+
+
+def cost_range(start_date: START = None, end_date: END = None) -> tuple[datetime, datetime]:
+    start = params.parse_date_or_datetime("start_date", start_date, end=False)
+    end = params.parse_date_or_datetime("end_date", end_date, end=True)
+    if end < start:
+        raise params.bad("end_date", f"end_date {end_date} is before start_date {start_date}")
+    if (end - start).days > 3660:
+        raise params.bad("end_date", "the range may span at most 10 years")
+    return start, end
+
+
+Range = Annotated[tuple[datetime, datetime], Depends(cost_range)]
+
+
+@router.get("/user-cost/")
+async def user_cost(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    span: Range,
+    username: Annotated[str | None, Query(description="The student (required).")] = None,
+) -> dict[str, Any]:
+    """LLM cost of one student's sessions over the range (USD)."""
+    student = params.text("username", username)
+    if student is None:
+        raise params.bad("username", "username is required")
+    nanos = await queries.cost_of(state.redis, org, *span, keys.cost_field("u", student))
+    return {"total_cost": queries.usd(nanos), "cost_nanos": nanos}
+
+
+@router.get("/mentors/{mentor_unique_id}/cost/")
+async def mentor_cost(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    span: Range,
+    mentor_unique_id: Annotated[str, PathParam(description="The mentor's unique id (UUID).", max_length=256)],
+) -> dict[str, Any]:
+    """LLM cost of one mentor's sessions over the range (USD)."""
+    mentor = await queries.resolve(state.redis, org, ids.MENTOR, mentor_unique_id)
+    nanos = await queries.cost_of(state.redis, org, *span, keys.cost_field("m", mentor))
+    return {"total_cost": queries.usd(nanos), "cost_nanos": nanos}
+
+
+@router.get("/costs/model/")
+async def model_cost(org: ORG, user_id: USER, key: Caller, state: State, span: Range) -> dict[str, Any]:
+    """The model that cost the most over the range, and its cost (one object, as the platform answers);
+    `models` lists every model's cost."""
+    by_model = await queries.cost_fields(state.redis, org, *span, keys.cost_field("model", ""))
+    ranked = sorted(((n, m) for m, n in by_model.items() if n), key=lambda nm: (-nm[0], nm[1]))
+    top_nanos, top_model = ranked[0] if ranked else (0, "")
+    return {
+        "model": top_model,
+        "total_cost": queries.usd(top_nanos),
+        "models": [{"model": m, "total_cost": queries.usd(n)} for n, m in ranked],
+    }
+
+
+@router.get("/costs/permentor/")
+async def per_mentor_cost(org: ORG, user_id: USER, key: Caller, state: State, span: Range) -> dict[str, Any]:
+    """Each mentor's cost over the range with the sessions behind it (sessions by the UTC days the range
+    touches), and the tenant's total."""
+    by_mentor = await queries.cost_fields(state.redis, org, *span, keys.cost_field("m", ""))
+    sessions = await queries.session_costs(state.redis, org, *span)
+    total = await queries.cost_of(state.redis, org, *span, keys.COST)
+    mentor_data = []
+    for mentor, nanos in sorted(by_mentor.items(), key=lambda mn: (-mn[1], mn[0])):
+        if not nanos:
+            continue
+        mentor_sessions = sorted(
+            ((n, s) for (m, s), n in sessions.items() if m == mentor), key=lambda ns: (-ns[0], ns[1])
+        )
+        mentor_data.append(
+            {
+                "mentor_unique_id": ids.served(org, ids.MENTOR, mentor),
+                "mentor_name": mentor,
+                "total_cost": queries.usd(nanos),
+                "mentor_sessions": [{"session_id": s, "cost": queries.usd(n)} for n, s in mentor_sessions],
+            }
+        )
+    return {"tenant": org, "tenant_total_cost": queries.usd(total), "mentor_data": mentor_data}
+
+
+@router.get("/costs/peruser/")
+async def per_user_cost(org: ORG, user_id: USER, key: Caller, state: State, span: Range) -> dict[str, Any]:
+    """The path's user and their latest LLM trace in the range (`id` is the trace; empty when none), with
+    their cost over the range."""
+    latest = await queries.latest_trace(state.redis, org, user_id, *span)
+    nanos = await queries.cost_of(state.redis, org, *span, keys.cost_field("u", user_id))
+    trace_id, ts_ms = latest if latest is not None else ("", int(span[0].timestamp() * 1000))
+    return {
+        "id": trace_id,
+        "name": user_id,
+        "date": format_timestamp(ts_ms),
+        "total_cost": queries.usd(nanos),
+    }
+
+
+@all_orgs_router.get("/api/ai-analytics/costs/pertenant/")
+async def per_tenant_cost(request: Request, state: State, span: Range) -> list[dict[str, Any]]:
+    """Every org's cost over the range, with its cost by model (an all-orgs platform_admin key)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme not in ("Api-Token", "Token") or not token.strip():
+        raise ApiError(401, "send `Authorization: Api-Token <key>`")
+    key = await apikeys.lookup(state.redis, token.strip())
+    if key is None:
+        raise ApiError(401, "unknown or revoked API key")
+    if key.org != apikeys.ALL_ORGS or key.role != "platform_admin":
+        raise ApiError(403, "costs per tenant need an all-orgs platform_admin key")
+    out = []
+    for org in await queries.list_orgs(state.redis):
+        total = await queries.cost_of(state.redis, org, *span, keys.COST)
+        by_model = await queries.cost_fields(state.redis, org, *span, keys.cost_field("model", ""))
+        if not total and not any(by_model.values()):
+            continue
+        models = sorted(((n, m) for m, n in by_model.items() if n), key=lambda nm: (-nm[0], nm[1]))
+        out.append(
+            {
+                "platform_key": org,
+                "total_cost": queries.usd(total),
+                "model_costs": [{"model": m, "total_cost": queries.usd(n)} for n, m in models],
+            }
+        )
+    return out

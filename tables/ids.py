@@ -1,0 +1,45 @@
+"""How conversation and mentor ids are kept and served: as UUIDs, as the platform's clients expect.
+
+The platform's conversation ids and mentor ids (`mentor_unique_id`) are UUIDs, and its SDK refuses
+anything else. An id that is a UUID in any spelling (upper case, without hyphens) is kept in its canonical
+form, so one conversation or mentor has one key. An id that is not a UUID (a slug, a number) is kept as
+it is and served as a name-based UUID of (org, kind, id), stable forever; `aia:{org}:uuids` maps that UUID
+back to the id, so a client can filter or fetch by the UUID it was shown.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+# The namespace of the name-based UUIDs (a fixed, random UUID: changing it changes every served id).
+NAMESPACE = uuid.UUID("5b1f0e7c-9a44-4f2e-8c1d-2f6a7b9c0d3e")
+CONVERSATION = "conv"
+MENTOR = "mentor"
+
+
+def canonical(value: str) -> str | None:
+    """The canonical spelling of a UUID (`8d7f2c1e-3b4a-...`), or None when the value is not one."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def normalize(value: str) -> str:
+    """How an id is kept: canonical when it is a UUID, else as given."""
+    return canonical(value) or value
+
+
+def served(org: str, kind: str, value: str) -> str:
+    """The UUID under which a kept id is served."""
+    return canonical(value) or str(uuid.uuid5(NAMESPACE, f"{org}|{kind}|{value}"))
+
+
+def needs_mapping(value: str) -> bool:
+    """True when the served UUID differs from the kept id (the id is not a UUID)."""
+    return canonical(value) is None
+
+
+def mapping_value(kind: str, value: str) -> str:
+    """What `aia:{org}:uuids` holds for a served UUID: `kind|id`."""
+    return f"{kind}|{value}"

@@ -1,0 +1,802 @@
+"""The platform's published Python SDK (iblai 4.202.2) against the real stack.
+
+Every endpoint the SDK's `AiAnalyticsApi` offers for this service is driven through the SDK's own generated
+method, every answer is parsed with the SDK's own models (the status code asserted with it, since a status
+the method's map does not list parses silently to None), and every number is checked against the
+independent batch reference (tests/reference.py) over the events produced. One worker and one API for the
+module, over demo traffic plus a few observations without a session. Mentor ids are read from the events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import iblai.models as M
+import pytest
+from iblai import ApiClient, Configuration
+from iblai.api.ai_analytics_api import AiAnalyticsApi
+from iblai.api_response import ApiResponse
+from iblai.exceptions import (
+    ApiException,
+    BadRequestException,
+    ForbiddenException,
+    NotFoundException,
+    UnauthorizedException,
+)
+from iblai.rest import RESTResponse
+from redis.asyncio import Redis
+
+from infra.kafka import KafkaBroker
+from infra.procs import ROOT, cli_command, free_port
+from infra.redis import RedisServer
+from streams.clients import ensure_topics
+from streams.settings import Settings
+from tables import apikeys
+from tests import reference
+from tests.support import Env, WorkerProcess, demo_events, produce, start_api
+
+pytestmark = pytest.mark.integration
+
+CALLER = "tester"  # the path's user_id of the analytics reads: the caller, as the platform's clients send it
+WRITES = "sdk-writes"  # a registered org of its own for chat-history writes: the demo orgs stay the reference's
+HOUR_MS = 3_600_000
+
+# The `_response_types_map` of each SDK method (local to the generated method, so repeated here).
+AVG_MESSAGES = {"200": "List[MessageStatistics]", "400": None, "404": None}
+HISTORY_LIST = {"200": "PaginatedConversationsList"}
+HISTORY_CREATE = {"201": "Conversations"}
+HISTORY_ONE = {"200": "Conversations"}
+HISTORY_DESTROY: dict[str, str | None] = {"204": None}
+SENTIMENT_COUNT = {"200": "List[UserSentimentCountView]", "404": None}
+COST = {"200": "Cost", "400": None, "404": None}
+TOP_STUDENTS = {"200": "List[StudentChatMessage]", "400": None, "404": None}
+MODEL_COST = {"200": "ModelCost"}
+PER_MENTOR = {"200": "TenantMentorTraces", "400": None, "404": None}
+PER_USER = {"200": "LLMTracesListResponse", "400": None, "404": None}
+PER_TENANT = {"200": "List[CostPerTenant]", "400": None}
+
+
+# --- the stack ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    env: Env
+    events: list[tuple[str, dict[str, Any]]]
+    exp: reference.Expected
+    obs: list[reference.Observation]
+    convs: dict[tuple[str, str], reference.Conversation]
+    keys: dict[str, str]
+    _clients: dict[str, tuple[ApiClient, AiAnalyticsApi]] = field(default_factory=dict)
+
+    def client(self, key: str = "admin") -> tuple[ApiClient, AiAnalyticsApi]:
+        if key in self._clients:
+            return self._clients[key]
+        cfg = Configuration(
+            host=self.env.base,
+            api_key={"PlatformApiKeyAuthentication": self.keys.get(key, key)},
+            api_key_prefix={"PlatformApiKeyAuthentication": "Api-Token"},
+        )
+        client = ApiClient(cfg)
+        self._clients[key] = (client, AiAnalyticsApi(client))
+        return self._clients[key]
+
+    def call(self, method: str, types: dict[str, Any], key: str = "admin", **kwargs: Any) -> ApiResponse[Any]:
+        """Call the SDK method, then parse its raw answer the way the SDK does (raises ApiException on 4xx)."""
+        client, api = self.client(key)
+        raw = getattr(api, method)(_request_timeout=15.0, **kwargs)
+        resp = RESTResponse(raw)
+        resp.read()
+        return client.response_deserialize(response_data=resp, response_types_map=types)
+
+    def mentors(self, org: str) -> list[str]:
+        """The org's mentor ids, as the produced chat messages name them."""
+        return sorted({e["mentor_id"] for t, e in self.events if t == "chat-messages" and e["org"] == org})
+
+    def conversations(self, org: str) -> dict[str, reference.Conversation]:
+        return {cid: c for (o, cid), c in self.convs.items() if o == org}
+
+
+def sessionless(events: list[tuple[str, dict[str, Any]]], n: int) -> list[tuple[str, dict[str, Any]]]:
+    """`n` observations like the demo's but without a session_id: they count for the tenant and the model only."""
+    out = []
+    for topic, e in [x for x in events if x[0] == "llm-observations"][:n]:
+        copy = {k: v for k, v in e.items() if k != "session_id"}
+        copy["event_id"] = f"nosession-{e['event_id']}"
+        copy["trace_id"] = uuid.uuid4().hex
+        out.append((topic, copy))
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(kafka: KafkaBroker, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("sdk")
+    run = uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url, topic_prefix=f"sdk{run}.", topic_partitions=3,
+        app_id=f"aia-sdk-{run}", batch_size=500, batch_within=0.1, session_timeout=6.0,
+        heartbeat_interval=1.0, api_port=free_port(),
+    )  # fmt: skip
+    events = demo_events(3000, seed=99)
+    events += sessionless(events, 12)
+    expected = reference.expected(events)
+
+    async def prepare() -> dict[str, str]:
+        redis = Redis.from_url(settings.redis_url)
+        await redis.flushall()
+        made = {}
+        for name, org, role in [
+            ("admin", "*", "platform_admin"),
+            ("analyst", "acme-academy", "analyst"),
+            ("acme_admin", "acme-academy", "platform_admin"),
+            ("other", "globex-school", "analyst"),
+        ]:
+            made[name], _ = await apikeys.create(redis, org, role, name)
+        await redis.aclose()
+        await ensure_topics(settings)
+        return made
+
+    keys = asyncio.run(prepare())
+    registered = subprocess.run(cli_command("orgs", "register", WRITES), cwd=ROOT,
+                                env={**os.environ, **settings.as_env()}, capture_output=True, text=True)  # fmt: skip
+    assert registered.returncode == 0, registered.stderr
+    worker = WorkerProcess(settings, "sdk-worker").start()
+    api_log = tmp / "api.log"
+    api = start_api(settings, api_log)
+    asyncio.run(produce(settings, events, seconds=2))
+    env = Env(settings, f"http://127.0.0.1:{settings.api_port}", keys, expected, worker, api_log)
+    unique = Counter(t for t, _ in {(t, ev["event_id"]): None for t, ev in events})
+    deadline = time.monotonic() + 90
+    while True:
+        counts: Counter[str] = Counter()
+        for org in expected.orgs:
+            r = env.get(org, "freshness")
+            if r.status_code == 200:
+                counts.update(r.json()["events"])
+        if counts == unique:
+            break
+        assert time.monotonic() < deadline, f"not applied: {counts} != {unique}\n{worker.log_tail()}"
+        time.sleep(0.5)
+    yield Stack(env, events, expected, reference.observations(events), reference.conversations(events), keys)
+    api.terminate()
+    api.wait(30)
+    worker.kill()
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def utc(t: datetime) -> datetime:
+    """A served time in UTC; one without an offset is UTC (how the platform writes them)."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def ms_of(t: datetime) -> int:
+    return (utc(t) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def naive(ms: int) -> datetime:
+    """The naive UTC datetime a platform client passes (the SDK sends it without an offset)."""
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)).replace(tzinfo=None)
+
+
+def usd(nanos: int) -> float:
+    return nanos / 1e9
+
+
+def half_up(messages: int, sessions: int) -> int:
+    return (2 * messages + sessions) // (2 * sessions) if sessions else 0
+
+
+def as_uuid(value: Any) -> uuid.UUID | str:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return str(value)
+
+
+def ok(r: ApiResponse[Any], status: int, model: type) -> Any:
+    assert r.status_code == status, (r.status_code, r.raw_data[:500])
+    assert isinstance(r.data, model), (type(r.data), r.raw_data[:500])
+    return r.data
+
+
+def ok_list(r: ApiResponse[Any], model: type) -> list[Any]:
+    assert r.status_code == 200, r.raw_data[:500]
+    assert isinstance(json.loads(r.raw_data), list), r.raw_data[:500]  # `{}` would parse silently as []
+    assert isinstance(r.data, list) and all(isinstance(x, model) for x in r.data)
+    return r.data
+
+
+def days(s: Stack) -> tuple[date, date]:
+    ds = sorted({d for _, d in s.exp.days()})
+    return date.fromisoformat(ds[0]), date.fromisoformat(ds[-1])
+
+
+def ranges(s: Stack) -> list[tuple[int, int]]:
+    """Hour-aligned [start, end) ranges: everything, everything but the newest hour, everything after the
+    first day. Each one's reference cost differs from the whole's, so a range ignored shows."""
+    stamps = [o.ts_ms for o in s.obs]
+    first = min(stamps) // HOUR_MS * HOUR_MS
+    last = max(stamps) // HOUR_MS * HOUR_MS + HOUR_MS
+    out = [(first, last), (first, last - HOUR_MS), (first + 24 * HOUR_MS, last)]
+    full = reference.cost_nanos(s.obs, first, last)
+    for a, b in out[1:]:
+        assert 0 < reference.cost_nanos(s.obs, a, b) < full, "the demo no longer spreads over these ranges"
+    return out
+
+
+def history_pages(
+    s: Stack, org: str, key: str = "admin", user_id: str = CALLER, **filters: Any
+) -> tuple[int, list[Any]]:
+    """(count, every Conversations) of a chat-history listing, walking its pages of 100 through the SDK."""
+    out: list[Any] = []
+    page, count = 1, None
+    while True:
+        r = s.call("ai_analytics_orgs_users_chat_history_list", HISTORY_LIST, key, org=org, user_id=user_id,
+                   page=page, page_size=100, **filters)  # fmt: skip
+        data = ok(r, 200, M.PaginatedConversationsList)
+        assert all(isinstance(c, M.Conversations) for c in data.results)
+        count = data.count if count is None else count
+        assert data.count == count, "the count changed while paging"
+        out += data.results
+        if data.next is None:
+            break
+        page += 1
+        assert page < 100
+    assert len(out) == count
+    return count, out
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    """Poll until `check` returns a truthy value (writes go through Kafka)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except ApiException as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not seen within {timeout}s; last: {last!r}")
+
+
+def new_conversation(mentor: uuid.UUID, **fields: Any) -> M.Conversations:
+    """A Conversations body as a platform client builds it: the read-only fields must hold something for the
+    model to validate, and the SDK leaves them out of the request."""
+    base: dict[str, Any] = dict(
+        id=uuid.uuid4(), messages="", sentiment="", student="ignored", email="", rating=0, lti_email="",
+        lti_username="", inserted_at=datetime.now(UTC),
+        topics=[M.TopicModel(name="calculus"), M.TopicModel(name="limits")], mentor=mentor, model="gpt-4o",
+        platform="web", has_document=True, memory_tracked=False, llm_name="gpt-4o", llm_provider="openai",
+        metadata={"course": "calc-1", "week": 3}, title="Limits at infinity", tools=[1, 2],
+    )  # fmt: skip
+    base.update(fields)
+    return M.Conversations(**base)
+
+
+def retrieve(s: Stack, org: str, user_id: str, cid: uuid.UUID | str) -> Any:
+    r = s.call("ai_analytics_orgs_users_chat_history_retrieve", HISTORY_ONE, org=org, user_id=user_id, id=str(cid))
+    return ok(r, 200, M.Conversations)
+
+
+def served(c: Any) -> dict[str, Any]:
+    """The fields a user compares on a conversation."""
+    return {
+        "student": c.student,
+        "mentor": as_uuid(c.mentor),
+        "title": c.title,
+        "sentiment": c.sentiment,
+        "topics": {t.name for t in c.topics},
+    }
+
+
+def wanted(c: reference.Conversation) -> dict[str, Any]:
+    return {
+        "student": c.student,
+        "mentor": as_uuid(c.mentor),
+        "title": c.title,
+        "sentiment": c.sentiment,
+        "topics": c.topics,
+    }
+
+
+# --- average messages per session ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("aggregation", ["daily", "weekly", "hourly"])
+def test_average_messages_per_session_matches_reference(stack: Stack, aggregation: str) -> None:
+    first, last = days(stack)
+    table = {"daily": stack.exp.daily, "weekly": stack.exp.weekly, "hourly": stack.exp.hourly}[aggregation]
+    label: Callable[[datetime], str] = {
+        "daily": lambda t: utc(t).date().isoformat(),
+        "weekly": lambda t: utc(t).date().isoformat(),
+        "hourly": lambda t: utc(t).strftime("%Y-%m-%dT%H:00:00Z"),
+    }[aggregation]
+    for org in sorted(stack.exp.orgs):
+        r = stack.call("ai_analytics_orgs_users_average_messages_per_session_list", AVG_MESSAGES, org=org,
+                       user_id=CALLER, start_date=first.isoformat(), end_date=last.isoformat(),
+                       aggregation=aggregation)  # fmt: skip
+        rows = ok_list(r, M.MessageStatistics)
+        got = {label(row.time): (row.total_sessions, row.avg_messages) for row in rows}
+        assert len(got) == len(rows), "a period served twice"
+        want = {p: (n, half_up(m, n)) for (o, p, who), (n, m) in table.items() if o == org and who == ""}
+        assert {p: v for p, v in got.items() if p in want} == want
+        assert all(v == (0, 0) for p, v in got.items() if p not in want)
+        assert sum(n for n, _ in got.values()) == len(stack.conversations(org))  # every session once
+
+
+def test_average_messages_per_session_per_mentor(stack: Stack) -> None:
+    first, last = days(stack)
+    org = "acme-academy"
+    for mentor in stack.mentors(org):
+        r = stack.call("ai_analytics_orgs_users_average_messages_per_session_list", AVG_MESSAGES, org=org,
+                       user_id=CALLER, start_date=first.isoformat(), end_date=last.isoformat(),
+                       mentor_id=mentor)  # fmt: skip
+        rows = ok_list(r, M.MessageStatistics)
+        got = {utc(row.time).date().isoformat(): (row.total_sessions, row.avg_messages) for row in rows}
+        want = {p: (n, half_up(m, n)) for (o, p, who), (n, m) in stack.exp.daily.items() if o == org and who == mentor}
+        assert want, f"no sessions of mentor {mentor}"
+        assert {p: v for p, v in got.items() if p in want} == want, mentor
+        assert all(v == (0, 0) for p, v in got.items() if p not in want), mentor
+
+
+# --- chat history: reads ------------------------------------------------------------------------------
+
+
+def test_chat_history_lists_every_conversation_as_the_sdk_model(stack: Stack) -> None:
+    for org in sorted(stack.exp.orgs):
+        count, rows = history_pages(stack, org)
+        want = stack.conversations(org)
+        assert count == len(want) == len(stack.exp.conversations[org])
+        got = {as_uuid(c.id): served(c) for c in rows}
+        assert got == {as_uuid(cid): wanted(c) for cid, c in want.items()}
+
+
+def test_chat_history_filters(stack: Stack) -> None:
+    org = "acme-academy"
+    convs = stack.conversations(org)
+
+    def ids(**filters: Any) -> set[Any]:
+        _, rows = history_pages(stack, org, **filters)
+        return {as_uuid(c.id) for c in rows}
+
+    def want(pred: Callable[[reference.Conversation], bool]) -> set[Any]:
+        out = {as_uuid(cid) for cid, c in convs.items() if pred(c)}
+        assert 0 < len(out) < len(convs), "the filter would not discriminate"
+        return out
+
+    for mentor in stack.mentors(org):
+        assert ids(mentor=uuid.UUID(mentor)) == want(lambda c, m=mentor: c.mentor == m), mentor
+    student = Counter(c.student for c in convs.values()).most_common(2)[1][0]
+    assert ids(filter_user_id=student) == want(lambda c: c.student == student)
+    assert ids(sentiment="negative") == want(lambda c: c.sentiment == "negative")
+    assert ids(topics="algebra") == want(lambda c: "algebra" in c.topics)
+    assert ids(topics="algebra,fractions") == {
+        as_uuid(cid) for cid, c in convs.items() if {"algebra", "fractions"} <= c.topics
+    }
+    day = Counter(reference.day(c.inserted_ms) for c in convs.values() if c.inserted_ms).most_common(1)[0][0]
+    d = date.fromisoformat(day)
+    assert ids(start_date=d, end_date=d) == want(
+        lambda c: c.inserted_ms is not None and reference.day(c.inserted_ms) == day
+    )
+    mentor = stack.mentors(org)[0]
+    assert ids(mentor=uuid.UUID(mentor), filter_user_id=student) == {
+        as_uuid(cid) for cid, c in convs.items() if c.mentor == mentor and c.student == student
+    }
+
+
+def test_chat_history_sentiment_filter_takes_any_string(stack: Stack) -> None:
+    count, rows = history_pages(stack, "acme-academy", sentiment="frustrated")
+    assert (count, rows) == (0, [])
+
+
+def test_chat_history_paging_follows_drf(stack: Stack) -> None:
+    org = "acme-academy"
+    total = len(stack.conversations(org))
+    assert total > 100, "the demo must give more than a page of 100"
+
+    def page(**q: Any) -> Any:
+        r = stack.call("ai_analytics_orgs_users_chat_history_list", HISTORY_LIST, org=org, user_id=CALLER, **q)
+        return ok(r, 200, M.PaginatedConversationsList)
+
+    capped = page(page_size=1000)  # over 100: capped at 100
+    assert (capped.count, len(capped.results)) == (total, 100)
+    assert capped.previous is None and capped.next is not None and "page=2" in capped.next
+    stamps = [utc(c.inserted_at) for c in capped.results]
+    assert stamps == sorted(stamps, reverse=True), "not newest first"
+    rest = page(page_size=1000, page=2)
+    assert len(rest.results) == total - 100 and rest.next is None and rest.previous is not None
+    assert not {c.id for c in rest.results} & {c.id for c in capped.results}
+    assert len(page(page_size=0).results) == 20  # invalid: the default
+    assert len(page(page_size=-3).results) == 20
+    raw = httpx.get(stack.env.url(org, "chat-history"), params={"page_size": "lots"},
+                    headers={"Authorization": f"Api-Token {stack.keys['admin']}"}, timeout=10)  # fmt: skip
+    assert raw.status_code == 200, raw.text
+    assert len(M.PaginatedConversationsList.from_dict(raw.json()).results) == 20
+    last = -(-total // 20)
+    assert len(page(page=last).results) == total - 20 * (last - 1)
+    with pytest.raises(NotFoundException):
+        page(page=last + 1)
+    with pytest.raises(NotFoundException):
+        page(page=3, page_size=100)
+
+
+def test_chat_history_retrieve_a_demo_conversation(stack: Stack) -> None:
+    org = "acme-academy"
+    cid, conv = sorted(stack.conversations(org).items())[0]
+    assert conv.student is not None
+    got = retrieve(stack, org, conv.student, cid)
+    assert as_uuid(got.id) == as_uuid(cid)
+    assert served(got) == wanted(conv)
+    assert conv.record is not None
+    assert (got.model, got.platform, got.email) == (conv.record["model"], conv.record["platform"], conv.record["email"])
+    with pytest.raises(NotFoundException):
+        retrieve(stack, org, conv.student, uuid.uuid4())
+
+
+# --- chat history: writes -----------------------------------------------------------------------------
+
+
+def test_chat_history_create_through_the_sdk(stack: Stack) -> None:
+    student = f"sdk-student-{uuid.uuid4().hex[:8]}"
+    mentor = uuid.uuid4()
+    body = new_conversation(mentor)
+    r = stack.call("ai_analytics_orgs_users_chat_history_create", HISTORY_CREATE, org=WRITES, user_id=student,
+                   conversations=body)  # fmt: skip
+    made = ok(r, 201, M.Conversations)
+    assert isinstance(made.id, uuid.UUID) and made.id != body.id  # set by the server; the body's is read-only
+    assert (made.student, made.sentiment, made.email, made.rating, made.lti_email, made.lti_username) == (
+        student, "", "", 0, "", ""
+    )  # fmt: skip
+    assert [t.name for t in made.topics] == ["calculus", "limits"]
+    assert (made.mentor, made.model, made.platform, made.has_document, made.memory_tracked) == (
+        mentor, "gpt-4o", "web", True, False
+    )  # fmt: skip
+    assert (made.llm_name, made.llm_provider, made.title, made.tools) == (
+        "gpt-4o",
+        "openai",
+        "Limits at infinity",
+        [1, 2],
+    )
+    assert made.metadata == {"course": "calc-1", "week": 3}
+
+    def listed() -> Any:
+        count, rows = history_pages(stack, WRITES, filter_user_id=student)
+        return rows if count == 1 else None
+
+    rows = wait_for(listed, "the created conversation in the list")
+    assert rows[0].id == made.id and rows[0].title == "Limits at infinity" and rows[0].student == student
+    assert [c.id for c in history_pages(stack, WRITES, mentor=mentor)[1]] == [made.id]
+    got = wait_for(lambda: retrieve(stack, WRITES, student, made.id), "the created conversation by id")
+    assert (got.id, got.student, got.mentor, got.title, got.metadata) == (
+        made.id, student, mentor, "Limits at infinity", {"course": "calc-1", "week": 3}
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("encoding", ["form", "multipart"])
+def test_chat_history_create_form_encoded(stack: Stack, encoding: str) -> None:
+    student = f"sdk-{encoding}-{uuid.uuid4().hex[:8]}"
+    mentor = uuid.uuid4()
+    fields: list[tuple[str, str]] = [
+        ("mentor", str(mentor)), ("model", "gpt-4o-mini"), ("platform", "web"), ("has_document", "true"),
+        ("memory_tracked", "false"), ("llm_name", "gpt-4o-mini"), ("llm_provider", "openai"),
+        ("metadata", json.dumps({"source": encoding})), ("title", f"Sent as {encoding}"),
+    ]  # fmt: skip
+    url = f"{stack.env.base}/api/ai-analytics/orgs/{WRITES}/users/{student}/chat-history/"
+    headers = {"Authorization": f"Api-Token {stack.keys['admin']}"}
+    if encoding == "form":  # topics as a repeated field
+        form: dict[str, str | list[str]] = {**dict(fields), "topics": ["calculus", "limits"]}
+        r = httpx.post(url, data=form, headers=headers, timeout=10)
+        assert r.request.headers["content-type"].startswith("application/x-www-form-urlencoded")
+        assert b"topics=calculus&topics=limits" in r.request.content
+    else:  # topics comma-separated
+        parts = [(k, (None, v)) for k, v in [*fields, ("topics", "calculus,limits")]]
+        r = httpx.post(url, files=parts, headers=headers, timeout=10)
+        assert r.request.headers["content-type"].startswith("multipart/form-data")
+    assert r.status_code == 201, r.text
+    made = M.Conversations.from_dict(r.json())
+    assert made is not None
+
+    def check(c: Any) -> None:
+        assert (c.student, c.mentor, c.title, c.model, c.has_document, c.memory_tracked) == (
+            student, mentor, f"Sent as {encoding}", "gpt-4o-mini", True, False
+        )  # fmt: skip
+        assert sorted(t.name for t in c.topics) == ["calculus", "limits"]
+        assert c.metadata == {"source": encoding}
+
+    check(made)
+    got = wait_for(lambda: retrieve(stack, WRITES, student, made.id), f"the {encoding} conversation by id")
+    check(got)
+
+
+def test_chat_history_update_patch_destroy(stack: Stack) -> None:
+    student = f"sdk-crud-{uuid.uuid4().hex[:8]}"
+    mentor = uuid.uuid4()
+    r = stack.call("ai_analytics_orgs_users_chat_history_create", HISTORY_CREATE, org=WRITES, user_id=student,
+                   conversations=new_conversation(mentor))  # fmt: skip
+    cid = ok(r, 201, M.Conversations).id
+    wait_for(lambda: retrieve(stack, WRITES, student, cid), "the created conversation")
+
+    # PUT: the whole record replaced
+    other = uuid.uuid4()
+    body = new_conversation(other, topics=[M.TopicModel(name="derivatives")], model="gpt-4o-mini",
+                            title="Derivatives", metadata={"v": 2}, has_document=False)  # fmt: skip
+    r = stack.call("ai_analytics_orgs_users_chat_history_update", HISTORY_ONE, org=WRITES, user_id=student,
+                   id=str(cid), conversations=body)  # fmt: skip
+    put = ok(r, 200, M.Conversations)
+    assert (put.id, put.student, put.mentor, put.model, put.title, put.has_document, put.metadata) == (
+        cid, student, other, "gpt-4o-mini", "Derivatives", False, {"v": 2}
+    )  # fmt: skip
+    assert [t.name for t in put.topics] == ["derivatives"]
+    got = wait_for(lambda: (c := retrieve(stack, WRITES, student, cid)).title == "Derivatives" and c, "the PUT")
+    assert ([t.name for t in got.topics], got.mentor, got.model) == (["derivatives"], other, "gpt-4o-mini")
+
+    # PATCH: only the title changes
+    r = stack.call("ai_analytics_orgs_users_chat_history_partial_update", HISTORY_ONE, org=WRITES, user_id=student,
+                   id=str(cid), patched_conversations=M.PatchedConversations(title="Chain rule"))  # fmt: skip
+    patched = ok(r, 200, M.Conversations)
+    assert (patched.id, patched.title, patched.model, patched.mentor) == (cid, "Chain rule", "gpt-4o-mini", other)
+    assert [t.name for t in patched.topics] == ["derivatives"] and patched.metadata == {"v": 2}
+    got = wait_for(lambda: (c := retrieve(stack, WRITES, student, cid)).title == "Chain rule" and c, "the PATCH")
+    assert ([t.name for t in got.topics], got.model, got.mentor) == (["derivatives"], "gpt-4o-mini", other)
+    assert [c.title for c in history_pages(stack, WRITES, filter_user_id=student)[1]] == ["Chain rule"]
+
+    # DELETE: 204, then gone from retrieve and from the list
+    r = stack.call("ai_analytics_orgs_users_chat_history_destroy", HISTORY_DESTROY, org=WRITES, user_id=student,
+                   id=str(cid))  # fmt: skip
+    assert r.status_code == 204 and r.data is None
+
+    def gone() -> bool:
+        try:
+            retrieve(stack, WRITES, student, cid)
+        except NotFoundException:
+            return True
+        return False
+
+    wait_for(gone, "the deleted conversation answering 404")
+    assert history_pages(stack, WRITES, filter_user_id=student) == (0, [])
+
+
+# --- sentiment, top students ---------------------------------------------------------------------------
+
+
+def test_sentiment_count_7d_matches_reference(stack: Stack) -> None:
+    today = datetime.now(UTC).date()
+    for org in sorted(stack.exp.orgs):
+        r = stack.call("ai_analytics_orgs_users_sentiment_count_list", SENTIMENT_COUNT, org=org, user_id=CALLER,
+                       period="7d")  # fmt: skip
+        rows = ok_list(r, M.UserSentimentCountView)
+        got = [(utc(row.var_date).date().isoformat(), row.sentiment_count) for row in rows]
+        want = [((today - timedelta(days=6 - i)).isoformat(),) for i in range(7)]
+        assert [(d,) for d, _ in got] == want
+        assert got == [(d, stack.exp.sentiment[(org, d)]) for (d,) in want]
+        assert sum(n for _, n in got) == sum(n for (o, _), n in stack.exp.sentiment.items() if o == org) > 0
+
+
+def test_top_students_all_time_matches_reference(stack: Stack) -> None:
+    for org in sorted(stack.exp.orgs):
+        r = stack.call("ai_analytics_orgs_users_top_students_by_chat_messages_list", TOP_STUDENTS, org=org,
+                       user_id=CALLER)  # fmt: skip
+        rows = ok_list(r, M.StudentChatMessage)
+        want = reference.top_students(stack.exp, org)
+        assert [(x.username, x.chat_message_count) for x in rows] == want
+
+
+# --- costs --------------------------------------------------------------------------------------------
+
+
+def test_tenant_cost_matches_reference(stack: Stack) -> None:
+    for start, end in ranges(stack):
+        for org in sorted(stack.exp.orgs):
+            r = stack.call("ai_analytics_orgs_users_tenant_cost_retrieve", COST, org=org, user_id=CALLER,
+                           start_date=naive(start), end_date=naive(end))  # fmt: skip
+            want = reference.cost_nanos(stack.obs, start, end, org=org)
+            assert ok(r, 200, M.Cost).total_cost == usd(want), (org, naive(start), naive(end))
+
+
+def test_tenant_cost_with_offset_datetimes(stack: Stack) -> None:
+    """A client passing aware datetimes: the SDK sends them with their offset (`...+0200`)."""
+    start, end = ranges(stack)[1]
+    plus2 = timezone(timedelta(hours=2))
+    org = "acme-academy"
+    r = stack.call("ai_analytics_orgs_users_tenant_cost_retrieve", COST, org=org, user_id=CALLER,
+                   start_date=naive(start).replace(tzinfo=UTC).astimezone(plus2),
+                   end_date=naive(end).replace(tzinfo=UTC).astimezone(plus2))  # fmt: skip
+    assert ok(r, 200, M.Cost).total_cost == usd(reference.cost_nanos(stack.obs, start, end, org=org))
+
+
+def test_user_cost_matches_reference(stack: Stack) -> None:
+    for org in sorted(stack.exp.orgs):
+        spend: Counter[str] = Counter()
+        for o in stack.obs:
+            if o.org == org and o.student:
+                spend[o.student] += o.nanos
+        students = [s for s, _ in spend.most_common(4)] + [f"nobody-{uuid.uuid4().hex[:6]}"]
+        for start, end in ranges(stack):
+            for student in students:
+                r = stack.call("ai_analytics_orgs_users_user_cost_retrieve", COST, org=org, user_id=CALLER,
+                               username=student, start_date=naive(start), end_date=naive(end))  # fmt: skip
+                want = reference.cost_nanos(stack.obs, start, end, org=org, student=student)
+                assert ok(r, 200, M.Cost).total_cost == usd(want), (org, student, naive(start), naive(end))
+    # sessionless observations are the tenant's, nobody's: the students' sums fall short of the tenant's
+    start, end = ranges(stack)[0]
+    assert sum(o.nanos for o in stack.obs if o.student is None and start <= o.ts_ms < end) > 0
+
+
+def test_mentor_cost_matches_reference(stack: Stack) -> None:
+    for org in sorted(stack.exp.orgs):
+        for start, end in ranges(stack):
+            for mentor in stack.mentors(org):
+                r = stack.call("ai_analytics_orgs_users_mentors_cost_retrieve", COST, org=org, user_id=CALLER,
+                               mentor_unique_id=mentor, start_date=naive(start), end_date=naive(end))  # fmt: skip
+                want = reference.cost_nanos(stack.obs, start, end, org=org, mentor=mentor)
+                assert ok(r, 200, M.Cost).total_cost == usd(want), (org, mentor, naive(start), naive(end))
+
+
+def test_costs_model_is_the_costliest_model(stack: Stack) -> None:
+    for org in sorted(stack.exp.orgs):
+        for start, end in ranges(stack):
+            per_model: Counter[str] = Counter()
+            for o in stack.obs:
+                if o.org == org and start <= o.ts_ms < end:
+                    per_model[o.model] += o.nanos
+            (top, nanos), *others = per_model.most_common()
+            assert not others or others[0][1] < nanos, "a tie: the answer would be ambiguous"
+            r = stack.call("ai_analytics_orgs_users_costs_model_retrieve", MODEL_COST, org=org, user_id=CALLER,
+                           start_date=naive(start), end_date=naive(end))  # fmt: skip
+            got = ok(r, 200, M.ModelCost)
+            assert (got.model, got.total_cost) == (top, usd(nanos)), (org, naive(start), naive(end))
+
+
+def test_costs_permentor_matches_reference(stack: Stack) -> None:
+    for org in sorted(stack.exp.orgs):
+        for start, end in ranges(stack):
+            r = stack.call("ai_analytics_orgs_users_costs_permentor_retrieve", PER_MENTOR, org=org, user_id=CALLER,
+                           start_date=naive(start), end_date=naive(end))  # fmt: skip
+            got = ok(r, 200, M.TenantMentorTraces)
+            assert got.tenant == org
+            assert got.tenant_total_cost == usd(reference.cost_nanos(stack.obs, start, end, org=org))
+            sessions: dict[str, Counter[str]] = defaultdict(Counter)
+            for o in stack.obs:
+                if o.org == org and o.mentor and start <= o.ts_ms < end:
+                    sessions[o.mentor][o.session_id or ""] += o.nanos
+            served_mentors = {}
+            for m in got.mentor_data:
+                assert m.mentor_name not in served_mentors, f"mentor {m.mentor_name} served twice"
+                assert as_uuid(m.mentor_unique_id) == as_uuid(m.mentor_name)
+                assert isinstance(as_uuid(m.mentor_unique_id), uuid.UUID), m.mentor_unique_id
+                ids = [s.session_id for s in m.mentor_sessions]
+                assert len(ids) == len(set(ids)), "a session served twice"
+                served_mentors[m.mentor_name] = (
+                    m.total_cost,
+                    {as_uuid(s.session_id): s.cost for s in m.mentor_sessions if s.cost},
+                    {as_uuid(s.session_id) for s in m.mentor_sessions if not s.cost},
+                )
+            want = {
+                mentor: (usd(sum(per.values())), {as_uuid(sid): usd(n) for sid, n in per.items() if n})
+                for mentor, per in sessions.items()
+            }
+            assert {k: v[:2] for k, v in served_mentors.items() if k in want} == want, (org, naive(start))
+            for mentor, (total, costly, free) in served_mentors.items():  # anything else costs nothing
+                assert mentor in want or (total == 0 and not costly), mentor
+                assert free <= {as_uuid(sid) for sid, n in sessions.get(mentor, {}).items() if n == 0}, mentor
+
+
+def test_costs_peruser_gives_the_users_latest_trace(stack: Stack) -> None:
+    for org in sorted(stack.exp.orgs):
+        traces: dict[str, list[reference.Observation]] = defaultdict(list)
+        for o in stack.obs:
+            if o.org == org and o.student:
+                traces[o.student].append(o)
+        students = sorted(traces, key=lambda s: (-len(traces[s]), s))[:3]
+        for start, end in ranges(stack):
+            for student in students:
+                inside = sorted((o for o in traces[student] if start <= o.ts_ms < end), key=lambda o: o.ts_ms)
+                if not inside:
+                    continue
+                latest = inside[-1]
+                assert len(inside) == 1 or inside[-2].ts_ms < latest.ts_ms, "a tie: ambiguous"
+                r = stack.call("ai_analytics_orgs_users_costs_peruser_retrieve", PER_USER, org=org, user_id=student,
+                               start_date=naive(start), end_date=naive(end))  # fmt: skip
+                got = ok(r, 200, M.LLMTracesListResponse)
+                assert got.name == student
+                assert (got.id, abs(ms_of(got.var_date) - latest.ts_ms) <= 1) == (latest.trace_id, True), (
+                    org, student, got, latest
+                )  # fmt: skip
+
+
+def test_costs_pertenant_matches_reference(stack: Stack) -> None:
+    for start, end in ranges(stack):
+        r = stack.call("ai_analytics_costs_pertenant_list", PER_TENANT, start_date=naive(start), end_date=naive(end))
+        rows = ok_list(r, M.CostPerTenant)
+        got = {}
+        for row in rows:
+            assert row.platform_key not in got, f"{row.platform_key} served twice"
+            models = {m.model: m.total_cost for m in row.model_costs}
+            assert len(models) == len(row.model_costs), "a model served twice"
+            got[row.platform_key] = (row.total_cost, {k: v for k, v in models.items() if v})
+        want: dict[str, tuple[float, dict[str, float]]] = {}
+        for org in sorted(stack.exp.orgs):
+            per_model: Counter[str] = Counter()
+            for o in stack.obs:
+                if o.org == org and start <= o.ts_ms < end:
+                    per_model[o.model] += o.nanos
+            want[org] = (usd(sum(per_model.values())), {m: usd(n) for m, n in per_model.items() if n})
+        assert {k: v for k, v in got.items() if k in want} == want, naive(start)
+        assert all(v == (0, {}) for k, v in got.items() if k not in want)
+
+
+# --- errors -------------------------------------------------------------------------------------------
+
+TODAY = datetime.now(UTC).date()
+LATER, EARLIER = TODAY - timedelta(days=2), TODAY - timedelta(days=9)  # a range that ends before it starts
+BACKWARDS = {"start_date": datetime.combine(LATER, datetime.min.time()),
+             "end_date": datetime.combine(EARLIER, datetime.min.time())}  # fmt: skip
+BAD = [
+    ("ai_analytics_orgs_users_average_messages_per_session_list", AVG_MESSAGES,
+     {"start_date": f"{TODAY.year}-13-01", "end_date": TODAY.isoformat()}, "start_date"),
+    ("ai_analytics_orgs_users_average_messages_per_session_list", AVG_MESSAGES,
+     {"start_date": "last week", "end_date": TODAY.isoformat()}, "start_date"),
+    ("ai_analytics_orgs_users_average_messages_per_session_list", AVG_MESSAGES,
+     {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
+    ("ai_analytics_orgs_users_average_messages_per_session_list", AVG_MESSAGES,
+     {"start_date": EARLIER.isoformat(), "end_date": TODAY.isoformat(), "aggregation": "yearly"}, "aggregation"),
+    ("ai_analytics_orgs_users_sentiment_count_list", SENTIMENT_COUNT, {"period": "1y"}, "period"),
+    ("ai_analytics_orgs_users_tenant_cost_retrieve", COST, BACKWARDS, "end_date"),
+    ("ai_analytics_orgs_users_user_cost_retrieve", COST, {"username": "x", **BACKWARDS}, "end_date"),
+    ("ai_analytics_orgs_users_costs_permentor_retrieve", PER_MENTOR, BACKWARDS, "end_date"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "types", "query", "param"), BAD, ids=[f"{b[0][24:]}-{b[3]}-{i}" for i, b in enumerate(BAD)]
+)
+def test_bad_parameter_is_400_with_detail(
+    stack: Stack, method: str, types: dict[str, Any], query: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(BadRequestException) as info:
+        stack.call(method, types, org="acme-academy", user_id=CALLER, **query)
+    assert info.value.status == 400
+    body = json.loads(info.value.body)
+    assert isinstance(body["detail"], str) and body["detail"], body
+    assert body["parameter"] == param, body
+
+
+def test_auth_errors_through_the_sdk(stack: Stack) -> None:
+    def sentiment(org: str, key: str) -> ApiResponse[Any]:
+        return stack.call("ai_analytics_orgs_users_sentiment_count_list", SENTIMENT_COUNT, key, org=org,
+                          user_id=CALLER, period="7d")  # fmt: skip
+
+    assert sentiment("acme-academy", "analyst").status_code == 200
+    with pytest.raises(UnauthorizedException):
+        sentiment("acme-academy", "not-a-key")
+    with pytest.raises(ForbiddenException):
+        sentiment("acme-academy", "other")  # another org's key
+    with pytest.raises(ForbiddenException):
+        sentiment("no-such-org", "other")  # whether or not the org exists
+    with pytest.raises(NotFoundException):
+        sentiment("no-such-org", "admin")  # an all-orgs key: the org does not exist
+    with pytest.raises(UnauthorizedException):
+        stack.call("ai_analytics_costs_pertenant_list", PER_TENANT, "not-a-key",
+                   start_date=BACKWARDS["end_date"], end_date=BACKWARDS["start_date"])  # fmt: skip
+    with pytest.raises(ForbiddenException):  # an org's key does not read every org's costs
+        stack.call("ai_analytics_costs_pertenant_list", PER_TENANT, "acme_admin",
+                   start_date=BACKWARDS["end_date"], end_date=BACKWARDS["start_date"])  # fmt: skip
+    with pytest.raises(ForbiddenException):  # chat history needs platform_admin
+        history_pages(stack, "acme-academy", key="analyst")
+    assert history_pages(stack, "acme-academy", key="acme_admin")[0] == len(stack.conversations("acme-academy"))
