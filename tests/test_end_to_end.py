@@ -7,6 +7,7 @@ import asyncio
 import base64
 import random
 from collections import Counter, defaultdict
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,12 @@ from tables import keys, queries
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """With a daily retention, so that an event can be too old (by default daily aggregates are kept forever)."""
+    return replace(settings, daily_retention_days=400)
 
 
 def make_traffic(seed: int, now: datetime) -> list[dict[str, Any]]:

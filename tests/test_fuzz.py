@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -133,6 +134,7 @@ def traffic(draw: Any) -> tuple[str, list[tuple[str, dict[str, Any]]], list[tupl
 
 @pytest.fixture
 async def fuzz_worker(settings: Settings, topics: list[str], redis: Redis) -> Any:
+    settings = replace(settings, daily_retention_days=400)  # so that an event can be too old
     worker = WorkerProcess(settings, "fuzz").start()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
