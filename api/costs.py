@@ -126,6 +126,15 @@ async def per_user_cost(org: ORG, user_id: USER, key: Caller, state: State, span
     }
 
 
+@router.get("/costs/users/")
+async def top_users_by_cost(org: ORG, user_id: USER, key: Caller, state: State, span: Range) -> list[dict[str, Any]]:
+    """The 20 students whose sessions cost the most over the range (not in the platform's API: what the
+    dashboard shows)."""
+    by_user = await queries.cost_fields(state.redis, org, *span, keys.cost_field("u", ""))
+    ranked = sorted(((n, u) for u, n in by_user.items() if n), key=lambda nu: (-nu[0], nu[1]))[: queries.TOP_N]
+    return [{"username": u, "total_cost": queries.usd(n), "cost_nanos": n} for n, u in ranked]
+
+
 @all_orgs_router.get("/api/ai-analytics/costs/pertenant/")
 async def per_tenant_cost(request: Request, state: State, span: Range) -> list[dict[str, Any]]:
     """Every org's cost over the range, with its cost by model (an all-orgs platform_admin key)."""

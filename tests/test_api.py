@@ -319,6 +319,14 @@ def test_dashboard_in_headless_chromium_shows_live_data(env: Env, tmp_path: Path
     assert top.count("<tr>") >= 5  # header + students
     assert "newest event applied" in dom
     assert "$" in dom.split('id="cost-total"', 1)[1][:40]
+    # The cost views show what the API answers: the costliest model first, mentors, students by cost.
+    today = datetime.now(UTC).date()
+    span = {"start_date": (today - timedelta(days=13)).isoformat(), "end_date": today.isoformat()}
+    costliest = env.get("acme-academy", "costs/model", **span).json()["model"]
+    models = dom.split('id="cost-models"', 1)[1].split("</table>", 1)[0]
+    assert costliest and models.split("<td>", 1)[1].startswith(costliest), models[:300]
+    assert dom.split('id="cost-mentors"', 1)[1].split("</table>", 1)[0].count("<tr>") >= 2
+    assert dom.split('id="cost-users"', 1)[1].split("</table>", 1)[0].count("<tr>") >= 2
     assert shot.stat().st_size > 10_000
 
 

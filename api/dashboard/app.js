@@ -88,6 +88,14 @@ async function refresh() {
     const total = costs.reduce((s, c) => s + c.cost_nanos, 0) / 1e9;
     document.getElementById("cost-total").textContent = `$${total.toFixed(4)}`;
     fillTable("top", top.map((r, i) => [i + 1, r.username, r.chat_message_count]));
+    const span = { start_date: days[0], end_date: today };
+    const [byModel, byMentor, byUser] = await Promise.all([
+      api("costs/model", span), api("costs/permentor", span), api("costs/users", span),
+    ]);
+    const usd = (v) => `$${v.toFixed(4)}`;
+    fillTable("cost-models", byModel.models.map((m) => [m.model, usd(m.total_cost)]));
+    fillTable("cost-mentors", byMentor.mentor_data.map((m) => [m.mentor_name, m.mentor_sessions.length, usd(m.total_cost)]));
+    fillTable("cost-users", byUser.map((u, i) => [i + 1, u.username, usd(u.total_cost)]));
     try {
       const convs = await api("chat-history", { page_size: 10 });
       fillTable("convs", convs.results.map((c) => [(c.inserted_at || "").replace("T", " ").slice(0, 19), c.student, c.mentor_name || c.mentor, c.message_count, c.sentiment || "–"]));
