@@ -47,7 +47,7 @@ from redis.asyncio import Redis
 from agents.pipeline import BatchProcessor
 from bench.throughput import applied, ceiling, produce, start_worker
 from infra.kafka import KafkaBroker
-from infra.procs import ROOT, free_port, spawn, wait_until
+from infra.procs import ROOT, cli_command, free_port, spawn, wait_until
 from infra.redis import RedisServer
 from streams.clients import ensure_topics
 from streams.deadletter import Record
@@ -155,7 +155,7 @@ class Api:
 
     def start(self) -> None:
         env = {**os.environ, **self.settings.as_env()}
-        self.proc = spawn([sys.executable, "-m", "api"], log=self.tmp / "api.log", env=env)
+        self.proc = spawn(cli_command("api"), log=self.tmp / "api.log", env=env)
         wait_until(self._ready, proc=self.proc, what="the API", log=self.tmp / "api.log", timeout=60)
 
     def _ready(self) -> bool:
