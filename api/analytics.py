@@ -14,6 +14,9 @@ from api.state import State
 from tables import queries
 
 router = APIRouter(tags=["analytics"])
+# What the OpenAPI document says of a parameter's format (the handlers check it and answer 400 otherwise).
+DATE: dict[str, Any] = {"json_schema_extra": {"format": "date"}}
+DATE_TIME: dict[str, Any] = {"json_schema_extra": {"format": "date-time"}}
 
 
 @router.get("/average-messages-per-session/")
@@ -22,10 +25,13 @@ async def average_messages_per_session(
     user_id: USER,
     key: Caller,
     state: State,
-    start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (required).")] = None,
-    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (required).")] = None,
+    start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (required).", **DATE)] = None,
+    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (required).", **DATE)] = None,
     mentor_id: Annotated[str | None, Query(description="Only sessions with this mentor.")] = None,
-    aggregation: Annotated[str | None, Query(description="hourly, daily (default) or weekly.")] = None,
+    aggregation: Annotated[
+        str | None,
+        Query(description="hourly, daily (default) or weekly.", json_schema_extra={"enum": list(queries.AGGREGATIONS)}),
+    ] = None,
     group_by: Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")] = None,
 ) -> list[dict[str, Any]]:
     """Sessions started per period and the average number of messages in them."""
@@ -45,7 +51,12 @@ async def sentiment_count(
     user_id: USER,
     key: Caller,
     state: State,
-    period: Annotated[str | None, Query(description="today, yesterday, 7d (default), 30d or 90d.")] = None,
+    period: Annotated[
+        str | None,
+        Query(
+            description="today, yesterday, 7d (default), 30d or 90d.", json_schema_extra={"enum": list(params.PERIODS)}
+        ),
+    ] = None,
 ) -> list[dict[str, Any]]:
     """Sentiment judgements per day (zeros included), with a breakdown by sentiment."""
     start, end = params.period_days(period)
@@ -58,8 +69,10 @@ async def tenant_cost(
     user_id: USER,
     key: Caller,
     state: State,
-    start_date: Annotated[str | None, Query(description="Start: YYYY-MM-DD or an RFC 3339 datetime.")] = None,
-    end_date: Annotated[str | None, Query(description="End (a date includes that whole day).")] = None,
+    start_date: Annotated[
+        str | None, Query(description="Start: YYYY-MM-DD or an RFC 3339 datetime.", **DATE_TIME)
+    ] = None,
+    end_date: Annotated[str | None, Query(description="End (a date includes that whole day).", **DATE_TIME)] = None,
 ) -> dict[str, Any]:
     """Exact LLM cost of the org over the range (USD), with tokens and observation counts."""
     start = params.parse_date_or_datetime("start_date", start_date, end=False)
@@ -79,8 +92,8 @@ async def top_students(
     key: Caller,
     state: State,
     mentor_id: Annotated[str | None, Query(description="Only messages to this mentor.")] = None,
-    start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (default: all time).")] = None,
-    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).")] = None,
+    start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (default: all time).", **DATE)] = None,
+    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
     group_by: Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")] = None,
 ) -> list[dict[str, Any]]:
     """The 20 students with the most messages, ties by username."""

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 
 from api import params
+from api.analytics import DATE_TIME
 from api.auth import ORG, USER, Caller
 from api.errors import ApiError
 from api.state import State
@@ -23,8 +24,10 @@ from tables import apikeys, ids, keys, queries
 router = APIRouter(tags=["cost"])
 all_orgs_router = APIRouter(tags=["cost"])
 
-START = Annotated[str | None, Query(description="Start: YYYY-MM-DD or a datetime (naive means UTC). Required.")]
-END = Annotated[str | None, Query(description="End (a date includes that whole day). Required.")]
+START = Annotated[
+    str | None, Query(description="Start: YYYY-MM-DD or a datetime (naive means UTC). Required.", **DATE_TIME)
+]
+END = Annotated[str | None, Query(description="End (a date includes that whole day). Required.", **DATE_TIME)]
 
 
 def cost_range(start_date: START = None, end_date: END = None) -> tuple[datetime, datetime]:
@@ -47,7 +50,7 @@ async def user_cost(
     key: Caller,
     state: State,
     span: Range,
-    username: Annotated[str | None, Query(description="The student (required).")] = None,
+    username: Annotated[str | None, Query(description="The student (required).", min_length=1)] = None,
 ) -> dict[str, Any]:
     """LLM cost of one student's sessions over the range (USD)."""
     student = params.text("username", username)

@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 
 from api import params
+from api.analytics import DATE
 from api.auth import ORG, USER, Caller, require_admin
 from api.errors import ApiError
 from api.state import AppState, State
@@ -34,6 +35,34 @@ BOOLS = ("has_document", "memory_tracked", "enable_artifacts", "is_shared", "is_
 SHORT_TEXTS = ("llm_name", "llm_provider", "title")  # at most 255 characters, or null
 TEXTS = ("model", "platform")
 WRITABLE = ("topics", "mentor", *TEXTS, *BOOLS, *SHORT_TEXTS, "metadata", "tools")
+_FIELDS: dict[str, Any] = {
+    "topics": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 255}},
+            "required": ["name"],
+        },
+    },
+    "mentor": {"type": "string", "minLength": 1, "description": "The mentor's unique id (a UUID on the platform)."},
+    **{name: {"type": "string"} for name in TEXTS},
+    **{name: {"type": ["boolean", "null"]} for name in BOOLS},
+    **{name: {"type": ["string", "null"], "maxLength": 255} for name in SHORT_TEXTS},
+    "metadata": {},
+    "tools": {"type": "array", "items": {"type": "integer"}},
+}
+_BODY = {"type": "object", "properties": _FIELDS}
+WRITE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The conversation's writable fields; the server sets id, student, sentiment and the rest.",
+        "content": {
+            content_type: {"schema": {**_BODY, "required": ["mentor"]}}
+            for content_type in ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+        },
+    }
+}
+PATCH_BODY: dict[str, Any] = {"requestBody": {"content": {"application/json": {"schema": _BODY}}}}
 
 
 @router.get("/chat-history/")
@@ -43,8 +72,12 @@ async def chat_history(
     user_id: USER,
     key: Caller,
     state: State,
-    start_date: Annotated[str | None, Query(description="Conversations inserted on or after, YYYY-MM-DD.")] = None,
-    end_date: Annotated[str | None, Query(description="Conversations inserted on or before, YYYY-MM-DD.")] = None,
+    start_date: Annotated[
+        str | None, Query(description="Conversations inserted on or after, YYYY-MM-DD.", **DATE)
+    ] = None,
+    end_date: Annotated[
+        str | None, Query(description="Conversations inserted on or before, YYYY-MM-DD.", **DATE)
+    ] = None,
     filter_user_id: Annotated[str | None, Query(description="Only this student's conversations.")] = None,
     mentor: Annotated[str | None, Query(description="Only conversations with this mentor (its UUID).")] = None,
     sentiment: Annotated[str | None, Query(description="Only conversations whose latest sentiment is this.")] = None,
@@ -84,7 +117,7 @@ async def chat_history(
     }
 
 
-@router.post("/chat-history/", status_code=201)
+@router.post("/chat-history/", status_code=201, openapi_extra=WRITE_BODY)
 async def create_chat_history(org: ORG, user_id: USER, key: Caller, state: State, request: Request) -> dict[str, Any]:
     """Store a conversation record (JSON, form or multipart body): written through Kafka, listed within a
     second. The server sets its id and student (the path's user)."""
@@ -101,7 +134,7 @@ async def get_chat_history(org: ORG, user_id: USER, key: Caller, state: State, c
     return (await _existing(state, org, conversation_id))[2]
 
 
-@router.put("/chat-history/{conversation_id}/")
+@router.put("/chat-history/{conversation_id}/", openapi_extra=WRITE_BODY)
 async def replace_chat_history(
     org: ORG, user_id: USER, key: Caller, state: State, conversation_id: str, request: Request
 ) -> dict[str, Any]:
@@ -112,7 +145,7 @@ async def replace_chat_history(
     return await write_record(state, org, {**_kept(cid, stored, served), **fields})
 
 
-@router.patch("/chat-history/{conversation_id}/")
+@router.patch("/chat-history/{conversation_id}/", openapi_extra=PATCH_BODY)
 async def change_chat_history(
     org: ORG, user_id: USER, key: Caller, state: State, conversation_id: str, request: Request
 ) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -230,3 +231,21 @@ async def settle(redis: Redis, exp: reference.Expected, workers: list[WorkerProc
     await asyncio.sleep(1.0)
     logs = "\n".join(f"--- {w.log}\n{w.log_tail(15)}" for w in workers)
     raise AssertionError(f"{len(diff)} mismatches, e.g.:\n" + "\n".join(diff[:15]) + f"\n{logs}")
+
+
+def wait_applied(
+    env: Env, events: list[tuple[str, dict[str, Any]]], expected: reference.Expected, timeout: float
+) -> None:
+    """Poll the API's freshness until every distinct event of `events` is applied, per topic."""
+    unique = Counter(t for t, _ in {(t, ev["event_id"]): None for t, ev in events})
+    deadline = time.monotonic() + timeout
+    while True:
+        counts: Counter[str] = Counter()
+        for org in expected.orgs:
+            r = env.get(org, "freshness")
+            if r.status_code == 200:
+                counts.update(r.json()["events"])
+        if counts == unique:
+            return
+        assert time.monotonic() < deadline, f"not applied: {counts} != {unique}\n{env.worker.log_tail()}"
+        time.sleep(0.5)

@@ -30,7 +30,7 @@ from streams.clients import ensure_topics
 from streams.settings import Settings
 from tables import apikeys
 from tests import reference
-from tests.support import Env, WorkerProcess, demo_events, produce, read_compacted, start_api
+from tests.support import Env, WorkerProcess, demo_events, produce, read_compacted, start_api, wait_applied
 
 pytestmark = pytest.mark.integration
 
@@ -71,18 +71,7 @@ def env(kafka: KafkaBroker, redis_server: RedisServer, tmp_path_factory: pytest.
     api = start_api(settings, api_log)
     asyncio.run(produce(settings, events, seconds=2))
     e = Env(settings, f"http://127.0.0.1:{settings.api_port}", keys, expected, worker, api_log)
-    unique = Counter(t for t, _ in {(t, ev["event_id"]): None for t, ev in events})
-    deadline = time.monotonic() + 120
-    while True:
-        counts: Counter[str] = Counter()
-        for org in expected.orgs:
-            r = e.get(org, "freshness")
-            if r.status_code == 200:
-                counts.update(r.json()["events"])
-        if counts == unique:
-            break
-        assert time.monotonic() < deadline, f"not applied: {counts} != {unique}\n{worker.log_tail()}"
-        time.sleep(0.5)
+    wait_applied(e, events, expected, timeout=120)
     yield e
     api.terminate()
     api.wait(30)

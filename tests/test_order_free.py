@@ -25,7 +25,7 @@ from agents.pipeline import BatchProcessor
 from infra.redis import RedisServer
 from streams.deadletter import DeadLetter, Record
 from streams.settings import Settings
-from tables import queries
+from tables import keys, queries
 from tests import reference
 
 pytestmark = pytest.mark.integration
@@ -82,12 +82,14 @@ def event_sets(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
             }))  # fmt: skip
     for o in range(draw(st.integers(0, 4))):
         event_id = eid("o")
-        # A trace's observation, sent again with another cost (Langfuse's update); newest by time then send wins.
+        # A trace's observation, sent again with another cost (Langfuse's update); newest by time then send
+        # wins. Attributed through its session (if any) to the session's earliest message's student and mentor.
+        session = draw(st.sampled_from([None, *(f"s{i}" for i in range(5))]))
         for t in draw(st.lists(st.integers(1, 3 * 24 * 60), min_size=1, max_size=3)):
             events.append(("llm-observations", {
                 "event_id": event_id, "org": ORG, "timestamp": ts(t), "trace_id": f"t{o}", "type": "generation",
-                "model": "gpt-4o", "usage": {"input": 10, "output": 5},
-                "cost": str(draw(st.integers(0, 10**6))) + "e-6",
+                "model": draw(st.sampled_from(("gpt-4o", "claude-3-5-sonnet"))), "usage": {"input": 10, "output": 5},
+                "cost": str(draw(st.integers(0, 10**6))) + "e-6", "session_id": session,
             }))  # fmt: skip
     # Producers retry: some events sent twice, the same event_id in a second record.
     copies = draw(st.lists(st.sampled_from(range(len(events))), max_size=4, unique=True))
@@ -136,6 +138,15 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
             out[f"top {d} {mentor}"] = await queries.top_students(redis, ORG, d, d, mentor, limit=1000)
         d += timedelta(days=1)
     out["top all"] = await queries.top_students(redis, ORG, first, last)
+    span = (datetime(first.year, first.month, first.day, tzinfo=UTC), datetime.now(UTC) + timedelta(hours=1))
+    for kind, values in (
+        ("u", [f"stu{i}" for i in range(4)]),
+        ("m", MENTORS),
+        ("model", ["gpt-4o", "claude-3-5-sonnet"]),
+    ):
+        for value in values:
+            out[f"attributed {kind} {value}"] = await queries.cost_of(redis, ORG, *span, keys.cost_field(kind, value))
+    out["session costs"] = await queries.session_costs(redis, ORG, *span)
     filters = [queries.HistoryFilter()]
     filters += [queries.HistoryFilter(mentor=m) for m in MENTORS]
     filters += [queries.HistoryFilter(topics=(t,)) for t in TOPICS]
@@ -165,7 +176,7 @@ async def apply_all(url: str, batches: list[list[Record]]) -> dict[str, Any]:
         await redis.aclose()
 
 
-def check_reference(got: dict[str, Any], exp: reference.Expected) -> None:
+def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[tuple[str, dict[str, Any]]]) -> None:
     """The answers equal the batch computation over the set of events."""
     for agg, table in (("hourly", exp.hourly), ("daily", exp.daily), ("weekly", exp.weekly)):
         for mentor in (None, *MENTORS):
@@ -180,6 +191,13 @@ def check_reference(got: dict[str, Any], exp: reference.Expected) -> None:
         if name.startswith("top ") and name.endswith(" None") and name != "top all":
             day = name.split()[1]
             assert {r["username"]: r["chat_message_count"] for r in value} == dict(exp.human.get((ORG, day), {}))
+    attributed = reference.observations(events)
+    for kind, field in (("u", "student"), ("m", "mentor"), ("model", "model")):
+        for name, value in got.items():
+            if name.startswith(f"attributed {kind} "):
+                who = name.split(" ", 2)[2]
+                want = sum(o.nanos for o in attributed if getattr(o, field) == who)
+                assert value == want, (name, value, want)
     count, rows = got[f"history {queries.HistoryFilter()}"]
     assert count == len(exp.conversations[ORG])
     for rec in rows:
@@ -194,14 +212,13 @@ def test_any_order_any_split_any_repetition_gives_the_same_answers(
     records = as_records(events)
     rng = random.Random(seed)
     in_order = asyncio.run(apply_all(redis_server.url, [records]))
-    check_reference(in_order, reference.expected(events))
+    check_reference(in_order, reference.expected(events), events)
     for _ in range(2):
         shuffled = asyncio.run(apply_all(redis_server.url, deliveries(records, rng)))
         assert shuffled == in_order
 
 
 async def test_observations_past_the_dedup_window_are_pruned(redis_server: RedisServer) -> None:
-    from tables import keys
     from tables.state import prune_observations
 
     redis = Redis.from_url(redis_server.url)

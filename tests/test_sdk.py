@@ -44,7 +44,7 @@ from streams.clients import ensure_topics
 from streams.settings import Settings
 from tables import apikeys
 from tests import reference
-from tests.support import Env, WorkerProcess, demo_events, produce, start_api
+from tests.support import Env, WorkerProcess, demo_events, produce, start_api, wait_applied
 
 pytestmark = pytest.mark.integration
 
@@ -156,18 +156,7 @@ def stack(kafka: KafkaBroker, redis_server: RedisServer, tmp_path_factory: pytes
     api = start_api(settings, api_log)
     asyncio.run(produce(settings, events, seconds=2))
     env = Env(settings, f"http://127.0.0.1:{settings.api_port}", keys, expected, worker, api_log)
-    unique = Counter(t for t, _ in {(t, ev["event_id"]): None for t, ev in events})
-    deadline = time.monotonic() + 90
-    while True:
-        counts: Counter[str] = Counter()
-        for org in expected.orgs:
-            r = env.get(org, "freshness")
-            if r.status_code == 200:
-                counts.update(r.json()["events"])
-        if counts == unique:
-            break
-        assert time.monotonic() < deadline, f"not applied: {counts} != {unique}\n{worker.log_tail()}"
-        time.sleep(0.5)
+    wait_applied(env, events, expected, timeout=90)
     yield Stack(env, events, expected, reference.observations(events), reference.conversations(events), keys)
     api.terminate()
     api.wait(30)
