@@ -263,14 +263,18 @@ def writable_fields(body: dict[str, Any], *, require_mentor: bool) -> dict[str, 
                 raise ApiError(400, f"{name} must be text", param=name)
             out[name] = value
         elif name == "tools":
-            if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-                raise ApiError(400, "tools must be a list of tool ids (whole numbers)", param="tools")
+            if not isinstance(value, list) or not all(_tool_id(t) for t in value):
+                raise ApiError(400, "tools must be a list of tool ids (64-bit whole numbers)", param="tools")
             out["tools"] = value
         else:
             out[name] = value
     if require_mentor and "mentor" not in out:
         raise ApiError(400, "mentor is required (the mentor's unique id)", param="mentor")
     return out
+
+
+def _tool_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
 def _topic(value: Any) -> str | None:
