@@ -10,6 +10,7 @@ back to the id, so a client can filter or fetch by the UUID it was shown.
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 
 # The namespace of the name-based UUIDs (a fixed, random UUID: changing it changes every served id).
 NAMESPACE = uuid.UUID("5b1f0e7c-9a44-4f2e-8c1d-2f6a7b9c0d3e")
@@ -17,6 +18,7 @@ CONVERSATION = "conv"
 MENTOR = "mentor"
 
 
+@lru_cache(maxsize=65536)  # the planner asks for every event; ids repeat within and across batches
 def canonical(value: str) -> str | None:
     """The canonical spelling of a UUID (`8d7f2c1e-3b4a-...`), or None when the value is not one."""
     try:

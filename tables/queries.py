@@ -318,13 +318,18 @@ async def conversation(redis: Redis, org: str, conv_id: str) -> tuple[str, dict[
     fields = [keys.RECORD, *keys.CONV_STATE]
     reply: Any = await redis.hmget(keys.conversation(org, cid), fields)
     record, *values = reply
-    conv = ConversationState.from_fields(
-        {f: None if v is None else v.decode() for f, v in zip(keys.CONV_STATE, values, strict=True)}
-    )
+    conv = _conversation_state(values)
     if conv.deleted or (conv.record_version is None and conv.started_ms is None):
         return None
     stored: dict[str, Any] = orjson.loads(record) if record else {}
     return cid, stored, served_conversation(org, cid, stored, conv)
+
+
+def _conversation_state(values: list[bytes | None]) -> ConversationState:
+    """A conversation's state from the HMGET of `keys.CONV_STATE`."""
+    return ConversationState.from_fields(
+        {f: None if v is None else v.decode() for f, v in zip(keys.CONV_STATE, values, strict=True)}
+    )
 
 
 async def _conversations(redis: Redis, org: str, ids_: list[str]) -> list[dict[str, Any]]:
@@ -332,9 +337,7 @@ async def _conversations(redis: Redis, org: str, ids_: list[str]) -> list[dict[s
     rows = await _pipeline(redis, [("hmget", keys.conversation(org, cid), fields) for cid in ids_])
     out = []
     for cid, (record, *values) in zip(ids_, rows, strict=True):
-        conv = ConversationState.from_fields(
-            {f: None if v is None else v.decode() for f, v in zip(keys.CONV_STATE, values, strict=True)}
-        )
+        conv = _conversation_state(values)
         out.append(served_conversation(org, cid, orjson.loads(record) if record else {}, conv))
     return out
 

@@ -22,11 +22,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
-from infra.procs import cli_command, port_open, spawn, tail, worker_command
+from infra.procs import cli_command, free_port, port_open, spawn, tail, worker_command
+from streams.clients import ensure_topics
 from streams.demo import DemoConfig, DemoTraffic
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
-from tables import queries
+from tables import apikeys, queries
 from tests import reference
 
 LOG_ROOT = Path(tempfile.gettempdir()) / "aia-test-logs"
@@ -249,3 +250,34 @@ def wait_applied(
             return
         assert time.monotonic() < deadline, f"not applied: {counts} != {unique}\n{env.worker.log_tail()}"
         time.sleep(0.5)
+
+
+def api_settings(bootstrap: str, redis_url: str, name: str) -> Settings:
+    """Settings of a module's worker and API: its own topics, group and API port."""
+    run = uuid.uuid4().hex[:8]
+    return Settings(
+        kafka_bootstrap=bootstrap, redis_url=redis_url, topic_prefix=f"{name}{run}.", topic_partitions=3,
+        app_id=f"aia-{name}-{run}", batch_size=500, batch_within=0.1, session_timeout=6.0,
+        heartbeat_interval=1.0, api_port=free_port(),
+    )  # fmt: skip
+
+
+async def create_keys(settings: Settings) -> dict[str, str]:
+    """A clean Redis with the keys the API tests use (admin: all orgs; analyst and acme_admin: acme-academy;
+    other: globex-school; revoked), and the contract's topics."""
+    redis = Redis.from_url(settings.redis_url)
+    await redis.flushall()
+    made = {}
+    for name, org, role in [
+        ("admin", "*", "platform_admin"),
+        ("analyst", "acme-academy", "analyst"),
+        ("acme_admin", "acme-academy", "platform_admin"),
+        ("other", "globex-school", "analyst"),
+    ]:
+        made[name], _ = await apikeys.create(redis, org, role, name)
+    revoked, record = await apikeys.create(redis, "*", "analyst", "revoked")
+    await apikeys.revoke(redis, record.id)
+    made["revoked"] = revoked
+    await redis.aclose()
+    await ensure_topics(settings)
+    return made

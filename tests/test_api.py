@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -20,17 +19,23 @@ import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 
 from infra.browser import render
 from infra.kafka import KafkaBroker
-from infra.procs import ROOT, cli_command, free_port
+from infra.procs import ROOT, cli_command
 from infra.redis import RedisServer
-from streams.clients import ensure_topics
-from streams.settings import Settings
-from tables import apikeys
 from tests import reference
-from tests.support import Env, WorkerProcess, demo_events, produce, read_compacted, start_api, wait_applied
+from tests.support import (
+    Env,
+    WorkerProcess,
+    api_settings,
+    create_keys,
+    demo_events,
+    produce,
+    read_compacted,
+    start_api,
+    wait_applied,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,34 +43,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def env(kafka: KafkaBroker, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("api")
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url, topic_prefix=f"api{run}.", topic_partitions=3,
-        app_id=f"aia-api-{run}", batch_size=500, batch_within=0.1, session_timeout=6.0,
-        heartbeat_interval=1.0, api_port=free_port(),
-    )  # fmt: skip
+    settings = api_settings(kafka.bootstrap, redis_server.url, "api")
     events = demo_events(3000, seed=99)
     expected = reference.expected(events)
 
-    async def prepare() -> dict[str, str]:
-        redis = Redis.from_url(settings.redis_url)
-        await redis.flushall()
-        made = {}
-        for name, org, role in [
-            ("admin", "*", "platform_admin"),
-            ("analyst", "acme-academy", "analyst"),
-            ("acme_admin", "acme-academy", "platform_admin"),
-            ("other", "globex-school", "analyst"),
-        ]:
-            made[name], _ = await apikeys.create(redis, org, role, name)
-        revoked, record = await apikeys.create(redis, "*", "analyst", "revoked")
-        await apikeys.revoke(redis, record.id)
-        made["revoked"] = revoked
-        await redis.aclose()
-        await ensure_topics(settings)
-        return made
-
-    keys = asyncio.run(prepare())
+    keys = asyncio.run(create_keys(settings))
     worker = WorkerProcess(settings, "api-worker").start()
     api_log = tmp / "api.log"
     api = start_api(settings, api_log)

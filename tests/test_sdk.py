@@ -35,16 +35,12 @@ from iblai.exceptions import (
     UnauthorizedException,
 )
 from iblai.rest import RESTResponse
-from redis.asyncio import Redis
 
 from infra.kafka import KafkaBroker
-from infra.procs import ROOT, cli_command, free_port
+from infra.procs import ROOT, cli_command
 from infra.redis import RedisServer
-from streams.clients import ensure_topics
-from streams.settings import Settings
-from tables import apikeys
 from tests import reference
-from tests.support import Env, WorkerProcess, demo_events, produce, start_api, wait_applied
+from tests.support import Env, WorkerProcess, api_settings, create_keys, demo_events, produce, start_api, wait_applied
 
 pytestmark = pytest.mark.integration
 
@@ -122,32 +118,12 @@ def sessionless(events: list[tuple[str, dict[str, Any]]], n: int) -> list[tuple[
 @pytest.fixture(scope="module")
 def stack(kafka: KafkaBroker, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("sdk")
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap=kafka.bootstrap, redis_url=redis_server.url, topic_prefix=f"sdk{run}.", topic_partitions=3,
-        app_id=f"aia-sdk-{run}", batch_size=500, batch_within=0.1, session_timeout=6.0,
-        heartbeat_interval=1.0, api_port=free_port(),
-    )  # fmt: skip
+    settings = api_settings(kafka.bootstrap, redis_server.url, "sdk")
     events = demo_events(3000, seed=99)
     events += sessionless(events, 12)
     expected = reference.expected(events)
 
-    async def prepare() -> dict[str, str]:
-        redis = Redis.from_url(settings.redis_url)
-        await redis.flushall()
-        made = {}
-        for name, org, role in [
-            ("admin", "*", "platform_admin"),
-            ("analyst", "acme-academy", "analyst"),
-            ("acme_admin", "acme-academy", "platform_admin"),
-            ("other", "globex-school", "analyst"),
-        ]:
-            made[name], _ = await apikeys.create(redis, org, role, name)
-        await redis.aclose()
-        await ensure_topics(settings)
-        return made
-
-    keys = asyncio.run(prepare())
+    keys = asyncio.run(create_keys(settings))
     registered = subprocess.run(cli_command("orgs", "register", WRITES), cwd=ROOT,
                                 env={**os.environ, **settings.as_env()}, capture_output=True, text=True)  # fmt: skip
     assert registered.returncode == 0, registered.stderr
