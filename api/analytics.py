@@ -14,9 +14,7 @@ from api.state import State
 from tables import queries
 
 router = APIRouter(tags=["analytics"])
-# What the OpenAPI document says of a parameter's format (the handlers check it and answer 400 otherwise).
-DATE: dict[str, Any] = {"json_schema_extra": {"format": "date"}}
-DATE_TIME: dict[str, Any] = {"json_schema_extra": {"format": "date-time"}}
+DATE, DATE_TIME = params.DATE, params.DATE_TIME
 
 
 @router.get("/average-messages-per-session/")
@@ -25,8 +23,8 @@ async def average_messages_per_session(
     user_id: USER,
     key: Caller,
     state: State,
-    start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (required).", **DATE)] = None,
-    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (required).", **DATE)] = None,
+    start_date: Annotated[str, Query(description="First day, YYYY-MM-DD.", **DATE)],
+    end_date: Annotated[str, Query(description="Last day, YYYY-MM-DD.", **DATE)],
     mentor_id: Annotated[str | None, Query(description="Only sessions with this mentor.")] = None,
     aggregation: Annotated[
         str | None,
@@ -69,19 +67,12 @@ async def tenant_cost(
     user_id: USER,
     key: Caller,
     state: State,
-    start_date: Annotated[
-        str | None, Query(description="Start: YYYY-MM-DD or an RFC 3339 datetime.", **DATE_TIME)
-    ] = None,
-    end_date: Annotated[str | None, Query(description="End (a date includes that whole day).", **DATE_TIME)] = None,
+    start_date: Annotated[str, Query(description="Start: YYYY-MM-DD or an RFC 3339 datetime.", **DATE_TIME)],
+    end_date: Annotated[str, Query(description="End (a date includes that whole day).", **DATE_TIME)],
 ) -> dict[str, Any]:
     """Exact LLM cost of the org over the range (USD), with tokens and observation counts."""
-    start = params.parse_date_or_datetime("start_date", start_date, end=False)
-    end = params.parse_date_or_datetime("end_date", end_date, end=True)
-    if end < start:
-        raise params.bad("end_date", f"end_date {end_date} is before start_date {start_date}")
+    start, end = params.datetime_range(start_date, end_date)
     state.retention.check(start.date(), _today(), hourly=False)
-    if (end - start).days > 3660:
-        raise params.bad("end_date", "the range may span at most 10 years")
     return await queries.tenant_cost(state.redis, org, start, end)
 
 

@@ -89,7 +89,8 @@ def _error_handlers(app: FastAPI, metrics: Metrics) -> None:
         err = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body")]
         param = ".".join(loc) or "request"
-        return ORJSONResponse(ApiError(400, f"{param}: {err.get('msg', 'invalid')}", param=param).body(), 400)
+        message = f"{param} is required" if err.get("type") == "missing" else f"{param}: {err.get('msg', 'invalid')}"
+        return ORJSONResponse(ApiError(400, message, param=param).body(), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 
 from api import params
-from api.analytics import DATE_TIME
 from api.auth import ORG, USER, Caller
 from api.errors import ApiError
 from api.state import State
@@ -24,20 +23,12 @@ from tables import apikeys, ids, keys, queries
 router = APIRouter(tags=["cost"])
 all_orgs_router = APIRouter(tags=["cost"])
 
-START = Annotated[
-    str | None, Query(description="Start: YYYY-MM-DD or a datetime (naive means UTC). Required.", **DATE_TIME)
-]
-END = Annotated[str | None, Query(description="End (a date includes that whole day). Required.", **DATE_TIME)]
+START = Annotated[str, Query(description="Start: YYYY-MM-DD or a datetime (naive means UTC).", **params.DATE_TIME)]
+END = Annotated[str, Query(description="End (a date includes that whole day).", **params.DATE_TIME)]
 
 
-def cost_range(start_date: START = None, end_date: END = None) -> tuple[datetime, datetime]:
-    start = params.parse_date_or_datetime("start_date", start_date, end=False)
-    end = params.parse_date_or_datetime("end_date", end_date, end=True)
-    if end < start:
-        raise params.bad("end_date", f"end_date {end_date} is before start_date {start_date}")
-    if (end - start).days > 3660:
-        raise params.bad("end_date", "the range may span at most 10 years")
-    return start, end
+def cost_range(start_date: START, end_date: END) -> tuple[datetime, datetime]:
+    return params.datetime_range(start_date, end_date)
 
 
 Range = Annotated[tuple[datetime, datetime], Depends(cost_range)]
@@ -50,12 +41,10 @@ async def user_cost(
     key: Caller,
     state: State,
     span: Range,
-    username: Annotated[str | None, Query(description="The student (required).", min_length=1)] = None,
+    username: Annotated[str, Query(description="The student.", min_length=1, max_length=1024)],
 ) -> dict[str, Any]:
     """LLM cost of one student's sessions over the range (USD)."""
-    student = params.text("username", username)
-    if student is None:
-        raise params.bad("username", "username is required")
+    student = username
     nanos = await queries.cost_of(state.redis, org, *span, keys.cost_field("u", student))
     return {"total_cost": queries.usd(nanos), "cost_nanos": nanos}
 

@@ -16,7 +16,6 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 
 from api import params
-from api.analytics import DATE
 from api.auth import ORG, USER, Caller, require_admin
 from api.errors import ApiError
 from api.state import AppState, State
@@ -73,10 +72,10 @@ async def chat_history(
     key: Caller,
     state: State,
     start_date: Annotated[
-        str | None, Query(description="Conversations inserted on or after, YYYY-MM-DD.", **DATE)
+        str | None, Query(description="Conversations inserted on or after, YYYY-MM-DD.", **params.DATE)
     ] = None,
     end_date: Annotated[
-        str | None, Query(description="Conversations inserted on or before, YYYY-MM-DD.", **DATE)
+        str | None, Query(description="Conversations inserted on or before, YYYY-MM-DD.", **params.DATE)
     ] = None,
     filter_user_id: Annotated[str | None, Query(description="Only this student's conversations.")] = None,
     mentor: Annotated[str | None, Query(description="Only conversations with this mentor (its UUID).")] = None,

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from api.errors import ApiError
 
+# What the OpenAPI document says of a parameter's format (the parsers below check it and answer 400 otherwise).
+DATE: dict[str, Any] = {"json_schema_extra": {"format": "date"}}
+DATE_TIME: dict[str, Any] = {"json_schema_extra": {"format": "date-time"}}
+# Dates in years 1000 to 9998: a day, a month or a time zone away from either end is still a date.
+FIRST_YEAR, LAST_YEAR = 1000, 9998
+MAX_SPAN_DAYS = 3660
 PERIODS = {"today": 1, "yesterday": 1, "7d": 7, "30d": 30, "90d": 90}
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
@@ -23,9 +30,16 @@ def parse_date(param: str, value: str | None, *, required: bool) -> date | None:
     try:
         if len(value) != 10:
             raise ValueError
-        return date.fromisoformat(value)
+        d = date.fromisoformat(value)
     except ValueError:
         raise bad(param, f"{param} must be a date as YYYY-MM-DD, got {value[:40]!r}") from None
+    return _in_years(param, d)
+
+
+def _in_years(param: str, d: date) -> date:
+    if not FIRST_YEAR <= d.year <= LAST_YEAR:
+        raise bad(param, f"{param} must fall in the years {FIRST_YEAR} to {LAST_YEAR}, got {d.isoformat()}")
+    return d
 
 
 def parse_date_or_datetime(param: str, value: str | None, *, end: bool) -> datetime:
@@ -41,9 +55,21 @@ def parse_date_or_datetime(param: str, value: str | None, *, end: bool) -> datet
         dt = datetime.fromisoformat(value)
     except ValueError:
         raise bad(param, f"{param} must be YYYY-MM-DD or an RFC 3339 datetime, got {value[:40]!r}") from None
+    _in_years(param, dt.date())
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)  # the platform's clients send naive UTC datetimes
     return dt.astimezone(UTC)
+
+
+def datetime_range(start_raw: str | None, end_raw: str | None) -> tuple[datetime, datetime]:
+    """Both required; a date is its whole day. At most MAX_SPAN_DAYS long."""
+    start = parse_date_or_datetime("start_date", start_raw, end=False)
+    end = parse_date_or_datetime("end_date", end_raw, end=True)
+    if end < start:
+        raise bad("end_date", f"end_date {end_raw} is before start_date {start_raw}")
+    if (end - start).days > MAX_SPAN_DAYS:
+        raise bad("end_date", "the range may span at most 10 years")
+    return start, end
 
 
 def date_range(
@@ -58,7 +84,7 @@ def date_range(
         start = end - timedelta(days=default_days - 1)
     if end < start:
         raise bad("end_date", f"end_date {end} is before start_date {start}")
-    if (end - start).days > 3660:
+    if (end - start).days > MAX_SPAN_DAYS:
         raise bad("end_date", "the range may span at most 10 years")
     return start, end
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -185,6 +186,8 @@ def test_post_chat_history_goes_through_kafka_and_is_listed(env: Env) -> None:
         ("sentiment-count", {"period": "1y"}, "period"),
         ("tenant-cost", {"start_date": "yesterday", "end_date": "2026-01-01"}, "start_date"),
         ("tenant-cost", {"start_date": "2026-11-02"}, "end_date"),
+        ("tenant-cost", {"start_date": "9998-12-31", "end_date": "9999-12-31"}, "end_date"),  # was a 503
+        ("user-cost", {"start_date": "2026-11-02", "end_date": "2026-11-02"}, "username"),
         ("top-students-by-chat-messages", {"start_date": "2026-11-02", "end_date": "2026-11-01"}, "end_date"),
         ("chat-history", {"start_date": "2026-02-30"}, "start_date"),
     ],
@@ -277,6 +280,44 @@ def test_fuzz_no_500_and_responses_match_schema(env: Env) -> None:
                 case.validate_response(response)
 
         check()
+
+
+def test_schemathesis_run_finds_document_and_api_agree(env: Env, tmp_path: Path) -> None:
+    """`st run` as a user would run it, failing on a 5xx, on an answer outside the document, and on the
+    warnings that say the document and the API disagree: an operation that rejects most generated data
+    (validation mismatch, a valid rate under 20%) or that never finds what it asks for (missing test data).
+    The item operations get conversations of their own: one to read, replace and change, one to delete."""
+    org = "acme-academy"
+    admin = {"Authorization": f"Api-Token {env.keys['admin']}"}
+    conversations = []
+    for title in ("fuzzed", "deleted"):
+        r = httpx.post(env.url(org, "chat-history"), json={"mentor": "fuzz-tutor", "title": title}, headers=admin)
+        assert r.status_code == 201, r.text
+        conversations.append(r.json()["id"])
+    deadline = time.monotonic() + 10
+    while any(
+        httpx.get(f"{env.url(org, 'chat-history')}{c}/", headers=admin).status_code != 200 for c in conversations
+    ):
+        assert time.monotonic() < deadline, "posted records never readable"
+        time.sleep(0.1)
+
+    def run(conversation: str, method: str, *filters: str) -> None:
+        config = tmp_path / f"{method}.toml"
+        config.write_text(
+            "[warnings]\n"
+            'fail-on = ["missing_test_data", "validation_mismatch", "low_valid_rate"]\n'
+            "[parameters]\n"
+            f'org = "{org}"\nconversation_id = "{conversation}"\n'
+        )
+        command = [str(Path(sys.executable).parent / "st"), "--config-file", str(config), "run",
+                   f"{env.base}/openapi.json", "-H", f"Authorization: Api-Token {env.keys['admin']}",
+                   "--phases", "examples,coverage,fuzzing", "--max-examples", "30",
+                   "--checks", "not_a_server_error,response_schema_conformance", *filters]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+
+    run(conversations[0], "all-but-delete", "--exclude-method", "DELETE")
+    run(conversations[1], "delete", "--include-method", "DELETE")
 
 
 # --- dashboard -----------------------------------------------------------------------------------------
