@@ -255,10 +255,13 @@ class Planner:
                 key = bucket_keys[(grain, index)] = keys.bucket(w.org, grain, index)
                 w.expire_at(key, self.retention.expire_at_s(grain, index))
             w.hincr(key, fld, n)
-        for (day, mentor, student), n in w.top_deltas.items():
-            # The week's set too, so a long range unions weeks, not days (90 days: ~25 sets, not 90); and
-            # the all-time set, for a request without dates.
-            for grain, index in ((Grain.DAY, day), (Grain.WEEK, Grain.WEEK.index(Grain.DAY.start_ms(day)))):
+        for (hour, mentor, student), n in w.top_deltas.items():
+            # The hour's set (a local day's edges, for a time zone), the day's and the week's, so a long
+            # range unions weeks, not days (90 days: ~25 sets, not 90); and the all-time set, for a request
+            # without dates. The writer sums a day's hours into one ZINCRBY per set and student.
+            start_ms = Grain.HOUR.start_ms(hour)
+            for grain in (Grain.HOUR, Grain.DAY, Grain.WEEK):
+                index = grain.index(start_ms)
                 key = keys.top_students(w.org, grain, index, mentor)
                 w.zincr(key, student, n)
                 w.expire_at(key, self.retention.expire_at_s(grain, index))
@@ -291,10 +294,10 @@ class Planner:
             conv.msg_topics = conv.msg_topics | frozenset(ev.topics)
         self._add(w, (Grain.MINUTE,), ev.ts_ms, (keys.MESSAGES,), 1)
         if ev.role == "human":
-            day_index = Grain.DAY.index(ev.ts_ms)
+            hour_index = Grain.HOUR.index(ev.ts_ms)
             self._add(w, (Grain.DAY,), ev.ts_ms, (keys.HUMAN,), 1)
             top = w.top_deltas
-            for slot in ((day_index, None, ev.student), (day_index, mentor, ev.student)):
+            for slot in ((hour_index, None, ev.student), (hour_index, mentor, ev.student)):
                 top[slot] = top.get(slot, 0) + 1
 
     def _sentiment(self, w: OrgWrite, ev: SentimentEvent, offset: int, conv: ConversationState) -> None:

@@ -3,18 +3,28 @@ tenant cost, top students, and how fresh the data is."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query
 
 from api import params
 from api.auth import ORG, USER, Caller
-from api.state import State
+from api.state import AppState, State
 from tables import queries
+from tables.buckets import local_today, time_zone
 
 router = APIRouter(tags=["analytics"])
 DATE, DATE_TIME = params.DATE, params.DATE_TIME
+TZ = Annotated[
+    str | None,
+    Query(
+        description="The days' time zone, an IANA name (America/Los_Angeles); default: the org's (UTC unless set "
+        "with `ai-analytics orgs tz`). Zones with a whole-hour offset; days are read from hourly buckets.",
+        max_length=64,
+    ),
+]
 
 
 @router.get("/average-messages-per-session/")
@@ -31,15 +41,18 @@ async def average_messages_per_session(
         Query(description="hourly, daily (default) or weekly.", json_schema_extra={"enum": list(queries.AGGREGATIONS)}),
     ] = None,
     group_by: Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")] = None,
+    tz: TZ = None,
 ) -> list[dict[str, Any]]:
-    """Sessions started per period and the average number of messages in them."""
+    """Sessions started per period (hours, days or ISO weeks of the time zone) and the average number of
+    messages in them."""
     agg = params.choice("aggregation", aggregation, queries.AGGREGATIONS, "daily") or "daily"
+    zone = await zone_of(state, org, tz)
     start, end = params.date_range(start_date, end_date, required=True)
-    state.retention.check(start, _today(), hourly=agg == "hourly")
+    _check_retention(state, start, zone, hourly=agg == "hourly")
     if agg == "hourly" and (end - start).days > state.retention.hourly_days:
         raise params.bad("end_date", f"hourly rows span at most {state.retention.hourly_days} days")
     return await queries.average_messages_per_session(
-        state.redis, org, start, end, agg, params.text("mentor_id", mentor_id)
+        state.redis, org, start, end, agg, params.text("mentor_id", mentor_id), zone
     )
 
 
@@ -55,10 +68,13 @@ async def sentiment_count(
             description="today, yesterday, 7d (default), 30d or 90d.", json_schema_extra={"enum": list(params.PERIODS)}
         ),
     ] = None,
+    tz: TZ = None,
 ) -> list[dict[str, Any]]:
-    """Sentiment judgements per day (zeros included), with a breakdown by sentiment."""
-    start, end = params.period_days(period)
-    return await queries.sentiment_counts(state.redis, org, start, end)
+    """Sentiment judgements per day of the time zone (zeros included), with a breakdown by sentiment."""
+    zone = await zone_of(state, org, tz)
+    start, end = params.period_days(period, local_today(zone))
+    _check_retention(state, start, zone, hourly=False)
+    return await queries.sentiment_counts(state.redis, org, start, end, zone)
 
 
 @router.get("/tenant-cost/")
@@ -69,10 +85,13 @@ async def tenant_cost(
     state: State,
     start_date: Annotated[str, Query(description="Start: YYYY-MM-DD or an RFC 3339 datetime.", **DATE_TIME)],
     end_date: Annotated[str, Query(description="End (a date includes that whole day).", **DATE_TIME)],
+    tz: TZ = None,
 ) -> dict[str, Any]:
-    """Exact LLM cost of the org over the range (USD), with tokens and observation counts."""
-    start, end = params.datetime_range(start_date, end_date)
-    state.retention.check(start.date(), _today(), hourly=False)
+    """Exact LLM cost of the org over the range (USD), with tokens and observation counts. A date is a
+    whole day of the time zone."""
+    zone = await zone_of(state, org, tz)
+    start, end = params.datetime_range(start_date, end_date, zone)
+    state.retention.check(start.date(), local_today(None), hourly=False)
     return await queries.tenant_cost(state.redis, org, start, end)
 
 
@@ -86,14 +105,16 @@ async def top_students(
     start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (default: all time).", **DATE)] = None,
     end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
     group_by: Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")] = None,
+    tz: TZ = None,
 ) -> list[dict[str, Any]]:
-    """The 20 students with the most messages, ties by username."""
+    """The 20 students with the most messages over the range (days of the time zone), ties by username."""
     mentor = params.text("mentor_id", mentor_id)
+    zone = await zone_of(state, org, tz)
     if not start_date and not end_date:
         return await queries.top_students(state.redis, org, None, None, mentor)
-    start, end = params.date_range(start_date, end_date, required=False)
-    state.retention.check(start, _today(), hourly=False)
-    return await queries.top_students(state.redis, org, start, end, mentor)
+    start, end = params.date_range(start_date, end_date, required=False, today=local_today(zone))
+    _check_retention(state, start, zone, hourly=False)
+    return await queries.top_students(state.redis, org, start, end, mentor, zone=zone)
 
 
 @router.get("/freshness/")
@@ -102,5 +123,15 @@ async def freshness(org: ORG, user_id: USER, key: Caller, state: State) -> dict[
     return await queries.freshness(state.redis, org)
 
 
-def _today() -> Any:
-    return datetime.now(UTC).date()
+async def zone_of(state: AppState, org: str, tz: str | None) -> ZoneInfo | None:
+    """The zone asked for, else the org's default; None for UTC."""
+    name = params.text("tz", tz) or await queries.org_time_zone(state.redis, org)
+    return None if name is None else time_zone(name)
+
+
+def _check_retention(state: AppState, start: Any, zone: ZoneInfo | None, *, hourly: bool) -> None:
+    """A zone's days are read from hourly buckets (from the UTC day before the first local day)."""
+    if zone is None:
+        state.retention.check(start, local_today(None), hourly=hourly)
+    else:
+        state.retention.check(start - timedelta(days=1), local_today(None), hourly=True)

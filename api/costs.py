@@ -14,11 +14,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 
 from api import params
+from api.analytics import TZ, zone_of
 from api.auth import ORG, USER, Caller
 from api.errors import ApiError
 from api.state import State
 from streams.schemas import format_timestamp
 from tables import apikeys, ids, keys, queries
+from tables.buckets import time_zone
 
 router = APIRouter(tags=["cost"])
 all_orgs_router = APIRouter(tags=["cost"])
@@ -27,11 +29,19 @@ START = Annotated[str, Query(description="Start: YYYY-MM-DD or a datetime (naive
 END = Annotated[str, Query(description="End (a date includes that whole day).", **params.DATE_TIME)]
 
 
-def cost_range(start_date: START, end_date: END) -> tuple[datetime, datetime]:
-    return params.datetime_range(start_date, end_date)
+async def cost_range(
+    org: ORG, state: State, start_date: START, end_date: END, tz: TZ = None
+) -> tuple[datetime, datetime]:
+    """The range asked for; a date is a whole day of the time zone (`tz`, else the org's)."""
+    return params.datetime_range(start_date, end_date, await zone_of(state, org, tz))
+
+
+def all_orgs_range(start_date: START, end_date: END, tz: TZ = None) -> tuple[datetime, datetime]:
+    return params.datetime_range(start_date, end_date, None if tz is None else time_zone(tz))
 
 
 Range = Annotated[tuple[datetime, datetime], Depends(cost_range)]
+AllOrgsRange = Annotated[tuple[datetime, datetime], Depends(all_orgs_range)]
 
 
 @router.get("/user-cost/")
@@ -128,7 +138,7 @@ async def top_users_by_cost(org: ORG, user_id: USER, key: Caller, state: State, 
 
 
 @all_orgs_router.get("/api/ai-analytics/costs/pertenant/")
-async def per_tenant_cost(request: Request, state: State, span: Range) -> list[dict[str, Any]]:
+async def per_tenant_cost(request: Request, state: State, span: AllOrgsRange) -> list[dict[str, Any]]:
     """Every org's cost over the range, with its cost by model (an all-orgs platform_admin key)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")

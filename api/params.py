@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from api.errors import ApiError
+from tables.buckets import local_midnight_hour
 
 # What the OpenAPI document says of a parameter's format (the parsers below check it and answer 400 otherwise).
 DATE: dict[str, Any] = {"json_schema_extra": {"format": "date"}}
@@ -42,15 +44,18 @@ def _in_years(param: str, d: date) -> date:
     return d
 
 
-def parse_date_or_datetime(param: str, value: str | None, *, end: bool) -> datetime:
-    """A date (the whole day: its start, or for an end the start of the next day) or an RFC 3339 datetime."""
+def parse_date_or_datetime(param: str, value: str | None, *, end: bool, zone: ZoneInfo | None = None) -> datetime:
+    """A date (the whole day of the zone, UTC without one: its start, or for an end the start of the next
+    day) or an RFC 3339 datetime."""
     if value is None or value == "":
         raise bad(param, f"{param} is required (YYYY-MM-DD or an RFC 3339 datetime)")
     if len(value) == 10:
         d = parse_date(param, value, required=True)
         assert d is not None
-        start = datetime(d.year, d.month, d.day, tzinfo=UTC)
-        return start + timedelta(days=1) if end else start
+        day = d + timedelta(days=1) if end else d
+        if zone is None:
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+        return datetime.fromtimestamp(local_midnight_hour(day, zone) * 3600, UTC)
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
@@ -61,10 +66,12 @@ def parse_date_or_datetime(param: str, value: str | None, *, end: bool) -> datet
     return dt.astimezone(UTC)
 
 
-def datetime_range(start_raw: str | None, end_raw: str | None) -> tuple[datetime, datetime]:
-    """Both required; a date is its whole day. At most MAX_SPAN_DAYS long."""
-    start = parse_date_or_datetime("start_date", start_raw, end=False)
-    end = parse_date_or_datetime("end_date", end_raw, end=True)
+def datetime_range(
+    start_raw: str | None, end_raw: str | None, zone: ZoneInfo | None = None
+) -> tuple[datetime, datetime]:
+    """Both required; a date is its whole day (the zone's). At most MAX_SPAN_DAYS long."""
+    start = parse_date_or_datetime("start_date", start_raw, end=False, zone=zone)
+    end = parse_date_or_datetime("end_date", end_raw, end=True, zone=zone)
     if end < start:
         raise bad("end_date", f"end_date {end_raw} is before start_date {start_raw}")
     if (end - start).days > MAX_SPAN_DAYS:
@@ -73,9 +80,10 @@ def datetime_range(start_raw: str | None, end_raw: str | None) -> tuple[datetime
 
 
 def date_range(
-    start_raw: str | None, end_raw: str | None, *, required: bool, default_days: int = 30
+    start_raw: str | None, end_raw: str | None, *, required: bool, default_days: int = 30, today: date | None = None
 ) -> tuple[date, date]:
-    today = datetime.now(UTC).date()
+    """A range of days; without an end, up to today (UTC's, or the given one: a time zone's)."""
+    today = today or datetime.now(UTC).date()
     start = parse_date("start_date", start_raw, required=required)
     end = parse_date("end_date", end_raw, required=required)
     if end is None:
@@ -119,10 +127,10 @@ def text(param: str, value: str | None) -> str | None:
     return value
 
 
-def period_days(value: str | None) -> tuple[date, date]:
+def period_days(value: str | None, today: date) -> tuple[date, date]:
+    """The days of a period ending today (a time zone's today)."""
     period = choice("period", value, tuple(PERIODS), "7d")
     assert period is not None
-    today = datetime.now(UTC).date()
     if period == "yesterday":
         return today - timedelta(days=1), today - timedelta(days=1)
     return today - timedelta(days=PERIODS[period] - 1), today

@@ -9,7 +9,8 @@ from redis.asyncio import Redis
 
 from streams.schemas import ORG_RE
 from streams.settings import Settings
-from tables import apikeys, queries
+from tables import apikeys, buckets, queries
+from tables.exceptions import QueryError
 
 
 def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,11 +23,17 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     keys_sub.add_parser("list", help="list keys (never their secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id")
-    orgs_p = sub.add_parser("orgs", help="orgs: register one before its first event, or list them")
+    orgs_p = sub.add_parser("orgs", help="orgs: register one before its first event, set its time zone, or list them")
     orgs_sub = orgs_p.add_subparsers(dest="action", required=True)
     reg = orgs_sub.add_parser("register", help="make an org exist (its reads answer 200 with zeros)")
     reg.add_argument("org")
-    orgs_sub.add_parser("list", help="list the orgs that exist")
+    orgs_sub.add_parser("list", help="list the orgs that exist, with their time zones")
+    tz = orgs_sub.add_parser(
+        "tz",
+        help="set an org's time zone: its days in average-messages, sentiment-count, top-students and the dashboard",
+    )
+    tz.add_argument("org")
+    tz.add_argument("zone", help="an IANA name such as America/Los_Angeles, or UTC (the default)")
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -47,8 +54,21 @@ async def _orgs(redis: Redis, args: argparse.Namespace) -> int:
         await queries.register_org(redis, args.org)
         print(f"registered {args.org}")
         return 0
+    if args.action == "tz":
+        if not ORG_RE.match(args.org):
+            print("ai-analytics: an org is 1-128 letters, digits, '.', '_', '@' or '-'", file=sys.stderr)
+            return 2
+        try:
+            zone = buckets.time_zone(args.zone)
+        except QueryError as e:
+            print(f"ai-analytics: {e.message}", file=sys.stderr)
+            return 2
+        await queries.register_org(redis, args.org)
+        await queries.set_org_time_zone(redis, args.org, None if zone is None else zone.key)
+        print(f"{args.org}: days are {'UTC' if zone is None else zone.key} days")
+        return 0
     for org in await queries.list_orgs(redis):
-        print(org)
+        print(f"{org}\t{await queries.org_time_zone(redis, org) or 'UTC'}")
     return 0
 
 

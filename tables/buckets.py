@@ -1,12 +1,13 @@
 """UTC time buckets: the grains aggregates are kept at (minute, hour, day, week), their labels and how long
-each is kept (`Retention`, from settings)."""
+each is kept (`Retention`, from settings); and local days (an IANA time zone's days as spans of UTC hours)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import IntEnum
 from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.settings import Settings
 from tables.exceptions import QueryError
@@ -155,3 +156,61 @@ def split_weeks(start: date, end: date) -> tuple[list[date], list[date]]:
             days.append(d)
             d += timedelta(days=1)
     return mondays, days
+
+
+# --- local days ---------------------------------------------------------------------------------------
+
+
+UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Zulu", "Etc/Zulu", "Universal", "Etc/Universal"})
+
+
+@lru_cache(maxsize=1024)
+def time_zone(name: str, param: str = "tz") -> ZoneInfo | None:
+    """The IANA zone of that name; None for UTC, whose days are the daily buckets themselves."""
+    if name in UTC_NAMES:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, a name too long
+        raise QueryError(
+            param, f"{param} must be an IANA time zone such as America/Los_Angeles, got {name[:60]!r}"
+        ) from None
+
+
+def local_midnight_hour(d: date, zone: ZoneInfo) -> int:
+    """The UTC hour index at which local day d starts (a midnight that a clock change skips: the change).
+
+    Only whole-hour offsets fall on an hour bucket's edge; another offset is refused, naming `tz`."""
+    seconds = int(datetime.combine(d, time(), zone).timestamp())
+    if seconds % 3600:
+        offset = datetime.fromtimestamp(seconds, zone).strftime("%z")
+        raise QueryError(
+            "tz",
+            f"tz {zone.key} is UTC{offset[:3]}:{offset[3:]} on {d}: only whole-hour offsets are answered "
+            "(the finest buckets kept are hours)",
+        )
+    return seconds // 3600
+
+
+def local_days(start: date, end: date, zone: ZoneInfo) -> list[tuple[date, range]]:
+    """Every local day from start to end (both included) with the UTC hours it covers: 24, or 23 and 25 on
+    the days the clocks change."""
+    bounds = [local_midnight_hour(start + timedelta(days=i), zone) for i in range((end - start).days + 2)]
+    return [(start + timedelta(days=i), range(bounds[i], bounds[i + 1])) for i in range(len(bounds) - 1)]
+
+
+def local_hour_label(hour_index: int, zone: ZoneInfo) -> str:
+    """An hour as local time with its offset: `2026-11-01T01:00:00-07:00`, then `...01:00:00-08:00`."""
+    return datetime.fromtimestamp(hour_index * 3600, zone).isoformat()
+
+
+def local_today(zone: ZoneInfo | None) -> date:
+    return datetime.now(UTC if zone is None else zone).date()
+
+
+def cover_hours(first: int, end: int) -> tuple[list[int], list[int]]:
+    """Cover the UTC hours [first, end) with whole UTC days (day indexes) and the hours left at either edge."""
+    day_first, day_end = -(-first // 24), end // 24
+    if day_first >= day_end:
+        return [], list(range(first, end))
+    return list(range(day_first, day_end)), [*range(first, day_first * 24), *range(day_end * 24, end)]

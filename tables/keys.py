@@ -107,8 +107,9 @@ def alert_lease() -> str:
 
 
 def top_students(org: str, grain: Grain, index: int, mentor: str | None = None) -> str:
-    """Sorted set student -> human messages, for a day (`:top:YYYYMMDD`) or an ISO week (`:top:wYYYYMMDD`,
-    its Monday); a mentor's set ends in `|m|<mentor>`."""
+    """Sorted set student -> human messages, for an hour (`:top:YYYYMMDDHH`, kept as long as hourly buckets:
+    the edges of a time zone's days), a day (`:top:YYYYMMDD`) or an ISO week (`:top:wYYYYMMDD`, its Monday);
+    a mentor's set ends in `|m|<mentor>`."""
     base = f"{_org(org)}:top:{grain.label(index)}"
     return base if mentor is None else f"{base}|m|{mentor}"
 
@@ -176,6 +177,11 @@ def orgs() -> str:
     return f"{NS}:orgs"
 
 
+def time_zones() -> str:
+    """Hash org -> its default IANA time zone (`ai-analytics orgs tz`); an org not in it answers in UTC. Global."""
+    return f"{NS}:orgs:tz"
+
+
 def org_of(key: str) -> str:
     """The org of an org-tagged key (for tests and tooling)."""
     start = key.index("{") + 1
@@ -208,8 +214,8 @@ def describe_counter(key: str, member: str, kind: str) -> tuple[str, dict[str, s
         return f"{org}|{member}|{grain}|{bucket}", {"org": org, "metric": member, "grain": grain, "bucket": bucket}
     if kind == "z" and grain == "top":
         day, _, mentor = bucket.partition("|m|")
-        if day == "all":
-            return None  # the all-time sets are served, not published
+        if day == "all" or len(day) == 10:
+            return None  # the all-time and hourly sets are served, not published
         metric = "top_students" if not mentor else f"top_students|m|{mentor}"
         grain, day = ("w", day[1:]) if day.startswith("w") else ("d", day)
         return f"{org}|{metric}|{grain}|{day}", {"org": org, "metric": metric, "grain": grain, "bucket": day}

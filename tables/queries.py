@@ -9,13 +9,26 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from redis.asyncio import Redis
 
 from streams.schemas import SENTIMENTS, format_timestamp
 from tables import ids, keys
-from tables.buckets import Grain, day_index, days_between, hour_index, hours_between, split_weeks
+from tables.buckets import (
+    Grain,
+    cover_hours,
+    day_index,
+    days_between,
+    hour_index,
+    hours_between,
+    local_days,
+    local_hour_label,
+    local_today,
+    split_weeks,
+    time_zone,
+)
 from tables.conversations import ConversationState
 
 TOP_N = 20
@@ -34,25 +47,56 @@ def _ratio(messages: int, sessions: int) -> tuple[int, float]:
     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)), float(exact)
 
 
+async def _periods(
+    redis: Redis, org: str, start: date, end: date, hourly: bool, zone: ZoneInfo | None, fields: list[str]
+) -> list[tuple[str, list[int]]]:
+    """(label, the fields' sums) per hour or day from start to end, both included; zeros included.
+
+    In UTC a day is its daily bucket. In another zone a day is the hourly buckets of its UTC hours (23, 24
+    or 25), and an hour is labelled in local time with its offset."""
+    periods: list[tuple[str, list[str]]]
+    if zone is None and hourly:
+        periods = [(h.strftime("%Y-%m-%dT%H:00:00Z"), [keys.bucket(org, Grain.HOUR, hour_index(h))])
+                   for h in hours_between(start, end)]  # fmt: skip
+    elif zone is None:
+        periods = [(d.isoformat(), [keys.bucket(org, Grain.DAY, day_index(d))]) for d in days_between(start, end)]
+    elif hourly:
+        periods = [(local_hour_label(h, zone), [keys.bucket(org, Grain.HOUR, h)])
+                   for _, hours in local_days(start, end, zone) for h in hours]  # fmt: skip
+    else:
+        periods = [(d.isoformat(), [keys.bucket(org, Grain.HOUR, h) for h in hours])
+                   for d, hours in local_days(start, end, zone)]  # fmt: skip
+    replies = iter(
+        await _pipeline(redis, [("hmget", key, fields) for _, bucket_keys in periods for key in bucket_keys])
+    )
+    out = []
+    for label, bucket_keys in periods:
+        sums = [0] * len(fields)
+        for _ in bucket_keys:
+            for i, value in enumerate(next(replies)):
+                sums[i] += _int(value)
+        out.append((label, sums))
+    return out
+
+
 async def average_messages_per_session(
-    redis: Redis, org: str, start: date, end: date, aggregation: str = "daily", mentor_id: str | None = None
+    redis: Redis,
+    org: str,
+    start: date,
+    end: date,
+    aggregation: str = "daily",
+    mentor_id: str | None = None,
+    zone: ZoneInfo | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of sessions started per period and their messages; periods with no session included."""
+    """Rows of sessions started per period and their messages; periods with no session included. Days and
+    weeks are the zone's (UTC without one)."""
     s_field, m_field = keys.SESSIONS, keys.MESSAGES
     if mentor_id is not None:
         mentor_id = await resolve(redis, org, ids.MENTOR, mentor_id)
         s_field, m_field = keys.mentor_field(s_field, mentor_id), keys.mentor_field(m_field, mentor_id)
-    if aggregation == "hourly":
-        hours = hours_between(start, end)
-        labels = [(h.strftime("%Y-%m-%dT%H:00:00Z"), keys.bucket(org, Grain.HOUR, hour_index(h))) for h in hours]
-    else:
-        labels = [(d.isoformat(), keys.bucket(org, Grain.DAY, day_index(d))) for d in days_between(start, end)]
-    async with redis.pipeline(transaction=False) as pipe:
-        for _, key in labels:
-            pipe.hmget(key, [s_field, m_field])
-        replies = await pipe.execute()
-    periods: list[tuple[str, int, int]] = [
-        (t, _int(s), _int(m)) for (t, _), (s, m) in zip(labels, replies, strict=True)
+    periods = [
+        (t, s, m)
+        for t, (s, m) in await _periods(redis, org, start, end, aggregation == "hourly", zone, [s_field, m_field])
     ]
     if aggregation == "weekly":
         weeks: dict[str, list[int]] = {}
@@ -85,36 +129,52 @@ async def top_students(
     end: date | None,
     mentor_id: str | None = None,
     limit: int = TOP_N,
+    zone: ZoneInfo | None = None,
 ) -> list[dict[str, Any]]:
     """Human messages per student over the range (all time without one), most first, ties by username.
 
-    Whole weeks inside the range are read from weekly sets, the days around them from daily ones."""
+    Whole weeks inside the range are read from weekly sets, the days around them from daily ones; in a
+    zone other than UTC, the UTC hours at either edge of its days from hourly ones."""
     if mentor_id is not None:
         mentor_id = await resolve(redis, org, ids.MENTOR, mentor_id)
     if start is None or end is None:
         zkeys = [keys.top_students_all(org, mentor_id)]
     else:
-        mondays, days = split_weeks(start, end)
+        hours: list[int] = []
+        if zone is not None:
+            spans = local_days(start, end, zone)
+            utc_days, hours = cover_hours(spans[0][1].start, spans[-1][1].stop)
+            if not utc_days:
+                start, end = date.max, date.min  # no whole UTC day inside: hours only
+            else:
+                start, end = _day(utc_days[0]), _day(utc_days[-1])
+        mondays, days = split_weeks(start, end) if start <= end else ([], [])
         zkeys = [keys.top_students(org, Grain.WEEK, day_index(m), mentor_id) for m in mondays]
         zkeys += [keys.top_students(org, Grain.DAY, day_index(d), mentor_id) for d in days]
+        zkeys += [keys.top_students(org, Grain.HOUR, h, mentor_id) for h in hours]
     merged: Any = await redis.zunion(zkeys, withscores=True)
     counts = [(member.decode(), int(score)) for member, score in merged]
     counts.sort(key=lambda kv: (-kv[1], kv[0]))
     return [{"username": u, "chat_message_count": n} for u, n in counts[:limit]]
 
 
-async def sentiment_counts(redis: Redis, org: str, start: date, end: date) -> list[dict[str, Any]]:
-    """One row per day (zeros included): all sentiment events, and the count of each label."""
+async def sentiment_counts(
+    redis: Redis, org: str, start: date, end: date, zone: ZoneInfo | None = None
+) -> list[dict[str, Any]]:
+    """One row per day of the zone (UTC without one), zeros included: all sentiment events, and the count
+    of each label."""
     fields = [keys.SENTIMENT, *(keys.sentiment_field(s) for s in SENTIMENTS)]
-    days = days_between(start, end)
-    async with redis.pipeline(transaction=False) as pipe:
-        for d in days:
-            pipe.hmget(keys.bucket(org, Grain.DAY, day_index(d)), fields)
-        replies = await pipe.execute()
     return [
-        {"date": d.isoformat(), "sentiment_count": _int(total), **dict(zip(SENTIMENTS, map(_int, labels), strict=True))}
-        for d, (total, *labels) in zip(days, replies, strict=True)
+        {"date": d, "sentiment_count": total, **dict(zip(SENTIMENTS, labels, strict=True))}
+        for d, (total, *labels) in await _periods(redis, org, start, end, False, zone, fields)
     ]
+
+
+def _day(index: int) -> date:
+    return date.fromordinal(index + _EPOCH_ORDINAL)
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 def cost_buckets(org: str, start: datetime, end: datetime) -> list[str]:
@@ -245,14 +305,32 @@ async def register_org(redis: Redis, org: str) -> None:
     await redis.sadd(keys.orgs(), org)
 
 
+async def org_time_zone(redis: Redis, org: str) -> str | None:
+    """The org's default time zone (an IANA name), None when it has none (UTC)."""
+    raw: Any = await redis.hget(keys.time_zones(), org)
+    return None if raw is None else raw.decode()
+
+
+async def set_org_time_zone(redis: Redis, org: str, name: str | None) -> None:
+    """Set the org's default time zone (None: back to UTC). The name is checked by the caller."""
+    if name is None:
+        await redis.hdel(keys.time_zones(), org)
+    else:
+        await redis.hset(keys.time_zones(), org, name)
+
+
 async def freshness(redis: Redis, org: str) -> dict[str, Any]:
-    """Time of the newest event applied for the org, and the count applied per topic."""
+    """Time of the newest event applied for the org, the count applied per topic, and the org's time zone
+    and what day it is there (the days its answers count in by default)."""
     raw: Any = await redis.hgetall(keys.meta(org))
     meta = {k.decode(): v.decode() for k, v in raw.items()}
     last = int(meta.pop("last_event_ms", 0))
+    zone_name = await org_time_zone(redis, org)
     return {
         "last_event_at": format_timestamp(last) if last else None,
         "events": {k.split("|", 1)[1]: int(v) for k, v in meta.items() if k.startswith("events|")},
+        "time_zone": zone_name or "UTC",
+        "today": local_today(None if zone_name is None else time_zone(zone_name)).isoformat(),
     }
 
 

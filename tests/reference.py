@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 # USD per million tokens, for the demo's models (the shipped table's published prices).
 PRICES = [
@@ -277,3 +278,59 @@ def top_students(exp: Expected, org: str, limit: int = 20) -> list[tuple[str, in
         if o == org:
             totals.update(counts)
     return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+
+
+# --- local days of a time zone ------------------------------------------------------------------------------
+
+
+@dataclass
+class Local:
+    """The aggregates counted in one time zone's hours, days and ISO weeks (periods labelled as the API does)."""
+
+    # (period, mentor or "") -> [sessions, messages]
+    hourly: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    daily: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    weekly: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    sentiment: Counter[str] = field(default_factory=Counter)  # local day -> judgements
+    # (local day, mentor or "") -> student -> human messages
+    human: dict[tuple[str, str], Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+
+    def top(self, first: str, last: str, mentor: str = "", limit: int = 20) -> list[tuple[str, int]]:
+        total: Counter[str] = Counter()
+        for (d, who), counts in self.human.items():
+            if first <= d <= last and who == mentor:
+                total.update(counts)
+        return sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+
+
+def local(events: list[tuple[str, dict[str, Any]]], zone_name: str) -> Local:
+    """Each event's local time by the zone database (zoneinfo), straight from its timestamp."""
+    zone = ZoneInfo(zone_name)
+    out = Local()
+
+    def at(ms: int) -> datetime:
+        return datetime.fromtimestamp(ms / 1000, zone)
+
+    seen: set[tuple[str, str]] = set()
+    messages: Counter[tuple[str, str]] = Counter()
+    for topic, e in events:
+        if (e["org"], e["event_id"]) in seen or topic not in ("chat-messages", "sentiment"):
+            continue
+        seen.add((e["org"], e["event_id"]))
+        local_day = at(ts_ms(e["timestamp"])).date().isoformat()
+        if topic == "sentiment":
+            out.sentiment[local_day] += 1
+            continue
+        messages[(e["org"], e["session_id"])] += 1
+        if e["role"] == "human":
+            for who in ("", e["mentor_id"]):
+                out.human[(local_day, who)][e["student"]] += 1
+    for key, (start, _, _, mentor) in session_starts(events).items():
+        t = at(start)
+        hour = datetime.fromtimestamp(start // 3_600_000 * 3600, zone).isoformat()
+        monday = (t.date() - timedelta(days=t.weekday())).isoformat()
+        for table, period in ((out.hourly, hour), (out.daily, t.date().isoformat()), (out.weekly, monday)):
+            for who in ("", mentor):
+                table[(period, who)][0] += 1
+                table[(period, who)][1] += messages[key]
+    return out

@@ -10,9 +10,10 @@ import subprocess
 import tempfile
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from redis.asyncio import Redis
 
 from infra.procs import cli_command, free_port, port_open, spawn, tail, worker_command
 from streams.clients import ensure_topics
+from streams.deadletter import Record
 from streams.demo import DemoConfig, DemoTraffic
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
@@ -127,6 +129,7 @@ class Env:
     expected: reference.Expected
     worker: WorkerProcess
     api_log: Path
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # what was produced
 
     def url(self, org: str, path: str) -> str:
         return f"{self.base}/api/ai-analytics/orgs/{org}/users/tester/{path}/"
@@ -281,3 +284,26 @@ async def create_keys(settings: Settings) -> dict[str, str]:
     await redis.aclose()
     await ensure_topics(settings)
     return made
+
+
+# Partitioning records as a broker would, for tests that feed the BatchProcessor directly.
+PARTITIONS = 3
+KEY_FIELD = {
+    "chat-messages": "session_id",
+    "sentiment": "session_id",
+    "chat-history": "id",
+    "llm-observations": "trace_id",
+}
+
+
+def as_records(events: list[tuple[str, dict[str, Any]]]) -> list[Record]:
+    """The records a broker would hold: partition by key, offsets in send order per partition."""
+    next_offset: dict[tuple[str, int], int] = {}
+    out = []
+    for topic, e in events:
+        key = e[KEY_FIELD[topic]].encode()
+        partition = zlib.crc32(key) % PARTITIONS
+        offset = next_offset.get((topic, partition), 0)
+        next_offset[(topic, partition)] = offset + 1
+        out.append(Record(topic, partition, offset, key, orjson.dumps(e)))
+    return out

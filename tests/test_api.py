@@ -53,7 +53,7 @@ def env(kafka: KafkaBroker, redis_server: RedisServer, tmp_path_factory: pytest.
     api_log = tmp / "api.log"
     api = start_api(settings, api_log)
     asyncio.run(produce(settings, events, seconds=2))
-    e = Env(settings, f"http://127.0.0.1:{settings.api_port}", keys, expected, worker, api_log)
+    e = Env(settings, f"http://127.0.0.1:{settings.api_port}", keys, expected, worker, api_log, events)
     wait_applied(e, events, expected, timeout=120)
     yield e
     api.terminate()
@@ -190,6 +190,9 @@ def test_post_chat_history_goes_through_kafka_and_is_listed(env: Env) -> None:
         ("user-cost", {"start_date": "2026-11-02", "end_date": "2026-11-02"}, "username"),
         ("top-students-by-chat-messages", {"start_date": "2026-11-02", "end_date": "2026-11-01"}, "end_date"),
         ("chat-history", {"start_date": "2026-02-30"}, "start_date"),
+        ("sentiment-count", {"tz": "Asia/Kolkata"}, "tz"),  # a half-hour offset: not on an hour bucket's edge
+        ("top-students-by-chat-messages", {"tz": "Mars/Olympus_Mons"}, "tz"),
+        ("tenant-cost", {"start_date": "2026-11-02", "end_date": "2026-11-02", "tz": "Nowhere"}, "tz"),
     ],
 )
 def test_bad_parameters_get_400_naming_them(env: Env, path: str, query: dict[str, str], param: str) -> None:
@@ -254,6 +257,45 @@ def test_operations_endpoints(env: Env) -> None:
     doc = httpx.get(f"{env.base}/openapi.json").json()
     assert "/api/ai-analytics/orgs/{org}/users/{user_id}/tenant-cost/" in doc["paths"]
     assert httpx.get(f"{env.base}/docs").status_code == 200
+
+
+def test_time_zone_days_and_the_org_default(env: Env) -> None:
+    """`tz=` answers in that zone's days (equal to the reference converting each event's time); an org's
+    default zone, set with the CLI, applies when a request names none (as the SDK's never do)."""
+    org, zone = "acme-academy", "America/Los_Angeles"
+    want = reference.local([(t, e) for t, e in env.events if e["org"] == org], zone)
+    first, last = days(env)
+    first -= timedelta(days=1)  # local days start before the UTC ones
+    span = {"start_date": first.isoformat(), "end_date": last.isoformat()}
+    rows = env.get(org, "average-messages-per-session", **span, tz=zone).json()
+    assert len(rows) == (last - first).days + 1
+    for row in rows:
+        assert [row["total_sessions"], row["total_messages"]] == want.daily.get((row["time"], ""), [0, 0]), row
+    assert sum(r["total_sessions"] for r in rows) == sum(s for (_, who), (s, _) in want.daily.items() if not who)
+    top = env.get(org, "top-students-by-chat-messages", **span, tz=zone).json()
+    assert [(r["username"], r["chat_message_count"]) for r in top] == want.top(*span.values())
+    for row in env.get(org, "sentiment-count", period="30d", tz=zone).json():
+        assert row["sentiment_count"] == want.sentiment[row["date"]], row
+
+    def set_zone(name: str) -> None:
+        done = subprocess.run(cli_command("orgs", "tz", org, name), cwd=ROOT, env={**os.environ, **env.settings.as_env()},
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    set_zone(zone)
+    try:
+        assert env.get(org, "freshness").json()["time_zone"] == zone
+        assert env.get(org, "average-messages-per-session", **span).json() == rows
+        assert env.get(org, "top-students-by-chat-messages", **span).json() == top
+        explicit = env.get(org, "tenant-cost", **span, tz=zone).json()
+        assert env.get(org, "tenant-cost", **span).json() == explicit
+    finally:
+        set_zone("UTC")
+    assert env.get(org, "freshness").json()["time_zone"] == "UTC"
+    assert env.get(org, "tenant-cost", **span).json() == env.get(org, "tenant-cost", **span, tz="Etc/UTC").json()
+    bad = subprocess.run(cli_command("orgs", "tz", org, "Asia/Nowhere"), cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, **env.settings.as_env()}, timeout=60, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "IANA" in bad.stderr
 
 
 # --- fuzzing -----------------------------------------------------------------------------------------
@@ -333,7 +375,7 @@ def test_dashboard_in_headless_chromium_shows_live_data(env: Env, tmp_path: Path
     assert dom.split('id="sentiment-chart"', 1)[1].split("</svg>", 1)[0].count("<rect") >= 1
     top = dom.split('id="top"', 1)[1].split("</table>", 1)[0]
     assert top.count("<tr>") >= 5  # header + students
-    assert "newest event applied" in dom
+    assert "newest event applied" in dom and "days in UTC" in dom
     assert "$" in dom.split('id="cost-total"', 1)[1][:40]
     # The cost views show what the API answers: the costliest model first, mentors, students by cost.
     today = datetime.now(UTC).date()

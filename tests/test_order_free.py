@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-import zlib
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,19 +25,13 @@ from streams.deadletter import DeadLetter, Record
 from streams.settings import Settings
 from tables import keys, queries
 from tests import reference
+from tests.support import as_records
 
 pytestmark = pytest.mark.integration
 
 ORG = "acme"
 MENTORS = ("m1", "m2")
 TOPICS = ("algebra", "essays", "physics")
-PARTITIONS = 3
-KEY_FIELD = {
-    "chat-messages": "session_id",
-    "sentiment": "session_id",
-    "chat-history": "id",
-    "llm-observations": "trace_id",
-}
 NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0) - timedelta(hours=1)
 
 
@@ -94,19 +86,6 @@ def event_sets(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
     # Producers retry: some events sent twice, the same event_id in a second record.
     copies = draw(st.lists(st.sampled_from(range(len(events))), max_size=4, unique=True))
     return events + [events[i] for i in copies]
-
-
-def as_records(events: list[tuple[str, dict[str, Any]]]) -> list[Record]:
-    """The records a broker would hold: partition by key, offsets in send order per partition."""
-    next_offset: dict[tuple[str, int], int] = {}
-    out = []
-    for topic, e in events:
-        key = e[KEY_FIELD[topic]].encode()
-        partition = zlib.crc32(key) % PARTITIONS
-        offset = next_offset.get((topic, partition), 0)
-        next_offset[(topic, partition)] = offset + 1
-        out.append(Record(topic, partition, offset, key, orjson.dumps(e)))
-    return out
 
 
 def deliveries(records: list[Record], rng: random.Random) -> list[list[Record]]:

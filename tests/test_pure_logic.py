@@ -20,6 +20,7 @@ from tables.queries import cost_buckets
 from tables.state import OrgState
 
 DAY = 86_400_000
+HOUR = 3_600_000
 T0 = calendar.timegm((2026, 11, 20, 23, 30, 0)) * 1000  # 23:30 UTC, half an hour before midnight
 
 
@@ -75,7 +76,7 @@ def test_session_belongs_to_the_day_of_its_first_message() -> None:
     assert daily(w, keys.SESSIONS, T0) == 1
     assert daily(w, keys.MESSAGES, T0) == 2  # both messages count where the session started
     assert daily(w, keys.MESSAGES, T0 + DAY) == 0
-    assert w.top_deltas == {(T0 // DAY, None, "ann"): 1, (T0 // DAY, "m1", "ann"): 1}
+    assert w.top_deltas == {(T0 // HOUR, None, "ann"): 1, (T0 // HOUR, "m1", "ann"): 1}  # by the message's hour
 
 
 def test_replayed_events_count_nothing_and_a_later_message_counts_where_the_session_started() -> None:
@@ -161,11 +162,15 @@ def test_a_range_is_covered_by_whole_weeks_and_days_exactly_once(start: date, en
     assert len(mondays) + len(days) <= (end - start).days // 7 + 12
 
 
-def test_a_human_message_counts_in_its_day_and_its_week() -> None:
+def test_a_human_message_counts_in_its_hour_day_and_week() -> None:
     w = planner().plan("acme", [msg("a", 1, T0)], OrgState(), T0)
     w.payload()
-    assert datetime.fromtimestamp(T0 / 1000, UTC).date() == date(2026, 11, 20)  # a Friday: week of the 16th
+    at = datetime.fromtimestamp(T0 / 1000, UTC)
+    assert at.date() == date(2026, 11, 20)  # a Friday: week of the 16th
+    hour = at.strftime("%Y%m%d%H")
     assert w.sorted_sets() == {
+        f"aia:{{acme}}:top:{hour}",  # the edges of a time zone's days
+        f"aia:{{acme}}:top:{hour}|m|m1",
         "aia:{acme}:top:20261120",
         "aia:{acme}:top:20261120|m|m1",
         "aia:{acme}:top:w20261116",

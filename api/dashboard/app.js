@@ -11,8 +11,9 @@ function params() {
   return { org: out.get("org") || localStorage.getItem("aia.org") || "", key: out.get("key") || localStorage.getItem("aia.key") || "" };
 }
 
+// Days are the org's local days: the API answers in the org's time zone, and says what day it is there.
 function isoDay(d) { return d.toISOString().slice(0, 10); }
-function daysAgo(n) { const d = new Date(); d.setUTCDate(d.getUTCDate() - n); return d; }
+function daysBefore(today, n) { const d = new Date(`${today}T00:00:00Z`); d.setUTCDate(d.getUTCDate() - n); return isoDay(d); }
 
 async function api(path, query) {
   const qs = new URLSearchParams(query || {}).toString();
@@ -70,18 +71,18 @@ function fillTable(id, rows) {
 async function refresh() {
   const err = document.getElementById("error");
   try {
-    const today = isoDay(new Date());
-    const [sessions, sentiment, top, fresh] = await Promise.all([
-      api("average-messages-per-session", { start_date: isoDay(daysAgo(13)), end_date: today }),
+    const fresh = await api("freshness");
+    const today = fresh.today;
+    const [sessions, sentiment, top] = await Promise.all([
+      api("average-messages-per-session", { start_date: daysBefore(today, 13), end_date: today }),
       api("sentiment-count", { period: "7d" }),
-      api("top-students-by-chat-messages", { start_date: isoDay(daysAgo(29)), end_date: today }),
-      api("freshness"),
+      api("top-students-by-chat-messages", { start_date: daysBefore(today, 29), end_date: today }),
     ]);
     barChart(document.getElementById("sessions-chart"), sessions.map((r) => r.time),
       [{ cls: "bar", values: sessions.map((r) => r.total_sessions) }], { line: sessions.map((r) => r.avg_messages_exact) });
     barChart(document.getElementById("sentiment-chart"), sentiment.map((r) => r.date),
       ["positive", "neutral", "negative"].map((s) => ({ cls: s, values: sentiment.map((r) => r[s]) })), {});
-    const days = [...Array(14).keys()].reverse().map((n) => isoDay(daysAgo(n)));
+    const days = [...Array(14).keys()].reverse().map((n) => daysBefore(today, n));
     const costs = await Promise.all(days.map((d) => api("tenant-cost", { start_date: d, end_date: d })));
     barChart(document.getElementById("cost-chart"), days, [{ cls: "bar", values: costs.map((c) => c.total_cost) }],
       { fmt: (v) => `$${v.toFixed(2)}` });
@@ -105,8 +106,8 @@ async function refresh() {
     const last = fresh.last_event_at ? new Date(fresh.last_event_at) : null;
     const age = last ? Math.max(0, Math.round((Date.now() - last.getTime()) / 1000)) : null;
     document.getElementById("freshness").textContent = last
-      ? `newest event applied: ${last.toISOString().replace("T", " ").slice(0, 19)} UTC (${age}s ago) · refreshed ${new Date().toLocaleTimeString()}`
-      : "no events applied yet";
+      ? `newest event applied: ${last.toISOString().replace("T", " ").slice(0, 19)} UTC (${age}s ago) · days in ${fresh.time_zone} · refreshed ${new Date().toLocaleTimeString()}`
+      : `no events applied yet · days in ${fresh.time_zone}`;
     document.body.dataset.loaded = "true";
     err.hidden = true;
   } catch (e) {
