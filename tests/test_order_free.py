@@ -24,12 +24,14 @@ from infra.redis import RedisServer
 from streams.deadletter import DeadLetter, Record
 from streams.settings import Settings
 from tables import keys, queries
+from tables.buckets import local_days, time_zone
 from tests import reference
 from tests.support import as_records
 
 pytestmark = pytest.mark.integration
 
 ORG = "acme"
+LOCAL_ZONE = "America/Los_Angeles"
 MENTORS = ("m1", "m2")
 TOPICS = ("algebra", "essays", "physics")
 NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0) - timedelta(hours=1)
@@ -117,6 +119,12 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
             out[f"top {d} {mentor}"] = await queries.top_students(redis, ORG, d, d, mentor, limit=1000)
         d += timedelta(days=1)
     out["top all"] = await queries.top_students(redis, ORG, first, last)
+    # In a time zone: local days from hourly buckets, top students from hourly sets at the days' edges.
+    zone = time_zone(LOCAL_ZONE)
+    out["local avg daily"] = await queries.average_messages_per_session(redis, ORG, first, last, zone=zone)
+    out["local sentiment"] = await queries.sentiment_counts(redis, ORG, first, last, zone)
+    for d, _ in local_days(first, last, zone):
+        out[f"local top {d}"] = await queries.top_students(redis, ORG, d, d, limit=1000, zone=zone)
     span = (datetime(first.year, first.month, first.day, tzinfo=UTC), datetime.now(UTC) + timedelta(hours=1))
     for kind, values in (
         ("u", [f"stu{i}" for i in range(4)]),
@@ -170,6 +178,15 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
         if name.startswith("top ") and name.endswith(" None") and name != "top all":
             day = name.split()[1]
             assert {r["username"]: r["chat_message_count"] for r in value} == dict(exp.human.get((ORG, day), {}))
+    local = reference.local(events, LOCAL_ZONE)
+    for row in got["local avg daily"]:
+        assert [row["total_sessions"], row["total_messages"]] == local.daily.get((row["time"], ""), [0, 0]), row
+    for row in got["local sentiment"]:
+        assert row["sentiment_count"] == local.sentiment[row["date"]], row
+    for name, value in got.items():
+        if name.startswith("local top "):
+            day = name.split()[2]
+            assert [(r["username"], r["chat_message_count"]) for r in value] == local.top(day, day, limit=1000), name
     attributed = reference.observations(events)
     for kind, field in (("u", "student"), ("m", "mentor"), ("model", "model")):
         for name, value in got.items():
