@@ -11,7 +11,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import orjson
 from redis.asyncio import Redis
 
 from agents.planner import Item, NeedState, Planner, state_query
@@ -148,8 +147,9 @@ class BatchProcessor:
                 reread += counters
                 zsets |= sets
         reread = [slot for slot in dict.fromkeys(reread) if slot not in values]
-        # A top-students set is published whole (one record per org, day and mentor), read after the apply.
-        ordered_zsets = sorted(zsets)
+        # A top-students set is published whole (one record per org, day and mentor), read after the apply;
+        # the hourly and all-time sets are not published.
+        ordered_zsets = sorted(z for z in zsets if keys.describe_counter(z, "", "z") is not None)
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, fld in reread:
                 pipe.hget(key, fld)
@@ -158,16 +158,9 @@ class BatchProcessor:
             replies = await pipe.execute() if (reread or ordered_zsets) else []
         for slot, value in zip(reread, replies[: len(reread)], strict=True):
             values[slot] = int(value or 0)
-        out = []
-        for (key, fld), value in values.items():
-            described = keys.describe_counter(key, fld, "h")
-            if described is not None:
-                record_key, fields = described
-                out.append((record_key.encode(), orjson.dumps({**fields, "value": value, "applied_at_ms": now_ms})))
+        out = [r for (key, fld), value in values.items() if (r := keys.counter_record(key, fld, "h", value, now_ms))]
         for key, members in zip(ordered_zsets, replies[len(reread) :], strict=True):
-            described = keys.describe_counter(key, "", "z")
-            if described is not None:
-                record_key, fields = described
-                counts = {m.decode(): int(score) for m, score in members}
-                out.append((record_key.encode(), orjson.dumps({**fields, "value": counts, "applied_at_ms": now_ms})))
+            counts = {m.decode(): int(score) for m, score in members}
+            if record := keys.counter_record(key, "", "z", counts, now_ms):
+                out.append(record)
         return out

@@ -58,7 +58,16 @@ def state_query(items: list[Item]) -> StateQuery:
     ):
         seen.setdefault(day, []).append(event_id)
     convs = list(dict.fromkeys(cid for i in items if (cid := conversation_id(i.event)) is not None))
-    return StateQuery(offset_fields, observations, seen, convs)
+    org = items[0].event.org if items else ""
+    tombstones = list(dict.fromkeys(keys.tombstone(org, s) for i in items if (s := student_of(i.event)) is not None))
+    return StateQuery(offset_fields, observations, seen, convs, tombstones)
+
+
+def student_of(event: Event) -> str | None:
+    """The student an event names (an observation names none: it reaches a student through its session)."""
+    if isinstance(event, (ChatMessage, SentimentEvent, Conversation)):
+        return event.student
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +121,21 @@ class Planner:
         convs: dict[str, ConversationState] = {}
         last_offsets: dict[tuple[str, int], int] = {}
         counted: dict[str, int] = {}  # topic -> events that counted
+        dropped = 0  # events of erased students
         newest_ms = 0
+        # No batch planned before an erasure may write after it: the apply checks the erasures' version.
+        w.guard(keys.erasures(org), keys.ERASURES_VERSION, state.erasures_version)
         for item in items:
             ev = item.event
             tp = (item.topic, item.partition)
             last_offsets[tp] = max(item.offset, last_offsets.get(tp, item.offset))
+            if (
+                state.erased
+                and (student := student_of(ev)) is not None
+                and keys.tombstone(org, student) in state.erased
+            ):
+                dropped += 1
+                continue
             newest_ms = max(newest_ms, ev.ts_ms)
             if isinstance(ev, LlmObservation):
                 raw = observations.get(ev.event_id)
@@ -172,8 +191,10 @@ class Planner:
             mark = state.offsets.get(fld)
             w.watermark(fld, mark, offset if mark is None else max(mark, offset))
         meta = keys.meta(org)
-        if items:
+        if newest_ms:
             w.hmax(meta, "last_event_ms", newest_ms)
+        if dropped:
+            w.hincr(meta, keys.ERASED_DROPPED, dropped)
         for topic, n in counted.items():
             w.hincr(meta, f"events|{topic}", n)
         self._flush_buckets(w)

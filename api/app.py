@@ -17,7 +17,7 @@ from fastapi.responses import ORJSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import analytics, costs, history, ops
+from api import analytics, costs, erasure, history, ops
 from api.errors import ApiError
 from api.metrics import Metrics
 from api.state import AppState
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(history.router, prefix=PREFIX, responses=ERRORS)
     app.include_router(costs.router, prefix=PREFIX, responses=ERRORS)
     app.include_router(costs.all_orgs_router, responses=ERRORS)
+    app.include_router(erasure.router, prefix=PREFIX, responses=ERRORS)
     app.include_router(ops.router)
 
     @app.get("/", include_in_schema=False)

@@ -39,6 +39,6 @@ async def caller(request: Request, org: ORG, state: State) -> apikeys.ApiKey:
 Caller = Annotated[apikeys.ApiKey, Depends(caller)]
 
 
-def require_admin(key: apikeys.ApiKey) -> None:
+def require_admin(key: apikeys.ApiKey, what: str = "chat history") -> None:
     if key.role != "platform_admin":
-        raise ApiError(403, "chat history needs a platform_admin key")
+        raise ApiError(403, f"{what} needs a platform_admin key")

@@ -30,7 +30,7 @@ class KafkaGateway:
                 self._producer = producer
             return self._producer
 
-    async def send(self, topic: str, value: bytes, key: bytes) -> None:
+    async def send(self, topic: str, value: bytes | None, key: bytes) -> None:
         try:
             producer = await self._ensure()
             await asyncio.wait_for(producer.send_and_wait(self.settings.topic(topic), value, key=key), 10.0)

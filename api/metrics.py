@@ -29,6 +29,8 @@ class Metrics:
         self.dead = Gauge("aia_dead_letters", "Messages in the dead-letter topic", registry=self.registry)
         self.applied = Gauge("aia_events_applied", "Events applied to the aggregates", ["org", "topic"],
                              registry=self.registry)  # fmt: skip
+        self.erased = Gauge("aia_erased_student_events_dropped", "Events of erased students the workers dropped",
+                            ["org"], registry=self.registry)  # fmt: skip
         self.engine = Gauge(
             "aia_faust_engine_records", "Faust-engine workers' counts, summed over the group: read, applied, skipped, "
             "dead, gaps (offset ranges Faust did not deliver), refetched (records read again directly), "
@@ -54,6 +56,8 @@ class Metrics:
                     name = fld.decode()
                     if name.startswith("events|"):
                         self.applied.labels(org, name.split("|", 1)[1]).set(int(value))
+                    elif name == keys.ERASED_DROPPED:
+                        self.erased.labels(org).set(int(value))
             stats: Any = await redis.hgetall(keys.engine_stats(kafka.settings.app_id))
             for fld, value in stats.items():
                 self.engine.labels(fld.decode()).set(int(value))

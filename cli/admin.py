@@ -1,15 +1,19 @@
-"""`ai-analytics keys ...` and `ai-analytics orgs ...`: API keys and orgs, kept in Redis."""
+"""`ai-analytics keys ...`, `ai-analytics orgs ...` and `ai-analytics erase ...`: API keys, orgs and erasing a
+student, kept in Redis."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 from redis.asyncio import Redis
 
+from streams import clients
 from streams.schemas import ORG_RE
 from streams.settings import Settings
-from tables import apikeys, buckets, queries
+from tables import apikeys, buckets, erase, queries
 from tables.exceptions import QueryError
 
 
@@ -34,6 +38,12 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     tz.add_argument("org")
     tz.add_argument("zone", help="an IANA name such as America/Los_Angeles, or UTC (the default)")
+    erase_p = sub.add_parser(
+        "erase", help="erase a student from an org: their records and counts, and every later event of theirs"
+    )
+    erase_p.add_argument("--org", required=True)
+    erase_p.add_argument("--student", required=True, help="the username the events name")
+    erase_p.add_argument("--by", default=os.environ.get("USER", "cli"), help="who asks (the audit record's `by`)")
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -41,6 +51,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.command == "orgs":
             return await _orgs(redis, args)
+        if args.command == "erase":
+            return await _erase(redis, settings, args)
         return await _keys(redis, args)
     finally:
         await redis.aclose()
@@ -90,3 +102,27 @@ async def _keys(redis: Redis, args: argparse.Namespace) -> int:
         return 0
     print(f"ai-analytics: no key with id {args.id}", file=sys.stderr)
     return 1
+
+
+async def _erase(redis: Redis, settings: Settings, args: argparse.Namespace) -> int:
+    """Erase, then send the audit record and the changed top-students sets (acknowledged before exit 0)."""
+    if not ORG_RE.match(args.org) or not args.student:
+        print("ai-analytics: --org is an org name and --student a username", file=sys.stderr)
+        return 2
+    erasure = await erase.erase_student(
+        redis, args.org, args.student, by=f"cli:{args.by}", now_ms=int(time.time() * 1000)
+    )
+    producer = clients.producer(settings.kafka_bootstrap, client_id=f"{settings.app_id}-erase")
+    await producer.start()
+    try:
+        for topic, key, value in await erase.publications(redis, erasure):
+            await producer.send_and_wait(settings.topic(topic), value, key=key)
+    finally:
+        await producer.stop()
+    what = erasure.audit()["what"]
+    print(
+        f"erased from {args.org}: {what['conversations']} conversation(s), {what['cost_fields']} cost field(s), "
+        f"{what['top_students_entries']} top-students entr(ies); later events of theirs are dropped "
+        f"(tombstone {erasure.tombstone})"
+    )
+    return 0

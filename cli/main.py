@@ -1,4 +1,4 @@
-"""`ai-analytics`: worker, api, stack, topics, keys, orgs, produce, alerts."""
+"""`ai-analytics`: worker, api, stack, topics, keys, orgs, erase, produce, alerts."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         created = asyncio.run(ensure_topics(settings))
         print(f"created: {', '.join(created) if created else 'none (all present)'}")
         return 0
-    if args.command in ("keys", "orgs"):
+    if args.command in ("keys", "orgs", "erase"):
         return asyncio.run(admin.run(args, settings))
     if args.command == "produce":
         return produce.run(args, settings)

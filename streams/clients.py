@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streams.settings import Settings
-from streams.topics import AGGREGATES, ALL_TOPICS
+from streams.topics import ALL_TOPICS, COMPACTED_TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ async def ensure_topics(settings: Settings, *, attempts: int = 10) -> list[str]:
                     settings.topic(name),
                     num_partitions=settings.topic_partitions,
                     replication_factor=settings.topic_replication,
-                    topic_configs={"cleanup.policy": "compact"} if name == AGGREGATES else {},
+                    topic_configs={"cleanup.policy": "compact"} if name in COMPACTED_TOPICS else {},
                 )
                 for name in ALL_TOPICS
                 if settings.topic(name) not in existing

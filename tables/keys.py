@@ -6,6 +6,12 @@ org run as one atomic script, and multi-key reads work on a cluster.
 
 from __future__ import annotations
 
+import hashlib
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
 from tables.buckets import Grain
 
 NS = "aia"
@@ -182,6 +188,22 @@ def time_zones() -> str:
     return f"{NS}:orgs:tz"
 
 
+def erasures(org: str) -> str:
+    """Hash of an org's erased students: `tombstone(org, student)` -> JSON {at, by}, and `v`, bumped by every
+    erasure (each batch's apply is guarded on it, so none planned before an erasure can write after it)."""
+    return f"{_org(org)}:erased"
+
+
+ERASURES_VERSION = "v"
+ERASED_DROPPED = "dropped|erased"  # a `meta` field: events of erased students dropped by the workers
+
+
+@lru_cache(maxsize=65536)
+def tombstone(org: str, student: str) -> str:
+    """The erased-students field of a student: a digest, so the tombstone does not keep the username."""
+    return hashlib.sha256(f"{org}\0{student}".encode()).hexdigest()[:32]
+
+
 def org_of(key: str) -> str:
     """The org of an org-tagged key (for tests and tooling)."""
     start = key.index("{") + 1
@@ -220,3 +242,13 @@ def describe_counter(key: str, member: str, kind: str) -> tuple[str, dict[str, s
         grain, day = ("w", day[1:]) if day.startswith("w") else ("d", day)
         return f"{org}|{metric}|{grain}|{day}", {"org": org, "metric": metric, "grain": grain, "bucket": day}
     return None
+
+
+def counter_record(key: str, member: str, kind: str, value: Any, applied_at_ms: int) -> tuple[bytes, bytes] | None:
+    """The analytics-aggregates record (key, JSON value) of a counter (`kind` "h") or a top-students set
+    (`kind` "z", value: student -> count) holding `value`; None for keys that are not published."""
+    described = describe_counter(key, member, kind)
+    if described is None:
+        return None
+    record_key, fields = described
+    return record_key.encode(), orjson.dumps({**fields, "value": value, "applied_at_ms": applied_at_ms})

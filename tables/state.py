@@ -12,8 +12,9 @@ from redis.asyncio import Redis
 from tables import keys
 
 READ_LUA = r"""
--- KEYS: the offsets hash, the observations hash, one seen hash per day, then the conversations. ARGV[1]:
--- JSON {o: offset fields, b: observation ids, s: [[event ids] per seen hash], n: conversations, f: their fields}
+-- KEYS: the offsets hash, the observations hash, the erased-students hash, one seen hash per day, then the
+-- conversations. ARGV[1]: JSON {o: offset fields, b: observation ids, e: erased-students fields (the
+-- version, then the batch's students), s: [[event ids] per seen hash], n: conversations, f: their fields}
 local a = cjson.decode(ARGV[1])
 local function hmget(key, ids)
   local vals = {}
@@ -26,12 +27,13 @@ end
 local offsets = {}
 if #a.o > 0 then offsets = redis.call('HMGET', KEYS[1], unpack(a.o)) end
 local obs = hmget(KEYS[2], a.b)
+local erased = hmget(KEYS[3], a.e)
 local seen = {}
-for i, ids in ipairs(a.s) do seen[i] = hmget(KEYS[2 + i], ids) end
+for i, ids in ipairs(a.s) do seen[i] = hmget(KEYS[3 + i], ids) end
 local convs = {}
-local base = 2 + #a.s
+local base = 3 + #a.s
 for i = 1, a.n do convs[i] = redis.call('HMGET', KEYS[base + i], unpack(a.f)) end
-return cjson.encode({offsets, obs, seen, convs})
+return cjson.encode({offsets, obs, seen, convs, erased})
 """
 
 
@@ -43,17 +45,20 @@ class OrgState:
     seen: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (day, event_id) -> value
     observations: dict[str, str | None] = field(default_factory=dict)  # event_id -> value
     convs: dict[str, dict[str, str | None]] = field(default_factory=dict)  # id -> keys.CONV_STATE fields
+    erased: set[str] = field(default_factory=set)  # tombstones of the batch's students that are erased
+    erasures_version: str | None = None  # the erased-students hash's version: the apply's guard
 
 
 @dataclass
 class StateQuery:
     """What to read for one org: offset fields, observation ids, other event ids by their day (`YYYYMMDD`),
-    conversation ids."""
+    conversation ids, the tombstones of the batch's students."""
 
     offset_fields: list[str]
     observations: list[str]
     seen: dict[str, list[str]]
     convs: list[str]
+    tombstones: list[str] = field(default_factory=list)
 
 
 class StateReader:
@@ -66,12 +71,14 @@ class StateReader:
         thousands of small replies would cost more to parse than everything else in the batch."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for org, q in queries.items():
-                key_list = [keys.offsets(org), keys.observations(org), *(keys.seen(org, day) for day in q.seen)]
+                key_list = [keys.offsets(org), keys.observations(org), keys.erasures(org)]
+                key_list += [keys.seen(org, day) for day in q.seen]
                 key_list += [keys.conversation(org, cid) for cid in q.convs]
                 args = orjson.dumps(
                     {
                         "o": q.offset_fields,
                         "b": q.observations,
+                        "e": [keys.ERASURES_VERSION, *q.tombstones],
                         "s": list(q.seen.values()),
                         "n": len(q.convs),
                         "f": keys.CONV_STATE,
@@ -81,8 +88,10 @@ class StateReader:
             replies = await pipe.execute()
         states: dict[str, OrgState] = {}
         for (org, q), raw in zip(queries.items(), replies, strict=True):
-            offsets, obs_vals, seen_vals, conv_vals = (v or [] for v in orjson.loads(raw))  # cjson writes {} for []
+            offsets, obs_vals, seen_vals, conv_vals, erased = (v or [] for v in orjson.loads(raw))  # {} for []
             st = OrgState()
+            st.erasures_version = None if erased[0] is False else erased[0]
+            st.erased = {t for t, val in zip(q.tombstones, erased[1:], strict=True) if val is not False}
             for fld, val in zip(q.offset_fields, offsets, strict=True):
                 st.offsets[fld] = None if val is False else int(val)
             for event_id, val in zip(q.observations, obs_vals, strict=True):

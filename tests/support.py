@@ -165,7 +165,7 @@ async def read_topic(settings: Settings, name: str, idle_s: float = 3.0) -> list
         while time.monotonic() - quiet_since < idle_s:
             batch = await consumer.getmany(timeout_ms=300)
             for records in batch.values():
-                out += [(r.key, orjson.loads(r.value)) for r in records]
+                out += [(r.key, None if r.value is None else orjson.loads(r.value)) for r in records]
                 quiet_since = time.monotonic()
     finally:
         await consumer.stop()
@@ -173,11 +173,15 @@ async def read_topic(settings: Settings, name: str, idle_s: float = 3.0) -> list
 
 
 async def read_compacted(settings: Settings, idle_s: float = 3.0) -> dict[str, dict[str, Any]]:
-    """Everything on analytics-aggregates from the beginning, last value per key (what compaction keeps)."""
+    """Everything on analytics-aggregates from the beginning, last value per key (what compaction keeps: a
+    key whose last record is a tombstone goes)."""
     latest: dict[str, dict[str, Any]] = {}
     for key, value in await read_topic(settings, "analytics-aggregates", idle_s):
         assert key is not None
-        latest[key.decode()] = value
+        if value is None:
+            latest.pop(key.decode(), None)
+        else:
+            latest[key.decode()] = value
     return latest
 
 
