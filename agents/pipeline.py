@@ -21,6 +21,7 @@ from streams.schemas import Limits, parse
 from streams.settings import Settings
 from tables import keys
 from tables.buckets import Retention
+from tables.generations import Generations, GenerationsChanged
 from tables.state import OrgState, StateReader
 from tables.writer import OrgWrite, Writer
 
@@ -81,30 +82,65 @@ class BatchProcessor:
         if dead:
             # Before the batch's offsets can be committed, so no bad event is ever lost.
             await self.send_dead_letters(dead)
+        while True:
+            gens = await Generations.read(self.redis)
+            keys.CURRENT = gens.current
+            try:
+                # While a rebuild runs, the batch is applied to the generation being built too (keys.py).
+                if gens.building is not None:
+                    with keys.generation(gens.building):
+                        await self._apply(by_org, now_ms, gens, BatchResult())
+                with keys.generation(gens.current):
+                    done = await self._apply(by_org, now_ms, gens, result)
+                break
+            except GenerationsChanged:
+                log.info("the generations changed while applying a batch: applying it again")
+        result.skipped = len(records) - len(dead) - result.applied
+        if by_org:
+            await self.redis.sadd(keys.orgs(), *by_org)
+        if self.publish is not None and done:
+            with keys.generation(gens.current):
+                records_out = await self.aggregate_records(done, now_ms)
+            await self.publish(records_out)
+        return result
+
+    async def apply_to(self, records: list[Record], generation: int) -> BatchResult:
+        """Apply records to one generation only (a rebuild's): invalid ones are skipped, not sent again."""
+        now_ms = int(time.time() * 1000)
+        by_org, dead = self.validate(records, now_ms)
+        result = BatchResult(dead=len(dead), orgs=set(by_org))
+        gens = await Generations.read(self.redis)
+        with keys.generation(generation):
+            await self._apply(by_org, now_ms, gens, result)
+        if by_org:
+            await self.redis.sadd(keys.orgs(), *by_org)
+        return result
+
+    async def _apply(
+        self, by_org: dict[str, list[Item]], now_ms: int, gens: Generations, result: BatchResult
+    ) -> list[tuple[OrgWrite, OrgState]]:
+        """Plan and apply every org's write in the context's generation, re-planning the orgs that conflict."""
         pending = by_org
         done: list[tuple[OrgWrite, OrgState]] = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts = attempt
             writes = await self.plan(pending, now_ms)
+            for w in writes:
+                w.guard(keys.generations(), "v", gens.version)
             states = {w.org: w.state for w in writes}
             conflicts = await self.writer.apply(writes)
+            if any(keys.generations() in reason for reason in conflicts.values()):
+                raise GenerationsChanged
             for w in writes:
                 if w.org not in conflicts:
                     result.applied += w.events
                     done.append((w, states[w.org]))
             if not conflicts:
-                break
+                return done
             log.debug("re-planning %d org(s) after conflicts: %s", len(conflicts), conflicts)
             pending = {org: pending[org] for org in conflicts}
             await asyncio.sleep(0.002 * attempt)  # let the other writer finish before re-reading
-        else:
-            raise RuntimeError(f"gave up applying a batch after {MAX_ATTEMPTS} conflicting attempts: {conflicts}")
-        result.skipped = len(records) - len(dead) - result.applied
-        if by_org:
-            await self.redis.sadd(keys.orgs(), *by_org)
-        if self.publish is not None and done:
-            await self.publish(await self.aggregate_records(done, now_ms))
-        return result
+        raise RuntimeError(f"gave up applying a batch after {MAX_ATTEMPTS} conflicting attempts: {conflicts}")
 
     async def plan(self, by_org: dict[str, list[Item]], now_ms: int) -> list[OrgWrite]:
         """Read every org's state in one round trip and plan its write; an org whose plan needs more

@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     _error_handlers(app, metrics)
+    app.add_middleware(ops.GenerationMiddleware)
     app.add_middleware(ops.ObserveMiddleware, metrics=metrics)
     app.include_router(analytics.router, prefix=PREFIX, responses=ERRORS)
     app.include_router(history.router, prefix=PREFIX, responses=ERRORS)

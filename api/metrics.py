@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
 
-from tables import keys, queries
+from tables import generations, keys, queries
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ class Metrics:
                              registry=self.registry)  # fmt: skip
         self.erased = Gauge("aia_erased_student_events_dropped", "Events of erased students the workers dropped",
                             ["org"], registry=self.registry)  # fmt: skip
+        self.generation = Gauge("aia_generation", "The generation of the aggregates served (ai-analytics rebuild)",
+                                registry=self.registry)  # fmt: skip
+        self.rebuild_left = Gauge("aia_rebuild_records_left", "Records a rebuild under way has still to read "
+                                  "(0: none under way)", registry=self.registry)  # fmt: skip
         self.engine = Gauge(
             "aia_faust_engine_records", "Faust-engine workers' counts, summed over the group: read, applied, skipped, "
             "dead, gaps (offset ranges Faust did not deliver), refetched (records read again directly), "
@@ -58,6 +62,9 @@ class Metrics:
                         self.applied.labels(org, name.split("|", 1)[1]).set(int(value))
                     elif name == keys.ERASED_DROPPED:
                         self.erased.labels(org).set(int(value))
+            self.generation.set((await generations.Generations.read(redis)).current)
+            under_way = await generations.status(redis)
+            self.rebuild_left.set(0 if under_way is None else under_way.remaining())
             stats: Any = await redis.hgetall(keys.engine_stats(kafka.settings.app_id))
             for fld, value in stats.items():
                 self.engine.labels(fld.decode()).set(int(value))

@@ -1,4 +1,4 @@
-"""Operations: request metrics middleware, health, readiness and the Prometheus endpoint."""
+"""Operations: request metrics and generation middlewares, health, readiness and the Prometheus endpoint."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fastapi.responses import ORJSONResponse, PlainTextResponse, Response
 
 from api.metrics import Metrics
 from api.state import State
+from tables import generations, keys
 
 router = APIRouter(tags=["operations"])
 
@@ -41,6 +42,25 @@ class ObserveMiddleware:
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe(scope["method"], path, status, time.perf_counter() - started)
+
+
+class GenerationMiddleware:
+    """Each API request reads the generation served once, and builds every key of its answer for it: an
+    answer is wholly from one generation, however a rebuild's switch falls (tables/keys.py)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            served = await generations.current(scope["app"].state.aia.redis)
+        except Exception:  # Redis away: the handler answers 503 with the reason
+            served = keys.CURRENT
+        with keys.generation(served):
+            await self.app(scope, receive, send)
 
 
 @router.get("/healthz")

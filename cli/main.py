@@ -1,4 +1,4 @@
-"""`ai-analytics`: worker, api, stack, topics, keys, orgs, erase, produce, alerts."""
+"""`ai-analytics`: worker, api, stack, topics, keys, orgs, erase, rebuild, produce, alerts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from cli import admin, alerts, produce
+from cli import admin, alerts, produce, rebuild
 from infra.exceptions import InfraError
 from streams.exceptions import SettingsError
 from streams.settings import ENGINES, Settings, get_settings
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack_sub.add_parser("status", help="which parts answer on their ports")
     sub.add_parser("topics", help="create the contract's topics on the configured broker (idempotent)")
     admin.add_arguments(sub)
+    rebuild.add_arguments(sub)
     produce.add_arguments(sub)
     alerts.add_arguments(sub)
     return parser
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command in ("keys", "orgs", "erase"):
         return asyncio.run(admin.run(args, settings))
+    if args.command == "rebuild":
+        return rebuild.run(args, settings)
     if args.command == "produce":
         return produce.run(args, settings)
     if args.command == "alerts":

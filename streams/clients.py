@@ -51,6 +51,17 @@ def admin(bootstrap: str, **overrides: Any) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**{"bootstrap_servers": bootstrap, "client_id": "ai-analytics-admin", **overrides})
 
 
+async def partitions(bootstrap: str, topics: list[str]) -> dict[str, list[int]]:
+    """Each existing topic's partition numbers (a topic that does not exist is left out)."""
+    client = admin(bootstrap)
+    await client.start()
+    try:
+        described = await client.describe_topics(topics)
+    finally:
+        await client.close()
+    return {t["topic"]: sorted(p["partition"] for p in t["partitions"]) for t in described if t["error_code"] == 0}
+
+
 async def whole_topic(bootstrap: str, topic: str, start: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     """A started consumer, in no group, holding every partition of the topic (none if it does not exist),
     each read from `start` ("earliest" or "latest").

@@ -31,6 +31,7 @@ from streams.topics import AGGREGATES, ERASURES
 from tables import keys
 from tables.buckets import Grain
 from tables.conversations import ConversationState
+from tables.generations import Generations
 
 ERASE_LUA = r"""
 -- KEYS[1] an org's erased-students hash. ARGV: the tombstone, its record. Returns the new version.
@@ -80,7 +81,17 @@ async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms
     out = Erasure(org, student, tombstone, now_ms, by)
     script: Any = redis.register_script(ERASE_LUA)
     await script(keys=[keys.erasures(org)], args=[tombstone, orjson.dumps({"at_ms": now_ms, "by": by})])
+    gens = await Generations.read(redis)
+    for n in (gens.current, gens.building):  # and the one a rebuild is building
+        if n is not None:
+            with keys.generation(n):
+                await _remove(redis, org, student, out, publish=n == gens.current)
+    return out
 
+
+async def _remove(redis: Redis, org: str, student: str, out: Erasure, *, publish: bool) -> None:
+    """Step 2, in the context's generation; `publish`: the served one, whose changes the audit record counts
+    and the aggregates topic hears of."""
     indexed: Any = await redis.zrange(keys.conversations_by(org, "student", student), 0, -1)
     cids = {m.decode() for m in indexed}
     async for batch in _scan(redis, keys.conversation(org, "*")):
@@ -101,7 +112,7 @@ async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms
                 pipe.zrem(keys.session_costs(org, day), f"{state.first_mentor or ''}|{cid}")
             pipe.delete(keys.conversation(org, cid))
             await pipe.execute()
-        out.conversations += 1
+        out.conversations += publish
     await redis.delete(keys.conversations_by(org, "student", student))
 
     # The student's cost fields, in every hourly and daily bucket (found by name: a session's hash may be gone).
@@ -112,7 +123,8 @@ async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms
                 for key in batch:
                     pipe.hdel(key, cost_field)
                 removed = await pipe.execute()
-            out.cost_buckets += [key.decode() for key, n in zip(batch, removed, strict=True) if n]
+            if publish:
+                out.cost_buckets += [key.decode() for key, n in zip(batch, removed, strict=True) if n]
     out.cost_fields = len(out.cost_buckets)
 
     async for batch in _scan(redis, keys.top_students(org, Grain.DAY, 0).rsplit(":", 1)[0] + ":*"):
@@ -121,10 +133,9 @@ async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms
                 pipe.zrem(key, student)
             removed = await pipe.execute()
         for key, n in zip(batch, removed, strict=True):
-            if n:
+            if n and publish:
                 out.top_entries += n
                 out.sorted_sets.append(key.decode())
-    return out
 
 
 async def _scan(redis: Redis, pattern: str) -> Any:

@@ -7,6 +7,9 @@ org run as one atomic script, and multi-key reads work on a cluster.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
@@ -69,8 +72,47 @@ def sentiment_field(label: str) -> str:
     return f"{SENTIMENT}|{label}"
 
 
+# --- generations ----------------------------------------------------------------------------------------
+# Everything computed from the events lives in a generation: generation 0 is `aia:{org}:...`, generation n
+# `aia:g<n>:{org}:...`. `ai-analytics rebuild` computes generation n+1 from the topics while n serves, then
+# switches (agents/rebuild.py). Which generation a key is built for: the context's (`generation()`, set
+# per API request and per apply), else the process's `CURRENT` (alerts, maintenance). What is not computed
+# from the events (API keys, orgs, time zones, erased students, alert state, progress) is outside them.
+CURRENT = 0
+_GENERATION: ContextVar[int | None] = ContextVar("aia_generation", default=None)
+
+
+@contextmanager
+def generation(n: int) -> Iterator[None]:
+    """Build the keys of generation n in this context."""
+    token = _GENERATION.set(n)
+    try:
+        yield
+    finally:
+        _GENERATION.reset(token)
+
+
+def generation_prefix(n: int) -> str:
+    """The start of every key of generation n (for dropping it)."""
+    return f"{NS}:{{" if n == 0 else f"{NS}:g{n}:{{"
+
+
+def generations() -> str:
+    """Hash: `current` (the generation served), `building` (one being rebuilt, or absent), `v` (bumped by
+    every change: each apply is guarded on it), and the rebuild's `until` offsets and `started_ms`. Global."""
+    return f"{NS}:generations"
+
+
+def rebuild_progress(n: int) -> str:
+    """Hash `topic:partition` -> the last offset a rebuild into generation n applied. Global."""
+    return f"{NS}:rebuild:g{n}"
+
+
 def _org(org: str) -> str:
-    return f"{NS}:{{{org}}}"
+    n = _GENERATION.get()
+    if n is None:
+        n = CURRENT
+    return f"{NS}:{{{org}}}" if n == 0 else f"{NS}:g{n}:{{{org}}}"
 
 
 _GRAIN_CODE = {Grain.MINUTE: "min", Grain.HOUR: "h", Grain.DAY: "d", Grain.WEEK: "wk"}
@@ -98,13 +140,14 @@ def engine_stats(group: str) -> str:
 
 
 def alert_state(org: str) -> str:
-    """Hash `rule` -> JSON of the rule's state for this org (ok or firing, crossing number)."""
-    return f"{_org(org)}:alerts"
+    """Hash `rule` -> JSON of the rule's state for this org (ok or firing, crossing number). Outside the
+    generations: a rebuild does not fire an alert again."""
+    return f"{NS}:alerts:{{{org}}}"
 
 
 def alert_outbox(org: str) -> str:
     """List of alert events decided but not yet published (written in the same step as the state)."""
-    return f"{_org(org)}:alerts:outbox"
+    return f"{NS}:alerts:{{{org}}}:outbox"
 
 
 def alert_lease() -> str:
@@ -190,8 +233,9 @@ def time_zones() -> str:
 
 def erasures(org: str) -> str:
     """Hash of an org's erased students: `tombstone(org, student)` -> JSON {at, by}, and `v`, bumped by every
-    erasure (each batch's apply is guarded on it, so none planned before an erasure can write after it)."""
-    return f"{_org(org)}:erased"
+    erasure (each batch's apply is guarded on it, so none planned before an erasure can write after it).
+    Outside the generations: a rebuild meets the same tombstones."""
+    return f"{NS}:erased:{{{org}}}"
 
 
 ERASURES_VERSION = "v"
@@ -227,10 +271,10 @@ def describe_counter(key: str, member: str, kind: str) -> tuple[str, dict[str, s
     record, `acme|top_students|d|20261122` (`top_students|m|<mentor>` for a mentor's set), whose value
     holds every student's count that day.
     """
-    if not key.startswith(f"{NS}:{{"):
+    if not key.startswith(f"{NS}:") or "{" not in key or key.startswith(f"{NS}:alerts:"):
         return None
     org = org_of(key)
-    rest = key[len(_org(org)) + 1 :]
+    rest = key[key.index("}") + 2 :]
     grain, _, bucket = rest.partition(":")
     if kind == "h" and grain in ("h", "d"):
         return f"{org}|{member}|{grain}|{bucket}", {"org": org, "metric": member, "grain": grain, "bucket": bucket}
