@@ -105,6 +105,13 @@ def test_rebuild_during_live_traffic_interrupted_and_resumed(
             row = env.get(ORG, "average-messages-per-session", start_date=day, end_date=day).json()[0]
             assert row["total_sessions"] == everything.sessions[(ORG, day)], day
             assert row["total_messages"] == everything.messages[(ORG, day)], day
+        for org in everything.orgs:
+            for row in env.get(org, "sentiment-count", period="30d").json():
+                assert row["sentiment_count"] == everything.sentiment[(org, row["date"])], (org, row)
+            cost = env.get(org, "tenant-cost", start_date=days[0], end_date=days[-1]).json()
+            assert cost["cost_nanos"] == sum(n for (o, _), n in everything.cost.items() if o == org), org
+            history = env.get(org, "chat-history", page_size=1).json()
+            assert history["count"] == len(everything.conversations[org]), org
         top = env.get(ORG, "top-students-by-chat-messages").json()
         assert [(r["username"], r["chat_message_count"]) for r in top] == reference.top_students(everything, ORG)
         metrics = httpx.get(f"{base}/metrics").text
