@@ -78,13 +78,13 @@ class BatchProcessor:
     async def process(self, records: list[Record]) -> BatchResult:
         now_ms = int(time.time() * 1000)
         by_org, dead = self.validate(records, now_ms)
-        result = BatchResult(dead=len(dead), orgs=set(by_org))
         if dead:
             # Before the batch's offsets can be committed, so no bad event is ever lost.
             await self.send_dead_letters(dead)
         while True:
             gens = await Generations.read(self.redis)
             keys.CURRENT = gens.current
+            result = BatchResult(dead=len(dead), orgs=set(by_org))  # counts of the served generation's apply
             try:
                 # While a rebuild runs, the batch is applied to the generation being built too (keys.py).
                 if gens.building is not None:
