@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import sys
 
@@ -95,7 +94,6 @@ def _worker(settings: Settings, engine: str, loglevel: str) -> int:
     # A bad rules file or price table stops the worker here with the reason (exit 2), before any engine.
     RuleSet.load(settings.alert_rules)
     PriceTable.load(settings.price_table)
-    tune_gc()
     if engine == "faust":
         import faust
 
@@ -111,16 +109,6 @@ def _worker(settings: Settings, engine: str, loglevel: str) -> int:
     configure_logging(loglevel)
     uvloop.run(serve(settings))
     return 0
-
-
-def tune_gc() -> None:
-    """A batch allocates ~100,000 short-lived objects, nearly all freed by reference counting; with the
-    default threshold (700) the cyclic collector ran full collections over every module and cached object
-    of the process, about 16% of a worker's CPU (py-spy). Start-up objects are frozen out of collection and
-    young collections run every 50,000 allocations."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def _api(settings: Settings) -> int:
