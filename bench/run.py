@@ -9,6 +9,7 @@ Starts its own Kafka and Redis (temporary folder, free ports; `AIA_BENCH_DIR` ke
 3. each engine (kafka: the aiokafka loop; faust: Faust agents): one worker process from the first event
    to the last applied in Redis, its RSS sampled as it runs, Redis memory per million events after it;
    then two workers in one group on the same events;
+   rebuild: `ai-analytics rebuild` of the same events into a new generation;
 4. baseline: the textbook Faust way (bench/faust_baseline.py), on the first `--baseline-events`;
 5. freshness: a worker and the API, demo-like load at fixed rates plus probe events; the delay from a
    probe's send to its effect visible through the API (polled every 10 ms);
@@ -45,6 +46,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from agents.pipeline import BatchProcessor
+from agents.rebuild import Rebuild
 from bench.throughput import applied, ceiling, produce, start_worker
 from infra.kafka import KafkaBroker
 from infra.procs import ROOT, cli_command, free_port, spawn, wait_until
@@ -52,7 +54,7 @@ from infra.redis import RedisServer
 from streams.clients import ensure_topics
 from streams.deadletter import Record
 from streams.settings import ENGINES, Settings
-from tables import apikeys
+from tables import apikeys, keys
 
 API_PATH = "/api/ai-analytics/orgs/{org}/users/bench/"
 
@@ -379,8 +381,8 @@ async def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated sections: kafka, faust (each engine: one and two workers), baseline, freshness, "
-        "serving; the ceiling is always measured",
+        help="comma-separated sections: kafka, faust (each engine: one and two workers), rebuild, baseline, "
+        "freshness, serving; the ceiling is always measured",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
@@ -433,6 +435,17 @@ async def main() -> None:
                 report.add(
                     engine, "two workers in one group, same events", f"{two:,.0f} events/s ({two / one:.2f}x one)"
                 )
+            if wanted(args, "rebuild"):
+                # `ai-analytics rebuild` over the same topic into a new generation, nothing else running.
+                redis = Redis.from_url(base.redis_url)
+                t0 = time.perf_counter()
+                await Rebuild(base, redis, grace_s=0, say=lambda _line: None).run()
+                took = time.perf_counter() - t0
+                await redis.flushall()  # the sections after it start from generation 0
+                keys.CURRENT = 0
+                await redis.aclose()
+                report.add("rebuild", f"ai-analytics rebuild of {n:,} events into a new generation (no live traffic)",
+                           f"{n / took:,.0f} events/s, {took / (n / 1e6):,.0f} s per million")  # fmt: skip
             if len(one_by_engine) == 2:
                 report.add(
                     "engines", "faust / kafka, one worker", f"{one_by_engine['faust'] / one_by_engine['kafka']:.2f}"

@@ -40,8 +40,13 @@ def ensure_jars() -> Path:
 
 
 def _cluster_id() -> str:
-    # What `kafka-storage.sh random-uuid` prints: a UUID in URL-safe base64 without padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """What `kafka-storage.sh random-uuid` prints: a UUID in URL-safe base64 without padding, never one that
+    starts with '-' (as Kafka's own Uuid.randomUuid avoids): the storage tool would read it as an option and
+    fail (1 start in 64 did)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 @dataclass

@@ -196,3 +196,10 @@ def test_progress_advances_only_over_contiguous_offsets_and_names_the_gaps() -> 
     p.add([3, 4])  # below the progress: already applied, nothing moves
     assert p.next == 20
     assert runs([4, 1, 2, 2, 7]) == [(1, 3), (4, 5), (7, 8)]
+
+
+def test_a_kafka_cluster_id_never_starts_with_a_dash() -> None:
+    from infra.kafka import _cluster_id
+
+    ids = [_cluster_id() for _ in range(2000)]  # 1 in 64 random ids starts with '-'
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
