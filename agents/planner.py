@@ -276,12 +276,12 @@ class Planner:
                 key = bucket_keys[(grain, index)] = keys.bucket(w.org, grain, index)
                 w.expire_at(key, self.retention.expire_at_s(grain, index))
             w.hincr(key, fld, n)
-        for (hour, mentor, student), n in w.top_deltas.items():
-            # The hour's set (a local day's edges, for a time zone), the day's and the week's, so a long
-            # range unions weeks, not days (90 days: ~25 sets, not 90); and the all-time set, for a request
-            # without dates. The writer sums a day's hours into one ZINCRBY per set and student.
-            start_ms = Grain.HOUR.start_ms(hour)
-            for grain in (Grain.HOUR, Grain.DAY, Grain.WEEK):
+        for (half, mentor, student), n in w.top_deltas.items():
+            # The half hour's and the hour's sets (a local day's edges, for a time zone), the day's and the
+            # week's, so a long range unions weeks, not days (90 days: ~25 sets, not 90); and the all-time
+            # set, for a request without dates. The writer sums them into one ZINCRBY per set and student.
+            start_ms = Grain.HALF.start_ms(half)
+            for grain in (Grain.HALF, Grain.HOUR, Grain.DAY, Grain.WEEK):
                 index = grain.index(start_ms)
                 key = keys.top_students(w.org, grain, index, mentor)
                 w.zincr(key, student, n)
@@ -293,20 +293,20 @@ class Planner:
         mentor = self._mentor(w, ev.mentor_id)
         if starts_earlier(ev.ts_ms, ev.event_id, conv.started_ms, conv.first_event):
             if conv.started_ms is not None:  # the session moves: it leaves its old bucket with all its messages
-                self._add(w, _HOUR_DAY, conv.started_ms, (keys.SESSIONS,), -1)
-                self._add(w, _HOUR_DAY, conv.started_ms, (keys.MESSAGES,), -messages_before)
+                self._add(w, _LOCAL, conv.started_ms, (keys.SESSIONS,), -1)
+                self._add(w, _LOCAL, conv.started_ms, (keys.MESSAGES,), -messages_before)
                 if conv.first_mentor:
-                    self._add(w, _HOUR_DAY, conv.started_ms, (_mentor(keys.SESSIONS, conv.first_mentor),), -1)
+                    self._add(w, _LOCAL, conv.started_ms, (_mentor(keys.SESSIONS, conv.first_mentor),), -1)
                     self._add(
-                        w, _HOUR_DAY, conv.started_ms, (_mentor(keys.MESSAGES, conv.first_mentor),), -messages_before
+                        w, _LOCAL, conv.started_ms, (_mentor(keys.MESSAGES, conv.first_mentor),), -messages_before
                     )
             conv.started_ms, conv.first_event = ev.ts_ms, ev.event_id
             conv.first_mentor, conv.first_student = mentor, ev.student
-            self._add(w, _HOUR_DAY, ev.ts_ms, (keys.SESSIONS, _mentor(keys.SESSIONS, mentor)), 1)
-            self._add(w, _HOUR_DAY, ev.ts_ms, (keys.MESSAGES, _mentor(keys.MESSAGES, mentor)), messages_before + 1)
+            self._add(w, _LOCAL, ev.ts_ms, (keys.SESSIONS, _mentor(keys.SESSIONS, mentor)), 1)
+            self._add(w, _LOCAL, ev.ts_ms, (keys.MESSAGES, _mentor(keys.MESSAGES, mentor)), messages_before + 1)
         else:
             assert conv.started_ms is not None  # starts_earlier is true for a session with no start
-            self._add(w, _HOUR_DAY, conv.started_ms, (keys.MESSAGES, _mentor(keys.MESSAGES, conv.first_mentor)), 1)
+            self._add(w, _LOCAL, conv.started_ms, (keys.MESSAGES, _mentor(keys.MESSAGES, conv.first_mentor)), 1)
         if ev.role == "human":
             conv.human += 1
         else:
@@ -315,15 +315,15 @@ class Planner:
             conv.msg_topics = conv.msg_topics | frozenset(ev.topics)
         self._add(w, (Grain.MINUTE,), ev.ts_ms, (keys.MESSAGES,), 1)
         if ev.role == "human":
-            hour_index = Grain.HOUR.index(ev.ts_ms)
+            half = Grain.HALF.index(ev.ts_ms)
             self._add(w, (Grain.DAY,), ev.ts_ms, (keys.HUMAN,), 1)
             top = w.top_deltas
-            for slot in ((hour_index, None, ev.student), (hour_index, mentor, ev.student)):
+            for slot in ((half, None, ev.student), (half, mentor, ev.student)):
                 top[slot] = top.get(slot, 0) + 1
 
     def _sentiment(self, w: OrgWrite, ev: SentimentEvent, offset: int, conv: ConversationState) -> None:
         fields = (keys.SENTIMENT, keys.sentiment_field(ev.sentiment))
-        self._add(w, (Grain.HOUR, Grain.DAY, Grain.MINUTE), ev.ts_ms, fields, 1)
+        self._add(w, (Grain.HOUR, Grain.HALF, Grain.DAY, Grain.MINUTE), ev.ts_ms, fields, 1)
         version = (ev.ts_ms, offset, ev.event_id)
         if is_newer(version, conv.sentiment_version):
             conv.sentiment, conv.sentiment_version = ev.sentiment, version
@@ -408,7 +408,9 @@ class Planner:
         return new
 
 
-_HOUR_DAY = (Grain.HOUR, Grain.DAY)
+_HOUR_DAY = (Grain.HOUR, Grain.DAY)  # LLM costs
+# Sessions and messages: half hours too, for the days of zones half an hour off UTC (tables/buckets.py).
+_LOCAL = (Grain.HOUR, Grain.HALF, Grain.DAY)
 _COST_FIELDS = (keys.COST, keys.TOKENS_IN, keys.TOKENS_OUT, keys.OBSERVATIONS, keys.UNPRICED)
 
 

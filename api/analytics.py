@@ -21,7 +21,7 @@ TZ = Annotated[
     str | None,
     Query(
         description="The days' time zone, an IANA name (America/Los_Angeles); default: the org's (UTC unless set "
-        "with `ai-analytics orgs tz`). Zones with a whole-hour offset; days are read from hourly buckets.",
+        "with `ai-analytics orgs tz`). Zones with a whole- or half-hour offset (costs: whole-hour).",
         max_length=64,
     ),
 ]

@@ -28,6 +28,7 @@ class Grain(IntEnum):
     HOUR = 1
     DAY = 2
     WEEK = 3
+    HALF = 4  # half an hour: the edges of the days of zones half an hour off UTC (Asia/Kolkata)
 
     def index(self, ts_ms: int) -> int:
         """The index of the bucket holding ts_ms."""
@@ -43,10 +44,12 @@ class Grain(IntEnum):
         return (self.start_ms(index) + _SPAN_MS[self]) // 1000
 
     def label(self, index: int) -> str:
-        """`YYYYMMDDHH` for an hour, `YYYYMMDD` for a day, `wYYYYMMDD` (its Monday) for a week, the epoch
+        """`YYYYMMDDHH` for an hour, `YYYYMMDDHHMM` for a half hour, `YYYYMMDD` for a day, `wYYYYMMDD` (its Monday) for a week, the epoch
         minute for a minute."""
         if self is Grain.HOUR:
             return hour_label(index)
+        if self is Grain.HALF:
+            return hour_label(index // 2) + ("30" if index % 2 else "00")
         if self is Grain.DAY:
             return day_label(index)
         if self is Grain.WEEK:
@@ -54,7 +57,8 @@ class Grain(IntEnum):
         return str(index)
 
 
-_SPAN_MS = {Grain.MINUTE: MINUTE_MS, Grain.HOUR: HOUR_MS, Grain.DAY: DAY_MS, Grain.WEEK: WEEK_MS}
+HALF_MS = HOUR_MS // 2
+_SPAN_MS = {Grain.MINUTE: MINUTE_MS, Grain.HOUR: HOUR_MS, Grain.DAY: DAY_MS, Grain.WEEK: WEEK_MS, Grain.HALF: HALF_MS}
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class Retention:
         None when it is kept forever."""
         if grain is Grain.MINUTE:
             keep = MINUTES_KEPT_S
-        elif grain is Grain.HOUR:
+        elif grain in (Grain.HOUR, Grain.HALF):
             keep = self.hourly_days * 86400
         elif not self.daily_days:
             return None
@@ -177,40 +181,74 @@ def time_zone(name: str, param: str = "tz") -> ZoneInfo | None:
         ) from None
 
 
-def local_midnight_hour(d: date, zone: ZoneInfo) -> int:
-    """The UTC hour index at which local day d starts (a midnight that a clock change skips: the change).
+Piece = tuple[Grain, int]  # a bucket: HOUR or HALF, and its index
 
-    Only whole-hour offsets fall on an hour bucket's edge; another offset is refused, naming `tz`."""
+
+def local_midnight(d: date, zone: ZoneInfo) -> int:
+    """Epoch seconds at which local day d starts (a midnight a clock change skips: the change).
+
+    Only midnights on a whole or half UTC hour fall on a bucket's edge; another offset (Asia/Kathmandu's
+    +05:45) is refused, naming `tz`."""
     seconds = int(datetime.combine(d, time(), zone).timestamp())
-    if seconds % 3600:
+    if seconds % 1800:
         offset = datetime.fromtimestamp(seconds, zone).strftime("%z")
         raise QueryError(
             "tz",
-            f"tz {zone.key} is UTC{offset[:3]}:{offset[3:]} on {d}: only whole-hour offsets are answered "
-            "(the finest buckets kept are hours)",
+            f"tz {zone.key} is UTC{offset[:3]}:{offset[3:]} on {d}: only whole- and half-hour offsets are answered "
+            "(the finest buckets kept are half hours)",
         )
+    return seconds
+
+
+def local_midnight_hour(d: date, zone: ZoneInfo) -> int:
+    """The UTC hour index at which local day d starts, for what is kept by the hour only (LLM costs): a zone
+    half an hour off UTC is refused there, naming `tz`."""
+    seconds = local_midnight(d, zone)
+    if seconds % 3600:
+        raise QueryError("tz", f"tz {zone.key}: costs are kept by the hour, and its days start on a half hour")
     return seconds // 3600
 
 
-def local_days(start: date, end: date, zone: ZoneInfo) -> list[tuple[date, range]]:
-    """Every local day from start to end (both included) with the UTC hours it covers: 24, or 23 and 25 on
-    the days the clocks change."""
-    bounds = [local_midnight_hour(start + timedelta(days=i), zone) for i in range((end - start).days + 2)]
-    return [(start + timedelta(days=i), range(bounds[i], bounds[i + 1])) for i in range(len(bounds) - 1)]
+def pieces(first_s: int, end_s: int) -> list[Piece]:
+    """Cover [first_s, end_s) (both on a half hour) with hour buckets, and half-hour ones at the edges."""
+    out: list[Piece] = []
+    t = first_s
+    while t < end_s:
+        if t % 3600 == 0 and t + 3600 <= end_s:
+            out.append((Grain.HOUR, t // 3600))
+            t += 3600
+        else:
+            out.append((Grain.HALF, t // 1800))
+            t += 1800
+    return out
 
 
-def local_hour_label(hour_index: int, zone: ZoneInfo) -> str:
+def local_days(start: date, end: date, zone: ZoneInfo) -> list[tuple[date, int, int]]:
+    """Every local day from start to end (both included) as (day, first second, end second): 24 hours, or 23
+    and 25 on the days the clocks change."""
+    bounds = [local_midnight(start + timedelta(days=i), zone) for i in range((end - start).days + 2)]
+    return [(start + timedelta(days=i), bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
+
+
+def local_hours(first_s: int, end_s: int) -> list[int]:
+    """The starts (epoch seconds) of the local hours from first_s to end_s: one every 3600 s from a local
+    midnight (a change of offset by a whole hour keeps them on the same grid)."""
+    return list(range(first_s, end_s, 3600))
+
+
+def local_hour_label(start_s: int, zone: ZoneInfo) -> str:
     """An hour as local time with its offset: `2026-11-01T01:00:00-07:00`, then `...01:00:00-08:00`."""
-    return datetime.fromtimestamp(hour_index * 3600, zone).isoformat()
+    return datetime.fromtimestamp(start_s, zone).isoformat()
 
 
 def local_today(zone: ZoneInfo | None) -> date:
     return datetime.now(UTC if zone is None else zone).date()
 
 
-def cover_hours(first: int, end: int) -> tuple[list[int], list[int]]:
-    """Cover the UTC hours [first, end) with whole UTC days (day indexes) and the hours left at either edge."""
-    day_first, day_end = -(-first // 24), end // 24
+def cover(first_s: int, end_s: int) -> tuple[list[int], list[Piece]]:
+    """Cover [first_s, end_s) (on half hours) with whole UTC days (day indexes) and the hours and half hours
+    left at either edge."""
+    day_first, day_end = -(-first_s // 86400), end_s // 86400
     if day_first >= day_end:
-        return [], list(range(first, end))
-    return list(range(day_first, day_end)), [*range(first, day_first * 24), *range(day_end * 24, end)]
+        return [], pieces(first_s, end_s)
+    return list(range(day_first, day_end)), [*pieces(first_s, day_first * 86400), *pieces(day_end * 86400, end_s)]

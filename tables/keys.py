@@ -115,11 +115,12 @@ def _org(org: str) -> str:
     return f"{NS}:{{{org}}}" if n == 0 else f"{NS}:g{n}:{{{org}}}"
 
 
-_GRAIN_CODE = {Grain.MINUTE: "min", Grain.HOUR: "h", Grain.DAY: "d", Grain.WEEK: "wk"}
+_GRAIN_CODE = {Grain.MINUTE: "min", Grain.HOUR: "h", Grain.DAY: "d", Grain.WEEK: "wk", Grain.HALF: "hh"}
 
 
 def bucket(org: str, grain: Grain, index: int) -> str:
-    """Hash of an org's counters in one bucket: `aia:{org}:h:2026112210`, `:d:20261122`, `:min:<epoch minute>`.
+    """Hash of an org's counters in one bucket: `aia:{org}:h:2026112210`, `:hh:202611221030` (a half hour),
+    `:d:20261122`, `:min:<epoch minute>`.
 
     Minute buckets are kept a few hours: what the alert rules read."""
     return f"{_org(org)}:{_GRAIN_CODE[grain]}:{grain.label(index)}"
@@ -156,8 +157,8 @@ def alert_lease() -> str:
 
 
 def top_students(org: str, grain: Grain, index: int, mentor: str | None = None) -> str:
-    """Sorted set student -> human messages, for an hour (`:top:YYYYMMDDHH`, kept as long as hourly buckets:
-    the edges of a time zone's days), a day (`:top:YYYYMMDD`) or an ISO week (`:top:wYYYYMMDD`, its Monday);
+    """Sorted set student -> human messages, for an hour (`:top:YYYYMMDDHH`) or a half hour
+    (`:top:YYYYMMDDHHMM`), kept as long as hourly buckets (the edges of a time zone's days), a day (`:top:YYYYMMDD`) or an ISO week (`:top:wYYYYMMDD`, its Monday);
     a mentor's set ends in `|m|<mentor>`."""
     base = f"{_org(org)}:top:{grain.label(index)}"
     return base if mentor is None else f"{base}|m|{mentor}"
@@ -280,8 +281,8 @@ def describe_counter(key: str, member: str, kind: str) -> tuple[str, dict[str, s
         return f"{org}|{member}|{grain}|{bucket}", {"org": org, "metric": member, "grain": grain, "bucket": bucket}
     if kind == "z" and grain == "top":
         day, _, mentor = bucket.partition("|m|")
-        if day == "all" or len(day) == 10:
-            return None  # the all-time and hourly sets are served, not published
+        if day == "all" or len(day) in (10, 12):
+            return None  # the all-time, hourly and half-hourly sets are served, not published
         metric = "top_students" if not mentor else f"top_students|m|{mentor}"
         grain, day = ("w", day[1:]) if day.startswith("w") else ("d", day)
         return f"{org}|{metric}|{grain}|{day}", {"org": org, "metric": metric, "grain": grain, "bucket": day}

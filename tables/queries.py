@@ -18,14 +18,16 @@ from streams.schemas import SENTIMENTS, format_timestamp
 from tables import ids, keys
 from tables.buckets import (
     Grain,
-    cover_hours,
+    cover,
     day_index,
     days_between,
     hour_index,
     hours_between,
     local_days,
     local_hour_label,
+    local_hours,
     local_today,
+    pieces,
     split_weeks,
     time_zone,
 )
@@ -53,7 +55,8 @@ async def _periods(
     """(label, the fields' sums) per hour or day from start to end, both included; zeros included.
 
     In UTC a day is its daily bucket. In another zone a day is the hourly buckets of its UTC hours (23, 24
-    or 25), and an hour is labelled in local time with its offset."""
+    or 25), with half-hour buckets at the edges for a zone half an hour off UTC, and an hour is labelled in
+    local time with its offset."""
     periods: list[tuple[str, list[str]]]
     if zone is None and hourly:
         periods = [(h.strftime("%Y-%m-%dT%H:00:00Z"), [keys.bucket(org, Grain.HOUR, hour_index(h))])
@@ -61,11 +64,11 @@ async def _periods(
     elif zone is None:
         periods = [(d.isoformat(), [keys.bucket(org, Grain.DAY, day_index(d))]) for d in days_between(start, end)]
     elif hourly:
-        periods = [(local_hour_label(h, zone), [keys.bucket(org, Grain.HOUR, h)])
-                   for _, hours in local_days(start, end, zone) for h in hours]  # fmt: skip
+        periods = [(local_hour_label(h, zone), [keys.bucket(org, g, i) for g, i in pieces(h, h + 3600)])
+                   for _, first, end_s in local_days(start, end, zone) for h in local_hours(first, end_s)]  # fmt: skip
     else:
-        periods = [(d.isoformat(), [keys.bucket(org, Grain.HOUR, h) for h in hours])
-                   for d, hours in local_days(start, end, zone)]  # fmt: skip
+        periods = [(d.isoformat(), [keys.bucket(org, g, i) for g, i in pieces(first, end_s)])
+                   for d, first, end_s in local_days(start, end, zone)]  # fmt: skip
     replies = iter(
         await _pipeline(redis, [("hmget", key, fields) for _, bucket_keys in periods for key in bucket_keys])
     )
@@ -134,16 +137,17 @@ async def top_students(
     """Human messages per student over the range (all time without one), most first, ties by username.
 
     Whole weeks inside the range are read from weekly sets, the days around them from daily ones; in a
-    zone other than UTC, the UTC hours at either edge of its days from hourly ones."""
+    zone other than UTC, the UTC hours (and half hours) at either edge of its days from hourly (and
+    half-hourly) ones."""
     if mentor_id is not None:
         mentor_id = await resolve(redis, org, ids.MENTOR, mentor_id)
     if start is None or end is None:
         zkeys = [keys.top_students_all(org, mentor_id)]
     else:
-        hours: list[int] = []
+        edges: list[tuple[Grain, int]] = []
         if zone is not None:
             spans = local_days(start, end, zone)
-            utc_days, hours = cover_hours(spans[0][1].start, spans[-1][1].stop)
+            utc_days, edges = cover(spans[0][1], spans[-1][2])
             if not utc_days:
                 start, end = date.max, date.min  # no whole UTC day inside: hours only
             else:
@@ -151,7 +155,7 @@ async def top_students(
         mondays, days = split_weeks(start, end) if start <= end else ([], [])
         zkeys = [keys.top_students(org, Grain.WEEK, day_index(m), mentor_id) for m in mondays]
         zkeys += [keys.top_students(org, Grain.DAY, day_index(d), mentor_id) for d in days]
-        zkeys += [keys.top_students(org, Grain.HOUR, h, mentor_id) for h in hours]
+        zkeys += [keys.top_students(org, grain, i, mentor_id) for grain, i in edges]
     merged: Any = await redis.zunion(zkeys, withscores=True)
     counts = [(member.decode(), int(score)) for member, score in merged]
     counts.sort(key=lambda kv: (-kv[1], kv[0]))

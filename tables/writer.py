@@ -89,7 +89,7 @@ class OrgWrite:
     seen: dict[str, dict[str, tuple[str | None, str]]] = field(default_factory=dict)
     # (grain, bucket index, field) -> delta; (day index, mentor or None, student) -> delta
     bucket_deltas: dict[tuple[Grain, int, str], int] = field(default_factory=dict)
-    top_deltas: dict[tuple[int, str | None, str], int] = field(default_factory=dict)  # (hour, mentor, student)
+    top_deltas: dict[tuple[int, str | None, str], int] = field(default_factory=dict)  # (half hour, mentor, student)
     events: int = 0
     state: Any = None  # the OrgState it was planned from (tables/state.py)
     replayed: list[Any] = field(default_factory=list)  # items at or below a watermark: applied before

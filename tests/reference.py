@@ -327,7 +327,7 @@ def local(events: list[tuple[str, dict[str, Any]]], zone_name: str) -> Local:
                 out.human[(local_day, who)][e["student"]] += 1
     for key, (start, _, _, mentor) in session_starts(events).items():
         t = at(start)
-        hour = datetime.fromtimestamp(start // 3_600_000 * 3600, zone).isoformat()
+        hour = t.replace(minute=0, second=0, microsecond=0).isoformat()  # the local hour, with its offset
         monday = (t.date() - timedelta(days=t.weekday())).isoformat()
         for table, period in ((out.hourly, hour), (out.daily, t.date().isoformat()), (out.weekly, monday)):
             for who in ("", mentor):

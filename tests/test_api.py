@@ -190,7 +190,8 @@ def test_post_chat_history_goes_through_kafka_and_is_listed(env: Env) -> None:
         ("user-cost", {"start_date": "2026-11-02", "end_date": "2026-11-02"}, "username"),
         ("top-students-by-chat-messages", {"start_date": "2026-11-02", "end_date": "2026-11-01"}, "end_date"),
         ("chat-history", {"start_date": "2026-02-30"}, "start_date"),
-        ("sentiment-count", {"tz": "Asia/Kolkata"}, "tz"),  # a half-hour offset: not on an hour bucket's edge
+        ("sentiment-count", {"tz": "Asia/Kathmandu"}, "tz"),  # +05:45: not on a half-hour bucket's edge
+        ("tenant-cost", {"start_date": "2026-11-02", "end_date": "2026-11-02", "tz": "Asia/Kolkata"}, "tz"),
         ("top-students-by-chat-messages", {"tz": "Mars/Olympus_Mons"}, "tz"),
         ("tenant-cost", {"start_date": "2026-11-02", "end_date": "2026-11-02", "tz": "Nowhere"}, "tz"),
     ],

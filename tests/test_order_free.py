@@ -123,7 +123,7 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
     zone = time_zone(LOCAL_ZONE)
     out["local avg daily"] = await queries.average_messages_per_session(redis, ORG, first, last, zone=zone)
     out["local sentiment"] = await queries.sentiment_counts(redis, ORG, first, last, zone)
-    for d, _ in local_days(first, last, zone):
+    for d, _, _ in local_days(first, last, zone):
         out[f"local top {d}"] = await queries.top_students(redis, ORG, d, d, limit=1000, zone=zone)
     span = (datetime(first.year, first.month, first.day, tzinfo=UTC), datetime.now(UTC) + timedelta(hours=1))
     for kind, values in (

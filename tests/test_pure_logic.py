@@ -21,6 +21,7 @@ from tables.state import OrgState
 
 DAY = 86_400_000
 HOUR = 3_600_000
+HALF = HOUR // 2
 T0 = calendar.timegm((2026, 11, 20, 23, 30, 0)) * 1000  # 23:30 UTC, half an hour before midnight
 
 
@@ -76,7 +77,7 @@ def test_session_belongs_to_the_day_of_its_first_message() -> None:
     assert daily(w, keys.SESSIONS, T0) == 1
     assert daily(w, keys.MESSAGES, T0) == 2  # both messages count where the session started
     assert daily(w, keys.MESSAGES, T0 + DAY) == 0
-    assert w.top_deltas == {(T0 // HOUR, None, "ann"): 1, (T0 // HOUR, "m1", "ann"): 1}  # by the message's hour
+    assert w.top_deltas == {(T0 // HALF, None, "ann"): 1, (T0 // HALF, "m1", "ann"): 1}  # by its half hour
 
 
 def test_replayed_events_count_nothing_and_a_later_message_counts_where_the_session_started() -> None:
@@ -162,7 +163,7 @@ def test_a_range_is_covered_by_whole_weeks_and_days_exactly_once(start: date, en
     assert len(mondays) + len(days) <= (end - start).days // 7 + 12
 
 
-def test_a_human_message_counts_in_its_hour_day_and_week() -> None:
+def test_a_human_message_counts_in_its_half_hour_hour_day_and_week() -> None:
     w = planner().plan("acme", [msg("a", 1, T0)], OrgState(), T0)
     w.payload()
     at = datetime.fromtimestamp(T0 / 1000, UTC)
@@ -171,6 +172,8 @@ def test_a_human_message_counts_in_its_hour_day_and_week() -> None:
     assert w.sorted_sets() == {
         f"aia:{{acme}}:top:{hour}",  # the edges of a time zone's days
         f"aia:{{acme}}:top:{hour}|m|m1",
+        f"aia:{{acme}}:top:{hour}30",  # 23:30: the second half of the hour
+        f"aia:{{acme}}:top:{hour}30|m|m1",
         "aia:{acme}:top:20261120",
         "aia:{acme}:top:20261120|m|m1",
         "aia:{acme}:top:w20261116",

@@ -1,7 +1,9 @@
 """Local days: `tz=` answers equal an independent computation in that zone, across daylight-saving changes.
 
 Events around the 2026 clock changes of Los Angeles (a 23-hour 8 March, a 25-hour 1 November), Berlin
-(29 March, 25 October) and Sydney (5 April, 4 October) go through the BatchProcessor on a real Redis in a
+(29 March, 25 October), Sydney (5 April, 4 October), and of two zones half an hour off UTC, Adelaide
+(+10:30/+09:30, the same days as Sydney) and St. John's (-02:30/-03:30, the same days as Los Angeles), plus
+Kolkata (+05:30, no changes), go through the BatchProcessor on a real Redis in a
 random order with copies; every tz answer (hourly, daily and weekly sessions, sentiment per day, top students
 over ranges and per mentor) must equal tests/reference.py's `local`, which converts each event's timestamp
 with zoneinfo and shares no code with tables/.
@@ -22,14 +24,16 @@ from infra.redis import RedisServer
 from streams.deadletter import DeadLetter
 from streams.settings import Settings
 from tables import queries
-from tables.buckets import cover_hours, local_days, time_zone
+from tables.buckets import Grain, cover, local_days, time_zone
 from tables.exceptions import QueryError
 from tests import reference
 from tests.support import as_records
 
 ORG = "tzorg"
 MENTORS = ("m1", "m2")
-ZONES = ("America/Los_Angeles", "Europe/Berlin", "Australia/Sydney")
+ZONES = (
+    "America/Los_Angeles", "Europe/Berlin", "Australia/Sydney", "Australia/Adelaide", "America/St_Johns", "Asia/Kolkata"
+)  # fmt: skip
 # UTC windows around the clock changes, and the local days asked about: whole ISO weeks around each window
 # (the weekly rows of a range cover only its days).
 WINDOWS = [(datetime(2026, 3, 5, tzinfo=UTC), 38), (datetime(2026, 10, 1, tzinfo=UTC), 35)]  # (start, days)
@@ -42,12 +46,12 @@ RANGES = [(date(2026, 3, 2), date(2026, 4, 12)), (date(2026, 9, 28), date(2026, 
 def test_a_local_day_is_23_24_or_25_utc_hours() -> None:
     la = time_zone("America/Los_Angeles")
     assert la is not None
-    hours = {d.isoformat(): len(h) for d, h in local_days(date(2026, 3, 7), date(2026, 3, 9), la)}
+    hours = {d.isoformat(): (e - f) // 3600 for d, f, e in local_days(date(2026, 3, 7), date(2026, 3, 9), la)}
     assert hours == {"2026-03-07": 24, "2026-03-08": 23, "2026-03-09": 24}
-    hours = {d.isoformat(): len(h) for d, h in local_days(date(2026, 10, 31), date(2026, 11, 2), la)}
+    hours = {d.isoformat(): (e - f) // 3600 for d, f, e in local_days(date(2026, 10, 31), date(2026, 11, 2), la)}
     assert hours == {"2026-10-31": 24, "2026-11-01": 25, "2026-11-02": 24}
     days = local_days(date(2026, 11, 1), date(2026, 11, 1), la)
-    assert days[0][1].start * 3600 == datetime(2026, 11, 1, 7, tzinfo=UTC).timestamp()  # midnight PDT
+    assert days[0][1] == datetime(2026, 11, 1, 7, tzinfo=UTC).timestamp()  # midnight PDT
 
 
 def test_utc_is_the_daily_buckets_and_other_offsets_are_refused() -> None:
@@ -56,16 +60,24 @@ def test_utc_is_the_daily_buckets_and_other_offsets_are_refused() -> None:
         with pytest.raises(QueryError) as e:
             time_zone(bad)
         assert e.value.param == "tz"
+    kathmandu = time_zone("Asia/Kathmandu")
+    assert kathmandu is not None
+    with pytest.raises(QueryError, match=r"UTC\+05:45"):
+        local_days(date(2026, 1, 1), date(2026, 1, 2), kathmandu)
     kolkata = time_zone("Asia/Kolkata")
     assert kolkata is not None
-    with pytest.raises(QueryError, match=r"UTC\+05:30"):
-        local_days(date(2026, 1, 1), date(2026, 1, 2), kolkata)
+    (_, first, end), *_ = local_days(date(2026, 1, 1), date(2026, 1, 1), kolkata)
+    assert datetime.fromtimestamp(first, UTC) == datetime(2025, 12, 31, 18, 30, tzinfo=UTC) and end - first == 86400
 
 
-def test_cover_hours_uses_whole_utc_days_inside() -> None:
-    assert cover_hours(8, 3 * 24 + 8) == ([1, 2], [*range(8, 24), *range(72, 80)])
-    assert cover_hours(5, 20) == ([], list(range(5, 20)))
-    assert cover_hours(24, 48) == ([1], [])
+def test_cover_uses_whole_utc_days_inside_and_half_hours_at_the_edges() -> None:
+    hour, half, day = 3600, 1800, 86400
+    hours = [(Grain.HOUR, h) for h in range(8, 24)] + [(Grain.HOUR, h) for h in range(72, 80)]
+    assert cover(8 * hour, 3 * day + 8 * hour) == ([1, 2], hours)
+    assert cover(day, 2 * day) == ([1], [])
+    days, edges = cover(18 * hour + half, day + 18 * hour + half)  # a Kolkata day
+    assert days == [] and edges[0] == (Grain.HALF, 37) and edges[-1] == (Grain.HALF, 2 * 42)
+    assert sum(half if g is Grain.HALF else hour for g, _ in edges) == day
 
 
 # --- against the reference, on a real Redis -----------------------------------------------------------------
@@ -76,7 +88,10 @@ def events_around_clock_changes(seed: int) -> list[tuple[str, dict[str, Any]]]:
     rng = random.Random(seed)
     changes = [datetime(2026, 3, 8, 10, tzinfo=UTC), datetime(2026, 11, 1, 9, tzinfo=UTC),
                datetime(2026, 3, 29, 1, tzinfo=UTC), datetime(2026, 10, 25, 1, tzinfo=UTC),
-               datetime(2026, 4, 4, 16, tzinfo=UTC), datetime(2026, 10, 3, 16, tzinfo=UTC)]  # fmt: skip
+               datetime(2026, 4, 4, 16, tzinfo=UTC), datetime(2026, 10, 3, 16, tzinfo=UTC),
+               datetime(2026, 4, 4, 16, 30, tzinfo=UTC), datetime(2026, 10, 3, 16, 30, tzinfo=UTC),
+               datetime(2026, 3, 8, 5, 30, tzinfo=UTC), datetime(2026, 11, 1, 4, 30, tzinfo=UTC),
+               datetime(2026, 3, 10, 18, 30, tzinfo=UTC)]  # fmt: skip
     events: list[tuple[str, dict[str, Any]]] = []
     for s in range(160):
         if s % 4 == 0:
@@ -147,7 +162,9 @@ async def check_zones(url: str, events: list[tuple[str, dict[str, Any]]]) -> Non
                 for row in await queries.sentiment_counts(redis, ORG, first, last, zone):
                     assert row["sentiment_count"] == want.sentiment[row["date"]], (name, row)
                 # Top students over the whole range, over each single day, and per mentor.
-                spans = [(first, last)] + [(d, d) for d, _ in local_days(first, min(last, first + timedelta(9)), zone)]
+                spans = [(first, last)] + [
+                    (d, d) for d, _, _ in local_days(first, min(last, first + timedelta(9)), zone)
+                ]
                 for a, b in spans:
                     for mentor in ("", *MENTORS):
                         got = await queries.top_students(redis, ORG, a, b, mentor or None, limit=1000, zone=zone)
