@@ -48,7 +48,7 @@ async def average_messages_per_session(
     agg = params.choice("aggregation", aggregation, queries.AGGREGATIONS, "daily") or "daily"
     zone = await zone_of(state, org, tz)
     start, end = params.date_range(start_date, end_date, required=True)
-    _check_retention(state, start, zone, hourly=agg == "hourly")
+    check_retention(state, start, zone, hourly=agg == "hourly")
     if agg == "hourly" and (end - start).days > state.retention.hourly_days:
         raise params.bad("end_date", f"hourly rows span at most {state.retention.hourly_days} days")
     return await queries.average_messages_per_session(
@@ -73,7 +73,7 @@ async def sentiment_count(
     """Sentiment judgements per day of the time zone (zeros included), with a breakdown by sentiment."""
     zone = await zone_of(state, org, tz)
     start, end = params.period_days(period, local_today(zone))
-    _check_retention(state, start, zone, hourly=False)
+    check_retention(state, start, zone, hourly=False)
     return await queries.sentiment_counts(state.redis, org, start, end, zone)
 
 
@@ -91,7 +91,7 @@ async def tenant_cost(
     whole day of the time zone."""
     zone = await zone_of(state, org, tz)
     start, end = params.datetime_range(start_date, end_date, zone)
-    state.retention.check(start.date(), local_today(None), hourly=False)
+    check_retention(state, start.date(), zone, hourly=False)
     return await queries.tenant_cost(state.redis, org, start, end)
 
 
@@ -113,13 +113,14 @@ async def top_students(
     if not start_date and not end_date:
         return await queries.top_students(state.redis, org, None, None, mentor)
     start, end = params.date_range(start_date, end_date, required=False, today=local_today(zone))
-    _check_retention(state, start, zone, hourly=False)
+    check_retention(state, start, zone, hourly=False)
     return await queries.top_students(state.redis, org, start, end, mentor, zone=zone)
 
 
 @router.get("/freshness/")
 async def freshness(org: ORG, user_id: USER, key: Caller, state: State) -> dict[str, Any]:
-    """Time of the newest event applied for the org, and events applied per topic."""
+    """Time of the newest event applied for the org, events applied per topic, and the org's time zone
+    and what day it is there."""
     return await queries.freshness(state.redis, org)
 
 
@@ -129,8 +130,9 @@ async def zone_of(state: AppState, org: str, tz: str | None) -> ZoneInfo | None:
     return None if name is None else time_zone(name)
 
 
-def _check_retention(state: AppState, start: Any, zone: ZoneInfo | None, *, hourly: bool) -> None:
-    """A zone's days are read from hourly buckets (from the UTC day before the first local day)."""
+def check_retention(state: AppState, start: Any, zone: ZoneInfo | None, *, hourly: bool) -> None:
+    """A zone's days are read from hourly buckets at least at their edges (from the UTC day before the
+    first local day): they must still be kept."""
     if zone is None:
         state.retention.check(start, local_today(None), hourly=hourly)
     else:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 
 from api import params
-from api.analytics import TZ, zone_of
+from api.analytics import TZ, check_retention, zone_of
 from api.auth import ORG, USER, Caller
 from api.errors import ApiError
 from api.state import State
@@ -33,7 +33,11 @@ async def cost_range(
     org: ORG, state: State, start_date: START, end_date: END, tz: TZ = None
 ) -> tuple[datetime, datetime]:
     """The range asked for; a date is a whole day of the time zone (`tz`, else the org's)."""
-    return params.datetime_range(start_date, end_date, await zone_of(state, org, tz))
+    zone = await zone_of(state, org, tz)
+    start, end = params.datetime_range(start_date, end_date, zone)
+    if zone is not None:
+        check_retention(state, start.date(), zone, hourly=False)
+    return start, end
 
 
 def all_orgs_range(start_date: START, end_date: END, tz: TZ = None) -> tuple[datetime, datetime]:

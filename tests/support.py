@@ -23,9 +23,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
+from agents.pipeline import BatchProcessor
 from infra.procs import cli_command, free_port, port_open, spawn, tail, worker_command
 from streams.clients import ensure_topics
-from streams.deadletter import Record
+from streams.deadletter import DeadLetter, Record
 from streams.demo import DemoConfig, DemoTraffic
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
@@ -311,3 +312,18 @@ def as_records(events: list[tuple[str, dict[str, Any]]]) -> list[Record]:
         next_offset[(topic, partition)] = offset + 1
         out.append(Record(topic, partition, offset, key, orjson.dumps(e)))
     return out
+
+
+async def apply_batches(redis: Redis, batches: list[list[Record]], settings: Settings) -> None:
+    """On an emptied Redis, apply the batches through the BatchProcessor; none of the records may be a dead
+    letter."""
+    await redis.flushall()
+    dead: list[DeadLetter] = []
+
+    async def keep(letters: list[DeadLetter]) -> None:
+        dead.extend(letters)
+
+    processor = BatchProcessor(settings, redis, keep)
+    for batch in batches:
+        await processor.process(batch)
+    assert dead == [], [d.reason for d in dead]

@@ -19,14 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from agents.pipeline import BatchProcessor
 from infra.redis import RedisServer
-from streams.deadletter import DeadLetter, Record
+from streams.deadletter import Record
 from streams.settings import Settings
 from tables import keys, queries
 from tables.buckets import local_days, time_zone
 from tests import reference
-from tests.support import as_records
+from tests.support import apply_batches, as_records
 
 pytestmark = pytest.mark.integration
 
@@ -147,16 +146,7 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
 async def apply_all(url: str, batches: list[list[Record]]) -> dict[str, Any]:
     redis = Redis.from_url(url)
     try:
-        await redis.flushall()
-        dead: list[DeadLetter] = []
-
-        async def keep(letters: list[DeadLetter]) -> None:
-            dead.extend(letters)
-
-        processor = BatchProcessor(Settings(), redis, keep)
-        for batch in batches:
-            await processor.process(batch)
-        assert dead == [], [d.reason for d in dead]
+        await apply_batches(redis, batches, Settings())
         first, last = (NOW - timedelta(days=4)).date(), NOW.date()
         return await answers(redis, first, last)
     finally:

@@ -19,15 +19,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agents.pipeline import BatchProcessor
 from infra.redis import RedisServer
-from streams.deadletter import DeadLetter
 from streams.settings import Settings
 from tables import queries
 from tables.buckets import Grain, cover, local_days, time_zone
 from tables.exceptions import QueryError
 from tests import reference
-from tests.support import as_records
+from tests.support import apply_batches, as_records
 
 ORG = "tzorg"
 MENTORS = ("m1", "m2")
@@ -120,17 +118,9 @@ async def apply_shuffled(url: str, events: list[tuple[str, dict[str, Any]]], see
     random.Random(seed).shuffle(records)
     redis = Redis.from_url(url)
     try:
-        await redis.flushall()
-        dead: list[DeadLetter] = []
-
-        async def keep(letters: list[DeadLetter]) -> None:
-            dead.extend(letters)
-
         # Hourly buckets from March must still be there whenever this runs.
-        processor = BatchProcessor(Settings(hourly_retention_days=36500), redis, keep)
-        for i in range(0, len(records), 50):
-            await processor.process(records[i : i + 50])
-        assert dead == [], [d.reason for d in dead]
+        batches = [records[i : i + 50] for i in range(0, len(records), 50)]
+        await apply_batches(redis, batches, Settings(hourly_retention_days=36500))
     finally:
         await redis.aclose()
 
