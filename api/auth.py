@@ -19,14 +19,19 @@ ORG = Annotated[str, PathParam(description="The org (tenant) whose analytics are
 USER = Annotated[str, PathParam(description="The caller's user id, as in the platform's API.", max_length=256)]
 
 
-async def caller(request: Request, org: ORG, state: State) -> apikeys.ApiKey:
+def _token(request: Request) -> str:
+    """The key the request sends, or a 401 saying how to send one."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
         raise ApiError(401, "missing Authorization header; send `Authorization: Api-Token <key>`")
     if scheme not in ("Api-Token", "Token") or not token.strip():
         raise ApiError(401, "Authorization must be `Api-Token <key>` or `Token <key>`")
-    key, exists = await apikeys.lookup_with_org(state.redis, token.strip(), org)  # one round trip
+    return token.strip()
+
+
+async def caller(request: Request, org: ORG, state: State) -> apikeys.ApiKey:
+    key, exists = await apikeys.lookup_with_org(state.redis, _token(request), org)  # one round trip
     if key is None:
         raise ApiError(401, "unknown or revoked API key")
     if not key.allows_org(org):
@@ -37,6 +42,19 @@ async def caller(request: Request, org: ORG, state: State) -> apikeys.ApiKey:
 
 
 Caller = Annotated[apikeys.ApiKey, Depends(caller)]
+
+
+async def all_orgs_admin(request: Request, state: State) -> apikeys.ApiKey:
+    """For the calls across orgs (no org in the path): an all-orgs platform_admin key."""
+    key = await apikeys.lookup(state.redis, _token(request))
+    if key is None:
+        raise ApiError(401, "unknown or revoked API key")
+    if key.org != apikeys.ALL_ORGS or key.role != "platform_admin":
+        raise ApiError(403, "this call needs an all-orgs platform_admin key")
+    return key
+
+
+AllOrgsAdmin = Annotated[apikeys.ApiKey, Depends(all_orgs_admin)]
 
 
 def require_admin(key: apikeys.ApiKey, what: str = "chat history") -> None:

@@ -10,16 +10,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
 
 from api import params
 from api.analytics import TZ, check_retention, zone_of
-from api.auth import ORG, USER, Caller
-from api.errors import ApiError
+from api.auth import ORG, USER, AllOrgsAdmin, Caller
 from api.state import State
 from streams.schemas import format_timestamp
-from tables import apikeys, ids, keys, queries
+from tables import ids, keys, queries
 from tables.buckets import time_zone
 
 router = APIRouter(tags=["cost"])
@@ -142,17 +141,8 @@ async def top_users_by_cost(org: ORG, user_id: USER, key: Caller, state: State, 
 
 
 @all_orgs_router.get("/api/ai-analytics/costs/pertenant/")
-async def per_tenant_cost(request: Request, state: State, span: AllOrgsRange) -> list[dict[str, Any]]:
+async def per_tenant_cost(key: AllOrgsAdmin, state: State, span: AllOrgsRange) -> list[dict[str, Any]]:
     """Every org's cost over the range, with its cost by model (an all-orgs platform_admin key)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme not in ("Api-Token", "Token") or not token.strip():
-        raise ApiError(401, "send `Authorization: Api-Token <key>`")
-    key = await apikeys.lookup(state.redis, token.strip())
-    if key is None:
-        raise ApiError(401, "unknown or revoked API key")
-    if key.org != apikeys.ALL_ORGS or key.role != "platform_admin":
-        raise ApiError(403, "costs per tenant need an all-orgs platform_admin key")
     out = []
     for org in await queries.list_orgs(state.redis):
         total = await queries.cost_of(state.redis, org, *span, keys.COST)

@@ -139,9 +139,7 @@ async def replace_chat_history(
 ) -> dict[str, Any]:
     """Replace a conversation's writable fields (the others stay the server's)."""
     require_admin(key)
-    cid, stored, served = await _existing(state, org, conversation_id)
-    fields = writable_fields(await read_body(request), require_mentor=True)
-    return await write_record(state, org, {**_kept(cid, stored, served), **fields})
+    return await _change(state, org, conversation_id, request, whole=True)
 
 
 @router.patch("/chat-history/{conversation_id}/", openapi_extra=PATCH_BODY)
@@ -150,8 +148,14 @@ async def change_chat_history(
 ) -> dict[str, Any]:
     """Change some of a conversation's writable fields."""
     require_admin(key)
+    return await _change(state, org, conversation_id, request, whole=False)
+
+
+async def _change(state: AppState, org: str, conversation_id: str, request: Request, *, whole: bool) -> dict[str, Any]:
+    """PUT (`whole`: the body is the whole record, so `mentor` is required) or PATCH an existing
+    conversation: the body's writable fields over what is kept, written through Kafka."""
     cid, stored, served = await _existing(state, org, conversation_id)
-    fields = writable_fields(await read_body(request), require_mentor=False)
+    fields = writable_fields(await read_body(request), require_mentor=whole)
     return await write_record(state, org, {**_kept(cid, stored, served), **fields})
 
 

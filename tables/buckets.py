@@ -124,6 +124,11 @@ def day_index(d: date) -> int:
     return d.toordinal() - _EPOCH_ORDINAL
 
 
+def day_at(index: int) -> date:
+    """The date of a DAY grain index (the inverse of day_index)."""
+    return date.fromordinal(index + _EPOCH_ORDINAL)
+
+
 def hour_index(dt: datetime) -> int:
     """Hours since the epoch (the HOUR grain's index of an aware datetime)."""
     return int(dt.timestamp()) // 3600

@@ -110,9 +110,7 @@ def rebuild_progress(n: int) -> str:
 
 def _org(org: str) -> str:
     n = _GENERATION.get()
-    if n is None:
-        n = CURRENT
-    return f"{NS}:{{{org}}}" if n == 0 else f"{NS}:g{n}:{{{org}}}"
+    return f"{generation_prefix(CURRENT if n is None else n)}{org}}}"
 
 
 _GRAIN_CODE = {Grain.MINUTE: "min", Grain.HOUR: "h", Grain.DAY: "d", Grain.WEEK: "wk", Grain.HALF: "hh"}
@@ -158,8 +156,8 @@ def alert_lease() -> str:
 
 def top_students(org: str, grain: Grain, index: int, mentor: str | None = None) -> str:
     """Sorted set student -> human messages, for an hour (`:top:YYYYMMDDHH`) or a half hour
-    (`:top:YYYYMMDDHHMM`), kept as long as hourly buckets (the edges of a time zone's days), a day (`:top:YYYYMMDD`) or an ISO week (`:top:wYYYYMMDD`, its Monday);
-    a mentor's set ends in `|m|<mentor>`."""
+    (`:top:YYYYMMDDHHMM`), kept as long as hourly buckets (the edges of a time zone's days), a day
+    (`:top:YYYYMMDD`) or an ISO week (`:top:wYYYYMMDD`, its Monday); a mentor's set ends in `|m|<mentor>`."""
     base = f"{_org(org)}:top:{grain.label(index)}"
     return base if mentor is None else f"{base}|m|{mentor}"
 

@@ -19,6 +19,7 @@ from tables import ids, keys
 from tables.buckets import (
     Grain,
     cover,
+    day_at,
     day_index,
     days_between,
     hour_index,
@@ -151,7 +152,7 @@ async def top_students(
             if not utc_days:
                 start, end = date.max, date.min  # no whole UTC day inside: hours only
             else:
-                start, end = _day(utc_days[0]), _day(utc_days[-1])
+                start, end = day_at(utc_days[0]), day_at(utc_days[-1])
         mondays, days = split_weeks(start, end) if start <= end else ([], [])
         zkeys = [keys.top_students(org, Grain.WEEK, day_index(m), mentor_id) for m in mondays]
         zkeys += [keys.top_students(org, Grain.DAY, day_index(d), mentor_id) for d in days]
@@ -172,13 +173,6 @@ async def sentiment_counts(
         {"date": d, "sentiment_count": total, **dict(zip(SENTIMENTS, labels, strict=True))}
         for d, (total, *labels) in await _periods(redis, org, start, end, False, zone, fields)
     ]
-
-
-def _day(index: int) -> date:
-    return date.fromordinal(index + _EPOCH_ORDINAL)
-
-
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 def cost_buckets(org: str, start: datetime, end: datetime) -> list[str]:
