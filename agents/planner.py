@@ -20,7 +20,7 @@ import orjson
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import ids, keys
-from tables.buckets import Grain, Retention, day_of
+from tables.buckets import DAY_MS, HALF_MS, MINUTE_MS, Grain, Retention, day_of
 from tables.conversations import ConversationState, is_newer, starts_earlier
 from tables.state import OrgState, StateQuery
 from tables.writer import OrgWrite
@@ -123,6 +123,7 @@ class Planner:
         counted: dict[str, int] = {}  # topic -> events that counted
         dropped = 0  # events of erased students
         newest_ms = 0
+        mentors: dict[str, str] = {}  # mentor id as sent -> as kept
         # No batch planned before an erasure may write after it: the apply checks the erasures' version.
         w.guard(keys.erasures(org), keys.ERASURES_VERSION, state.erasures_version)
         for item in items:
@@ -177,7 +178,7 @@ class Planner:
                 continue
             conv = self._conversation(cid, state, before, convs)
             if isinstance(ev, ChatMessage):
-                self._chat_message(w, ev, conv)
+                self._chat_message(w, ev, conv, mentors)
             elif isinstance(ev, SentimentEvent):
                 self._sentiment(w, ev, item.offset, conv)
             elif isinstance(ev, Conversation):
@@ -288,38 +289,50 @@ class Planner:
                 w.expire_at(key, self.retention.expire_at_s(grain, index))
             w.zincr(keys.top_students_all(w.org, mentor), student, n)
 
-    def _chat_message(self, w: OrgWrite, ev: ChatMessage, conv: ConversationState) -> None:
-        messages_before = conv.human + conv.ai
-        mentor = self._mentor(w, ev.mentor_id)
+    def _chat_message(self, w: OrgWrite, ev: ChatMessage, conv: ConversationState, mentors: dict[str, str]) -> None:
+        """The message's part of its conversation's state; the session and message counts it moves are
+        derived from the conversation's final state (`_sessions`), so per event only the state changes."""
+        mentor = mentors.get(ev.mentor_id)
+        if mentor is None:
+            mentor = mentors[ev.mentor_id] = self._mentor(w, ev.mentor_id)
         if starts_earlier(ev.ts_ms, ev.event_id, conv.started_ms, conv.first_event):
-            if conv.started_ms is not None:  # the session moves: it leaves its old bucket with all its messages
-                self._add(w, _LOCAL, conv.started_ms, (keys.SESSIONS,), -1)
-                self._add(w, _LOCAL, conv.started_ms, (keys.MESSAGES,), -messages_before)
-                if conv.first_mentor:
-                    self._add(w, _LOCAL, conv.started_ms, (_mentor(keys.SESSIONS, conv.first_mentor),), -1)
-                    self._add(
-                        w, _LOCAL, conv.started_ms, (_mentor(keys.MESSAGES, conv.first_mentor),), -messages_before
-                    )
             conv.started_ms, conv.first_event = ev.ts_ms, ev.event_id
             conv.first_mentor, conv.first_student = mentor, ev.student
-            self._add(w, _LOCAL, ev.ts_ms, (keys.SESSIONS, _mentor(keys.SESSIONS, mentor)), 1)
-            self._add(w, _LOCAL, ev.ts_ms, (keys.MESSAGES, _mentor(keys.MESSAGES, mentor)), messages_before + 1)
-        else:
-            assert conv.started_ms is not None  # starts_earlier is true for a session with no start
-            self._add(w, _LOCAL, conv.started_ms, (keys.MESSAGES, _mentor(keys.MESSAGES, conv.first_mentor)), 1)
-        if ev.role == "human":
-            conv.human += 1
-        else:
-            conv.ai += 1
+        deltas = w.bucket_deltas
+        minute = (Grain.MINUTE, ev.ts_ms // MINUTE_MS, keys.MESSAGES)
+        deltas[minute] = deltas.get(minute, 0) + 1
         if ev.topics:
             conv.msg_topics = conv.msg_topics | frozenset(ev.topics)
-        self._add(w, (Grain.MINUTE,), ev.ts_ms, (keys.MESSAGES,), 1)
-        if ev.role == "human":
-            half = Grain.HALF.index(ev.ts_ms)
-            self._add(w, (Grain.DAY,), ev.ts_ms, (keys.HUMAN,), 1)
-            top = w.top_deltas
-            for slot in ((half, None, ev.student), (half, mentor, ev.student)):
-                top[slot] = top.get(slot, 0) + 1
+        if ev.role != "human":
+            conv.ai += 1
+            return
+        conv.human += 1
+        day = (Grain.DAY, ev.ts_ms // DAY_MS, keys.HUMAN)
+        deltas[day] = deltas.get(day, 0) + 1
+        half = ev.ts_ms // HALF_MS
+        top = w.top_deltas
+        for slot in ((half, None, ev.student), (half, mentor, ev.student)):
+            top[slot] = top.get(slot, 0) + 1
+
+    @staticmethod
+    def _sessions(w: OrgWrite, conv: ConversationState, sign: int) -> None:
+        """What a conversation adds to the session and message counts: one session and all its messages, in
+        the hour, half hour and day of its earliest message, for the org and for its first mentor."""
+        if conv.started_ms is None:
+            return
+        messages = sign * (conv.human + conv.ai)
+        fields: tuple[tuple[str, int], ...] = ((keys.SESSIONS, sign), (keys.MESSAGES, messages))
+        if conv.first_mentor:
+            fields += (
+                (_mentor(keys.SESSIONS, conv.first_mentor), sign),
+                (_mentor(keys.MESSAGES, conv.first_mentor), messages),
+            )
+        deltas = w.bucket_deltas
+        for grain in _LOCAL:
+            index = grain.index(conv.started_ms)
+            for fld, n in fields:
+                slot = (grain, index, fld)
+                deltas[slot] = deltas.get(slot, 0) + n
 
     def _sentiment(self, w: OrgWrite, ev: SentimentEvent, offset: int, conv: ConversationState) -> None:
         fields = (keys.SENTIMENT, keys.sentiment_field(ev.sentiment))
@@ -356,6 +369,13 @@ class Planner:
                 keys.uuids(w.org), ids.served(w.org, ids.CONVERSATION, cid), ids.mapping_value(ids.CONVERSATION, cid)
             )
         w.guard(ckey, keys.CONV_VERSION, None if before.version is None else str(before.version))
+        if (before.started_ms, before.first_mentor, before.human + before.ai) != (
+            after.started_ms,
+            after.first_mentor,
+            after.human + after.ai,
+        ):
+            self._sessions(w, before, -1)
+            self._sessions(w, after, 1)
         w.hincr(ckey, keys.CONV_VERSION, 1)
         old_fields = before.to_fields()
         for fld, value in after.to_fields().items():

@@ -32,6 +32,7 @@ def normalize(value: str) -> str:
     return canonical(value) or value
 
 
+@lru_cache(maxsize=65536)  # a uuid5 per event costs more than the rest of the event's plan
 def served(org: str, kind: str, value: str) -> str:
     """The UUID under which a kept id is served."""
     return canonical(value) or str(uuid.uuid5(NAMESPACE, f"{org}|{kind}|{value}"))
