@@ -277,17 +277,27 @@ class Planner:
                 key = bucket_keys[(grain, index)] = keys.bucket(w.org, grain, index)
                 w.expire_at(key, self.retention.expire_at_s(grain, index))
             w.hincr(key, fld, n)
+        # The half hour's and the hour's sets (a local day's edges, for a time zone), the day's and the
+        # week's, so a long range unions weeks, not days (90 days: ~25 sets, not 90); and the all-time
+        # set, for a request without dates. Summed per set and student first: one ZINCRBY each.
+        sums: dict[tuple[Grain, int, str | None], dict[str, int]] = {}
+        alltime: dict[str | None, dict[str, int]] = {}
         for (half, mentor, student), n in w.top_deltas.items():
-            # The half hour's and the hour's sets (a local day's edges, for a time zone), the day's and the
-            # week's, so a long range unions weeks, not days (90 days: ~25 sets, not 90); and the all-time
-            # set, for a request without dates. The writer sums them into one ZINCRBY per set and student.
-            start_ms = Grain.HALF.start_ms(half)
-            for grain in (Grain.HALF, Grain.HOUR, Grain.DAY, Grain.WEEK):
-                index = grain.index(start_ms)
-                key = keys.top_students(w.org, grain, index, mentor)
+            start_ms = half * HALF_MS
+            for grain in _TOP_GRAINS:
+                members = sums.setdefault((grain, grain.index(start_ms), mentor), {})
+                members[student] = members.get(student, 0) + n
+            members = alltime.setdefault(mentor, {})
+            members[student] = members.get(student, 0) + n
+        for (grain, index, mentor), members in sums.items():
+            key = keys.top_students(w.org, grain, index, mentor)
+            w.expire_at(key, self.retention.expire_at_s(grain, index))
+            for student, n in members.items():
                 w.zincr(key, student, n)
-                w.expire_at(key, self.retention.expire_at_s(grain, index))
-            w.zincr(keys.top_students_all(w.org, mentor), student, n)
+        for mentor, members in alltime.items():
+            key = keys.top_students_all(w.org, mentor)
+            for student, n in members.items():
+                w.zincr(key, student, n)
 
     def _chat_message(self, w: OrgWrite, ev: ChatMessage, conv: ConversationState, mentors: dict[str, str]) -> None:
         """The message's part of its conversation's state; the session and message counts it moves are
@@ -429,6 +439,7 @@ class Planner:
 
 
 _HOUR_DAY = (Grain.HOUR, Grain.DAY)  # LLM costs
+_TOP_GRAINS = (Grain.HALF, Grain.HOUR, Grain.DAY, Grain.WEEK)
 # Sessions and messages: half hours too, for the days of zones half an hour off UTC (tables/buckets.py).
 _LOCAL = (Grain.HOUR, Grain.HALF, Grain.DAY)
 _COST_FIELDS = (keys.COST, keys.TOKENS_IN, keys.TOKENS_OUT, keys.OBSERVATIONS, keys.UNPRICED)
