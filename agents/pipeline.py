@@ -6,6 +6,7 @@ Independent of Kafka clients, so it can be driven by the worker (agents/worker.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from streams.settings import Settings
 from tables import keys
 from tables.buckets import Retention
 from tables.generations import Generations, GenerationsChanged
-from tables.state import OrgState, StateReader
+from tables.state import OrgState, StateQuery, StateReader, as_after
 from tables.writer import OrgWrite, Writer
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class BatchResult:
     attempts: int = 1
 
 
+# The state queries of a batch's orgs and what Redis answered (BatchProcessor.read)
+Read = tuple[dict[str, StateQuery], dict[str, OrgState]]
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
 # (record key, record value) pairs for the compacted analytics-aggregates topic
 Publish = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]
@@ -90,8 +93,11 @@ class BatchProcessor:
                 if gens.building is not None:
                     with keys.generation(gens.building):
                         await self._apply(by_org, now_ms, gens, BatchResult())
-                with keys.generation(gens.current):
-                    done = await self._apply(by_org, now_ms, gens, result)
+                    with keys.generation(gens.current):
+                        done = await self._apply(by_org, now_ms, gens, result)
+                else:
+                    with keys.generation(gens.current):
+                        done = await self._apply_overlapped(by_org, now_ms, gens, result)
                 break
             except GenerationsChanged:
                 log.info("the generations changed while applying a batch: applying it again")
@@ -103,6 +109,71 @@ class BatchProcessor:
                 records_out = await self.aggregate_records(done, now_ms)
             await self.publish(records_out)
         return result
+
+    async def _apply_overlapped(
+        self, by_org: dict[str, list[Item]], now_ms: int, gens: Generations, result: BatchResult
+    ) -> list[tuple[OrgWrite, OrgState]]:
+        """Apply the batch in parts of about `apply_chunk` events, each part read and planned while Redis
+        applies the one before: planned on what Redis will hold after it (`tables.state.as_after`).
+
+        A part whose predecessor met a conflict is not trusted: it is planned again once that one is
+        through (`_apply`, serially). So the guards, not the overlap, decide what is written."""
+        done: list[tuple[OrgWrite, OrgState]] = []
+        parts = _parts(by_org, self.settings.apply_chunk)
+        inflight: tuple[asyncio.Task[dict[str, str]], list[OrgWrite]] | None = None
+        read: Read | None = None
+        try:
+            for k, part in enumerate(parts):
+                after = {w.org: w for w in inflight[1]} if inflight else None
+                writes = await self.plan(part, now_ms, after=after, read=read)
+                read = None
+                if inflight is not None:
+                    task, previous = inflight
+                    inflight = None
+                    if not await self._settle(await task, previous, now_ms, gens, result, done):
+                        done += await self._apply(part, now_ms, gens, result)  # planned again, from Redis
+                        continue
+                for w in writes:
+                    w.guard(keys.generations(), "v", gens.version)
+                # The next part's state is read before this part's apply reaches Redis, so the read does
+                # not wait behind it; the next plan assumes this part's writes (`as_after`).
+                next_read = asyncio.create_task(self.read(parts[k + 1])) if k + 1 < len(parts) else None
+                await asyncio.sleep(0)
+                inflight = (asyncio.create_task(self.writer.apply(writes)), writes)
+                if next_read is not None:
+                    read = await next_read
+            if inflight is not None:
+                task, previous = inflight
+                inflight = None
+                await self._settle(await task, previous, now_ms, gens, result, done)
+        finally:
+            if inflight is not None:  # an error while planning: let the apply in flight finish first
+                with contextlib.suppress(Exception):
+                    await inflight[0]
+        return done
+
+    async def _settle(
+        self,
+        conflicts: dict[str, str],
+        writes: list[OrgWrite],
+        now_ms: int,
+        gens: Generations,
+        result: BatchResult,
+        done: list[tuple[OrgWrite, OrgState]],
+    ) -> bool:
+        """Count an applied part; re-plan and apply the orgs that met a conflict. False when there were any."""
+        if any(keys.generations() in reason for reason in conflicts.values()):
+            raise GenerationsChanged
+        for w in writes:
+            if w.org not in conflicts:
+                result.applied += w.events
+                done.append((w, w.state))
+        if not conflicts:
+            return True
+        log.debug("re-planning %d org(s) after conflicts: %s", len(conflicts), conflicts)
+        items = {w.org: w.items for w in writes if w.org in conflicts}
+        done += await self._apply(items, now_ms, gens, result)
+        return False
 
     async def apply_to(self, records: list[Record], generation: int) -> BatchResult:
         """Apply records to one generation only (a rebuild's): invalid ones are skipped, not sent again."""
@@ -142,14 +213,28 @@ class BatchProcessor:
             await asyncio.sleep(0.002 * attempt)  # let the other writer finish before re-reading
         raise RuntimeError(f"gave up applying a batch after {MAX_ATTEMPTS} conflicting attempts: {conflicts}")
 
-    async def plan(self, by_org: dict[str, list[Item]], now_ms: int) -> list[OrgWrite]:
-        """Read every org's state in one round trip and plan its write; an org whose plan needs more
-        conversations (an observation moved to another session) is read again with them."""
+    async def read(self, by_org: dict[str, list[Item]]) -> Read:
+        """Every org's state, in one round trip."""
         queries = {org: state_query(items) for org, items in by_org.items()}
+        return queries, await self.reader.read(queries)
+
+    async def plan(
+        self,
+        by_org: dict[str, list[Item]],
+        now_ms: int,
+        after: dict[str, OrgWrite] | None = None,
+        read: Read | None = None,
+    ) -> list[OrgWrite]:
+        """Read every org's state in one round trip (or take `read`, done before) and plan its write; an org
+        whose plan needs more conversations (an observation moved to another session) is read again with
+        them. `after`: writes applied meanwhile, whose result the plan assumes (`as_after`)."""
+        queries, states = read or await self.read(by_org)
         pending = dict(by_org)
         writes: list[OrgWrite] = []
         while pending:
-            states = await self.reader.read({org: queries[org] for org in pending})
+            for org, state in states.items():
+                if after and org in after:
+                    as_after(state, queries[org], org, after[org])
             retry: dict[str, list[Item]] = {}
             for org, items in pending.items():
                 try:
@@ -158,9 +243,11 @@ class BatchProcessor:
                     queries[org].convs += sorted(need.conversations - set(queries[org].convs))
                     retry[org] = items
                     continue
-                w.state = states[org]
+                w.state, w.items = states[org], items
                 writes.append(w)
             pending = retry
+            if pending:
+                states = await self.reader.read({org: queries[org] for org in pending})
         return writes
 
     async def aggregate_records(
@@ -200,3 +287,23 @@ class BatchProcessor:
             if record := keys.counter_record(key, "", "z", counts, now_ms):
                 out.append(record)
         return out
+
+
+def _parts(by_org: dict[str, list[Item]], size: int) -> list[dict[str, list[Item]]]:
+    """The batch in parts of about `size` events (0: one part), each org's items kept in their order, so
+    every partition's records stay in offset order from part to part."""
+    total = sum(len(items) for items in by_org.values())
+    if size <= 0 or total <= size:
+        return [by_org]
+    n = -(-total // size)
+    return [
+        parts
+        for k in range(n)
+        if (
+            parts := {
+                org: chunk
+                for org, items in by_org.items()
+                if (chunk := items[k * len(items) // n : (k + 1) * len(items) // n])
+            }
+        )
+    ]

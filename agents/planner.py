@@ -184,7 +184,7 @@ class Planner:
             elif isinstance(ev, Conversation):
                 self._record(w, ev, item.offset, conv)
         for cid, conv in convs.items():
-            self._write_conversation(w, cid, before[cid], conv)
+            self._write_conversation(w, cid, before[cid], conv, state.convs.get(cid, {}))
         # The watermark records progress (and makes two writers of one partition conflict); what an
         # event contributed is decided by its event_id alone.
         for (topic, partition), offset in last_offsets.items():
@@ -368,10 +368,13 @@ class Planner:
             w.hset(keys.uuids(w.org), ids.served(w.org, ids.MENTOR, kept), ids.mapping_value(ids.MENTOR, kept))
         return kept
 
-    def _write_conversation(self, w: OrgWrite, cid: str, before: ConversationState, after: ConversationState) -> None:
+    def _write_conversation(
+        self, w: OrgWrite, cid: str, before: ConversationState, after: ConversationState, held: dict[str, str | None]
+    ) -> None:
         """Write what changed in the hash, in the indexes and in the cost attributed to the session's student
         and mentor (derived from the final state, so the order of its events does not matter), guarded by
-        the hash's version."""
+        the hash's version. `held` is what the hash held (its `keys.CONV_STATE` fields); what it will hold
+        after the write goes to `w.conv_after`, for a next batch planned before this one is applied."""
         retention = self.retention
         ckey = keys.conversation(w.org, cid)
         if before.version is None and ids.needs_mapping(cid):
@@ -388,9 +391,14 @@ class Planner:
             self._sessions(w, after, 1)
         w.hincr(ckey, keys.CONV_VERSION, 1)
         old_fields = before.to_fields()
+        will_hold = dict(held)
         for fld, value in after.to_fields().items():
             if old_fields.get(fld) != value:
                 w.hset(ckey, fld, value)
+                if fld in _CONV_STATE:
+                    will_hold[fld] = value
+        will_hold[keys.CONV_VERSION] = str((before.version or 0) + 1)
+        w.conv_after[cid] = will_hold
         old_cost, new_cost = _attributed(w.org, cid, before), _attributed(w.org, cid, after)
         for slot in old_cost.keys() | new_cost.keys():
             n = new_cost.get(slot, 0) - old_cost.get(slot, 0)
@@ -439,6 +447,7 @@ class Planner:
 
 
 _HOUR_DAY = (Grain.HOUR, Grain.DAY)  # LLM costs
+_CONV_STATE = frozenset(keys.CONV_STATE)
 _TOP_GRAINS = (Grain.HALF, Grain.HOUR, Grain.DAY, Grain.WEEK)
 # Sessions and messages: half hours too, for the days of zones half an hour off UTC (tables/buckets.py).
 _LOCAL = (Grain.HOUR, Grain.HALF, Grain.DAY)

@@ -13,6 +13,7 @@ import cProfile
 import pstats
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -26,7 +27,7 @@ from streams.settings import Settings
 
 
 async def run(n: int, batch: int, partitions: int, redis_url: str) -> float:
-    settings = Settings(redis_url=redis_url)
+    settings = replace(Settings.from_env(), redis_url=redis_url)  # AIA_APPLY_CHUNK and the like apply
     redis = Redis.from_url(redis_url)
     await redis.flushall()
 
@@ -53,7 +54,7 @@ async def run(n: int, batch: int, partitions: int, redis_url: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:

@@ -531,7 +531,8 @@ def write_report(args: argparse.Namespace, report: Report, began: datetime, mach
         f"Machine and versions: {machine}.",
         "",
         f"Events: {args.events:,} chat messages of ~{avg:.0f} bytes (5 orgs, sessions of 8 messages, 400 students), "
-        f"{args.partitions} partitions; batch size 5000.",
+        f"{args.partitions} partitions; batches of {Settings().batch_size:,} applied in parts of "
+        f"{Settings().apply_chunk:,}.",
         "",
         "| section | what | figure |",
         "|---|---|---|",

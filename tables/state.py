@@ -10,6 +10,8 @@ import orjson
 from redis.asyncio import Redis
 
 from tables import keys
+from tables.scripts import Call, Script
+from tables.writer import OrgWrite
 
 READ_LUA = r"""
 -- KEYS: the offsets hash, the observations hash, the erased-students hash, one seen hash per day, then the
@@ -64,28 +66,28 @@ class StateQuery:
 class StateReader:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._read: Any = redis.register_script(READ_LUA)
+        self._read = Script(redis, READ_LUA)
 
     async def read(self, queries: dict[str, StateQuery]) -> dict[str, OrgState]:
         """Every org's state in one round trip. One Lua read per org returns it as one JSON document:
         thousands of small replies would cost more to parse than everything else in the batch."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for org, q in queries.items():
-                key_list = [keys.offsets(org), keys.observations(org), keys.erasures(org)]
-                key_list += [keys.seen(org, day) for day in q.seen]
-                key_list += [keys.conversation(org, cid) for cid in q.convs]
-                args = orjson.dumps(
-                    {
-                        "o": q.offset_fields,
-                        "b": q.observations,
-                        "e": [keys.ERASURES_VERSION, *q.tombstones],
-                        "s": list(q.seen.values()),
-                        "n": len(q.convs),
-                        "f": keys.CONV_STATE,
-                    }
-                )
-                await self._read(keys=key_list, args=[args], client=pipe)
-            replies = await pipe.execute()
+        calls: list[Call] = []
+        for org, q in queries.items():
+            key_list = [keys.offsets(org), keys.observations(org), keys.erasures(org)]
+            key_list += [keys.seen(org, day) for day in q.seen]
+            key_list += [keys.conversation(org, cid) for cid in q.convs]
+            args = orjson.dumps(
+                {
+                    "o": q.offset_fields,
+                    "b": q.observations,
+                    "e": [keys.ERASURES_VERSION, *q.tombstones],
+                    "s": list(q.seen.values()),
+                    "n": len(q.convs),
+                    "f": keys.CONV_STATE,
+                }
+            )
+            calls.append((key_list, [args]))
+        replies = await self._read.run_many(calls)
         states: dict[str, OrgState] = {}
         for (org, q), raw in zip(queries.items(), replies, strict=True):
             offsets, obs_vals, seen_vals, conv_vals, erased = (v or [] for v in orjson.loads(raw))  # {} for []
@@ -103,6 +105,26 @@ class StateReader:
                 st.convs[cid] = {f: None if v is False else v for f, v in zip(keys.CONV_STATE, vals, strict=True)}
             states[org] = st
         return states
+
+
+def as_after(state: OrgState, query: StateQuery, org: str, w: OrgWrite) -> None:
+    """Make `state` (read while `w` was being applied, before or after it) what the org will hold once `w`
+    is applied: its new watermarks, event-id values and conversations. What `w` does not write is what
+    Redis held either way. So the next batch can be planned while `w` is applied; the apply's guards are
+    the arbiter (a plan on a state that did not come true writes nothing and is made again)."""
+    for fld, (_, new) in w.watermarks.items():
+        if fld in state.offsets:
+            state.offsets[fld] = new
+    written = w.seen.get(keys.observations(org), {})
+    for event_id in state.observations.keys() & written.keys():
+        state.observations[event_id] = written[event_id][1]
+    for day in query.seen:
+        written = w.seen.get(keys.seen(org, day), {})
+        for event_id in written.keys() & set(query.seen[day]):
+            state.seen[(day, event_id)] = written[event_id][1]
+    for cid in state.convs.keys() & w.conv_after.keys():
+        after = w.conv_after[cid]
+        state.convs[cid] = {f: after.get(f) for f in keys.CONV_STATE}
 
 
 PRUNE_LUA = r"""

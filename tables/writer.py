@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from tables import keys
 from tables.buckets import Grain
+from tables.scripts import Script
 
 APPLY_LUA = r"""
 local p = cjson.decode(ARGV[1])
@@ -91,7 +92,10 @@ class OrgWrite:
     bucket_deltas: dict[tuple[Grain, int, str], int] = field(default_factory=dict)
     top_deltas: dict[tuple[int, str | None, str], int] = field(default_factory=dict)  # (half hour, mentor, student)
     events: int = 0
+    # conversation id -> its `keys.CONV_STATE` fields as they will be once this write is applied
+    conv_after: dict[str, dict[str, str | None]] = field(default_factory=dict)
     state: Any = None  # the OrgState it was planned from (tables/state.py)
+    items: list[Any] = field(default_factory=list)  # the items (agents/planner.py) it was planned from
     replayed: list[Any] = field(default_factory=list)  # items at or below a watermark: applied before
     _incr_order: list[tuple[tuple[int, str], int]] = field(default_factory=list)
     _zincr_order: list[tuple[tuple[int, str], int]] = field(default_factory=list)
@@ -194,16 +198,13 @@ class Writer:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._script: Any = redis.register_script(APPLY_LUA)
+        self._script = Script(redis, APPLY_LUA)
 
     async def apply(self, writes: list[OrgWrite]) -> dict[str, str]:
         if not writes:
             return {}
-        # transaction=False: each script is atomic on its own; orgs may live in different cluster slots.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for w in writes:
-                await self._script(keys=w.keys, args=[w.payload()], client=pipe)
-            results = await pipe.execute()
+        # Each script is atomic on its own; orgs may live in different cluster slots.
+        results = await self._script.run_many([(w.keys, [w.payload()]) for w in writes])
         conflicts = {}
         for w, (ok, reason, *values) in zip(writes, results, strict=True):
             if int(ok) != 1:

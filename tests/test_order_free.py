@@ -143,10 +143,12 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
     return out
 
 
-async def apply_all(url: str, batches: list[list[Record]]) -> dict[str, Any]:
+async def apply_all(url: str, batches: list[list[Record]], apply_chunk: int = 1000) -> dict[str, Any]:
+    """The answers after applying the batches, each in parts of `apply_chunk` events planned while the part
+    before is applied (agents/pipeline.py)."""
     redis = Redis.from_url(url)
     try:
-        await apply_batches(redis, batches, Settings())
+        await apply_batches(redis, batches, Settings(apply_chunk=apply_chunk))
         first, last = (NOW - timedelta(days=4)).date(), NOW.date()
         return await answers(redis, first, last)
     finally:
@@ -199,8 +201,10 @@ def test_any_order_any_split_any_repetition_gives_the_same_answers(
     rng = random.Random(seed)
     in_order = asyncio.run(apply_all(redis_server.url, [records]))
     check_reference(in_order, reference.expected(events), events)
+    # One batch in parts of a few events, each planned on what the part before will have written.
+    assert asyncio.run(apply_all(redis_server.url, [records], apply_chunk=rng.randint(1, 5))) == in_order
     for _ in range(2):
-        shuffled = asyncio.run(apply_all(redis_server.url, deliveries(records, rng)))
+        shuffled = asyncio.run(apply_all(redis_server.url, deliveries(records, rng), apply_chunk=rng.randint(1, 5)))
         assert shuffled == in_order
 
 
@@ -218,3 +222,33 @@ async def test_observations_past_the_dedup_window_are_pruned(redis_server: Redis
         assert await redis.hkeys(keys.observations(ORG)) == [b"new"]
     finally:
         await redis.aclose()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(events=event_sets(), seed=st.integers(0, 2**32))
+def test_a_part_after_a_conflict_is_planned_again_from_redis(
+    redis_server: RedisServer, events: list[tuple[str, dict[str, Any]]], seed: int
+) -> None:
+    """When a part's apply meets a conflict (another worker wrote first), the part planned on what it would
+    have written is dropped and planned again: here every other apply reports a conflict, writing nothing."""
+    from tables.writer import Writer
+
+    records = as_records(events)
+    expected = asyncio.run(apply_all(redis_server.url, [records]))
+    real_apply = Writer.apply
+    calls = 0
+
+    async def conflicting(self: Writer, writes: list[Any]) -> dict[str, str]:
+        nonlocal calls
+        calls += 1
+        if calls % 2:
+            return {w.org: "guard (a test's conflict)" for w in writes}
+        return await real_apply(self, writes)
+
+    Writer.apply = conflicting  # type: ignore[method-assign]
+    try:
+        got = asyncio.run(apply_all(redis_server.url, [records], apply_chunk=random.Random(seed).randint(1, 4)))
+    finally:
+        Writer.apply = real_apply  # type: ignore[method-assign]
+    assert calls > 1
+    assert got == expected
