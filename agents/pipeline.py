@@ -60,12 +60,17 @@ class BatchProcessor:
         self.limits = Limits.from_settings(settings)
         self.planner = Planner(PriceTable.load(settings.price_table), Retention.from_settings(settings))
 
-    def validate(self, records: list[Record], now_ms: int) -> tuple[dict[str, list[Item]], list[DeadLetter]]:
+    def validate(
+        self, records: list[Record], now_ms: int, *, ordered: bool = False
+    ) -> tuple[dict[str, list[Item]], list[DeadLetter]]:
+        """Valid events by org, and dead letters. The planner wants each record once, in offset order per
+        partition: `ordered` says the records already are (as the kafka worker reads them)."""
         by_org: dict[str, list[Item]] = {}
         dead: list[DeadLetter] = []
-        # The planner wants each record once, in offset order per partition (as the worker reads them).
-        unique = {(r.topic, r.partition, r.offset): r for r in reversed(records)}
-        for r in sorted(unique.values(), key=lambda r: (r.topic, r.partition, r.offset)):
+        if not ordered:
+            unique = {(r.topic, r.partition, r.offset): r for r in reversed(records)}
+            records = sorted(unique.values(), key=lambda r: (r.topic, r.partition, r.offset))
+        for r in records:
             try:
                 ev = parse(r.topic, r.key, r.value, now_ms, self.limits)
             except InvalidEvent as exc:
@@ -78,9 +83,10 @@ class BatchProcessor:
             by_org.setdefault(ev.org, []).append(Item(ev, r.topic, r.partition, r.offset))
         return by_org, dead
 
-    async def process(self, records: list[Record]) -> BatchResult:
+    async def process(self, records: list[Record], *, ordered: bool = False) -> BatchResult:
+        """Apply a batch; `ordered`: each record once, in offset order per partition (see `validate`)."""
         now_ms = int(time.time() * 1000)
-        by_org, dead = self.validate(records, now_ms)
+        by_org, dead = self.validate(records, now_ms, ordered=ordered)
         if dead:
             # Before the batch's offsets can be committed, so no bad event is ever lost.
             await self.send_dead_letters(dead)

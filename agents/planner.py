@@ -50,17 +50,34 @@ def conversation_id(event: Event) -> str | None:
 def state_query(items: list[Item]) -> StateQuery:
     """What to read before planning: offset fields, observation ids, other event ids by their day,
     conversation ids."""
-    offset_fields = sorted({keys.offset_field(i.topic, i.partition) for i in items})
-    observations = list(dict.fromkeys(i.event.event_id for i in items if isinstance(i.event, LlmObservation)))
-    seen: dict[str, list[str]] = {}
-    for day, event_id in dict.fromkeys(
-        (day_of(i.event.ts_ms), i.event.event_id) for i in items if not isinstance(i.event, LlmObservation)
-    ):
-        seen.setdefault(day, []).append(event_id)
-    convs = list(dict.fromkeys(cid for i in items if (cid := conversation_id(i.event)) is not None))
+    partitions: dict[tuple[str, int], None] = {}
+    observations: dict[str, None] = {}
+    seen: dict[str, dict[str, None]] = {}
+    convs: dict[str, None] = {}
+    students: dict[str, None] = {}
+    for i in items:
+        ev = i.event
+        partitions[(i.topic, i.partition)] = None
+        if isinstance(ev, LlmObservation):
+            observations[ev.event_id] = None
+            if ev.session_id is not None:
+                convs[ids.normalize(ev.session_id)] = None
+            continue
+        day = day_of(ev.ts_ms)
+        ids_of_day = seen.get(day)
+        if ids_of_day is None:
+            ids_of_day = seen[day] = {}
+        ids_of_day[ev.event_id] = None
+        convs[ids.normalize(ev.id if isinstance(ev, Conversation) else ev.session_id)] = None
+        students[ev.student] = None
     org = items[0].event.org if items else ""
-    tombstones = list(dict.fromkeys(keys.tombstone(org, s) for i in items if (s := student_of(i.event)) is not None))
-    return StateQuery(offset_fields, observations, seen, convs, tombstones)
+    return StateQuery(
+        sorted(keys.offset_field(topic, partition) for topic, partition in partitions),
+        list(observations),
+        {day: list(event_ids) for day, event_ids in seen.items()},
+        list(convs),
+        [keys.tombstone(org, student) for student in students],
+    )
 
 
 def student_of(event: Event) -> str | None:

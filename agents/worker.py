@@ -179,9 +179,10 @@ class Worker:
         t0 = time.perf_counter()
         records: list[Record] = []
         for tp, msgs in batch.items():
-            name = self.names[tp.topic]
-            records += [Record(name, tp.partition, m.offset, m.key, m.value) for m in msgs]
-        result = await self.processor.process(records)
+            name, partition = self.names[tp.topic], tp.partition
+            records += [Record(name, partition, m.offset, m.key, m.value) for m in msgs]
+        # getmany gives each partition's records once, in offset order, partition after partition.
+        result = await self.processor.process(records, ordered=True)
         # The batch is wholly applied: record it in Redis (after the org scripts), then in Kafka.
         progress = {self._progress_field(tp): msgs[-1].offset for tp, msgs in batch.items()}
         await self.redis.hset(keys.progress(self.settings.app_id), mapping=progress)  # type: ignore[arg-type]
