@@ -7,8 +7,9 @@ Starts its own Kafka and Redis (temporary folder, free ports; `AIA_BENCH_DIR` ke
 1. produces N chat messages (~270 bytes, 5 orgs, sessions of 8) to one topic;
 2. ceiling: one raw aiokafka consumer, `getmany` + `orjson.loads`, nothing else;
 3. each engine (kafka: the aiokafka loop; faust: Faust agents): one worker process from the first event
-   to the last applied in Redis, its RSS sampled as it runs, Redis memory per million events after it;
-   then two workers in one group on the same events;
+   to the last applied in Redis, its RSS sampled as it runs, the CPU the worker, redis-server and the
+   broker used meanwhile (in cores, from /proc), Redis memory per million events after it; then two
+   workers in one group on the same events;
    rebuild: `ai-analytics rebuild` of the same events into a new generation;
 4. baseline: the textbook Faust way (bench/faust_baseline.py), on the first `--baseline-events`;
 5. freshness: a worker and the API, demo-like load at fixed rates plus probe events; the delay from a
@@ -79,8 +80,24 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def run_ours(settings: Settings, n: int, workers: int, tmp: Path) -> tuple[float, list[int]]:
-    """Events/s from the first to the last applied, and the first worker's RSS samples (KiB)."""
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+@dataclass
+class Run:
+    rate: float  # events/s from the first to the last applied
+    rss: list[int]  # the first worker's RSS samples (KiB), one a second
+    cpu: dict[str, float]  # cores busy meanwhile: "workers", "redis", "broker"
+
+
+async def run_ours(settings: Settings, n: int, workers: int, tmp: Path, others: dict[str, int] | None = None) -> Run:
+    """Apply the n events with `workers` workers; `others`: more processes whose CPU is reported (name -> pid)."""
     redis = Redis.from_url(settings.redis_url)
     await redis.flushall()
     procs = [start_worker(settings, f"w{i}", tmp / f"{settings.app_id}-{i}.log") for i in range(workers)]
@@ -94,6 +111,8 @@ async def run_ours(settings: Settings, n: int, workers: int, tmp: Path) -> tuple
             done = await applied(redis)
             if done and first_at is None:
                 first_at, first_count = time.perf_counter(), done
+                pids = {"workers": [p.pid for p in procs], **{k: [pid] for k, pid in (others or {}).items()}}
+                cpu0 = {k: sum(cpu_s(pid) for pid in ps) for k, ps in pids.items()}
             if first_at is not None and time.monotonic() - last_sample >= 1.0:  # from the first event on
                 samples.append(rss_kib(procs[0].pid))
                 last_sample = time.monotonic()
@@ -104,7 +123,8 @@ async def run_ours(settings: Settings, n: int, workers: int, tmp: Path) -> tuple
             await asyncio.sleep(0.05)
         assert first_at is not None
         elapsed = time.perf_counter() - first_at
-        return (n - first_count) / elapsed, samples
+        cpu = {k: (sum(cpu_s(pid) for pid in ps) - cpu0[k]) / elapsed for k, ps in pids.items()}
+        return Run((n - first_count) / elapsed, samples, cpu)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -415,7 +435,9 @@ async def main() -> None:
                 if not wanted(args, engine):
                     continue
                 settings = replace(base, engine=engine, app_id=f"one-{engine}-{uuid.uuid4().hex[:6]}")
-                one, rss = await run_ours(settings, n, 1, tmp)
+                others = {"redis": _pid(redis_server.proc), "broker": _pid(kafka.proc)}
+                first = await run_ours(settings, n, 1, tmp, others)
+                one, rss = first.rate, first.rss
                 one_by_engine[engine] = one
                 redis = Redis.from_url(base.redis_url)
                 used = int((await redis.info("memory"))["used_memory"])
@@ -430,8 +452,13 @@ async def main() -> None:
                 report.add(
                     engine, "Redis used_memory per million events applied", f"{used / 2**20 / (n / 1e6):,.0f} MiB"
                 )
+                report.add(
+                    engine,
+                    "CPU meanwhile, in cores: worker / Redis / broker",
+                    " / ".join(f"{first.cpu[k]:.2f}" for k in ("workers", "redis", "broker")),
+                )
                 settings = replace(settings, app_id=f"two-{engine}-{uuid.uuid4().hex[:6]}")
-                two, _ = await run_ours(settings, n, 2, tmp)
+                two = (await run_ours(settings, n, 2, tmp)).rate
                 report.add(
                     engine, "two workers in one group, same events", f"{two:,.0f} events/s ({two / one:.2f}x one)"
                 )
@@ -544,6 +571,11 @@ def write_report(args: argparse.Namespace, report: Report, began: datetime, mach
     ]
     args.out.write_text("\n".join(lines))
     print(f"written {args.out}")
+
+
+def _pid(proc: subprocess.Popen[bytes] | None) -> int:
+    assert proc is not None, "started above"
+    return proc.pid
 
 
 if __name__ == "__main__":
