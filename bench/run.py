@@ -11,7 +11,8 @@ Starts its own Kafka and Redis (temporary folder, free ports; `AIA_BENCH_DIR` ke
    broker used meanwhile (in cores, from /proc), Redis memory per million events after it; then two
    workers in one group on the same events;
    rebuild: `ai-analytics rebuild` of the same events into a new generation;
-4. baseline: the textbook Faust way (bench/faust_baseline.py), on the first `--baseline-events`;
+4. peers, on the first `--baseline-events`: baseline, the textbook Faust way (bench/faust_baseline.py);
+   quix, Quix Streams' idiomatic app for the same aggregates (bench/quix_peer.py; `pip install -e ".[bench]"`);
 5. freshness: a worker and the API, demo-like load at fixed rates plus probe events; the delay from a
    probe's send to its effect visible through the API (polled every 10 ms);
 6. serving: the five endpoints under 100 concurrent pollers (each polling once a second, as dashboards
@@ -134,8 +135,10 @@ async def run_ours(settings: Settings, n: int, workers: int, tmp: Path, others: 
         await redis.aclose()
 
 
-def run_baseline(settings: Settings, n: int, tmp: Path) -> float:
-    result = tmp / "faust-baseline.result"
+def run_peer(settings: Settings, n: int, tmp: Path, name: str) -> float:
+    """Events/s of a peer on the first n events: `faust-baseline` (bench/faust_baseline.py) or `quix`
+    (bench/quix_peer.py), each a process of its own that writes its result to a file."""
+    result = tmp / f"{name}.result"
     result.unlink(missing_ok=True)
     env = {
         **os.environ,
@@ -143,18 +146,18 @@ def run_baseline(settings: Settings, n: int, tmp: Path) -> float:
         "BENCH_TOPIC": settings.topic("chat-messages"),
         "BENCH_EVENTS": str(n),
         "BENCH_RESULT": str(result),
-        "BENCH_DATADIR": str(tmp / "faust-data"),
-        "BENCH_APP_ID": f"faust-baseline-{uuid.uuid4().hex[:6]}",
+        "BENCH_DATADIR": str(tmp / f"{name}-data"),
+        "BENCH_APP_ID": f"{name}-{uuid.uuid4().hex[:6]}",
         "BENCH_PARTITIONS": str(settings.topic_partitions),
     }
-    proc = spawn(
-        [sys.executable, "-m", "bench.faust_baseline", "worker", "-l", "warn", "--without-web"],
-        log=tmp / "faust.log",
-        env=env,
-    )
+    if name == "quix":
+        command = [sys.executable, "-m", "bench.quix_peer"]
+    else:
+        command = [sys.executable, "-m", "bench.faust_baseline", "worker", "-l", "warn", "--without-web"]
+    proc = spawn(command, log=tmp / f"{name}.log", env=env)
     try:
-        # A crashed agent leaves Faust running: give up at 200 events/s rather than wait forever.
-        wait_until(result.exists, proc=proc, what="the Faust baseline", log=tmp / "faust.log", timeout=120 + n / 200)
+        # A crashed peer may keep running: give up at 200 events/s rather than wait forever.
+        wait_until(result.exists, proc=proc, what=name, log=tmp / f"{name}.log", timeout=120 + n / 200)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -402,7 +405,7 @@ async def main() -> None:
         "--only",
         default="",
         help="comma-separated sections: kafka, faust (each engine: one and two workers), rebuild, baseline, "
-        "freshness, serving; the ceiling is always measured",
+        "quix (needs the bench extra), freshness, serving; the ceiling is always measured",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
@@ -479,7 +482,7 @@ async def main() -> None:
                 )
             if wanted(args, "baseline"):
                 nb = min(args.baseline_events, n)
-                faust_rate = run_baseline(base, nb, tmp)
+                faust_rate = run_peer(base, nb, tmp, "faust-baseline")
                 report.add(
                     "baseline",
                     f"textbook Faust, windowed tables per event, first {nb:,} events",
@@ -489,6 +492,16 @@ async def main() -> None:
                     report.add(
                         "baseline", f"{engine} engine / baseline (goal: at least 5x)", f"{one / faust_rate:.1f}x"
                     )
+            if wanted(args, "quix"):
+                nb = min(args.baseline_events, n)
+                quix_rate = run_peer(base, nb, tmp, "quix")
+                report.add(
+                    "quix",
+                    f"Quix Streams {version('quixstreams')}, its idiomatic app for the same aggregates, first {nb:,} events",
+                    f"{quix_rate:,.0f} events/s",
+                )
+                for engine, one in one_by_engine.items():
+                    report.add("quix", f"{engine} engine / Quix Streams", f"{one / quix_rate:.1f}x")
             if not (wanted(args, "freshness") or wanted(args, "serving")):
                 write_report(args, report, began, await _machine(base), avg)
                 return
