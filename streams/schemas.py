@@ -2,6 +2,12 @@
 
 `parse(topic, key, raw, now_ms, limits)` returns a record or raises `InvalidEvent` whose reason is what the
 dead-letter record says. Validation is pure: no broker, no Redis.
+
+Two paths give the same answers: a compiled one (msgspec decoders of typed structs carrying the same
+constraints, `_fast`) for chat messages, sentiment and observations, and the hand-written checks
+(`parse_checked`), which are the reference, handle chat-history records and write every reason: an event
+the compiled path refuses for any reason is checked again by the reference, so a dead letter's reason
+never depends on the path (tests/test_schemas.py holds the two paths equal on generated events).
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
 
 from streams.exceptions import InvalidEvent
@@ -23,7 +30,7 @@ ROLES = frozenset({"human", "ai"})
 # The sentiment labels, in the order the API and the dashboard show them.
 SENTIMENTS = ("positive", "neutral", "negative")
 # Orgs name Redis hash tags ({org}) and URL path segments: keep braces, colons, slashes and spaces out.
-ORG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+ORG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}\Z")  # \Z: "$" would let a final newline in
 NANOS = Decimal(1_000_000_000)
 MAX_TEXT = 1024  # longest id, username or label we accept
 
@@ -227,6 +234,17 @@ def decode(raw: bytes | None) -> dict[str, Any]:
 
 def parse(topic: str, key: bytes | None, raw: bytes | None, now_ms: int, limits: Limits) -> Event:
     """Validate one Kafka record of an input topic (named without prefix)."""
+    fast = _FAST.get(topic)
+    if fast is not None and raw is not None:
+        try:
+            return fast(key, raw, now_ms, limits)
+        except (msgspec.ValidationError, msgspec.DecodeError, InvalidEvent, ValueError):
+            pass  # the reference below says why (or, if it accepts the event after all, builds it)
+    return parse_checked(topic, key, raw, now_ms, limits)
+
+
+def parse_checked(topic: str, key: bytes | None, raw: bytes | None, now_ms: int, limits: Limits) -> Event:
+    """The reference validation: hand-written checks, each refusal with its reason."""
     data = decode(raw)
     f = _Fields(data)
     event_id = f.text("event_id")
@@ -331,3 +349,99 @@ def _check_key(key: bytes | None, expected: str, field: str) -> None:
     if key != expected.encode():
         shown = "(none)" if key is None else repr(key[:64])
         raise InvalidEvent(f"message key {shown} must equal the event's {field} {expected[:64]!r}")
+
+
+# --- the compiled path ------------------------------------------------------------------------------------
+
+_Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+_GOOD_ORGS: set[str] = set()  # orgs that passed ORG_RE: a few, seen again and again (a regex per event costs)
+
+
+class _Common(msgspec.Struct):
+    event_id: _Text
+    org: _Text
+    timestamp: int | float | str
+
+
+class _ChatIn(_Common):
+    session_id: _Text
+    student: _Text
+    mentor_id: _Text
+    role: Literal["human", "ai"]
+    topics: list[_Text] | None = None
+    content: str | None = None
+
+
+class _SentimentIn(_Common):
+    session_id: _Text
+    student: _Text
+    sentiment: Literal["positive", "neutral", "negative"]
+    mentor_id: _Text | None = None
+    score: float | None = None
+
+
+class _Usage(msgspec.Struct):
+    input: _Count | None = None
+    output: _Count | None = None
+
+
+class _ObservationIn(_Common):
+    trace_id: _Text
+    type: _Text
+    model: _Text
+    usage: _Usage | None = None
+    cost: str | int | float | None = None
+    session_id: _Text | None = None
+    provider: _Text | None = None
+
+
+_CHAT = msgspec.json.Decoder(_ChatIn)
+_SENTIMENT = msgspec.json.Decoder(_SentimentIn)
+_OBSERVATION = msgspec.json.Decoder(_ObservationIn)
+
+
+def _when(e: _Common, now_ms: int, limits: Limits) -> int:
+    """The event's time, once its org is known to be well formed and the time within the window."""
+    if e.org not in _GOOD_ORGS:
+        if not ORG_RE.match(e.org):
+            raise InvalidEvent("org")  # the reference says how
+        if len(_GOOD_ORGS) < 100_000:
+            _GOOD_ORGS.add(e.org)
+    value = e.timestamp
+    ts_ms = value if type(value) is int else parse_timestamp(value)
+    if (limits.retention_ms is not None and ts_ms < now_ms - limits.retention_ms) or (
+        ts_ms > now_ms + limits.max_future_ms
+    ):
+        raise InvalidEvent("out of the time window")  # the reference says which way
+    return ts_ms
+
+
+def _fast_chat(key: bytes | None, raw: bytes, now_ms: int, limits: Limits) -> Event:
+    e = _CHAT.decode(raw)
+    if key != e.session_id.encode():
+        raise InvalidEvent("key")
+    return ChatMessage(
+        e.event_id, e.org, _when(e, now_ms, limits), e.session_id, e.student, e.mentor_id, e.role,
+        tuple(dict.fromkeys(e.topics)) if e.topics else (), e.content,
+    )  # fmt: skip
+
+
+def _fast_sentiment(key: bytes | None, raw: bytes, now_ms: int, limits: Limits) -> Event:
+    e = _SENTIMENT.decode(raw)
+    return SentimentEvent(
+        e.event_id, e.org, _when(e, now_ms, limits), e.session_id, e.student, e.sentiment, e.mentor_id,
+        e.score,
+    )  # fmt: skip
+
+
+def _fast_observation(key: bytes | None, raw: bytes, now_ms: int, limits: Limits) -> Event:
+    e = _OBSERVATION.decode(raw)
+    usage = e.usage or _Usage()
+    return LlmObservation(
+        e.event_id, e.org, _when(e, now_ms, limits), e.trace_id, e.type, e.model, usage.input or 0,
+        usage.output or 0, None if e.cost is None else parse_cost(e.cost), e.session_id, e.provider,
+    )  # fmt: skip
+
+
+_FAST = {CHAT_MESSAGES: _fast_chat, SENTIMENT: _fast_sentiment, LLM_OBSERVATIONS: _fast_observation}

@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.exceptions import InvalidEvent
 from streams.schemas import ChatMessage, Conversation, Limits, LlmObservation, SentimentEvent, parse, parse_cost
@@ -144,3 +146,65 @@ def test_parse_cost_rounds_half_even_to_nanos() -> None:
     assert parse_cost("0.0000000005") == 0
     assert parse_cost("0.0000000015") == 2
     assert parse_cost(3) == 3_000_000_000
+
+
+# --- the compiled path equals the reference ----------------------------------------------------------------
+
+_BASES = {
+    "chat-messages": chat(content="hi"),
+    "sentiment": {"event_id": "e2", "org": "acme", "timestamp": NOW - 5000, "session_id": "s1", "student": "ann",
+                  "sentiment": "negative", "mentor_id": "m1", "score": 0.4},
+    "llm-observations": {"event_id": "e3", "org": "acme", "timestamp": "2026-11-18T10:00:00.250+02:00",
+                         "trace_id": "t1", "type": "generation", "model": "gpt-4o", "session_id": "s1",
+                         "usage": {"input": 10, "output": 20}, "cost": "0.000123", "provider": "openai"},
+}  # fmt: skip
+_ODD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.integers(NOW - 500 * DAY, NOW + DAY),
+    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(["", "x" * 1025, "x" * 1024, "human", "ai",
+    "positive", "acme\n", "a b", "2026-11-18T10:00:00", "2026-11-18T10:00:00Z", "1e3", "-1", "s1", "0.5"]),
+    st.text(max_size=5), st.just(["algebra", "algebra", "essays"]), st.lists(st.one_of(st.text(max_size=3), st.just({"name": "t"})), max_size=3),
+    st.fixed_dictionaries({}, optional={"input": st.integers(-1, 5) | st.none() | st.booleans(), "output": st.integers(0, 5)}),
+)  # fmt: skip
+
+
+@st.composite
+def _raw_events(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A valid event of a topic with a few fields dropped, replaced by odd values, or added."""
+    topic = draw(st.sampled_from(sorted(_BASES)))
+    event = dict(_BASES[topic])
+    fields = [*sorted(event), "usage", "topics", "cost", "content", "extra"]
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.sampled_from(fields))
+        if draw(st.booleans()):
+            event.pop(name, None)
+        else:
+            event[name] = draw(_ODD_VALUES)
+    raw = orjson.dumps(event)
+    if draw(st.booleans()) and raw.endswith(b"}"):  # the same key twice: the last one counts
+        raw = raw[:-1] + b',"student":"bob"}'
+    return topic, raw
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_raw_events(), st.sampled_from([b"s1", b"s2", None]))
+def test_the_compiled_path_accepts_what_the_reference_accepts_and_builds_the_same(
+    event: tuple[str, bytes], key: bytes | None
+) -> None:
+    from streams.schemas import _FAST, parse_checked
+
+    topic, raw = event
+    try:
+        fast: Any = _FAST[topic](key, raw, NOW, LIMITS)
+    except Exception as exc:  # refused: parse() asks the reference, which then says why
+        fast = exc
+    try:
+        reference: Any = parse_checked(topic, key, raw, NOW, LIMITS)
+    except InvalidEvent as exc:
+        reference = exc
+    if not isinstance(fast, Exception):
+        assert fast == reference, (raw, fast, reference)
+    try:
+        got: Any = parse(topic, key, raw, NOW, LIMITS)
+    except InvalidEvent as exc:
+        got = exc
+    assert repr(got) == repr(reference)
