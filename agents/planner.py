@@ -209,6 +209,7 @@ class Planner:
             mark = state.offsets.get(fld)
             w.watermark(fld, mark, offset if mark is None else max(mark, offset))
         meta = keys.meta(org)
+        w.hincr(meta, keys.DATA_VERSION, 1)  # answers cached for the version before are stale (api/cache.py)
         if newest_ms:
             w.hmax(meta, "last_event_ms", newest_ms)
         if dropped:

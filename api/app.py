@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import analytics, costs, erasure, history, ops
+from api.cache import AnswerCache
 from api.errors import ApiError
 from api.metrics import Metrics
 from api.state import AppState
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     _error_handlers(app, metrics)
+    app.add_middleware(AnswerCache)  # inside GenerationMiddleware: keys of the generation served
     app.add_middleware(ops.GenerationMiddleware)
     app.add_middleware(ops.ObserveMiddleware, metrics=metrics)
     app.include_router(analytics.router, prefix=PREFIX, responses=ERRORS)

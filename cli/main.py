@@ -112,9 +112,18 @@ def _worker(settings: Settings, engine: str, loglevel: str) -> int:
 
 
 def _api(settings: Settings) -> int:
+    import os
+
     import uvicorn
 
-    from api.app import create_app
+    processes = settings.api_processes or os.cpu_count() or 1
+    if processes == 1:
+        from api.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+        uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+        return 0
+    # Several processes on one port: each builds its app from the environment (AIA_*), so it gets these settings.
+    os.environ.update(settings.as_env())
+    uvicorn.run("api.app:create_app", factory=True, workers=processes, host=settings.api_host,
+                port=settings.api_port, log_level="warning")  # fmt: skip
     return 0

@@ -47,6 +47,8 @@ class Settings:
     price_table: Path | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # API server processes (uvicorn workers) sharing the port; 0: one per core.
+    api_processes: int = 0
     # Alert rules (TOML; None: the shipped agents/alerts.toml), how often they are evaluated (0: never),
     # and how long a dead evaluator's lease keeps another worker from taking over.
     alert_rules: Path | None = None
@@ -90,6 +92,8 @@ class Settings:
             )
         if self.engine not in ENGINES:
             raise SettingsError(f"{PREFIX}ENGINE must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.api_processes < 0:
+            raise SettingsError(f"{PREFIX}API_PROCESSES must be 0 (one per core) or more, got {self.api_processes}")
         if self.apply_chunk < 0:
             raise SettingsError(f"{PREFIX}APPLY_CHUNK must be 0 (one part) or more, got {self.apply_chunk}")
         if self.batch_within <= 0:

@@ -202,7 +202,7 @@ def uuids(org: str) -> str:
 
 
 def meta(org: str) -> str:
-    """Hash: newest event time applied, last apply time, per-topic counts."""
+    """Hash: newest event time applied, last apply time, per-topic counts, and `DATA_VERSION`."""
     return f"{_org(org)}:meta"
 
 
@@ -238,6 +238,9 @@ def erasures(org: str) -> str:
 
 
 ERASURES_VERSION = "v"
+# In an org's `meta`: bumped by every apply that writes the org, so an answer cached for one version is
+# known to be stale at the next (api/cache.py).
+DATA_VERSION = "version"
 ERASED_DROPPED = "dropped|erased"  # a `meta` field: events of erased students dropped by the workers
 
 

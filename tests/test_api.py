@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,13 @@ import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from redis.asyncio import Redis
 
 from infra.browser import render
 from infra.kafka import KafkaBroker
 from infra.procs import ROOT, cli_command
 from infra.redis import RedisServer
+from tables import keys, queries
 from tests import reference
 from tests.support import (
     Env,
@@ -299,6 +301,69 @@ def test_time_zone_days_and_the_org_default(env: Env) -> None:
     bad = subprocess.run(cli_command("orgs", "tz", org, "Asia/Nowhere"), cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, **env.settings.as_env()}, timeout=60, check=False)  # fmt: skip
     assert bad.returncode == 2 and "IANA" in bad.stderr
+
+
+def test_answers_are_shared_per_data_version_with_etags(env: Env) -> None:
+    """An answer carries an ETag; asking again with it gets 304 until the org's data changes; a refused
+    caller never gets a kept answer; new events, an erasure's version and the org's time zone each give a
+    new answer (api/cache.py)."""
+    org = "acme-academy"
+    today = datetime.now(UTC).date().isoformat()
+    span = {"start_date": today, "end_date": today}
+    first = env.get(org, "average-messages-per-session", **span)
+    etag = first.headers["etag"]
+    assert first.status_code == 200 and first.headers["cache-control"] == "no-cache"
+
+    def ask(key: str = "admin", tag: str | None = None, **query: Any) -> httpx.Response:
+        headers = {"Authorization": f"Api-Token {env.keys[key]}"} | ({"If-None-Match": tag} if tag else {})
+        return httpx.get(env.url(org, "average-messages-per-session"), params=query or span, headers=headers)
+
+    again = ask(tag=etag)
+    assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag)
+    assert ask(tag=f'W/{etag}, "other"').status_code == 304
+    swapped = ask(end_date=today, start_date=today)  # the same query in another order: the same answer
+    assert (swapped.headers["etag"], swapped.json()) == (etag, first.json())
+    assert ask(key="analyst", tag=etag).status_code == 304  # any key that may read the org
+    for refused in ("other", "revoked"):  # the route says why; nothing kept is shown
+        r = ask(key=refused, tag=etag)
+        assert r.status_code in (401, 403) and "etag" not in r.headers and "detail" in r.json()
+    other_query = env.get(org, "average-messages-per-session", **span, aggregation="hourly")
+    assert other_query.headers["etag"] != etag
+
+    def on_redis(change: Callable[[Redis], Awaitable[Any]]) -> None:
+        async def run() -> None:
+            redis = Redis.from_url(env.settings.redis_url)
+            try:
+                await change(redis)
+            finally:
+                await redis.aclose()
+
+        asyncio.run(run())
+
+    on_redis(lambda r: r.hincrby(keys.erasures(org), keys.ERASURES_VERSION, 1))  # what an erasure does first
+    assert ask(tag=etag).status_code == 200
+    etag = ask().headers["etag"]
+    on_redis(lambda r: queries.set_org_time_zone(r, org, "Europe/Berlin"))
+    try:
+        assert ask(tag=etag).status_code == 200
+    finally:
+        on_redis(lambda r: queries.set_org_time_zone(r, org, None))
+    assert ask(tag=etag).status_code == 304
+
+    # New events for the org: the same question gets a new answer, with the new numbers.
+    before = ask().json()
+    now = datetime.now(UTC).isoformat()
+    session = f"etag-{time.time_ns()}"
+    new = [("chat-messages", {"event_id": f"{session}-{i}", "org": org, "timestamp": now, "session_id": session,
+                              "student": "etag-student", "mentor_id": "etag-mentor", "role": "human"})
+           for i in range(3)]  # fmt: skip
+    asyncio.run(produce(env.settings, new, seconds=0.1))
+    deadline = time.monotonic() + 60
+    while (r := ask(tag=etag)).status_code == 304 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert r.status_code == 200 and r.headers["etag"] != etag
+    total = sum(row["total_sessions"] for row in r.json())
+    assert total == sum(row["total_sessions"] for row in before) + 1
 
 
 # --- fuzzing -----------------------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""Answers computed once per (org, query, data version), and conditional requests.
+
+An org's aggregates change only when a batch is applied to it (each apply bumps `version` in the org's
+`meta` hash, agents/planner.py), when a student is erased (the erasures' version), when its time zone is
+set (`ai-analytics orgs tz`) or when a rebuild switches generations. The analytics and cost GETs under
+an org are a function of those, of the query and of the day (retention limits are relative to today).
+So this middleware, for those GETs only:
+
+- reads, in one round trip, what the `caller` dependency reads (the key and whether the org exists)
+  plus the org's versions; a request that the route would refuse (no key, another org's key, an unknown
+  org) goes to the route, which says why, and nothing is cached or served from the cache for it;
+- names the answer by an `ETag` (a digest of generation, versions, day, path and query); a request whose
+  `If-None-Match` holds it gets `304 Not Modified` with no body;
+- serves the answer from a bounded in-process cache when it has it, else lets the route compute it and
+  keeps a 200's body. `Cache-Control: no-cache`: clients may keep an answer but must ask again (with
+  `If-None-Match`) before using it, so a browser's dashboard revalidates by itself.
+
+Every poller of an org shares one computation per data version; between two applies a dashboard's poll
+is a Redis round trip and a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from datetime import UTC, datetime
+from hashlib import blake2b
+from typing import Any
+
+from api.auth import _token
+from api.errors import ApiError
+from tables import apikeys, keys
+
+# The org-scoped GETs whose answers are a function of the org's data and the query (not of the clock, as
+# freshness is, nor of the caller's role, as chat history is).
+CACHED = re.compile(
+    r"^/api/ai-analytics/orgs/(?P<org>[^/]+)/users/[^/]+/(average-messages-per-session|sentiment-count|tenant-cost|"
+    r"top-students-by-chat-messages|user-cost|mentors/[^/]+/cost|costs/(model|permentor|peruser|users))/$"
+)
+MAX_ENTRIES = 4096
+MAX_BODY = 1 << 20  # bytes; bigger answers are computed each time
+
+
+class AnswerCache:
+    def __init__(self, app: Any, max_entries: int = MAX_ENTRIES) -> None:
+        self.app = app
+        self.max_entries = max_entries
+        self.entries: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # etag -> (content-type, body)
+        self.hits = self.misses = self.not_modified = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        match = CACHED.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
+        etag = await self._etag(scope, match.group("org")) if match else None
+        if etag is None:
+            await self.app(scope, receive, send)
+            return
+        headers = [(b"etag", etag.encode()), (b"cache-control", b"no-cache")]
+        if etag in _if_none_match(scope):
+            self.not_modified += 1
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        entry = self.entries.get(etag)
+        if entry is not None:
+            self.hits += 1
+            self.entries.move_to_end(etag)
+            content_type, body = entry
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.misses += 1
+        await self.app(scope, receive, self._keeping(send, etag, headers))
+
+    def _keeping(self, send: Any, etag: str, headers: list[tuple[bytes, bytes]]) -> Any:
+        """`send`, adding the ETag to a 200 and keeping its body once complete."""
+        state: dict[str, Any] = {"status": 0, "content_type": b"application/json", "parts": []}
+
+        async def wrapped(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                if message["status"] == 200:
+                    message = {**message, "headers": [*message.get("headers", []), *headers]}
+                    for name, value in message["headers"]:
+                        if name.lower() == b"content-type":
+                            state["content_type"] = value
+            elif message["type"] == "http.response.body" and state["status"] == 200:
+                state["parts"].append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body = b"".join(state["parts"])
+                    if len(body) <= MAX_BODY:
+                        self.entries[etag] = (state["content_type"], body)
+                        while len(self.entries) > self.max_entries:
+                            self.entries.popitem(last=False)
+            await send(message)
+
+        return wrapped
+
+    async def _etag(self, scope: dict[str, Any], org: str) -> str | None:
+        """The answer's name, or None when the route must answer (a refused caller, Redis away)."""
+        from starlette.requests import Request
+
+        try:
+            token = _token(Request(scope))
+        except ApiError:
+            return None
+        redis = scope["app"].state.aia.redis
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.hget(keys.api_keys(), apikeys.digest(token))
+                pipe.sismember(keys.orgs(), org)
+                pipe.hget(keys.meta(org), keys.DATA_VERSION)
+                pipe.hget(keys.erasures(org), keys.ERASURES_VERSION)
+                pipe.hget(keys.time_zones(), org)
+                raw_key, exists, version, erased, zone = await pipe.execute()
+        except Exception:
+            return None
+        if raw_key is None or not exists or not apikeys.ApiKey.from_json(raw_key).allows_org(org):
+            return None
+        day = datetime.now(UTC).date().isoformat()
+        name = "\0".join(
+            str(part) for part in
+            (keys.meta(org), version, erased, zone, day, scope["path"], _query(scope))
+        )  # fmt: skip
+        return '"' + blake2b(name.encode(), digest_size=12).hexdigest() + '"'
+
+
+def _query(scope: dict[str, Any]) -> str:
+    """The query string with its parameters in a canonical order (`a=1&b=2` and `b=2&a=1` are one answer)."""
+    raw: bytes = scope.get("query_string", b"")
+    return "&".join(sorted(raw.decode("latin-1").split("&"))) if raw else ""
+
+
+def _if_none_match(scope: dict[str, Any]) -> list[str]:
+    for name, value in scope.get("headers", []):
+        if name == b"if-none-match":
+            return [tag.strip().removeprefix("W/") for tag in value.decode("latin-1").split(",")]
+    return []
