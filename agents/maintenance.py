@@ -1,4 +1,5 @@
-"""Housekeeping a worker does beside applying batches: forgetting what the dedup window no longer covers."""
+"""Housekeeping a worker does beside applying batches: forgetting what the dedup window no longer covers
+(observations that arrived before it, the event digests of conversations quiet since before it)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,16 @@ from redis.exceptions import RedisError
 from streams.settings import Settings
 from tables import queries
 from tables.buckets import Grain
-from tables.state import prune_observations
+from tables.state import prune_conversations, prune_observations
 
 log = logging.getLogger(__name__)
 
 
 async def prune_loop(settings: Settings, stop: asyncio.Event, every_s: float = 3600.0) -> None:
     """Every hour (and at start), drop the observations that arrived before the dedup window from every
-    org's observations hash. Several workers doing it at once is harmless: a prune deletes only entries
-    nobody can still replace."""
+    org's observations hash, and the event digests of every conversation last written before it. Several
+    workers doing it at once is harmless: a prune deletes only what nobody can still need, and a
+    conversation written meanwhile (another version) is left as it is."""
     redis = Redis.from_url(settings.redis_url)
     try:
         while not stop.is_set():
@@ -29,8 +31,9 @@ async def prune_loop(settings: Settings, stop: asyncio.Event, every_s: float = 3
             try:
                 for org in await queries.list_orgs(redis):
                     await prune_observations(redis, org, oldest_day)
+                    await prune_conversations(redis, org, oldest_day)
             except (RedisError, OSError) as exc:
-                log.warning("pruning observations failed, retrying later: %r", exc)
+                log.warning("pruning past the dedup window failed, retrying later: %r", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
     finally:

@@ -240,7 +240,7 @@ class BatchProcessor:
         while pending:
             for org, state in states.items():
                 if after and org in after:
-                    as_after(state, queries[org], org, after[org])
+                    as_after(state, org, after[org])
             retry: dict[str, list[Item]] = {}
             for org, items in pending.items():
                 try:

@@ -4,8 +4,9 @@ Pure except for the state it is handed (`OrgState`: what Redis held before the b
 trip). Every decision is a function of the set of events applied, whatever their order and however many
 times each arrives, so any worker can apply any batch and the same records always give the same numbers
 (the rules are in tables/conversations.py and docs/semantics.md):
-- an event counts once by its `event_id`; an observation re-sent with the same id replaces the applied one
-  when it is newer by (timestamp, offset);
+- an event counts once by its `event_id` (a chat message, sentiment judgement or chat-history record, once in
+  its conversation); an observation re-sent with the same id replaces the applied one when it is newer by
+  (timestamp, offset);
 - a session belongs to the bucket of its earliest message by event time; a message that arrives later
   with an earlier time moves the session (its count and all its messages) to its own bucket;
 - a conversation's sentiment and record are those of the latest event by (timestamp, offset, event_id).
@@ -13,15 +14,15 @@ times each arrives, so any worker can apply any batch and the same records alway
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import orjson
 
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import ids, keys
-from tables.buckets import DAY_MS, HALF_MS, MINUTE_MS, Grain, Retention, day_of
-from tables.conversations import ConversationState, is_newer, starts_earlier
+from tables.buckets import DAY_MS, HALF_MS, MINUTE_MS, Grain, Retention
+from tables.conversations import ConversationState, event_digest, is_newer, starts_earlier
 from tables.state import OrgState, StateQuery
 from tables.writer import OrgWrite
 
@@ -36,45 +37,28 @@ class Item:
     offset: int
 
 
-def conversation_id(event: Event) -> str | None:
-    """The conversation an event belongs to (its session, as kept: tables/ids.py), if any."""
-    if isinstance(event, Conversation):
-        return ids.normalize(event.id)
-    if isinstance(event, (ChatMessage, SentimentEvent)):
-        return ids.normalize(event.session_id)
-    if isinstance(event, LlmObservation) and event.session_id is not None:
-        return ids.normalize(event.session_id)
-    return None
-
-
 def state_query(items: list[Item]) -> StateQuery:
-    """What to read before planning: offset fields, observation ids, other event ids by their day,
-    conversation ids."""
+    """What to read before planning: offset fields, observation ids, conversation ids (a conversation's
+    state says which of its events it has counted), the tombstones of the batch's students."""
     partitions: dict[tuple[str, int], None] = {}
     observations: dict[str, None] = {}
-    seen: dict[str, dict[str, None]] = {}
     convs: dict[str, None] = {}
     students: dict[str, None] = {}
+    normalize = ids.normalize
     for i in items:
         ev = i.event
         partitions[(i.topic, i.partition)] = None
         if isinstance(ev, LlmObservation):
             observations[ev.event_id] = None
             if ev.session_id is not None:
-                convs[ids.normalize(ev.session_id)] = None
+                convs[normalize(ev.session_id)] = None
             continue
-        day = day_of(ev.ts_ms)
-        ids_of_day = seen.get(day)
-        if ids_of_day is None:
-            ids_of_day = seen[day] = {}
-        ids_of_day[ev.event_id] = None
-        convs[ids.normalize(ev.id if isinstance(ev, Conversation) else ev.session_id)] = None
+        convs[normalize(ev.id if isinstance(ev, Conversation) else ev.session_id)] = None
         students[ev.student] = None
     org = items[0].event.org if items else ""
     return StateQuery(
         sorted(keys.offset_field(topic, partition) for topic, partition in partitions),
         list(observations),
-        {day: list(event_ids) for day, event_ids in seen.items()},
         list(convs),
         [keys.tombstone(org, student) for student in students],
     )
@@ -130,8 +114,6 @@ class Planner:
     def plan(self, org: str, items: list[Item], state: OrgState, now_ms: int) -> OrgWrite:
         """The OrgWrite for this org's items, in any order."""
         w = OrgWrite(org)
-        seen_keys: dict[str, str] = {}
-        seen = dict(state.seen)
         observations = dict(state.observations)
         arrival_day = Grain.DAY.index(now_ms)
         before: dict[str, ConversationState] = {}
@@ -177,31 +159,25 @@ class Planner:
                     if sign > 0:  # the latest time of each trace: a maximum, whatever the order
                         conv.traces = {**conv.traces, ev.trace_id: max(ev.ts_ms, conv.traces.get(ev.trace_id, 0))}
                 continue
-            day = day_of(ev.ts_ms)
-            seen_key = seen_keys.get(day)
-            if seen_key is None:
-                seen_key = seen_keys[day] = keys.seen(org, day)
-                w.expire_at(seen_key, self.retention.dedup_expire_at_s(now_ms))
-            prev = seen.get((day, ev.event_id))
-            if prev is not None:
+            cid = ids.normalize(ev.id if isinstance(ev, Conversation) else ev.session_id)
+            working = convs.get(cid)
+            conv = self._conversation(cid, state, before, convs) if working is None else working
+            digest = event_digest(ev.event_id)
+            if digest in conv.ids:
                 w.replayed.append(item)
                 continue  # a re-sent or replayed event: it counted the first time
-            seen[(day, ev.event_id)] = "1"
-            w.mark_seen(seen_key, ev.event_id, state.seen.get((day, ev.event_id)), "1")
+            conv.ids.add(digest)
             w.events += 1
             counted[item.topic] = counted.get(item.topic, 0) + 1
-            cid = conversation_id(ev)
-            if cid is None:
-                continue
-            conv = self._conversation(cid, state, before, convs)
             if isinstance(ev, ChatMessage):
                 self._chat_message(w, ev, conv, mentors)
             elif isinstance(ev, SentimentEvent):
                 self._sentiment(w, ev, item.offset, conv)
-            elif isinstance(ev, Conversation):
+            else:
                 self._record(w, ev, item.offset, conv)
         for cid, conv in convs.items():
-            self._write_conversation(w, cid, before[cid], conv, state.convs.get(cid, {}))
+            if conv != before[cid]:  # a conversation whose events were all counted before is not written
+                self._write_conversation(w, cid, before[cid], conv, arrival_day)
         # The watermark records progress (and makes two writers of one partition conflict); what an
         # event contributed is decided by its event_id alone.
         for (topic, partition), offset in last_offsets.items():
@@ -232,10 +208,13 @@ class Planner:
         batch's own conversations were read; another one (`must_be_read`) may not have been."""
         conv = convs.get(cid)
         if conv is None:
-            if must_be_read and cid not in state.convs:
-                raise NeedState({cid})
-            before[cid] = ConversationState.from_fields(state.convs.get(cid, {}))
-            conv = convs[cid] = replace(before[cid])
+            held = state.convs.get(cid)
+            if held is None:
+                if must_be_read:
+                    raise NeedState({cid})
+                held = ConversationState()
+            before[cid] = held
+            conv = convs[cid] = held.copy()
         return conv
 
     def touched(self, org: str, items: list[Item], state: OrgState) -> tuple[list[tuple[str, str]], set[str]]:
@@ -252,7 +231,7 @@ class Planner:
         for item in items:
             ev = item.event
             if isinstance(ev, ChatMessage):
-                conv = ConversationState.from_fields(state.convs.get(ids.normalize(ev.session_id), {}))
+                conv = state.convs.get(ids.normalize(ev.session_id)) or ConversationState()
                 start = ev.ts_ms if conv.started_ms is None else conv.started_ms
                 mentor = conv.first_mentor or ids.normalize(ev.mentor_id)
                 both(start, _session_fields(mentor))
@@ -387,19 +366,18 @@ class Planner:
         return kept
 
     def _write_conversation(
-        self, w: OrgWrite, cid: str, before: ConversationState, after: ConversationState, held: dict[str, str | None]
+        self, w: OrgWrite, cid: str, before: ConversationState, after: ConversationState, arrival_day: int
     ) -> None:
-        """Write what changed in the hash, in the indexes and in the cost attributed to the session's student
-        and mentor (derived from the final state, so the order of its events does not matter), guarded by
-        the hash's version. `held` is what the hash held (its `keys.CONV_STATE` fields); what it will hold
-        after the write goes to `w.conv_after`, for a next batch planned before this one is applied."""
+        """Write the conversation's new state, guarded by the version it was planned on, and what changed in
+        the indexes and in the cost attributed to the session's student and mentor (derived from the final
+        state, so the order of its events does not matter). The state it will hold goes to `w.conv_after`,
+        for a next batch planned before this one is applied."""
         retention = self.retention
         ckey = keys.conversation(w.org, cid)
         if before.version is None and ids.needs_mapping(cid):
             w.hset(
                 keys.uuids(w.org), ids.served(w.org, ids.CONVERSATION, cid), ids.mapping_value(ids.CONVERSATION, cid)
             )
-        w.guard(ckey, keys.CONV_VERSION, None if before.version is None else str(before.version))
         if (before.started_ms, before.first_mentor, before.human + before.ai) != (
             after.started_ms,
             after.first_mentor,
@@ -407,16 +385,10 @@ class Planner:
         ):
             self._sessions(w, before, -1)
             self._sessions(w, after, 1)
-        w.hincr(ckey, keys.CONV_VERSION, 1)
-        old_fields = before.to_fields()
-        will_hold = dict(held)
-        for fld, value in after.to_fields().items():
-            if old_fields.get(fld) != value:
-                w.hset(ckey, fld, value)
-                if fld in _CONV_STATE:
-                    will_hold[fld] = value
-        will_hold[keys.CONV_VERSION] = str((before.version or 0) + 1)
-        w.conv_after[cid] = will_hold
+        after.version = (before.version or 0) + 1
+        after.last_day = arrival_day
+        w.put_conversation(ckey, before.version, after.pack())
+        w.conv_after[cid] = after
         old_cost, new_cost = _attributed(w.org, cid, before), _attributed(w.org, cid, after)
         for slot in old_cost.keys() | new_cost.keys():
             n = new_cost.get(slot, 0) - old_cost.get(slot, 0)
@@ -465,7 +437,6 @@ class Planner:
 
 
 _HOUR_DAY = (Grain.HOUR, Grain.DAY)  # LLM costs
-_CONV_STATE = frozenset(keys.CONV_STATE)
 _TOP_GRAINS = (Grain.HALF, Grain.HOUR, Grain.DAY, Grain.WEEK)
 # Sessions and messages: half hours too, for the days of zones half an hour off UTC (tables/buckets.py).
 _LOCAL = (Grain.HOUR, Grain.HALF, Grain.DAY)

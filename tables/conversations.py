@@ -1,18 +1,18 @@
 """A conversation as kept in Redis, and the rules that make it a function of the set of its events.
 
-A conversation (`aia:{org}:conv:<id>`, one hash) gathers what the events of one session say: where the
+A conversation (`aia:{org}:c:<id>`, one string) gathers what the events of one session say: where the
 session starts (its earliest message), how many messages of each role it has, the latest sentiment
-judgement, the latest chat-history record. Each rule below is order-free: applying the same events in any
-order, any number of times, leaves the same hash, so any worker can apply any batch.
+judgement, the latest chat-history record, and which events it has counted. Each rule below is order-free:
+applying the same events in any order, any number of times, leaves the same state, so any worker can apply
+any batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import Any
 
-import orjson
-
-from tables import keys
+import msgspec
 
 # A version of something that can be replaced (a judgement, a record, an observation): its event time,
 # the offset of its record in its partition, and its event_id.
@@ -36,23 +36,17 @@ def is_newer(candidate: Version, current: Version | None) -> bool:
     return current is None or candidate > current
 
 
-def format_version(version: Version) -> str:
-    ts_ms, offset, event_id = version
-    return f"{ts_ms}:{offset}:{event_id}"
+class ConversationState(msgspec.Struct, array_like=True):
+    """What a conversation holds (`aia:{org}:c:<id>`, one string: `<version>:<last_day>:` then msgpack), parsed.
 
+    `version` is bumped by every batch that writes the conversation: the apply script's guard reads it from
+    the value's prefix without decoding the rest. `ids` are the digests (`event_digest`) of the events
+    counted in the conversation: a chat message, sentiment judgement or chat-history record counts once in
+    its conversation, so the batch's state read of its conversations is also its dedup read. `last_day` is
+    the day (an epoch day index) the conversation was last written: once it is older than the dedup window
+    the worker drops `ids` (`pruned`), and an event re-sent after that counts again."""
 
-def parse_version(raw: str | None) -> Version | None:
-    if not raw:
-        return None
-    ts_ms, offset, event_id = raw.split(":", 2)
-    return int(ts_ms), int(offset), event_id
-
-
-@dataclass
-class ConversationState:
-    """The fields of a conversation hash the planner decides from (`keys.CONV_STATE`), parsed."""
-
-    version: int | None = None  # bumped by every batch that writes the conversation: its guard
+    version: int | None = None
     started_ms: int | None = None
     first_event: str | None = None
     first_mentor: str | None = None
@@ -70,61 +64,31 @@ class ConversationState:
     deleted: bool = False  # the newest record is a deletion: the conversation is listed nowhere
     # LLM cost of the session's observations by hour (epoch hours -> nano-dollars), attributed to its
     # student and mentor (`attribution`) whenever those are known.
-    costs: dict[int, int] = field(default_factory=dict)
-    traces: dict[str, int] = field(default_factory=dict)  # trace_id -> its latest observation time (ms)
-    record_json: str | None = field(default=None, compare=False)  # written, never read back by the planner
+    costs: dict[int, int] = {}
+    traces: dict[str, int] = {}  # trace_id -> its latest observation time (ms)
+    record_json: str | None = None  # the newest chat-history record, as the API serves it
+    ids: set[bytes] = set()
+    last_day: int = 0  # 0: nothing left to prune
+
+    def pack(self) -> bytes:
+        """The stored value: `<version>:<last_day>:` and the state in msgpack."""
+        return b"%d:%d:%b" % (self.version or 0, self.last_day, _ENCODER.encode(self))
 
     @classmethod
-    def from_fields(cls, fields: dict[str, str | None]) -> ConversationState:
-        f = fields.get
-        return cls(
-            version=_int(f("v")),
-            started_ms=_int(f("started_ms")),
-            first_event=f("first_event"),
-            first_mentor=f("first_mentor"),
-            first_student=f("first_student"),
-            human=_int(f(keys.MESSAGES_HUMAN)) or 0,
-            ai=_int(f(keys.MESSAGES_AI)) or 0,
-            msg_topics=frozenset(orjson.loads(f("msg_topics") or "[]")),
-            sentiment=f("sentiment"),
-            sentiment_version=parse_version(f("sentiment_ver")),
-            record_version=parse_version(f("record_ver")),
-            student=f("student"),
-            mentor=f("mentor"),
-            topics=tuple(orjson.loads(f("topics") or "[]")),
-            inserted_ms=_int(f("inserted_ms")),
-            deleted=f("deleted") == "1",
-            costs={int(h): n for h, n in orjson.loads(f("costs") or "{}").items()},
-            traces=orjson.loads(f("traces") or "{}"),
-        )
+    def unpack(cls, raw: Any) -> ConversationState:
+        """The state a stored value holds; a new, empty one for None (no conversation yet)."""
+        if raw is None:
+            return cls()
+        state: ConversationState = _DECODER.decode(memoryview(raw)[raw.index(b":", raw.index(b":") + 1) + 1 :])
+        return state
 
-    def to_fields(self) -> dict[str, str]:
-        """The hash fields this state writes (absent values are not written)."""
-        out: dict[str, str] = {keys.MESSAGES_HUMAN: str(self.human), keys.MESSAGES_AI: str(self.ai)}
-        if self.started_ms is not None:
-            out["started_ms"] = str(self.started_ms)
-            out["first_event"] = self.first_event or ""
-            out["first_mentor"] = self.first_mentor or ""
-            out["first_student"] = self.first_student or ""
-        if self.costs:
-            out["costs"] = orjson.dumps({str(h): n for h, n in sorted(self.costs.items()) if n}).decode()
-        if self.traces:
-            out["traces"] = orjson.dumps(self.traces, option=orjson.OPT_SORT_KEYS).decode()
-        if self.msg_topics:
-            out["msg_topics"] = orjson.dumps(sorted(self.msg_topics)).decode()
-        if self.sentiment is not None and self.sentiment_version is not None:
-            out["sentiment"] = self.sentiment
-            out["sentiment_ver"] = format_version(self.sentiment_version)
-        if self.record_version is not None:
-            out["record_ver"] = format_version(self.record_version)
-            out["student"] = self.student or ""
-            out["mentor"] = self.mentor or ""
-            out["topics"] = orjson.dumps(list(self.topics)).decode()
-            out["inserted_ms"] = str(self.inserted_ms or 0)
-            out["deleted"] = "1" if self.deleted else "0"
-            if self.record_json is not None:
-                out[keys.RECORD] = self.record_json
-        return out
+    def copy(self) -> ConversationState:
+        """A working copy whose `ids` can grow without touching this one."""
+        return msgspec.structs.replace(self, ids=set(self.ids))
+
+    def pruned(self) -> ConversationState:
+        """The state once the dedup window has passed: the same, a version on, without the event digests."""
+        return msgspec.structs.replace(self, version=(self.version or 0) + 1, ids=set(), last_day=0)
 
     def attribution(self) -> tuple[str, str] | None:
         """(student, mentor) the session's LLM cost counts for: those of its earliest message (observations
@@ -157,5 +121,17 @@ class ConversationState:
         return out
 
 
-def _int(value: str | None) -> int | None:
-    return None if value is None or value == "" else int(value)
+def event_digest(event_id: str) -> bytes:
+    """The 8 bytes a conversation keeps of an event id it counted (a 64-bit digest: two different ids of one
+    conversation collide with a probability of about n²/2⁶⁵ for n events)."""
+    return blake2b(event_id.encode(), digest_size=8).digest()
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(ConversationState)
+
+
+def prefix(raw: bytes) -> tuple[int, int]:
+    """(version, last_day) of a stored value, from its first bytes alone."""
+    version, last_day, _ = raw.split(b":", 2)
+    return int(version), int(last_day)

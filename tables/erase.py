@@ -7,8 +7,8 @@
    producer's re-send meets the same tombstone. The tombstone is a digest of (org, student): it does not
    keep the username.
 2. Then everything that names the student is removed; nothing can add it back:
-   - their conversations (found through the student index and by scanning the org's conversation hashes
-     for the record's or the earliest message's student): the hash (the record, with its email), every
+   - their conversations (found through the student index and by scanning the org's conversations for the
+     record's or the earliest message's student): the state (the record, with its email), every
      chat-history index entry, and the session's entries in the per-mentor session costs;
    - their per-student LLM cost fields in the hourly and daily buckets their sessions cost in;
    - their entries in every top-students set (hourly, daily, weekly, all time, per mentor).
@@ -95,16 +95,14 @@ async def _remove(redis: Redis, org: str, student: str, out: Erasure, *, publish
     indexed: Any = await redis.zrange(keys.conversations_by(org, "student", student), 0, -1)
     cids = {m.decode() for m in indexed}
     async for batch in _scan(redis, keys.conversation(org, "*")):
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in batch:
-                pipe.hmget(key, ["student", "first_student"])
-            found = await pipe.execute()
         prefix = len(keys.conversation(org, ""))
-        cids |= {key.decode()[prefix:] for key, names in zip(batch, found, strict=True) if student.encode() in names}
+        for key, raw in zip(batch, await redis.mget(batch), strict=True):
+            conv = ConversationState.unpack(raw)
+            if student in (conv.student, conv.first_student):
+                cids.add(key.decode()[prefix:])
 
     for cid in sorted(cids):
-        raw: Any = await redis.hgetall(keys.conversation(org, cid))
-        state = ConversationState.from_fields({k.decode(): v.decode() for k, v in raw.items()})
+        state = ConversationState.unpack(await redis.get(keys.conversation(org, cid)))
         async with redis.pipeline(transaction=False) as pipe:
             for kind, value in state.index_entries():
                 pipe.zrem(keys.conversations(org) if not kind else keys.conversations_by(org, kind, value), cid)

@@ -31,34 +31,6 @@ TOKENS_IN = "tokens_in"
 TOKENS_OUT = "tokens_out"
 
 
-# Fields of a conversation hash (`conversation`) the planner reads before deciding; tables/conversations.py
-# says what each holds. `v` is bumped by every batch that writes the hash: the apply script's guard.
-CONV_STATE = (
-    "v",
-    "started_ms",
-    "first_event",
-    "first_mentor",
-    "first_student",
-    "messages_human",
-    "messages_ai",
-    "msg_topics",
-    "sentiment",
-    "sentiment_ver",
-    "record_ver",
-    "student",
-    "mentor",
-    "topics",
-    "inserted_ms",
-    "deleted",
-    "costs",
-    "traces",
-)
-CONV_VERSION = "v"
-RECORD = "record"  # the newest chat-history record, as JSON
-MESSAGES_HUMAN = "messages_human"
-MESSAGES_AI = "messages_ai"
-
-
 def cost_field(kind: str, value: str) -> str:
     """A bucket field of LLM cost (nano-dollars) for one student (`u`), mentor (`m`) or model (`model`)."""
     return f"{COST}|{kind}|{value}"
@@ -183,12 +155,6 @@ def offset_field(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-def seen(org: str, day: str) -> str:
-    """Hash event_id -> what it contributed (`1`, or for an observation `cost,in,out,unpriced,ts`), per
-    event day (`YYYYMMDD`)."""
-    return f"{_org(org)}:seen:{day}"
-
-
 def observations(org: str) -> str:
     """Hash event_id -> an applied observation's contribution and version (JSON `[cost, in, out, unpriced, ts,
     offset, model, session, arrival day]`), whatever its event day, so a version re-sent with another
@@ -207,7 +173,10 @@ def meta(org: str) -> str:
 
 
 def conversation(org: str, conv_id: str) -> str:
-    return f"{_org(org)}:conv:{conv_id}"
+    """String: a conversation's state (tables/conversations.py `ConversationState.pack`): where its session
+    starts, its counts, its latest sentiment and record, its cost by hour, the digests of the events it
+    counted."""
+    return f"{_org(org)}:c:{conv_id}"
 
 
 def conversations(org: str) -> str:

@@ -252,11 +252,11 @@ async def session_costs(redis: Redis, org: str, start: datetime, end: datetime) 
         [keys.session_costs(org, day_index(d)) for d in days_between(first, last)], withscores=True
     )
     candidates = [member.decode().partition("|")[::2] for member, score in merged if int(score)]
-    rows = await _pipeline(redis, [("hget", keys.conversation(org, session), "costs") for _, session in candidates])
+    rows = await _pipeline(redis, [("get", keys.conversation(org, session)) for _, session in candidates])
     lo, hi = hour_index(start.astimezone(UTC)), hour_index(end.astimezone(UTC))
     out: dict[tuple[str, str], int] = {}
     for (mentor, session), raw in zip(candidates, rows, strict=True):
-        nanos = sum(n for h, n in orjson.loads(raw or b"{}").items() if lo <= int(h) < hi)
+        nanos = sum(n for h, n in ConversationState.unpack(raw).costs.items() if lo <= h < hi)
         if nanos:
             out[(mentor, session)] = nanos
     return out
@@ -266,10 +266,10 @@ async def latest_trace(redis: Redis, org: str, student: str, start: datetime, en
     """(trace_id, time in ms) of the latest LLM trace in [start, end) of the student's sessions."""
     lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
     members: Any = await redis.zrange(keys.conversations_by(org, "student", student), 0, -1)
-    rows = await _pipeline(redis, [("hget", keys.conversation(org, m.decode()), "traces") for m in members])
+    rows = await _pipeline(redis, [("get", keys.conversation(org, m.decode())) for m in members])
     best: tuple[int, str] | None = None
     for raw in rows:
-        for trace_id, ts in orjson.loads(raw or b"{}").items():
+        for trace_id, ts in ConversationState.unpack(raw).traces.items():
             if lo <= ts < hi and (best is None or (ts, trace_id) > best):
                 best = (ts, trace_id)
     return None if best is None else (best[1], best[0])
@@ -391,30 +391,19 @@ async def conversation(redis: Redis, org: str, conv_id: str) -> tuple[str, dict[
     """(the kept id, the stored record, the served conversation) of a conversation by the id a client
     sends (a served UUID or a kept id), or None when there is none (or it was deleted)."""
     cid = await resolve(redis, org, ids.CONVERSATION, conv_id)
-    fields = [keys.RECORD, *keys.CONV_STATE]
-    reply: Any = await redis.hmget(keys.conversation(org, cid), fields)
-    record, *values = reply
-    conv = _conversation_state(values)
+    conv = ConversationState.unpack(await redis.get(keys.conversation(org, cid)))
     if conv.deleted or (conv.record_version is None and conv.started_ms is None):
         return None
-    stored: dict[str, Any] = orjson.loads(record) if record else {}
+    stored: dict[str, Any] = orjson.loads(conv.record_json) if conv.record_json else {}
     return cid, stored, served_conversation(org, cid, stored, conv)
 
 
-def _conversation_state(values: list[bytes | None]) -> ConversationState:
-    """A conversation's state from the HMGET of `keys.CONV_STATE`."""
-    return ConversationState.from_fields(
-        {f: None if v is None else v.decode() for f, v in zip(keys.CONV_STATE, values, strict=True)}
-    )
-
-
 async def _conversations(redis: Redis, org: str, ids_: list[str]) -> list[dict[str, Any]]:
-    fields = [keys.RECORD, *keys.CONV_STATE]
-    rows = await _pipeline(redis, [("hmget", keys.conversation(org, cid), fields) for cid in ids_])
+    rows: Any = await redis.mget([keys.conversation(org, cid) for cid in ids_]) if ids_ else []
     out = []
-    for cid, (record, *values) in zip(ids_, rows, strict=True):
-        conv = _conversation_state(values)
-        out.append(served_conversation(org, cid, orjson.loads(record) if record else {}, conv))
+    for cid, raw in zip(ids_, rows, strict=True):
+        conv = ConversationState.unpack(raw)
+        out.append(served_conversation(org, cid, orjson.loads(conv.record_json) if conv.record_json else {}, conv))
     return out
 
 

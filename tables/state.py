@@ -1,5 +1,6 @@
-"""Reading back what the planner needs before it decides: an org's offset watermarks, which event ids it
-has seen, and its conversations' state. One Lua read per org, all orgs of a batch in one round trip."""
+"""Reading back what the planner needs before it decides: an org's offset watermarks, its observations'
+applied versions, its erased students among the batch's, and its conversations' state (which also says
+which events each has counted). One Lua read per org, all orgs of a batch in one round trip."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import orjson
 from redis.asyncio import Redis
 
 from tables import keys
+from tables.conversations import ConversationState, prefix
 from tables.scripts import Call, Script
 from tables.writer import OrgWrite
 
 READ_LUA = r"""
--- KEYS: the offsets hash, the observations hash, the erased-students hash, one seen hash per day, then the
--- conversations. ARGV[1]: JSON {o: offset fields, b: observation ids, e: erased-students fields (the
--- version, then the batch's students), s: [[event ids] per seen hash], n: conversations, f: their fields}
+-- KEYS: the offsets hash, the observations hash, the erased-students hash, then the conversations.
+-- ARGV[1]: JSON {o: offset fields, b: observation ids, e: erased-students fields (the version, then the
+-- batch's students)}. Replies {offsets, observations, erased, conversations} (nil where absent).
 local a = cjson.decode(ARGV[1])
 local function hmget(key, ids)
   local vals = {}
@@ -28,14 +30,12 @@ local function hmget(key, ids)
 end
 local offsets = {}
 if #a.o > 0 then offsets = redis.call('HMGET', KEYS[1], unpack(a.o)) end
-local obs = hmget(KEYS[2], a.b)
-local erased = hmget(KEYS[3], a.e)
-local seen = {}
-for i, ids in ipairs(a.s) do seen[i] = hmget(KEYS[3 + i], ids) end
 local convs = {}
-local base = 3 + #a.s
-for i = 1, a.n do convs[i] = redis.call('HMGET', KEYS[base + i], unpack(a.f)) end
-return cjson.encode({offsets, obs, seen, convs, erased})
+for i = 4, #KEYS, 1000 do
+  local part = redis.call('MGET', unpack(KEYS, i, math.min(i + 999, #KEYS)))
+  for n = 1, #part do convs[#convs + 1] = part[n] end
+end
+return {offsets, hmget(KEYS[2], a.b), hmget(KEYS[3], a.e), convs}
 """
 
 
@@ -44,21 +44,19 @@ class OrgState:
     """What Redis held for one org before the batch: the planner's preconditions."""
 
     offsets: dict[str, int | None] = field(default_factory=dict)
-    seen: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (day, event_id) -> value
     observations: dict[str, str | None] = field(default_factory=dict)  # event_id -> value
-    convs: dict[str, dict[str, str | None]] = field(default_factory=dict)  # id -> keys.CONV_STATE fields
+    convs: dict[str, ConversationState] = field(default_factory=dict)  # every conversation read (empty if new)
     erased: set[str] = field(default_factory=set)  # tombstones of the batch's students that are erased
     erasures_version: str | None = None  # the erased-students hash's version: the apply's guard
 
 
 @dataclass
 class StateQuery:
-    """What to read for one org: offset fields, observation ids, other event ids by their day (`YYYYMMDD`),
-    conversation ids, the tombstones of the batch's students."""
+    """What to read for one org: offset fields, observation ids, conversation ids, the tombstones of the
+    batch's students."""
 
     offset_fields: list[str]
     observations: list[str]
-    seen: dict[str, list[str]]
     convs: list[str]
     tombstones: list[str] = field(default_factory=list)
 
@@ -69,47 +67,34 @@ class StateReader:
         self._read = Script(redis, READ_LUA)
 
     async def read(self, queries: dict[str, StateQuery]) -> dict[str, OrgState]:
-        """Every org's state in one round trip. One Lua read per org returns it as one JSON document:
-        thousands of small replies would cost more to parse than everything else in the batch."""
+        """Every org's state in one round trip: one Lua read per org."""
         calls: list[Call] = []
         for org, q in queries.items():
             key_list = [keys.offsets(org), keys.observations(org), keys.erasures(org)]
-            key_list += [keys.seen(org, day) for day in q.seen]
             key_list += [keys.conversation(org, cid) for cid in q.convs]
             args = orjson.dumps(
-                {
-                    "o": q.offset_fields,
-                    "b": q.observations,
-                    "e": [keys.ERASURES_VERSION, *q.tombstones],
-                    "s": list(q.seen.values()),
-                    "n": len(q.convs),
-                    "f": keys.CONV_STATE,
-                }
+                {"o": q.offset_fields, "b": q.observations, "e": [keys.ERASURES_VERSION, *q.tombstones]}
             )
             calls.append((key_list, [args]))
         replies = await self._read.run_many(calls)
         states: dict[str, OrgState] = {}
-        for (org, q), raw in zip(queries.items(), replies, strict=True):
-            offsets, obs_vals, seen_vals, conv_vals, erased = (v or [] for v in orjson.loads(raw))  # {} for []
+        unpack = ConversationState.unpack
+        for (org, q), (offsets, obs_vals, erased, conv_vals) in zip(queries.items(), replies, strict=True):
             st = OrgState()
-            st.erasures_version = None if erased[0] is False else erased[0]
-            st.erased = {t for t, val in zip(q.tombstones, erased[1:], strict=True) if val is not False}
+            st.erasures_version = None if erased[0] is None else erased[0].decode()
+            st.erased = {t for t, val in zip(q.tombstones, erased[1:], strict=True) if val is not None}
             for fld, val in zip(q.offset_fields, offsets, strict=True):
-                st.offsets[fld] = None if val is False else int(val)
+                st.offsets[fld] = None if val is None else int(val)
             for event_id, val in zip(q.observations, obs_vals, strict=True):
-                st.observations[event_id] = None if val is False else val
-            for (day, ids), vals in zip(q.seen.items(), seen_vals, strict=True):
-                for event_id, val in zip(ids, vals or [], strict=True):
-                    st.seen[(day, event_id)] = None if val is False else val
-            for cid, vals in zip(q.convs, conv_vals, strict=True):
-                st.convs[cid] = {f: None if v is False else v for f, v in zip(keys.CONV_STATE, vals, strict=True)}
+                st.observations[event_id] = None if val is None else val.decode()
+            st.convs = {cid: unpack(raw) for cid, raw in zip(q.convs, conv_vals, strict=True)}
             states[org] = st
         return states
 
 
-def as_after(state: OrgState, query: StateQuery, org: str, w: OrgWrite) -> None:
+def as_after(state: OrgState, org: str, w: OrgWrite) -> None:
     """Make `state` (read while `w` was being applied, before or after it) what the org will hold once `w`
-    is applied: its new watermarks, event-id values and conversations. What `w` does not write is what
+    is applied: its new watermarks, observation values and conversations. What `w` does not write is what
     Redis held either way. So the next batch can be planned while `w` is applied; the apply's guards are
     the arbiter (a plan on a state that did not come true writes nothing and is made again)."""
     for fld, (_, new) in w.watermarks.items():
@@ -118,13 +103,8 @@ def as_after(state: OrgState, query: StateQuery, org: str, w: OrgWrite) -> None:
     written = w.seen.get(keys.observations(org), {})
     for event_id in state.observations.keys() & written.keys():
         state.observations[event_id] = written[event_id][1]
-    for day in query.seen:
-        written = w.seen.get(keys.seen(org, day), {})
-        for event_id in written.keys() & set(query.seen[day]):
-            state.seen[(day, event_id)] = written[event_id][1]
     for cid in state.convs.keys() & w.conv_after.keys():
-        after = w.conv_after[cid]
-        state.convs[cid] = {f: after.get(f) for f in keys.CONV_STATE}
+        state.convs[cid] = w.conv_after[cid]
 
 
 PRUNE_LUA = r"""
@@ -151,6 +131,46 @@ async def prune_observations(redis: Redis, org: str, oldest_day: int, *, chunk: 
         cursor = (await script(keys=[keys.observations(org)], args=[cursor, chunk, oldest_day])).decode()
         if cursor == "0":
             return
+
+
+PRUNE_CONVERSATIONS_LUA = r"""
+-- KEYS: conversations. ARGV: the version each was read at, then each one's new value. A conversation
+-- written since (another version) is left as it is. Returns how many were replaced.
+local n = 0
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  if cur and string.match(cur, '^%d+') == ARGV[i] then
+    redis.call('SET', key, ARGV[#KEYS + i], 'KEEPTTL')
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+async def prune_conversations(redis: Redis, org: str, oldest_day: int, *, chunk: int = 500) -> int:
+    """Drop the event digests of the org's conversations last written before `oldest_day` (a day index):
+    past the dedup window an event re-sent to a quiet conversation counts again, as a re-sent observation
+    does. Reads only each value's prefix until one is due; returns how many were pruned."""
+    script: Any = redis.register_script(PRUNE_CONVERSATIONS_LUA)
+    pruned = 0
+    cursor = 0
+    while True:
+        cursor, batch = await redis.scan(cursor, match=keys.conversation(org, "*"), count=chunk)
+        if batch:
+            async with redis.pipeline(transaction=False) as pipe:
+                for key in batch:
+                    pipe.getrange(key, 0, 40)
+                heads = await pipe.execute()
+            due = [k for k, head in zip(batch, heads, strict=True) if head and 0 < prefix(head)[1] < oldest_day]
+            if due:
+                states = [ConversationState.unpack(raw) for raw in await redis.mget(due)]
+                pairs = [(k, st) for k, st in zip(due, states, strict=True) if st.version is not None]
+                if pairs:
+                    args = [str(st.version) for _, st in pairs] + [st.pruned().pack() for _, st in pairs]
+                    pruned += int(await script(keys=[k for k, _ in pairs], args=args))
+        if cursor == 0:
+            return pruned
 
 
 SAVE_PROGRESS_LUA = r"""

@@ -20,6 +20,8 @@ from tables.buckets import Grain
 from tables.scripts import Script
 
 APPLY_LUA = r"""
+-- KEYS[1] the org's offsets hash, then every key the write touches. ARGV[1] JSON of the write (below), then
+-- the new values of the conversations it writes (`c`: key, the version it was planned on, its ARGV).
 local p = cjson.decode(ARGV[1])
 local offsets = KEYS[1]
 local function same(cur, expected)
@@ -32,6 +34,10 @@ end
 for _, g in ipairs(p.g) do
   if not same(redis.call('HGET', KEYS[g[1]], g[2]), g[3]) then return {0, 'guard ' .. KEYS[g[1]] .. ' ' .. g[2]} end
 end
+for _, c in ipairs(p.c) do
+  local cur = redis.call('GET', KEYS[c[1]])
+  if not same(cur and string.match(cur, '^%d+'), c[2]) then return {0, 'conversation ' .. KEYS[c[1]]} end
+end
 for _, d in ipairs(p.d) do
   local key, ids, expected = KEYS[d[1]], d[2], d[3]
   for i = 1, #ids, 1000 do
@@ -42,6 +48,7 @@ for _, d in ipairs(p.d) do
   end
 end
 for _, w in ipairs(p.w) do redis.call('HSET', offsets, w[1], w[3]) end
+for _, c in ipairs(p.c) do redis.call('SET', KEYS[c[1]], ARGV[c[3]]) end
 for _, d in ipairs(p.d) do
   local key, ids, values = KEYS[d[1]], d[2], d[4]
   for i = 1, #ids, 500 do
@@ -86,14 +93,16 @@ class OrgWrite:
     nx_zadds: dict[tuple[int, str], float] = field(default_factory=dict)
     maxes: dict[tuple[int, str], int] = field(default_factory=dict)
     expires: dict[int, int] = field(default_factory=dict)
-    # event_id -> (value before the batch, value after), per seen-hash key: checked and written in bulk
+    # event_id -> (value before the batch, value after), per hash key (observations): checked and written in bulk
     seen: dict[str, dict[str, tuple[str | None, str]]] = field(default_factory=dict)
+    # conversation key index -> (the version it was planned on, or None for a new one; its new value)
+    convs: dict[int, tuple[int | None, bytes]] = field(default_factory=dict)
     # (grain, bucket index, field) -> delta; (day index, mentor or None, student) -> delta
     bucket_deltas: dict[tuple[Grain, int, str], int] = field(default_factory=dict)
     top_deltas: dict[tuple[int, str | None, str], int] = field(default_factory=dict)  # (half hour, mentor, student)
     events: int = 0
-    # conversation id -> its `keys.CONV_STATE` fields as they will be once this write is applied
-    conv_after: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    # conversation id -> its state as it will be once this write is applied
+    conv_after: dict[str, Any] = field(default_factory=dict)
     state: Any = None  # the OrgState it was planned from (tables/state.py)
     items: list[Any] = field(default_factory=list)  # the items (agents/planner.py) it was planned from
     replayed: list[Any] = field(default_factory=list)  # items at or below a watermark: applied before
@@ -125,6 +134,10 @@ class OrgWrite:
         ids = self.seen.setdefault(key, {})
         prev = ids.get(event_id)
         ids[event_id] = (expected if prev is None else prev[0], new)
+
+    def put_conversation(self, key: str, expected: int | None, value: bytes) -> None:
+        """Write a conversation's new value, if it still has the version it was planned on (None: absent)."""
+        self.convs[self.k(key)] = (expected, value)
 
     def guard(self, key: str, fld: str, expected: str | None) -> None:
         self.guards.setdefault((self.k(key), fld), expected)
@@ -170,10 +183,11 @@ class OrgWrite:
         """The sorted sets (top students) this write changes (after payload())."""
         return {self._keys[k - 1] for (k, _), _ in self._zincr_order}
 
-    def payload(self) -> bytes:
+    def payload(self) -> list[bytes]:
+        """The script's ARGV: the write as JSON, then the conversations' new values."""
         self._incr_order = [(slot, n) for slot, n in self.hincrs.items() if n]
         self._zincr_order = [(slot, n) for slot, n in self.zincrs.items() if n]
-        return orjson.dumps(
+        doc = orjson.dumps(
             {
                 "w": [[f, None if exp is None else str(exp), str(new)] for f, (exp, new) in self.watermarks.items()],
                 "g": [[k, f, exp] for (k, f), exp in self.guards.items()],
@@ -189,8 +203,13 @@ class OrgWrite:
                 "a": [[k, m, repr(float(s))] for (k, m), s in self.zadds.items()],
                 "m": [[k, f, str(v)] for (k, f), v in self.maxes.items()],
                 "x": [[k, ts] for k, ts in self.expires.items()],
+                "c": [
+                    [k, None if exp is None else str(exp), n]
+                    for n, (k, (exp, _)) in enumerate(self.convs.items(), start=2)
+                ],
             }
         )
+        return [doc, *(value for _, value in self.convs.values())]
 
 
 class Writer:
@@ -204,7 +223,7 @@ class Writer:
         if not writes:
             return {}
         # Each script is atomic on its own; orgs may live in different cluster slots.
-        results = await self._script.run_many([(w.keys, [w.payload()]) for w in writes])
+        results = await self._script.run_many([(w.keys, w.payload()) for w in writes])
         conflicts = {}
         for w, (ok, reason, *values) in zip(writes, results, strict=True):
             if int(ok) != 1:

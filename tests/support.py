@@ -314,10 +314,11 @@ def as_records(events: list[tuple[str, dict[str, Any]]]) -> list[Record]:
     return out
 
 
-async def apply_batches(redis: Redis, batches: list[list[Record]], settings: Settings) -> None:
-    """On an emptied Redis, apply the batches through the BatchProcessor; none of the records may be a dead
-    letter."""
-    await redis.flushall()
+async def apply_batches(redis: Redis, batches: list[list[Record]], settings: Settings, *, flush: bool = True) -> None:
+    """On an emptied Redis (unless `flush` is False), apply the batches through the BatchProcessor; none of the
+    records may be a dead letter."""
+    if flush:
+        await redis.flushall()
     dead: list[DeadLetter] = []
 
     async def keep(letters: list[DeadLetter]) -> None:

@@ -14,6 +14,7 @@ import random
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,7 +24,7 @@ from infra.redis import RedisServer
 from streams.deadletter import Record
 from streams.settings import Settings
 from tables import keys, queries
-from tables.buckets import local_days, time_zone
+from tables.buckets import Grain, local_days, time_zone
 from tests import reference
 from tests.support import apply_batches, as_records
 
@@ -220,6 +221,43 @@ async def test_observations_past_the_dedup_window_are_pruned(redis_server: Redis
         )
         await prune_observations(redis, ORG, oldest_day=101, chunk=1)
         assert await redis.hkeys(keys.observations(ORG)) == [b"new"]
+    finally:
+        await redis.aclose()
+
+
+async def test_conversations_quiet_past_the_dedup_window_forget_their_event_ids(redis_server: RedisServer) -> None:
+    """A conversation keeps the digests of the events it counted until it has been quiet for the dedup window;
+    then they go (a re-send counts again, as past the window it should), and nothing else changes."""
+    from tables.conversations import ConversationState
+    from tables.state import prune_conversations
+
+    def chat(event_id: str, session: str) -> tuple[str, dict[str, Any]]:
+        return ("chat-messages", {"event_id": event_id, "org": ORG, "timestamp": ts(5), "session_id": session,
+                                  "student": "stu0", "mentor_id": "m1", "role": "human"})  # fmt: skip
+
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await apply_batches(redis, [as_records([chat("e1", "quiet"), chat("e2", "quiet"), chat("e3", "busy")])],
+                            Settings())  # fmt: skip
+        today = Grain.DAY.index(int(datetime.now(UTC).timestamp() * 1000))
+        quiet, busy = keys.conversation(ORG, "quiet"), keys.conversation(ORG, "busy")
+        held = ConversationState.unpack(await redis.get(quiet))
+        assert len(held.ids) == 2 and held.last_day == today
+        # Written eight days ago, as far as the prune can tell; the busy one today.
+        await redis.set(quiet, msgspec.structs.replace(held, last_day=today - 8).pack())
+        assert await prune_conversations(redis, ORG, oldest_day=today - 7, chunk=1) == 1
+        after = ConversationState.unpack(await redis.get(quiet))
+        assert after.ids == set() and after.version == held.version + 1
+        assert msgspec.structs.replace(after, ids=held.ids, version=held.version, last_day=held.last_day) == held
+        assert len(ConversationState.unpack(await redis.get(busy)).ids) == 1
+        assert await prune_conversations(redis, ORG, oldest_day=today - 7) == 0  # nothing more is due
+        day = (NOW - timedelta(minutes=5)).date()
+        rows = await queries.average_messages_per_session(redis, ORG, day, day, "daily", None)
+        assert [(r["total_sessions"], r["total_messages"]) for r in rows] == [(2, 3)]  # served unchanged
+        # Past the window a re-send is a new event; within it (the busy conversation) it is not.
+        await apply_batches(redis, [as_records([chat("e1", "quiet"), chat("e3", "busy")])], Settings(), flush=False)
+        rows = await queries.average_messages_per_session(redis, ORG, day, day, "daily", None)
+        assert [(r["total_sessions"], r["total_messages"]) for r in rows] == [(2, 4)]
     finally:
         await redis.aclose()
 

@@ -14,8 +14,7 @@ from streams.prices import PriceTable
 from streams.schemas import ChatMessage, LlmObservation
 from tables import keys
 from tables.buckets import Grain, Retention, day_of, days_between, hour_of, hours_between, split_weeks
-from tables.conversations import is_newer, starts_earlier
-from tables.keys import CONV_STATE
+from tables.conversations import ConversationState, event_digest, is_newer, starts_earlier
 from tables.queries import cost_buckets
 from tables.state import OrgState
 
@@ -83,17 +82,17 @@ def test_session_belongs_to_the_day_of_its_first_message() -> None:
 def test_replayed_events_count_nothing_and_a_later_message_counts_where_the_session_started() -> None:
     p = planner()
     first = msg("a", 10, T0)
-    seen = {(day_of(T0), "a"): "1"}  # "a" was applied before a crash; its session state is in Redis
-    session = {"v": "3", "started_ms": str(T0 - 2 * 3_600_000), "first_event": "a0", "first_mentor": "m0",
-               "messages_human": "2"}  # fmt: skip
-    state = OrgState(seen=seen, convs={"s1": dict.fromkeys(CONV_STATE) | session})
+    # "a" was applied before a crash: its session's state in Redis counted it
+    session = ConversationState(version=3, started_ms=T0 - 2 * 3_600_000, first_event="a0", first_mentor="m0",
+                                human=2, ids={event_digest("a0"), event_digest("a")})  # fmt: skip
+    state = OrgState(convs={"s1": session})
     w = p.plan("acme", [first, msg("b", 11, T0)], state, T0)
     assert daily(w, keys.SESSIONS, T0) == 0  # the session was counted already
     assert daily(w, keys.MESSAGES, T0) == 1  # only "b" is new, counted where the session started...
     assert w.bucket_deltas.get((Grain.DAY, T0 // DAY, keys.mentor_field(keys.MESSAGES, "m0"))) == 1  # ...for its mentor
     assert w.replayed == [first]
     # Applied only if no other writer changed the conversation meanwhile.
-    assert w.guards[(w.k(keys.conversation("acme", "s1")), "v")] == "3"
+    assert w.convs[w.k(keys.conversation("acme", "s1"))][0] == 3
     counters, _ = p.touched("acme", w.replayed, state)  # what "a" counts in, to publish again
     assert ("aia:{acme}:d:20261120", keys.SESSIONS) in counters
 
@@ -101,17 +100,17 @@ def test_replayed_events_count_nothing_and_a_later_message_counts_where_the_sess
 def test_an_earlier_message_arriving_later_moves_the_session_with_all_its_messages() -> None:
     p = planner()
     later = T0 + DAY
-    session = {"v": "1", "started_ms": str(later), "first_event": "b", "first_mentor": "m2",
-               "messages_human": "1", "messages_ai": "1"}  # fmt: skip
-    state = OrgState(convs={"s1": dict.fromkeys(CONV_STATE) | session})
+    session = ConversationState(version=1, started_ms=later, first_event="b", first_mentor="m2", human=1, ai=1,
+                                ids={event_digest("b"), event_digest("b2")})  # fmt: skip
+    state = OrgState(convs={"s1": session})
     w = p.plan("acme", [msg("a", 10, T0)], state, T0)
     assert (daily(w, keys.SESSIONS, later), daily(w, keys.MESSAGES, later)) == (-1, -2)
     assert (daily(w, keys.SESSIONS, T0), daily(w, keys.MESSAGES, T0)) == (1, 3)
     assert daily(w, keys.mentor_field(keys.MESSAGES, "m2"), later) == -2
     assert daily(w, keys.mentor_field(keys.SESSIONS, "m1"), T0) == 1  # the earliest message's mentor
-    conv = keys.conversation("acme", "s1")
-    assert w.sets[(w.k(conv), "started_ms")] == str(T0)
-    assert w.sets[(w.k(conv), "first_event")] == "a"
+    after = w.conv_after["s1"]
+    assert (after.started_ms, after.first_event, after.version) == (T0, "a", 2)
+    assert w.convs[w.k(keys.conversation("acme", "s1"))] == (1, after.pack())
     assert w.zadds[(w.k(keys.conversations("acme")), "s1")] == float(T0)  # listed by its new start
 
 
@@ -145,8 +144,8 @@ def test_resent_observation_replaces_its_cost_unless_it_is_older() -> None:
 def test_an_event_id_counts_once(dup_in_batch: bool) -> None:
     p = planner()
     items = [msg("a", 1, T0), msg("a", 2, T0)] if dup_in_batch else [msg("a", 2, T0)]
-    seen = {} if dup_in_batch else {(day_of(T0), "a"): "1"}
-    w = p.plan("acme", items, OrgState(seen=seen), T0)
+    held = ConversationState() if dup_in_batch else ConversationState(version=1, started_ms=T0, ids={event_digest("a")})
+    w = p.plan("acme", items, OrgState(convs={"s1": held}), T0)
     assert daily(w, keys.MESSAGES, T0) == (1 if dup_in_batch else 0)
 
 
