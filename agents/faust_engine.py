@@ -77,7 +77,7 @@ class FaustEngine:
 
     async def start(self) -> None:
         from agents.alerts import AlertEngine
-        from agents.maintenance import prune_loop
+        from agents.maintenance import collect_loop, prune_loop
 
         settings = self.settings
         alerts = AlertEngine(settings) if settings.alert_interval > 0 else None  # a bad rules file stops us here
@@ -100,6 +100,7 @@ class FaustEngine:
         self._tasks = [
             asyncio.create_task(self._fill_gaps(self._stop), name="fill-gaps"),
             asyncio.create_task(prune_loop(settings, self._stop), name="prune"),
+            asyncio.create_task(collect_loop(self._stop), name="gc"),
             asyncio.create_task(self._log_progress(self._stop), name="progress-log"),
         ]
         if alerts is not None:

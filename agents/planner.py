@@ -14,6 +14,7 @@ times each arrives, so any worker can apply any batch and the same records alway
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import orjson
@@ -123,6 +124,10 @@ class Planner:
         dropped = 0  # events of erased students
         newest_ms = 0
         mentors: dict[str, str] = {}  # mentor id as sent -> as kept
+        # Per chat message only its minute, and (human ones) its half hour, student and mentor are noted;
+        # they are counted once at the end (Counter counts in C).
+        minutes: list[int] = []
+        humans: list[tuple[int, str, str]] = []
         # No batch planned before an erasure may write after it: the apply checks the erasures' version.
         w.guard(keys.erasures(org), keys.ERASURES_VERSION, state.erasures_version)
         for item in items:
@@ -170,11 +175,12 @@ class Planner:
             w.events += 1
             counted[item.topic] = counted.get(item.topic, 0) + 1
             if isinstance(ev, ChatMessage):
-                self._chat_message(w, ev, conv, mentors)
+                self._chat_message(w, ev, conv, mentors, minutes, humans)
             elif isinstance(ev, SentimentEvent):
                 self._sentiment(w, ev, item.offset, conv)
             else:
                 self._record(w, ev, item.offset, conv)
+        self._count_messages(w, minutes, humans)
         for cid, conv in convs.items():
             if conv != before[cid]:  # a conversation whose events were all counted before is not written
                 self._write_conversation(w, cid, before[cid], conv, arrival_day)
@@ -296,44 +302,67 @@ class Planner:
             for student, n in members.items():
                 w.zincr(key, student, n)
 
-    def _chat_message(self, w: OrgWrite, ev: ChatMessage, conv: ConversationState, mentors: dict[str, str]) -> None:
-        """The message's part of its conversation's state; the session and message counts it moves are
-        derived from the conversation's final state (`_sessions`), so per event only the state changes."""
+    def _chat_message(
+        self,
+        w: OrgWrite,
+        ev: ChatMessage,
+        conv: ConversationState,
+        mentors: dict[str, str],
+        minutes: list[int],
+        humans: list[tuple[int, str, str]],
+    ) -> None:
+        """The message's part of its conversation's state, and the counts of its minute and (a human message)
+        its student (`_count_messages`); the session and message counts it moves are derived from the
+        conversation's final state (`_sessions`)."""
         mentor = mentors.get(ev.mentor_id)
         if mentor is None:
             mentor = mentors[ev.mentor_id] = self._mentor(w, ev.mentor_id)
         if starts_earlier(ev.ts_ms, ev.event_id, conv.started_ms, conv.first_event):
             conv.started_ms, conv.first_event = ev.ts_ms, ev.event_id
             conv.first_mentor, conv.first_student = mentor, ev.student
-        deltas = w.bucket_deltas
-        minute = (Grain.MINUTE, ev.ts_ms // MINUTE_MS, keys.MESSAGES)
-        deltas[minute] = deltas.get(minute, 0) + 1
-        if ev.topics:
-            conv.msg_topics = conv.msg_topics | frozenset(ev.topics)
-        if ev.role != "human":
+        minutes.append(ev.ts_ms // MINUTE_MS)
+        if ev.topics and not conv.msg_topics.issuperset(ev.topics):
+            conv.msg_topics = conv.msg_topics.union(ev.topics)
+        if ev.role == "human":
+            conv.human += 1
+            humans.append((ev.ts_ms // HALF_MS, ev.student, mentor))
+        else:
             conv.ai += 1
-            return
-        conv.human += 1
-        day = (Grain.DAY, ev.ts_ms // DAY_MS, keys.HUMAN)
-        deltas[day] = deltas.get(day, 0) + 1
-        half = ev.ts_ms // HALF_MS
-        top = w.top_deltas
-        for slot in ((half, None, ev.student), (half, mentor, ev.student)):
-            top[slot] = top.get(slot, 0) + 1
 
     @staticmethod
-    def _sessions(w: OrgWrite, conv: ConversationState, sign: int) -> None:
+    def _count_messages(w: OrgWrite, minutes: list[int], humans: list[tuple[int, str, str]]) -> None:
+        """Chat messages per minute (what the alert rules read), human messages per day, and per student in
+        each half hour (for the org and for the mentor), from what the batch's messages noted."""
+        deltas = w.bucket_deltas
+        for minute, n in Counter(minutes).items():
+            bucket = (Grain.MINUTE, minute, keys.MESSAGES)
+            deltas[bucket] = deltas.get(bucket, 0) + n
+        top = w.top_deltas
+        for (half, student, mentor), n in Counter(humans).items():
+            day = (Grain.DAY, half * HALF_MS // DAY_MS, keys.HUMAN)
+            deltas[day] = deltas.get(day, 0) + n
+            for slot in ((half, None, student), (half, mentor, student)):
+                top[slot] = top.get(slot, 0) + n
+
+    @staticmethod
+    def _sessions(w: OrgWrite, conv: ConversationState, sign: int, *, messages_only: int = 0) -> None:
         """What a conversation adds to the session and message counts: one session and all its messages, in
-        the hour, half hour and day of its earliest message, for the org and for its first mentor."""
+        the hour, half hour and day of its earliest message, for the org and for its first mentor.
+        `messages_only`: just that many more messages of the same session."""
         if conv.started_ms is None:
             return
-        messages = sign * (conv.human + conv.ai)
-        fields: tuple[tuple[str, int], ...] = ((keys.SESSIONS, sign), (keys.MESSAGES, messages))
-        if conv.first_mentor:
-            fields += (
-                (_mentor(keys.SESSIONS, conv.first_mentor), sign),
-                (_mentor(keys.MESSAGES, conv.first_mentor), messages),
-            )
+        if messages_only:
+            fields: tuple[tuple[str, int], ...] = ((keys.MESSAGES, messages_only),)
+            if conv.first_mentor:
+                fields += ((_mentor(keys.MESSAGES, conv.first_mentor), messages_only),)
+        else:
+            messages = sign * (conv.human + conv.ai)
+            fields = ((keys.SESSIONS, sign), (keys.MESSAGES, messages))
+            if conv.first_mentor:
+                fields += (
+                    (_mentor(keys.SESSIONS, conv.first_mentor), sign),
+                    (_mentor(keys.MESSAGES, conv.first_mentor), messages),
+                )
         deltas = w.bucket_deltas
         for grain in _LOCAL:
             index = grain.index(conv.started_ms)
@@ -378,35 +407,35 @@ class Planner:
             w.hset(
                 keys.uuids(w.org), ids.served(w.org, ids.CONVERSATION, cid), ids.mapping_value(ids.CONVERSATION, cid)
             )
-        if (before.started_ms, before.first_mentor, before.human + before.ai) != (
-            after.started_ms,
-            after.first_mentor,
-            after.human + after.ai,
-        ):
-            self._sessions(w, before, -1)
+        if (before.started_ms, before.first_mentor) != (after.started_ms, after.first_mentor):
+            self._sessions(w, before, -1)  # the session moved: all of it leaves its old buckets
             self._sessions(w, after, 1)
+        elif after.started_ms is not None and (n := after.human + after.ai - before.human - before.ai):
+            self._sessions(w, after, 1, messages_only=n)  # the same session, more messages
         after.version = (before.version or 0) + 1
         after.last_day = arrival_day
         w.put_conversation(ckey, before.version, after.pack())
         w.conv_after[cid] = after
-        old_cost, new_cost = _attributed(w.org, cid, before), _attributed(w.org, cid, after)
-        for slot in old_cost.keys() | new_cost.keys():
-            n = new_cost.get(slot, 0) - old_cost.get(slot, 0)
-            if not n:
-                continue
-            kind, grain, index, member = slot
-            if kind == "z":
-                key = keys.session_costs(w.org, index)
-                w.zincr(key, member, n)
-                w.expire_at(key, retention.expire_at_s(Grain.DAY, index))
-            else:
-                w.bucket_deltas[(grain, index, member)] = w.bucket_deltas.get((grain, index, member), 0) + n
-        old, new = before.index_entries(), after.index_entries()
-        for kind, value in old.keys() - new.keys():
-            w.zrem(_index_key(w.org, kind, value), cid)
-        for (kind, value), score in new.items():
-            if old.get((kind, value)) != score:
-                w.zadd(_index_key(w.org, kind, value), cid, score)
+        if before.costs != after.costs or before.attribution() != after.attribution():
+            old_cost, new_cost = _attributed(w.org, cid, before), _attributed(w.org, cid, after)
+            for slot in old_cost.keys() | new_cost.keys():
+                n = new_cost.get(slot, 0) - old_cost.get(slot, 0)
+                if not n:
+                    continue
+                kind, grain, index, member = slot
+                if kind == "z":
+                    key = keys.session_costs(w.org, index)
+                    w.zincr(key, member, n)
+                    w.expire_at(key, retention.expire_at_s(Grain.DAY, index))
+                else:
+                    w.bucket_deltas[(grain, index, member)] = w.bucket_deltas.get((grain, index, member), 0) + n
+        if before.listing() != after.listing():
+            old, new = before.index_entries(), after.index_entries()
+            for kind, value in old.keys() - new.keys():
+                w.zrem(_index_key(w.org, kind, value), cid)
+            for (kind, value), score in new.items():
+                if old.get((kind, value)) != score:
+                    w.zadd(_index_key(w.org, kind, value), cid, score)
 
     def _observation(
         self, w: OrgWrite, ev: LlmObservation, offset: int, prev: AppliedObservation | None, arrival_day: int

@@ -241,7 +241,7 @@ def install_task_dump(loop: asyncio.AbstractEventLoop) -> None:
 async def serve(settings: Settings) -> None:
     """Run a worker and the alert engine until SIGTERM or SIGINT."""
     from agents.alerts import AlertEngine
-    from agents.maintenance import prune_loop
+    from agents.maintenance import collect_loop, prune_loop
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -255,6 +255,7 @@ async def serve(settings: Settings) -> None:
     tasks = [
         asyncio.create_task(Worker(settings).run(stop), name="worker"),
         asyncio.create_task(prune_loop(settings, stop), name="prune"),
+        asyncio.create_task(collect_loop(stop), name="gc"),
     ]
     if engine is not None:
         tasks.append(asyncio.create_task(engine.run(stop), name="alerts"))

@@ -97,6 +97,13 @@ class ConversationState(msgspec.Struct, array_like=True):
             return None
         return self.first_student or "", self.first_mentor or ""
 
+    def listing(self) -> tuple[object, ...]:
+        """Everything `index_entries` depends on: where two states list a conversation differs only if this does."""
+        return (
+            self.deleted, self.record_version is not None, self.inserted_ms, self.started_ms, self.student,
+            self.mentor, self.first_student, self.first_mentor, self.msg_topics, self.topics, self.sentiment,
+        )  # fmt: skip
+
     def index_entries(self) -> dict[tuple[str, str], float]:
         """Where the conversation is listed: (index kind, value) -> score; kind "" is the main index.
 
