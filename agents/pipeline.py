@@ -9,16 +9,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from redis.asyncio import Redis
 
-from agents.planner import Item, NeedState, Planner, state_query
+from agents.planner import NeedState, Planner, state_query
 from streams.deadletter import DeadLetter, Record
 from streams.exceptions import InvalidEvent
 from streams.prices import PriceTable
-from streams.schemas import Limits, parse
+from streams.schemas import Event, Limits, parse
 from streams.settings import Settings
 from tables import keys
 from tables.buckets import Retention
@@ -40,6 +41,19 @@ class BatchResult:
     attempts: int = 1
 
 
+class RawRecord(Protocol):
+    """What validation reads of a record: ours (streams.deadletter.Record) or aiokafka's ConsumerRecord."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+# A partition's records: (topic named without prefix, partition, records in offset order, each once)
+Group = tuple[str, int, Sequence[RawRecord]]
 # The state queries of a batch's orgs and what Redis answered (BatchProcessor.read)
 Read = tuple[dict[str, StateQuery], dict[str, OrgState]]
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
@@ -61,32 +75,60 @@ class BatchProcessor:
         self.planner = Planner(PriceTable.load(settings.price_table), Retention.from_settings(settings))
 
     def validate(
-        self, records: list[Record], now_ms: int, *, ordered: bool = False
-    ) -> tuple[dict[str, list[Item]], list[DeadLetter]]:
+        self, records: Sequence[Record], now_ms: int, *, ordered: bool = False
+    ) -> tuple[dict[str, list[Event]], list[DeadLetter]]:
         """Valid events by org, and dead letters. The planner wants each record once, in offset order per
         partition: `ordered` says the records already are (as the kafka worker reads them)."""
-        by_org: dict[str, list[Item]] = {}
-        dead: list[DeadLetter] = []
         if not ordered:
             unique = {(r.topic, r.partition, r.offset): r for r in reversed(records)}
             records = sorted(unique.values(), key=lambda r: (r.topic, r.partition, r.offset))
+        groups: dict[tuple[str, int], list[Record]] = {}
         for r in records:
-            try:
-                ev = parse(r.topic, r.key, r.value, now_ms, self.limits)
-            except InvalidEvent as exc:
-                dead.append(DeadLetter(r, exc.reason))
-                continue
-            except Exception as exc:  # a bug must not stop the stream: the event is kept, with why
-                log.exception("validating %s[%d]@%d failed", r.topic, r.partition, r.offset)
-                dead.append(DeadLetter(r, f"could not be validated: {exc!r}"))
-                continue
-            by_org.setdefault(ev.org, []).append(Item(ev, r.topic, r.partition, r.offset))
+            groups.setdefault((r.topic, r.partition), []).append(r)
+        return self.validate_groups([(topic, partition, rs) for (topic, partition), rs in groups.items()], now_ms)
+
+    def validate_groups(self, groups: Iterable[Group], now_ms: int) -> tuple[dict[str, list[Event]], list[DeadLetter]]:
+        """`validate` of records grouped by partition, each group's in offset order and each record once."""
+        by_org: dict[str, list[Event]] = {}
+        dead: list[DeadLetter] = []
+        limits = self.limits
+        for topic, partition, records in groups:
+            for r in records:
+                try:
+                    ev = parse(topic, r.key, r.value, now_ms, limits)
+                except InvalidEvent as exc:
+                    dead.append(DeadLetter(Record(topic, partition, r.offset, r.key, r.value), exc.reason))
+                    continue
+                except Exception as exc:  # a bug must not stop the stream: the event is kept, with why
+                    log.exception("validating %s[%d]@%d failed", topic, partition, r.offset)
+                    dead.append(
+                        DeadLetter(
+                            Record(topic, partition, r.offset, r.key, r.value), f"could not be validated: {exc!r}"
+                        )
+                    )
+                    continue
+                ev.src_topic, ev.src_partition, ev.src_offset = topic, partition, r.offset
+                org_events = by_org.get(ev.org)
+                if org_events is None:
+                    org_events = by_org[ev.org] = []
+                org_events.append(ev)
         return by_org, dead
 
-    async def process(self, records: list[Record], *, ordered: bool = False) -> BatchResult:
+    async def process(self, records: Sequence[Record], *, ordered: bool = False) -> BatchResult:
         """Apply a batch; `ordered`: each record once, in offset order per partition (see `validate`)."""
         now_ms = int(time.time() * 1000)
         by_org, dead = self.validate(records, now_ms, ordered=ordered)
+        return await self._process(by_org, dead, len(records), now_ms)
+
+    async def process_groups(self, groups: Sequence[Group]) -> BatchResult:
+        """Apply a batch of records grouped by partition (each group in offset order, each record once)."""
+        now_ms = int(time.time() * 1000)
+        by_org, dead = self.validate_groups(groups, now_ms)
+        return await self._process(by_org, dead, sum(len(rs) for _, _, rs in groups), now_ms)
+
+    async def _process(
+        self, by_org: dict[str, list[Event]], dead: list[DeadLetter], n_records: int, now_ms: int
+    ) -> BatchResult:
         if dead:
             # Before the batch's offsets can be committed, so no bad event is ever lost.
             await self.send_dead_letters(dead)
@@ -107,7 +149,7 @@ class BatchProcessor:
                 break
             except GenerationsChanged:
                 log.info("the generations changed while applying a batch: applying it again")
-        result.skipped = len(records) - len(dead) - result.applied
+        result.skipped = n_records - len(dead) - result.applied
         if by_org:
             await self.redis.sadd(keys.orgs(), *by_org)
         if self.publish is not None and done:
@@ -117,7 +159,7 @@ class BatchProcessor:
         return result
 
     async def _apply_overlapped(
-        self, by_org: dict[str, list[Item]], now_ms: int, gens: Generations, result: BatchResult
+        self, by_org: dict[str, list[Event]], now_ms: int, gens: Generations, result: BatchResult
     ) -> list[tuple[OrgWrite, OrgState]]:
         """Apply the batch in parts of about `apply_chunk` events, each part read and planned while Redis
         applies the one before: planned on what Redis will hold after it (`tables.state.as_after`).
@@ -194,7 +236,7 @@ class BatchProcessor:
         return result
 
     async def _apply(
-        self, by_org: dict[str, list[Item]], now_ms: int, gens: Generations, result: BatchResult
+        self, by_org: dict[str, list[Event]], now_ms: int, gens: Generations, result: BatchResult
     ) -> list[tuple[OrgWrite, OrgState]]:
         """Plan and apply every org's write in the context's generation, re-planning the orgs that conflict."""
         pending = by_org
@@ -219,14 +261,14 @@ class BatchProcessor:
             await asyncio.sleep(0.002 * attempt)  # let the other writer finish before re-reading
         raise RuntimeError(f"gave up applying a batch after {MAX_ATTEMPTS} conflicting attempts: {conflicts}")
 
-    async def read(self, by_org: dict[str, list[Item]]) -> Read:
+    async def read(self, by_org: dict[str, list[Event]]) -> Read:
         """Every org's state, in one round trip."""
         queries = {org: state_query(items) for org, items in by_org.items()}
         return queries, await self.reader.read(queries)
 
     async def plan(
         self,
-        by_org: dict[str, list[Item]],
+        by_org: dict[str, list[Event]],
         now_ms: int,
         after: dict[str, OrgWrite] | None = None,
         read: Read | None = None,
@@ -241,7 +283,7 @@ class BatchProcessor:
             for org, state in states.items():
                 if after and org in after:
                     as_after(state, org, after[org])
-            retry: dict[str, list[Item]] = {}
+            retry: dict[str, list[Event]] = {}
             for org, items in pending.items():
                 try:
                     w = self.planner.plan(org, items, states[org], now_ms)
@@ -295,7 +337,7 @@ class BatchProcessor:
         return out
 
 
-def _parts(by_org: dict[str, list[Item]], size: int) -> list[dict[str, list[Item]]]:
+def _parts(by_org: dict[str, list[Event]], size: int) -> list[dict[str, list[Event]]]:
     """The batch in parts of about `size` events (0: one part), each org's items kept in their order, so
     every partition's records stay in offset order from part to part."""
     total = sum(len(items) for items in by_org.values())

@@ -28,17 +28,7 @@ from tables.state import OrgState, StateQuery
 from tables.writer import OrgWrite
 
 
-@dataclass(slots=True)  # not frozen: built per event, and a frozen __init__ costs 5x
-class Item:
-    """A valid event and where it was read from (topic named without prefix)."""
-
-    event: Event
-    topic: str
-    partition: int
-    offset: int
-
-
-def state_query(items: list[Item]) -> StateQuery:
+def state_query(items: list[Event]) -> StateQuery:
     """What to read before planning: offset fields, observation ids, conversation ids (a conversation's
     state says which of its events it has counted), the tombstones of the batch's students."""
     partitions: dict[tuple[str, int], None] = {}
@@ -46,9 +36,8 @@ def state_query(items: list[Item]) -> StateQuery:
     convs: dict[str, None] = {}
     students: dict[str, None] = {}
     normalize = ids.normalize
-    for i in items:
-        ev = i.event
-        partitions[(i.topic, i.partition)] = None
+    for ev in items:
+        partitions[(ev.src_topic, ev.src_partition)] = None
         if isinstance(ev, LlmObservation):
             observations[ev.event_id] = None
             if ev.session_id is not None:
@@ -56,7 +45,7 @@ def state_query(items: list[Item]) -> StateQuery:
             continue
         convs[normalize(ev.id if isinstance(ev, Conversation) else ev.session_id)] = None
         students[ev.student] = None
-    org = items[0].event.org if items else ""
+    org = items[0].org if items else ""
     return StateQuery(
         sorted(keys.offset_field(topic, partition) for topic, partition in partitions),
         list(observations),
@@ -112,8 +101,8 @@ class Planner:
         self.prices = prices
         self.retention = retention
 
-    def plan(self, org: str, items: list[Item], state: OrgState, now_ms: int) -> OrgWrite:
-        """The OrgWrite for this org's items, in any order."""
+    def plan(self, org: str, items: list[Event], state: OrgState, now_ms: int) -> OrgWrite:
+        """The OrgWrite for this org's events (each with where it was read from), in any order."""
         w = OrgWrite(org)
         observations = dict(state.observations)
         arrival_day = Grain.DAY.index(now_ms)
@@ -130,10 +119,11 @@ class Planner:
         humans: list[tuple[int, str, str]] = []
         # No batch planned before an erasure may write after it: the apply checks the erasures' version.
         w.guard(keys.erasures(org), keys.ERASURES_VERSION, state.erasures_version)
-        for item in items:
-            ev = item.event
-            tp = (item.topic, item.partition)
-            last_offsets[tp] = max(item.offset, last_offsets.get(tp, item.offset))
+        for ev in items:
+            tp = (ev.src_topic, ev.src_partition)
+            offset = ev.src_offset
+            if offset > last_offsets.get(tp, -1):
+                last_offsets[tp] = offset
             if (
                 state.erased
                 and (student := student_of(ev)) is not None
@@ -141,19 +131,20 @@ class Planner:
             ):
                 dropped += 1
                 continue
-            newest_ms = max(newest_ms, ev.ts_ms)
+            if ev.ts_ms > newest_ms:
+                newest_ms = ev.ts_ms
             if isinstance(ev, LlmObservation):
                 raw = observations.get(ev.event_id)
                 prev_obs = None if raw is None else AppliedObservation.parse(raw)
-                new = self._observation(w, ev, item.offset, prev_obs, arrival_day)
+                new = self._observation(w, ev, offset, prev_obs, arrival_day)
                 if new is None:
-                    w.replayed.append(item)
+                    w.replayed.append(ev)
                     continue
                 w.events += 1
                 observations[ev.event_id] = new.value()
                 w.mark_seen(keys.observations(org), ev.event_id, state.observations.get(ev.event_id), new.value())
                 if prev_obs is None:
-                    counted[item.topic] = counted.get(item.topic, 0) + 1
+                    counted[ev.src_topic] = counted.get(ev.src_topic, 0) + 1
                 # The session's cost by hour: attributed to its student and mentor from its final state.
                 for applied, sign in ((prev_obs, -1), (new, 1)):
                     if applied is None or applied.session is None:
@@ -169,17 +160,17 @@ class Planner:
             conv = self._conversation(cid, state, before, convs) if working is None else working
             digest = event_digest(ev.event_id)
             if digest in conv.ids:
-                w.replayed.append(item)
+                w.replayed.append(ev)
                 continue  # a re-sent or replayed event: it counted the first time
             conv.ids.add(digest)
             w.events += 1
-            counted[item.topic] = counted.get(item.topic, 0) + 1
+            counted[ev.src_topic] = counted.get(ev.src_topic, 0) + 1
             if isinstance(ev, ChatMessage):
                 self._chat_message(w, ev, conv, mentors, minutes, humans)
             elif isinstance(ev, SentimentEvent):
-                self._sentiment(w, ev, item.offset, conv)
+                self._sentiment(w, ev, offset, conv)
             else:
-                self._record(w, ev, item.offset, conv)
+                self._record(w, ev, offset, conv)
         self._count_messages(w, minutes, humans)
         for cid, conv in convs.items():
             if conv != before[cid]:  # a conversation whose events were all counted before is not written
@@ -223,7 +214,7 @@ class Planner:
             conv = convs[cid] = held.copy()
         return conv
 
-    def touched(self, org: str, items: list[Item], state: OrgState) -> tuple[list[tuple[str, str]], set[str]]:
+    def touched(self, org: str, items: list[Event], state: OrgState) -> tuple[list[tuple[str, str]], set[str]]:
         """The bucket counters ((key, field)) and top-students sets that these already applied items count
         in, given what Redis holds: to publish their current values again after a replay."""
         counters: dict[tuple[str, str], None] = {}
@@ -234,8 +225,7 @@ class Planner:
                 key = keys.bucket(org, grain, grain.index(ts_ms))
                 counters.update(dict.fromkeys((key, f) for f in fields))
 
-        for item in items:
-            ev = item.event
+        for ev in items:
             if isinstance(ev, ChatMessage):
                 conv = state.convs.get(ids.normalize(ev.session_id)) or ConversationState()
                 start = ev.ts_ms if conv.started_ms is None else conv.started_ms
@@ -285,22 +275,25 @@ class Planner:
         # set, for a request without dates. Summed per set and student first: one ZINCRBY each.
         sums: dict[tuple[Grain, int, str | None], dict[str, int]] = {}
         alltime: dict[str | None, dict[str, int]] = {}
+        sets_of_half: dict[int, list[tuple[Grain, int]]] = {}
         for (half, mentor, student), n in w.top_deltas.items():
-            start_ms = half * HALF_MS
-            for grain in _TOP_GRAINS:
-                members = sums.setdefault((grain, grain.index(start_ms), mentor), {})
+            sets = sets_of_half.get(half)
+            if sets is None:
+                start_ms = half * HALF_MS
+                sets = sets_of_half[half] = [(grain, grain.index(start_ms)) for grain in _TOP_GRAINS]
+            for grain, index in sets:
+                members = sums.get((grain, index, mentor))
+                if members is None:
+                    members = sums[(grain, index, mentor)] = {}
                 members[student] = members.get(student, 0) + n
             members = alltime.setdefault(mentor, {})
             members[student] = members.get(student, 0) + n
         for (grain, index, mentor), members in sums.items():
             key = keys.top_students(w.org, grain, index, mentor)
             w.expire_at(key, self.retention.expire_at_s(grain, index))
-            for student, n in members.items():
-                w.zincr(key, student, n)
+            w.zincr_members(key, members)
         for mentor, members in alltime.items():
-            key = keys.top_students_all(w.org, mentor)
-            for student, n in members.items():
-                w.zincr(key, student, n)
+            w.zincr_members(keys.top_students_all(w.org, mentor), members)
 
     def _chat_message(
         self,

@@ -25,7 +25,6 @@ from redis.exceptions import RedisError
 from agents.outputs import Outputs
 from agents.pipeline import BatchProcessor
 from streams import clients
-from streams.deadletter import Record
 from streams.settings import Settings
 from streams.topics import INPUT_TOPICS
 from tables import keys
@@ -177,19 +176,17 @@ class Worker:
 
     async def apply(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         t0 = time.perf_counter()
-        records: list[Record] = []
-        for tp, msgs in batch.items():
-            name, partition = self.names[tp.topic], tp.partition
-            records += [Record(name, partition, m.offset, m.key, m.value) for m in msgs]
-        # getmany gives each partition's records once, in offset order, partition after partition.
-        result = await self.processor.process(records, ordered=True)
+        # getmany gives each partition's records once, in offset order: validated as they are.
+        groups = [(self.names[tp.topic], tp.partition, msgs) for tp, msgs in batch.items()]
+        result = await self.processor.process_groups(groups)
+        n_records = sum(len(msgs) for msgs in batch.values())
         # The batch is wholly applied: record it in Redis (after the org scripts), then in Kafka.
         progress = {self._progress_field(tp): msgs[-1].offset for tp, msgs in batch.items()}
         await self.redis.hset(keys.progress(self.settings.app_id), mapping=progress)  # type: ignore[arg-type]
         await self._commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
         if self.settings.trace_batches:
-            log.warning("batch: %d records in %.1f ms", len(records), (time.perf_counter() - t0) * 1000)
-        self.progress.add(len(records), result.applied, result.skipped, result.dead)
+            log.warning("batch: %d records in %.1f ms", n_records, (time.perf_counter() - t0) * 1000)
+        self.progress.add(n_records, result.applied, result.skipped, result.dead)
 
     async def resume_from_redis(self, assigned: set[TopicPartition]) -> None:
         """Where Redis is behind Kafka's committed offset (it lost its last writes in a crash, or was

@@ -50,33 +50,44 @@ class Limits:
         return cls(days * 86_400_000 if days else None, settings.max_future_seconds * 1000)
 
 
-@dataclass(slots=True)  # not frozen: built per event, and a frozen __init__ costs 5x
-class ChatMessage:
-    event_id: str
-    org: str
-    ts_ms: int
-    session_id: str
-    student: str
-    mentor_id: str
-    role: str
-    topics: tuple[str, ...]
+_Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    """A chat message. The compiled path decodes the JSON straight into this struct (the annotations carry
+    the checks); `ts_ms` and the record's position (`src_*`) are set after. `timestamp` is as sent."""
+
+    event_id: _Text
+    org: _Text
+    timestamp: int | float | str
+    session_id: _Text
+    student: _Text
+    mentor_id: _Text
+    role: Literal["human", "ai"]
+    topics: tuple[_Text, ...] | None = None
     content: str | None = None
+    ts_ms: int = 0
+    src_topic: str = ""  # where it was read from: topic (without prefix), partition, offset
+    src_partition: int = 0
+    src_offset: int = 0
 
-    @property
-    def timestamp(self) -> datetime:
-        return datetime.fromtimestamp(self.ts_ms / 1000, UTC)
 
+class SentimentEvent(msgspec.Struct, kw_only=True):
+    """A sentiment judgement of a session (decoded like ChatMessage)."""
 
-@dataclass(slots=True)
-class SentimentEvent:
-    event_id: str
-    org: str
-    ts_ms: int
-    session_id: str
-    student: str
-    sentiment: str
-    mentor_id: str | None = None
+    event_id: _Text
+    org: _Text
+    timestamp: int | float | str
+    session_id: _Text
+    student: _Text
+    sentiment: Literal["positive", "neutral", "negative"]
+    mentor_id: _Text | None = None
     score: float | None = None
+    ts_ms: int = 0
+    src_topic: str = ""
+    src_partition: int = 0
+    src_offset: int = 0
 
 
 @dataclass(slots=True)
@@ -92,6 +103,9 @@ class LlmObservation:
     cost_nanos: int | None  # None: infer from the price table
     session_id: str | None = None
     provider: str | None = None
+    src_topic: str = ""
+    src_partition: int = 0
+    src_offset: int = 0
 
 
 @dataclass(slots=True)
@@ -108,6 +122,9 @@ class Conversation:
     inserted_at_ms: int
     record: dict[str, Any]
     deleted: bool = False  # `"deleted": true`: the platform deleted the conversation
+    src_topic: str = ""
+    src_partition: int = 0
+    src_offset: int = 0
 
 
 Event = ChatMessage | SentimentEvent | LlmObservation | Conversation
@@ -203,7 +220,7 @@ class _Fields:
             raise InvalidEvent(f"{where}.{name} must be a non-negative integer, got {value!r}")
         return value
 
-    def str_list(self, name: str) -> tuple[str, ...]:
+    def str_list(self, name: str, *, dedupe: bool = True) -> tuple[str, ...]:
         value = self.data.get(name)
         if value is None:
             return ()
@@ -217,7 +234,7 @@ class _Fields:
             if not isinstance(item, str) or not item or len(item) > MAX_TEXT:
                 raise InvalidEvent(f'field {name!r} must hold non-empty strings (or {{"name": str}} objects)')
             out.append(item)
-        return tuple(dict.fromkeys(out))
+        return tuple(dict.fromkeys(out)) if dedupe else tuple(out)
 
 
 def decode(raw: bytes | None) -> dict[str, Any]:
@@ -269,15 +286,17 @@ def parse_checked(topic: str, key: bytes | None, raw: bytes | None, now_ms: int,
         content = data.get("content")
         if content is not None and not isinstance(content, str):
             raise InvalidEvent("field 'content' must be a string")
+        topics = f.str_list("topics", dedupe=False)
         return ChatMessage(
             event_id=event_id,
             org=org,
+            timestamp=data["timestamp"],
             ts_ms=ts_ms,
             session_id=session_id,
             student=f.text("student"),
             mentor_id=f.text("mentor_id"),
-            role=f.choice("role", ROLES),
-            topics=f.str_list("topics"),
+            role=f.choice("role", ROLES),  # type: ignore[arg-type]
+            topics=topics if "topics" in data and data["topics"] is not None else None,
             content=content,
         )
     if topic == SENTIMENT:
@@ -288,10 +307,11 @@ def parse_checked(topic: str, key: bytes | None, raw: bytes | None, now_ms: int,
         return SentimentEvent(
             event_id=event_id,
             org=org,
+            timestamp=data["timestamp"],
             ts_ms=ts_ms,
             session_id=session_id,
             student=f.text("student"),
-            sentiment=f.choice("sentiment", SENTIMENTS),
+            sentiment=f.choice("sentiment", SENTIMENTS),  # type: ignore[arg-type]
             mentor_id=f.opt_text("mentor_id"),
             score=None if score is None else float(score),
         )
@@ -353,8 +373,6 @@ def _check_key(key: bytes | None, expected: str, field: str) -> None:
 
 # --- the compiled path ------------------------------------------------------------------------------------
 
-_Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
-_Count = Annotated[int, msgspec.Meta(ge=0)]
 _GOOD_ORGS: set[str] = set()  # orgs that passed ORG_RE: a few, seen again and again (a regex per event costs)
 
 
@@ -362,23 +380,6 @@ class _Common(msgspec.Struct):
     event_id: _Text
     org: _Text
     timestamp: int | float | str
-
-
-class _ChatIn(_Common):
-    session_id: _Text
-    student: _Text
-    mentor_id: _Text
-    role: Literal["human", "ai"]
-    topics: list[_Text] | None = None
-    content: str | None = None
-
-
-class _SentimentIn(_Common):
-    session_id: _Text
-    student: _Text
-    sentiment: Literal["positive", "neutral", "negative"]
-    mentor_id: _Text | None = None
-    score: float | None = None
 
 
 class _Usage(msgspec.Struct):
@@ -396,12 +397,12 @@ class _ObservationIn(_Common):
     provider: _Text | None = None
 
 
-_CHAT = msgspec.json.Decoder(_ChatIn)
-_SENTIMENT = msgspec.json.Decoder(_SentimentIn)
+_CHAT = msgspec.json.Decoder(ChatMessage)
+_SENTIMENT = msgspec.json.Decoder(SentimentEvent)
 _OBSERVATION = msgspec.json.Decoder(_ObservationIn)
 
 
-def _when(e: _Common, now_ms: int, limits: Limits) -> int:
+def _when(e: _Common | ChatMessage | SentimentEvent, now_ms: int, limits: Limits) -> int:
     """The event's time, once its org is known to be well formed and the time within the window."""
     if e.org not in _GOOD_ORGS:
         if not ORG_RE.match(e.org):
@@ -421,18 +422,16 @@ def _fast_chat(key: bytes | None, raw: bytes, now_ms: int, limits: Limits) -> Ev
     e = _CHAT.decode(raw)
     if key != e.session_id.encode():
         raise InvalidEvent("key")
-    return ChatMessage(
-        e.event_id, e.org, _when(e, now_ms, limits), e.session_id, e.student, e.mentor_id, e.role,
-        tuple(dict.fromkeys(e.topics)) if e.topics else (), e.content,
-    )  # fmt: skip
+    e.ts_ms = _when(e, now_ms, limits)
+    e.src_topic, e.src_partition, e.src_offset = "", 0, 0  # JSON may not say where it was read from
+    return e
 
 
 def _fast_sentiment(key: bytes | None, raw: bytes, now_ms: int, limits: Limits) -> Event:
     e = _SENTIMENT.decode(raw)
-    return SentimentEvent(
-        e.event_id, e.org, _when(e, now_ms, limits), e.session_id, e.student, e.sentiment, e.mentor_id,
-        e.score,
-    )  # fmt: skip
+    e.ts_ms = _when(e, now_ms, limits)
+    e.src_topic, e.src_partition, e.src_offset = "", 0, 0
+    return e
 
 
 def _fast_observation(key: bytes | None, raw: bytes, now_ms: int, limits: Limits) -> Event:

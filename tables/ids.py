@@ -9,6 +9,7 @@ back to the id, so a client can filter or fetch by the UUID it was shown.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from functools import lru_cache
 
@@ -32,10 +33,22 @@ def normalize(value: str) -> str:
     return canonical(value) or value
 
 
-@lru_cache(maxsize=65536)  # a uuid5 per event costs more than the rest of the event's plan
+@lru_cache(maxsize=65536)  # asked for every event; a conversation's events come together
 def served(org: str, kind: str, value: str) -> str:
     """The UUID under which a kept id is served."""
-    return canonical(value) or str(uuid.uuid5(NAMESPACE, f"{org}|{kind}|{value}"))
+    return canonical(value) or name_uuid(f"{org}|{kind}|{value}")
+
+
+_NAMESPACE_BYTES = NAMESPACE.bytes
+
+
+def name_uuid(name: str) -> str:
+    """`str(uuid.uuid5(NAMESPACE, name))`, in a third of its time (one per new conversation)."""
+    h = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50  # version 5
+    h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def needs_mapping(value: str) -> bool:

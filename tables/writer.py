@@ -62,7 +62,10 @@ for _, d in ipairs(p.d) do
 end
 local new_h = {}
 for _, o in ipairs(p.i) do new_h[#new_h + 1] = redis.call('HINCRBY', KEYS[o[1]], o[2], o[3]) end
-for _, o in ipairs(p.z) do redis.call('ZINCRBY', KEYS[o[1]], o[3], o[2]) end
+for _, o in ipairs(p.z) do
+  local key = KEYS[o[1]]
+  for i = 2, #o, 2 do redis.call('ZINCRBY', key, o[i + 1], o[i]) end
+end
 for _, o in ipairs(p.s) do redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
 for _, o in ipairs(p.r) do redis.call('ZREM', KEYS[o[1]], o[2]) end
 for _, o in ipairs(p.a) do redis.call('ZADD', KEYS[o[1]], o[3], o[2]) end
@@ -86,7 +89,7 @@ class OrgWrite:
     watermarks: dict[str, tuple[int | None, int]] = field(default_factory=dict)
     guards: dict[tuple[int, str], str | None] = field(default_factory=dict)
     hincrs: dict[tuple[int, str], int] = field(default_factory=dict)
-    zincrs: dict[tuple[int, str], int] = field(default_factory=dict)
+    zincrs: dict[int, dict[str, int]] = field(default_factory=dict)  # key index -> member -> increment
     sets: dict[tuple[int, str], str] = field(default_factory=dict)
     zrems: dict[tuple[int, str], None] = field(default_factory=dict)
     zadds: dict[tuple[int, str], float] = field(default_factory=dict)
@@ -107,7 +110,6 @@ class OrgWrite:
     items: list[Any] = field(default_factory=list)  # the items (agents/planner.py) it was planned from
     replayed: list[Any] = field(default_factory=list)  # items at or below a watermark: applied before
     _incr_order: list[tuple[tuple[int, str], int]] = field(default_factory=list)
-    _zincr_order: list[tuple[tuple[int, str], int]] = field(default_factory=list)
     # After a successful apply: ((key, field), new absolute value) of every hash counter the batch
     # changed, as the script saw them (for the analytics-aggregates topic).
     new_values: list[tuple[tuple[str, str], int]] = field(default_factory=list)
@@ -147,8 +149,17 @@ class OrgWrite:
         self.hincrs[slot] = self.hincrs.get(slot, 0) + n
 
     def zincr(self, key: str, member: str, n: int = 1) -> None:
-        slot = (self.k(key), member)
-        self.zincrs[slot] = self.zincrs.get(slot, 0) + n
+        members = self.zincrs.setdefault(self.k(key), {})
+        members[member] = members.get(member, 0) + n
+
+    def zincr_members(self, key: str, increments: dict[str, int]) -> None:
+        """ZINCRBY each member of the sorted set by its increment."""
+        members = self.zincrs.setdefault(self.k(key), {})
+        if not members:
+            members.update(increments)
+            return
+        for member, n in increments.items():
+            members[member] = members.get(member, 0) + n
 
     def hset(self, key: str, fld: str, value: str) -> None:
         self.sets[(self.k(key), fld)] = value
@@ -181,12 +192,11 @@ class OrgWrite:
 
     def sorted_sets(self) -> set[str]:
         """The sorted sets (top students) this write changes (after payload())."""
-        return {self._keys[k - 1] for (k, _), _ in self._zincr_order}
+        return {self._keys[k - 1] for k, members in self.zincrs.items() if any(members.values())}
 
     def payload(self) -> list[bytes]:
         """The script's ARGV: the write as JSON, then the conversations' new values."""
         self._incr_order = [(slot, n) for slot, n in self.hincrs.items() if n]
-        self._zincr_order = [(slot, n) for slot, n in self.zincrs.items() if n]
         doc = orjson.dumps(
             {
                 "w": [[f, None if exp is None else str(exp), str(new)] for f, (exp, new) in self.watermarks.items()],
@@ -196,11 +206,11 @@ class OrgWrite:
                     for key, ids in self.seen.items()
                 ],
                 "i": [[k, f, str(n)] for (k, f), n in self._incr_order],
-                "z": [[k, m, str(n)] for (k, m), n in self._zincr_order],
+                "z": [[k, *_pairs(members)] for k, members in self.zincrs.items() if any(members.values())],
                 "s": [[k, f, v] for (k, f), v in self.sets.items()],
-                "an": [[k, m, repr(float(s))] for (k, m), s in self.nx_zadds.items()],
+                "an": [[k, m, _score(s)] for (k, m), s in self.nx_zadds.items()],
                 "r": [[k, m] for (k, m) in self.zrems],
-                "a": [[k, m, repr(float(s))] for (k, m), s in self.zadds.items()],
+                "a": [[k, m, _score(s)] for (k, m), s in self.zadds.items()],
                 "m": [[k, f, str(v)] for (k, f), v in self.maxes.items()],
                 "x": [[k, ts] for k, ts in self.expires.items()],
                 "c": [
@@ -210,6 +220,20 @@ class OrgWrite:
             }
         )
         return [doc, *(value for _, value in self.convs.values())]
+
+
+def _pairs(members: dict[str, int]) -> list[str]:
+    """member, increment, member, increment, ... (the increments that are not 0)."""
+    out: list[str] = []
+    for member, n in members.items():
+        if n:
+            out += (member, str(n))
+    return out
+
+
+def _score(score: float) -> str:
+    """A sorted-set score as Redis reads it: integral ones (milliseconds) without a fraction."""
+    return str(int(score)) if score == int(score) else repr(score)
 
 
 class Writer:

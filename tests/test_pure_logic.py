@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.planner import AppliedObservation, Item, Planner
+from agents.planner import AppliedObservation, Planner
 from agents.progress import PartitionProgress, runs
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, LlmObservation
@@ -60,9 +60,11 @@ def planner() -> Planner:
     return Planner(PriceTable.load(), Retention(hourly_days=90, daily_days=400, dedup_days=7))
 
 
-def msg(event_id: str, offset: int, ts: int, session: str = "s1", role: str = "human") -> Item:
-    ev = ChatMessage(event_id, "acme", ts, session, "ann", "m1", role, ())
-    return Item(ev, "chat-messages", 0, offset)
+def msg(event_id: str, offset: int, ts: int, session: str = "s1", role: str = "human") -> ChatMessage:
+    return ChatMessage(
+        event_id=event_id, org="acme", timestamp=ts, ts_ms=ts, session_id=session, student="ann", mentor_id="m1",
+        role=role, src_topic="chat-messages", src_offset=offset,
+    )  # type: ignore[arg-type]  # fmt: skip
 
 
 def daily(w: object, field: str, ts: int) -> int:
@@ -129,13 +131,15 @@ def test_session_start_and_latest_version_rules() -> None:
 
 def test_resent_observation_replaces_its_cost_unless_it_is_older() -> None:
     p = planner()
-    obs = LlmObservation("o1", "acme", T0, "t1", "generation", "x", 10, 10, 300)
+    obs = LlmObservation(
+        "o1", "acme", T0, "t1", "generation", "x", 10, 10, 300, src_topic="llm-observations", src_offset=5
+    )
     prev = AppliedObservation(500, 10, 10, 0, T0, 4, "x", None, T0 // DAY).value()
-    w = p.plan("acme", [Item(obs, "llm-observations", 0, 5)], OrgState(observations={"o1": prev}), T0)
+    w = p.plan("acme", [obs], OrgState(observations={"o1": prev}), T0)
     assert daily(w, keys.COST, T0) == -200
     assert daily(w, keys.OBSERVATIONS, T0) == 0
     newer = AppliedObservation(500, 10, 10, 0, T0 + 1, 3, "x", None, T0 // DAY).value()
-    w = p.plan("acme", [Item(obs, "llm-observations", 0, 5)], OrgState(observations={"o1": newer}), T0)
+    w = p.plan("acme", [obs], OrgState(observations={"o1": newer}), T0)
     assert daily(w, keys.COST, T0) == 0  # an older version arriving late changes nothing
     assert w.replayed
 
@@ -205,3 +209,14 @@ def test_a_kafka_cluster_id_never_starts_with_a_dash() -> None:
 
     ids = [_cluster_id() for _ in range(2000)]  # 1 in 64 random ids starts with '-'
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_served_ids_are_the_name_based_uuids_they_always_were() -> None:
+    """A served id is forever: the fast name_uuid must give exactly uuid.uuid5 of the same name."""
+    import uuid
+
+    from tables import ids
+
+    for name in ("acme|conv|s1", "org0|mentor|mentor 7", "ü|conv|" + "x" * 300, ""):
+        assert ids.name_uuid(name) == str(uuid.uuid5(ids.NAMESPACE, name))
+    assert ids.served("acme", ids.CONVERSATION, "s1") == str(uuid.uuid5(ids.NAMESPACE, "acme|conv|s1"))

@@ -49,7 +49,7 @@ def test_epoch_millis_and_offsets_are_the_same_instant() -> None:
     a = run("chat-messages", chat(timestamp="2026-11-18T12:00:00+02:00"))
     b = run("chat-messages", chat(timestamp=a.ts_ms))
     assert a.ts_ms == b.ts_ms
-    assert a.timestamp.hour == 10
+    assert a.ts_ms % 86_400_000 // 3_600_000 == 10
 
 
 @pytest.mark.parametrize(
