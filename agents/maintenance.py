@@ -42,7 +42,7 @@ async def prune_loop(settings: Settings, stop: asyncio.Event, every_s: float = 3
         await redis.aclose()
 
 
-async def collect_loop(stop: asyncio.Event, young_every_s: float = 1.0, full_every_s: float = 60.0) -> None:
+async def collect_loop(stop: asyncio.Event, young_every_s: float = 5.0, full_every_s: float = 60.0) -> None:
     """The worker's garbage collection. A batch allocates a few objects per event (records, events, plan
     entries) that live until the batch is applied and are then freed by reference counting; CPython's
     collector, triggered every 700 allocations, walked them again and again and cost a sixth of the worker's

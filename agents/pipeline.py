@@ -39,6 +39,35 @@ class BatchResult:
     dead: int = 0
     orgs: set[str] = field(default_factory=set)
     attempts: int = 1
+    # With `publish_later`: the analytics-aggregates records the caller must publish before committing.
+    publications: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    """A validated batch: its valid events by org, its dead letters, how many records it had."""
+
+    by_org: dict[str, list[Event]]
+    dead: list[DeadLetter]
+    n_records: int
+    now_ms: int
+
+
+# A part's apply in flight, and the writes it applies
+Inflight = tuple["asyncio.Task[dict[str, str]]", list[OrgWrite]]
+
+
+@dataclass
+class Pending:
+    """A batch `start` applied all but its last part of (in flight); `finish` completes it."""
+
+    prepared: Prepared
+    publish_later: bool
+    started: bool = False  # False: a rebuild runs or the generations changed: `finish` applies it whole
+    gens: Generations = field(default_factory=lambda: Generations(0, None, None))
+    result: BatchResult = field(default_factory=BatchResult)
+    done: list[tuple[OrgWrite, OrgState]] = field(default_factory=list)
+    inflight: Inflight | None = None
 
 
 class RawRecord(Protocol):
@@ -118,57 +147,102 @@ class BatchProcessor:
         """Apply a batch; `ordered`: each record once, in offset order per partition (see `validate`)."""
         now_ms = int(time.time() * 1000)
         by_org, dead = self.validate(records, now_ms, ordered=ordered)
-        return await self._process(by_org, dead, len(records), now_ms)
+        return await self.finish(await self.start(Prepared(by_org, dead, len(records), now_ms)))
 
-    async def process_groups(self, groups: Sequence[Group]) -> BatchResult:
-        """Apply a batch of records grouped by partition (each group in offset order, each record once)."""
+    async def process_groups(self, groups: Sequence[Group], *, publish_later: bool = False) -> BatchResult:
+        """Apply a batch of records grouped by partition (each group in offset order, each record once).
+        `publish_later`: the aggregates' records are returned (`BatchResult.publications`), not published."""
+        return await self.finish(await self.start(self.prepare(groups), publish_later=publish_later))
+
+    def prepare(self, groups: Sequence[Group]) -> Prepared:
+        """Validate a batch of records grouped by partition (see `process_groups`): the work `start` and
+        `finish` take over, which a worker can do while Redis applies the last part of the batch before."""
         now_ms = int(time.time() * 1000)
         by_org, dead = self.validate_groups(groups, now_ms)
-        return await self._process(by_org, dead, sum(len(rs) for _, _, rs in groups), now_ms)
+        return Prepared(by_org, dead, sum(len(rs) for _, _, rs in groups), now_ms)
 
-    async def _process(
-        self, by_org: dict[str, list[Event]], dead: list[DeadLetter], n_records: int, now_ms: int
-    ) -> BatchResult:
-        if dead:
+    async def start(self, prepared: Prepared, *, publish_later: bool = False) -> Pending:
+        """Send the batch's dead letters and apply it, all but its last part, which is left in flight;
+        `finish` completes it. A batch applied while a rebuild runs is applied whole here."""
+        if prepared.dead:
             # Before the batch's offsets can be committed, so no bad event is ever lost.
-            await self.send_dead_letters(dead)
+            await self.send_dead_letters(prepared.dead)
+        pending = Pending(prepared, publish_later)
+        gens = await Generations.read(self.redis)
+        if gens.building is None:
+            keys.CURRENT = gens.current
+            pending.gens, pending.result = gens, BatchResult(dead=len(prepared.dead), orgs=set(prepared.by_org))
+            try:
+                with keys.generation(gens.current):
+                    pending.inflight = await self._apply_overlapped(
+                        prepared.by_org, prepared.now_ms, gens, pending.result, pending.done
+                    )
+                pending.started = True
+            except GenerationsChanged:
+                log.info("the generations changed while applying a batch: applying it again")
+        return pending
+
+    async def finish(self, pending: Pending) -> BatchResult:
+        """Settle the part `start` left in flight (re-planning what met a conflict), and what follows a
+        batch's apply: the orgs it names, its aggregates' records (published, or returned)."""
+        p = pending.prepared
+        gens, result = pending.gens, pending.result
+        try:
+            if not pending.started:
+                raise GenerationsChanged
+            if pending.inflight is not None:
+                task, writes = pending.inflight
+                pending.inflight = None
+                with keys.generation(gens.current):
+                    await self._settle(await task, writes, p.now_ms, gens, result, pending.done)
+            done = pending.done
+        except GenerationsChanged:
+            gens, result, done = await self._apply_whole(p)
+        result.skipped = p.n_records - len(p.dead) - result.applied
+        if p.by_org:
+            await self.redis.sadd(keys.orgs(), *p.by_org)
+        if self.publish is not None and done:
+            with keys.generation(gens.current):
+                records_out = await self.aggregate_records(done, p.now_ms)
+            if pending.publish_later:
+                result.publications = records_out
+            else:
+                await self.publish(records_out)
+        return result
+
+    async def _apply_whole(self, p: Prepared) -> tuple[Generations, BatchResult, list[tuple[OrgWrite, OrgState]]]:
+        """Apply the batch serially to the generations that are there (both, while a rebuild runs)."""
         while True:
             gens = await Generations.read(self.redis)
             keys.CURRENT = gens.current
-            result = BatchResult(dead=len(dead), orgs=set(by_org))  # counts of the served generation's apply
+            result = BatchResult(dead=len(p.dead), orgs=set(p.by_org))  # counts of the served generation's apply
             try:
                 # While a rebuild runs, the batch is applied to the generation being built too (keys.py).
                 if gens.building is not None:
                     with keys.generation(gens.building):
-                        await self._apply(by_org, now_ms, gens, BatchResult())
-                    with keys.generation(gens.current):
-                        done = await self._apply(by_org, now_ms, gens, result)
-                else:
-                    with keys.generation(gens.current):
-                        done = await self._apply_overlapped(by_org, now_ms, gens, result)
-                break
+                        await self._apply(p.by_org, p.now_ms, gens, BatchResult())
+                with keys.generation(gens.current):
+                    done = await self._apply(p.by_org, p.now_ms, gens, result)
+                return gens, result, done
             except GenerationsChanged:
                 log.info("the generations changed while applying a batch: applying it again")
-        result.skipped = n_records - len(dead) - result.applied
-        if by_org:
-            await self.redis.sadd(keys.orgs(), *by_org)
-        if self.publish is not None and done:
-            with keys.generation(gens.current):
-                records_out = await self.aggregate_records(done, now_ms)
-            await self.publish(records_out)
-        return result
 
     async def _apply_overlapped(
-        self, by_org: dict[str, list[Event]], now_ms: int, gens: Generations, result: BatchResult
-    ) -> list[tuple[OrgWrite, OrgState]]:
+        self,
+        by_org: dict[str, list[Event]],
+        now_ms: int,
+        gens: Generations,
+        result: BatchResult,
+        done: list[tuple[OrgWrite, OrgState]],
+    ) -> Inflight | None:
         """Apply the batch in parts of about `apply_chunk` events, each part read and planned while Redis
-        applies the one before: planned on what Redis will hold after it (`tables.state.as_after`).
+        applies the one before: planned on what Redis will hold after it (`tables.state.as_after`). The
+        last part's apply is returned in flight (`finish` settles it); the applied ones go to `done`.
 
         A part whose predecessor met a conflict is not trusted: it is planned again once that one is
         through (`_apply`, serially). So the guards, not the overlap, decide what is written."""
-        done: list[tuple[OrgWrite, OrgState]] = []
         parts = _parts(by_org, self.settings.apply_chunk)
-        inflight: tuple[asyncio.Task[dict[str, str]], list[OrgWrite]] | None = None
+        inflight: Inflight | None = None
         read: Read | None = None
         try:
             for k, part in enumerate(parts):
@@ -190,15 +264,12 @@ class BatchProcessor:
                 inflight = (asyncio.create_task(self.writer.apply(writes)), writes)
                 if next_read is not None:
                     read = await next_read
-            if inflight is not None:
-                task, previous = inflight
-                inflight = None
-                await self._settle(await task, previous, now_ms, gens, result, done)
+            last, inflight = inflight, None
+            return last
         finally:
             if inflight is not None:  # an error while planning: let the apply in flight finish first
                 with contextlib.suppress(Exception):
                     await inflight[0]
-        return done
 
     async def _settle(
         self,
@@ -222,6 +293,11 @@ class BatchProcessor:
         items = {w.org: w.items for w in writes if w.org in conflicts}
         done += await self._apply(items, now_ms, gens, result)
         return False
+
+    async def publish_records(self, records: list[tuple[bytes, bytes]]) -> None:
+        """Publish aggregates' records a `publish_later` batch returned."""
+        if self.publish is not None and records:
+            await self.publish(records)
 
     async def apply_to(self, records: list[Record], generation: int) -> BatchResult:
         """Apply records to one generation only (a rebuild's): invalid ones are skipped, not sent again."""

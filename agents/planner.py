@@ -22,7 +22,7 @@ import orjson
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import ids, keys
-from tables.buckets import DAY_MS, HALF_MS, MINUTE_MS, Grain, Retention
+from tables.buckets import DAY_MS, HALF_MS, HOUR_MS, MINUTE_MS, Grain, Retention
 from tables.conversations import ConversationState, event_digest, is_newer, starts_earlier
 from tables.state import OrgState, StateQuery
 from tables.writer import OrgWrite
@@ -35,21 +35,20 @@ def state_query(items: list[Event]) -> StateQuery:
     observations: dict[str, None] = {}
     convs: dict[str, None] = {}
     students: dict[str, None] = {}
-    normalize = ids.normalize
     for ev in items:
         partitions[(ev.src_topic, ev.src_partition)] = None
         if isinstance(ev, LlmObservation):
             observations[ev.event_id] = None
             if ev.session_id is not None:
-                convs[normalize(ev.session_id)] = None
+                convs[ev.session_id] = None
             continue
-        convs[normalize(ev.id if isinstance(ev, Conversation) else ev.session_id)] = None
+        convs[ev.id if isinstance(ev, Conversation) else ev.session_id] = None  # as sent: normalized once, below
         students[ev.student] = None
     org = items[0].org if items else ""
     return StateQuery(
         sorted(keys.offset_field(topic, partition) for topic, partition in partitions),
         list(observations),
-        list(convs),
+        list(dict.fromkeys(map(ids.normalize, convs))),
         [keys.tombstone(org, student) for student in students],
     )
 
@@ -113,6 +112,7 @@ class Planner:
         dropped = 0  # events of erased students
         newest_ms = 0
         mentors: dict[str, str] = {}  # mentor id as sent -> as kept
+        by_sent_id: dict[str, ConversationState] = {}
         # Per chat message only its minute, and (human ones) its half hour, student and mentor are noted;
         # they are counted once at the end (Counter counts in C).
         minutes: list[int] = []
@@ -155,9 +155,11 @@ class Planner:
                     if sign > 0:  # the latest time of each trace: a maximum, whatever the order
                         conv.traces = {**conv.traces, ev.trace_id: max(ev.ts_ms, conv.traces.get(ev.trace_id, 0))}
                 continue
-            cid = ids.normalize(ev.id if isinstance(ev, Conversation) else ev.session_id)
-            working = convs.get(cid)
-            conv = self._conversation(cid, state, before, convs) if working is None else working
+            sent_id = ev.id if isinstance(ev, Conversation) else ev.session_id
+            working = by_sent_id.get(sent_id)  # the working copy, by the id as sent (normalized once)
+            if working is None:
+                working = by_sent_id[sent_id] = self._conversation(ids.normalize(sent_id), state, before, convs)
+            conv = working
             digest = event_digest(ev.event_id)
             if digest in conv.ids:
                 w.replayed.append(ev)
@@ -340,7 +342,8 @@ class Planner:
     @staticmethod
     def _sessions(w: OrgWrite, conv: ConversationState, sign: int, *, messages_only: int = 0) -> None:
         """What a conversation adds to the session and message counts: one session and all its messages, in
-        the hour, half hour and day of its earliest message, for the org and for its first mentor.
+        the hour, half hour (for the days of zones half an hour off UTC) and day of its earliest message, for
+        the org and for its first mentor.
         `messages_only`: just that many more messages of the same session."""
         if conv.started_ms is None:
             return
@@ -357,10 +360,10 @@ class Planner:
                     (_mentor(keys.MESSAGES, conv.first_mentor), messages),
                 )
         deltas = w.bucket_deltas
-        for grain in _LOCAL:
-            index = grain.index(conv.started_ms)
+        start = conv.started_ms
+        for slot_of in ((Grain.HOUR, start // HOUR_MS), (Grain.HALF, start // HALF_MS), (Grain.DAY, start // DAY_MS)):
             for fld, n in fields:
-                slot = (grain, index, fld)
+                slot = (*slot_of, fld)
                 deltas[slot] = deltas.get(slot, 0) + n
 
     def _sentiment(self, w: OrgWrite, ev: SentimentEvent, offset: int, conv: ConversationState) -> None:
@@ -460,8 +463,6 @@ class Planner:
 
 _HOUR_DAY = (Grain.HOUR, Grain.DAY)  # LLM costs
 _TOP_GRAINS = (Grain.HALF, Grain.HOUR, Grain.DAY, Grain.WEEK)
-# Sessions and messages: half hours too, for the days of zones half an hour off UTC (tables/buckets.py).
-_LOCAL = (Grain.HOUR, Grain.HALF, Grain.DAY)
 _COST_FIELDS = (keys.COST, keys.TOKENS_IN, keys.TOKENS_OUT, keys.OBSERVATIONS, keys.UNPRICED)
 
 

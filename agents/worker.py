@@ -2,8 +2,10 @@
 
 It reads with aiokafka's `getmany` in one consumer group (several workers share the partitions), hands
 every batch to the BatchProcessor, and commits the batch's offsets only after the batch is applied in
-Redis, its dead letters are acknowledged and its aggregates published. A rebalance waits for the batch
-in flight. Why not Faust's agents: see docs/semantics.md ("Why the worker reads with aiokafka").
+Redis, its dead letters are acknowledged and its aggregates published. What follows the apply (publishing,
+recording progress, committing: a batch's "tail") runs while the next batch is read and applied, one tail
+after the other, in order; and the next batch is read and validated while Redis applies the last part of
+the one before. A rebalance waits for the batch in flight and its tail. Why not Faust's agents: see docs/semantics.md ("Why the worker reads with aiokafka").
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agents.outputs import Outputs
-from agents.pipeline import BatchProcessor
+from agents.pipeline import BatchProcessor, BatchResult, Group, Pending, Prepared
 from streams import clients
 from streams.settings import Settings
 from streams.topics import INPUT_TOPICS
@@ -60,7 +62,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # The batch in flight finishes (and commits) before its partitions can move.
         async with self.worker.batch_lock:
-            pass
+            await self.worker.complete_pending()
+            await self.worker.drain()
         if revoked:
             log.info("partitions revoked: %s", _tps(revoked))
 
@@ -81,6 +84,9 @@ class Worker:
         self.batch_lock = asyncio.Lock()
         self.progress = Progress()
         self.last_offset: dict[tuple[str, int], int] = {}
+        self._tail: asyncio.Task[None] | None = None  # the last batch's publish, progress and commit
+        self._pending: tuple[Pending, dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] | None = None
+        self._stopping: asyncio.Event | None = None
         self.redis: Redis = Redis.from_url(settings.redis_url)
         self.producer = clients.producer(settings.kafka_bootstrap, client_id=f"{settings.app_id}-worker")
         self.consumer = clients.group_consumer(
@@ -102,8 +108,11 @@ class Worker:
             self.consumer.subscribe(list(self.names), listener=_Rebalance(self))
             await self.consumer.start()
             log.info("worker started: group %s, topics %s", self.settings.app_id, ", ".join(self.names))
+            self._stopping = stop
             try:
                 await self._loop(stop)
+                await self.complete_pending()
+                await self.drain()
             finally:
                 await self.consumer.stop()  # leaves the group, so its partitions move at once
         finally:
@@ -116,12 +125,44 @@ class Worker:
         while not stop.is_set():
             batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.settings.batch_size)
             self.progress.maybe_log()
-            if not batch:
-                continue
+            if self._tail is not None and self._tail.done():
+                self._tail.result()  # a tail that failed otherwise than by Kafka or Redis being away stops us
             async with self.batch_lock:  # taken without yielding: no rebalance slips in after the fetch
+                if not batch:
+                    await self.complete_pending()
+                    continue
                 for tp, msgs in batch.items():
                     self._check_continuity(self.names[tp.topic], tp.partition, msgs[0].offset, msgs[-1].offset)
-                await self._apply_until_done(batch, stop)
+                # Validated while Redis applies the last part of the batch before, then that one is settled
+                # and this one applied, all but its own last part.
+                prepared = self.processor.prepare(self._groups(batch))
+                await self.complete_pending()
+                await self._start(batch, prepared, stop)
+
+    def _groups(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> list[Group]:
+        # getmany gives each partition's records once, in offset order: validated as they are.
+        return [(self.names[tp.topic], tp.partition, msgs) for tp, msgs in batch.items()]
+
+    async def _start(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], prepared: Prepared, stop: asyncio.Event
+    ) -> None:
+        try:
+            self._pending = (await self.processor.start(prepared, publish_later=True), batch)
+        except (RedisError, KafkaError, OSError):
+            await self._apply_until_done(batch, stop)  # the serial way, retrying until it is through
+
+    async def complete_pending(self) -> None:
+        """Settle the batch whose last part is in flight, and leave its tail running."""
+        if self._pending is None:
+            return
+        pending, batch = self._pending
+        self._pending = None
+        try:
+            result = await self.processor.finish(pending)
+        except (RedisError, KafkaError, OSError):
+            await self._apply_until_done(batch, self._stopping or asyncio.Event())
+            return
+        self._applied(batch, result)
 
     async def _apply_until_done(
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], stop: asyncio.Event
@@ -134,6 +175,8 @@ class Worker:
         redis_failed = False
         while True:
             try:
+                if redis_failed:
+                    await self.drain()  # the tails before record their progress first (Redis is back)
                 if redis_failed and await self._redis_lost_writes(batch):
                     return  # read again from what Redis holds; this batch is not committed
                 await self.apply(batch)
@@ -175,18 +218,52 @@ class Worker:
         return {tp: 0 if v is None else int(v) + 1 for tp, v in zip(ordered, values, strict=True)}
 
     async def apply(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        t0 = time.perf_counter()
-        # getmany gives each partition's records once, in offset order: validated as they are.
-        groups = [(self.names[tp.topic], tp.partition, msgs) for tp, msgs in batch.items()]
-        result = await self.processor.process_groups(groups)
+        """Apply the batch whole, then leave its tail (publish, progress, commit) running after the last one's."""
+        self._applied(batch, await self.processor.process_groups(self._groups(batch), publish_later=True))
+
+    def _applied(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], result: BatchResult) -> None:
         n_records = sum(len(msgs) for msgs in batch.values())
-        # The batch is wholly applied: record it in Redis (after the org scripts), then in Kafka.
         progress = {self._progress_field(tp): msgs[-1].offset for tp, msgs in batch.items()}
-        await self.redis.hset(keys.progress(self.settings.app_id), mapping=progress)  # type: ignore[arg-type]
-        await self._commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+        commit = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+        self._tail = asyncio.create_task(self._finish(self._tail, result.publications, progress, commit))
         if self.settings.trace_batches:
-            log.warning("batch: %d records in %.1f ms", n_records, (time.perf_counter() - t0) * 1000)
+            log.warning("batch: %d records applied", n_records)
         self.progress.add(n_records, result.applied, result.skipped, result.dead)
+
+    async def _finish(
+        self,
+        before: asyncio.Task[None] | None,
+        publications: list[tuple[bytes, bytes]],
+        progress: dict[str, int],
+        commit: dict[TopicPartition, int],
+    ) -> None:
+        """A batch's tail, once the one before is through: publish its aggregates, record in Redis that it is
+        wholly applied (after the org scripts), then commit to Kafka. Retried while Kafka or Redis is away;
+        given up when the worker stops (the next owner replays the batch)."""
+        if before is not None:
+            await before
+        delay = 0.5
+        stage = 0
+        while True:
+            try:
+                if stage == 0 and publications:
+                    await self.processor.publish_records(publications)
+                stage = 1
+                await self.redis.hset(keys.progress(self.settings.app_id), mapping=progress)  # type: ignore[arg-type]
+                break
+            except (RedisError, KafkaError, OSError) as exc:
+                if self._stopping is not None and self._stopping.is_set():
+                    log.warning("stopping with a batch's tail not done (%r); the next owner replays it", exc)
+                    return
+                log.warning("publishing or recording a batch failed (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        await self._commit(commit)
+
+    async def drain(self) -> None:
+        """Wait until every batch applied so far has published, recorded its progress and committed."""
+        if self._tail is not None:
+            await self._tail
 
     async def resume_from_redis(self, assigned: set[TopicPartition]) -> None:
         """Where Redis is behind Kafka's committed offset (it lost its last writes in a crash, or was

@@ -74,7 +74,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
         py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
         assert py_spy, "py-spy is a dev dependency: pip install -e '.[dev]'"
         env = {**os.environ, **settings.as_env()}
-        cmd = [py_spy, "record", "-r", "250", "-f", "raw", "-o", str(args.out), "--", *worker_command("warn")]
+        idle = ["--idle"] if args.idle else []
+        cmd = [py_spy, "record", "-r", "250", *idle, "-f", "raw", "-o", str(args.out), "--", *worker_command("warn")]
         proc = spawn(cmd, log=tmp / "worker.log", env=env)
         redis = Redis.from_url(settings.redis_url)
         started = None
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--engine", choices=ENGINES, default="kafka")
     parser.add_argument("--top", type=int, default=35)
+    parser.add_argument("--idle", action="store_true", help="sample waiting threads too: where the worker waits")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "aia-worker-profile.txt")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aia-profile-") as d:

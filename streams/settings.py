@@ -30,11 +30,11 @@ class Settings:
     # Which engine a worker runs: "faust" (Faust agents, streams/app.py) or "kafka" (an aiokafka getmany loop).
     engine: str = "faust"
     # Events per batch and how long a partial batch waits before it is applied anyway.
-    batch_size: int = 20000
+    batch_size: int = 40000
     batch_within: float = 0.2
     # A batch is applied in parts of about this many events, each planned while Redis applies the one
     # before (0: in one part, nothing overlapped).
-    apply_chunk: int = 5000
+    apply_chunk: int = 10000
     # How long the group waits for a worker that died without leaving before moving its partitions.
     session_timeout: float = 30.0
     heartbeat_interval: float = 3.0
