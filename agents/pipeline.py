@@ -152,13 +152,22 @@ class BatchProcessor:
     async def process_groups(self, groups: Sequence[Group], *, publish_later: bool = False) -> BatchResult:
         """Apply a batch of records grouped by partition (each group in offset order, each record once).
         `publish_later`: the aggregates' records are returned (`BatchResult.publications`), not published."""
-        return await self.finish(await self.start(self.prepare(groups), publish_later=publish_later))
+        return await self.finish(await self.start(await self.prepare(groups), publish_later=publish_later))
 
-    def prepare(self, groups: Sequence[Group]) -> Prepared:
+    async def prepare(self, groups: Sequence[Group], *, step: int = 2000) -> Prepared:
         """Validate a batch of records grouped by partition (see `process_groups`): the work `start` and
-        `finish` take over, which a worker can do while Redis applies the last part of the batch before."""
+        `finish` take over, which a worker does while Redis applies the last part of the batch before. It
+        yields every `step` records, so the apply in flight is sent out and its reply read meanwhile."""
         now_ms = int(time.time() * 1000)
-        by_org, dead = self.validate_groups(groups, now_ms)
+        by_org: dict[str, list[Event]] = {}
+        dead: list[DeadLetter] = []
+        for topic, partition, records in groups:
+            for i in range(0, len(records), step):
+                some, letters = self.validate_groups([(topic, partition, records[i : i + step])], now_ms)
+                for org, events in some.items():
+                    by_org.setdefault(org, []).extend(events)
+                dead += letters
+                await asyncio.sleep(0)
         return Prepared(by_org, dead, sum(len(rs) for _, _, rs in groups), now_ms)
 
     async def start(self, prepared: Prepared, *, publish_later: bool = False) -> Pending:
@@ -264,6 +273,8 @@ class BatchProcessor:
                 inflight = (asyncio.create_task(self.writer.apply(writes)), writes)
                 if next_read is not None:
                     read = await next_read
+            # The last part's apply starts (its script is built and sent) before the caller goes on.
+            await asyncio.sleep(0)
             last, inflight = inflight, None
             return last
         finally:

@@ -22,7 +22,7 @@ import orjson
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import ids, keys
-from tables.buckets import DAY_MS, HALF_MS, HOUR_MS, MINUTE_MS, Grain, Retention
+from tables.buckets import DAY_MS, HALF_MS, MINUTE_MS, Grain, Retention
 from tables.conversations import ConversationState, event_digest, is_newer, starts_earlier
 from tables.state import OrgState, StateQuery
 from tables.writer import OrgWrite
@@ -263,6 +263,18 @@ class Planner:
                 deltas[slot] = deltas.get(slot, 0) + n
 
     def _flush_buckets(self, w: OrgWrite) -> None:
+        deltas = w.bucket_deltas
+        for (half, first_mentor), (sessions, messages) in w.session_deltas.items():
+            fields = [(keys.SESSIONS, sessions), (keys.MESSAGES, messages)]
+            if first_mentor:
+                fields += [
+                    (_mentor(keys.SESSIONS, first_mentor), sessions),
+                    (_mentor(keys.MESSAGES, first_mentor), messages),
+                ]
+            for grain, index in ((Grain.HOUR, half // 2), (Grain.HALF, half), (Grain.DAY, half * HALF_MS // DAY_MS)):
+                for fld, n in fields:
+                    bucket = (grain, index, fld)
+                    deltas[bucket] = deltas.get(bucket, 0) + n
         bucket_keys: dict[tuple[Grain, int], str] = {}
         for (grain, index, fld), n in w.bucket_deltas.items():
             if not n:
@@ -347,24 +359,17 @@ class Planner:
         `messages_only`: just that many more messages of the same session."""
         if conv.started_ms is None:
             return
+        # Summed per half hour and mentor first (a batch's sessions start in a few of them); spread over the
+        # grains and fields at the end (`_flush_buckets`).
+        slot = (conv.started_ms // HALF_MS, conv.first_mentor or "")
+        counts = w.session_deltas.get(slot)
+        if counts is None:
+            counts = w.session_deltas[slot] = [0, 0]
         if messages_only:
-            fields: tuple[tuple[str, int], ...] = ((keys.MESSAGES, messages_only),)
-            if conv.first_mentor:
-                fields += ((_mentor(keys.MESSAGES, conv.first_mentor), messages_only),)
+            counts[1] += messages_only
         else:
-            messages = sign * (conv.human + conv.ai)
-            fields = ((keys.SESSIONS, sign), (keys.MESSAGES, messages))
-            if conv.first_mentor:
-                fields += (
-                    (_mentor(keys.SESSIONS, conv.first_mentor), sign),
-                    (_mentor(keys.MESSAGES, conv.first_mentor), messages),
-                )
-        deltas = w.bucket_deltas
-        start = conv.started_ms
-        for slot_of in ((Grain.HOUR, start // HOUR_MS), (Grain.HALF, start // HALF_MS), (Grain.DAY, start // DAY_MS)):
-            for fld, n in fields:
-                slot = (*slot_of, fld)
-                deltas[slot] = deltas.get(slot, 0) + n
+            counts[0] += sign
+            counts[1] += sign * (conv.human + conv.ai)
 
     def _sentiment(self, w: OrgWrite, ev: SentimentEvent, offset: int, conv: ConversationState) -> None:
         fields = (keys.SENTIMENT, keys.sentiment_field(ev.sentiment))

@@ -135,7 +135,7 @@ class Worker:
                     self._check_continuity(self.names[tp.topic], tp.partition, msgs[0].offset, msgs[-1].offset)
                 # Validated while Redis applies the last part of the batch before, then that one is settled
                 # and this one applied, all but its own last part.
-                prepared = self.processor.prepare(self._groups(batch))
+                prepared = await self.processor.prepare(self._groups(batch))
                 await self.complete_pending()
                 await self._start(batch, prepared, stop)
 

@@ -68,9 +68,11 @@ class ChatMessage(msgspec.Struct, kw_only=True):
     topics: tuple[_Text, ...] | None = None
     content: str | None = None
     ts_ms: int = 0
-    src_topic: str = ""  # where it was read from: topic (without prefix), partition, offset
-    src_partition: int = 0
-    src_offset: int = 0
+    # Where it was read from: topic (without prefix), partition, offset. Set after decoding (the names JSON
+    # would need are not ones a producer sends).
+    src_topic: str = msgspec.field(default="", name="@aia:src_topic")
+    src_partition: int = msgspec.field(default=0, name="@aia:src_partition")
+    src_offset: int = msgspec.field(default=0, name="@aia:src_offset")
 
 
 class SentimentEvent(msgspec.Struct, kw_only=True):
@@ -85,9 +87,9 @@ class SentimentEvent(msgspec.Struct, kw_only=True):
     mentor_id: _Text | None = None
     score: float | None = None
     ts_ms: int = 0
-    src_topic: str = ""
-    src_partition: int = 0
-    src_offset: int = 0
+    src_topic: str = msgspec.field(default="", name="@aia:src_topic")
+    src_partition: int = msgspec.field(default=0, name="@aia:src_partition")
+    src_offset: int = msgspec.field(default=0, name="@aia:src_offset")
 
 
 @dataclass(slots=True)
@@ -423,14 +425,12 @@ def _fast_chat(key: bytes | None, raw: bytes, now_ms: int, limits: Limits) -> Ev
     if key != e.session_id.encode():
         raise InvalidEvent("key")
     e.ts_ms = _when(e, now_ms, limits)
-    e.src_topic, e.src_partition, e.src_offset = "", 0, 0  # JSON may not say where it was read from
     return e
 
 
 def _fast_sentiment(key: bytes | None, raw: bytes, now_ms: int, limits: Limits) -> Event:
     e = _SENTIMENT.decode(raw)
     e.ts_ms = _when(e, now_ms, limits)
-    e.src_topic, e.src_partition, e.src_offset = "", 0, 0
     return e
 
 

@@ -103,6 +103,8 @@ class OrgWrite:
     # (grain, bucket index, field) -> delta; (day index, mentor or None, student) -> delta
     bucket_deltas: dict[tuple[Grain, int, str], int] = field(default_factory=dict)
     top_deltas: dict[tuple[int, str | None, str], int] = field(default_factory=dict)  # (half hour, mentor, student)
+    # (half hour of a session's start, its first mentor or "") -> [sessions, messages] to add there
+    session_deltas: dict[tuple[int, str], list[int]] = field(default_factory=dict)
     events: int = 0
     # conversation id -> its state as it will be once this write is applied
     conv_after: dict[str, Any] = field(default_factory=dict)
