@@ -77,7 +77,8 @@ class FaustEngine:
 
     async def start(self) -> None:
         from agents.alerts import AlertEngine
-        from agents.maintenance import collect_loop, prune_loop
+        from agents.maintenance import prune_loop
+        from infra.runtime import collect_loop
 
         settings = self.settings
         alerts = AlertEngine(settings) if settings.alert_interval > 0 else None  # a bad rules file stops us here

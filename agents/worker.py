@@ -315,7 +315,8 @@ def install_task_dump(loop: asyncio.AbstractEventLoop) -> None:
 async def serve(settings: Settings) -> None:
     """Run a worker and the alert engine until SIGTERM or SIGINT."""
     from agents.alerts import AlertEngine
-    from agents.maintenance import collect_loop, prune_loop
+    from agents.maintenance import prune_loop
+    from infra.runtime import collect_loop
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from api.cache import AnswerCache
 from api.errors import ApiError
 from api.metrics import Metrics
 from api.state import AppState
+from infra.runtime import collect_loop
 from streams.settings import Settings, get_settings
 from tables.exceptions import QueryError
 
@@ -42,9 +44,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.aia = AppState.connect(settings, metrics)
+        stop = asyncio.Event()
+        collector = asyncio.create_task(collect_loop(stop))  # a collection pauses every request in flight
         try:
             yield
         finally:
+            stop.set()
+            await collector
             await app.state.aia.close()
 
     app = FastAPI(

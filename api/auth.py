@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi import Path as PathParam
+from starlette.datastructures import Headers
 
 from api.errors import ApiError
 from api.state import State
@@ -19,9 +20,9 @@ ORG = Annotated[str, PathParam(description="The org (tenant) whose analytics are
 USER = Annotated[str, PathParam(description="The caller's user id, as in the platform's API.", max_length=256)]
 
 
-def _token(request: Request) -> str:
-    """The key the request sends, or a 401 saying how to send one."""
-    header = request.headers.get("authorization", "")
+def _token(headers: Headers) -> str:
+    """The key the request's headers send, or a 401 saying how to send one."""
+    header = headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
         raise ApiError(401, "missing Authorization header; send `Authorization: Api-Token <key>`")
@@ -31,7 +32,7 @@ def _token(request: Request) -> str:
 
 
 async def caller(request: Request, org: ORG, state: State) -> apikeys.ApiKey:
-    key, exists = await apikeys.lookup_with_org(state.redis, _token(request), org)  # one round trip
+    key, exists = await apikeys.lookup_with_org(state.redis, _token(request.headers), org)  # one round trip
     if key is None:
         raise ApiError(401, "unknown or revoked API key")
     if not key.allows_org(org):
@@ -46,7 +47,7 @@ Caller = Annotated[apikeys.ApiKey, Depends(caller)]
 
 async def all_orgs_admin(request: Request, state: State) -> apikeys.ApiKey:
     """For the calls across orgs (no org in the path): an all-orgs platform_admin key."""
-    key = await apikeys.lookup(state.redis, _token(request))
+    key = await apikeys.lookup(state.redis, _token(request.headers))
     if key is None:
         raise ApiError(401, "unknown or revoked API key")
     if key.org != apikeys.ALL_ORGS or key.role != "platform_admin":

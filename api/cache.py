@@ -12,7 +12,8 @@ So this middleware, for those GETs only:
 - names the answer by an `ETag` (a digest of generation, versions, day, path and query); a request whose
   `If-None-Match` holds it gets `304 Not Modified` with no body;
 - serves the answer from a bounded in-process cache when it has it, else lets the route compute it and
-  keeps a 200's body. `Cache-Control: no-cache`: clients may keep an answer but must ask again (with
+  keeps a 200's body; requests for an answer being computed wait for that computation (a hundred
+  dashboards asking at once after an apply cost one computation, not a hundred). `Cache-Control: no-cache`: clients may keep an answer but must ask again (with
   `If-None-Match`) before using it, so a browser's dashboard revalidates by itself.
 
 Every poller of an org shares one computation per data version; between two applies a dashboard's poll
@@ -21,11 +22,15 @@ is a Redis round trip and a dictionary lookup.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import OrderedDict
 from datetime import UTC, datetime
+from functools import lru_cache
 from hashlib import blake2b
 from typing import Any
+
+from starlette.datastructures import Headers
 
 from api.auth import _token
 from api.errors import ApiError
@@ -46,6 +51,7 @@ class AnswerCache:
         self.app = app
         self.max_entries = max_entries
         self.entries: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # etag -> (content-type, body)
+        self.computing: dict[str, asyncio.Future[None]] = {}  # etag -> done when its first request is answered
         self.hits = self.misses = self.not_modified = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -61,6 +67,9 @@ class AnswerCache:
             await send({"type": "http.response.body", "body": b""})
             return
         entry = self.entries.get(etag)
+        if entry is None and (computing := self.computing.get(etag)) is not None:
+            await asyncio.shield(computing)  # another request is computing this answer: share it
+            entry = self.entries.get(etag)
         if entry is not None:
             self.hits += 1
             self.entries.move_to_end(etag)
@@ -70,7 +79,14 @@ class AnswerCache:
             await send({"type": "http.response.body", "body": body})
             return
         self.misses += 1
-        await self.app(scope, receive, self._keeping(send, etag, headers))
+        done = self.computing.setdefault(etag, asyncio.get_running_loop().create_future())
+        try:
+            await self.app(scope, receive, self._keeping(send, etag, headers))
+        finally:
+            if self.computing.get(etag) is done:
+                del self.computing[etag]
+            if not done.done():
+                done.set_result(None)
 
     def _keeping(self, send: Any, etag: str, headers: list[tuple[bytes, bytes]]) -> Any:
         """`send`, adding the ETag to a 200 and keeping its body once complete."""
@@ -98,10 +114,8 @@ class AnswerCache:
 
     async def _etag(self, scope: dict[str, Any], org: str) -> str | None:
         """The answer's name, or None when the route must answer (a refused caller, Redis away)."""
-        from starlette.requests import Request
-
         try:
-            token = _token(Request(scope))
+            token = _token(Headers(scope=scope))
         except ApiError:
             return None
         redis = scope["app"].state.aia.redis
@@ -115,7 +129,7 @@ class AnswerCache:
                 raw_key, exists, version, erased, zone = await pipe.execute()
         except Exception:
             return None
-        if raw_key is None or not exists or not apikeys.ApiKey.from_json(raw_key).allows_org(org):
+        if raw_key is None or not exists or not _key(raw_key).allows_org(org):
             return None
         day = datetime.now(UTC).date().isoformat()
         name = "\0".join(
@@ -123,6 +137,12 @@ class AnswerCache:
             (keys.meta(org), version, erased, zone, day, scope["path"], _query(scope))
         )  # fmt: skip
         return '"' + blake2b(name.encode(), digest_size=12).hexdigest() + '"'
+
+
+@lru_cache(maxsize=1024)
+def _key(raw: bytes) -> apikeys.ApiKey:
+    """A stored key record, parsed (the same few keys poll again and again)."""
+    return apikeys.ApiKey.from_json(raw)
 
 
 def _query(scope: dict[str, Any]) -> str:
