@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = stack_sub.add_parser("up", help="start everything in the foreground; Ctrl-C stops it")
     up.add_argument("--no-demo", action="store_true", help="do not start the demo producer")
     up.add_argument("--no-api", action="store_true", help="do not start the API")
+    up.add_argument(
+        "--cluster",
+        action="store_true",
+        help="three Kafka brokers and a Redis Cluster (three primaries, a replica each), two workers",
+    )
     stack_sub.add_parser("down", help="stop a stack started by `stack up`")
     stack_sub.add_parser("status", help="which parts answer on their ports")
     sub.add_parser("topics", help="create the contract's topics on the configured broker (idempotent)")
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         from infra import stack
 
         if args.action == "up":
-            return stack.up(settings, demo=not args.no_demo, api=not args.no_api)
+            return stack.up(settings, demo=not args.no_demo, api=not args.no_api, cluster=args.cluster)
         if args.action == "down":
             return stack.down()
         return stack.status(settings)

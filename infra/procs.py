@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,6 +23,24 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_pair(offset: int, low: int = 20000, high: int = 30000) -> int:
+    """A free port p in [low, high) with p + offset free too (a Redis Cluster node's bus port is p + 10000)."""
+    for _ in range(200):
+        port = random.randrange(low, high)
+        if all(_bindable(p) for p in (port, port + offset)):
+            return port
+    raise InfraError(f"no free pair of ports {offset} apart in [{low}, {high})")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -2,7 +2,9 @@
 
 `up` starts Kafka, Redis, creates the topics, then a worker (and, where they exist, the API and a demo
 producer), prints where everything is, and stays in the foreground; Ctrl-C (or `stack down` from another
-terminal) stops the children in reverse order and leaves no process behind.
+terminal) stops the children in reverse order and leaves no process behind. `up --cluster` starts three
+Kafka brokers (topics replicated three times, two in sync for a write) and a Redis Cluster of three
+primaries with a replica each instead, and two workers; its data is under `.stack/cluster/`.
 """
 
 from __future__ import annotations
@@ -13,19 +15,17 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
-from redis.asyncio import Redis
-
 from infra.exceptions import InfraError
-from infra.kafka import KafkaBroker
+from infra.kafka import KafkaBroker, KafkaCluster
 from infra.procs import ROOT, cli_command, port_open, spawn, stop_pid_file, stop_process, worker_command
-from infra.redis import RedisServer
+from infra.redis import RedisClusterNodes, RedisServer
 from streams.clients import ensure_topics
 from streams.settings import Settings
-from tables import apikeys
+from tables import apikeys, connections
 
 STACK_DIR = ROOT / ".stack"
 
@@ -48,16 +48,31 @@ def _say(msg: str) -> None:
     print(f"[stack] {msg}", flush=True)
 
 
-def up(settings: Settings, *, demo: bool = True, api: bool = True) -> int:
-    kafka_port, redis_port = _ports(settings)
-    for name, port in (("Kafka", kafka_port), ("Kafka controller", kafka_port + 1), ("Redis", redis_port)):
+# The cluster stack's fixed ports: brokers 9092, 9094, 9096 (controllers one above), Redis nodes 7001-7006.
+CLUSTER_KAFKA_PORT = 9092
+CLUSTER_REDIS_PORT = 7001
+
+
+def up(settings: Settings, *, demo: bool = True, api: bool = True, cluster: bool = False) -> int:
+    kafka: KafkaBroker | KafkaCluster
+    redis: RedisServer | RedisClusterNodes
+    if cluster:
+        kafka = KafkaCluster(STACK_DIR / "cluster", partitions=settings.topic_partitions, base_port=CLUSTER_KAFKA_PORT)
+        redis = RedisClusterNodes(STACK_DIR / "cluster", base_port=CLUSTER_REDIS_PORT)
+        settings = replace(settings, kafka_bootstrap=kafka.bootstrap, redis_url=redis.url, topic_replication=3)
+        ports = [(f"Kafka {b.node_id}", p) for b in kafka.brokers for p in (b.port, b.controller_port)]
+        ports += [(f"Redis {n.port}", n.port) for n in redis.nodes]
+    else:
+        kafka_port, redis_port = _ports(settings)
+        kafka = KafkaBroker(STACK_DIR / "kafka", port=kafka_port, controller_port=kafka_port + 1,
+                            partitions=settings.topic_partitions)  # fmt: skip
+        redis = RedisServer(STACK_DIR / "redis", port=redis_port, appendonly=True)
+        ports = [("Kafka", kafka_port), ("Kafka controller", kafka_port + 1), ("Redis", redis_port)]
+    for name, port in ports:
         if port_open(port):
             raise InfraError(f"port {port} for {name} is in use: is a stack already running? (ai-analytics stack down)")
     STACK_DIR.mkdir(exist_ok=True)
     t0 = time.monotonic()
-    kafka = KafkaBroker(STACK_DIR / "kafka", port=kafka_port, controller_port=kafka_port + 1,
-                        partitions=settings.topic_partitions)  # fmt: skip
-    redis = RedisServer(STACK_DIR / "redis", port=redis_port, appendonly=True)
     children: list[Child] = []
     stopping = threading.Event()
 
@@ -74,9 +89,11 @@ def up(settings: Settings, *, demo: bool = True, api: bool = True) -> int:
         redis.start()
         _say(f"Redis {redis.url} up ({time.monotonic() - t0:.1f}s)")
         created = asyncio.run(ensure_topics(settings))
-        _say(f"topics ready ({len(created)} created, {settings.topic_partitions} partitions each)")
+        _say(f"topics ready ({len(created)} created, {settings.topic_partitions} partitions, "
+             f"replication {settings.topic_replication})")  # fmt: skip
         env = {**os.environ, **settings.as_env()}
-        children.append(_child("worker", worker_command(settings.log_level), env))
+        for n in range(2 if cluster else 1):
+            children.append(_child(f"worker-{n + 1}" if cluster else "worker", worker_command(settings.log_level), env))
         dashboard = None
         if api:
             children.append(_child("api", cli_command("api"), env))
@@ -85,6 +102,8 @@ def up(settings: Settings, *, demo: bool = True, api: bool = True) -> int:
         if demo:
             children.append(_child("demo", cli_command("produce", "demo", "--rate", "50"), env))
         _say(f"all started in {time.monotonic() - t0:.1f}s; logs in {STACK_DIR}/*.log")
+        if cluster:
+            _say(f"AIA_KAFKA_BOOTSTRAP={settings.kafka_bootstrap} AIA_REDIS_URL={settings.redis_url}")
         if dashboard:
             _say(f"API docs:  http://{settings.api_host}:{settings.api_port}/docs")
             _say(f"dashboard: {dashboard}")
@@ -116,7 +135,7 @@ def _child(name: str, cmd: list[str], env: dict[str, str]) -> Child:
 async def _demo_key(settings: Settings) -> str:
     """A platform_admin key for all orgs, kept in .stack/ so the printed dashboard address stays valid."""
     path = STACK_DIR / "demo-key"
-    redis = Redis.from_url(settings.redis_url)
+    redis = connections.connect(settings.redis_url)
     try:
         if path.exists() and await apikeys.lookup(redis, path.read_text().strip()) is not None:
             return path.read_text().strip()
@@ -132,18 +151,25 @@ def down() -> int:
     stopped = []
     if stop_pid_file(STACK_DIR / "stack.pid", timeout=90):
         stopped.append("supervisor")
-    for name in ("demo", "api", "worker"):
+    for name in ("demo", "api", "worker", "worker-1", "worker-2"):
         if stop_pid_file(STACK_DIR / f"{name}.pid"):
             stopped.append(name)
-    for name, sub in (("kafka", "kafka"), ("redis", "redis")):
-        if stop_pid_file(STACK_DIR / sub / f"{name}.pid", timeout=60):
-            stopped.append(name)
+    servers = [("kafka", STACK_DIR / "kafka"), ("redis", STACK_DIR / "redis")]
+    servers += [("kafka", d) for d in sorted((STACK_DIR / "cluster").glob("kafka-*"))]
+    servers += [("redis", d) for d in sorted((STACK_DIR / "cluster").glob("redis-*"))]
+    for name, folder in servers:
+        if stop_pid_file(folder / f"{name}.pid", timeout=60):
+            stopped.append(name if folder.parent == STACK_DIR else f"{name} {folder.name}")
     _say("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return 0
 
 
 def status(settings: Settings) -> int:
     kafka_port, redis_port = _ports(settings)
-    for name, port in (("kafka", kafka_port), ("redis", redis_port), ("api", settings.api_port)):
-        _say(f"{name:6} 127.0.0.1:{port} {'up' if port_open(port) else 'down'}")
+    checks = [("kafka", kafka_port), ("redis", redis_port), ("api", settings.api_port)]
+    if (STACK_DIR / "cluster").exists():
+        checks += [(f"kafka-{i + 1}", CLUSTER_KAFKA_PORT + 2 * i) for i in range(3)]
+        checks += [(f"redis-{i + 1}", CLUSTER_REDIS_PORT + i) for i in range(6)]
+    for name, port in checks:
+        _say(f"{name:8} 127.0.0.1:{port} {'up' if port_open(port) else 'down'}")
     return 0
