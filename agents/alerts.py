@@ -31,7 +31,7 @@ from agents.rules import Reading, RuleSet, Verdict, alert_event, evaluate, trans
 from streams import clients
 from streams.settings import Settings
 from streams.topics import ALERTS
-from tables import keys, queries
+from tables import connections, keys, queries
 from tables.buckets import MINUTE_MS, Grain
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class AlertEngine:
     def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
         self.settings = settings
         self.rules = RuleSet.load(settings.alert_rules)  # a bad rules file stops the worker at start
-        self.redis: Redis = redis or Redis.from_url(settings.redis_url)
+        self.redis: Redis = redis or connections.connect(settings.redis_url)
         self.topic = settings.topic(ALERTS)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.leading = False

@@ -44,7 +44,7 @@ from streams.app import (
 from streams.deadletter import Record
 from streams.settings import Settings
 from streams.topics import INPUT_TOPICS
-from tables import keys
+from tables import connections, keys
 from tables.state import save_progress
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class FaustEngine:
         settings = self.settings
         alerts = AlertEngine(settings) if settings.alert_interval > 0 else None  # a bad rules file stops us here
         await clients.ensure_topics(settings)
-        self.redis: Redis = Redis.from_url(settings.redis_url)
+        self.redis: Redis = connections.connect(settings.redis_url)
         self.producer = clients.producer(settings.kafka_bootstrap, client_id=f"{settings.app_id}-faust")
         await self.producer.start()
         outputs = Outputs(settings, self.producer)

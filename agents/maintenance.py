@@ -8,11 +8,10 @@ import contextlib
 import logging
 import time
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from streams.settings import Settings
-from tables import queries
+from tables import connections, queries
 from tables.buckets import Grain
 from tables.state import prune_conversations, prune_observations
 
@@ -24,7 +23,7 @@ async def prune_loop(settings: Settings, stop: asyncio.Event, every_s: float = 3
     org's observations hash, and the event digests of every conversation last written before it. Several
     workers doing it at once is harmless: a prune deletes only what nobody can still need, and a
     conversation written meanwhile (another version) is left as it is."""
-    redis = Redis.from_url(settings.redis_url)
+    redis = connections.connect(settings.redis_url)
     try:
         while not stop.is_set():
             oldest_day = Grain.DAY.index(int(time.time() * 1000)) - settings.dedup_window_days

@@ -23,6 +23,7 @@ from streams.schemas import Event, Limits, parse
 from streams.settings import Settings
 from tables import keys
 from tables.buckets import Retention
+from tables.connections import Replication, wait_replicas
 from tables.generations import Generations, GenerationsChanged
 from tables.state import OrgState, StateQuery, StateReader, as_after
 from tables.writer import OrgWrite, Writer
@@ -100,6 +101,8 @@ class BatchProcessor:
         self.publish = publish
         self.writer = Writer(redis)
         self.reader = StateReader(redis)
+        replicas = wait_replicas(settings.redis_url, settings.redis_wait_replicas)
+        self.replication = Replication(redis, replicas, settings.redis_wait_timeout_ms)
         self.limits = Limits.from_settings(settings)
         self.planner = Planner(PriceTable.load(settings.price_table), Retention.from_settings(settings))
 
@@ -209,6 +212,8 @@ class BatchProcessor:
             gens, result, done = await self._apply_whole(p)
         result.skipped = p.n_records - len(p.dead) - result.applied
         if p.by_org:
+            # On replicas before anyone records the batch as applied (tables/connections.py)
+            await self.replication.wait(p.by_org)
             await self.redis.sadd(keys.orgs(), *p.by_org)
         if self.publish is not None and done:
             with keys.generation(gens.current):
@@ -265,7 +270,7 @@ class BatchProcessor:
                         done += await self._apply(part, now_ms, gens, result)  # planned again, from Redis
                         continue
                 for w in writes:
-                    w.guard(keys.generations(), "v", gens.version)
+                    _guard_generations(w)
                 # The next part's state is read before this part's apply reaches Redis, so the read does
                 # not wait behind it; the next plan assumes this part's writes (`as_after`).
                 next_read = asyncio.create_task(self.read(parts[k + 1])) if k + 1 < len(parts) else None
@@ -292,7 +297,7 @@ class BatchProcessor:
         done: list[tuple[OrgWrite, OrgState]],
     ) -> bool:
         """Count an applied part; re-plan and apply the orgs that met a conflict. False when there were any."""
-        if any(keys.generations() in reason for reason in conflicts.values()):
+        if _generations_changed(conflicts):
             raise GenerationsChanged
         for w in writes:
             if w.org not in conflicts:
@@ -319,6 +324,7 @@ class BatchProcessor:
         with keys.generation(generation):
             await self._apply(by_org, now_ms, gens, result)
         if by_org:
+            await self.replication.wait(by_org)
             await self.redis.sadd(keys.orgs(), *by_org)
         return result
 
@@ -332,10 +338,10 @@ class BatchProcessor:
             result.attempts = attempt
             writes = await self.plan(pending, now_ms)
             for w in writes:
-                w.guard(keys.generations(), "v", gens.version)
+                _guard_generations(w)
             states = {w.org: w.state for w in writes}
             conflicts = await self.writer.apply(writes)
-            if any(keys.generations() in reason for reason in conflicts.values()):
+            if _generations_changed(conflicts):
                 raise GenerationsChanged
             for w in writes:
                 if w.org not in conflicts:
@@ -422,6 +428,16 @@ class BatchProcessor:
             if record := keys.counter_record(key, "", "z", counts, now_ms):
                 out.append(record)
         return out
+
+
+def _guard_generations(w: OrgWrite) -> None:
+    """Applied only if the org's copy of the generations' version is still what the plan read: a rebuild's
+    start or switch in between makes the batch apply again, to the generations there are then."""
+    w.guard(keys.org_generations(w.org), "v", w.state.generations_version)
+
+
+def _generations_changed(conflicts: dict[str, str]) -> bool:
+    return any(keys.org_generations(org) in reason for org, reason in conflicts.items())
 
 
 def _parts(by_org: dict[str, list[Event]], size: int) -> list[dict[str, list[Event]]]:

@@ -5,8 +5,9 @@ the served one keeps answering and keeps being updated, then switch to it atomic
    at offset 0 has lost records by retention (for the events the daily retention still covers), and a
    rebuild would lose them too; the message names each partition and the time from which it still holds
    events.
-2. Mark generation n+1 as being built (`aia:generations`: `building`, and `v` bumped). Every live batch's
-   apply is guarded on `v`, so from then on every batch applied is applied to both generations
+2. Mark generation n+1 as being built (`aia:generations`: `building`, and `v` bumped, and copied to every
+   org's `aia:gens:{org}`). Every live batch's apply is guarded on its org's copy of `v`, so from then on
+   every batch applied is applied to both generations
    (agents/pipeline.py). Then record each input partition's end offset (`until`): records below it are
    read by the rebuild, records from it on are applied by the live workers, to both.
 3. Read every input partition from its start to `until` and apply it to generation n+1 (the same
@@ -14,7 +15,7 @@ the served one keeps answering and keeps being updated, then switch to it atomic
    counts once). Progress is kept per partition (`aia:rebuild:g<n+1>`): an interrupted rebuild run again
    resumes there. Dead letters are not sent again (they were when the events first arrived).
 4. When every partition is read to `until`, switch: `current` = n+1, `building` gone, `v` bumped, in one
-   script. Each API request reads `current` once and builds every key of its answer for it, so an answer
+   script (and `v` copied to the orgs again). Each API request reads `current` once and builds every key of its answer for it, so an answer
    is the old generation's or the new one's, never a mix. After a grace period (in-flight requests and
    batches of the old generation) the old generation's keys are unlinked.
 
@@ -38,27 +39,27 @@ from streams import clients
 from streams.deadletter import DeadLetter, Record
 from streams.settings import Settings
 from streams.topics import INPUT_TOPICS
-from tables import keys
+from tables import keys, queries
 from tables.generations import Generations, status
 
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 
 START_LUA = r"""
--- KEYS[1] the generations hash. ARGV[1] the generation to build. Refuses (0) when one is being built.
+-- KEYS[1] the generations hash. ARGV[1] the generation to build. Refuses (0) when one is being built, else
+-- returns the new version.
 if redis.call('HGET', KEYS[1], 'building') then return 0 end
 redis.call('HSET', KEYS[1], 'building', ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'v', 1)
-return 1
+return redis.call('HINCRBY', KEYS[1], 'v', 1)
 """
 
 SWITCH_LUA = r"""
--- KEYS[1] the generations hash. ARGV[1] the generation built. Serves it from now on.
+-- KEYS[1] the generations hash. ARGV[1] the generation built. Serves it from now on; returns the new
+-- version (0: that generation is not the one being built).
 if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'current', ARGV[1])
 redis.call('HDEL', KEYS[1], 'building', 'until', 'started_ms')
-redis.call('HINCRBY', KEYS[1], 'v', 1)
-return 1
+return redis.call('HINCRBY', KEYS[1], 'v', 1)
 """
 
 
@@ -109,8 +110,12 @@ class Rebuild:
                 await self._check_retained(consumer, tps)
                 target = gens.current + 1
                 script: Any = self.redis.register_script(START_LUA)
-                if not await script(keys=[keys.generations()], args=[target]):
+                version = await script(keys=[keys.generations()], args=[target])
+                if not version:
                     raise RebuildRefused("another rebuild started at the same time")
+                # Every known org's apply is guarded on its copy of the version: from here on, every batch
+                # applied is applied to both generations. Only then are the end offsets taken.
+                await copy_version(self.redis, int(version))
                 ends = await consumer.end_offsets(list(tps)) if tps else {}
                 until = {fld: ends[tp] for tp, fld in tps.items()}
                 await self.redis.hset(
@@ -130,8 +135,10 @@ class Rebuild:
         finally:
             await consumer.stop()
         switch: Any = self.redis.register_script(SWITCH_LUA)
-        if not await switch(keys=[keys.generations()], args=[target]):
+        version = await switch(keys=[keys.generations()], args=[target])
+        if not version:
             raise RebuildRefused(f"generation {target} is no longer the one being built")
+        await copy_version(self.redis, int(version))
         keys.CURRENT = target
         self.say(f"rebuild: serving generation {target}; dropping generation {target - 1} in {self.grace_s:g}s")
         await asyncio.sleep(self.grace_s)
@@ -215,6 +222,19 @@ class Rebuild:
                 self.say(
                     f"rebuild: {read:,}/{total:,} records, {rate:,.0f}/s, {left:,} left, about {left / max(rate, 1):.0f}s"
                 )
+
+
+async def copy_version(redis: Redis, version: int) -> None:
+    """Write the generations' new version into every known org's copy (`keys.org_generations`): an apply
+    planned before the change then conflicts and is made again for the generations there are now. An org
+    that appears later has no copy; its batches' events were fetched after the change, or are read by the
+    rebuild (their offsets are below its end offsets, taken after this)."""
+    orgs = await queries.list_orgs(redis)
+    async with redis.pipeline(transaction=False) as pipe:
+        for org in orgs:
+            pipe.hset(keys.org_generations(org), "v", version)
+        if orgs:
+            await pipe.execute()
 
 
 async def drop_generation(redis: Redis, n: int, chunk: int = 1000) -> int:

@@ -29,7 +29,7 @@ from agents.pipeline import BatchProcessor, BatchResult, Group, Pending, Prepare
 from streams import clients
 from streams.settings import Settings
 from streams.topics import INPUT_TOPICS
-from tables import keys
+from tables import connections, keys
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Worker:
         self._tail: asyncio.Task[None] | None = None  # the last batch's publish, progress and commit
         self._pending: tuple[Pending, dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] | None = None
         self._stopping: asyncio.Event | None = None
-        self.redis: Redis = Redis.from_url(settings.redis_url)
+        self.redis: Redis = connections.connect(settings.redis_url)
         self.producer = clients.producer(settings.kafka_bootstrap, client_id=f"{settings.app_id}-worker")
         self.consumer = clients.group_consumer(
             settings.kafka_bootstrap,

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import analytics, costs, erasure, history, ops
@@ -105,6 +106,13 @@ def _error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
         return ORJSONResponse(ApiError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
+
+    @app.exception_handler(RedisError)
+    async def redis_away(_: Request, exc: RedisError) -> ORJSONResponse:
+        # Redis (or a Redis Cluster primary, while it fails over) away: answered like any unexpected error,
+        # but here, so the connection stays usable (the catch-all below is re-raised to the server).
+        metrics.errors.inc()
+        return ORJSONResponse({"detail": f"temporarily unavailable: {type(exc).__name__}"}, status_code=503)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> ORJSONResponse:

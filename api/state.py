@@ -12,6 +12,7 @@ from api.kafka import KafkaGateway
 from api.metrics import Metrics
 from streams.schemas import Limits
 from streams.settings import Settings
+from tables import connections
 from tables.buckets import Retention
 
 
@@ -28,7 +29,7 @@ class AppState:
     def connect(cls, settings: Settings, metrics: Metrics) -> AppState:
         return cls(
             settings=settings,
-            redis=Redis.from_url(settings.redis_url),
+            redis=connections.connect(settings.redis_url),
             kafka=KafkaGateway(settings),
             metrics=metrics,
             retention=Retention.from_settings(settings),

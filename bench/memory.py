@@ -27,6 +27,7 @@ from infra.procs import free_port
 from infra.redis import RedisServer
 from streams.deadletter import Record
 from streams.settings import Settings
+from tables import connections
 
 _DIGITS = re.compile(r"\d+")
 
@@ -78,7 +79,7 @@ def describe(used: int, kinds: dict[str, tuple[int, int]], events: int, baseline
 
 async def load(redis_url: str, n: int, batch: int) -> None:
     settings = replace(Settings.from_env(), redis_url=redis_url)
-    redis = Redis.from_url(redis_url)
+    redis = connections.connect(redis_url)
 
     async def no_dead(_: list[object]) -> None:
         raise AssertionError("no dead letters expected")
@@ -99,7 +100,7 @@ async def load(redis_url: str, n: int, batch: int) -> None:
 
 
 async def run(n: int, batch: int, redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
+    redis = connections.connect(redis_url)
     await redis.flushall()
     baseline = int((await redis.info("memory"))["used_memory"])
     await load(redis_url, n, batch)

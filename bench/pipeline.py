@@ -16,19 +16,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from agents.pipeline import BatchProcessor
 from bench.throughput import event
 from infra.procs import free_port
 from infra.redis import RedisServer
 from streams.deadletter import Record
 from streams.settings import Settings
+from tables import connections
 
 
 async def run(n: int, batch: int, partitions: int, redis_url: str) -> float:
     settings = replace(Settings.from_env(), redis_url=redis_url)  # AIA_APPLY_CHUNK and the like apply
-    redis = Redis.from_url(redis_url)
+    redis = connections.connect(redis_url)
     await redis.flushall()
 
     async def no_dead(_: list[object]) -> None:

@@ -22,14 +22,13 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from bench.throughput import applied, produce
 from infra.kafka import KafkaBroker
 from infra.procs import free_port, spawn, worker_command
 from infra.redis import RedisServer
 from streams.clients import ensure_topics
 from streams.settings import ENGINES, Settings
+from tables import connections
 
 
 def summarize(raw: Path, top: int) -> list[str]:
@@ -77,7 +76,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
         idle = ["--idle"] if args.idle else []
         cmd = [py_spy, "record", "-r", "250", *idle, "-f", "raw", "-o", str(args.out), "--", *worker_command("warn")]
         proc = spawn(cmd, log=tmp / "worker.log", env=env)
-        redis = Redis.from_url(settings.redis_url)
+        redis = connections.connect(settings.redis_url)
         started = None
         try:
             while (done := await applied(redis)) < args.events:

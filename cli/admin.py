@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from streams import clients
 from streams.schemas import ORG_RE
 from streams.settings import Settings
-from tables import apikeys, buckets, erase, queries
+from tables import apikeys, buckets, connections, erase, queries
 from tables.exceptions import QueryError
 
 
@@ -47,7 +47,7 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    redis = Redis.from_url(settings.redis_url)
+    redis = connections.connect(settings.redis_url)
     try:
         if args.command == "orgs":
             return await _orgs(redis, args)

@@ -7,9 +7,8 @@ import asyncio
 import logging
 import sys
 
-from redis.asyncio import Redis
-
 from streams.settings import Settings
+from tables import connections
 
 
 def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +31,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     from agents.rebuild import Rebuild, RebuildRefused
     from tables.generations import Generations, status
 
-    redis = Redis.from_url(settings.redis_url)
+    redis = connections.connect(settings.redis_url)
     try:
         if args.status:
             gens = await Generations.read(redis)

@@ -21,7 +21,12 @@ ENGINES = ("faust", "kafka")
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # One server (redis://host:port/db) or a Redis Cluster (redis+cluster://host:port,host:port,...).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # How many replicas a batch's writes must reach before its progress is recorded and its offsets
+    # committed (Redis's WAIT), and how long to wait for them; -1: one on a cluster, none on one server.
+    redis_wait_replicas: int = -1
+    redis_wait_timeout_ms: int = 2000
     # Prepended to every topic name, so tests (or tenants sharing a cluster) stay apart.
     topic_prefix: str = ""
     topic_partitions: int = 6
@@ -96,6 +101,11 @@ class Settings:
             raise SettingsError(f"{PREFIX}API_PROCESSES must be 0 (one per core) or more, got {self.api_processes}")
         if self.apply_chunk < 0:
             raise SettingsError(f"{PREFIX}APPLY_CHUNK must be 0 (one part) or more, got {self.apply_chunk}")
+        if self.redis_wait_replicas < -1 or self.redis_wait_timeout_ms < 1:
+            raise SettingsError(
+                f"{PREFIX}REDIS_WAIT_REPLICAS must be -1 (automatic) or more and {PREFIX}REDIS_WAIT_TIMEOUT_MS "
+                f"at least 1, got {self.redis_wait_replicas} and {self.redis_wait_timeout_ms}"
+            )
         if self.batch_within <= 0:
             raise SettingsError(f"{PREFIX}BATCH_WITHIN must be positive, got {self.batch_within}")
 

@@ -163,7 +163,8 @@ def observations(org: str) -> str:
 
 
 def uuids(org: str) -> str:
-    """Hash served UUID -> `kind|id` for the conversation and mentor ids that are not UUIDs (tables/ids.py)."""
+    """Hash served UUID -> `mentor|id` for the mentor ids that are not UUIDs (tables/ids.py). (Conversations
+    need none: they are addressed by the digest of the id they are served under.)"""
     return f"{_org(org)}:uuids"
 
 
@@ -172,21 +173,48 @@ def meta(org: str) -> str:
     return f"{_org(org)}:meta"
 
 
-def conversation(org: str, conv_id: str) -> str:
-    """String: a conversation's state (tables/conversations.py `ConversationState.pack`): where its session
-    starts, its counts, its latest sentiment and record, its cost by hour, the digests of the events it
-    counted."""
-    return f"{_org(org)}:c:{conv_id}"
+# Conversations are addressed by a 64-bit digest of the id they are served under (`conversation_digest`
+# in tables/conversations.py): their states in buckets of hashes (small hashes stay compact listpacks),
+# their index entries as integers (small sets stay compact intsets).
+CONVERSATION_BUCKETS = 512
+FILTER_SHARDS = 16  # the mentor, topic and sentiment indexes (few values, many conversations each) in shards
+
+
+def conversation_bucket(org: str, digest: int) -> str:
+    """Hash: field `conversation_field(digest)` -> a conversation's state (`ConversationState.pack`: where
+    its session starts, its counts, its latest sentiment and record, its cost by hour, its kept id, the
+    digests of the events it counted), for the conversations whose digest falls in this bucket."""
+    return f"{_org(org)}:cv:{digest % CONVERSATION_BUCKETS}"
+
+
+def conversation_field(digest: int) -> bytes:
+    """A conversation's field in its bucket: its digest's 8 bytes."""
+    return (digest % 2**64).to_bytes(8, "big")
+
+
+def conversation_buckets(org: str) -> str:
+    """The pattern of every conversation bucket of the org (for scans)."""
+    return f"{_org(org)}:cv:*"
 
 
 def conversations(org: str) -> str:
-    """Sorted set of conversation ids scored by inserted_at (ms): the chat-history index."""
+    """Sorted set of conversation digests (decimal) scored by inserted_at (ms): the chat-history index."""
     return f"{_org(org)}:convs"
 
 
-def conversations_by(org: str, kind: str, value: str) -> str:
-    """Index by `student`, `mentor`, `topic` or `sentiment`, scored like `conversations`."""
-    return f"{_org(org)}:convs:{kind}:{value}"
+def conversations_by(org: str, kind: str, value: str, digest: int | None = None) -> str:
+    """Set of the digests of the conversations with a `student`, `mentor`, `topic` or `sentiment`. A
+    student's is one set; the others are in `FILTER_SHARDS` shards (`digest` says which; the shard of
+    every digest is `filter_shards`)."""
+    base = f"{_org(org)}:cx:{kind}:{value}"
+    return base if kind == "student" else f"{base}:{(digest or 0) % FILTER_SHARDS}"
+
+
+def filter_shards(org: str, kind: str, value: str) -> list[str]:
+    """Every key of one filter's index (one for a student, `FILTER_SHARDS` for the others)."""
+    if kind == "student":
+        return [conversations_by(org, kind, value)]
+    return [conversations_by(org, kind, value, shard) for shard in range(FILTER_SHARDS)]
 
 
 def orgs() -> str:
@@ -197,6 +225,19 @@ def orgs() -> str:
 def time_zones() -> str:
     """Hash org -> its default IANA time zone (`ai-analytics orgs tz`); an org not in it answers in UTC. Global."""
     return f"{NS}:orgs:tz"
+
+
+def replication_marker(org: str) -> str:
+    """A counter each batch's replication check bumps on the org's primary before WAIT (tables/connections.py).
+    Outside the generations."""
+    return f"{NS}:w:{{{org}}}"
+
+
+def org_generations(org: str) -> str:
+    """Hash: `v`, the org's copy of the generations' version (`generations`), written by a rebuild to every
+    known org when it starts or switches. Each apply is guarded on it: a check within the org's own slot,
+    as a Redis Cluster needs. Outside the generations."""
+    return f"{NS}:gens:{{{org}}}"
 
 
 def erasures(org: str) -> str:
@@ -226,13 +267,14 @@ def org_of(key: str) -> str:
 
 
 def api_keys() -> str:
-    """Hash sha256(token) -> key record (global, not org-tagged)."""
-    return f"{NS}:apikeys"
+    """Hash sha256(token) -> key record (global; tagged `{apikeys}` with `api_key_ids`, so one transaction
+    writes both on a Redis Cluster too)."""
+    return f"{NS}:keys:{{apikeys}}"
 
 
 def api_key_ids() -> str:
     """Hash key id -> sha256(token), for listing and revoking."""
-    return f"{NS}:apikeys:ids"
+    return f"{NS}:keys:{{apikeys}}:ids"
 
 
 def describe_counter(key: str, member: str, kind: str) -> tuple[str, dict[str, str]] | None:

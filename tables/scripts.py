@@ -1,18 +1,20 @@
-"""Lua scripts run many at a time: one pipelined round trip of EVALSHAs.
+"""Lua scripts run many at a time: one pipelined round trip of EVALSHAs (on a Redis Cluster, where a
+pipeline cannot carry EVALSHA, the calls run side by side, each to its key's primary).
 
 redis-py's own `Script` in a pipeline first asks `SCRIPT EXISTS` in a round trip of its own, on every
 execute; with a read and an apply per batch part that doubles the round trips, and the check waits behind
-whatever Redis is running. Here a script is loaded when Redis answers NOSCRIPT (a restart forgets
-scripts), and only the calls that got that answer run again.
+whatever Redis is running. Here a script is loaded when Redis answers NOSCRIPT (a restart, or a replica
+just promoted, forgets scripts), and only the calls that got that answer run again.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from hashlib import sha1
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
 Call = tuple[Sequence[str], Sequence[Any]]  # (keys, args)
@@ -28,12 +30,19 @@ class Script:
         """Each call's reply, in order; an error reply other than NOSCRIPT is raised."""
         replies: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
+        cluster = isinstance(self.redis, RedisCluster)
         for attempt in (1, 2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    keys, args = calls[i]
-                    pipe.evalsha(self.sha, len(keys), *keys, *args)
-                results = await pipe.execute(raise_on_error=False)
+            if cluster:
+                results = await asyncio.gather(
+                    *(self.redis.evalsha(self.sha, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in todo),
+                    return_exceptions=True,
+                )
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for i in todo:
+                        keys, args = calls[i]
+                        pipe.evalsha(self.sha, len(keys), *keys, *args)
+                    results = await pipe.execute(raise_on_error=False)
             missing = []
             for i, reply in zip(todo, results, strict=True):
                 if isinstance(reply, NoScriptError) and attempt == 1:
