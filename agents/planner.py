@@ -23,7 +23,7 @@ from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import ids, keys
 from tables.buckets import DAY_MS, HALF_MS, MINUTE_MS, Grain, Retention
-from tables.conversations import ConversationState, event_digest, is_newer, starts_earlier
+from tables.conversations import ConversationState, conversation_digest, event_digest, is_newer, starts_earlier
 from tables.state import OrgState, StateQuery
 from tables.writer import OrgWrite
 
@@ -403,11 +403,7 @@ class Planner:
         state, so the order of its events does not matter). The state it will hold goes to `w.conv_after`,
         for a next batch planned before this one is applied."""
         retention = self.retention
-        ckey = keys.conversation(w.org, cid)
-        if before.version is None and ids.needs_mapping(cid):
-            w.hset(
-                keys.uuids(w.org), ids.served(w.org, ids.CONVERSATION, cid), ids.mapping_value(ids.CONVERSATION, cid)
-            )
+        digest = conversation_digest(w.org, cid)
         if (before.started_ms, before.first_mentor) != (after.started_ms, after.first_mentor):
             self._sessions(w, before, -1)  # the session moved: all of it leaves its old buckets
             self._sessions(w, after, 1)
@@ -415,7 +411,10 @@ class Planner:
             self._sessions(w, after, 1, messages_only=n)  # the same session, more messages
         after.version = (before.version or 0) + 1
         after.last_day = arrival_day
-        w.put_conversation(ckey, before.version, after.pack())
+        after.cid = cid
+        w.put_conversation(
+            keys.conversation_bucket(w.org, digest), keys.conversation_field(digest), before.version, after.pack()
+        )
         w.conv_after[cid] = after
         if before.costs != after.costs or before.attribution() != after.attribution():
             old_cost, new_cost = _attributed(w.org, cid, before), _attributed(w.org, cid, after)
@@ -432,11 +431,19 @@ class Planner:
                     w.bucket_deltas[(grain, index, member)] = w.bucket_deltas.get((grain, index, member), 0) + n
         if before.listing() != after.listing():
             old, new = before.index_entries(), after.index_entries()
+            member = str(digest)
             for kind, value in old.keys() - new.keys():
-                w.zrem(_index_key(w.org, kind, value), cid)
+                if kind:
+                    w.srem(keys.conversations_by(w.org, kind, value, digest), member)
+                else:
+                    w.zrem(keys.conversations(w.org), member)
             for (kind, value), score in new.items():
-                if old.get((kind, value)) != score:
-                    w.zadd(_index_key(w.org, kind, value), cid, score)
+                if (kind, value) in old and (kind or old[(kind, value)] == score):
+                    continue
+                if kind:
+                    w.sadd(keys.conversations_by(w.org, kind, value, digest), member)
+                else:
+                    w.zadd(keys.conversations(w.org), member, score)
 
     def _observation(
         self, w: OrgWrite, ev: LlmObservation, offset: int, prev: AppliedObservation | None, arrival_day: int
@@ -477,10 +484,6 @@ def _mentor(fld: str, mentor: str | None) -> str:
 
 def _session_fields(mentor: str) -> tuple[str, ...]:
     return (keys.SESSIONS, keys.MESSAGES, _mentor(keys.SESSIONS, mentor), _mentor(keys.MESSAGES, mentor))
-
-
-def _index_key(org: str, kind: str, value: str) -> str:
-    return keys.conversations(org) if not kind else keys.conversations_by(org, kind, value)
 
 
 def _attributed(org: str, cid: str, conv: ConversationState) -> dict[tuple[str, Grain, int, str], int]:

@@ -1,6 +1,6 @@
 """A conversation as kept in Redis, and the rules that make it a function of the set of its events.
 
-A conversation (`aia:{org}:c:<id>`, one string) gathers what the events of one session say: where the
+A conversation (a field of a bucket `aia:{org}:cv:<n>`, tables/keys.py) gathers what the events of one session say: where the
 session starts (its earliest message), how many messages of each role it has, the latest sentiment
 judgement, the latest chat-history record, and which events it has counted. Each rule below is order-free:
 applying the same events in any order, any number of times, leaves the same state, so any worker can apply
@@ -9,10 +9,13 @@ any batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
-from xxhash import xxh3_64_digest
+from xxhash import xxh3_64_digest, xxh3_64_intdigest
+
+from tables import ids
 
 # A version of something that can be replaced (a judgement, a record, an observation): its event time,
 # the offset of its record in its partition, and its event_id.
@@ -36,8 +39,43 @@ def is_newer(candidate: Version, current: Version | None) -> bool:
     return current is None or candidate > current
 
 
+class Digests:
+    """The 8-byte digests of the events a conversation counted: a set, stored as one string of 8-byte
+    pieces (a few bytes less per event than a list of strings)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Iterable[bytes] = ()) -> None:
+        self.items = set(items)
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self.items
+
+    def add(self, digest: bytes) -> None:
+        self.items.add(digest)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Digests) and self.items == other.items
+
+    def __repr__(self) -> str:
+        return f"Digests({len(self.items)})"
+
+    def packed(self) -> bytes:
+        return b"".join(self.items)
+
+    @classmethod
+    def unpacked(cls, raw: bytes) -> Digests:
+        return cls(raw[i : i + 8] for i in range(0, len(raw), 8))
+
+
 class ConversationState(msgspec.Struct, array_like=True):
-    """What a conversation holds (`aia:{org}:c:<id>`, one string: `<version>:<last_day>:` then msgpack), parsed.
+    """What a conversation holds (its field's value: `<version>:<last_day>:` then msgpack), parsed.
 
     `version` is bumped by every batch that writes the conversation: the apply script's guard reads it from
     the value's prefix without decoding the rest. `ids` are the digests (`event_digest`) of the events
@@ -67,8 +105,9 @@ class ConversationState(msgspec.Struct, array_like=True):
     costs: dict[int, int] = {}
     traces: dict[str, int] = {}  # trace_id -> its latest observation time (ms)
     record_json: str | None = None  # the newest chat-history record, as the API serves it
-    ids: set[bytes] = set()
+    ids: Digests = msgspec.field(default_factory=Digests)
     last_day: int = 0  # 0: nothing left to prune
+    cid: str | None = None  # the conversation's id as kept (tables/ids.py)
 
     def pack(self) -> bytes:
         """The stored value: `<version>:<last_day>:` and the state in msgpack."""
@@ -84,11 +123,11 @@ class ConversationState(msgspec.Struct, array_like=True):
 
     def copy(self) -> ConversationState:
         """A working copy whose `ids` can grow without touching this one."""
-        return msgspec.structs.replace(self, ids=set(self.ids))
+        return msgspec.structs.replace(self, ids=Digests(self.ids))
 
     def pruned(self) -> ConversationState:
         """The state once the dedup window has passed: the same, a version on, without the event digests."""
-        return msgspec.structs.replace(self, version=(self.version or 0) + 1, ids=set(), last_day=0)
+        return msgspec.structs.replace(self, version=(self.version or 0) + 1, ids=Digests(), last_day=0)
 
     def attribution(self) -> tuple[str, str] | None:
         """(student, mentor) the session's LLM cost counts for: those of its earliest message (observations
@@ -128,6 +167,14 @@ class ConversationState(msgspec.Struct, array_like=True):
         return out
 
 
+def conversation_digest(org: str, cid: str) -> int:
+    """The 64-bit number a conversation is addressed by (its bucket, its field, its index entries): XXH3-64
+    of the id it is served under (`ids.served`, a UUID), so a served UUID and the kept id find it alike.
+    Signed, as Redis keeps integers in compact sets."""
+    value: int = xxh3_64_intdigest(ids.served(org, ids.CONVERSATION, cid).encode())
+    return value - 2**64 if value >= 2**63 else value
+
+
 def event_digest(event_id: str) -> bytes:
     """The 8 bytes a conversation keeps of an event id it counted: XXH3-64 of its UTF-8 (fixed by the
     algorithm's specification, so stored digests stay valid; two different ids of one conversation collide
@@ -135,8 +182,20 @@ def event_digest(event_id: str) -> bytes:
     return xxh3_64_digest(event_id.encode())
 
 
-_ENCODER = msgspec.msgpack.Encoder()
-_DECODER = msgspec.msgpack.Decoder(ConversationState)
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, Digests):
+        return obj.packed()
+    raise NotImplementedError(f"cannot pack {type(obj).__name__}")
+
+
+def _decode(kind: type, obj: Any) -> Any:
+    if kind is Digests and isinstance(obj, bytes):
+        return Digests.unpacked(obj)
+    raise NotImplementedError(f"cannot unpack {kind.__name__}")
+
+
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode)
+_DECODER = msgspec.msgpack.Decoder(ConversationState, dec_hook=_decode)
 
 
 def prefix(raw: bytes) -> tuple[int, int]:

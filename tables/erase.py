@@ -7,8 +7,8 @@
    producer's re-send meets the same tombstone. The tombstone is a digest of (org, student): it does not
    keep the username.
 2. Then everything that names the student is removed; nothing can add it back:
-   - their conversations (found through the student index and by scanning the org's conversations for the
-     record's or the earliest message's student): the state (the record, with its email), every
+   - their conversations (found through the student index and by scanning the org's conversation buckets
+     for the record's or the earliest message's student): the state (the record, with its email), every
      chat-history index entry, and the session's entries in the per-mentor session costs;
    - their per-student LLM cost fields in the hourly and daily buckets their sessions cost in;
    - their entries in every top-students set (hourly, daily, weekly, all time, per mentor).
@@ -28,7 +28,7 @@ import orjson
 from redis.asyncio import Redis
 
 from streams.topics import AGGREGATES, ERASURES
-from tables import keys
+from tables import keys, queries
 from tables.buckets import Grain
 from tables.conversations import ConversationState
 from tables.generations import Generations
@@ -92,23 +92,28 @@ async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms
 async def _remove(redis: Redis, org: str, student: str, out: Erasure, *, publish: bool) -> None:
     """Step 2, in the context's generation; `publish`: the served one, whose changes the audit record counts
     and the aggregates topic hears of."""
-    indexed: Any = await redis.zrange(keys.conversations_by(org, "student", student), 0, -1)
-    cids = {m.decode() for m in indexed}
-    async for batch in _scan(redis, keys.conversation(org, "*")):
-        prefix = len(keys.conversation(org, ""))
-        for key, raw in zip(batch, await redis.mget(batch), strict=True):
-            conv = ConversationState.unpack(raw)
-            if student in (conv.student, conv.first_student):
-                cids.add(key.decode()[prefix:])
+    indexed: Any = await redis.smembers(keys.conversations_by(org, "student", student))
+    digests = {int(m) for m in indexed}
+    # And any conversation whose state names them (its record's or its earliest message's student).
+    async for batch in _scan(redis, keys.conversation_buckets(org)):
+        for bucket in batch:
+            async for fld, raw in redis.hscan_iter(bucket, count=_CHUNK):
+                conv = ConversationState.unpack(raw)
+                if student in (conv.student, conv.first_student):
+                    digests.add(int.from_bytes(fld, "big", signed=True))
 
-    for cid in sorted(cids):
-        state = ConversationState.unpack(await redis.get(keys.conversation(org, cid)))
+    for digest in sorted(digests):
+        (state,) = await queries.conversation_states(redis, org, [digest])
+        member = str(digest)
         async with redis.pipeline(transaction=False) as pipe:
             for kind, value in state.index_entries():
-                pipe.zrem(keys.conversations(org) if not kind else keys.conversations_by(org, kind, value), cid)
+                if kind:
+                    pipe.srem(keys.conversations_by(org, kind, value, digest), member)
+                else:
+                    pipe.zrem(keys.conversations(org), member)
             for day in {hour // 24 for hour in state.costs}:
-                pipe.zrem(keys.session_costs(org, day), f"{state.first_mentor or ''}|{cid}")
-            pipe.delete(keys.conversation(org, cid))
+                pipe.zrem(keys.session_costs(org, day), f"{state.first_mentor or ''}|{state.cid}")
+            pipe.hdel(keys.conversation_bucket(org, digest), keys.conversation_field(digest))
             await pipe.execute()
         out.conversations += publish
     await redis.delete(keys.conversations_by(org, "student", student))
@@ -137,14 +142,15 @@ async def _remove(redis: Redis, org: str, student: str, out: Erasure, *, publish
 
 
 async def _scan(redis: Redis, pattern: str) -> Any:
-    """The keys matching pattern, in batches (SCAN: never blocks Redis)."""
-    cursor = 0
-    while True:
-        cursor, batch = await redis.scan(cursor, match=pattern, count=_CHUNK)
-        if batch:
+    """The keys matching pattern, in batches (SCAN: never blocks Redis; on a cluster, every primary's)."""
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=pattern, count=_CHUNK):
+        batch.append(key)
+        if len(batch) >= _CHUNK:
             yield batch
-        if cursor == 0:
-            return
+            batch = []
+    if batch:
+        yield batch
 
 
 async def publications(redis: Redis, erasure: Erasure) -> list[tuple[str, bytes, bytes | None]]:

@@ -3,8 +3,9 @@
 The platform's conversation ids and mentor ids (`mentor_unique_id`) are UUIDs, and its SDK refuses
 anything else. An id that is a UUID in any spelling (upper case, without hyphens) is kept in its canonical
 form, so one conversation or mentor has one key. An id that is not a UUID (a slug, a number) is kept as
-it is and served as a name-based UUID of (org, kind, id), stable forever; `aia:{org}:uuids` maps that UUID
-back to the id, so a client can filter or fetch by the UUID it was shown.
+it is and served as a name-based UUID of (org, kind, id), stable forever, so a client can filter or fetch
+by the UUID it was shown: a conversation is addressed by a digest of its served UUID (tables/conversations
+.py), and `aia:{org}:uuids` maps a mentor's served UUID back to its id.
 """
 
 from __future__ import annotations
@@ -57,5 +58,5 @@ def needs_mapping(value: str) -> bool:
 
 
 def mapping_value(kind: str, value: str) -> str:
-    """What `aia:{org}:uuids` holds for a served UUID: `kind|id`."""
+    """What `aia:{org}:uuids` holds for a mentor's served UUID: `kind|id`."""
     return f"{kind}|{value}"

@@ -32,7 +32,7 @@ from tables.buckets import (
     split_weeks,
     time_zone,
 )
-from tables.conversations import ConversationState
+from tables.conversations import ConversationState, conversation_digest
 
 TOP_N = 20
 NANOS = Decimal(1_000_000_000)
@@ -157,7 +157,7 @@ async def top_students(
         zkeys = [keys.top_students(org, Grain.WEEK, day_index(m), mentor_id) for m in mondays]
         zkeys += [keys.top_students(org, Grain.DAY, day_index(d), mentor_id) for d in days]
         zkeys += [keys.top_students(org, grain, i, mentor_id) for grain, i in edges]
-    merged: Any = await redis.zunion(zkeys, withscores=True)
+    merged = await zunion(redis, zkeys)
     counts = [(member.decode(), int(score)) for member, score in merged]
     counts.sort(key=lambda kv: (-kv[1], kv[0]))
     return [{"username": u, "chat_message_count": n} for u, n in counts[:limit]]
@@ -248,15 +248,13 @@ async def session_costs(redis: Redis, org: str, start: datetime, end: datetime) 
     last = (end.astimezone(UTC) - timedelta(microseconds=1)).date()
     if last < first:
         return {}
-    merged: Any = await redis.zunion(
-        [keys.session_costs(org, day_index(d)) for d in days_between(first, last)], withscores=True
-    )
+    merged = await zunion(redis, [keys.session_costs(org, day_index(d)) for d in days_between(first, last)])
     candidates = [member.decode().partition("|")[::2] for member, score in merged if int(score)]
-    rows = await _pipeline(redis, [("get", keys.conversation(org, session)) for _, session in candidates])
+    states = await conversation_states(redis, org, [conversation_digest(org, s) for _, s in candidates])
     lo, hi = hour_index(start.astimezone(UTC)), hour_index(end.astimezone(UTC))
     out: dict[tuple[str, str], int] = {}
-    for (mentor, session), raw in zip(candidates, rows, strict=True):
-        nanos = sum(n for h, n in ConversationState.unpack(raw).costs.items() if lo <= h < hi)
+    for (mentor, session), state in zip(candidates, states, strict=True):
+        nanos = sum(n for h, n in state.costs.items() if lo <= h < hi)
         if nanos:
             out[(mentor, session)] = nanos
     return out
@@ -265,19 +263,43 @@ async def session_costs(redis: Redis, org: str, start: datetime, end: datetime) 
 async def latest_trace(redis: Redis, org: str, student: str, start: datetime, end: datetime) -> tuple[str, int] | None:
     """(trace_id, time in ms) of the latest LLM trace in [start, end) of the student's sessions."""
     lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-    members: Any = await redis.zrange(keys.conversations_by(org, "student", student), 0, -1)
-    rows = await _pipeline(redis, [("get", keys.conversation(org, m.decode())) for m in members])
+    members: Any = await redis.smembers(keys.conversations_by(org, "student", student))
     best: tuple[int, str] | None = None
-    for raw in rows:
-        for trace_id, ts in ConversationState.unpack(raw).traces.items():
+    for state in await conversation_states(redis, org, [int(m) for m in members]):
+        for trace_id, ts in state.traces.items():
             if lo <= ts < hi and (best is None or (ts, trace_id) > best):
                 best = (ts, trace_id)
     return None if best is None else (best[1], best[0])
 
 
+ZUNION_SCORES_LUA = r"""
+local args = {'ZUNION', #KEYS}
+for i = 1, #KEYS do args[#args + 1] = KEYS[i] end
+args[#args + 1] = 'WITHSCORES'
+return redis.call(unpack(args))
+"""
+
+
+async def zunion(redis: Redis, zkeys: list[str]) -> list[tuple[bytes, float]]:
+    """ZUNION of sorted sets of one org (one slot) with scores, run as a script: on a Redis Cluster the
+    client would otherwise ask one fixed node which keys ZUNION names, and fail for as long as that node
+    is down."""
+    if not zkeys:
+        return []
+    script: Any = redis.register_script(ZUNION_SCORES_LUA)
+    flat: Any = await script(keys=zkeys)
+    return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+async def conversation_states(redis: Redis, org: str, digests: list[int]) -> list[ConversationState]:
+    """The states of conversations by their digests (an empty state where there is none)."""
+    calls = [("hget", keys.conversation_bucket(org, d), keys.conversation_field(d)) for d in digests]
+    return [ConversationState.unpack(raw) for raw in await _pipeline(redis, calls)] if calls else []
+
+
 async def resolve(redis: Redis, org: str, kind: str, value: str) -> str:
-    """The kept id behind an id a client sends: a served UUID maps back to a non-UUID id (tables/ids.py),
-    another UUID is kept canonical, anything else is kept as given."""
+    """The kept id behind a mentor id a client sends: a served UUID maps back to a non-UUID id
+    (tables/ids.py), another UUID is kept canonical, anything else is kept as given."""
     uid = ids.canonical(value)
     if uid is None:
         return value
@@ -351,58 +373,67 @@ async def chat_history(
     lo = "-inf" if flt.start is None else _ms(flt.start)
     hi = "+inf" if flt.end is None else _ms(flt.end + timedelta(days=1)) - 1
     index = keys.conversations(org)
-    filters = []
+    filters: list[tuple[str, str]] = []
     if flt.student:
-        filters.append(keys.conversations_by(org, "student", flt.student))
+        filters.append(("student", flt.student))
     if flt.mentor:
-        filters.append(keys.conversations_by(org, "mentor", flt.mentor))
+        filters.append(("mentor", flt.mentor))
     if flt.sentiment:
-        filters.append(keys.conversations_by(org, "sentiment", flt.sentiment))
-    filters.extend(keys.conversations_by(org, "topic", t) for t in flt.topics)
+        filters.append(("sentiment", flt.sentiment))
+    filters.extend(("topic", t) for t in flt.topics)
     if not filters:
         count = int(await redis.zcount(index, lo, hi))
         start = (page - 1) * page_size
-        page_ids: Any = await redis.zrevrangebyscore(index, hi, lo, start=start, num=page_size)
+        members: Any = await redis.zrevrangebyscore(index, hi, lo, start=start, num=page_size)
+        digests = [int(m) for m in members]
     else:
-        # Walk the smallest filter set, then check the others and the date range against it.
-        sizes = [int(n) for n in await _pipeline(redis, [("zcard", k) for k in filters])]
-        smallest = filters[sizes.index(min(sizes))]
-        candidates: Any = await redis.zrange(smallest, 0, -1)
+        # Walk the smallest filter's sets, then check the others and the date range against it.
+        shards = [keys.filter_shards(org, kind, value) for kind, value in filters]
+        sizes = await _pipeline(redis, [("scard", k) for keys_ in shards for k in keys_])
+        totals, i = [], 0
+        for keys_ in shards:
+            totals.append(sum(int(n) for n in sizes[i : i + len(keys_)]))
+            i += len(keys_)
+        smallest = totals.index(min(totals))
+        found = await _pipeline(redis, [("smembers", k) for k in shards[smallest]])
+        candidates = [m for ms in found for m in ms]
         if not candidates:
             return 0, []
         scores = await redis.zmscore(index, candidates)
-        rest = [k for k in filters if k != smallest]
-        memberships = await _pipeline(redis, [("zmscore", k, candidates) for k in rest])
+        keep = [s is not None for s in scores]
+        for n, (kind, value) in enumerate(filters):
+            if n == smallest:
+                continue
+            member_of = await _pipeline(
+                redis, [("sismember", keys.conversations_by(org, kind, value, int(m)), m) for m in candidates]
+            )
+            keep = [k and bool(hit) for k, hit in zip(keep, member_of, strict=True)]
         lo_f = float("-inf") if lo == "-inf" else float(lo)
         hi_f = float("inf") if hi == "+inf" else float(hi)
-        matched = []
-        for i, (cid, score) in enumerate(zip(candidates, scores, strict=True)):
-            if score is None or not lo_f <= score <= hi_f:
-                continue
-            if all(m[i] is not None for m in memberships):
-                matched.append((score, cid))
-        matched.sort(key=lambda sc: (-sc[0], sc[1]))
+        matched = sorted(
+            ((score, int(m)) for m, score, ok in zip(candidates, scores, keep, strict=True)
+             if ok and score is not None and lo_f <= score <= hi_f),
+            key=lambda sd: (-sd[0], str(sd[1])),
+        )  # fmt: skip
         count = len(matched)
-        page_ids = [cid for _, cid in matched[(page - 1) * page_size : page * page_size]]
-    return count, await _conversations(redis, org, [i.decode() for i in page_ids])
+        digests = [d for _, d in matched[(page - 1) * page_size : page * page_size]]
+    return count, await _conversations(redis, org, digests)
 
 
 async def conversation(redis: Redis, org: str, conv_id: str) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
     """(the kept id, the stored record, the served conversation) of a conversation by the id a client
     sends (a served UUID or a kept id), or None when there is none (or it was deleted)."""
-    cid = await resolve(redis, org, ids.CONVERSATION, conv_id)
-    conv = ConversationState.unpack(await redis.get(keys.conversation(org, cid)))
-    if conv.deleted or (conv.record_version is None and conv.started_ms is None):
+    (conv,) = await conversation_states(redis, org, [conversation_digest(org, ids.normalize(conv_id))])
+    if conv.deleted or (conv.record_version is None and conv.started_ms is None) or conv.cid is None:
         return None
     stored: dict[str, Any] = orjson.loads(conv.record_json) if conv.record_json else {}
-    return cid, stored, served_conversation(org, cid, stored, conv)
+    return conv.cid, stored, served_conversation(org, conv.cid, stored, conv)
 
 
-async def _conversations(redis: Redis, org: str, ids_: list[str]) -> list[dict[str, Any]]:
-    rows: Any = await redis.mget([keys.conversation(org, cid) for cid in ids_]) if ids_ else []
+async def _conversations(redis: Redis, org: str, digests: list[int]) -> list[dict[str, Any]]:
     out = []
-    for cid, raw in zip(ids_, rows, strict=True):
-        conv = ConversationState.unpack(raw)
+    for conv in await conversation_states(redis, org, digests):
+        cid = conv.cid or ""
         out.append(served_conversation(org, cid, orjson.loads(conv.record_json) if conv.record_json else {}, conv))
     return out
 

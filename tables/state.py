@@ -11,14 +11,16 @@ import orjson
 from redis.asyncio import Redis
 
 from tables import keys
-from tables.conversations import ConversationState, prefix
+from tables.conversations import ConversationState, conversation_digest, prefix
 from tables.scripts import Call, Script
 from tables.writer import OrgWrite
 
 READ_LUA = r"""
--- KEYS: the offsets hash, the observations hash, the erased-students hash, then the conversations.
--- ARGV[1]: JSON {o: offset fields, b: observation ids, e: erased-students fields (the version, then the
--- batch's students)}. Replies {offsets, observations, erased, conversations} (nil where absent).
+-- KEYS: the offsets hash, the observations hash, the erased-students hash, the org's copy of the
+-- generations' version, then conversation buckets. ARGV[1]: JSON {o: offset fields, b: observation ids,
+-- e: erased-students fields (the version, then the batch's students), c: each conversation's bucket (an
+-- index into KEYS)}; ARGV[2..]: each conversation's field. Replies {offsets, observations, erased,
+-- conversations, generations' version} (nil where absent).
 local a = cjson.decode(ARGV[1])
 local function hmget(key, ids)
   local vals = {}
@@ -31,11 +33,8 @@ end
 local offsets = {}
 if #a.o > 0 then offsets = redis.call('HMGET', KEYS[1], unpack(a.o)) end
 local convs = {}
-for i = 4, #KEYS, 1000 do
-  local part = redis.call('MGET', unpack(KEYS, i, math.min(i + 999, #KEYS)))
-  for n = 1, #part do convs[#convs + 1] = part[n] end
-end
-return {offsets, hmget(KEYS[2], a.b), hmget(KEYS[3], a.e), convs}
+for i, k in ipairs(a.c) do convs[i] = redis.call('HGET', KEYS[k], ARGV[i + 1]) end
+return {offsets, hmget(KEYS[2], a.b), hmget(KEYS[3], a.e), convs, redis.call('HGET', KEYS[4], 'v')}
 """
 
 
@@ -48,6 +47,7 @@ class OrgState:
     convs: dict[str, ConversationState] = field(default_factory=dict)  # every conversation read (empty if new)
     erased: set[str] = field(default_factory=set)  # tombstones of the batch's students that are erased
     erasures_version: str | None = None  # the erased-students hash's version: the apply's guard
+    generations_version: str | None = None  # the org's copy of the generations' version: a guard too
 
 
 @dataclass
@@ -70,17 +70,26 @@ class StateReader:
         """Every org's state in one round trip: one Lua read per org."""
         calls: list[Call] = []
         for org, q in queries.items():
-            key_list = [keys.offsets(org), keys.observations(org), keys.erasures(org)]
-            key_list += [keys.conversation(org, cid) for cid in q.convs]
-            args = orjson.dumps(
-                {"o": q.offset_fields, "b": q.observations, "e": [keys.ERASURES_VERSION, *q.tombstones]}
-            )
-            calls.append((key_list, [args]))
+            key_list = [keys.offsets(org), keys.observations(org), keys.erasures(org), keys.org_generations(org)]
+            index: dict[str, int] = {}
+            buckets, fields = [], []
+            for cid in q.convs:
+                digest = conversation_digest(org, cid)
+                bucket = keys.conversation_bucket(org, digest)
+                k = index.get(bucket)
+                if k is None:
+                    key_list.append(bucket)
+                    k = index[bucket] = len(key_list)
+                buckets.append(k)
+                fields.append(keys.conversation_field(digest))
+            doc = {"o": q.offset_fields, "b": q.observations, "e": [keys.ERASURES_VERSION, *q.tombstones], "c": buckets}
+            calls.append((key_list, [orjson.dumps(doc), *fields]))
         replies = await self._read.run_many(calls)
         states: dict[str, OrgState] = {}
         unpack = ConversationState.unpack
-        for (org, q), (offsets, obs_vals, erased, conv_vals) in zip(queries.items(), replies, strict=True):
+        for (org, q), (offsets, obs_vals, erased, conv_vals, gens_v) in zip(queries.items(), replies, strict=True):
             st = OrgState()
+            st.generations_version = None if gens_v is None else gens_v.decode()
             st.erasures_version = None if erased[0] is None else erased[0].decode()
             st.erased = {t for t, val in zip(q.tombstones, erased[1:], strict=True) if val is not None}
             for fld, val in zip(q.offset_fields, offsets, strict=True):
@@ -134,43 +143,36 @@ async def prune_observations(redis: Redis, org: str, oldest_day: int, *, chunk: 
 
 
 PRUNE_CONVERSATIONS_LUA = r"""
--- KEYS: conversations. ARGV: the version each was read at, then each one's new value. A conversation
--- written since (another version) is left as it is. Returns how many were replaced.
-local n = 0
-for i, key in ipairs(KEYS) do
-  local cur = redis.call('GET', key)
-  if cur and string.match(cur, '^%d+') == ARGV[i] then
-    redis.call('SET', key, ARGV[#KEYS + i], 'KEEPTTL')
-    n = n + 1
+-- KEYS[1] a conversation bucket. ARGV: n, then n fields, the version each was read at, each one's new
+-- value. A conversation written since (another version) is left as it is. Returns how many were replaced.
+local n, done = tonumber(ARGV[1]), 0
+for i = 1, n do
+  local cur = redis.call('HGET', KEYS[1], ARGV[1 + i])
+  if cur and string.match(cur, '^%d+') == ARGV[1 + n + i] then
+    redis.call('HSET', KEYS[1], ARGV[1 + i], ARGV[1 + 2 * n + i])
+    done = done + 1
   end
 end
-return n
+return done
 """
 
 
 async def prune_conversations(redis: Redis, org: str, oldest_day: int, *, chunk: int = 500) -> int:
     """Drop the event digests of the org's conversations last written before `oldest_day` (a day index):
     past the dedup window an event re-sent to a quiet conversation counts again, as a re-sent observation
-    does. Reads only each value's prefix until one is due; returns how many were pruned."""
+    does. Walks every bucket (HSCAN); returns how many were pruned."""
     script: Any = redis.register_script(PRUNE_CONVERSATIONS_LUA)
     pruned = 0
-    cursor = 0
-    while True:
-        cursor, batch = await redis.scan(cursor, match=keys.conversation(org, "*"), count=chunk)
-        if batch:
-            async with redis.pipeline(transaction=False) as pipe:
-                for key in batch:
-                    pipe.getrange(key, 0, 40)
-                heads = await pipe.execute()
-            due = [k for k, head in zip(batch, heads, strict=True) if head and 0 < prefix(head)[1] < oldest_day]
-            if due:
-                states = [ConversationState.unpack(raw) for raw in await redis.mget(due)]
-                pairs = [(k, st) for k, st in zip(due, states, strict=True) if st.version is not None]
-                if pairs:
-                    args = [str(st.version) for _, st in pairs] + [st.pruned().pack() for _, st in pairs]
-                    pruned += int(await script(keys=[k for k, _ in pairs], args=args))
-        if cursor == 0:
-            return pruned
+    async for bucket in redis.scan_iter(match=keys.conversation_buckets(org), count=chunk):
+        due: list[tuple[bytes, ConversationState]] = []
+        async for fld, raw in redis.hscan_iter(bucket, count=chunk):
+            if 0 < prefix(raw)[1] < oldest_day:
+                due.append((fld, ConversationState.unpack(raw)))
+        if due:
+            args: list[Any] = [len(due), *(f for f, _ in due), *(str(st.version) for _, st in due)]
+            args += [st.pruned().pack() for _, st in due]
+            pruned += int(await script(keys=[bucket], args=args))
+    return pruned
 
 
 SAVE_PROGRESS_LUA = r"""

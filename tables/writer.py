@@ -21,7 +21,8 @@ from tables.scripts import Script
 
 APPLY_LUA = r"""
 -- KEYS[1] the org's offsets hash, then every key the write touches. ARGV[1] JSON of the write (below), then
--- the new values of the conversations it writes (`c`: key, the version it was planned on, its ARGV).
+-- the fields and new values of the conversations it writes (`c`: bucket, its field's ARGV, the version it
+-- was planned on, its value's ARGV).
 local p = cjson.decode(ARGV[1])
 local offsets = KEYS[1]
 local function same(cur, expected)
@@ -35,8 +36,8 @@ for _, g in ipairs(p.g) do
   if not same(redis.call('HGET', KEYS[g[1]], g[2]), g[3]) then return {0, 'guard ' .. KEYS[g[1]] .. ' ' .. g[2]} end
 end
 for _, c in ipairs(p.c) do
-  local cur = redis.call('GET', KEYS[c[1]])
-  if not same(cur and string.match(cur, '^%d+'), c[2]) then return {0, 'conversation ' .. KEYS[c[1]]} end
+  local cur = redis.call('HGET', KEYS[c[1]], ARGV[c[2]])
+  if not same(cur and string.match(cur, '^%d+'), c[3]) then return {0, 'conversation in ' .. KEYS[c[1]]} end
 end
 for _, d in ipairs(p.d) do
   local key, ids, expected = KEYS[d[1]], d[2], d[3]
@@ -48,7 +49,7 @@ for _, d in ipairs(p.d) do
   end
 end
 for _, w in ipairs(p.w) do redis.call('HSET', offsets, w[1], w[3]) end
-for _, c in ipairs(p.c) do redis.call('SET', KEYS[c[1]], ARGV[c[3]]) end
+for _, c in ipairs(p.c) do redis.call('HSET', KEYS[c[1]], ARGV[c[2]], ARGV[c[4]]) end
 for _, d in ipairs(p.d) do
   local key, ids, values = KEYS[d[1]], d[2], d[4]
   for i = 1, #ids, 500 do
@@ -69,6 +70,11 @@ end
 for _, o in ipairs(p.s) do redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
 for _, o in ipairs(p.r) do redis.call('ZREM', KEYS[o[1]], o[2]) end
 for _, o in ipairs(p.a) do redis.call('ZADD', KEYS[o[1]], o[3], o[2]) end
+local function members(command, o)
+  for i = 2, #o, 1000 do redis.call(command, KEYS[o[1]], unpack(o, i, math.min(i + 999, #o))) end
+end
+for _, o in ipairs(p.sr) do members('SREM', o) end
+for _, o in ipairs(p.sa) do members('SADD', o) end
 for _, o in ipairs(p.an) do redis.call('ZADD', KEYS[o[1]], 'NX', o[3], o[2]) end
 for _, o in ipairs(p.m) do
   local cur = tonumber(redis.call('HGET', KEYS[o[1]], o[2]) or '-1')
@@ -98,8 +104,11 @@ class OrgWrite:
     expires: dict[int, int] = field(default_factory=dict)
     # event_id -> (value before the batch, value after), per hash key (observations): checked and written in bulk
     seen: dict[str, dict[str, tuple[str | None, str]]] = field(default_factory=dict)
-    # conversation key index -> (the version it was planned on, or None for a new one; its new value)
-    convs: dict[int, tuple[int | None, bytes]] = field(default_factory=dict)
+    # (bucket key index, field) -> (the version it was planned on, or None for a new one; its new value)
+    convs: dict[tuple[int, bytes], tuple[int | None, bytes]] = field(default_factory=dict)
+    # set key index -> members to add, and to remove (the chat-history filter indexes)
+    sadds: dict[int, dict[str, None]] = field(default_factory=dict)
+    srems: dict[int, dict[str, None]] = field(default_factory=dict)
     # (grain, bucket index, field) -> delta; (day index, mentor or None, student) -> delta
     bucket_deltas: dict[tuple[Grain, int, str], int] = field(default_factory=dict)
     top_deltas: dict[tuple[int, str | None, str], int] = field(default_factory=dict)  # (half hour, mentor, student)
@@ -139,9 +148,19 @@ class OrgWrite:
         prev = ids.get(event_id)
         ids[event_id] = (expected if prev is None else prev[0], new)
 
-    def put_conversation(self, key: str, expected: int | None, value: bytes) -> None:
+    def put_conversation(self, bucket: str, fld: bytes, expected: int | None, value: bytes) -> None:
         """Write a conversation's new value, if it still has the version it was planned on (None: absent)."""
-        self.convs[self.k(key)] = (expected, value)
+        self.convs[(self.k(bucket), fld)] = (expected, value)
+
+    def sadd(self, key: str, member: str) -> None:
+        k = self.k(key)
+        self.srems.get(k, {}).pop(member, None)
+        self.sadds.setdefault(k, {})[member] = None
+
+    def srem(self, key: str, member: str) -> None:
+        k = self.k(key)
+        self.sadds.get(k, {}).pop(member, None)
+        self.srems.setdefault(k, {})[member] = None
 
     def guard(self, key: str, fld: str, expected: str | None) -> None:
         self.guards.setdefault((self.k(key), fld), expected)
@@ -216,12 +235,17 @@ class OrgWrite:
                 "m": [[k, f, str(v)] for (k, f), v in self.maxes.items()],
                 "x": [[k, ts] for k, ts in self.expires.items()],
                 "c": [
-                    [k, None if exp is None else str(exp), n]
-                    for n, (k, (exp, _)) in enumerate(self.convs.items(), start=2)
+                    [k, 2 * n, None if exp is None else str(exp), 2 * n + 1]
+                    for n, ((k, _), (exp, _)) in enumerate(self.convs.items(), start=1)
                 ],
+                "sa": [[k, *members] for k, members in self.sadds.items() if members],
+                "sr": [[k, *members] for k, members in self.srems.items() if members],
             }
         )
-        return [doc, *(value for _, value in self.convs.values())]
+        out: list[bytes] = [doc]
+        for (_, fld), (_, value) in self.convs.items():
+            out += (fld, value)
+        return out
 
 
 def _pairs(members: dict[str, int]) -> list[str]:

@@ -228,7 +228,7 @@ async def test_observations_past_the_dedup_window_are_pruned(redis_server: Redis
 async def test_conversations_quiet_past_the_dedup_window_forget_their_event_ids(redis_server: RedisServer) -> None:
     """A conversation keeps the digests of the events it counted until it has been quiet for the dedup window;
     then they go (a re-send counts again, as past the window it should), and nothing else changes."""
-    from tables.conversations import ConversationState
+    from tables.conversations import conversation_digest
     from tables.state import prune_conversations
 
     def chat(event_id: str, session: str) -> tuple[str, dict[str, Any]]:
@@ -240,16 +240,17 @@ async def test_conversations_quiet_past_the_dedup_window_forget_their_event_ids(
         await apply_batches(redis, [as_records([chat("e1", "quiet"), chat("e2", "quiet"), chat("e3", "busy")])],
                             Settings())  # fmt: skip
         today = Grain.DAY.index(int(datetime.now(UTC).timestamp() * 1000))
-        quiet, busy = keys.conversation(ORG, "quiet"), keys.conversation(ORG, "busy")
-        held = ConversationState.unpack(await redis.get(quiet))
+        quiet, busy = conversation_digest(ORG, "quiet"), conversation_digest(ORG, "busy")
+        (held,) = await queries.conversation_states(redis, ORG, [quiet])
         assert len(held.ids) == 2 and held.last_day == today
         # Written eight days ago, as far as the prune can tell; the busy one today.
-        await redis.set(quiet, msgspec.structs.replace(held, last_day=today - 8).pack())
+        where = (keys.conversation_bucket(ORG, quiet), keys.conversation_field(quiet))
+        await redis.hset(*where, msgspec.structs.replace(held, last_day=today - 8).pack())
         assert await prune_conversations(redis, ORG, oldest_day=today - 7, chunk=1) == 1
-        after = ConversationState.unpack(await redis.get(quiet))
-        assert after.ids == set() and after.version == held.version + 1
+        (after,) = await queries.conversation_states(redis, ORG, [quiet])
+        assert len(after.ids) == 0 and after.version == held.version + 1
         assert msgspec.structs.replace(after, ids=held.ids, version=held.version, last_day=held.last_day) == held
-        assert len(ConversationState.unpack(await redis.get(busy)).ids) == 1
+        assert len((await queries.conversation_states(redis, ORG, [busy]))[0].ids) == 1
         assert await prune_conversations(redis, ORG, oldest_day=today - 7) == 0  # nothing more is due
         day = (NOW - timedelta(minutes=5)).date()
         rows = await queries.average_messages_per_session(redis, ORG, day, day, "daily", None)

@@ -14,7 +14,7 @@ from streams.prices import PriceTable
 from streams.schemas import ChatMessage, LlmObservation
 from tables import keys
 from tables.buckets import Grain, Retention, day_of, days_between, hour_of, hours_between, split_weeks
-from tables.conversations import ConversationState, event_digest, is_newer, starts_earlier
+from tables.conversations import ConversationState, Digests, conversation_digest, event_digest, is_newer, starts_earlier
 from tables.queries import cost_buckets
 from tables.state import OrgState
 
@@ -86,7 +86,7 @@ def test_replayed_events_count_nothing_and_a_later_message_counts_where_the_sess
     first = msg("a", 10, T0)
     # "a" was applied before a crash: its session's state in Redis counted it
     session = ConversationState(version=3, started_ms=T0 - 2 * 3_600_000, first_event="a0", first_mentor="m0",
-                                human=2, ids={event_digest("a0"), event_digest("a")})  # fmt: skip
+                                human=2, ids=Digests([event_digest("a0"), event_digest("a")]))  # fmt: skip
     state = OrgState(convs={"s1": session})
     w = p.plan("acme", [first, msg("b", 11, T0)], state, T0)
     assert daily(w, keys.SESSIONS, T0) == 0  # the session was counted already
@@ -94,7 +94,8 @@ def test_replayed_events_count_nothing_and_a_later_message_counts_where_the_sess
     assert w.bucket_deltas.get((Grain.DAY, T0 // DAY, keys.mentor_field(keys.MESSAGES, "m0"))) == 1  # ...for its mentor
     assert w.replayed == [first]
     # Applied only if no other writer changed the conversation meanwhile.
-    assert w.convs[w.k(keys.conversation("acme", "s1"))][0] == 3
+    digest = conversation_digest("acme", "s1")
+    assert w.convs[(w.k(keys.conversation_bucket("acme", digest)), keys.conversation_field(digest))][0] == 3
     counters, _ = p.touched("acme", w.replayed, state)  # what "a" counts in, to publish again
     assert ("aia:{acme}:d:20261120", keys.SESSIONS) in counters
 
@@ -103,7 +104,7 @@ def test_an_earlier_message_arriving_later_moves_the_session_with_all_its_messag
     p = planner()
     later = T0 + DAY
     session = ConversationState(version=1, started_ms=later, first_event="b", first_mentor="m2", human=1, ai=1,
-                                ids={event_digest("b"), event_digest("b2")})  # fmt: skip
+                                ids=Digests([event_digest("b"), event_digest("b2")]))  # fmt: skip
     state = OrgState(convs={"s1": session})
     w = p.plan("acme", [msg("a", 10, T0)], state, T0)
     assert (daily(w, keys.SESSIONS, later), daily(w, keys.MESSAGES, later)) == (-1, -2)
@@ -112,8 +113,12 @@ def test_an_earlier_message_arriving_later_moves_the_session_with_all_its_messag
     assert daily(w, keys.mentor_field(keys.SESSIONS, "m1"), T0) == 1  # the earliest message's mentor
     after = w.conv_after["s1"]
     assert (after.started_ms, after.first_event, after.version) == (T0, "a", 2)
-    assert w.convs[w.k(keys.conversation("acme", "s1"))] == (1, after.pack())
-    assert w.zadds[(w.k(keys.conversations("acme")), "s1")] == float(T0)  # listed by its new start
+    digest = conversation_digest("acme", "s1")
+    assert w.convs[(w.k(keys.conversation_bucket("acme", digest)), keys.conversation_field(digest))] == (
+        1,
+        after.pack(),
+    )
+    assert w.zadds[(w.k(keys.conversations("acme")), str(digest))] == float(T0)  # listed by its new start
 
 
 def test_session_start_and_latest_version_rules() -> None:
@@ -148,7 +153,11 @@ def test_resent_observation_replaces_its_cost_unless_it_is_older() -> None:
 def test_an_event_id_counts_once(dup_in_batch: bool) -> None:
     p = planner()
     items = [msg("a", 1, T0), msg("a", 2, T0)] if dup_in_batch else [msg("a", 2, T0)]
-    held = ConversationState() if dup_in_batch else ConversationState(version=1, started_ms=T0, ids={event_digest("a")})
+    held = (
+        ConversationState()
+        if dup_in_batch
+        else ConversationState(version=1, started_ms=T0, ids=Digests([event_digest("a")]))
+    )
     w = p.plan("acme", items, OrgState(convs={"s1": held}), T0)
     assert daily(w, keys.MESSAGES, T0) == (1 if dup_in_batch else 0)
 
