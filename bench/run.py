@@ -8,8 +8,9 @@ Starts its own Kafka and Redis (temporary folder, free ports; `AIA_BENCH_DIR` ke
 2. ceiling: one raw aiokafka consumer, `getmany` + `orjson.loads`, nothing else;
 3. each engine (kafka: the aiokafka loop; faust: Faust agents): one worker process from the first event
    to the last applied in Redis, its RSS sampled as it runs, the CPU the worker, redis-server and the
-   broker used meanwhile (in cores, from /proc), Redis memory per million events after it; then two
-   workers in one group on the same events;
+   broker used meanwhile (in cores, from /proc), Redis memory per million events after it (and, after
+   the kafka engine's run, by kind of key: bench/memory.py); then two workers in one group on the same
+   events;
    rebuild: `ai-analytics rebuild` of the same events into a new generation;
 4. peers, on the first `--baseline-events`: baseline, the textbook Faust way (bench/faust_baseline.py);
    quix, Quix Streams' idiomatic app for the same aggregates (bench/quix_peer.py; `pip install -e ".[bench]"`);
@@ -18,7 +19,12 @@ Starts its own Kafka and Redis (temporary folder, free ports; `AIA_BENCH_DIR` ke
 6. serving: the five endpoints under 100 concurrent pollers (each polling once a second, as dashboards
    do), 7-day and 90-day ranges, with 1M and 10M events stored (loaded through the batch pipeline,
    spread over 90 days); then the same 100 pollers without pause, for the API's saturation throughput,
-   plainly and sending If-None-Match (304 until the data changes); then 1,000 pollers once a second.
+   plainly and sending If-None-Match (304 until the data changes); then 1,000 pollers once a second;
+7. cluster (its own three brokers and Redis Cluster, once the single ones are stopped): 1, 2 and 4
+   workers on `--cluster-events` events, 100 pollers without pause, and while a worker applies 2,000
+   events/s and the API is polled, the longest time answers and applying stopped when the leader broker
+   of a partition was killed (back after 8 s), and when an org's Redis primary was killed (its replica
+   promoted, the old primary back as a replica).
 Prints each figure as it comes and writes the report to docs/BENCHMARKS.md (`--out`); `--only kafka,faust`
 runs just those sections (the ceiling is always measured, for the ratios).
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import random
@@ -40,24 +47,26 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 
 from agents.pipeline import BatchProcessor
 from agents.rebuild import Rebuild
-from bench.throughput import applied, ceiling, produce, start_worker
-from infra.kafka import KafkaBroker
+from bench import memory
+from bench.cluster import Poller, failed_over, leader_of, rejoined_as_replica, until
+from bench.throughput import ORGS, applied, ceiling, event, produce, start_worker
+from infra.kafka import KafkaBroker, KafkaCluster
 from infra.procs import ROOT, cli_command, free_port, spawn, wait_until
-from infra.redis import RedisServer
+from infra.redis import RedisClusterNodes, RedisServer
 from streams.clients import ensure_topics
 from streams.deadletter import Record
 from streams.settings import ENGINES, Settings
-from tables import apikeys, keys
+from tables import apikeys, connections, keys
 
 API_PATH = "/api/ai-analytics/orgs/{org}/users/bench/"
 # The endpoints a dashboard polls whose answers are shared per data version (api/cache.py).
@@ -102,7 +111,7 @@ class Run:
 
 async def run_ours(settings: Settings, n: int, workers: int, tmp: Path, others: dict[str, int] | None = None) -> Run:
     """Apply the n events with `workers` workers; `others`: more processes whose CPU is reported (name -> pid)."""
-    redis = Redis.from_url(settings.redis_url)
+    redis = connections.connect(settings.redis_url)
     await redis.flushall()
     procs = [start_worker(settings, f"w{i}", tmp / f"{settings.app_id}-{i}.log") for i in range(workers)]
     samples: list[int] = []
@@ -194,7 +203,7 @@ class Api:
             return False
 
     async def key(self) -> str:
-        redis = Redis.from_url(self.settings.redis_url)
+        redis = connections.connect(self.settings.redis_url)
         token, _ = await apikeys.create(redis, "*", "platform_admin", "bench")
         await redis.aclose()
         return token
@@ -260,7 +269,7 @@ async def freshness(settings: Settings, api: Api, rate: int, seconds: float, tmp
     stopped_at = 0.0
     warm = _chat(f"w{run}", f"warm-{run}", "w", "human")
     await producer.send_and_wait(s.topic("chat-messages"), orjson.dumps(warm), key=b"w")
-    redis = Redis.from_url(s.redis_url)
+    redis = connections.connect(s.redis_url)
     for _ in range(600):
         if await redis.sismember("aia:orgs", f"warm-{run}"):
             break
@@ -319,7 +328,7 @@ def serving_records(n: int, seed: int) -> Any:
 
 async def load_store(settings: Settings, n: int) -> float:
     """Apply n events straight through the batch pipeline (no Kafka); returns Redis MiB used."""
-    redis = Redis.from_url(settings.redis_url)
+    redis = connections.connect(settings.redis_url)
     await redis.flushall()
 
     async def no_dead(dead: list[Any]) -> None:
@@ -425,17 +434,19 @@ async def main() -> None:
     parser.add_argument("--serving-seconds", type=float, default=10.0, help="per endpoint and range")
     parser.add_argument("--freshness-seconds", type=float, default=30.0)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--cluster-events", type=int, default=300_000, help="events of the cluster section")
     parser.add_argument("--quick", action="store_true", help="small sizes: check the harness")
     parser.add_argument(
         "--only",
         default="",
         help="comma-separated sections: kafka, faust (each engine: one and two workers), rebuild, baseline, "
-        "quix (needs the bench extra), freshness, serving; the ceiling is always measured",
+        "quix (needs the bench extra), freshness, serving, cluster; the ceiling is always measured",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
     if args.quick:
         args.events, args.baseline_events, args.serving_events = 50_000, 20_000, "20000,60000"
+        args.cluster_events = 20_000
         args.serving_seconds, args.freshness_seconds = 2.0, 8.0
     report = Report()
     began = datetime.now(UTC)
@@ -467,8 +478,8 @@ async def main() -> None:
                 first = await run_ours(settings, n, 1, tmp, others)
                 one, rss = first.rate, first.rss
                 one_by_engine[engine] = one
-                redis = Redis.from_url(base.redis_url)
-                used = int((await redis.info("memory"))["used_memory"])
+                redis = connections.connect(base.redis_url)
+                used, kinds = await memory.breakdown(redis)
                 await redis.aclose()
                 report.add(engine, "one worker, first to last event applied in Redis", f"{one:,.0f} events/s")
                 report.add(engine, "ratio to the ceiling", f"{one / ceil:.3f}")
@@ -480,6 +491,10 @@ async def main() -> None:
                 report.add(
                     engine, "Redis used_memory per million events applied", f"{used / 2**20 / (n / 1e6):,.0f} MiB"
                 )
+                if engine == "kafka":  # what each kind of key costs (the same for either engine)
+                    for kind, (count, size) in sorted(kinds.items(), key=lambda kv: -kv[1][1])[:8]:
+                        report.add("memory", f"`{kind}` keys ({count:,}), MEMORY USAGE per million events",
+                                   f"{size / 2**20 / (n / 1e6):,.1f} MiB")  # fmt: skip
                 report.add(
                     engine,
                     "CPU meanwhile, in cores: worker / Redis / broker",
@@ -492,7 +507,7 @@ async def main() -> None:
                 )
             if wanted(args, "rebuild"):
                 # `ai-analytics rebuild` over the same topic into a new generation, nothing else running.
-                redis = Redis.from_url(base.redis_url)
+                redis = connections.connect(base.redis_url)
                 t0 = time.perf_counter()
                 await Rebuild(base, redis, grace_s=0, say=lambda _line: None).run()
                 took = time.perf_counter() - t0
@@ -527,8 +542,9 @@ async def main() -> None:
                 )
                 for engine, one in one_by_engine.items():
                     report.add("quix", f"{engine} engine / Quix Streams", f"{one / quix_rate:.1f}x")
-            if not (wanted(args, "freshness") or wanted(args, "serving")):
-                write_report(args, report, began, await _machine(base), avg)
+            machine = await _machine(base)
+            if not (wanted(args, "freshness") or wanted(args, "serving") or wanted(args, "cluster")):
+                write_report(args, report, began, machine, avg)
                 return
 
             api = Api(base, tmp)
@@ -568,12 +584,149 @@ async def main() -> None:
                                f"{', If-None-Match' if conditional else ''}: p99",
                                f"{max(p99 for _, p99, _ in many.values()):,.1f} ms (worst endpoint; "
                                f"{sum(c for _, _, c in many.values()):,} requests)")  # fmt: skip
-            write_report(args, report, began, await _machine(base), avg)
+            if wanted(args, "cluster"):
+                # Its own servers: the single broker and Redis stop first, so the cluster has the machine.
+                api.stop()
+                api = None
+                kafka.stop()
+                redis_server.stop()
+                await cluster_section(args, report, tmp)
+            write_report(args, report, began, machine, avg)
         finally:
             if api is not None:
                 api.stop()
             kafka.stop()
             redis_server.stop()
+
+
+async def cluster_section(args: argparse.Namespace, report: Report, tmp: Path) -> None:
+    """Three brokers and a Redis Cluster of three primaries with a replica each (the stack of `stack up
+    --cluster`): 1, 2 and 4 workers on the same events, the analytics endpoints under 100 pollers without
+    pause, and how long the API and the applying stop while the leader broker and then a Redis primary are
+    killed and come back."""
+    kafka = KafkaCluster(tmp / "cluster", partitions=args.partitions)
+    rnodes = RedisClusterNodes(tmp / "cluster")
+    api: Api | None = None
+    kafka.start()
+    try:
+        rnodes.start()
+        base = Settings(
+            kafka_bootstrap=kafka.bootstrap, redis_url=rnodes.url, topic_partitions=args.partitions,
+            topic_replication=3, alert_interval=0,
+        )  # fmt: skip
+        await ensure_topics(base)
+        n = args.cluster_events
+        await produce(base, n)
+        for count in (1, 2, 4):
+            settings = replace(base, app_id=f"cluster{count}-{uuid.uuid4().hex[:6]}")
+            rate = (await run_ours(settings, n, count, tmp)).rate
+            report.add(
+                "cluster",
+                f"{count} worker{'s' if count > 1 else ''} in one group, {n:,} events",
+                f"{rate:,.0f} events/s",
+            )
+        api = Api(base, tmp)
+        api.start()
+        token = await api.key()
+        sat = await serving(api, token, 7, args.serving_seconds / 2, interval=0.0, only=ANALYTICS)
+        total = sum(c for _, _, c in sat.values())
+        report.add("cluster", f"{n:,} events, 7-day range, 100 pollers without pause: analytics endpoints "
+                   f"({api.processes} API processes)", f"{total / (args.serving_seconds / 2 * len(sat)):,.0f} "
+                   f"requests/s, p99 {max(p99 for _, p99, _ in sat.values()):,.0f} ms (worst endpoint)")  # fmt: skip
+        gaps = await failover_gaps(base, kafka, rnodes, api, token, tmp)
+        for what, (api_gap, apply_gap, problems) in gaps.items():
+            report.add("cluster", f"{what}: longest time an org's API answers stopped / events stopped being "
+                       "applied (a worker, 2,000 events/s)", f"{api_gap:.1f} / {apply_gap:.1f} s"
+                       + (f" ({'; '.join(problems)})" if problems else ""))  # fmt: skip
+    finally:
+        if api is not None:
+            api.stop()
+        rnodes.stop()
+        kafka.stop()
+
+
+async def failover_gaps(
+    base: Settings, kafka: KafkaCluster, rnodes: RedisClusterNodes, api: Api, token: str, tmp: Path
+) -> dict[str, tuple[float, float, list[str]]]:
+    """While a worker applies 2,000 events/s and the API is polled: kill -9 the broker leading a partition,
+    restart it; then kill -9 the Redis primary of an org, let its replica take over, bring it back as a
+    replica. For each: the longest time an org's answers stopped, and events stopped being applied."""
+    run = uuid.uuid4().hex[:6]
+    s = replace(base, topic_prefix=f"fail{run}.", app_id=f"fail-{run}", batch_within=0.05)
+    await ensure_topics(s)
+    worker = start_worker(s, "failover", tmp / f"failover-{run}.log")
+    redis = connections.connect(s.redis_url)
+    await redis.sadd(keys.orgs(), *ORGS)  # the poller's orgs exist from the start
+    poller = Poller(api.base, token, list(ORGS))
+    progress: list[tuple[float, int]] = []
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                progress.append((time.monotonic(), await applied(redis)))
+            await asyncio.sleep(0.1)
+
+    async def load() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await producer.start()
+        try:
+            i, started = 0, time.perf_counter()
+            while not stop.is_set():
+                while i < (time.perf_counter() - started) * 2000:
+                    key, value = event(i, int(time.time() * 1000))
+                    await producer.send(s.topic("chat-messages"), value, key=key)
+                    i += 1
+                await asyncio.sleep(0.01)
+        finally:
+            await producer.stop()
+
+    def apply_gap(since: float, until_: float) -> float:
+        worst, last_change, last = 0.0, since, -1
+        for at, count in progress:
+            if since <= at <= until_ and count != last:
+                worst, last_change, last = max(worst, at - last_change), at, count
+        return max(worst, until_ - last_change)
+
+    tasks = [asyncio.create_task(t) for t in (poller.run(stop), watch(), load())]
+    out = {}
+    try:
+        await asyncio.sleep(10)
+        broker = kafka.brokers[await leader_of(s, "chat-messages", 0) - 1]
+        broker.kill()
+        t0 = time.monotonic()
+        await asyncio.sleep(8)
+        broker.start()
+        await asyncio.sleep(10)
+        out["broker failover (the leader of a partition killed, back after 8 s)"] = (
+            poller.longest_gap(t0, time.monotonic()),
+            apply_gap(t0, time.monotonic()),
+            poller.problems(),
+        )
+        holder = cast(RedisCluster, redis).get_node_from_key(keys.meta(ORGS[0]))
+        assert holder is not None
+        primary = next(node for node in rnodes.nodes if node.port == holder.port)
+        primary.kill()
+        t0 = time.monotonic()
+        await until(lambda: failed_over(rnodes, primary.port), 30, "the replica taking over")
+        await asyncio.sleep(3)
+        primary.start()
+        await until(lambda: rejoined_as_replica(primary.port), 30, "the old primary as replica")
+        await asyncio.sleep(10)
+        out["Redis failover (an org's primary killed, its replica promoted, back as a replica)"] = (
+            poller.longest_gap(t0, time.monotonic()),
+            apply_gap(t0, time.monotonic()),
+            poller.problems(),
+        )
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(60)
+        await redis.aclose()
+    return out
 
 
 def wanted(args: argparse.Namespace, section: str) -> bool:
@@ -590,7 +743,7 @@ async def _machine(settings: Settings) -> str:
 
 
 async def _redis_version(settings: Settings) -> str:
-    redis = Redis.from_url(settings.redis_url)
+    redis = connections.connect(settings.redis_url)
     info = await redis.info("server")
     await redis.aclose()
     return str(info["redis_version"])

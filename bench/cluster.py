@@ -1,0 +1,103 @@
+"""Failovers on the cluster stack, measured from outside: a poller of the API and the helpers that find and
+kill the partition leader broker or a Redis primary. Used by bench/run.py's `cluster` section (how long
+answers stop) and by tests/test_cluster.py (that they come back exact)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from infra.redis import RedisClusterNodes, cluster_nodes
+from streams import clients
+from streams.settings import Settings
+
+
+@dataclass
+class Poller:
+    """Polls every org's sentiment counts the whole time; remembers what it got and when."""
+
+    base: str
+    token: str
+    orgs: list[str]
+    answers: list[tuple[float, str, int, int]] = field(default_factory=list)  # (time, org, status, total)
+    failures: list[str] = field(default_factory=list)  # requests that got no answer, and why
+
+    async def run(self, stop: asyncio.Event) -> None:
+        headers = {"Authorization": f"Api-Token {self.token}"}
+        async with httpx.AsyncClient(headers=headers, timeout=5) as client:
+            while not stop.is_set():
+                for org in self.orgs:
+                    url = f"{self.base}/api/ai-analytics/orgs/{org}/users/poller/sentiment-count/"
+                    try:
+                        r = await client.get(url)
+                        status = r.status_code
+                        total = sum(row["sentiment_count"] for row in r.json()) if status == 200 else -1
+                    except httpx.HTTPError as exc:
+                        status, total = 0, -1
+                        self.failures.append(f"{type(exc).__name__} {exc}")
+                    self.answers.append((time.monotonic(), org, status, total))
+                await asyncio.sleep(0.1)
+
+    def longest_gap(self, since: float, until: float) -> float:
+        """The longest time any org went without a 200 between `since` and `until`, in seconds."""
+        worst = 0.0
+        for org in self.orgs:
+            last_ok = since
+            for at, o, status, _ in self.answers:
+                if o == org and since <= at <= until and status == 200:
+                    worst = max(worst, at - last_ok)
+                    last_ok = at
+            worst = max(worst, until - last_ok)
+        return worst
+
+    def problems(self) -> list[str]:
+        """What a dashboard should never see: once an org exists, anything but a 200 or a 503 (a dependency
+        away, with its reason), and a total that goes down."""
+        out = []
+        for org in self.orgs:
+            mine = [(status, total) for _, o, status, total in self.answers if o == org]
+            first_ok = next((i for i, (status, _) in enumerate(mine) if status == 200), len(mine))
+            statuses = Counter(status for status, _ in mine[first_ok:])
+            if not set(statuses) <= {200, 503}:
+                out.append(f"{org}: answers {dict(statuses)}; no answer: {self.failures[:3]}")
+            totals = [total for status, total in mine if status == 200]
+            if totals != sorted(totals):
+                out.append(f"{org}'s sentiment total went down: {totals}")
+        return out
+
+
+async def leader_of(settings: Settings, topic: str, partition: int) -> int:
+    """The node id leading a partition of one of our topics."""
+    admin = clients.admin(settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([settings.topic(topic)])
+    finally:
+        await admin.close()
+    return int(next(p["leader"] for p in described["partitions"] if p["partition"] == partition))
+
+
+async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout}s")
+        await asyncio.sleep(0.2)
+
+
+def failed_over(rnodes: RedisClusterNodes, dead_port: int) -> bool:
+    """Every live node marks the dead one failed, and there are as many primaries as before it died."""
+    live = [n for n in rnodes.nodes if n.port != dead_port and n.proc is not None]
+    views = [cluster_nodes(n.port) for n in live]
+    return (
+        all("fail" in v.get(dead_port, "fail") for v in views) and len(rnodes.running_primaries()) == rnodes.primaries
+    )
+
+
+def rejoined_as_replica(port: int) -> bool:
+    return cluster_nodes(port).get(port) == "slave"
