@@ -24,6 +24,7 @@ from streams.settings import Settings
 from tables import keys
 from tables.buckets import Retention
 from tables.connections import Replication, wait_replicas
+from tables.erase import PublicationFence
 from tables.generations import Generations, GenerationsChanged
 from tables.state import OrgState, StateQuery, StateReader, as_after
 from tables.writer import OrgWrite, Writer
@@ -100,6 +101,7 @@ class BatchProcessor:
         self.send_dead_letters = send_dead_letters
         self.publish = publish
         self.writer = Writer(redis)
+        self.fence = PublicationFence(redis)
         self.reader = StateReader(redis)
         replicas = wait_replicas(settings.redis_url, settings.redis_wait_replicas)
         self.replication = Replication(redis, replicas, settings.redis_wait_timeout_ms)
@@ -221,7 +223,7 @@ class BatchProcessor:
             if pending.publish_later:
                 result.publications = records_out
             else:
-                await self.publish(records_out)
+                await self.publish_records(records_out)
         return result
 
     async def _apply_whole(self, p: Prepared) -> tuple[Generations, BatchResult, list[tuple[OrgWrite, OrgState]]]:
@@ -311,9 +313,17 @@ class BatchProcessor:
         return False
 
     async def publish_records(self, records: list[tuple[bytes, bytes]]) -> None:
-        """Publish aggregates' records a `publish_later` batch returned."""
-        if self.publish is not None and records:
-            await self.publish(records)
+        """Publish aggregates' records (those a `publish_later` batch returned): fenced against erasures, so
+        none that names a student lands after the erasure's Kafka tombstones (tables/erase.py)."""
+        if self.publish is None or not records:
+            return
+        out, orgs, token = await self.fence.begin(records)
+        try:
+            if out:
+                await self.publish(out)
+        finally:
+            with contextlib.suppress(Exception):  # a token left behind is taken for dead after a minute
+                await self.fence.end(orgs, token)
 
     async def apply_to(self, records: list[Record], generation: int) -> BatchResult:
         """Apply records to one generation only (a rebuild's): invalid ones are skipped, not sent again."""

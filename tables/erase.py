@@ -12,6 +12,12 @@
      chat-history index entry, and the session's entries in the per-mentor session costs;
    - their per-student LLM cost fields in the hourly and daily buckets their sessions cost in;
    - their entries in every top-students set (hourly, daily, weekly, all time, per mentor).
+3. Then the compacted `analytics-aggregates` topic hears of it (`publications`): a Kafka tombstone for each
+   of their cost counters, the new value of each top-students set. A worker may have applied a batch just
+   before the tombstone and be about to publish its records, which name the student: every publication
+   begins with PUBLISH_BEGIN_LUA, atomic with the tombstone, which leaves erased students out of its
+   records, and the erasure waits for those that began before it (`PublicationFence`), so no record naming
+   the student lands after the erasure's.
 
 What stays: counts without a name. The org's (and its mentors') sessions, messages, sentiment and cost
 totals keep what the student's events added before the erasure (they are sums over every student; taking
@@ -21,6 +27,9 @@ without the student, whose events it drops.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +41,38 @@ from tables import keys, queries
 from tables.buckets import Grain
 from tables.conversations import ConversationState
 from tables.generations import Generations
+from tables.scripts import Script
+
+log = logging.getLogger(__name__)
 
 ERASE_LUA = r"""
--- KEYS[1] an org's erased-students hash. ARGV: the tombstone, its record. Returns the new version.
+-- KEYS[1] an org's erased-students hash, KEYS[2] its publications under way. ARGV: the tombstone, its
+-- record. Returns the publications under way (token, began, ...): the erasure waits for them.
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+return redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 """
+
+# A changefeed publication begins: KEYS[1] the org's erased-students hash, KEYS[2] its publications under
+# way; ARGV[1] a token, ARGV[2] how old (ms) a token is when its worker is taken for dead, then the
+# tombstones of the students the records name. Adds the token, scored by Redis's clock, and replies which
+# of those students are erased (1/0 each). Atomic with an erasure's ERASE_LUA (same slot): a publication
+# either sees the tombstone or is one the erasure waits for.
+PUBLISH_BEGIN_LUA = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+local out = {}
+for i = 3, #ARGV do
+  out[#out + 1] = redis.call('HEXISTS', KEYS[1], ARGV[i])
+end
+return out
+"""
+
+# How long an erasure waits for the publications that began before it; a token older than this is taken
+# for one whose worker died (its records were never all sent, or were sent long before).
+PUBLISH_STALE_MS = 60_000
 
 _CHUNK = 500
 
@@ -80,12 +115,102 @@ async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms
     tombstone = keys.tombstone(org, student)
     out = Erasure(org, student, tombstone, now_ms, by)
     script: Any = redis.register_script(ERASE_LUA)
-    await script(keys=[keys.erasures(org)], args=[tombstone, orjson.dumps({"at_ms": now_ms, "by": by})])
+    under_way = await script(
+        keys=[keys.erasures(org), keys.publishing(org)], args=[tombstone, orjson.dumps({"at_ms": now_ms, "by": by})]
+    )
     gens = await Generations.read(redis)
     for n in (gens.current, gens.building):  # and the one a rebuild is building
         if n is not None:
             with keys.generation(n):
                 await _remove(redis, org, student, out, publish=n == gens.current)
+    await _wait_for_publications(redis, org, [t.decode() for t in under_way[0::2]], [float(x) for x in under_way[1::2]])
+    return out
+
+
+async def _wait_for_publications(redis: Redis, org: str, tokens: list[str], began: list[float]) -> None:
+    """Wait until the changefeed publications under way at the tombstone are through (or taken for dead),
+    so none of their records, which may name the student, lands after the erasure's Kafka tombstones."""
+    if not tokens:
+        return
+    deadline = max(began) / 1000 + PUBLISH_STALE_MS / 1000  # by Redis's clock
+    while True:
+        scores = await redis.zmscore(keys.publishing(org), tokens)
+        if all(s is None for s in scores):
+            return
+        now_s, now_us = await redis.time()
+        if now_s + now_us / 1e6 >= deadline:
+            log.warning("erasure in %s: %d publication(s) under way for %d s; going on", org, len(tokens), deadline)
+            return
+        await asyncio.sleep(0.02)
+
+
+class PublicationFence:
+    """The workers' side of the fence above: `begin` an org's changefeed records (those naming an erased
+    student left out), send them, then `end`."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.script = Script(redis, PUBLISH_BEGIN_LUA)
+
+    async def begin(self, records: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], list[str], str]:
+        """The records to send (erased students' left out), the orgs and the token to `end`."""
+        token = uuid.uuid4().hex
+        by_org: dict[str, list[tuple[bytes, bytes]]] = {}
+        for key, value in records:
+            by_org.setdefault(key[: key.index(b"|")].decode(), []).append((key, value))
+        named = {org: _students_named(recs) for org, recs in by_org.items()}
+        calls = [
+            (
+                [keys.erasures(org), keys.publishing(org)],
+                [token, PUBLISH_STALE_MS, *(keys.tombstone(org, s) for s in named[org])],
+            )
+            for org in by_org
+        ]
+        out: list[tuple[bytes, bytes]] = []
+        for org, flags in zip(by_org, await self.script.run_many(calls), strict=True):
+            erased = {s for s, flag in zip(named[org], flags, strict=True) if flag}
+            out += _without(by_org[org], erased) if erased else by_org[org]
+        return out, list(by_org), token
+
+    async def end(self, orgs: list[str], token: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for org in orgs:
+                pipe.zrem(keys.publishing(org), token)
+            await pipe.execute()
+
+
+_STUDENT_COST = b"|" + keys.cost_field("u", "").encode()  # `org|cost_nanos|u|<student>|<grain>|<bucket>`
+
+
+def _student_of(key: bytes) -> str | None:
+    """The student a counter record's key names, if any (their cost)."""
+    org_end = key.index(b"|")
+    if not key.startswith(_STUDENT_COST, org_end):
+        return None
+    return key[org_end + len(_STUDENT_COST) :].rsplit(b"|", 2)[0].decode()
+
+
+def _students_named(records: list[tuple[bytes, bytes]]) -> list[str]:
+    named: set[str] = set()
+    for key, value in records:
+        if b"|top_students|" in key:
+            named.update(orjson.loads(value)["value"])
+        elif (student := _student_of(key)) is not None:
+            named.add(student)
+    return sorted(named)
+
+
+def _without(records: list[tuple[bytes, bytes]], erased: set[str]) -> list[tuple[bytes, bytes]]:
+    """The records without the erased students: their cost records left out, their top-students entries
+    taken out of the sets' values."""
+    out: list[tuple[bytes, bytes]] = []
+    for key, value in records:
+        if b"|top_students|" in key:
+            record = orjson.loads(value)
+            record["value"] = {s: n for s, n in record["value"].items() if s not in erased}
+            out.append((key, orjson.dumps(record)))
+        elif _student_of(key) not in erased:
+            out.append((key, value))
     return out
 
 

@@ -251,6 +251,15 @@ ERASURES_VERSION = "v"
 # In an org's `meta`: bumped by every apply that writes the org, so an answer cached for one version is
 # known to be stale at the next (api/cache.py).
 DATA_VERSION = "version"
+
+
+def publishing(org: str) -> str:
+    """Sorted set of the changefeed publications under way for an org (token -> when it began, by Redis's
+    clock): an erasure waits for those that began before it, so none lands after its Kafka tombstones
+    (tables/erase.py). Outside the generations."""
+    return f"{NS}:publishing:{{{org}}}"
+
+
 ERASED_DROPPED = "dropped|erased"  # a `meta` field: events of erased students dropped by the workers
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -21,7 +22,7 @@ from infra.procs import ROOT, cli_command
 from infra.redis import RedisServer
 from streams.settings import Settings
 from tables import keys
-from tables.erase import erase_student
+from tables.erase import PublicationFence, erase_student
 from tests import reference
 from tests.support import (
     WorkerProcess,
@@ -229,6 +230,48 @@ def test_a_batch_planned_before_an_erasure_cannot_write_after_it(redis_server: R
             assert result.applied == 0 and result.attempts == 1
             assert await redis.zscore(keys.top_students_all("acme"), "ann") is None
             assert int(await redis.hget(keys.meta("acme"), keys.ERASED_DROPPED) or 0) == 3
+        finally:
+            await redis.aclose()
+
+    asyncio.run(run())
+
+
+def test_no_changefeed_record_naming_the_student_lands_after_the_erasure(redis_server: RedisServer) -> None:
+    """A worker that applied just before the tombstone publishes its records after it: the erasure waits
+    for a publication that began before it, and one that begins after it leaves the student out."""
+
+    async def run() -> None:
+        redis = Redis.from_url(redis_server.url)
+        try:
+            await redis.flushall()
+            sent: list[tuple[str, list[tuple[bytes, bytes]]]] = []
+            fence = PublicationFence(redis)
+            top = orjson.dumps({"metric": "top_students", "value": {"ann": 3, "bob": 2}})
+            records = [
+                (b"acme|cost_nanos|u|ann|h|2026120218", b'{"value": 5}'),
+                (b"acme|cost_nanos|u|bob|h|2026120218", b'{"value": 7}'),
+                (b"acme|cost_nanos|m|m1|h|2026120218", b'{"value": 12}'),
+                (b"acme|top_students|d|20261202", top),
+            ]
+            before, orgs, token = await fence.begin(records)
+            assert before == records  # nobody erased yet
+
+            async def late_publisher() -> None:
+                await asyncio.sleep(0.5)  # the worker's send, slower than the erasure's removal
+                sent.append(("worker", before))
+                await fence.end(orgs, token)
+
+            publishing = asyncio.create_task(late_publisher())
+            await erase_student(redis, "acme", "ann", by="test", now_ms=int(time.time() * 1000))
+            sent.append(("erasure", []))
+            await publishing
+            assert [who for who, _ in sent] == ["worker", "erasure"]
+
+            after, orgs, token = await fence.begin(records)
+            await fence.end(orgs, token)
+            assert [k for k, _ in after] == [k for k, _ in records if b"|ann|" not in k]
+            assert orjson.loads(after[-1][1])["value"] == {"bob": 2}
+            assert await redis.zcard(keys.publishing("acme")) == 0
         finally:
             await redis.aclose()
 
