@@ -1,5 +1,6 @@
 """Housekeeping a worker does beside applying batches: forgetting what the dedup window no longer covers
-(observations that arrived before it, the event digests of conversations quiet since before it)."""
+(observations that arrived before it, the event digests of conversations quiet since before it), and the
+chat history past its retention (AIA_HISTORY_RETENTION_DAYS, when set)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from redis.exceptions import RedisError
 from streams.settings import Settings
 from tables import connections, queries
 from tables.buckets import Grain
-from tables.state import prune_conversations, prune_observations
+from tables.state import expire_conversations, prune_conversations, prune_observations
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ async def prune_loop(settings: Settings, stop: asyncio.Event, every_s: float = 3
     """Every hour (and at start), drop the observations that arrived before the dedup window from every
     org's observations hash, and the event digests of every conversation last written before it. Several
     workers doing it at once is harmless: a prune deletes only what nobody can still need, and a
-    conversation written meanwhile (another version) is left as it is."""
+    conversation written meanwhile (another version) is left as it is. With a history retention, the
+    conversations listed before it are deleted too."""
     redis = connections.connect(settings.redis_url)
     try:
         while not stop.is_set():
@@ -31,6 +33,10 @@ async def prune_loop(settings: Settings, stop: asyncio.Event, every_s: float = 3
                 for org in await queries.list_orgs(redis):
                     await prune_observations(redis, org, oldest_day)
                     await prune_conversations(redis, org, oldest_day)
+                    if settings.history_retention_days:
+                        cutoff_ms = int(time.time() * 1000) - settings.history_retention_days * 86_400_000
+                        if n := await expire_conversations(redis, org, cutoff_ms):
+                            log.info("%s: %d conversation(s) past the history retention deleted", org, n)
             except (RedisError, OSError) as exc:
                 log.warning("pruning past the dedup window failed, retrying later: %r", exc)
             with contextlib.suppress(TimeoutError):

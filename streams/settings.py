@@ -47,6 +47,9 @@ class Settings:
     # Daily (and weekly) aggregates are small: kept without expiry unless a number of days is set.
     daily_retention_days: int = 0
     dedup_window_days: int = 7
+    # Chat history (conversations and their records) kept for this many days after the record's insertion
+    # (or the first message, without a record); 0: kept forever. More than the dedup window when set.
+    history_retention_days: int = 0
     # Events stamped further than this in the future are dead letters (clock skew allowance).
     max_future_seconds: int = 300
     price_table: Path | None = None
@@ -94,6 +97,11 @@ class Settings:
         if self.daily_retention_days < 0:
             raise SettingsError(
                 f"{PREFIX}DAILY_RETENTION_DAYS must be 0 (keep forever) or more, got {self.daily_retention_days}"
+            )
+        if self.history_retention_days and self.history_retention_days <= self.dedup_window_days:
+            raise SettingsError(
+                f"{PREFIX}HISTORY_RETENTION_DAYS must be 0 (keep forever) or more than {PREFIX}DEDUP_WINDOW_DAYS "
+                f"({self.dedup_window_days}), got {self.history_retention_days}"
             )
         if self.engine not in ENGINES:
             raise SettingsError(f"{PREFIX}ENGINE must be one of {', '.join(ENGINES)}, got {self.engine!r}")

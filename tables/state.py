@@ -175,6 +175,50 @@ async def prune_conversations(redis: Redis, org: str, oldest_day: int, *, chunk:
     return pruned
 
 
+EXPIRE_CONVERSATION_LUA = r"""
+-- KEYS[1] a conversation bucket, KEYS[2] the org's chat-history index, then the conversation's filter sets,
+-- then the per-mentor session-cost sets it is in. ARGV: its field, the version it was read at, its index
+-- member, how many filter sets, its session-cost member. Removes it everywhere unless it was written since
+-- (another version). Returns 1 when it was removed.
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur or string.match(cur, '^%d+') ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
+local nf = tonumber(ARGV[4])
+for i = 3, 2 + nf do redis.call('SREM', KEYS[i], ARGV[3]) end
+for i = 3 + nf, #KEYS do redis.call('ZREM', KEYS[i], ARGV[5]) end
+return 1
+"""
+
+
+async def expire_conversations(redis: Redis, org: str, before_ms: int, *, chunk: int = 500) -> int:
+    """Delete the org's conversations (chat history) listed before `before_ms`: by their newest record's
+    insertion time, or their first message's when there is no record (AIA_HISTORY_RETENTION_DAYS). Each
+    goes with its index and filter entries and its per-mentor session costs, unless it was written since it
+    was read. Returns how many went."""
+    script = Script(redis, EXPIRE_CONVERSATION_LUA)
+    expired = 0
+    async for bucket in redis.scan_iter(match=keys.conversation_buckets(org), count=chunk):
+        calls: list[Call] = []
+        async for fld, raw in redis.hscan_iter(bucket, count=chunk):
+            st = ConversationState.unpack(raw)
+            listed = st.inserted_ms if st.record_version is not None else st.started_ms
+            if listed is None or listed >= before_ms:
+                continue
+            digest = int.from_bytes(fld, "big", signed=True)
+            filters = [keys.conversations_by(org, kind, value, digest) for kind, value in st.index_entries() if kind]
+            costs = [keys.session_costs(org, day) for day in sorted({hour // 24 for hour in st.costs})]
+            calls.append(
+                (
+                    [bucket.decode(), keys.conversations(org), *filters, *costs],
+                    [fld, st.version or 0, digest, len(filters), f"{st.first_mentor or ''}|{st.cid}"],
+                )
+            )
+        if calls:
+            expired += sum(int(n) for n in await script.run_many(calls))
+    return expired
+
+
 SAVE_PROGRESS_LUA = r"""
 -- KEYS[1] a group's progress hash. ARGV: field, offset, field, offset, ... Moves each field up, never down.
 for i = 1, #ARGV, 2 do

@@ -263,6 +263,50 @@ async def test_conversations_quiet_past_the_dedup_window_forget_their_event_ids(
         await redis.aclose()
 
 
+async def test_chat_history_past_its_retention_is_deleted_and_the_counts_stay(redis_server: RedisServer) -> None:
+    """AIA_HISTORY_RETENTION_DAYS: a conversation listed before the retention goes from the chat history, its
+    filters and the per-mentor session costs; the aggregates it counted in stay as they were."""
+    from tables.conversations import conversation_digest
+    from tables.state import expire_conversations
+
+    old, recent = 40 * 24 * 60, 5  # minutes ago
+    events = [
+        ("chat-messages", {"event_id": "e1", "org": ORG, "timestamp": ts(old), "session_id": "old",
+                           "student": "stu0", "mentor_id": "m1", "role": "human", "topics": ["algebra"]}),
+        ("chat-history", {"event_id": "r1", "org": ORG, "timestamp": ts(old), "id": "old", "student": "stu0",
+                          "mentor": "m1", "title": "old", "topics": [{"name": "algebra"}]}),
+        ("llm-observations", {"event_id": "o1", "org": ORG, "timestamp": ts(old), "trace_id": "t1",
+                              "type": "generation", "model": "gpt-4o", "usage": {"input": 10, "output": 5},
+                              "cost": "0.5", "session_id": "old"}),
+        ("chat-messages", {"event_id": "e2", "org": ORG, "timestamp": ts(recent), "session_id": "recent",
+                           "student": "stu0", "mentor_id": "m1", "role": "human", "topics": ["algebra"]}),
+    ]  # fmt: skip
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await apply_batches(redis, [as_records(events)], Settings())
+        old_day = (NOW - timedelta(minutes=old)).date()
+        before = await queries.average_messages_per_session(redis, ORG, old_day, old_day, "daily", None)
+        day_index = Grain.DAY.index(int((NOW - timedelta(minutes=old)).timestamp() * 1000))
+        assert await redis.zcard(keys.session_costs(ORG, day_index)) == 1
+        everything = queries.HistoryFilter()
+        assert (await queries.chat_history(redis, ORG, everything, 1, 10))[0] == 2
+
+        cutoff = int((NOW - timedelta(days=30)).timestamp() * 1000)
+        assert await expire_conversations(redis, ORG, cutoff, chunk=1) == 1
+        assert await expire_conversations(redis, ORG, cutoff) == 0
+        count, rows = await queries.chat_history(redis, ORG, everything, 1, 10)
+        assert count == 1 and len(rows) == 1
+        for flt in (queries.HistoryFilter(student="stu0"), queries.HistoryFilter(topics=("algebra",))):
+            assert (await queries.chat_history(redis, ORG, flt, 1, 10))[0] == 1
+        (gone,) = await queries.conversation_states(redis, ORG, [conversation_digest(ORG, "old")])
+        assert gone.version is None
+        assert await redis.zcard(keys.session_costs(ORG, day_index)) == 0
+        after = await queries.average_messages_per_session(redis, ORG, old_day, old_day, "daily", None)
+        assert after == before and after
+    finally:
+        await redis.aclose()
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(events=event_sets(), seed=st.integers(0, 2**32))
 def test_a_part_after_a_conflict_is_planned_again_from_redis(
