@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import platform
 import random
@@ -71,6 +72,8 @@ from tables import apikeys, connections, keys
 API_PATH = "/api/ai-analytics/orgs/{org}/users/bench/"
 # The endpoints a dashboard polls whose answers are shared per data version (api/cache.py).
 ANALYTICS = ("average-messages-per-session", "sentiment-count", "tenant-cost", "top-students-by-chat-messages")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -590,7 +593,11 @@ async def main() -> None:
                 api = None
                 kafka.stop()
                 redis_server.stop()
-                await cluster_section(args, report, tmp)
+                try:
+                    await cluster_section(args, report, tmp)
+                except Exception as exc:  # the sections before it are still written down
+                    log.exception("the cluster section failed")
+                    report.add("cluster", "the section failed", repr(exc))
             write_report(args, report, began, machine, avg)
         finally:
             if api is not None:
