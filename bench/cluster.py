@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+from redis.asyncio import RedisCluster
 
+from infra.kafka import KafkaCluster
 from infra.redis import RedisClusterNodes, cluster_nodes
 from streams import clients
 from streams.settings import Settings
@@ -101,3 +103,29 @@ def failed_over(rnodes: RedisClusterNodes, dead_port: int) -> bool:
 
 def rejoined_as_replica(port: int) -> bool:
     return cluster_nodes(port).get(port) == "slave"
+
+
+async def bounce_leader_broker(settings: Settings, kafka: KafkaCluster, down_s: float = 8.0) -> float:
+    """kill -9 the broker leading partition 0 of chat-messages and start it again `down_s` later; returns
+    when it was killed (time.monotonic)."""
+    broker = kafka.brokers[await leader_of(settings, "chat-messages", 0) - 1]
+    broker.kill()
+    killed = time.monotonic()
+    await asyncio.sleep(down_s)
+    broker.start()
+    return killed
+
+
+async def fail_over_primary(redis: RedisCluster, rnodes: RedisClusterNodes, key: str) -> float:
+    """kill -9 the Redis primary holding `key`, wait until its replica has taken over, bring it back and
+    wait until it has rejoined as a replica; returns when it was killed (time.monotonic)."""
+    holder = redis.get_node_from_key(key)
+    assert holder is not None
+    primary = next(node for node in rnodes.nodes if node.port == holder.port)
+    primary.kill()
+    killed = time.monotonic()
+    await until(lambda: failed_over(rnodes, primary.port), 30, "the replica taking over")
+    await asyncio.sleep(3)
+    primary.start()
+    await until(lambda: rejoined_as_replica(primary.port), 30, "the old primary as replica")
+    return killed

@@ -59,7 +59,7 @@ from redis.asyncio import RedisCluster
 from agents.pipeline import BatchProcessor
 from agents.rebuild import Rebuild
 from bench import memory
-from bench.cluster import Poller, failed_over, leader_of, rejoined_as_replica, until
+from bench.cluster import Poller, bounce_leader_broker, fail_over_primary
 from bench.throughput import ORGS, applied, ceiling, event, produce, start_worker
 from infra.kafka import KafkaBroker, KafkaCluster
 from infra.procs import ROOT, cli_command, free_port, spawn, wait_until
@@ -701,26 +701,14 @@ async def failover_gaps(
     out = {}
     try:
         await asyncio.sleep(10)
-        broker = kafka.brokers[await leader_of(s, "chat-messages", 0) - 1]
-        broker.kill()
-        t0 = time.monotonic()
-        await asyncio.sleep(8)
-        broker.start()
+        t0 = await bounce_leader_broker(s, kafka)
         await asyncio.sleep(10)
         out["broker failover (the leader of a partition killed, back after 8 s)"] = (
             poller.longest_gap(t0, time.monotonic()),
             apply_gap(t0, time.monotonic()),
             poller.problems(),
         )
-        holder = cast(RedisCluster, redis).get_node_from_key(keys.meta(ORGS[0]))
-        assert holder is not None
-        primary = next(node for node in rnodes.nodes if node.port == holder.port)
-        primary.kill()
-        t0 = time.monotonic()
-        await until(lambda: failed_over(rnodes, primary.port), 30, "the replica taking over")
-        await asyncio.sleep(3)
-        primary.start()
-        await until(lambda: rejoined_as_replica(primary.port), 30, "the old primary as replica")
+        t0 = await fail_over_primary(cast(RedisCluster, redis), rnodes, keys.meta(ORGS[0]))
         await asyncio.sleep(10)
         out["Redis failover (an org's primary killed, its replica promoted, back as a replica)"] = (
             poller.longest_gap(t0, time.monotonic()),

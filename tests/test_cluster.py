@@ -22,7 +22,7 @@ import httpx
 import pytest
 from redis.asyncio import RedisCluster
 
-from bench.cluster import Poller, failed_over, leader_of, rejoined_as_replica, until
+from bench.cluster import Poller, bounce_leader_broker, fail_over_primary
 from infra.kafka import KafkaCluster
 from infra.procs import free_port
 from infra.redis import RedisClusterNodes
@@ -82,25 +82,12 @@ async def test_broker_and_redis_primary_failovers_leave_every_answer_exact(
         await asyncio.sleep(8)
 
         # The leader of a chat-messages partition dies without a word, and comes back.
-        node = await leader_of(settings, "chat-messages", 0)
-        broker = kafka.brokers[node - 1]
-        broker.kill()
-        kafka_down = time.monotonic()
-        await asyncio.sleep(8)
-        broker.start()
+        kafka_down = await bounce_leader_broker(settings, kafka)
         kafka_gap = poller.longest_gap(kafka_down, time.monotonic())
 
         # The Redis primary of the busiest org dies; its replica takes over; it comes back as the replica.
         busiest = max(exp.orgs, key=lambda org: len(exp.conversations[org]))
-        holder = cast(RedisCluster, redis).get_node_from_key(keys.meta(busiest))
-        assert holder is not None
-        primary = next(n for n in rnodes.nodes if n.port == holder.port)
-        primary.kill()
-        redis_down = time.monotonic()
-        await until(lambda: failed_over(rnodes, primary.port), 30, "the replica taking over")
-        await asyncio.sleep(3)
-        primary.start()
-        await until(lambda: rejoined_as_replica(primary.port), 30, "the old primary as replica")
+        redis_down = await fail_over_primary(cast(RedisCluster, redis), rnodes, keys.meta(busiest))
         rnodes.wait_ok()
         redis_gap = poller.longest_gap(redis_down, time.monotonic())
 
