@@ -139,7 +139,12 @@ async def _wait_for_publications(redis: Redis, org: str, tokens: list[str], bega
             return
         now_s, now_us = await redis.time()
         if now_s + now_us / 1e6 >= deadline:
-            log.warning("erasure in %s: %d publication(s) under way for %d s; going on", org, len(tokens), deadline)
+            log.warning(
+                "erasure in %s: %d publication(s) under way past %d s; going on",
+                org,
+                len(tokens),
+                PUBLISH_STALE_MS // 1000,
+            )
             return
         await asyncio.sleep(0.02)
 
