@@ -13,7 +13,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from agents.planner import NeedState, Planner, state_query
 from streams.deadletter import DeadLetter, Record
@@ -32,6 +34,25 @@ from tables.writer import OrgWrite, Writer
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 50
+
+# Error replies of a Redis that is away, busy, full or failing over: a retry outlives them.
+_PASSING_REPLIES = ("BUSY", "LOADING", "OOM", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK",
+                    "NOREPLICAS")  # fmt: skip
+
+
+def is_data_fault(exc: BaseException) -> bool:
+    """True for an exception that applying the same records again would meet again: a record the code
+    cannot handle (a bug, a value a script refuses). False for Redis, Kafka or the network being away, or
+    Redis busy or full, which a retry outlives. A data fault isolates its records (`isolate`)."""
+    if isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError):
+        text = str(exc)
+        return "script" in text and not text.startswith(_PASSING_REPLIES)
+    return isinstance(exc, Exception) and not isinstance(exc, (RedisError, KafkaError, OSError))
+
+
+def fault_reason(exc: BaseException) -> str:
+    """The dead-letter reason of a record its batch's processing failed on."""
+    return f"processing it failed ({type(exc).__name__}: {str(exc)[:300]}); the rest of its batch was applied"
 
 
 @dataclass
@@ -149,15 +170,81 @@ class BatchProcessor:
         return by_org, dead
 
     async def process(self, records: Sequence[Record], *, ordered: bool = False) -> BatchResult:
-        """Apply a batch; `ordered`: each record once, in offset order per partition (see `validate`)."""
+        """Apply a batch; `ordered`: each record once, in offset order per partition (see `validate`). A
+        data fault (`is_data_fault`) isolates the record(s) causing it (`isolate`)."""
+        if not ordered:
+            unique = {(r.topic, r.partition, r.offset): r for r in reversed(records)}
+            records = sorted(unique.values(), key=lambda r: (r.topic, r.partition, r.offset))
+        try:
+            return await self._process(records)
+        except Exception as exc:
+            if not is_data_fault(exc):
+                raise
+            return await self.isolate(list(records), exc)
+
+    async def _process(self, records: Sequence[Record], *, publish_later: bool = False) -> BatchResult:
         now_ms = int(time.time() * 1000)
-        by_org, dead = self.validate(records, now_ms, ordered=ordered)
-        return await self.finish(await self.start(Prepared(by_org, dead, len(records), now_ms)))
+        by_org, dead = self.validate(records, now_ms, ordered=True)
+        prepared = Prepared(by_org, dead, len(records), now_ms)
+        return await self.finish(await self.start(prepared, publish_later=publish_later))
 
     async def process_groups(self, groups: Sequence[Group], *, publish_later: bool = False) -> BatchResult:
         """Apply a batch of records grouped by partition (each group in offset order, each record once).
-        `publish_later`: the aggregates' records are returned (`BatchResult.publications`), not published."""
-        return await self.finish(await self.start(await self.prepare(groups), publish_later=publish_later))
+        `publish_later`: the aggregates' records are returned (`BatchResult.publications`), not published.
+        A data fault isolates the record(s) causing it (`isolate`)."""
+        try:
+            return await self.finish(await self.start(await self.prepare(groups), publish_later=publish_later))
+        except Exception as exc:
+            if not is_data_fault(exc):
+                raise
+            records = [
+                Record(topic, partition, r.offset, r.key, r.value) for topic, partition, rs in groups for r in rs
+            ]
+            return await self.isolate(records, exc, publish_later=publish_later)
+
+    async def isolate(self, records: list[Record], exc: Exception, *, publish_later: bool = False) -> BatchResult:
+        """Apply a batch whose processing failed on a data fault: in halves, and halves of the halves that fail
+        again, until each record that still fails is alone; those are dead-lettered with the exception as
+        reason (and counted, `aia_records_quarantined`), the rest applied. The records are in offset order
+        per partition, and the parts are applied (and their aggregates' records kept) in that order, so the
+        changefeed's order is the applies' order. A record that cannot be processed never stops the worker."""
+        log.error(
+            "a batch of %d record(s) failed (%s: %s); applying it in parts to isolate the record(s) causing it",
+            len(records), type(exc).__name__, str(exc)[:300],
+        )  # fmt: skip
+        total = BatchResult(dead=0)
+
+        async def attempt(part: list[Record]) -> None:
+            try:
+                result = await self._process(part, publish_later=publish_later)
+            except Exception as exc:
+                if not is_data_fault(exc):
+                    raise
+                if len(part) > 1:
+                    half = len(part) // 2
+                    await attempt(part[:half])
+                    await attempt(part[half:])
+                    return
+                (record,) = part
+                log.error(
+                    "record %s[%d]@%d isolated and dead-lettered: %s: %s",
+                    record.topic, record.partition, record.offset, type(exc).__name__, str(exc)[:300],
+                )  # fmt: skip
+                await self.send_dead_letters([DeadLetter(record, fault_reason(exc))])
+                await self.redis.hincrby(keys.quarantined(), record.topic, 1)
+                total.dead += 1
+                return
+            total.applied += result.applied
+            total.skipped += result.skipped
+            total.dead += result.dead
+            total.orgs |= result.orgs
+            total.attempts = max(total.attempts, result.attempts)
+            total.publications += result.publications
+
+        half = len(records) // 2
+        for part in (records[:half], records[half:]) if half else (records,):
+            await attempt(part)
+        return total
 
     async def prepare(self, groups: Sequence[Group], *, step: int = 2000) -> Prepared:
         """Validate a batch of records grouped by partition (see `process_groups`): the work `start` and

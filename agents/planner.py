@@ -501,6 +501,6 @@ def _attributed(org: str, cid: str, conv: ConversationState) -> dict[tuple[str, 
             for fld in fields:
                 slot = ("h", grain, index, fld)
                 out[slot] = out.get(slot, 0) + n
-        zslot = ("z", Grain.DAY, day, f"{mentor}|{cid}")
+        zslot = ("z", Grain.DAY, day, keys.session_cost_member(mentor, cid))
         out[zslot] = out.get(zslot, 0) + n
     return out

@@ -148,8 +148,8 @@ class Worker:
     ) -> None:
         try:
             self._pending = (await self.processor.start(prepared, publish_later=True), batch)
-        except (RedisError, KafkaError, OSError):
-            await self._apply_until_done(batch, stop)  # the serial way, retrying until it is through
+        except Exception:  # Redis or Kafka away, or a data fault: the serial way, which retries and isolates
+            await self._apply_until_done(batch, stop)
 
     async def complete_pending(self) -> None:
         """Settle the batch whose last part is in flight, and leave its tail running."""
@@ -159,7 +159,7 @@ class Worker:
         self._pending = None
         try:
             result = await self.processor.finish(pending)
-        except (RedisError, KafkaError, OSError):
+        except Exception:  # as in `_start`
             await self._apply_until_done(batch, self._stopping or asyncio.Event())
             return
         self._applied(batch, result)
@@ -167,7 +167,8 @@ class Worker:
     async def _apply_until_done(
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], stop: asyncio.Event
     ) -> None:
-        """Apply the batch, retrying while Redis or Kafka is away (a restart, a failover).
+        """Apply the batch, retrying while Redis or Kafka is away (a restart, a failover); a record the batch's
+        processing fails on is isolated and dead-lettered (`BatchProcessor.isolate`).
 
         A retry is safe: what a failed attempt applied is recognised by event id and not counted again.
         Nothing is committed until the batch is through; stopping meanwhile leaves it to the next run."""

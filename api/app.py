@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -23,6 +23,7 @@ from api import analytics, costs, erasure, history, ops
 from api.cache import AnswerCache
 from api.errors import ApiError
 from api.metrics import Metrics
+from api.params import single_values
 from api.state import AppState
 from infra.runtime import collect_loop
 from streams.settings import Settings, get_settings
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Authenticate with `Authorization: Api-Token <key>` (or `Token <key>`).",
         default_response_class=ORJSONResponse,
         lifespan=lifespan,
+        dependencies=[Depends(single_values)],  # a query parameter given twice: 400 naming it
     )
     _error_handlers(app, metrics)
     app.add_middleware(AnswerCache)  # inside GenerationMiddleware: keys of the generation served

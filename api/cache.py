@@ -9,7 +9,8 @@ So this middleware, for those GETs only:
 - reads, in one round trip, what the `caller` dependency reads (the key and whether the org exists)
   plus the org's versions; a request that the route would refuse (no key, another org's key, an unknown
   org) goes to the route, which says why, and nothing is cached or served from the cache for it;
-- names the answer by an `ETag` (a digest of generation, versions, day, path and query); a request whose
+- names the answer by an `ETag` (a digest of generation, versions, day, path and the parsed query: a
+  parameter given twice is left to the route, which refuses it); a request whose
   `If-None-Match` holds it gets `304 Not Modified` with no body;
 - serves the answer from a bounded in-process cache when it has it, else lets the route compute it and
   keeps a 200's body; requests for an answer being computed wait for that computation (a hundred
@@ -30,10 +31,12 @@ from functools import lru_cache
 from hashlib import blake2b
 from typing import Any
 
+import orjson
 from starlette.datastructures import Headers
 
 from api.auth import _token
 from api.errors import ApiError
+from api.params import parse_query
 from tables import apikeys, keys
 
 # The org-scoped GETs whose answers are a function of the org's data and the query (not of the clock, as
@@ -131,10 +134,13 @@ class AnswerCache:
             return None
         if raw_key is None or not exists or not _key(raw_key).allows_org(org):
             return None
+        query = _query(scope)
+        if query is None:
+            return None
         day = datetime.now(UTC).date().isoformat()
         name = "\0".join(
             str(part) for part in
-            (keys.meta(org), version, erased, zone, day, scope["path"], _query(scope))
+            (keys.meta(org), version, erased, zone, day, scope["path"], query)
         )  # fmt: skip
         return '"' + blake2b(name.encode(), digest_size=12).hexdigest() + '"'
 
@@ -145,10 +151,11 @@ def _key(raw: bytes) -> apikeys.ApiKey:
     return apikeys.ApiKey.from_json(raw)
 
 
-def _query(scope: dict[str, Any]) -> str:
-    """The query string with its parameters in a canonical order (`a=1&b=2` and `b=2&a=1` are one answer)."""
-    raw: bytes = scope.get("query_string", b"")
-    return "&".join(sorted(raw.decode("latin-1").split("&"))) if raw else ""
+def _query(scope: dict[str, Any]) -> str | None:
+    """The query's parameters, parsed (decoded, in a canonical order: `a=1&b=2` and `b=%32&a=1` are one
+    answer); None when one is given twice, which the route refuses (api/params.single_values)."""
+    pairs = parse_query(scope.get("query_string", b""))
+    return None if pairs is None else orjson.dumps(pairs).decode()
 
 
 def _if_none_match(scope: dict[str, Any]) -> list[str]:

@@ -10,18 +10,26 @@ from fastapi import Path as PathParam
 
 from api.auth import ORG, USER, Caller, require_admin
 from api.state import State
+from streams.schemas import MAX_TEXT
 from tables import erase
 
 router = APIRouter(tags=["erasure"])
 
 
-@router.delete("/students/{student}/")
+@router.delete("/students/{student:path}/")
 async def erase_student(
     org: ORG,
     user_id: USER,
     key: Caller,
     state: State,
-    student: Annotated[str, PathParam(description="The username the events name.", max_length=256)],
+    student: Annotated[
+        str,
+        PathParam(
+            description="The username the events name: any an event may carry (`/` included, URL-encoded or not).",
+            min_length=1,
+            max_length=MAX_TEXT,
+        ),
+    ],
 ) -> dict[str, Any]:
     """Erase a student from the org: their conversations, per-student counts and costs; every later,
     re-sent or replayed event of theirs is dropped. Answers the audit record (also written to the compacted

@@ -21,7 +21,7 @@ from api.errors import ApiError
 from api.state import AppState, State
 from streams.exceptions import InvalidEvent
 from streams.producer import complete, key_for
-from streams.schemas import Conversation, format_timestamp, parse
+from streams.schemas import MAX_DEPTH, Conversation, format_timestamp, json_depth, parse
 from streams.topics import CHAT_HISTORY
 from tables import ids, queries
 from tables.conversations import ConversationState
@@ -188,8 +188,32 @@ def _kept(cid: str, stored: dict[str, Any], served: dict[str, Any]) -> dict[str,
     }
 
 
+# The largest body a chat-history write takes: below the broker's message size (1 MiB by default), which
+# the record (the body and a few fields) must fit. A bigger one is a 413, not a retry.
+MAX_BODY_BYTES = 512 * 1024
+
+
+async def _read_limited(request: Request) -> None:
+    """Read the body, refusing one over MAX_BODY_BYTES (413) before reading it all; kept for `body()` and
+    `form()`, which read it from there."""
+    declared = request.headers.get("content-length", "")
+    too_big = ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes", param="body")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_big
+        chunks.append(chunk)
+    request._body = b"".join(chunks)  # Starlette's own cache of the body, which form() reads too
+
+
 async def read_body(request: Request) -> dict[str, Any]:
-    """The body as a dict, from JSON, form-urlencoded or multipart (as the platform accepts)."""
+    """The body as a dict, from JSON, form-urlencoded or multipart (as the platform accepts); 413 for one
+    over MAX_BODY_BYTES."""
+    await _read_limited(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         form = await request.form()
@@ -287,6 +311,8 @@ def _topic(value: Any) -> str | None:
 
 async def write_record(state: AppState, org: str, record: dict[str, Any]) -> dict[str, Any]:
     """Validate a record as the worker will, send it through Kafka, and answer it as it will be served."""
+    if (depth := json_depth(record)) > MAX_DEPTH:
+        raise ApiError(400, f"body: the record nests {depth} levels deep; at most {MAX_DEPTH}", param="body")
     now = datetime.now(UTC)
     record.setdefault("inserted_at", format_timestamp(now))
     event = complete({**record, "org": org})

@@ -31,6 +31,10 @@ class Metrics:
                              registry=self.registry)  # fmt: skip
         self.erased = Gauge("aia_erased_student_events_dropped", "Events of erased students the workers dropped",
                             ["org"], registry=self.registry)  # fmt: skip
+        self.quarantined = Gauge(
+            "aia_records_quarantined", "Records dead-lettered because processing their batch failed on them "
+            "(isolated from the rest of the batch, which was applied)", ["topic"], registry=self.registry,
+        )  # fmt: skip
         self.generation = Gauge("aia_generation", "The generation of the aggregates served (ai-analytics rebuild)",
                                 registry=self.registry)  # fmt: skip
         self.rebuild_left = Gauge("aia_rebuild_records_left", "Records a rebuild under way has still to read "
@@ -62,6 +66,9 @@ class Metrics:
                         self.applied.labels(org, name.split("|", 1)[1]).set(int(value))
                     elif name == keys.ERASED_DROPPED:
                         self.erased.labels(org).set(int(value))
+            quarantined: Any = await redis.hgetall(keys.quarantined())
+            for fld, value in quarantined.items():
+                self.quarantined.labels(fld.decode()).set(int(value))
             self.generation.set((await generations.Generations.read(redis)).current)
             under_way = await generations.status(redis)
             self.rebuild_left.set(0 if under_way is None else under_way.remaining())

@@ -33,6 +33,12 @@ SENTIMENTS = ("positive", "neutral", "negative")
 ORG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}\Z")  # \Z: "$" would let a final newline in
 NANOS = Decimal(1_000_000_000)
 MAX_TEXT = 1024  # longest id, username or label we accept
+# The bounds below keep every value within what the worker can store and encode (Redis's 64-bit integers,
+# datetime's years, orjson's nesting); each one crossed is a dead letter naming it (docs/contract.md).
+MIN_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: no earlier `timestamp` or `inserted_at`
+MAX_TOKENS = 10**12  # tokens of one observation, per direction: sums of them stay far inside 64 bits
+MAX_TOPICS = 64  # topics of one chat message or chat-history record
+MAX_DEPTH = 32  # how deeply a chat-history record's JSON may nest (orjson writes at most 254 levels)
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class Limits:
 
 
 _Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
-_Count = Annotated[int, msgspec.Meta(ge=0)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
 
 
 class ChatMessage(msgspec.Struct, kw_only=True):
@@ -65,7 +71,7 @@ class ChatMessage(msgspec.Struct, kw_only=True):
     student: _Text
     mentor_id: _Text
     role: Literal["human", "ai"]
-    topics: tuple[_Text, ...] | None = None
+    topics: Annotated[tuple[_Text, ...], msgspec.Meta(max_length=MAX_TOPICS)] | None = None
     content: str | None = None
     ts_ms: int = 0
     # Where it was read from: topic (without prefix), partition, offset. Set after decoding (the names JSON
@@ -219,7 +225,9 @@ class _Fields:
         if value is None:
             return 0
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidEvent(f"{where}.{name} must be a non-negative integer, got {value!r}")
+            raise InvalidEvent(f"{where}.{name} must be a non-negative integer, got {str(value)[:64]}")
+        if value > MAX_TOKENS:
+            raise InvalidEvent(f"{where}.{name} must be at most {MAX_TOKENS}, got {str(value)[:64]}")
         return value
 
     def str_list(self, name: str, *, dedupe: bool = True) -> tuple[str, ...]:
@@ -236,6 +244,8 @@ class _Fields:
             if not isinstance(item, str) or not item or len(item) > MAX_TEXT:
                 raise InvalidEvent(f'field {name!r} must hold non-empty strings (or {{"name": str}} objects)')
             out.append(item)
+        if len(set(out)) > MAX_TOPICS:
+            raise InvalidEvent(f"field {name!r} holds more than {MAX_TOPICS} distinct topics")
         return tuple(dict.fromkeys(out)) if dedupe else tuple(out)
 
 
@@ -273,6 +283,8 @@ def parse_checked(topic: str, key: bytes | None, raw: bytes | None, now_ms: int,
     if "timestamp" not in data or data["timestamp"] is None:
         raise InvalidEvent("missing field 'timestamp'")
     ts_ms = parse_timestamp(data["timestamp"])
+    if ts_ms < MIN_TIME_MS:
+        raise InvalidEvent(f"timestamp {format_timestamp(ts_ms)} is before {format_timestamp(MIN_TIME_MS)}")
     if limits.retention_ms is not None and ts_ms < now_ms - limits.retention_ms:
         raise InvalidEvent(
             f"timestamp {format_timestamp(ts_ms)} is beyond retention (older than {limits.retention_ms // 86_400_000} days)"
@@ -339,8 +351,15 @@ def parse_checked(topic: str, key: bytes | None, raw: bytes | None, now_ms: int,
         )
     if topic == CHAT_HISTORY:
         conv_id = f.text("id")
+        if (depth := json_depth(data)) > MAX_DEPTH:
+            raise InvalidEvent(f"the record nests {depth} levels deep; at most {MAX_DEPTH}")
         inserted = data.get("inserted_at")
         inserted_ms = ts_ms if inserted is None else parse_timestamp(inserted, "inserted_at")
+        if not MIN_TIME_MS <= inserted_ms <= now_ms + limits.max_future_ms:
+            raise InvalidEvent(
+                f"inserted_at {format_timestamp(inserted_ms)} is before {format_timestamp(MIN_TIME_MS)} or more "
+                f"than {limits.max_future_ms // 1000}s in the future"
+            )
         topics = f.str_list("topics")
         student = f.text("student")
         mentor = f.text("mentor")
@@ -363,6 +382,27 @@ def parse_checked(topic: str, key: bytes | None, raw: bytes | None, now_ms: int,
             deleted=deleted,
         )
     raise InvalidEvent(f"no schema for topic {topic!r}")
+
+
+def json_depth(value: Any) -> int:
+    """How many levels of arrays and objects a decoded JSON value nests (a scalar: 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DEPTH:
+                return deepest  # deep enough to refuse: no need to walk the rest
+        stack.extend((child, depth) for child in children)
+    return deepest
 
 
 def _check_key(key: bytes | None, expected: str, field: str) -> None:
@@ -413,8 +453,10 @@ def _when(e: _Common | ChatMessage | SentimentEvent, now_ms: int, limits: Limits
             _GOOD_ORGS.add(e.org)
     value = e.timestamp
     ts_ms = value if type(value) is int else parse_timestamp(value)
-    if (limits.retention_ms is not None and ts_ms < now_ms - limits.retention_ms) or (
-        ts_ms > now_ms + limits.max_future_ms
+    if (
+        ts_ms < MIN_TIME_MS
+        or (limits.retention_ms is not None and ts_ms < now_ms - limits.retention_ms)
+        or ts_ms > now_ms + limits.max_future_ms
     ):
         raise InvalidEvent("out of the time window")  # the reference says which way
     return ts_ms

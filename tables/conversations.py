@@ -175,6 +175,16 @@ def conversation_digest(org: str, cid: str) -> int:
     return value - 2**64 if value >= 2**63 else value
 
 
+def addressed_digest(org: str, value: str) -> int:
+    """The digest of the conversation a client names: by the UUID it is served under (any UUID a client
+    sends is taken for one), or by its kept id when that is not a UUID."""
+    uid = ids.canonical(value)
+    if uid is None:
+        return conversation_digest(org, value)
+    digest: int = xxh3_64_intdigest(uid.encode())
+    return digest - 2**64 if digest >= 2**63 else digest
+
+
 def event_digest(event_id: str) -> bytes:
     """The 8 bytes a conversation keeps of an event id it counted: XXH3-64 of its UTF-8 (fixed by the
     algorithm's specification, so stored digests stay valid; two different ids of one conversation collide

@@ -184,23 +184,15 @@ class PublicationFence:
             await pipe.execute()
 
 
-_STUDENT_COST = b"|" + keys.cost_field("u", "").encode()  # `org|cost_nanos|u|<student>|<grain>|<bucket>`
-
-
-def _student_of(key: bytes) -> str | None:
-    """The student a counter record's key names, if any (their cost)."""
-    org_end = key.index(b"|")
-    if not key.startswith(_STUDENT_COST, org_end):
-        return None
-    return key[org_end + len(_STUDENT_COST) :].rsplit(b"|", 2)[0].decode()
-
-
 def _students_named(records: list[tuple[bytes, bytes]]) -> list[str]:
+    """The students the records name: each top-students set's members, each student cost counter's student
+    (record keys parsed exactly, `keys.parse_record_key`: a name holding `|top_students|` is just a name)."""
     named: set[str] = set()
     for key, value in records:
-        if b"|top_students|" in key:
+        _, metric, _, _ = keys.parse_record_key(key)
+        if keys.is_top_students_metric(metric):
             named.update(orjson.loads(value)["value"])
-        elif (student := _student_of(key)) is not None:
+        elif (student := keys.student_of_metric(metric)) is not None:
             named.add(student)
     return sorted(named)
 
@@ -210,11 +202,12 @@ def _without(records: list[tuple[bytes, bytes]], erased: set[str]) -> list[tuple
     taken out of the sets' values."""
     out: list[tuple[bytes, bytes]] = []
     for key, value in records:
-        if b"|top_students|" in key:
+        _, metric, _, _ = keys.parse_record_key(key)
+        if keys.is_top_students_metric(metric):
             record = orjson.loads(value)
             record["value"] = {s: n for s, n in record["value"].items() if s not in erased}
             out.append((key, orjson.dumps(record)))
-        elif _student_of(key) not in erased:
+        elif keys.student_of_metric(metric) not in erased:
             out.append((key, value))
     return out
 
@@ -242,7 +235,9 @@ async def _remove(redis: Redis, org: str, student: str, out: Erasure, *, publish
                 else:
                     pipe.zrem(keys.conversations(org), member)
             for day in {hour // 24 for hour in state.costs}:
-                pipe.zrem(keys.session_costs(org, day), f"{state.first_mentor or ''}|{state.cid}")
+                pipe.zrem(
+                    keys.session_costs(org, day), keys.session_cost_member(state.first_mentor or "", state.cid or "")
+                )
             pipe.hdel(keys.conversation_bucket(org, digest), keys.conversation_field(digest))
             await pipe.execute()
         out.conversations += publish

@@ -4,7 +4,8 @@ The platform's conversation ids and mentor ids (`mentor_unique_id`) are UUIDs, a
 anything else. An id that is a UUID in any spelling (upper case, without hyphens) is kept in its canonical
 form, so one conversation or mentor has one key. An id that is not a UUID (a slug, a number) is kept as
 it is and served as a name-based UUID of (org, kind, id), stable forever, so a client can filter or fetch
-by the UUID it was shown: a conversation is addressed by a digest of its served UUID (tables/conversations
+by the UUID it was shown (a version-5 UUID too: name-based UUIDs are version 5, and no served id may be
+another id's, `served`): a conversation is addressed by a digest of its served UUID (tables/conversations
 .py), and `aia:{org}:uuids` maps a mentor's served UUID back to its id.
 """
 
@@ -34,10 +35,25 @@ def normalize(value: str) -> str:
     return canonical(value) or value
 
 
+def served_as_itself(uid: str | None) -> bool:
+    """True for a canonical UUID that is served as it is: any but a version-5 (name-based) one, the only
+    kind `name_uuid` makes."""
+    return uid is not None and uid[14] != "5"
+
+
 @lru_cache(maxsize=65536)  # asked for every event; a conversation's events come together
 def served(org: str, kind: str, value: str) -> str:
-    """The UUID under which a kept id is served."""
-    return canonical(value) or name_uuid(f"{org}|{kind}|{value}")
+    """The UUID under which a kept id is served: a UUID is served as itself, unless it is a version-5 one;
+    anything else (a slug, a number, a version-5 UUID) as the name-based UUID of (org, kind, id).
+
+    Injective: a name-based UUID is version 5, so it never equals an id served as itself, and two different
+    ids name two different strings (an org has no `|`; a slug is not a UUID, a version-5 UUID is named by
+    its canonical spelling), whose UUIDs differ but for a SHA-1 collision. So a producer sending another
+    conversation's or mentor's served UUID as an id of its own gets a conversation or mentor of its own."""
+    uid = canonical(value)
+    if served_as_itself(uid):
+        return uid  # type: ignore[return-value]
+    return name_uuid(f"{org}|{kind}|{uid or value}")
 
 
 _NAMESPACE_BYTES = NAMESPACE.bytes
@@ -53,8 +69,8 @@ def name_uuid(name: str) -> str:
 
 
 def needs_mapping(value: str) -> bool:
-    """True when the served UUID differs from the kept id (the id is not a UUID)."""
-    return canonical(value) is None
+    """True when the served UUID differs from the kept id (the id is not a UUID, or a version-5 one)."""
+    return not served_as_itself(canonical(value))
 
 
 def mapping_value(kind: str, value: str) -> str:

@@ -105,6 +105,12 @@ def progress(group: str) -> str:
     return f"{NS}:progress:{group}"
 
 
+def quarantined() -> str:
+    """Hash topic -> records the workers dead-lettered because processing their batch failed on them (not
+    by validation): `aia_records_quarantined` in /metrics. Global."""
+    return f"{NS}:quarantined"
+
+
 def engine_stats(group: str) -> str:
     """Hash of a Faust-engine worker group's delivery counters (gaps, refetched, out of order, ...). Global."""
     return f"{NS}:engine:{group}"
@@ -141,9 +147,26 @@ def top_students_all(org: str, mentor: str | None = None) -> str:
 
 
 def session_costs(org: str, day: int) -> str:
-    """Sorted set `<mentor>|<session>` -> LLM cost (nano-dollars) of the session's observations that day
-    (a day index), for the per-mentor cost report."""
+    """Sorted set `session_cost_member(mentor, session)` -> LLM cost (nano-dollars) of the session's
+    observations that day (a day index), for the per-mentor cost report."""
     return f"{_org(org)}:costsess:{Grain.DAY.label(day)}"
+
+
+def session_cost_member(mentor: str, session: str) -> str:
+    """A member of `session_costs`: `<length of the mentor id>|<mentor>|<session>`. Length-prefixed, so no
+    two (mentor, session) pairs give the same member whatever `|` they hold (`m|x` with `s` and `m` with
+    `x|s` differ); `parse_session_cost_member` reads it back exactly."""
+    return f"{len(mentor)}|{mentor}|{session}"
+
+
+def parse_session_cost_member(member: str) -> tuple[str, str] | None:
+    """(mentor, session) of a `session_cost_member`, None for anything else (a member written before the
+    length prefix: `ai-analytics rebuild` rewrites those)."""
+    length, sep, rest = member.partition("|")
+    if not sep or not length.isdigit() or len(rest) <= int(length) or rest[int(length)] != "|":
+        return None
+    n = int(length)
+    return rest[:n], rest[n + 1 :]
 
 
 def offsets(org: str) -> str:
@@ -304,10 +327,36 @@ def describe_counter(key: str, member: str, kind: str) -> tuple[str, dict[str, s
         day, _, mentor = bucket.partition("|m|")
         if day == "all" or len(day) in (10, 12):
             return None  # the all-time, hourly and half-hourly sets are served, not published
-        metric = "top_students" if not mentor else f"top_students|m|{mentor}"
+        metric = TOP_STUDENTS if not mentor else f"{TOP_STUDENTS}|m|{mentor}"
         grain, day = ("w", day[1:]) if day.startswith("w") else ("d", day)
         return f"{org}|{metric}|{grain}|{day}", {"org": org, "metric": metric, "grain": grain, "bucket": day}
     return None
+
+
+TOP_STUDENTS = "top_students"  # the metric of a top-students set's record (`top_students|m|<mentor>`: a mentor's)
+
+
+def parse_record_key(record_key: bytes | str) -> tuple[str, str, str, str]:
+    """(org, metric, grain, bucket) of an analytics-aggregates record key: the inverse of `describe_counter`.
+
+    Exact whatever the metric holds (a student, mentor or model name may contain `|`): an org has no `|`
+    (streams/schemas.ORG_RE), a grain and a bucket have none, so the org ends at the first `|`, the bucket
+    starts after the last and the grain after the one before it; the metric is what lies between."""
+    text = record_key.decode() if isinstance(record_key, bytes) else record_key
+    org, _, rest = text.partition("|")
+    metric, grain, bucket = rest.rsplit("|", 2)
+    return org, metric, grain, bucket
+
+
+def is_top_students_metric(metric: str) -> bool:
+    """A top-students set's record (the org's, or a mentor's), whose value maps students to counts."""
+    return metric == TOP_STUDENTS or metric.startswith(f"{TOP_STUDENTS}|m|")
+
+
+def student_of_metric(metric: str) -> str | None:
+    """The student a counter's metric names (their LLM cost, `cost_nanos|u|<student>`), if any."""
+    prefix = cost_field("u", "")
+    return metric[len(prefix) :] if metric.startswith(prefix) else None
 
 
 def counter_record(key: str, member: str, kind: str, value: Any, applied_at_ms: int) -> tuple[bytes, bytes] | None:

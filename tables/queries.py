@@ -32,7 +32,7 @@ from tables.buckets import (
     split_weeks,
     time_zone,
 )
-from tables.conversations import ConversationState, conversation_digest
+from tables.conversations import ConversationState, addressed_digest, conversation_digest
 
 TOP_N = 20
 NANOS = Decimal(1_000_000_000)
@@ -249,7 +249,9 @@ async def session_costs(redis: Redis, org: str, start: datetime, end: datetime) 
     if last < first:
         return {}
     merged = await zunion(redis, [keys.session_costs(org, day_index(d)) for d in days_between(first, last)])
-    candidates = [member.decode().partition("|")[::2] for member, score in merged if int(score)]
+    candidates = [
+        pair for member, score in merged if int(score) and (pair := keys.parse_session_cost_member(member.decode()))
+    ]
     states = await conversation_states(redis, org, [conversation_digest(org, s) for _, s in candidates])
     lo, hi = hour_index(start.astimezone(UTC)), hour_index(end.astimezone(UTC))
     out: dict[tuple[str, str], int] = {}
@@ -423,7 +425,7 @@ async def chat_history(
 async def conversation(redis: Redis, org: str, conv_id: str) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
     """(the kept id, the stored record, the served conversation) of a conversation by the id a client
     sends (a served UUID or a kept id), or None when there is none (or it was deleted)."""
-    (conv,) = await conversation_states(redis, org, [conversation_digest(org, ids.normalize(conv_id))])
+    (conv,) = await conversation_states(redis, org, [addressed_digest(org, conv_id)])
     if conv.deleted or (conv.record_version is None and conv.started_ms is None) or conv.cid is None:
         return None
     stored: dict[str, Any] = orjson.loads(conv.record_json) if conv.record_json else {}

@@ -211,7 +211,13 @@ async def expire_conversations(redis: Redis, org: str, before_ms: int, *, chunk:
             calls.append(
                 (
                     [bucket.decode(), keys.conversations(org), *filters, *costs],
-                    [fld, st.version or 0, digest, len(filters), f"{st.first_mentor or ''}|{st.cid}"],
+                    [
+                        fld,
+                        st.version or 0,
+                        digest,
+                        len(filters),
+                        keys.session_cost_member(st.first_mentor or "", st.cid or ""),
+                    ],
                 )
             )
         if calls:

@@ -48,6 +48,20 @@ for _, d in ipairs(p.d) do
     end
   end
 end
+-- The counters first, each by pcall: one that would leave 64 bits (hostile values) undoes those before it
+-- and refuses the whole write before anything else is written (a script's error keeps what it wrote).
+local new_h = {}
+for n, o in ipairs(p.i) do
+  local v = redis.pcall('HINCRBY', KEYS[o[1]], o[2], o[3])
+  if type(v) == 'table' and v.err then
+    for m = n - 1, 1, -1 do  -- negated as text: a double would round increments past 2^53
+      local d = p.i[m][3]
+      redis.call('HINCRBY', KEYS[p.i[m][1]], p.i[m][2], string.sub(d, 1, 1) == '-' and string.sub(d, 2) or '-' .. d)
+    end
+    return redis.error_reply('ERR apply script refused: ' .. KEYS[o[1]] .. ' ' .. o[2] .. ': ' .. v.err)
+  end
+  new_h[n] = v
+end
 for _, w in ipairs(p.w) do redis.call('HSET', offsets, w[1], w[3]) end
 for _, c in ipairs(p.c) do redis.call('HSET', KEYS[c[1]], ARGV[c[2]], ARGV[c[4]]) end
 for _, d in ipairs(p.d) do
@@ -61,8 +75,6 @@ for _, d in ipairs(p.d) do
     redis.call('HSET', key, unpack(args))
   end
 end
-local new_h = {}
-for _, o in ipairs(p.i) do new_h[#new_h + 1] = redis.call('HINCRBY', KEYS[o[1]], o[2], o[3]) end
 for _, o in ipairs(p.z) do
   local key = KEYS[o[1]]
   for i = 2, #o, 2 do redis.call('ZINCRBY', key, o[i + 1], o[i]) end

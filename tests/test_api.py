@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -479,3 +480,53 @@ def test_aggregates_topic_rebuilds_the_api_values(env: Env) -> None:
                 totals.update(v["value"])
         want = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
         assert [(r["username"], r["chat_message_count"]) for r in top.json()] == want
+
+
+# --- what a hostile client may send -------------------------------------------------------------------
+
+
+def test_a_repeated_parameter_is_a_400_and_never_served_from_the_cache(env: Env) -> None:
+    """The cache names an answer by the parsed query: `a=1&a=2` and `a=2&a=1` are refused, not served one
+    another's answer; a percent-encoded spelling of the same query is the same answer."""
+    org = "acme-academy"
+    first, last = days(env)
+    headers = {"Authorization": f"Api-Token {env.keys['admin']}"}
+    url = env.url(org, "average-messages-per-session")
+    for query in (
+        f"start_date={first}&start_date={last}&end_date={last}",
+        f"start_date={last}&end_date={last}&start_date={first}",
+    ):
+        r = httpx.get(f"{url}?{query}", headers=headers)
+        assert r.status_code == 400 and r.json()["parameter"] == "start_date", r.text
+    plain = httpx.get(f"{url}?start_date={first}&end_date={last}", headers=headers)
+    encoded = httpx.get(f"{url}?end_date={str(last).replace('-', '%2D')}&start_date={first}", headers=headers)
+    assert plain.status_code == encoded.status_code == 200
+    assert (plain.headers["etag"], plain.json()) == (encoded.headers["etag"], encoded.json())
+
+
+def test_chat_history_bodies_too_big_or_too_deep_are_client_errors(env: Env) -> None:
+    org = "acme-academy"
+    headers = {"Authorization": f"Token {env.keys['admin']}", "Content-Type": "application/json"}
+    url = env.url(org, "chat-history")
+    for size in (2_000_000, 10_000_000):  # over the documented 512 KiB: 413, not "Kafka unavailable, retry"
+        body = b'{"mentor": "m", "metadata": "' + b"x" * size + b'"}'
+        r = httpx.post(url, content=body, headers=headers, timeout=30)
+        assert r.status_code == 413 and r.json()["parameter"] == "body", r.text[:200]
+    for depth in (300, 1000):  # orjson reads 1,024 levels and writes 254: 400, not 503
+        body = b'{"mentor": "m", "metadata": ' + b"[" * depth + b"1" + b"]" * depth + b"}"
+        r = httpx.post(url, content=body, headers=headers)
+        assert r.status_code == 400 and r.json()["parameter"] == "body" and "deep" in r.json()["detail"], r.text[:200]
+    many = httpx.post(url, json={"mentor": "m", "topics": [{"name": f"t{i}"} for i in range(65)]}, headers=headers)
+    assert many.status_code == 400 and "topics" in many.json()["detail"], many.text
+
+
+def test_any_username_an_event_may_carry_can_be_erased(env: Env) -> None:
+    org = "globex-school"
+    headers = {"Authorization": f"Api-Token {env.keys['admin']}"}
+    prefix = env.url(org, "students/placeholder").removesuffix("placeholder/")
+    for username in ("a/b", "x" * 1024, "eve|top_students|x"):
+        r = httpx.delete(f"{prefix}{quote(username, safe='')}/", headers=headers)
+        assert r.status_code == 200, (username[:20], r.status_code, r.text[:200])
+        assert r.json()["org"] == org
+    too_long = httpx.delete(f"{prefix}{'x' * 1025}/", headers=headers)
+    assert too_long.status_code == 400
