@@ -26,7 +26,7 @@ from streams.settings import Settings
 from tables import keys
 from tables.buckets import Retention
 from tables.connections import Replication, wait_replicas
-from tables.erase import PublicationFence
+from tables.erase import PublicationFence, Tombstones
 from tables.generations import Generations, GenerationsChanged
 from tables.state import OrgState, StateQuery, StateReader, as_after
 from tables.writer import OrgWrite, Writer
@@ -122,7 +122,8 @@ class BatchProcessor:
         self.send_dead_letters = send_dead_letters
         self.publish = publish
         self.writer = Writer(redis)
-        self.fence = PublicationFence(redis)
+        self.fence = PublicationFence(redis, settings.erasure_secret)
+        self.tombstones: Tombstones | None = None  # loaded with the first batch (tables/erase.Tombstones)
         self.reader = StateReader(redis)
         replicas = wait_replicas(settings.redis_url, settings.redis_wait_replicas)
         self.replication = Replication(redis, replicas, settings.redis_wait_timeout_ms)
@@ -453,7 +454,9 @@ class BatchProcessor:
 
     async def read(self, by_org: dict[str, list[Event]]) -> Read:
         """Every org's state, in one round trip."""
-        queries = {org: state_query(items) for org, items in by_org.items()}
+        if self.tombstones is None:
+            self.tombstones = await Tombstones.load(self.redis, self.settings.erasure_secret)
+        queries = {org: state_query(items, self.tombstones) for org, items in by_org.items()}
         return queries, await self.reader.read(queries)
 
     async def plan(

@@ -24,11 +24,12 @@ from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, Se
 from tables import ids, keys
 from tables.buckets import DAY_MS, HALF_MS, MINUTE_MS, Grain, Retention
 from tables.conversations import ConversationState, conversation_digest, event_digest, is_newer, starts_earlier
+from tables.erase import Tombstones
 from tables.state import OrgState, StateQuery
 from tables.writer import OrgWrite
 
 
-def state_query(items: list[Event]) -> StateQuery:
+def state_query(items: list[Event], tombstones: Tombstones) -> StateQuery:
     """What to read before planning: offset fields, observation ids, conversation ids (a conversation's
     state says which of its events it has counted), the tombstones of the batch's students."""
     partitions: dict[tuple[str, int], None] = {}
@@ -49,7 +50,8 @@ def state_query(items: list[Event]) -> StateQuery:
         sorted(keys.offset_field(topic, partition) for topic, partition in partitions),
         list(observations),
         list(dict.fromkeys(map(ids.normalize, convs))),
-        [keys.tombstone(org, student) for student in students],
+        [field for student in students for field in tombstones.fields(org, student)],
+        list(students),
     )
 
 
@@ -124,11 +126,7 @@ class Planner:
             offset = ev.src_offset
             if offset > last_offsets.get(tp, -1):
                 last_offsets[tp] = offset
-            if (
-                state.erased
-                and (student := student_of(ev)) is not None
-                and keys.tombstone(org, student) in state.erased
-            ):
+            if state.erased and (student := student_of(ev)) is not None and student in state.erased:
                 dropped += 1
                 continue
             if ev.ts_ms > newest_ms:

@@ -35,7 +35,14 @@ async def erase_student(
     re-sent or replayed event of theirs is dropped. Answers the audit record (also written to the compacted
     `analytics-erasures` topic); `by` is the key's id."""
     require_admin(key, "erasing a student")
-    erasure = await erase.erase_student(state.redis, org, student, by=f"key:{key.id}", now_ms=int(time.time() * 1000))
+    erasure = await erase.erase_student(
+        state.redis,
+        org,
+        student,
+        by=f"key:{key.id}",
+        now_ms=int(time.time() * 1000),
+        secret=state.settings.erasure_secret,
+    )
     for topic, record_key, value in await erase.publications(state.redis, erasure):
         await state.kafka.send(topic, value, key=record_key)
     return erasure.audit()

@@ -110,7 +110,12 @@ async def _erase(redis: Redis, settings: Settings, args: argparse.Namespace) -> 
         print("ai-analytics: --org is an org name and --student a username", file=sys.stderr)
         return 2
     erasure = await erase.erase_student(
-        redis, args.org, args.student, by=f"cli:{args.by}", now_ms=int(time.time() * 1000)
+        redis,
+        args.org,
+        args.student,
+        by=f"cli:{args.by}",
+        now_ms=int(time.time() * 1000),
+        secret=settings.erasure_secret,
     )
     producer = clients.producer(settings.kafka_bootstrap, client_id=f"{settings.app_id}-erase")
     await producer.start()

@@ -13,10 +13,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streams.settings import Settings
-from streams.topics import ALL_TOPICS, COMPACTED_TOPICS
+from streams.topics import ALL_TOPICS, COMPACTED_TOPICS, DEAD_LETTER
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,19 @@ async def whole_topic(bootstrap: str, topic: str, start: str) -> tuple[AIOKafkaC
     return consumer, sorted(consumer.assignment())
 
 
+def topic_configs(settings: Settings, name: str) -> dict[str, str]:
+    """A contract topic's own configuration: the aggregates and erasures compacted; the dead letters kept
+    `AIA_DEAD_LETTER_RETENTION_DAYS` (their raw values may name a student an erasure must forget)."""
+    if name in COMPACTED_TOPICS:
+        return {"cleanup.policy": "compact"}
+    if name == DEAD_LETTER:
+        return {"retention.ms": str(settings.dead_letter_retention_days * 86_400_000)}
+    return {}
+
+
 async def ensure_topics(settings: Settings, *, attempts: int = 10) -> list[str]:
-    """Create every contract topic that is missing (the aggregates topic compacted); return the names created."""
+    """Create every contract topic that is missing (`topic_configs`), set the dead letters' retention on an
+    existing topic too; return the names created."""
     for attempt in range(1, attempts + 1):
         client = admin(settings.kafka_bootstrap)
         try:
@@ -91,7 +103,7 @@ async def ensure_topics(settings: Settings, *, attempts: int = 10) -> list[str]:
                     settings.topic(name),
                     num_partitions=settings.topic_partitions,
                     replication_factor=settings.topic_replication,
-                    topic_configs={"cleanup.policy": "compact"} if name in COMPACTED_TOPICS else {},
+                    topic_configs=topic_configs(settings, name),
                 )
                 for name in ALL_TOPICS
                 if settings.topic(name) not in existing
@@ -99,6 +111,11 @@ async def ensure_topics(settings: Settings, *, attempts: int = 10) -> list[str]:
             if new:
                 with contextlib.suppress(TopicAlreadyExistsError):  # another process created it first
                     await client.create_topics(new)
+            if settings.topic(DEAD_LETTER) in existing:  # its retention follows the setting
+                resource = ConfigResource(
+                    ConfigResourceType.TOPIC, settings.topic(DEAD_LETTER), topic_configs(settings, DEAD_LETTER)
+                )
+                await client.alter_configs([resource])
             return [t.name for t in new]
         except KafkaConnectionError:
             if attempt == attempts:

@@ -52,6 +52,12 @@ class Settings:
     history_retention_days: int = 0
     # Events stamped further than this in the future are dead letters (clock skew allowance).
     max_future_seconds: int = 300
+    # How long the dead-letter topic keeps a record (its raw value may name a student an erasure must
+    # forget): the topic's retention.ms, set when the topics are created or checked.
+    dead_letter_retention_days: int = 14
+    # The key of erased students' tombstone digests (tables/erase.Tombstones); empty: a random one made
+    # once and kept in Redis. Every worker, API and CLI of a deployment must agree on it.
+    erasure_secret: str = ""
     price_table: Path | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -86,6 +92,7 @@ class Settings:
             "batch_size",
             "hourly_retention_days",
             "dedup_window_days",
+            "dead_letter_retention_days",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")

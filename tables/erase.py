@@ -4,8 +4,9 @@
    guarded on that version (agents/planner.py), so a batch planned before the erasure cannot write after
    it; every batch planned after it drops the student's events (chat messages, sentiment, chat-history
    records), counting them in the org's `meta` (`dropped|erased`, in /metrics). A rebuild, a replay or a
-   producer's re-send meets the same tombstone. The tombstone is a digest of (org, student): it does not
-   keep the username.
+   producer's re-send meets the same tombstone. The tombstone is a digest of (org, student) keyed with the
+   deployment's secret (`Tombstones`): it does not keep the username, and without the secret nobody can
+   confirm that a guessed username was erased. (Tombstones written before the secret, unkeyed, still hold.)
 2. Then everything that names the student is removed; nothing can add it back:
    - their conversations (found through the student index and by scanning the org's conversation buckets
      for the record's or the earliest message's student): the state (the record, with its email), every
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,13 +108,35 @@ class Erasure:
         }
 
 
-async def is_erased(redis: Redis, org: str, student: str) -> bool:
-    return bool(await redis.hexists(keys.erasures(org), keys.tombstone(org, student)))
+@dataclass(frozen=True)
+class Tombstones:
+    """The deployment's tombstone digests: keyed with `AIA_ERASURE_SECRET`, or without it with a secret made
+    once and kept in Redis (`keys.erasure_secret`), which every process reads."""
+
+    secret: bytes
+
+    @classmethod
+    async def load(cls, redis: Redis, configured: str = "") -> Tombstones:
+        if configured:
+            return cls(configured.encode())
+        await redis.set(keys.erasure_secret(), secrets.token_hex(32), nx=True)
+        value: Any = await redis.get(keys.erasure_secret())
+        return cls(bytes(value))
+
+    def of(self, org: str, student: str) -> str:
+        """The field an erasure writes."""
+        return keys.tombstone(org, student, self.secret)
+
+    def fields(self, org: str, student: str) -> tuple[str, str]:
+        """The fields that say a student is erased: the keyed one, and the unkeyed one of an erasure made
+        before the secret."""
+        return keys.tombstone(org, student, self.secret), keys.legacy_tombstone(org, student)
 
 
-async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms: int) -> Erasure:
-    """Tombstone the student, then remove every trace of them from the org's keys (see the module)."""
-    tombstone = keys.tombstone(org, student)
+async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms: int, secret: str = "") -> Erasure:
+    """Tombstone the student, then remove every trace of them from the org's keys (see the module).
+    `secret`: `AIA_ERASURE_SECRET` (empty: the one kept in Redis)."""
+    tombstone = (await Tombstones.load(redis, secret)).of(org, student)
     out = Erasure(org, student, tombstone, now_ms, by)
     script: Any = redis.register_script(ERASE_LUA)
     under_way = await script(
@@ -153,9 +177,11 @@ class PublicationFence:
     """The workers' side of the fence above: `begin` an org's changefeed records (those naming an erased
     student left out), send them, then `end`."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, secret: str = "") -> None:
         self.redis = redis
         self.script = Script(redis, PUBLISH_BEGIN_LUA)
+        self.secret = secret
+        self.tombstones: Tombstones | None = None
 
     async def begin(self, records: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], list[str], str]:
         """The records to send (erased students' left out), the orgs and the token to `end`."""
@@ -164,16 +190,21 @@ class PublicationFence:
         for key, value in records:
             by_org.setdefault(key[: key.index(b"|")].decode(), []).append((key, value))
         named = {org: _students_named(recs) for org, recs in by_org.items()}
+        if self.tombstones is None:
+            self.tombstones = await Tombstones.load(self.redis, self.secret)
+        fields = self.tombstones.fields
         calls = [
             (
                 [keys.erasures(org), keys.publishing(org)],
-                [token, PUBLISH_STALE_MS, *(keys.tombstone(org, s) for s in named[org])],
+                [token, PUBLISH_STALE_MS, *(f for s in named[org] for f in fields(org, s))],
             )
             for org in by_org
         ]
         out: list[tuple[bytes, bytes]] = []
         for org, flags in zip(by_org, await self.script.run_many(calls), strict=True):
-            erased = {s for s, flag in zip(named[org], flags, strict=True) if flag}
+            erased = {
+                s for s, keyed, legacy in zip(named[org], flags[0::2], flags[1::2], strict=True) if keyed or legacy
+            }
             out += _without(by_org[org], erased) if erased else by_org[org]
         return out, list(by_org), token
 

@@ -7,6 +7,7 @@ org run as one atomic script, and multi-key reads work on a cluster.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -264,7 +265,7 @@ def org_generations(org: str) -> str:
 
 
 def erasures(org: str) -> str:
-    """Hash of an org's erased students: `tombstone(org, student)` -> JSON {at, by}, and `v`, bumped by every
+    """Hash of an org's erased students: `tombstone(org, student, secret)` -> JSON {at, by}, and `v`, bumped by every
     erasure (each batch's apply is guarded on it, so none planned before an erasure can write after it).
     Outside the generations: a rebuild meets the same tombstones."""
     return f"{NS}:erased:{{{org}}}"
@@ -287,9 +288,23 @@ ERASED_DROPPED = "dropped|erased"  # a `meta` field: events of erased students d
 
 
 @lru_cache(maxsize=65536)
-def tombstone(org: str, student: str) -> str:
-    """The erased-students field of a student: a digest, so the tombstone does not keep the username."""
+def tombstone(org: str, student: str, secret: bytes) -> str:
+    """The erased-students field of a student: a digest keyed with the deployment's secret
+    (`erasure_secret`), so the tombstone keeps no username and nobody without the secret can tell
+    whether a guessed username was erased."""
+    return hmac.new(secret, f"{org}\0{student}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+@lru_cache(maxsize=65536)
+def legacy_tombstone(org: str, student: str) -> str:
+    """The unkeyed digest tombstones had before the secret: still honoured, never written."""
     return hashlib.sha256(f"{org}\0{student}".encode()).hexdigest()[:32]
+
+
+def erasure_secret() -> str:
+    """String: the deployment's tombstone secret (hex), made once by the first process that needs it when
+    `AIA_ERASURE_SECRET` is not set (tables/erase.Tombstones). Global."""
+    return f"{NS}:erasure-secret"
 
 
 def org_of(key: str) -> str:

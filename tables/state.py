@@ -45,7 +45,7 @@ class OrgState:
     offsets: dict[str, int | None] = field(default_factory=dict)
     observations: dict[str, str | None] = field(default_factory=dict)  # event_id -> value
     convs: dict[str, ConversationState] = field(default_factory=dict)  # every conversation read (empty if new)
-    erased: set[str] = field(default_factory=set)  # tombstones of the batch's students that are erased
+    erased: set[str] = field(default_factory=set)  # the batch's students that are erased
     erasures_version: str | None = None  # the erased-students hash's version: the apply's guard
     generations_version: str | None = None  # the org's copy of the generations' version: a guard too
 
@@ -58,7 +58,8 @@ class StateQuery:
     offset_fields: list[str]
     observations: list[str]
     convs: list[str]
-    tombstones: list[str] = field(default_factory=list)
+    tombstones: list[str] = field(default_factory=list)  # each student's two (tables/erase.Tombstones.fields)
+    students: list[str] = field(default_factory=list)
 
 
 class StateReader:
@@ -91,7 +92,10 @@ class StateReader:
             st = OrgState()
             st.generations_version = None if gens_v is None else gens_v.decode()
             st.erasures_version = None if erased[0] is None else erased[0].decode()
-            st.erased = {t for t, val in zip(q.tombstones, erased[1:], strict=True) if val is not None}
+            flags = erased[1:]
+            st.erased = {
+                s for s, keyed, legacy in zip(q.students, flags[0::2], flags[1::2], strict=True) if keyed or legacy
+            }
             for fld, val in zip(q.offset_fields, offsets, strict=True):
                 st.offsets[fld] = None if val is None else int(val)
             for event_id, val in zip(q.observations, obs_vals, strict=True):

@@ -443,3 +443,76 @@ async def test_generated_hostile_events_never_stop_the_worker_nor_touch_a_bystan
     dead = await _dead_letters(cfg)
     assert all(dead[where]["reason"] for where in sent_bad)
     assert int((await redis.hget(keys.quarantined(), "chat-messages")) or 0) == 0  # nothing valid isolated
+
+
+# --- erasure leaves nothing a reader could use ---------------------------------------------------------
+
+
+def test_tombstones_are_keyed_with_the_deployments_secret() -> None:
+    import hashlib
+
+    unkeyed = hashlib.sha256(b"acme\0ann").hexdigest()[:32]
+    assert keys.tombstone("acme", "ann", b"s1") not in (unkeyed, keys.tombstone("acme", "ann", b"s2"))
+    assert keys.legacy_tombstone("acme", "ann") == unkeyed
+
+
+@pytest.mark.integration
+async def test_an_erasure_from_before_the_secret_still_drops_the_students_events(hostile_worker: Any) -> None:
+    cfg, producer, redis, worker = hostile_worker
+    now = int(datetime.now(UTC).timestamp() * 1000) - 60_000
+    await redis.hset(keys.erasures("acme"), keys.legacy_tombstone("acme", "old"), b'{"at_ms": 1, "by": "test"}')
+    events = [
+        (
+            "chat-messages",
+            {
+                "event_id": f"l{i}",
+                "org": "acme",
+                "timestamp": now,
+                "session_id": f"s-{who}",
+                "student": who,
+                "mentor_id": "m",
+                "role": "human",
+            },
+        )
+        for i, who in enumerate(["old", "new", "old"])
+    ]
+    await _send(producer, cfg, events)
+    today = datetime.fromtimestamp(now / 1000, UTC).date()
+
+    async def done() -> Any:
+        top = await queries.top_students(redis, "acme", today, today)
+        return True if top == [{"username": "new", "chat_message_count": 1}] else top
+
+    await _until(done, worker)
+    assert int(await redis.hget(keys.meta("acme"), keys.ERASED_DROPPED) or 0) == 2
+
+
+@pytest.mark.integration
+async def test_dead_letters_are_kept_for_the_configured_days(settings: Settings, topics: list[str]) -> None:
+    """The dead-letter topic's retention (its raw values may name an erased student) is the setting's, also
+    on a topic that existed before."""
+    from dataclasses import replace
+
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from streams import clients
+
+    async def retention_ms() -> int:
+        admin = clients.admin(settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            (response,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, settings.topic("analytics-dead-letter"))]
+            )
+        finally:
+            await admin.close()
+        entries = response.resources[0][4]
+        return int(next(e[1] for e in entries if e[0] == "retention.ms"))
+
+    assert await retention_ms() == settings.dead_letter_retention_days * 86_400_000
+    await clients.ensure_topics(replace(settings, dead_letter_retention_days=3))
+    for _ in range(40):  # the controller applies a topic's new configuration within moments
+        if await retention_ms() == 3 * 86_400_000:
+            break
+        await asyncio.sleep(0.25)
+    assert await retention_ms() == 3 * 86_400_000
