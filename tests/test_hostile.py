@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 from agents.pipeline import is_data_fault
 from streams.exceptions import InvalidEvent
 from streams.schemas import MAX_TOKENS, MIN_TIME_MS, Limits, parse
-from streams.settings import Settings
+from streams.settings import ENGINES, Settings
 from tables import ids, keys, queries
 from tables.buckets import Grain
 from tests import reference
@@ -314,6 +314,7 @@ async def test_events_that_used_to_stop_the_worker_and_colliding_ids(hostile_wor
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("engine", ENGINES)
 async def test_a_counter_driven_past_64_bits_dead_letters_only_the_records_that_would_pass_it(
     hostile_worker: Any,
 ) -> None:
