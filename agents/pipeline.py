@@ -269,6 +269,7 @@ class BatchProcessor:
         if prepared.dead:
             # Before the batch's offsets can be committed, so no bad event is ever lost.
             await self.send_dead_letters(prepared.dead)
+        await self._register(prepared.by_org)
         pending = Pending(prepared, publish_later)
         gens = await Generations.read(self.redis)
         if gens.building is None:
@@ -304,7 +305,6 @@ class BatchProcessor:
         if p.by_org:
             # On replicas before anyone records the batch as applied (tables/connections.py)
             await self.replication.wait(p.by_org)
-            await self.redis.sadd(keys.orgs(), *p.by_org)
         if self.publish is not None and done:
             with keys.generation(gens.current):
                 records_out = await self.aggregate_records(done, p.now_ms)
@@ -419,12 +419,20 @@ class BatchProcessor:
         by_org, dead = self.validate(records, now_ms)
         result = BatchResult(dead=len(dead), orgs=set(by_org))
         gens = await Generations.read(self.redis)
+        await self._register(by_org)
         with keys.generation(generation):
             await self._apply(by_org, now_ms, gens, result)
         if by_org:
             await self.replication.wait(by_org)
-            await self.redis.sadd(keys.orgs(), *by_org)
         return result
+
+    async def _register(self, orgs: Iterable[str]) -> None:
+        """Add the orgs of a batch to the set of orgs before any of their data is written, so no reader
+        sees data of an org the org list lacks (an org whose events all fail later is an org with zeros,
+        as a registered one is)."""
+        named = list(orgs)
+        if named:
+            await self.redis.sadd(keys.orgs(), *named)
 
     async def _apply(
         self, by_org: dict[str, list[Event]], now_ms: int, gens: Generations, result: BatchResult
