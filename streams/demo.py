@@ -66,7 +66,7 @@ class DemoTraffic:
         org = rng.choices(ORGS, weights=(5, 3, 2))[0]
         mentor = rng.choice(tuple(MENTORS))
         student = STUDENTS[min(int(rng.paretovariate(1.2)) - 1, len(STUDENTS) - 1)]
-        session_id = uuid.UUID(int=rng.getrandbits(128)).hex
+        session_id = uuid.UUID(int=rng.getrandbits(128), version=4).hex  # random UUIDs, as the platform sends
         n_messages = rng.randint(2, 12)
         gaps = [rng.uniform(5, 60) for _ in range(n_messages)]
         # The session ends at most a minute before `now`: nothing is stamped in the future.
@@ -101,7 +101,7 @@ class DemoTraffic:
                     "event_id": self._id("obs"),
                     "org": org,
                     "timestamp": format_timestamp(t),
-                    "trace_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+                    "trace_id": uuid.UUID(int=rng.getrandbits(128), version=4).hex,
                     "session_id": session_id,
                     "type": "generation",
                     "model": model,
