@@ -29,7 +29,7 @@ from mode import Service
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agents.outputs import Outputs
+from agents.outputs import Outputs, sweep_changefeed
 from agents.pipeline import BatchProcessor, BatchResult
 from agents.progress import PartitionProgress
 from streams import clients
@@ -103,6 +103,7 @@ class FaustEngine:
             asyncio.create_task(prune_loop(settings, self._stop), name="prune"),
             asyncio.create_task(collect_loop(self._stop), name="gc"),
             asyncio.create_task(self._log_progress(self._stop), name="progress-log"),
+            asyncio.create_task(sweep_changefeed(self.processor, self._stop), name="changefeed"),
         ]
         if alerts is not None:
             self._tasks.append(asyncio.create_task(alerts.run(self._stop), name="alerts"))
@@ -141,6 +142,7 @@ class FaustEngine:
                 if redis_failed:
                     await self._check_redis_progress({(r.topic, r.partition) for r in records})
                 result = await self.processor.process(records)
+                await self.processor.publish_changes(result.orgs)
                 break
             except (RedisError, KafkaError, OSError) as exc:
                 redis_failed = redis_failed or isinstance(exc, (RedisError, OSError))

@@ -25,9 +25,11 @@ from streams.schemas import Event, Limits, parse
 from streams.settings import Settings
 from tables import keys
 from tables.buckets import Retention
+from tables.changefeed import Changefeed, orgs_with_marks
 from tables.connections import Replication, wait_replicas
 from tables.erase import PublicationFence, Tombstones
 from tables.generations import Generations, GenerationsChanged
+from tables.queries import list_orgs
 from tables.state import OrgState, StateQuery, StateReader, as_after
 from tables.writer import OrgWrite, Writer
 
@@ -62,8 +64,6 @@ class BatchResult:
     dead: int = 0
     orgs: set[str] = field(default_factory=set)
     attempts: int = 1
-    # With `publish_later`: the analytics-aggregates records the caller must publish before committing.
-    publications: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -85,7 +85,6 @@ class Pending:
     """A batch `start` applied all but its last part of (in flight); `finish` completes it."""
 
     prepared: Prepared
-    publish_later: bool
     started: bool = False  # False: a rebuild runs or the generations changed: `finish` applies it whole
     gens: Generations = field(default_factory=lambda: Generations(0, None, None))
     result: BatchResult = field(default_factory=BatchResult)
@@ -123,6 +122,7 @@ class BatchProcessor:
         self.publish = publish
         self.writer = Writer(redis)
         self.fence = PublicationFence(redis, settings.erasure_secret)
+        self.changefeed = Changefeed(redis, self.fence)
         self.tombstones: Tombstones | None = None  # loaded with the first batch (tables/erase.Tombstones)
         self.reader = StateReader(redis)
         replicas = wait_replicas(settings.redis_url, settings.redis_wait_replicas)
@@ -183,32 +183,30 @@ class BatchProcessor:
                 raise
             return await self.isolate(list(records), exc)
 
-    async def _process(self, records: Sequence[Record], *, publish_later: bool = False) -> BatchResult:
+    async def _process(self, records: Sequence[Record]) -> BatchResult:
         now_ms = int(time.time() * 1000)
         by_org, dead = self.validate(records, now_ms, ordered=True)
-        prepared = Prepared(by_org, dead, len(records), now_ms)
-        return await self.finish(await self.start(prepared, publish_later=publish_later))
+        return await self.finish(await self.start(Prepared(by_org, dead, len(records), now_ms)))
 
-    async def process_groups(self, groups: Sequence[Group], *, publish_later: bool = False) -> BatchResult:
+    async def process_groups(self, groups: Sequence[Group]) -> BatchResult:
         """Apply a batch of records grouped by partition (each group in offset order, each record once).
-        `publish_later`: the aggregates' records are returned (`BatchResult.publications`), not published.
         A data fault isolates the record(s) causing it (`isolate`)."""
         try:
-            return await self.finish(await self.start(await self.prepare(groups), publish_later=publish_later))
+            return await self.finish(await self.start(await self.prepare(groups)))
         except Exception as exc:
             if not is_data_fault(exc):
                 raise
             records = [
                 Record(topic, partition, r.offset, r.key, r.value) for topic, partition, rs in groups for r in rs
             ]
-            return await self.isolate(records, exc, publish_later=publish_later)
+            return await self.isolate(records, exc)
 
-    async def isolate(self, records: list[Record], exc: Exception, *, publish_later: bool = False) -> BatchResult:
+    async def isolate(self, records: list[Record], exc: Exception) -> BatchResult:
         """Apply a batch whose processing failed on a data fault: in halves, and halves of the halves that fail
         again, until each record that still fails is alone; those are dead-lettered with the exception as
         reason (and counted, `aia_records_quarantined`), the rest applied. The records are in offset order
-        per partition, and the parts are applied (and their aggregates' records kept) in that order, so the
-        changefeed's order is the applies' order. A record that cannot be processed never stops the worker."""
+        per partition, and the parts are applied in that order. A record that cannot be processed never
+        stops the worker."""
         log.error(
             "a batch of %d record(s) failed (%s: %s); applying it in parts to isolate the record(s) causing it",
             len(records), type(exc).__name__, str(exc)[:300],
@@ -217,7 +215,7 @@ class BatchProcessor:
 
         async def attempt(part: list[Record]) -> None:
             try:
-                result = await self._process(part, publish_later=publish_later)
+                result = await self._process(part)
             except Exception as exc:
                 if not is_data_fault(exc):
                     raise
@@ -240,7 +238,6 @@ class BatchProcessor:
             total.dead += result.dead
             total.orgs |= result.orgs
             total.attempts = max(total.attempts, result.attempts)
-            total.publications += result.publications
 
         half = len(records) // 2
         for part in (records[:half], records[half:]) if half else (records,):
@@ -263,14 +260,14 @@ class BatchProcessor:
                 await asyncio.sleep(0)
         return Prepared(by_org, dead, sum(len(rs) for _, _, rs in groups), now_ms)
 
-    async def start(self, prepared: Prepared, *, publish_later: bool = False) -> Pending:
+    async def start(self, prepared: Prepared) -> Pending:
         """Send the batch's dead letters and apply it, all but its last part, which is left in flight;
         `finish` completes it. A batch applied while a rebuild runs is applied whole here."""
         if prepared.dead:
             # Before the batch's offsets can be committed, so no bad event is ever lost.
             await self.send_dead_letters(prepared.dead)
         await self._register(prepared.by_org)
-        pending = Pending(prepared, publish_later)
+        pending = Pending(prepared)
         gens = await Generations.read(self.redis)
         if gens.building is None:
             keys.CURRENT = gens.current
@@ -286,8 +283,9 @@ class BatchProcessor:
         return pending
 
     async def finish(self, pending: Pending) -> BatchResult:
-        """Settle the part `start` left in flight (re-planning what met a conflict), and what follows a
-        batch's apply: the orgs it names, its aggregates' records (published, or returned)."""
+        """Settle the part `start` left in flight (re-planning what met a conflict), and wait for the batch's
+        writes to be on replicas. Its counters are published by `publish_changes`, from the marks its apply
+        left."""
         p = pending.prepared
         gens, result = pending.gens, pending.result
         try:
@@ -298,20 +296,12 @@ class BatchProcessor:
                 pending.inflight = None
                 with keys.generation(gens.current):
                     await self._settle(await task, writes, p.now_ms, gens, result, pending.done)
-            done = pending.done
         except GenerationsChanged:
-            gens, result, done = await self._apply_whole(p)
+            gens, result, _ = await self._apply_whole(p)
         result.skipped = p.n_records - len(p.dead) - result.applied
         if p.by_org:
             # On replicas before anyone records the batch as applied (tables/connections.py)
             await self.replication.wait(p.by_org)
-        if self.publish is not None and done:
-            with keys.generation(gens.current):
-                records_out = await self.aggregate_records(done, p.now_ms)
-            if pending.publish_later:
-                result.publications = records_out
-            else:
-                await self.publish_records(records_out)
         return result
 
     async def _apply_whole(self, p: Prepared) -> tuple[Generations, BatchResult, list[tuple[OrgWrite, OrgState]]]:
@@ -360,7 +350,7 @@ class BatchProcessor:
                         done += await self._apply(part, now_ms, gens, result)  # planned again, from Redis
                         continue
                 for w in writes:
-                    _guard_generations(w)
+                    _guard_generations(w, gens)
                 # The next part's state is read before this part's apply reaches Redis, so the read does
                 # not wait behind it; the next plan assumes this part's writes (`as_after`).
                 next_read = asyncio.create_task(self.read(parts[k + 1])) if k + 1 < len(parts) else None
@@ -400,18 +390,19 @@ class BatchProcessor:
         done += await self._apply(items, now_ms, gens, result)
         return False
 
-    async def publish_records(self, records: list[tuple[bytes, bytes]]) -> None:
-        """Publish aggregates' records (those a `publish_later` batch returned): fenced against erasures, so
-        none that names a student lands after the erasure's Kafka tombstones (tables/erase.py)."""
-        if self.publish is None or not records:
-            return
-        out, orgs, token = await self.fence.begin(records)
-        try:
-            if out:
-                await self.publish(out)
-        finally:
-            with contextlib.suppress(Exception):  # a token left behind is taken for dead after a minute
-                await self.fence.end(orgs, token)
+    async def publish_changes(self, orgs: Iterable[str]) -> int:
+        """Publish the orgs' counters that applies marked and nobody has published yet, to the compacted
+        analytics-aggregates topic (tables/changefeed.py): the records sent. Called after each batch for its
+        orgs, and by the sweep for every org with marks."""
+        if self.publish is None:
+            return 0
+        return await self.changefeed.publish(orgs, self.publish)
+
+    async def publish_all_changes(self) -> int:
+        """The sweep: publish every org's marked counters (those a dead worker left, those a busy lock left)."""
+        if self.publish is None:
+            return 0
+        return await self.publish_changes(await orgs_with_marks(self.redis, await list_orgs(self.redis)))
 
     async def apply_to(self, records: list[Record], generation: int) -> BatchResult:
         """Apply records to one generation only (a rebuild's): invalid ones are skipped, not sent again."""
@@ -444,7 +435,7 @@ class BatchProcessor:
             result.attempts = attempt
             writes = await self.plan(pending, now_ms)
             for w in writes:
-                _guard_generations(w)
+                _guard_generations(w, gens)
             states = {w.org: w.state for w in writes}
             conflicts = await self.writer.apply(writes)
             if _generations_changed(conflicts):
@@ -499,49 +490,13 @@ class BatchProcessor:
                 states = await self.reader.read({org: queries[org] for org in pending})
         return writes
 
-    async def aggregate_records(
-        self, writes: list[tuple[OrgWrite, OrgState]], now_ms: int
-    ) -> list[tuple[bytes, bytes]]:
-        """The new absolute value of every bucket counter the batch touched.
 
-        Values come from the apply script itself. Events a replay skipped (applied by a run that may have
-        died before publishing) have their counters' current values read back and published again, so
-        the compacted topic never keeps a value older than Redis.
-        """
-        values: dict[tuple[str, str], int] = {}
-        zsets: set[str] = set()
-        reread: list[tuple[str, str]] = []
-        for w, state in writes:
-            values.update(w.new_values)
-            zsets |= w.sorted_sets()
-            if w.replayed:
-                counters, sets = self.planner.touched(w.org, w.replayed, state)
-                reread += counters
-                zsets |= sets
-        reread = [slot for slot in dict.fromkeys(reread) if slot not in values]
-        # A top-students set is published whole (one record per org, day and mentor), read after the apply;
-        # the hourly and all-time sets are not published.
-        ordered_zsets = sorted(z for z in zsets if keys.describe_counter(z, "", "z") is not None)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, fld in reread:
-                pipe.hget(key, fld)
-            for key in ordered_zsets:
-                pipe.zrange(key, 0, -1, withscores=True)
-            replies = await pipe.execute() if (reread or ordered_zsets) else []
-        for slot, value in zip(reread, replies[: len(reread)], strict=True):
-            values[slot] = int(value or 0)
-        out = [r for (key, fld), value in values.items() if (r := keys.counter_record(key, fld, "h", value, now_ms))]
-        for key, members in zip(ordered_zsets, replies[len(reread) :], strict=True):
-            counts = {m.decode(): int(score) for m, score in members}
-            if record := keys.counter_record(key, "", "z", counts, now_ms):
-                out.append(record)
-        return out
-
-
-def _guard_generations(w: OrgWrite) -> None:
+def _guard_generations(w: OrgWrite, gens: Generations) -> None:
     """Applied only if the org's copy of the generations' version is still what the plan read: a rebuild's
-    start or switch in between makes the batch apply again, to the generations there are then."""
+    start or switch in between makes the batch apply again, to the generations there are then. A write to
+    the generation served marks its counters for the changefeed (one a rebuild builds is not published)."""
     w.guard(keys.org_generations(w.org), "v", w.state.generations_version)
+    w.publish = keys.context_generation() == gens.current
 
 
 def _generations_changed(conflicts: dict[str, str]) -> bool:

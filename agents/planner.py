@@ -214,38 +214,6 @@ class Planner:
             conv = convs[cid] = held.copy()
         return conv
 
-    def touched(self, org: str, items: list[Event], state: OrgState) -> tuple[list[tuple[str, str]], set[str]]:
-        """The bucket counters ((key, field)) and top-students sets that these already applied items count
-        in, given what Redis holds: to publish their current values again after a replay."""
-        counters: dict[tuple[str, str], None] = {}
-        zsets: set[str] = set()
-
-        def both(ts_ms: int, fields: tuple[str, ...]) -> None:
-            for grain in (Grain.HOUR, Grain.DAY):
-                key = keys.bucket(org, grain, grain.index(ts_ms))
-                counters.update(dict.fromkeys((key, f) for f in fields))
-
-        for ev in items:
-            if isinstance(ev, ChatMessage):
-                conv = state.convs.get(ids.normalize(ev.session_id)) or ConversationState()
-                start = ev.ts_ms if conv.started_ms is None else conv.started_ms
-                mentor = conv.first_mentor or ids.normalize(ev.mentor_id)
-                both(start, _session_fields(mentor))
-                if ev.role == "human":
-                    day = Grain.DAY.index(ev.ts_ms)
-                    counters[(keys.bucket(org, Grain.DAY, day), keys.HUMAN)] = None
-                    for grain, index in ((Grain.DAY, day), (Grain.WEEK, Grain.WEEK.index(ev.ts_ms))):
-                        zsets |= {keys.top_students(org, grain, index, m) for m in (None, ids.normalize(ev.mentor_id))}
-            elif isinstance(ev, SentimentEvent):
-                both(ev.ts_ms, (keys.SENTIMENT, keys.sentiment_field(ev.sentiment)))
-            elif isinstance(ev, LlmObservation):
-                value = state.observations.get(ev.event_id)
-                applied = None if value is None else AppliedObservation.parse(value)
-                both(ev.ts_ms if applied is None else applied.ts_ms, _COST_FIELDS)
-                if applied is not None:
-                    both(applied.ts_ms, (keys.cost_field("model", applied.model),))
-        return list(counters), zsets
-
     # --- aggregates --------------------------------------------------------------------------------
 
     @staticmethod

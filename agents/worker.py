@@ -24,7 +24,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agents.outputs import Outputs
+from agents.outputs import Outputs, sweep_changefeed
 from agents.pipeline import BatchProcessor, BatchResult, Group, Pending, Prepared
 from streams import clients
 from streams.settings import Settings
@@ -109,11 +109,14 @@ class Worker:
             await self.consumer.start()
             log.info("worker started: group %s, topics %s", self.settings.app_id, ", ".join(self.names))
             self._stopping = stop
+            sweep = asyncio.create_task(sweep_changefeed(self.processor, stop), name="changefeed")
             try:
                 await self._loop(stop)
                 await self.complete_pending()
                 await self.drain()
             finally:
+                stop.set()
+                await asyncio.gather(sweep, return_exceptions=True)
                 await self.consumer.stop()  # leaves the group, so its partitions move at once
         finally:
             await self.producer.stop()
@@ -147,7 +150,7 @@ class Worker:
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], prepared: Prepared, stop: asyncio.Event
     ) -> None:
         try:
-            self._pending = (await self.processor.start(prepared, publish_later=True), batch)
+            self._pending = (await self.processor.start(prepared), batch)
         except Exception:  # Redis or Kafka away, or a data fault: the serial way, which retries and isolates
             await self._apply_until_done(batch, stop)
 
@@ -220,13 +223,13 @@ class Worker:
 
     async def apply(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Apply the batch whole, then leave its tail (publish, progress, commit) running after the last one's."""
-        self._applied(batch, await self.processor.process_groups(self._groups(batch), publish_later=True))
+        self._applied(batch, await self.processor.process_groups(self._groups(batch)))
 
     def _applied(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], result: BatchResult) -> None:
         n_records = sum(len(msgs) for msgs in batch.values())
         progress = {self._progress_field(tp): msgs[-1].offset for tp, msgs in batch.items()}
         commit = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
-        self._tail = asyncio.create_task(self._finish(self._tail, result.publications, progress, commit))
+        self._tail = asyncio.create_task(self._finish(self._tail, result.orgs, progress, commit))
         if self.settings.trace_batches:
             log.warning("batch: %d records applied", n_records)
         self.progress.add(n_records, result.applied, result.skipped, result.dead)
@@ -234,21 +237,23 @@ class Worker:
     async def _finish(
         self,
         before: asyncio.Task[None] | None,
-        publications: list[tuple[bytes, bytes]],
+        orgs: set[str],
         progress: dict[str, int],
         commit: dict[TopicPartition, int],
     ) -> None:
-        """A batch's tail, once the one before is through: publish its aggregates, record in Redis that it is
-        wholly applied (after the org scripts), then commit to Kafka. Retried while Kafka or Redis is away;
-        given up when the worker stops (the next owner replays the batch)."""
+        """A batch's tail, once the one before is through: publish its orgs' changed counters (from the marks
+        its apply left: tables/changefeed.py), record in Redis that it is wholly applied (after the org
+        scripts), then commit to Kafka. Retried while Kafka or Redis is away; given up when the worker stops
+        (the next owner replays the batch; marks left behind are published by the next publication of the
+        org or by the sweep)."""
         if before is not None:
             await before
         delay = 0.5
         stage = 0
         while True:
             try:
-                if stage == 0 and publications:
-                    await self.processor.publish_records(publications)
+                if stage == 0:
+                    await self.processor.publish_changes(orgs)
                 stage = 1
                 await self.redis.hset(keys.progress(self.settings.app_id), mapping=progress)  # type: ignore[arg-type]
                 break

@@ -81,9 +81,14 @@ def rebuild_progress(n: int) -> str:
     return f"{NS}:rebuild:g{n}"
 
 
-def _org(org: str) -> str:
+def context_generation() -> int:
+    """The generation keys are built for here (`generation()`, else `CURRENT`)."""
     n = _GENERATION.get()
-    return f"{generation_prefix(CURRENT if n is None else n)}{org}}}"
+    return CURRENT if n is None else n
+
+
+def _org(org: str) -> str:
+    return f"{generation_prefix(context_generation())}{org}}}"
 
 
 _GRAIN_CODE = {Grain.MINUTE: "min", Grain.HOUR: "h", Grain.DAY: "d", Grain.WEEK: "wk", Grain.HALF: "hh"}
@@ -275,6 +280,48 @@ ERASURES_VERSION = "v"
 # In an org's `meta`: bumped by every apply that writes the org, so an answer cached for one version is
 # known to be stale at the next (api/cache.py).
 DATA_VERSION = "version"
+
+
+def changefeed_marks(org: str) -> str:
+    """Hash: the org's counters changed since they were last published to analytics-aggregates
+    (`counter_mark`) -> the apply that last changed them, and `#`, the org's count of applies that marked
+    any. Written by the apply script with the change itself; a publication clears a mark only if no apply
+    re-marked it meanwhile (tables/changefeed.py). Outside the generations."""
+    return f"{NS}:cf:{{{org}}}"
+
+
+def changefeed_lock(org: str) -> str:
+    """String: who is publishing the org's marked counters (token, with an expiry): one at a time."""
+    return f"{NS}:cf:{{{org}}}:lock"
+
+
+MARK_SEQUENCE = "#"  # the field of `changefeed_marks` that counts the org's marking applies
+
+
+def counter_mark(key: str, member: str, kind: str) -> str:
+    """The field of `changefeed_marks` naming a published counter: `h<bucket key>\0<field>` for a hash
+    counter, `z<set key>` for a top-students set. A key holds no NUL (an org has none, the rest is ours),
+    so a field that does (a username may) is read back whole (`parse_counter_mark`)."""
+    return f"h{key}\0{member}" if kind == "h" else f"z{key}"
+
+
+def parse_counter_mark(mark: str) -> tuple[str, str, str]:
+    """(key, field or "", kind) of a `counter_mark`."""
+    if mark.startswith("h"):
+        key, _, member = mark[1:].partition("\0")
+        return key, member, "h"
+    return mark[1:], "", "z"
+
+
+@lru_cache(maxsize=65536)
+def published_kind(key: str) -> str | None:
+    """ "h" when the fields of this hash are published (an hourly or daily bucket), "z" when this sorted set
+    is (a daily or weekly top-students set), None for every other key (`describe_counter`)."""
+    if describe_counter(key, MARK_SEQUENCE, "h") is not None:
+        return "h"
+    if describe_counter(key, "", "z") is not None:
+        return "z"
+    return None
 
 
 def publishing(org: str) -> str:

@@ -93,7 +93,21 @@ for _, o in ipairs(p.m) do
   if tonumber(o[3]) > cur then redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
 end
 for _, o in ipairs(p.x) do redis.call('EXPIREAT', KEYS[o[1]], o[2]) end
-return {1, '', new_h}
+-- The published counters it changed are marked with this apply's number, atomically with the change: the
+-- changefeed publishes them from these marks (tables/changefeed.py), whoever applied and whenever.
+if p.mk then
+  local marks = KEYS[p.mk]
+  local seq = redis.call('HINCRBY', marks, '#', 1)
+  for i = 1, #p.pub, 500 do
+    local args = {}
+    for n = i, math.min(i + 499, #p.pub) do
+      args[#args + 1] = p.pub[n]
+      args[#args + 1] = seq
+    end
+    redis.call('HSET', marks, unpack(args))
+  end
+end
+return {1, ''}
 """
 
 
@@ -131,11 +145,11 @@ class OrgWrite:
     conv_after: dict[str, Any] = field(default_factory=dict)
     state: Any = None  # the OrgState it was planned from (tables/state.py)
     items: list[Any] = field(default_factory=list)  # the items (agents/planner.py) it was planned from
-    replayed: list[Any] = field(default_factory=list)  # items at or below a watermark: applied before
+    replayed: list[Any] = field(default_factory=list)  # items counted before (a re-send or a replay)
     _incr_order: list[tuple[tuple[int, str], int]] = field(default_factory=list)
-    # After a successful apply: ((key, field), new absolute value) of every hash counter the batch
-    # changed, as the script saw them (for the analytics-aggregates topic).
-    new_values: list[tuple[tuple[str, str], int]] = field(default_factory=list)
+    # Mark the published counters it changes for the changefeed (tables/changefeed.py): set for the
+    # generation served, not for one a rebuild is building.
+    publish: bool = False
 
     def __post_init__(self) -> None:
         self.k(keys.offsets(self.org))  # KEYS[1] is always the offsets hash
@@ -219,13 +233,19 @@ class OrgWrite:
         if epoch_s is not None:
             self.expires[self.k(key)] = epoch_s
 
-    def counters(self) -> list[tuple[str, str]]:
-        """(key, field) of each hash counter this write changes, in the script's order (after payload())."""
-        return [(self._keys[k - 1], f) for (k, f), _ in self._incr_order]
-
-    def sorted_sets(self) -> set[str]:
-        """The sorted sets (top students) this write changes (after payload())."""
-        return {self._keys[k - 1] for k, members in self.zincrs.items() if any(members.values())}
+    def marks(self) -> list[str]:
+        """The changefeed marks (`keys.counter_mark`) of the published counters this write changes: hash
+        counters of hourly and daily buckets, daily and weekly top-students sets (after payload())."""
+        out = []
+        for (k, f), _ in self._incr_order:
+            key = self._keys[k - 1]
+            if keys.published_kind(key) == "h":
+                out.append(keys.counter_mark(key, f, "h"))
+        for k, members in self.zincrs.items():
+            key = self._keys[k - 1]
+            if keys.published_kind(key) == "z" and any(members.values()):
+                out.append(keys.counter_mark(key, "", "z"))
+        return out
 
     def payload(self) -> list[bytes]:
         """The script's ARGV: the write as JSON, then the conversations' new values."""
@@ -252,12 +272,17 @@ class OrgWrite:
                 ],
                 "sa": [[k, *members] for k, members in self.sadds.items() if members],
                 "sr": [[k, *members] for k, members in self.srems.items() if members],
+                **self._marking(),
             }
         )
         out: list[bytes] = [doc]
         for (_, fld), (_, value) in self.convs.items():
             out += (fld, value)
         return out
+
+    def _marking(self) -> dict[str, Any]:
+        marks = self.marks() if self.publish else []
+        return {"mk": self.k(keys.changefeed_marks(self.org)), "pub": marks} if marks else {}
 
 
 def _pairs(members: dict[str, int]) -> list[str]:
@@ -287,10 +312,7 @@ class Writer:
         # Each script is atomic on its own; orgs may live in different cluster slots.
         results = await self._script.run_many([(w.keys, w.payload()) for w in writes])
         conflicts = {}
-        for w, (ok, reason, *values) in zip(writes, results, strict=True):
+        for w, (ok, reason) in zip(writes, results, strict=True):
             if int(ok) != 1:
                 conflicts[w.org] = reason.decode() if isinstance(reason, bytes) else str(reason)
-                continue
-            (new_h,) = values
-            w.new_values = [(slot, int(v)) for slot, v in zip(w.counters(), new_h, strict=True)]
         return conflicts

@@ -1,0 +1,168 @@
+"""The changefeed: publishing the org's marked counters to the compacted `analytics-aggregates` topic.
+
+The apply script marks every published counter it changes (`keys.changefeed_marks`: the counter ->
+the number of the apply that last changed it), in the same atomic step as the change. Publishing an
+org's marks (`Changefeed.publish`), by whichever worker, at any time:
+
+1. take the org's publication lock (`keys.changefeed_lock`; one publisher per org at a time);
+2. read, in one script, a chunk of marks with the counters' current values (a snapshot);
+3. send a record per counter holding that value, and wait for Kafka's acknowledgement;
+4. clear each mark that still holds the apply number read in 2 (one re-marked meanwhile stays);
+5. release the lock.
+
+So for every counter the newest record holds a value read after every apply whose change an earlier
+record reflected, and no record can overtake a later one: the lock orders the sends, and a change made
+after a read leaves a mark that a later publication (after this one's acknowledgement) sends. A worker
+that dies between its apply and its publication leaves its marks behind: the next publication of the
+org, or the workers' sweep (`orgs_with_marks`, every second), sends them. Nothing depends on which
+worker applied what, on replays, or on the order of batches.
+
+A lock whose holder died expires after `LOCK_MS`; a publisher that finds the lock held leaves the org to
+the holder and to the sweep (it never waits behind it). The erasure fence (tables/erase.PublicationFence)
+wraps every send, as before.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from tables import keys
+from tables.erase import PublicationFence
+from tables.scripts import Script
+
+# A lock older than this is a dead publisher's (sends are acknowledged well within it).
+LOCK_MS = 30_000
+CHUNK = 1000  # marks per snapshot: a script reading about this many counters takes a millisecond or two
+
+# KEYS[1] the org's marks; then the counters' keys. ARGV: the marks (`keys.counter_mark`), then for each
+# the index of its key in KEYS. Replies {the marks' apply numbers, the counters' values} (a hash
+# counter's value, or a set's members and scores; false where there is none).
+SNAPSHOT_LUA = r"""
+local n = (#ARGV) / 2
+local seqs, values = {}, {}
+for i = 1, n do
+  local mark = ARGV[i]
+  seqs[i] = redis.call('HGET', KEYS[1], mark)
+  local key = KEYS[tonumber(ARGV[n + i])]
+  if string.sub(mark, 1, 1) == 'h' then
+    local field = string.sub(mark, 2 + #key + 1)
+    values[i] = redis.call('HGET', key, field)
+  else
+    values[i] = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  end
+end
+return {seqs, values}
+"""
+
+# KEYS[1] the org's marks. ARGV: mark, apply number, mark, apply number, ... Clears each mark still
+# holding that number.
+CLEAR_LUA = r"""
+local cleared = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    cleared = cleared + 1
+  end
+end
+return cleared
+"""
+
+UNLOCK_LUA = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+Send = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]
+
+
+class Changefeed:
+    def __init__(self, redis: Redis, fence: PublicationFence) -> None:
+        self.redis = redis
+        self.fence = fence
+        self._snapshot = Script(redis, SNAPSHOT_LUA)
+        self._clear = Script(redis, CLEAR_LUA)
+        self._unlock = Script(redis, UNLOCK_LUA)
+
+    async def publish(self, orgs: Iterable[str], send: Send) -> int:
+        """Publish the marked counters of the orgs whose lock is free (see the module); the number of
+        records sent. An org whose lock is held is left to its holder and to the sweep."""
+        token = uuid.uuid4().hex
+        wanted = sorted(set(orgs))
+        if not wanted:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for org in wanted:
+                pipe.set(keys.changefeed_lock(org), token, nx=True, px=LOCK_MS)
+            locked = [org for org, ok in zip(wanted, await pipe.execute(), strict=True) if ok]
+        sent = 0
+        try:
+            for org in locked:
+                sent += await self._publish_org(org, send)
+        finally:
+            await self._script_all(self._unlock, [([keys.changefeed_lock(org)], [token]) for org in locked])
+        return sent
+
+    async def _publish_org(self, org: str, send: Send) -> int:
+        sent = 0
+        cursor = 0
+        while True:
+            cursor, chunk = await self.redis.hscan(keys.changefeed_marks(org), cursor, count=CHUNK)
+            names = (m.decode() if isinstance(m, bytes) else str(m) for m in chunk)  # a dict: mark -> apply
+            marks = [m for m in names if m != keys.MARK_SEQUENCE]
+            if marks:
+                sent += await self._publish_marks(org, marks, send)
+            if cursor == 0:
+                return sent
+
+    async def _publish_marks(self, org: str, marks: list[str], send: Send) -> int:
+        key_list = [keys.changefeed_marks(org)]
+        index: dict[str, int] = {}
+        parsed = [keys.parse_counter_mark(m) for m in marks]
+        for key, _, _ in parsed:
+            if key not in index:
+                key_list.append(key)
+                index[key] = len(key_list)
+        ((seqs, values),) = await self._snapshot.run_many([(key_list, [*marks, *(index[k] for k, _, _ in parsed)])])
+        now_ms = int(time.time() * 1000)
+        records: list[tuple[bytes, bytes]] = []
+        for (key, member, kind), value in zip(parsed, values, strict=True):
+            if kind == "h":
+                if value is None:
+                    continue  # expired, or an erased student's field: nothing to hold (an erasure tombstones it)
+                record = keys.counter_record(key, member, "h", int(value), now_ms)
+            else:
+                counts = {value[i].decode(): int(float(value[i + 1])) for i in range(0, len(value), 2)}
+                record = keys.counter_record(key, "", "z", counts, now_ms)
+            if record is not None:
+                records.append(record)
+        if records:
+            out, orgs, token = await self.fence.begin(records)
+            try:
+                if out:
+                    await send(out)
+            finally:
+                await self.fence.end(orgs, token)
+        clears = [arg for mark, seq in zip(marks, seqs, strict=True) if seq is not None for arg in (mark, seq)]
+        if clears:
+            await self._clear.run_many([([keys.changefeed_marks(org)], clears)])
+        return len(records)
+
+    async def _script_all(self, script: Script, calls: list[tuple[list[str], list[Any]]]) -> None:
+        if calls:
+            await script.run_many(calls)
+
+
+async def orgs_with_marks(redis: Redis, orgs: list[str]) -> list[str]:
+    """The orgs (of those given) with counters marked but not yet published."""
+    if not orgs:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for org in orgs:
+            pipe.hlen(keys.changefeed_marks(org))
+        counts = await pipe.execute()
+    return [org for org, n in zip(orgs, counts, strict=True) if n > 1]  # `#` (the apply count) stays
