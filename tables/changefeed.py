@@ -5,7 +5,8 @@ the number of the apply that last changed it), in the same atomic step as the ch
 org's marks (`Changefeed.publish`), by whichever worker, at any time:
 
 1. take the org's publication lock (`keys.changefeed_lock`; one publisher per org at a time);
-2. read, in one script, a chunk of marks with the counters' current values (a snapshot);
+2. read, in one script, a chunk of marks with the hash counters' current values, then the marked
+   sets' members (each value read after its mark's number);
 3. send a record per counter holding that value, and wait for Kafka's acknowledgement;
 4. clear each mark that still holds the apply number read in 2 (one re-marked meanwhile stays);
 5. release the lock.
@@ -40,20 +41,20 @@ LOCK_MS = 30_000
 CHUNK = 1000  # marks per snapshot: a script reading about this many counters takes a millisecond or two
 
 # KEYS[1] the org's marks; then the counters' keys. ARGV: the marks (`keys.counter_mark`), then for each
-# the index of its key in KEYS. Replies {the marks' apply numbers, the counters' values} (a hash
-# counter's value, or a set's members and scores; false where there is none).
+# the index of its key in KEYS. Replies {the marks' apply numbers, the hash counters' values} (false
+# where there is none, and for a set, whose members are read after the script: a set of thousands of
+# students would hold Redis for milliseconds here; read later, it is only newer).
 SNAPSHOT_LUA = r"""
 local n = (#ARGV) / 2
 local seqs, values = {}, {}
 for i = 1, n do
   local mark = ARGV[i]
   seqs[i] = redis.call('HGET', KEYS[1], mark)
-  local key = KEYS[tonumber(ARGV[n + i])]
   if string.sub(mark, 1, 1) == 'h' then
-    local field = string.sub(mark, 2 + #key + 1)
-    values[i] = redis.call('HGET', key, field)
+    local key = KEYS[tonumber(ARGV[n + i])]
+    values[i] = redis.call('HGET', key, string.sub(mark, #key + 3))
   else
-    values[i] = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    values[i] = false
   end
 end
 return {seqs, values}
@@ -128,6 +129,12 @@ class Changefeed:
                 key_list.append(key)
                 index[key] = len(key_list)
         ((seqs, values),) = await self._snapshot.run_many([(key_list, [*marks, *(index[k] for k, _, _ in parsed)])])
+        sets = [key for key, _, kind in parsed if kind == "z"]
+        if sets:  # after the marks' numbers were read: a value at least as new as they say
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in sets:
+                    pipe.zrange(key, 0, -1, withscores=True)
+                members = iter(await pipe.execute())
         now_ms = int(time.time() * 1000)
         records: list[tuple[bytes, bytes]] = []
         for (key, member, kind), value in zip(parsed, values, strict=True):
@@ -136,7 +143,7 @@ class Changefeed:
                     continue  # expired, or an erased student's field: nothing to hold (an erasure tombstones it)
                 record = keys.counter_record(key, member, "h", int(value), now_ms)
             else:
-                counts = {value[i].decode(): int(float(value[i + 1])) for i in range(0, len(value), 2)}
+                counts = {m.decode(): int(score) for m, score in next(members)}
                 record = keys.counter_record(key, "", "z", counts, now_ms)
             if record is not None:
                 records.append(record)
