@@ -201,12 +201,21 @@ class BatchProcessor:
             ]
             return await self.isolate(records, exc)
 
-    async def isolate(self, records: list[Record], exc: Exception) -> BatchResult:
+    async def isolate(
+        self,
+        records: list[Record],
+        exc: Exception,
+        apply: Callable[[list[Record]], Awaitable[BatchResult]] | None = None,
+        *,
+        dead_letter: bool = True,
+    ) -> BatchResult:
         """Apply a batch whose processing failed on a data fault: in halves, and halves of the halves that fail
         again, until each record that still fails is alone; those are dead-lettered with the exception as
         reason (and counted, `aia_records_quarantined`), the rest applied. The records are in offset order
         per partition, and the parts are applied in that order. A record that cannot be processed never
-        stops the worker."""
+        stops the worker. `apply`: how a part is applied (a rebuild's: to its generation, `dead_letter`
+        False, as the live worker dead-lettered the record already)."""
+        apply_part = apply or self._process
         log.error(
             "a batch of %d record(s) failed (%s: %s); applying it in parts to isolate the record(s) causing it",
             len(records), type(exc).__name__, str(exc)[:300],
@@ -215,7 +224,7 @@ class BatchProcessor:
 
         async def attempt(part: list[Record]) -> None:
             try:
-                result = await self._process(part)
+                result = await apply_part(part)
             except Exception as exc:
                 if not is_data_fault(exc):
                     raise
@@ -229,8 +238,9 @@ class BatchProcessor:
                     "record %s[%d]@%d isolated and dead-lettered: %s: %s",
                     record.topic, record.partition, record.offset, type(exc).__name__, str(exc)[:300],
                 )  # fmt: skip
-                await self.send_dead_letters([DeadLetter(record, fault_reason(exc))])
-                await self.redis.hincrby(keys.quarantined(), record.topic, 1)
+                if dead_letter:
+                    await self.send_dead_letters([DeadLetter(record, fault_reason(exc))])
+                    await self.redis.hincrby(keys.quarantined(), record.topic, 1)
                 total.dead += 1
                 return
             total.applied += result.applied
@@ -405,7 +415,20 @@ class BatchProcessor:
         return await self.publish_changes(await orgs_with_marks(self.redis, await list_orgs(self.redis)))
 
     async def apply_to(self, records: list[Record], generation: int) -> BatchResult:
-        """Apply records to one generation only (a rebuild's): invalid ones are skipped, not sent again."""
+        """Apply records to one generation only (a rebuild's): invalid ones are skipped, not sent again; a
+        data fault isolates its record (`isolate`), which is skipped too."""
+        try:
+            return await self._apply_to(records, generation)
+        except Exception as exc:
+            if not is_data_fault(exc):
+                raise
+            ordered = sorted(
+                {(r.topic, r.partition, r.offset): r for r in records}.values(),
+                key=lambda r: (r.topic, r.partition, r.offset),
+            )
+            return await self.isolate(ordered, exc, lambda part: self._apply_to(part, generation), dead_letter=False)
+
+    async def _apply_to(self, records: list[Record], generation: int) -> BatchResult:
         now_ms = int(time.time() * 1000)
         by_org, dead = self.validate(records, now_ms)
         result = BatchResult(dead=len(dead), orgs=set(by_org))

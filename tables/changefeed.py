@@ -102,34 +102,43 @@ class Changefeed:
             locked = [org for org, ok in zip(wanted, await pipe.execute(), strict=True) if ok]
         sent = 0
         try:
-            for org in locked:
-                sent += await self._publish_org(org, send)
+            cursors = dict.fromkeys(locked, 0)
+            while cursors:  # each round one chunk of every org's marks, every step one round trip for all
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for org, cursor in cursors.items():
+                        pipe.hscan(keys.changefeed_marks(org), cursor, count=CHUNK)
+                    scanned = await pipe.execute()
+                chunks: dict[str, list[str]] = {}
+                for org, (cursor, chunk) in zip(list(cursors), scanned, strict=True):
+                    names = (m.decode() if isinstance(m, bytes) else str(m) for m in chunk)  # mark -> apply
+                    if marks := [m for m in names if m != keys.MARK_SEQUENCE]:
+                        chunks[org] = marks
+                    if cursor == 0:
+                        del cursors[org]
+                    else:
+                        cursors[org] = cursor
+                if chunks:
+                    sent += await self._publish_marks(chunks, send)
         finally:
             await self._script_all(self._unlock, [([keys.changefeed_lock(org)], [token]) for org in locked])
         return sent
 
-    async def _publish_org(self, org: str, send: Send) -> int:
-        sent = 0
-        cursor = 0
-        while True:
-            cursor, chunk = await self.redis.hscan(keys.changefeed_marks(org), cursor, count=CHUNK)
-            names = (m.decode() if isinstance(m, bytes) else str(m) for m in chunk)  # a dict: mark -> apply
-            marks = [m for m in names if m != keys.MARK_SEQUENCE]
-            if marks:
-                sent += await self._publish_marks(org, marks, send)
-            if cursor == 0:
-                return sent
-
-    async def _publish_marks(self, org: str, marks: list[str], send: Send) -> int:
-        key_list = [keys.changefeed_marks(org)]
-        index: dict[str, int] = {}
-        parsed = [keys.parse_counter_mark(m) for m in marks]
-        for key, _, _ in parsed:
-            if key not in index:
-                key_list.append(key)
-                index[key] = len(key_list)
-        ((seqs, values),) = await self._snapshot.run_many([(key_list, [*marks, *(index[k] for k, _, _ in parsed)])])
-        sets = [key for key, _, kind in parsed if kind == "z"]
+    async def _publish_marks(self, chunks: dict[str, list[str]], send: Send) -> int:
+        """Steps 2 to 4 for a chunk of marks of each org."""
+        calls = []
+        parsed: dict[str, list[tuple[str, str, str]]] = {}
+        for org, marks in chunks.items():
+            key_list = [keys.changefeed_marks(org)]
+            index: dict[str, int] = {}
+            parsed[org] = [keys.parse_counter_mark(m) for m in marks]
+            for key, _, _ in parsed[org]:
+                if key not in index:
+                    key_list.append(key)
+                    index[key] = len(key_list)
+            calls.append((key_list, [*marks, *(index[k] for k, _, _ in parsed[org])]))
+        snapshots = await self._snapshot.run_many(calls)
+        sets = [key for org in chunks for key, _, kind in parsed[org] if kind == "z"]
+        members: Any = iter(())
         if sets:  # after the marks' numbers were read: a value at least as new as they say
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key in sets:
@@ -137,16 +146,23 @@ class Changefeed:
                 members = iter(await pipe.execute())
         now_ms = int(time.time() * 1000)
         records: list[tuple[bytes, bytes]] = []
-        for (key, member, kind), value in zip(parsed, values, strict=True):
-            if kind == "h":
-                if value is None:
-                    continue  # expired, or an erased student's field: nothing to hold (an erasure tombstones it)
-                record = keys.counter_record(key, member, "h", int(value), now_ms)
-            else:
-                counts = {m.decode(): int(score) for m, score in next(members)}
-                record = keys.counter_record(key, "", "z", counts, now_ms)
-            if record is not None:
-                records.append(record)
+        clears = []
+        for org, (seqs, values) in zip(chunks, snapshots, strict=True):
+            for (key, member, kind), value in zip(parsed[org], values, strict=True):
+                if kind == "h":
+                    if value is None:
+                        continue  # expired, or an erased student's field: nothing to hold (the erasure tombstones it)
+                    record = keys.counter_record(key, member, "h", int(value), now_ms)
+                else:
+                    counts = {m.decode(): int(score) for m, score in next(members)}
+                    record = keys.counter_record(key, "", "z", counts, now_ms)
+                if record is not None:
+                    records.append(record)
+            marks = chunks[org]
+            if cleared := [
+                arg for mark, seq in zip(marks, seqs, strict=True) if seq is not None for arg in (mark, seq)
+            ]:
+                clears.append(([keys.changefeed_marks(org)], cleared))
         if records:
             out, orgs, token = await self.fence.begin(records)
             try:
@@ -154,12 +170,10 @@ class Changefeed:
                     await send(out)
             finally:
                 await self.fence.end(orgs, token)
-        clears = [arg for mark, seq in zip(marks, seqs, strict=True) if seq is not None for arg in (mark, seq)]
-        if clears:
-            await self._clear.run_many([([keys.changefeed_marks(org)], clears)])
+        await self._script_all(self._clear, clears)
         return len(records)
 
-    async def _script_all(self, script: Script, calls: list[tuple[list[str], list[Any]]]) -> None:
+    async def _script_all(self, script: Script, calls: list[Any]) -> None:
         if calls:
             await script.run_many(calls)
 

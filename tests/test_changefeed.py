@@ -8,7 +8,9 @@ org must hold what Redis holds (0 for a field Redis does not have)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import sys
 import time
 import uuid
 from dataclasses import replace
@@ -19,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
+from infra.procs import ROOT
 from streams import clients
 from streams.demo import DemoConfig, DemoTraffic
 from streams.producer import AnalyticsProducer
@@ -182,6 +185,33 @@ async def check_changefeed(settings: Settings, redis: Redis, org: str, workers: 
     )
 
 
+async def run_the_documented_consumer(settings: Settings, quiet_s: float = 4.0) -> dict[str, str]:
+    """docs/contract.md's example consumer, run as written (pointed at this test's broker and topic) until
+    it has read the topic: record key -> the last value it printed."""
+    text = (ROOT / "docs" / "contract.md").read_text()
+    code = text.split("Reading it (a runnable example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace('"analytics-aggregates"', repr(settings.topic("analytics-aggregates")))
+    code = code.replace('"127.0.0.1:9092"', repr(settings.kafka_bootstrap))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # each line as it is printed
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    printed: dict[str, str] = {}
+    try:
+        while True:  # until it has printed nothing for `quiet_s` (it has read the topic to its end)
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), quiet_s if printed else 30.0)
+            except TimeoutError:
+                break
+            assert line, "the example consumer stopped"
+            org, metric_grain_bucket_value = line.decode().rstrip("\n").split(" ", 1)
+            *metric, grain, bucket, value = metric_grain_bucket_value.split(" ")
+            printed[f"{org}|{' '.join(metric)}|{grain}|{bucket}"] = value
+    finally:
+        proc.kill()
+        await proc.wait()
+    return printed
+
+
 def realistic(settings: Settings) -> Settings:
     """The test settings with production batch sizes: large batches applied in overlapped parts."""
     return replace(settings, batch_size=40000, apply_chunk=10000, batch_within=0.2)
@@ -199,6 +229,12 @@ async def test_changefeed_equals_redis_for_an_org_sent_under_load(
         await produce_under_load(settings, events, BACKGROUND_RATE, SECONDS, seed=7)
         await settle(redis, reference.expected(events), [worker], timeout=120)
         await check_changefeed(settings, redis, org, [worker])
+        # The consumer docs/contract.md shows a user, run as written, ends with Redis's values too.
+        printed = await run_the_documented_consumer(settings)
+        counters = {rk: v for rk, v in (await redis_counters(redis, org)).items() if isinstance(v, int) and v}
+        assert counters and all(printed.get(rk) == str(v) for rk, v in counters.items()), [
+            (rk, printed.get(rk), v) for rk, v in counters.items() if printed.get(rk) != str(v)
+        ][:5]
     finally:
         worker.kill()
 
