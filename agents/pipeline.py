@@ -13,9 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from agents.planner import NeedState, Planner, state_query
 from streams.deadletter import DeadLetter, Record
@@ -28,6 +26,7 @@ from tables.buckets import Retention
 from tables.changefeed import Changefeed, orgs_with_marks
 from tables.connections import Replication, wait_replicas
 from tables.erase import PublicationFence, Tombstones
+from tables.faults import is_data_fault
 from tables.generations import Generations, GenerationsChanged
 from tables.queries import list_orgs
 from tables.state import OrgState, StateQuery, StateReader, as_after
@@ -36,20 +35,6 @@ from tables.writer import OrgWrite, Writer
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 50
-
-# Error replies of a Redis that is away, busy, full or failing over: a retry outlives them.
-_PASSING_REPLIES = ("BUSY", "LOADING", "OOM", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK",
-                    "NOREPLICAS")  # fmt: skip
-
-
-def is_data_fault(exc: BaseException) -> bool:
-    """True for an exception that applying the same records again would meet again: a record the code
-    cannot handle (a bug, a value a script refuses). False for Redis, Kafka or the network being away, or
-    Redis busy or full, which a retry outlives. A data fault isolates its records (`isolate`)."""
-    if isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError):
-        text = str(exc)
-        return "script" in text and not text.startswith(_PASSING_REPLIES)
-    return isinstance(exc, Exception) and not isinstance(exc, (RedisError, KafkaError, OSError))
 
 
 def fault_reason(exc: BaseException) -> str:

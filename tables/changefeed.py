@@ -20,11 +20,14 @@ worker applied what, on replays, or on the order of batches.
 
 A lock whose holder died expires after `LOCK_MS`; a publisher that finds the lock held leaves the org to
 the holder and to the sweep (it never waits behind it). The erasure fence (tables/erase.PublicationFence)
-wraps every send, as before.
+wraps every send, as before. A counter whose record cannot be made or sent (a bug; a top-students set
+over the broker's message size) is left out alone, logged and counted, and its mark cleared: no counter
+can stop the publications.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -32,9 +35,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from streams.topics import AGGREGATES
 from tables import keys
 from tables.erase import PublicationFence
+from tables.faults import is_publication_fault
 from tables.scripts import Script
+
+log = logging.getLogger(__name__)
 
 # A lock older than this is a dead publisher's (sends are acknowledged well within it).
 LOCK_MS = 30_000
@@ -149,13 +156,12 @@ class Changefeed:
         clears = []
         for org, (seqs, values) in zip(chunks, snapshots, strict=True):
             for (key, member, kind), value in zip(parsed[org], values, strict=True):
-                if kind == "h":
-                    if value is None:
-                        continue  # expired, or an erased student's field: nothing to hold (the erasure tombstones it)
-                    record = keys.counter_record(key, member, "h", int(value), now_ms)
-                else:
-                    counts = {m.decode(): int(score) for m, score in next(members)}
-                    record = keys.counter_record(key, "", "z", counts, now_ms)
+                held = next(members) if kind == "z" else value
+                try:
+                    record = _record(key, member, kind, held, now_ms)
+                except Exception as exc:  # a counter no record can be made of is left out, not retried forever
+                    await self._quarantine(key, exc)
+                    continue
                 if record is not None:
                     records.append(record)
             marks = chunks[org]
@@ -164,18 +170,49 @@ class Changefeed:
             ]:
                 clears.append(([keys.changefeed_marks(org)], cleared))
         if records:
-            out, orgs, token = await self.fence.begin(records)
             try:
-                if out:
-                    await send(out)
-            finally:
-                await self.fence.end(orgs, token)
+                await self._send(records, send)
+            except Exception as exc:
+                if not is_publication_fault(exc):
+                    raise
+                for record in records:  # one at a time, to leave out only the one(s) that cannot be sent
+                    try:
+                        await self._send([record], send)
+                    except Exception as exc:
+                        if not is_publication_fault(exc):
+                            raise
+                        await self._quarantine(record[0].decode(errors="replace"), exc)
         await self._script_all(self._clear, clears)
         return len(records)
+
+    async def _send(self, records: list[tuple[bytes, bytes]], send: Send) -> None:
+        out, orgs, token = await self.fence.begin(records)
+        try:
+            if out:
+                await send(out)
+        finally:
+            await self.fence.end(orgs, token)
+
+    async def _quarantine(self, what: str, exc: Exception) -> None:
+        """A counter whose record cannot be made or sent (a bug, or a set over the broker's message size):
+        logged and counted (`aia_records_quarantined{topic="analytics-aggregates"}`); its mark is cleared,
+        so it cannot stop the publications (the API still serves it)."""
+        log.error("changefeed: %s not published: %s: %s", what[:200], type(exc).__name__, str(exc)[:300])
+        await self.redis.hincrby(keys.quarantined(), AGGREGATES, 1)
 
     async def _script_all(self, script: Script, calls: list[Any]) -> None:
         if calls:
             await script.run_many(calls)
+
+
+def _record(key: str, member: str, kind: str, value: Any, now_ms: int) -> tuple[bytes, bytes] | None:
+    """The record of a marked counter holding `value` (a hash counter's, or a set's members and scores);
+    None for a hash counter there is none of (expired, or an erased student's field: the erasure
+    tombstones it)."""
+    if kind == "h":
+        return None if value is None else keys.counter_record(key, member, "h", int(value), now_ms)
+    counts = {m.decode(): int(score) for m, score in value}
+    return keys.counter_record(key, "", "z", counts, now_ms)
 
 
 async def orgs_with_marks(redis: Redis, orgs: list[str]) -> list[str]:

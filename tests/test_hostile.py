@@ -20,14 +20,14 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from agents.pipeline import is_data_fault
 from streams.exceptions import InvalidEvent
 from streams.schemas import MAX_TOKENS, MIN_TIME_MS, Limits, parse
 from streams.settings import ENGINES, Settings
 from tables import ids, keys, queries
 from tables.buckets import Grain
+from tables.faults import is_data_fault
 from tests import reference
-from tests.support import WorkerProcess, demo_events, mismatches, read_topic
+from tests.support import WorkerProcess, demo_events, mismatches, read_compacted, read_topic
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18T11:06:40Z
 LIMITS = Limits(retention_ms=None, max_future_ms=300_000)
@@ -517,3 +517,44 @@ async def test_dead_letters_are_kept_for_the_configured_days(settings: Settings,
             break
         await asyncio.sleep(0.25)
     assert await retention_ms() == 3 * 86_400_000
+
+
+@pytest.mark.integration
+async def test_a_changefeed_record_over_the_brokers_size_is_left_out_and_the_rest_published(
+    hostile_worker: Any,
+) -> None:
+    """2,000 students with 600-character usernames in one day: that day's top-students set is a record
+    larger than the broker takes (1 MiB). It is left out (logged, counted); the worker keeps applying and
+    every other counter of the org reaches the changefeed."""
+    cfg, producer, redis, worker = hostile_worker
+    now = int(datetime.now(UTC).timestamp() * 1000) - 60_000
+    events = [
+        (
+            "chat-messages",
+            {
+                "event_id": f"big{i}",
+                "org": "crowd",
+                "timestamp": now,
+                "session_id": f"s{i}",
+                "student": f"{i:06d}" + "x" * 594,
+                "mentor_id": "m",
+                "role": "human",
+            },
+        )
+        for i in range(2_000)
+    ]
+    await _send(producer, cfg, events)
+    day = datetime.fromtimestamp(now / 1000, UTC).strftime("%Y%m%d")
+
+    async def done() -> Any:
+        latest = await read_compacted(cfg, idle_s=1.0)
+        messages = latest.get(f"crowd|messages|d|{day}", {}).get("value")
+        quarantined = int(await redis.hget(keys.quarantined(), "analytics-aggregates") or 0)
+        return True if messages == 2_000 and quarantined else (messages, quarantined)
+
+    await _until(done, worker, timeout=120)
+    latest = await read_compacted(cfg, idle_s=1.0)
+    assert latest[f"crowd|human|d|{day}"]["value"] == 2_000
+    # The set too large to send keeps at most its last record that fit (documented in docs/contract.md).
+    assert len(latest.get(f"crowd|top_students|d|{day}", {}).get("value", {})) < 2_000
+    assert worker.alive()
