@@ -2,7 +2,10 @@
 
 It reads with aiokafka's `getmany` in one consumer group (several workers share the partitions), hands
 every batch to the BatchProcessor, and commits the batch's offsets only after the batch is applied in
-Redis, its dead letters are acknowledged and its aggregates published. What follows the apply (publishing,
+Redis, its dead letters are acknowledged and its orgs' changed counters published (those of an org whose
+publication another worker holds are left to it and to the sweep, `sweep_changefeed`: the marks the apply
+left in Redis keep them, tables/changefeed.py). A record the batch's processing fails on is isolated and
+dead-lettered (`BatchProcessor.isolate`). What follows the apply (publishing,
 recording progress, committing: a batch's "tail") runs while the next batch is read and applied, one tail
 after the other, in order; and the next batch is read and validated while Redis applies the last part of
 the one before. A rebalance waits for the batch in flight and its tail. Why not Faust's agents: see docs/semantics.md ("Why the worker reads with aiokafka").
