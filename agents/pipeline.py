@@ -25,7 +25,7 @@ from tables import keys
 from tables.buckets import Retention
 from tables.changefeed import Changefeed, orgs_with_marks
 from tables.connections import Replication, wait_replicas
-from tables.erase import PublicationFence, Tombstones
+from tables.erase import PublicationFence
 from tables.faults import is_data_fault
 from tables.generations import Generations, GenerationsChanged
 from tables.queries import list_orgs
@@ -108,7 +108,6 @@ class BatchProcessor:
         self.writer = Writer(redis)
         self.fence = PublicationFence(redis, settings.erasure_secret)
         self.changefeed = Changefeed(redis, self.fence)
-        self.tombstones: Tombstones | None = None  # loaded with the first batch (tables/erase.Tombstones)
         self.reader = StateReader(redis)
         replicas = wait_replicas(settings.redis_url, settings.redis_wait_replicas)
         self.replication = Replication(redis, replicas, settings.redis_wait_timeout_ms)
@@ -121,8 +120,7 @@ class BatchProcessor:
         """Valid events by org, and dead letters. The planner wants each record once, in offset order per
         partition: `ordered` says the records already are (as the kafka worker reads them)."""
         if not ordered:
-            unique = {(r.topic, r.partition, r.offset): r for r in reversed(records)}
-            records = sorted(unique.values(), key=lambda r: (r.topic, r.partition, r.offset))
+            records = _in_offset_order(records)
         groups: dict[tuple[str, int], list[Record]] = {}
         for r in records:
             groups.setdefault((r.topic, r.partition), []).append(r)
@@ -159,8 +157,7 @@ class BatchProcessor:
         """Apply a batch; `ordered`: each record once, in offset order per partition (see `validate`). A
         data fault (`is_data_fault`) isolates the record(s) causing it (`isolate`)."""
         if not ordered:
-            unique = {(r.topic, r.partition, r.offset): r for r in reversed(records)}
-            records = sorted(unique.values(), key=lambda r: (r.topic, r.partition, r.offset))
+            records = _in_offset_order(records)
         try:
             return await self._process(records)
         except Exception as exc:
@@ -402,20 +399,17 @@ class BatchProcessor:
     async def apply_to(self, records: list[Record], generation: int) -> BatchResult:
         """Apply records to one generation only (a rebuild's): invalid ones are skipped, not sent again; a
         data fault isolates its record (`isolate`), which is skipped too."""
+        ordered = _in_offset_order(records)
         try:
-            return await self._apply_to(records, generation)
+            return await self._apply_to(ordered, generation)
         except Exception as exc:
             if not is_data_fault(exc):
                 raise
-            ordered = sorted(
-                {(r.topic, r.partition, r.offset): r for r in records}.values(),
-                key=lambda r: (r.topic, r.partition, r.offset),
-            )
             return await self.isolate(ordered, exc, lambda part: self._apply_to(part, generation), dead_letter=False)
 
     async def _apply_to(self, records: list[Record], generation: int) -> BatchResult:
         now_ms = int(time.time() * 1000)
-        by_org, dead = self.validate(records, now_ms)
+        by_org, dead = self.validate(records, now_ms, ordered=True)
         result = BatchResult(dead=len(dead), orgs=set(by_org))
         gens = await Generations.read(self.redis)
         await self._register(by_org)
@@ -461,9 +455,8 @@ class BatchProcessor:
 
     async def read(self, by_org: dict[str, list[Event]]) -> Read:
         """Every org's state, in one round trip."""
-        if self.tombstones is None:
-            self.tombstones = await Tombstones.load(self.redis, self.settings.erasure_secret)
-        queries = {org: state_query(items, self.tombstones) for org, items in by_org.items()}
+        tombstones = await self.fence.tombstones()
+        queries = {org: state_query(items, tombstones) for org, items in by_org.items()}
         return queries, await self.reader.read(queries)
 
     async def plan(
@@ -497,6 +490,13 @@ class BatchProcessor:
             if pending:
                 states = await self.reader.read({org: queries[org] for org in pending})
         return writes
+
+
+def _in_offset_order(records: Sequence[Record]) -> list[Record]:
+    """Each record once, in offset order per partition (what the planner wants; a record delivered twice
+    counts as one)."""
+    unique = {(r.topic, r.partition, r.offset): r for r in reversed(records)}
+    return sorted(unique.values(), key=lambda r: (r.topic, r.partition, r.offset))
 
 
 def _guard_generations(w: OrgWrite, gens: Generations) -> None:

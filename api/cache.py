@@ -154,8 +154,8 @@ def _key(raw: bytes) -> apikeys.ApiKey:
 def _query(scope: dict[str, Any]) -> str | None:
     """The query's parameters, parsed (decoded, in a canonical order: `a=1&b=2` and `b=%32&a=1` are one
     answer); None when one is given twice, which the route refuses (api/params.single_values)."""
-    pairs = parse_query(scope.get("query_string", b""))
-    return None if pairs is None else orjson.dumps(pairs).decode()
+    pairs, repeated = parse_query(scope.get("query_string", b""))
+    return None if repeated is not None else orjson.dumps(pairs).decode()
 
 
 def _if_none_match(scope: dict[str, Any]) -> list[str]:

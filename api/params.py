@@ -27,30 +27,23 @@ def bad(param: str, message: str) -> ApiError:
     return ApiError(400, message, param=param)
 
 
-def parse_query(query_string: bytes) -> list[tuple[str, str]] | None:
+def parse_query(query_string: bytes) -> tuple[list[tuple[str, str]], str | None]:
     """A query string's (name, value) pairs, decoded and sorted: what an answer depends on, whatever the
-    spelling and order (`a=%41&b=1` is `b=1&a=A`). None when a name is given more than once (the API
+    spelling and order (`a=%41&b=1` is `b=1&a=A`); and the first name given more than once, if any (the API
     refuses those, `single_values`)."""
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-    if len({name for name, _ in pairs}) != len(pairs):
-        return None
-    return sorted(pairs)
-
-
-def repeated(query_string: bytes) -> str | None:
-    """The first query parameter given more than once, if any."""
     seen: set[str] = set()
-    for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+    for name, _ in pairs:
         if name in seen:
-            return name
+            return sorted(pairs), name
         seen.add(name)
-    return None
+    return sorted(pairs), None
 
 
 def single_values(request: Request) -> None:
     """Every route's first check: a query parameter given twice is a 400 naming it (which value would count
     is a guess; the platform's Django views would take one silently)."""
-    name = repeated(request.scope.get("query_string", b""))
+    _, name = parse_query(request.scope.get("query_string", b""))
     if name is not None:
         raise bad(name, f"{name} is given more than once; give it once")
 

@@ -132,6 +132,12 @@ class Tombstones:
         before the secret."""
         return keys.tombstone(org, student, self.secret), keys.legacy_tombstone(org, student)
 
+    @staticmethod
+    def erased(students: list[str], flags: list[Any]) -> set[str]:
+        """The students erased, from what Redis answered for each one's two `fields`, in order (a field
+        present: truthy)."""
+        return {s for s, keyed, legacy in zip(students, flags[0::2], flags[1::2], strict=True) if keyed or legacy}
+
 
 async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms: int, secret: str = "") -> Erasure:
     """Tombstone the student, then remove every trace of them from the org's keys (see the module).
@@ -181,7 +187,7 @@ class PublicationFence:
         self.redis = redis
         self.script = Script(redis, PUBLISH_BEGIN_LUA)
         self.secret = secret
-        self.tombstones: Tombstones | None = None
+        self._tombstones: Tombstones | None = None
 
     async def begin(self, records: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], list[str], str]:
         """The records to send (erased students' left out), the orgs and the token to `end`."""
@@ -190,9 +196,8 @@ class PublicationFence:
         for key, value in records:
             by_org.setdefault(key[: key.index(b"|")].decode(), []).append((key, value))
         named = {org: _students_named(recs) for org, recs in by_org.items()}
-        if self.tombstones is None:
-            self.tombstones = await Tombstones.load(self.redis, self.secret)
-        fields = self.tombstones.fields
+        tombstones = await self.tombstones()
+        fields = tombstones.fields
         calls = [
             (
                 [keys.erasures(org), keys.publishing(org)],
@@ -202,11 +207,15 @@ class PublicationFence:
         ]
         out: list[tuple[bytes, bytes]] = []
         for org, flags in zip(by_org, await self.script.run_many(calls), strict=True):
-            erased = {
-                s for s, keyed, legacy in zip(named[org], flags[0::2], flags[1::2], strict=True) if keyed or legacy
-            }
+            erased = tombstones.erased(named[org], flags)
             out += _without(by_org[org], erased) if erased else by_org[org]
         return out, list(by_org), token
+
+    async def tombstones(self) -> Tombstones:
+        """The deployment's tombstones, loaded once (the workers' state reads use them too)."""
+        if self._tombstones is None:
+            self._tombstones = await Tombstones.load(self.redis, self.secret)
+        return self._tombstones
 
     async def end(self, orgs: list[str], token: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

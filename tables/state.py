@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from tables import keys
 from tables.conversations import ConversationState, conversation_digest, prefix
+from tables.erase import Tombstones
 from tables.scripts import Call, Script
 from tables.writer import OrgWrite
 
@@ -92,10 +93,7 @@ class StateReader:
             st = OrgState()
             st.generations_version = None if gens_v is None else gens_v.decode()
             st.erasures_version = None if erased[0] is None else erased[0].decode()
-            flags = erased[1:]
-            st.erased = {
-                s for s, keyed, legacy in zip(q.students, flags[0::2], flags[1::2], strict=True) if keyed or legacy
-            }
+            st.erased = Tombstones.erased(q.students, erased[1:])
             for fld, val in zip(q.offset_fields, offsets, strict=True):
                 st.offsets[fld] = None if val is None else int(val)
             for event_id, val in zip(q.observations, obs_vals, strict=True):

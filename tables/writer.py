@@ -50,7 +50,6 @@ for _, d in ipairs(p.d) do
 end
 -- The counters first, each by pcall: one that would leave 64 bits (hostile values) undoes those before it
 -- and refuses the whole write before anything else is written (a script's error keeps what it wrote).
-local new_h = {}
 for n, o in ipairs(p.i) do
   local v = redis.pcall('HINCRBY', KEYS[o[1]], o[2], o[3])
   if type(v) == 'table' and v.err then
@@ -60,7 +59,6 @@ for n, o in ipairs(p.i) do
     end
     return redis.error_reply('ERR apply script refused: ' .. KEYS[o[1]] .. ' ' .. o[2] .. ': ' .. v.err)
   end
-  new_h[n] = v
 end
 for _, w in ipairs(p.w) do redis.call('HSET', offsets, w[1], w[3]) end
 for _, c in ipairs(p.c) do redis.call('HSET', KEYS[c[1]], ARGV[c[2]], ARGV[c[4]]) end

@@ -4,6 +4,7 @@ reading topics back, and comparing what the queries serve with the independent r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
 from agents.pipeline import BatchProcessor
@@ -118,6 +119,20 @@ class WorkerProcess:
 
     def log_tail(self, lines: int = 40) -> str:
         return tail(self.log, lines)
+
+
+@contextlib.asynccontextmanager
+async def worker_and_producer(settings: Settings, name: str) -> AsyncIterator[tuple[WorkerProcess, AIOKafkaProducer]]:
+    """A running worker and a raw producer (acks=all) for tests that send records of their own making; the
+    worker is killed and the producer stopped after."""
+    worker = WorkerProcess(settings, name).start()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        yield worker, producer
+    finally:
+        await producer.stop()
+        worker.kill()
 
 
 @dataclass

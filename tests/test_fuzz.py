@@ -12,14 +12,13 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from streams.settings import Settings
 from tests import reference
-from tests.support import WorkerProcess, mismatches, read_topic
+from tests.support import mismatches, read_topic, worker_and_producer
 
 pytestmark = pytest.mark.integration
 
@@ -135,12 +134,8 @@ def traffic(draw: Any) -> tuple[str, list[tuple[str, dict[str, Any]]], list[tupl
 @pytest.fixture
 async def fuzz_worker(settings: Settings, topics: list[str], redis: Redis) -> Any:
     settings = replace(settings, daily_retention_days=400)  # so that an event can be too old
-    worker = WorkerProcess(settings, "fuzz").start()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    await producer.start()
-    yield settings, producer, redis, worker
-    await producer.stop()
-    worker.kill()
+    async with worker_and_producer(settings, "fuzz") as (worker, producer):
+        yield settings, producer, redis, worker
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -27,7 +27,7 @@ from tables import ids, keys, queries
 from tables.buckets import Grain
 from tables.faults import is_data_fault
 from tests import reference
-from tests.support import WorkerProcess, demo_events, mismatches, read_compacted, read_topic
+from tests.support import WorkerProcess, demo_events, mismatches, read_compacted, read_topic, worker_and_producer
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18T11:06:40Z
 LIMITS = Limits(retention_ms=None, max_future_ms=300_000)
@@ -199,16 +199,8 @@ async def _until(check: Any, worker: WorkerProcess, timeout: float = 90) -> Any:
 
 @pytest.fixture
 async def hostile_worker(settings: Settings, topics: list[str], redis: Redis) -> Any:
-    worker = WorkerProcess(settings, "hostile").start()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    await producer.start()
-    yield settings, producer, redis, worker
-    await producer.stop()
-    worker.kill()
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+    async with worker_and_producer(settings, "hostile") as (worker, producer):
+        yield settings, producer, redis, worker
 
 
 @pytest.mark.integration
@@ -326,15 +318,7 @@ async def test_a_counter_driven_past_64_bits_dead_letters_only_the_records_that_
     whale = [
         (
             "llm-observations",
-            {
-                "event_id": f"w{i}",
-                "org": "whale",
-                "timestamp": now,
-                "trace_id": f"w{i}",
-                "type": "generation",
-                "model": "gpt-4o",
-                "cost": "1000000",
-            },
+            observation(event_id=f"w{i}", org="whale", timestamp=now, trace_id=f"w{i}", cost="1000000"),
         )
         for i in range(9_230)
     ]
@@ -463,18 +447,7 @@ async def test_an_erasure_from_before_the_secret_still_drops_the_students_events
     now = int(datetime.now(UTC).timestamp() * 1000) - 60_000
     await redis.hset(keys.erasures("acme"), keys.legacy_tombstone("acme", "old"), b'{"at_ms": 1, "by": "test"}')
     events = [
-        (
-            "chat-messages",
-            {
-                "event_id": f"l{i}",
-                "org": "acme",
-                "timestamp": now,
-                "session_id": f"s-{who}",
-                "student": who,
-                "mentor_id": "m",
-                "role": "human",
-            },
-        )
+        ("chat-messages", chat(event_id=f"l{i}", timestamp=now, session_id=f"s-{who}", student=who, mentor_id="m"))
         for i, who in enumerate(["old", "new", "old"])
     ]
     await _send(producer, cfg, events)
@@ -531,15 +504,14 @@ async def test_a_changefeed_record_over_the_brokers_size_is_left_out_and_the_res
     events = [
         (
             "chat-messages",
-            {
-                "event_id": f"big{i}",
-                "org": "crowd",
-                "timestamp": now,
-                "session_id": f"s{i}",
-                "student": f"{i:06d}" + "x" * 594,
-                "mentor_id": "m",
-                "role": "human",
-            },
+            chat(
+                event_id=f"big{i}",
+                org="crowd",
+                timestamp=now,
+                session_id=f"s{i}",
+                student=f"{i:06d}" + "x" * 594,
+                mentor_id="m",
+            ),
         )
         for i in range(2_000)
     ]
