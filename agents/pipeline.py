@@ -15,13 +15,14 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
-from agents.planner import NeedState, Planner, state_query
+from agents.planner import Planner, state_query
 from streams.deadletter import DeadLetter, Record
 from streams.exceptions import InvalidEvent
 from streams.prices import PriceTable
 from streams.schemas import Event, Limits, parse
 from streams.settings import Settings
 from tables import keys
+from tables.aggregates.base import NeedState
 from tables.buckets import Retention
 from tables.changefeed import Changefeed, orgs_with_marks
 from tables.connections import Replication, wait_replicas
@@ -478,7 +479,6 @@ class BatchProcessor:
                     queries[org].convs += sorted(need.conversations - set(queries[org].convs))
                     retry[org] = items
                     continue
-                w.state, w.items = states[org], items
                 writes.append(w)
             pending = retry
             if pending:
