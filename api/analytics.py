@@ -13,6 +13,8 @@ from api import params
 from api.auth import ORG, USER, Caller
 from api.state import AppState, Served, State
 from tables import queries
+from tables.aggregates import llm_cost, sentiment, sessions
+from tables.aggregates import top_students as top
 from tables.buckets import local_today, time_zone
 
 router = APIRouter(tags=["analytics"])
@@ -39,20 +41,22 @@ async def average_messages_per_session(
     mentor_id: Annotated[str | None, Query(description="Only sessions with this mentor.")] = None,
     aggregation: Annotated[
         str | None,
-        Query(description="hourly, daily (default) or weekly.", json_schema_extra={"enum": list(queries.AGGREGATIONS)}),
+        Query(
+            description="hourly, daily (default) or weekly.", json_schema_extra={"enum": list(sessions.AGGREGATIONS)}
+        ),
     ] = None,
     group_by: Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")] = None,
     tz: TZ = None,
 ) -> list[dict[str, Any]]:
     """Sessions started per period (hours, days or ISO weeks of the time zone) and the average number of
     messages in them."""
-    agg = params.choice("aggregation", aggregation, queries.AGGREGATIONS, "daily") or "daily"
+    agg = params.choice("aggregation", aggregation, sessions.AGGREGATIONS, "daily") or "daily"
     zone = await zone_of(state, org, tz)
     start, end = params.date_range(start_date, end_date, required=True)
     check_retention(state, start, zone, hourly=agg == "hourly")
     if agg == "hourly" and (end - start).days > state.retention.hourly_days:
         raise params.bad("end_date", f"hourly rows span at most {state.retention.hourly_days} days")
-    return await queries.average_messages_per_session(
+    return await sessions.average_messages_per_session(
         view, org, start, end, agg, params.text("mentor_id", mentor_id), zone
     )
 
@@ -76,7 +80,7 @@ async def sentiment_count(
     zone = await zone_of(state, org, tz)
     start, end = params.period_days(period, local_today(zone))
     check_retention(state, start, zone, hourly=False)
-    return await queries.sentiment_counts(view, org, start, end, zone)
+    return await sentiment.sentiment_counts(view, org, start, end, zone)
 
 
 @router.get("/tenant-cost/")
@@ -95,7 +99,7 @@ async def tenant_cost(
     zone = await zone_of(state, org, tz)
     start, end = params.datetime_range(start_date, end_date, zone)
     check_retention(state, start.date(), zone, hourly=False)
-    return await queries.tenant_cost(view, org, start, end)
+    return await llm_cost.tenant_cost(view, org, start, end)
 
 
 @router.get("/top-students-by-chat-messages/")
@@ -115,10 +119,10 @@ async def top_students(
     mentor = params.text("mentor_id", mentor_id)
     zone = await zone_of(state, org, tz)
     if not start_date and not end_date:
-        return await queries.top_students(view, org, None, None, mentor)
+        return await top.top_students(view, org, None, None, mentor)
     start, end = params.date_range(start_date, end_date, required=False, today=local_today(zone))
     check_retention(state, start, zone, hourly=False)
-    return await queries.top_students(view, org, start, end, mentor, zone=zone)
+    return await top.top_students(view, org, start, end, mentor, zone=zone)
 
 
 @router.get("/freshness/")

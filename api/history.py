@@ -1,7 +1,7 @@
 """Chat history: conversations listed newest first with Django REST framework's paging, and records created,
 replaced, changed and deleted through Kafka (the worker applies them like any other event).
 
-Records are served in the platform's `Conversations` shape (tables/queries.served_conversation). On writes
+Records are served in the platform's `Conversations` shape (tables/history.served_conversation). On writes
 the server sets what the platform's server sets: the id, the student (the path's user), and the fields
 that come from elsewhere (sentiment from the sentiment stream, counts from the messages).
 """
@@ -24,6 +24,7 @@ from streams.producer import complete, key_for
 from streams.schemas import MAX_DEPTH, Conversation, format_timestamp, json_depth, parse
 from streams.topics import CHAT_HISTORY
 from tables import ids, queries
+from tables.aggregates import chat_history as history
 from tables.conversations import ConversationState
 
 router = APIRouter(tags=["chat history"])
@@ -94,7 +95,7 @@ async def chat_history(
     if start and end and end < start:
         raise params.bad("end_date", f"end_date {end} is before start_date {start}")
     topic_list = tuple(t.strip() for t in (params.text("topics", topics) or "").split(",") if t.strip())
-    flt = queries.HistoryFilter(
+    flt = history.HistoryFilter(
         start=start,
         end=end,
         student=params.text("filter_user_id", filter_user_id),
@@ -104,11 +105,11 @@ async def chat_history(
     )
     size = params.page_size(page_size)
     wanted = params.page_number(page, 1_000_000) if page != "last" else 1
-    count, rows = await queries.chat_history(view, org, flt, wanted, size)
+    count, rows = await history.chat_history(view, org, flt, wanted, size)
     pages = max(1, -(-count // size))
     n = params.page_number(page, pages)
     if n != wanted:  # "last"
-        count, rows = await queries.chat_history(view, org, flt, n, size)
+        count, rows = await history.chat_history(view, org, flt, n, size)
     return {
         "count": count,
         "next": str(request.url.include_query_params(page=n + 1)) if n < pages else None,
@@ -174,7 +175,7 @@ async def delete_chat_history(
 
 
 async def _existing(view: queries.View, org: str, conversation_id: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    found = await queries.conversation(view, org, params.text("id", conversation_id) or "")
+    found = await history.conversation(view, org, params.text("id", conversation_id) or "")
     if found is None:
         raise ApiError(404, "Not found.")
     return found
@@ -337,4 +338,4 @@ async def write_record(state: AppState, org: str, record: dict[str, Any]) -> dic
         inserted_ms=parsed.inserted_at_ms,
         deleted=parsed.deleted,
     )
-    return queries.served_conversation(org, ids.normalize(parsed.id), parsed.record, conv)
+    return history.served_conversation(org, ids.normalize(parsed.id), parsed.record, conv)

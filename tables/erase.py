@@ -40,6 +40,7 @@ from redis.asyncio import Redis
 
 from streams.topics import AGGREGATES, ERASURES
 from tables import keys, queries
+from tables.aggregates import chat_history, llm_cost, top_students
 from tables.buckets import Grain
 from tables.conversations import ConversationState
 from tables.generations import Generations
@@ -229,9 +230,9 @@ def _students_named(records: list[tuple[bytes, bytes]]) -> list[str]:
     named: set[str] = set()
     for key, value in records:
         _, metric, _, _ = keys.parse_record_key(key)
-        if keys.is_top_students_metric(metric):
+        if top_students.is_metric(metric):
             named.update(orjson.loads(value)["value"])
-        elif (student := keys.student_of_metric(metric)) is not None:
+        elif (student := llm_cost.student_of_metric(metric)) is not None:
             named.add(student)
     return sorted(named)
 
@@ -242,11 +243,11 @@ def _without(records: list[tuple[bytes, bytes]], erased: set[str]) -> list[tuple
     out: list[tuple[bytes, bytes]] = []
     for key, value in records:
         _, metric, _, _ = keys.parse_record_key(key)
-        if keys.is_top_students_metric(metric):
+        if top_students.is_metric(metric):
             record = orjson.loads(value)
             record["value"] = {s: n for s, n in record["value"].items() if s not in erased}
             out.append((key, orjson.dumps(record)))
-        elif keys.student_of_metric(metric) not in erased:
+        elif llm_cost.student_of_metric(metric) not in erased:
             out.append((key, value))
     return out
 
@@ -254,7 +255,7 @@ def _without(records: list[tuple[bytes, bytes]], erased: set[str]) -> list[tuple
 async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, *, publish: bool) -> None:
     """Step 2, in generation `gen`; `publish`: the served one, whose changes the audit record counts
     and the aggregates topic hears of."""
-    indexed: Any = await redis.smembers(keys.conversations_by(gen, org, "student", student))
+    indexed: Any = await redis.smembers(chat_history.filter_key(gen, org, "student", student))
     digests = {int(m) for m in indexed}
     # And any conversation whose state names them (its record's or its earliest message's student).
     async for batch in _scan(redis, keys.conversation_buckets(gen, org)):
@@ -270,21 +271,21 @@ async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, 
         async with redis.pipeline(transaction=False) as pipe:
             for kind, value in state.index_entries():
                 if kind:
-                    pipe.srem(keys.conversations_by(gen, org, kind, value, digest), member)
+                    pipe.srem(chat_history.filter_key(gen, org, kind, value, digest), member)
                 else:
-                    pipe.zrem(keys.conversations(gen, org), member)
+                    pipe.zrem(chat_history.index_key(gen, org), member)
             for day in {hour // 24 for hour in state.costs}:
                 pipe.zrem(
-                    keys.session_costs(gen, org, day),
-                    keys.session_cost_member(state.first_mentor or "", state.cid or ""),
+                    llm_cost.sessions_key(gen, org, day),
+                    llm_cost.session_member(state.first_mentor or "", state.cid or ""),
                 )
             pipe.hdel(keys.conversation_bucket(gen, org, digest), keys.conversation_field(digest))
             await pipe.execute()
         out.conversations += publish
-    await redis.delete(keys.conversations_by(gen, org, "student", student))
+    await redis.delete(chat_history.filter_key(gen, org, "student", student))
 
     # The student's cost fields, in every hourly and daily bucket (found by name: a session's hash may be gone).
-    cost_field = keys.cost_field("u", student)
+    cost_field = llm_cost.cost_field("u", student)
     for pattern in (keys.bucket(gen, org, Grain.HOUR, 0), keys.bucket(gen, org, Grain.DAY, 0)):
         async for batch in _scan(redis, pattern.rsplit(":", 1)[0] + ":*"):
             async with redis.pipeline(transaction=False) as pipe:
@@ -295,7 +296,7 @@ async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, 
                 out.cost_buckets += [key.decode() for key, n in zip(batch, removed, strict=True) if n]
     out.cost_fields = len(out.cost_buckets)
 
-    async for batch in _scan(redis, keys.top_students(gen, org, Grain.DAY, 0).rsplit(":", 1)[0] + ":*"):
+    async for batch in _scan(redis, top_students.key(gen, org, Grain.DAY, 0).rsplit(":", 1)[0] + ":*"):
         async with redis.pipeline(transaction=False) as pipe:
             for key in batch:
                 pipe.zrem(key, student)
@@ -326,7 +327,7 @@ async def publications(redis: Redis, erasure: Erasure) -> list[tuple[str, bytes,
     out: list[tuple[str, bytes, bytes | None]] = [
         (ERASURES, f"{erasure.org}|{erasure.tombstone}".encode(), orjson.dumps(erasure.audit()))
     ]
-    field = keys.cost_field("u", erasure.student)
+    field = llm_cost.cost_field("u", erasure.student)
     for key in erasure.cost_buckets:
         if record := keys.counter_record(key, field, "h", 0, erasure.at_ms):
             out.append((AGGREGATES, record[0], None))

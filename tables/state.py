@@ -11,6 +11,7 @@ import orjson
 from redis.asyncio import Redis
 
 from tables import keys
+from tables.aggregates import chat_history, llm_cost
 from tables.conversations import ConversationState, conversation_digest, prefix
 from tables.erase import Tombstones
 from tables.scripts import Call, Script
@@ -214,18 +215,18 @@ async def expire_conversations(redis: Redis, gen: int, org: str, before_ms: int,
                 continue
             digest = int.from_bytes(fld, "big", signed=True)
             filters = [
-                keys.conversations_by(gen, org, kind, value, digest) for kind, value in st.index_entries() if kind
+                chat_history.filter_key(gen, org, kind, value, digest) for kind, value in st.index_entries() if kind
             ]
-            costs = [keys.session_costs(gen, org, day) for day in sorted({hour // 24 for hour in st.costs})]
+            costs = [llm_cost.sessions_key(gen, org, day) for day in sorted({hour // 24 for hour in st.costs})]
             calls.append(
                 (
-                    [bucket.decode(), keys.conversations(gen, org), *filters, *costs],
+                    [bucket.decode(), chat_history.index_key(gen, org), *filters, *costs],
                     [
                         fld,
                         st.version or 0,
                         digest,
                         len(filters),
-                        keys.session_cost_member(st.first_mentor or "", st.cid or ""),
+                        llm_cost.session_member(st.first_mentor or "", st.cid or ""),
                     ],
                 )
             )

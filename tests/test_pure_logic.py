@@ -13,10 +13,10 @@ from agents.progress import PartitionProgress, runs
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, LlmObservation
 from tables import keys
-from tables.aggregates.llm_cost import AppliedObservation
+from tables.aggregates import chat_history, llm_cost, sessions, top_students
+from tables.aggregates.llm_cost import AppliedObservation, cost_buckets
 from tables.buckets import Grain, Retention, day_of, days_between, hour_of, hours_between, split_weeks
 from tables.conversations import ConversationState, Digests, conversation_digest, event_digest, is_newer, starts_earlier
-from tables.queries import cost_buckets
 from tables.state import OrgState
 from tables.writer import OrgWrite
 
@@ -78,11 +78,11 @@ def test_session_belongs_to_the_day_of_its_first_message() -> None:
     p = planner()
     items = [msg("a", 10, T0), msg("b", 11, T0 + 60 * 60 * 1000, role="ai")]  # the second is the next day
     w = p.plan("acme", items, OrgState(), T0, 0)
-    assert daily(w, keys.SESSIONS, T0) == 1
-    assert daily(w, keys.MESSAGES, T0) == 2  # both messages count where the session started
-    assert daily(w, keys.MESSAGES, T0 + DAY) == 0
+    assert daily(w, sessions.SESSIONS, T0) == 1
+    assert daily(w, sessions.MESSAGES, T0) == 2  # both messages count where the session started
+    assert daily(w, sessions.MESSAGES, T0 + DAY) == 0
     for mentor in (None, "m1"):  # by its half hour, for the org and for the mentor
-        assert w.zincrs[w.k(keys.top_students(0, "acme", Grain.HALF, T0 // HALF, mentor))] == {"ann": 1}
+        assert w.zincrs[w.k(top_students.key(0, "acme", Grain.HALF, T0 // HALF, mentor))] == {"ann": 1}
 
 
 def test_replayed_events_count_nothing_and_a_later_message_counts_where_the_session_started() -> None:
@@ -93,9 +93,9 @@ def test_replayed_events_count_nothing_and_a_later_message_counts_where_the_sess
                                 human=2, ids=Digests([event_digest("a0"), event_digest("a")]))  # fmt: skip
     state = OrgState(convs={"s1": session})
     w = p.plan("acme", [first, msg("b", 11, T0)], state, T0, 0)
-    assert daily(w, keys.SESSIONS, T0) == 0  # the session was counted already
-    assert daily(w, keys.MESSAGES, T0) == 1  # only "b" is new, counted where the session started...
-    assert daily(w, keys.mentor_field(keys.MESSAGES, "m0"), T0) == 1  # ...for its mentor
+    assert daily(w, sessions.SESSIONS, T0) == 0  # the session was counted already
+    assert daily(w, sessions.MESSAGES, T0) == 1  # only "b" is new, counted where the session started...
+    assert daily(w, sessions.mentor_field(sessions.MESSAGES, "m0"), T0) == 1  # ...for its mentor
     assert w.events == 1  # "a" counted before the crash
     # Applied only if no other writer changed the conversation meanwhile.
     digest = conversation_digest("acme", "s1")
@@ -109,10 +109,10 @@ def test_an_earlier_message_arriving_later_moves_the_session_with_all_its_messag
                                 ids=Digests([event_digest("b"), event_digest("b2")]))  # fmt: skip
     state = OrgState(convs={"s1": session})
     w = p.plan("acme", [msg("a", 10, T0)], state, T0, 0)
-    assert (daily(w, keys.SESSIONS, later), daily(w, keys.MESSAGES, later)) == (-1, -2)
-    assert (daily(w, keys.SESSIONS, T0), daily(w, keys.MESSAGES, T0)) == (1, 3)
-    assert daily(w, keys.mentor_field(keys.MESSAGES, "m2"), later) == -2
-    assert daily(w, keys.mentor_field(keys.SESSIONS, "m1"), T0) == 1  # the earliest message's mentor
+    assert (daily(w, sessions.SESSIONS, later), daily(w, sessions.MESSAGES, later)) == (-1, -2)
+    assert (daily(w, sessions.SESSIONS, T0), daily(w, sessions.MESSAGES, T0)) == (1, 3)
+    assert daily(w, sessions.mentor_field(sessions.MESSAGES, "m2"), later) == -2
+    assert daily(w, sessions.mentor_field(sessions.SESSIONS, "m1"), T0) == 1  # the earliest message's mentor
     after = w.conv_after["s1"]
     assert (after.started_ms, after.first_event, after.version) == (T0, "a", 2)
     digest = conversation_digest("acme", "s1")
@@ -120,7 +120,7 @@ def test_an_earlier_message_arriving_later_moves_the_session_with_all_its_messag
         1,
         after.pack(),
     )
-    assert w.zadds[(w.k(keys.conversations(0, "acme")), str(digest))] == float(T0)  # listed by its new start
+    assert w.zadds[(w.k(chat_history.index_key(0, "acme")), str(digest))] == float(T0)  # listed by its new start
 
 
 def test_session_start_and_latest_version_rules() -> None:
@@ -143,11 +143,11 @@ def test_resent_observation_replaces_its_cost_unless_it_is_older() -> None:
     )
     prev = AppliedObservation(500, 10, 10, 0, T0, 4, "x", None, T0 // DAY).value()
     w = p.plan("acme", [obs], OrgState(observations={"o1": prev}), T0, 0)
-    assert daily(w, keys.COST, T0) == -200
-    assert daily(w, keys.OBSERVATIONS, T0) == 0
+    assert daily(w, llm_cost.COST, T0) == -200
+    assert daily(w, llm_cost.OBSERVATIONS, T0) == 0
     newer = AppliedObservation(500, 10, 10, 0, T0 + 1, 3, "x", None, T0 // DAY).value()
     w = p.plan("acme", [obs], OrgState(observations={"o1": newer}), T0, 0)
-    assert daily(w, keys.COST, T0) == 0  # an older version arriving late changes nothing
+    assert daily(w, llm_cost.COST, T0) == 0  # an older version arriving late changes nothing
     assert w.events == 0
 
 
@@ -161,7 +161,7 @@ def test_an_event_id_counts_once(dup_in_batch: bool) -> None:
         else ConversationState(version=1, started_ms=T0, ids=Digests([event_digest("a")]))
     )
     w = p.plan("acme", items, OrgState(convs={"s1": held}), T0, 0)
-    assert daily(w, keys.MESSAGES, T0) == (1 if dup_in_batch else 0)
+    assert daily(w, sessions.MESSAGES, T0) == (1 if dup_in_batch else 0)
 
 
 @pytest.mark.parametrize(

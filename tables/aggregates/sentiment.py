@@ -4,7 +4,12 @@ chat history's: `chat_history`)."""
 
 from __future__ import annotations
 
+from datetime import date
+from typing import Any
+from zoneinfo import ZoneInfo
+
 from streams.schemas import SENTIMENTS
+from tables import queries
 from tables.aggregates.base import Batch, Counted
 from tables.buckets import Grain
 from tables.conversations import ConversationState
@@ -32,3 +37,16 @@ class Sentiment:
 
     def flush(self, b: Batch, sums: None) -> None:
         return
+
+
+# --- reads -----------------------------------------------------------------------------------------
+async def sentiment_counts(
+    view: queries.View, org: str, start: date, end: date, zone: ZoneInfo | None = None
+) -> list[dict[str, Any]]:
+    """One row per day of the zone (UTC without one), zeros included: all sentiment events, and the count
+    of each label."""
+    fields = [SENTIMENT, *(sentiment_field(s) for s in SENTIMENTS)]
+    return [
+        {"date": d, "sentiment_count": total, **dict(zip(SENTIMENTS, labels, strict=True))}
+        for d, (total, *labels) in await queries.periods(view, org, start, end, False, zone, fields)
+    ]

@@ -10,7 +10,12 @@ session starts and its counts per role, so what the session adds is derived from
 from __future__ import annotations
 
 from collections import Counter
+from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
 
+from tables import ids, queries
 from tables.aggregates.base import Batch, Counted
 from tables.buckets import DAY_MS, HALF_MS, MINUTE_MS, Grain
 from tables.conversations import ConversationState, starts_earlier
@@ -86,3 +91,57 @@ def _session(deltas: Deltas, conv: ConversationState, sign: int, *, messages_onl
     else:
         counts[0] += sign
         counts[1] += sign * (conv.human + conv.ai)
+
+
+# --- reads -----------------------------------------------------------------------------------------
+AGGREGATIONS = ("hourly", "daily", "weekly")
+
+
+def _ratio(messages: int, sessions: int) -> tuple[int, float]:
+    if sessions == 0:
+        return 0, 0.0
+    exact = Decimal(messages) / Decimal(sessions)
+    return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)), float(exact)
+
+
+async def average_messages_per_session(
+    view: queries.View,
+    org: str,
+    start: date,
+    end: date,
+    aggregation: str = "daily",
+    mentor_id: str | None = None,
+    zone: ZoneInfo | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of sessions started per period and their messages; periods with no session included. Days and
+    weeks are the zone's (UTC without one)."""
+    s_field, m_field = SESSIONS, MESSAGES
+    if mentor_id is not None:
+        mentor_id = await queries.resolve(view, org, ids.MENTOR, mentor_id)
+        s_field, m_field = mentor_field(s_field, mentor_id), mentor_field(m_field, mentor_id)
+    periods = [
+        (t, s, m)
+        for t, (s, m) in await queries.periods(view, org, start, end, aggregation == "hourly", zone, [s_field, m_field])
+    ]
+    if aggregation == "weekly":
+        weeks: dict[str, list[int]] = {}
+        for t, s, m in periods:
+            d = date.fromisoformat(t)
+            monday = (d - timedelta(days=d.weekday())).isoformat()
+            acc = weeks.setdefault(monday, [0, 0])
+            acc[0] += s
+            acc[1] += m
+        periods = [(t, s, m) for t, (s, m) in weeks.items()]
+    rows = []
+    for t, sessions, messages in periods:
+        avg, exact = _ratio(messages, sessions)
+        rows.append(
+            {
+                "time": t,
+                "avg_messages": avg,
+                "total_sessions": sessions,
+                "total_messages": messages,
+                "avg_messages_exact": exact,
+            }
+        )
+    return rows
