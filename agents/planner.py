@@ -12,13 +12,11 @@ family does with the events is in its module (tables/aggregates/; the rules: doc
 
 from __future__ import annotations
 
-from typing import Any
-
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import ids, keys
-from tables.aggregates import families
-from tables.aggregates.base import Batch, Counted, Family
+from tables.aggregates import FAMILIES
+from tables.aggregates.base import Batch, Counted
 from tables.buckets import Grain, Retention
 from tables.conversations import ConversationState, conversation_digest, event_digest
 from tables.erase import Tombstones
@@ -61,14 +59,14 @@ def student_of(event: Event) -> str | None:
 
 class Planner:
     def __init__(self, prices: PriceTable, retention: Retention) -> None:
+        self.prices = prices
         self.retention = retention
-        self.families: tuple[Family[Any], ...] = families(prices)
 
     def plan(self, org: str, items: list[Event], state: OrgState, now_ms: int, gen: int) -> OrgWrite:
         """The OrgWrite to generation `gen` for this org's events (each with where it was read from), in any
         order."""
         w = OrgWrite(org, gen, state, items)
-        b = Batch(w, state, self.retention, Grain.DAY.index(now_ms))
+        b = Batch(w, state, self.retention, self.prices, Grain.DAY.index(now_ms))
         # No batch planned before an erasure may write after it: the apply checks the erasures' version.
         w.guard(keys.erasures(org), keys.ERASURES_VERSION, state.erasures_version)
         counted = Counted()
@@ -105,7 +103,7 @@ class Planner:
                 counted.sentiments.append((ev, conv))
             else:
                 counted.records.append((ev, conv))
-        sums = [(family, family.fold(b, counted)) for family in self.families]
+        sums = [(family, family.fold(b, counted)) for family in FAMILIES]
         for cid, after in b.convs.items():
             before = b.before[cid]
             if after == before:  # a conversation whose events were all counted before is not written

@@ -124,10 +124,6 @@ async def _erase(redis: Redis, settings: Settings, args: argparse.Namespace) -> 
             await producer.send_and_wait(settings.topic(topic), value, key=key)
     finally:
         await producer.stop()
-    what = erasure.audit()["what"]
-    print(
-        f"erased from {args.org}: {what['conversations']} conversation(s), {what['cost_fields']} cost field(s), "
-        f"{what['top_students_entries']} top-students entr(ies); later events of theirs are dropped "
-        f"(tombstone {erasure.tombstone})"
-    )
+    what = ", ".join(f"{name} {n}" for name, n in erasure.audit()["what"].items())
+    print(f"erased from {args.org}: {what}; later events of theirs are dropped (tombstone {erasure.tombstone})")
     return 0

@@ -11,10 +11,12 @@
    - their conversations (found through the student index and by scanning the org's conversation buckets
      for the record's or the earliest message's student): the state (the record, with its email), every
      chat-history index entry, and the session's entries in the per-mentor session costs;
-   - their per-student LLM cost fields in the hourly and daily buckets their sessions cost in;
-   - their entries in every top-students set (hourly, daily, weekly, all time, per mentor).
+   - what each aggregate family keeps that names them (`Family.erase`, tables/aggregates/): their
+     per-student LLM cost fields in every hourly and daily bucket, their entries in every top-students set
+     (hourly, daily, weekly, all time, per mentor), the days they chatted (distinct students).
 3. Then the compacted `analytics-aggregates` topic hears of it (`publications`): a Kafka tombstone for each
-   of their cost counters, the new value of each top-students set. A worker may have applied a batch just
+   published counter a family removed (their cost counters), the new value of each published set it
+   changed (the top-students sets). A worker may have applied a batch just
    before the tombstone and be about to publish its records, which name the student: every publication
    begins with PUBLISH_BEGIN_LUA, atomic with the tombstone, which leaves erased students out of its
    records, and the erasure waits for those that began before it (`PublicationFence`), so no record naming
@@ -40,8 +42,7 @@ from redis.asyncio import Redis
 
 from streams.topics import AGGREGATES, ERASURES
 from tables import keys, queries
-from tables.aggregates import chat_history, llm_cost, top_students
-from tables.buckets import Grain
+from tables.aggregates import FAMILIES, chat_history, llm_cost, top_students
 from tables.conversations import ConversationState
 from tables.generations import Generations
 from tables.scripts import Script
@@ -90,10 +91,9 @@ class Erasure:
     at_ms: int
     by: str
     conversations: int = 0
-    cost_fields: int = 0
-    top_entries: int = 0
-    sorted_sets: list[str] = field(default_factory=list)
-    cost_buckets: list[str] = field(default_factory=list)  # buckets whose student cost field was removed
+    what: dict[str, int] = field(default_factory=dict)  # the families' counts of what they removed
+    sorted_sets: list[str] = field(default_factory=list)  # published sets it changed
+    counters: list[tuple[str, str]] = field(default_factory=list)  # published counters (key, field) it removed
 
     def audit(self) -> dict[str, Any]:
         return {
@@ -101,11 +101,7 @@ class Erasure:
             "student_tombstone": self.tombstone,
             "at_ms": self.at_ms,
             "by": self.by,
-            "what": {
-                "conversations": self.conversations,
-                "cost_fields": self.cost_fields,
-                "top_students_entries": self.top_entries,
-            },
+            "what": {"conversations": self.conversations, **self.what},
         }
 
 
@@ -284,27 +280,15 @@ async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, 
         out.conversations += publish
     await redis.delete(chat_history.filter_key(gen, org, "student", student))
 
-    # The student's cost fields, in every hourly and daily bucket (found by name: a session's hash may be gone).
-    cost_field = llm_cost.cost_field("u", student)
-    for pattern in (keys.bucket(gen, org, Grain.HOUR, 0), keys.bucket(gen, org, Grain.DAY, 0)):
-        async for batch in _scan(redis, pattern.rsplit(":", 1)[0] + ":*"):
-            async with redis.pipeline(transaction=False) as pipe:
-                for key in batch:
-                    pipe.hdel(key, cost_field)
-                removed = await pipe.execute()
-            if publish:
-                out.cost_buckets += [key.decode() for key, n in zip(batch, removed, strict=True) if n]
-    out.cost_fields = len(out.cost_buckets)
-
-    async for batch in _scan(redis, top_students.key(gen, org, Grain.DAY, 0).rsplit(":", 1)[0] + ":*"):
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in batch:
-                pipe.zrem(key, student)
-            removed = await pipe.execute()
-        for key, n in zip(batch, removed, strict=True):
-            if n and publish:
-                out.top_entries += n
-                out.sorted_sets.append(key.decode())
+    # Then what each family keeps that names them (tables/aggregates/: cost fields, top-students entries,
+    # the days they chatted).
+    for family in FAMILIES:
+        erased = await family.erase(redis, gen, org, student)
+        if publish:
+            out.counters += erased.counters
+            out.sorted_sets += erased.sets
+            for name, n in erased.audit.items():
+                out.what[name] = out.what.get(name, 0) + n
 
 
 async def _scan(redis: Redis, pattern: str) -> Any:
@@ -327,9 +311,8 @@ async def publications(redis: Redis, erasure: Erasure) -> list[tuple[str, bytes,
     out: list[tuple[str, bytes, bytes | None]] = [
         (ERASURES, f"{erasure.org}|{erasure.tombstone}".encode(), orjson.dumps(erasure.audit()))
     ]
-    field = llm_cost.cost_field("u", erasure.student)
-    for key in erasure.cost_buckets:
-        if record := keys.counter_record(key, field, "h", 0, erasure.at_ms):
+    for key, fld in erasure.counters:
+        if record := keys.counter_record(key, fld, "h", 0, erasure.at_ms):
             out.append((AGGREGATES, record[0], None))
     async with redis.pipeline(transaction=False) as pipe:
         for key in erasure.sorted_sets:

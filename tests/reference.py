@@ -70,6 +70,8 @@ class Expected:
     conversations: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     # (org, conversation id) -> the latest sentiment label
     latest_sentiment: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (org, day, mentor or "" for the org's) -> the students who chatted that day
+    students: dict[tuple[str, str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
     orgs: set[str] = field(default_factory=set)
 
     def days(self) -> set[tuple[str, str]]:
@@ -98,6 +100,8 @@ def expected(events: list[tuple[str, dict[str, Any]]]) -> Expected:
         if topic == "chat-messages":
             session_messages[(org, e["session_id"])].append((t, e["event_id"], e["mentor_id"]))
             out.conversations[org].add(e["session_id"])
+            for who in ("", e["mentor_id"]):
+                out.students[(org, day(t), who)].add(e["student"])
             if e["role"] == "human":
                 out.human[(org, day(t))][e["student"]] += 1
         elif topic == "sentiment":

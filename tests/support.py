@@ -32,7 +32,7 @@ from streams.demo import DemoConfig, DemoTraffic
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
 from tables import apikeys, queries
-from tables.aggregates import chat_history, llm_cost, sentiment, sessions, top_students
+from tables.aggregates import chat_history, distinct_students, llm_cost, sentiment, sessions, top_students
 from tests import reference
 
 LOG_ROOT = Path(tempfile.gettempdir()) / "aia-test-logs"
@@ -231,6 +231,10 @@ async def mismatches(redis: Redis, exp: reference.Expected) -> list[str]:
             if got_top != dict(exp.human.get((org, day), {})):
                 out.append(f"{org} {day} top students differ: got {sorted(got_top.items())[:5]}...")
             d += timedelta(days=1)
+        distinct = await distinct_students.distinct_students(queries.View(redis, 0), org, first, last)
+        for row in distinct["days"]:
+            if row["students"] != len(want := exp.students.get((org, row["date"], ""), set())):
+                out.append(f"{org} {row['date']} distinct students: got {row['students']}, want {len(want)}")
         count, _ = await chat_history.chat_history(queries.View(redis, 0), org, chat_history.HistoryFilter(), 1, 1)
         if count != len(exp.conversations[org]):
             out.append(f"{org} conversations: got {count}, want {len(exp.conversations[org])}")

@@ -24,7 +24,7 @@ from infra.redis import RedisServer
 from streams.deadletter import Record
 from streams.settings import Settings
 from tables import keys, queries
-from tables.aggregates import chat_history, llm_cost, sentiment, sessions, top_students
+from tables.aggregates import chat_history, distinct_students, llm_cost, sentiment, sessions, top_students
 from tables.buckets import Grain, local_days, time_zone
 from tests import reference
 from tests.support import apply_batches, as_records
@@ -122,6 +122,10 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
             )
         d += timedelta(days=1)
     out["top all"] = await top_students.top_students(queries.View(redis, 0), ORG, first, last)
+    for mentor in (None, *MENTORS):
+        out[f"distinct {mentor}"] = await distinct_students.distinct_students(
+            queries.View(redis, 0), ORG, first, last, mentor
+        )
     # In a time zone: local days from hourly buckets, top students from hourly sets at the days' edges.
     zone = time_zone(LOCAL_ZONE)
     out["local avg daily"] = await sessions.average_messages_per_session(
@@ -180,6 +184,11 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
         if name.startswith("top ") and name.endswith(" None") and name != "top all":
             day = name.split()[1]
             assert {r["username"]: r["chat_message_count"] for r in value} == dict(exp.human.get((ORG, day), {}))
+    for mentor in (None, *MENTORS):
+        distinct = got[f"distinct {mentor}"]
+        want_days = {d: exp.students.get((ORG, d, mentor or ""), set()) for d in (r["date"] for r in distinct["days"])}
+        assert {r["date"]: r["students"] for r in distinct["days"]} == {d: len(s) for d, s in want_days.items()}
+        assert distinct["total"] == len(set().union(*want_days.values())), mentor
     local = reference.local(events, LOCAL_ZONE)
     for row in got["local avg daily"]:
         assert [row["total_sessions"], row["total_messages"]] == local.daily.get((row["time"], ""), [0, 0]), row

@@ -19,6 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from redis.asyncio import Redis
+
+from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import ids, keys
 from tables.buckets import Grain, Retention
@@ -60,6 +63,7 @@ class Batch:
     w: OrgWrite
     state: OrgState
     retention: Retention
+    prices: PriceTable  # what a model's tokens cost, for an observation that does not say
     arrival_day: int  # the day (epoch day index) the batch is applied: conversations and observations note it
     # (grain, bucket index, field) -> delta: the counters of every family, written per bucket at the end
     buckets: dict[tuple[Grain, int, str], int] = field(default_factory=dict)
@@ -136,6 +140,44 @@ class Batch:
             w.hincr(key, fld, n)
 
 
+@dataclass
+class Erased:
+    """What a family's erasure of a student removed: the hash counters (key, field) and sorted sets whose
+    published value changed (the changefeed hears of them: tables/erase.publications), and what the
+    erasure's audit record says of it (`what`: a count by name)."""
+
+    counters: list[tuple[str, str]] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)
+    audit: dict[str, int] = field(default_factory=dict)
+
+
+async def remove_everywhere(redis: Redis, pattern: str, command: str, *args: str) -> list[tuple[str, int]]:
+    """Run `command key *args` (HDEL, ZREM, SREM) on every key matching the pattern, found by SCAN (never
+    blocking Redis; on a cluster, every primary's), pipelined a few hundred at a time: (key, what it
+    removed) for each key it removed something from."""
+    out: list[tuple[str, int]] = []
+    batch: list[bytes] = []
+
+    async def run() -> None:
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in batch:
+                getattr(pipe, command.lower())(key, *args)
+            removed = await pipe.execute()
+        out.extend((key.decode(), int(n)) for key, n in zip(batch, removed, strict=True) if n)
+        batch.clear()
+
+    async for key in redis.scan_iter(match=pattern, count=_SCAN_CHUNK):
+        batch.append(key)
+        if len(batch) >= _SCAN_CHUNK:
+            await run()
+    if batch:
+        await run()
+    return out
+
+
+_SCAN_CHUNK = 500
+
+
 class Family(Protocol[S]):
     """An aggregate family: what it takes from the events, how it folds them (its order-free rule), what
     it writes. Its keys, its stored encoding and the reads the API makes of it are in its module. `S` is
@@ -153,4 +195,9 @@ class Family(Protocol[S]):
 
     def flush(self, b: Batch, sums: S) -> None:
         """Write the batch's sums."""
+        ...
+
+    async def erase(self, redis: Redis, gen: int, org: str, student: str) -> Erased:
+        """Remove everything of generation `gen` that names the student (tables/erase.py, step 2; the
+        conversations themselves go by the erasure's own step)."""
         ...

@@ -14,10 +14,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
 
 from streams.schemas import format_timestamp
 from tables import ids, keys, queries
-from tables.aggregates.base import Batch, Counted
+from tables.aggregates.base import Batch, Counted, Erased
 from tables.conversations import ConversationState, addressed_digest, conversation_digest, is_newer
 
 # The mentor, topic and sentiment indexes (few values, many conversations each) are in shards.
@@ -87,6 +88,9 @@ class ChatHistory:
 
     def flush(self, b: Batch, sums: None) -> None:
         return
+
+    async def erase(self, redis: Redis, gen: int, org: str, student: str) -> Erased:
+        return Erased()  # counts without a name
 
 
 # --- reads -----------------------------------------------------------------------------------------

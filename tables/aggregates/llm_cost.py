@@ -17,12 +17,13 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
 
 from streams.prices import PriceTable
 from streams.schemas import LlmObservation
 from tables import ids, keys, queries
 from tables.aggregates import chat_history
-from tables.aggregates.base import Batch, Counted
+from tables.aggregates.base import Batch, Counted, Erased, remove_everywhere
 from tables.buckets import Grain, day_index, days_between, hour_index
 from tables.conversations import ConversationState, conversation_digest, is_newer
 
@@ -100,9 +101,6 @@ class AppliedObservation:
 class LlmCost:
     name = "llm_cost"
 
-    def __init__(self, prices: PriceTable) -> None:
-        self.prices = prices
-
     def fold(self, b: Batch, counted: Counted) -> None:
         """Apply (or replace) each observation's cost and tokens in the org's and its model's buckets, and
         its session's cost by hour; an observation that changes nothing (a copy, an older version) is
@@ -113,7 +111,7 @@ class LlmCost:
         for ev in counted.observations:
             raw = applied.get(ev.event_id)
             prev = None if raw is None else AppliedObservation.parse(raw)
-            new = self._applied(ev, prev, b.arrival_day)
+            new = _applied(ev, prev, b.arrival_day, b.prices)
             if new is None:
                 continue
             w.events += 1
@@ -140,25 +138,6 @@ class LlmCost:
                 if sign > 0:  # the latest time of each trace: a maximum, whatever the order
                     conv.traces = {**conv.traces, ev.trace_id: max(ev.ts_ms, conv.traces.get(ev.trace_id, 0))}
 
-    def _applied(
-        self, ev: LlmObservation, prev: AppliedObservation | None, arrival_day: int
-    ) -> AppliedObservation | None:
-        """What the observations hash will record for the observation, or None when it changes nothing."""
-        if prev is not None and not is_newer(
-            (ev.ts_ms, ev.src_offset, ev.event_id), (prev.ts_ms, prev.offset, ev.event_id)
-        ):
-            return None
-        cost = ev.cost_nanos
-        unpriced = 0
-        if cost is None:
-            cost = self.prices.cost_nanos(ev.model, ev.input_tokens, ev.output_tokens)
-            if cost is None:
-                cost, unpriced = 0, 1
-        session = None if ev.session_id is None else ids.normalize(ev.session_id)
-        return AppliedObservation(
-            cost, ev.input_tokens, ev.output_tokens, unpriced, ev.ts_ms, ev.src_offset, ev.model, session, arrival_day
-        )
-
     def changed(self, b: Batch, sums: None, cid: str, before: ConversationState, after: ConversationState) -> None:
         """What the session's cost adds to its student's and mentor's buckets and to the day's per-mentor
         session costs: the difference between its state after the batch and before."""
@@ -180,6 +159,37 @@ class LlmCost:
 
     def flush(self, b: Batch, sums: None) -> None:
         return
+
+    async def erase(self, redis: Redis, gen: int, org: str, student: str) -> Erased:
+        """The student's cost fields, in every hourly and daily bucket (found by name: a session's state may
+        be gone). The org's and mentors' totals keep what the student's sessions cost."""
+        fld = cost_field("u", student)
+        out = Erased()
+        for grain in (Grain.HOUR, Grain.DAY):
+            pattern = keys.bucket(gen, org, grain, 0).rsplit(":", 1)[0] + ":*"
+            out.counters += [(key, fld) for key, _ in await remove_everywhere(redis, pattern, "HDEL", fld)]
+        out.audit["cost_fields"] = len(out.counters)
+        return out
+
+
+def _applied(
+    ev: LlmObservation, prev: AppliedObservation | None, arrival_day: int, prices: PriceTable
+) -> AppliedObservation | None:
+    """What the observations hash will record for the observation, or None when it changes nothing."""
+    if prev is not None and not is_newer(
+        (ev.ts_ms, ev.src_offset, ev.event_id), (prev.ts_ms, prev.offset, ev.event_id)
+    ):
+        return None
+    cost = ev.cost_nanos
+    unpriced = 0
+    if cost is None:
+        cost = prices.cost_nanos(ev.model, ev.input_tokens, ev.output_tokens)
+        if cost is None:
+            cost, unpriced = 0, 1
+    session = None if ev.session_id is None else ids.normalize(ev.session_id)
+    return AppliedObservation(
+        cost, ev.input_tokens, ev.output_tokens, unpriced, ev.ts_ms, ev.src_offset, ev.model, session, arrival_day
+    )
 
 
 def attributed(cid: str, conv: ConversationState) -> dict[tuple[str, Grain, int, str], int]:

@@ -8,9 +8,11 @@ from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from redis.asyncio import Redis
+
 from streams.schemas import SENTIMENTS
 from tables import queries
-from tables.aggregates.base import Batch, Counted
+from tables.aggregates.base import Batch, Counted, Erased
 from tables.buckets import Grain
 from tables.conversations import ConversationState
 
@@ -37,6 +39,9 @@ class Sentiment:
 
     def flush(self, b: Batch, sums: None) -> None:
         return
+
+    async def erase(self, redis: Redis, gen: int, org: str, student: str) -> Erased:
+        return Erased()  # counts without a name
 
 
 # --- reads -----------------------------------------------------------------------------------------

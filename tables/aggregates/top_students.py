@@ -13,8 +13,10 @@ from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from redis.asyncio import Redis
+
 from tables import ids, keys, queries
-from tables.aggregates.base import Batch, Counted
+from tables.aggregates.base import Batch, Counted, Erased, remove_everywhere
 from tables.buckets import DAY_MS, HALF_MS, Grain, cover, day_at, day_index, local_days, split_weeks
 from tables.conversations import ConversationState
 
@@ -89,6 +91,11 @@ class TopStudents:
             w.zincr_members(zkey, members)
         for mentor, members in alltime.items():
             w.zincr_members(alltime_key(gen, org, mentor), members)
+
+    async def erase(self, redis: Redis, gen: int, org: str, student: str) -> Erased:
+        """The student's entry in every set (half-hourly, hourly, daily, weekly, all time, per mentor)."""
+        removed = await remove_everywhere(redis, keys.org_key(gen, org, "top:*"), "ZREM", student)
+        return Erased(sets=[key for key, _ in removed], audit={"top_students_entries": sum(n for _, n in removed)})
 
 
 # --- reads -----------------------------------------------------------------------------------------
