@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 
 from api import params
 from api.auth import ORG, USER, Caller
+from api.cache import answered_by
 from api.state import AppState, Served, State
 from tables import queries
 from tables.aggregates import llm_cost, sentiment, sessions
@@ -29,7 +30,7 @@ TZ = Annotated[
 ]
 
 
-@router.get("/average-messages-per-session/")
+@router.get("/average-messages-per-session/", openapi_extra=answered_by(sessions.Sessions))
 async def average_messages_per_session(
     org: ORG,
     user_id: USER,
@@ -61,7 +62,7 @@ async def average_messages_per_session(
     )
 
 
-@router.get("/sentiment-count/")
+@router.get("/sentiment-count/", openapi_extra=answered_by(sentiment.Sentiment))
 async def sentiment_count(
     org: ORG,
     user_id: USER,
@@ -83,7 +84,7 @@ async def sentiment_count(
     return await sentiment.sentiment_counts(view, org, start, end, zone)
 
 
-@router.get("/tenant-cost/")
+@router.get("/tenant-cost/", openapi_extra=answered_by(llm_cost.LlmCost))
 async def tenant_cost(
     org: ORG,
     user_id: USER,
@@ -102,7 +103,7 @@ async def tenant_cost(
     return await llm_cost.tenant_cost(view, org, start, end)
 
 
-@router.get("/top-students-by-chat-messages/")
+@router.get("/top-students-by-chat-messages/", openapi_extra=answered_by(top.TopStudents))
 async def top_students(
     org: ORG,
     user_id: USER,

@@ -2,9 +2,10 @@
 
 An org's aggregates change only when a batch is applied to it (each apply bumps `version` in the org's
 `meta` hash, agents/planner.py), when a student is erased (the erasures' version), when its time zone is
-set (`ai-analytics orgs tz`) or when a rebuild switches generations. The analytics and cost GETs under
-an org are a function of those, of the query and of the day (retention limits are relative to today).
-So this middleware, for those GETs only:
+set (`ai-analytics orgs tz`) or when a rebuild switches generations. A GET under an org whose answer is
+read from the aggregate families alone (its route says so: `answered_by`, which names them) is a function
+of those, of the query and of the day (retention limits are relative to today). So this middleware, for
+those GETs only:
 
 - reads, in one round trip, what the `caller` dependency reads (the key and whether the org exists)
   plus the org's versions; a request that the route would refuse (no key, another org's key, an unknown
@@ -33,18 +34,44 @@ from typing import Any
 
 import orjson
 from starlette.datastructures import Headers
+from starlette.routing import compile_path
 
 from api.auth import _token
 from api.errors import ApiError
 from api.params import parse_query
 from tables import apikeys, keys
+from tables.aggregates import FAMILIES
+from tables.aggregates.base import Family
 
-# The org-scoped GETs whose answers are a function of the org's data and the query (not of the clock, as
-# freshness is, nor of the caller's role, as chat history is).
-CACHED = re.compile(
-    r"^/api/ai-analytics/orgs/(?P<org>[^/]+)/users/[^/]+/(average-messages-per-session|sentiment-count|tenant-cost|"
-    r"top-students-by-chat-messages|user-cost|mentors/[^/]+/cost|costs/(model|permentor|peruser|users))/$"
-)
+ANSWERED_BY = "x-answered-by"
+
+
+def answered_by(*families: type[Family[Any]]) -> dict[str, Any]:
+    """A route's `openapi_extra` saying that its answer is read from these aggregate families alone, so it
+    is a function of the org's data and the query (not of the clock, as freshness is, nor of the caller's
+    role, as chat history is): the cache keeps such answers (an org-scoped GET, its `{org}` in the path).
+    OpenAPI shows it as `x-answered-by`."""
+    return {ANSWERED_BY: [family.name for family in families]}
+
+
+def cached_routes(app: Any) -> list[re.Pattern[str]]:
+    """The path patterns of the GETs marked `answered_by`, read from the app's OpenAPI document (where the
+    routers' prefixes are applied): each must name an `{org}` path parameter and known families."""
+    names = {family.name for family in FAMILIES}
+    out = []
+    for path, operations in app.openapi()["paths"].items():
+        marked = operations.get("get", {}).get(ANSWERED_BY)
+        if not marked:
+            continue
+        if unknown := set(marked) - names:
+            raise ValueError(f"{path} is answered by unknown families: {sorted(unknown)}")
+        pattern, _, convertors = compile_path(path)
+        if "org" not in convertors:
+            raise ValueError(f"{path} is not scoped to an org: its answers cannot be cached")
+        out.append(pattern)
+    return out
+
+
 MAX_ENTRIES = 4096
 MAX_BODY = 1 << 20  # bytes; bigger answers are computed each time
 
@@ -56,10 +83,22 @@ class AnswerCache:
         self.entries: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # etag -> (content-type, body)
         self.computing: dict[str, asyncio.Future[None]] = {}  # etag -> done when its first request is answered
         self.hits = self.misses = self.not_modified = 0
+        self.routes: list[re.Pattern[str]] | None = None  # read from the app's routes at the first request
+
+    def _org(self, scope: dict[str, Any]) -> str | None:
+        """The org of a GET to a cached route, else None."""
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return None
+        if self.routes is None:
+            self.routes = cached_routes(scope["app"])
+        for pattern in self.routes:
+            if match := pattern.match(scope["path"]):
+                return match.group("org")
+        return None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        match = CACHED.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
-        etag = await self._etag(scope, match.group("org")) if match else None
+        org = self._org(scope)
+        etag = await self._etag(scope, org) if org is not None else None
         if etag is None:
             await self.app(scope, receive, send)
             return

@@ -16,6 +16,7 @@ from fastapi import Path as PathParam
 from api import params
 from api.analytics import TZ, check_retention, zone_of
 from api.auth import ORG, USER, AllOrgsAdmin, Caller
+from api.cache import answered_by
 from api.state import Served, State
 from streams.schemas import format_timestamp
 from tables import ids, queries
@@ -49,7 +50,7 @@ Range = Annotated[tuple[datetime, datetime], Depends(cost_range)]
 AllOrgsRange = Annotated[tuple[datetime, datetime], Depends(all_orgs_range)]
 
 
-@router.get("/user-cost/")
+@router.get("/user-cost/", openapi_extra=answered_by(llm_cost.LlmCost))
 async def user_cost(
     org: ORG,
     user_id: USER,
@@ -65,7 +66,7 @@ async def user_cost(
     return {"total_cost": llm_cost.usd(nanos), "cost_nanos": nanos}
 
 
-@router.get("/mentors/{mentor_unique_id}/cost/")
+@router.get("/mentors/{mentor_unique_id}/cost/", openapi_extra=answered_by(llm_cost.LlmCost))
 async def mentor_cost(
     org: ORG,
     user_id: USER,
@@ -81,7 +82,7 @@ async def mentor_cost(
     return {"total_cost": llm_cost.usd(nanos), "cost_nanos": nanos}
 
 
-@router.get("/costs/model/")
+@router.get("/costs/model/", openapi_extra=answered_by(llm_cost.LlmCost))
 async def model_cost(org: ORG, user_id: USER, key: Caller, state: State, view: Served, span: Range) -> dict[str, Any]:
     """The model that cost the most over the range, and its cost (one object, as the platform answers);
     `models` lists every model's cost."""
@@ -95,7 +96,7 @@ async def model_cost(org: ORG, user_id: USER, key: Caller, state: State, view: S
     }
 
 
-@router.get("/costs/permentor/")
+@router.get("/costs/permentor/", openapi_extra=answered_by(llm_cost.LlmCost))
 async def per_mentor_cost(
     org: ORG, user_id: USER, key: Caller, state: State, view: Served, span: Range
 ) -> dict[str, Any]:
@@ -122,7 +123,7 @@ async def per_mentor_cost(
     return {"tenant": org, "tenant_total_cost": llm_cost.usd(total), "mentor_data": mentor_data}
 
 
-@router.get("/costs/peruser/")
+@router.get("/costs/peruser/", openapi_extra=answered_by(llm_cost.LlmCost))
 async def per_user_cost(
     org: ORG, user_id: USER, key: Caller, state: State, view: Served, span: Range
 ) -> dict[str, Any]:
@@ -139,7 +140,7 @@ async def per_user_cost(
     }
 
 
-@router.get("/costs/users/")
+@router.get("/costs/users/", openapi_extra=answered_by(llm_cost.LlmCost))
 async def top_users_by_cost(
     org: ORG, user_id: USER, key: Caller, state: State, view: Served, span: Range
 ) -> list[dict[str, Any]]:

@@ -67,7 +67,8 @@ class Digests:
         return f"Digests({len(self.items)})"
 
     def packed(self) -> bytes:
-        return b"".join(self.items)
+        """The digests in order: one set is always the same bytes (whatever order they were counted in)."""
+        return b"".join(sorted(self.items))
 
     @classmethod
     def unpacked(cls, raw: bytes) -> Digests:

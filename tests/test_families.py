@@ -1,0 +1,256 @@
+"""The aggregate families without servers: each one's stored encoding pinned to the byte (a change to a key,
+a field or a value is a decision, made here, not an accident), each one's fold the same whatever the order
+and the copies of the events, and the answer cache's routes read from the families' marks."""
+
+from __future__ import annotations
+
+import calendar
+import random
+from typing import Any
+
+import pytest
+
+from agents.planner import Planner
+from api.app import create_app
+from api.cache import answered_by, cached_routes
+from streams.prices import PriceTable
+from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
+from tables.aggregates import FAMILIES, sessions
+from tables.buckets import Retention
+from tables.conversations import ConversationState
+from tables.state import OrgState
+from tables.writer import OrgWrite
+
+T0 = calendar.timegm((2026, 11, 20, 23, 30, 0)) * 1000  # 23:30 UTC, half an hour before midnight
+MINUTE = 60_000
+
+
+def events() -> list[Event]:
+    """A small batch of each kind: two messages of one session (the ai one first by time), a judgement, a
+    chat-history record and a priced observation of the session."""
+
+    def msg(eid: str, offset: int, ts: int, role: str) -> ChatMessage:
+        return ChatMessage(event_id=eid, org="acme", timestamp=ts, ts_ms=ts, session_id="s1", student="ann",
+                           mentor_id="m1", role=role, topics=("math",), src_topic="chat-messages",
+                           src_offset=offset)  # type: ignore[arg-type]  # fmt: skip
+
+    return [
+        msg("e1", 10, T0 + MINUTE, "human"),
+        msg("e2", 11, T0, "ai"),
+        SentimentEvent(
+            event_id="e3",
+            org="acme",
+            timestamp=T0,
+            ts_ms=T0 + 2 * MINUTE,
+            session_id="s1",
+            student="ann",
+            sentiment="positive",
+            src_topic="sentiment",
+            src_offset=3,
+        ),
+        Conversation(
+            "e4",
+            "acme",
+            T0,
+            "s1",
+            "ann",
+            "m1",
+            ("algebra",),
+            T0,
+            {"title": "t"},
+            src_topic="chat-history",
+            src_offset=4,
+        ),
+        LlmObservation(
+            "e5",
+            "acme",
+            T0 + 3 * MINUTE,
+            "t1",
+            "generation",
+            "gpt-4o",
+            1000,
+            500,
+            1_250,
+            session_id="s1",
+            src_topic="llm-observations",
+            src_offset=5,
+        ),
+    ]
+
+
+def plan(items: list[Event]) -> OrgWrite:
+    planner = Planner(PriceTable.load(), Retention(hourly_days=90, daily_days=400, dedup_days=7))
+    return planner.plan("acme", items, OrgState(), T0, 0)
+
+
+def render(w: OrgWrite) -> list[tuple[str, str, str, str]]:
+    """Every Redis operation of a write, as (command, key, field or member, value), sorted."""
+    k = w.keys
+    out = [("HINCRBY", k[i - 1], f, str(n)) for (i, f), n in w.hincrs.items() if n]
+    out += [("ZINCRBY", k[i - 1], m, str(n)) for i, ms in w.zincrs.items() for m, n in ms.items() if n]
+    out += [("HSET", k[i - 1], f, v) for (i, f), v in w.sets.items()]
+    out += [("SADD", k[i - 1], m, "") for i, ms in w.sadds.items() for m in ms]
+    out += [("SREM", k[i - 1], m, "") for i, ms in w.srems.items() for m in ms]
+    out += [("ZADD", k[i - 1], m, repr(s)) for (i, m), s in w.zadds.items()]
+    out += [("EXPIREAT", k[i - 1], "", str(ts)) for i, ts in w.expires.items()]
+    out += [("HSET", k[i - 1], f.hex(), v.hex()) for (i, f), (_, v) in w.convs.items()]
+    out += [("HSET", key, eid, v) for key, ids in w.seen.items() for eid, (_, v) in ids.items()]
+    out += [("HMAX", k[i - 1], f, str(v)) for (i, f), v in w.maxes.items()]
+    return sorted(out)
+
+
+def of(ops: list[tuple[str, str, str, str]], *, keys: tuple[str, ...] = (), fields: tuple[str, ...] = ()) -> list[str]:
+    """The operations on keys containing one of `keys` or on fields starting with one of `fields`."""
+    return [" ".join(op) for op in ops if any(s in op[1] for s in keys) or any(op[2].startswith(f) for f in fields)]
+
+
+def test_sessions_encoding() -> None:
+    assert of(render(plan(events())), fields=("sessions", "messages")) == [
+        "HINCRBY aia:{acme}:d:20261120 messages 2",
+        "HINCRBY aia:{acme}:d:20261120 messages|m|m1 2",
+        "HINCRBY aia:{acme}:d:20261120 sessions 1",
+        "HINCRBY aia:{acme}:d:20261120 sessions|m|m1 1",
+        "HINCRBY aia:{acme}:h:2026112023 messages 2",
+        "HINCRBY aia:{acme}:h:2026112023 messages|m|m1 2",
+        "HINCRBY aia:{acme}:h:2026112023 sessions 1",
+        "HINCRBY aia:{acme}:h:2026112023 sessions|m|m1 1",
+        "HINCRBY aia:{acme}:hh:202611202330 messages 2",
+        "HINCRBY aia:{acme}:hh:202611202330 messages|m|m1 2",
+        "HINCRBY aia:{acme}:hh:202611202330 sessions 1",
+        "HINCRBY aia:{acme}:hh:202611202330 sessions|m|m1 1",
+        f"HINCRBY aia:{{acme}}:min:{T0 // MINUTE} messages 1",
+        f"HINCRBY aia:{{acme}}:min:{T0 // MINUTE + 1} messages 1",
+    ]
+
+
+def test_sentiment_encoding() -> None:
+    assert of(render(plan(events())), fields=("sentiment",)) == [
+        "HINCRBY aia:{acme}:d:20261120 sentiment 1",
+        "HINCRBY aia:{acme}:d:20261120 sentiment|positive 1",
+        "HINCRBY aia:{acme}:h:2026112023 sentiment 1",
+        "HINCRBY aia:{acme}:h:2026112023 sentiment|positive 1",
+        "HINCRBY aia:{acme}:hh:202611202330 sentiment 1",
+        "HINCRBY aia:{acme}:hh:202611202330 sentiment|positive 1",
+        f"HINCRBY aia:{{acme}}:min:{T0 // MINUTE + 2} sentiment 1",
+        f"HINCRBY aia:{{acme}}:min:{T0 // MINUTE + 2} sentiment|positive 1",
+    ]
+
+
+def test_llm_cost_encoding() -> None:
+    assert of(
+        render(plan(events())),
+        keys=(":costsess:", ":obs"),
+        fields=("cost_nanos", "tokens_", "observations", "unpriced"),
+    ) == [
+        "EXPIREAT aia:{acme}:costsess:20261120  1829779200",
+        "HINCRBY aia:{acme}:d:20261120 cost_nanos 1250",
+        "HINCRBY aia:{acme}:d:20261120 cost_nanos|model|gpt-4o 1250",
+        "HINCRBY aia:{acme}:d:20261120 cost_nanos|m|m1 1250",
+        "HINCRBY aia:{acme}:d:20261120 cost_nanos|u|ann 1250",
+        "HINCRBY aia:{acme}:d:20261120 observations 1",
+        "HINCRBY aia:{acme}:d:20261120 tokens_in 1000",
+        "HINCRBY aia:{acme}:d:20261120 tokens_out 500",
+        "HINCRBY aia:{acme}:h:2026112023 cost_nanos 1250",
+        "HINCRBY aia:{acme}:h:2026112023 cost_nanos|model|gpt-4o 1250",
+        "HINCRBY aia:{acme}:h:2026112023 cost_nanos|m|m1 1250",
+        "HINCRBY aia:{acme}:h:2026112023 cost_nanos|u|ann 1250",
+        "HINCRBY aia:{acme}:h:2026112023 observations 1",
+        "HINCRBY aia:{acme}:h:2026112023 tokens_in 1000",
+        "HINCRBY aia:{acme}:h:2026112023 tokens_out 500",
+        'HSET aia:{acme}:obs e5 [1250,1000,500,0,1795217580000,5,"gpt-4o","s1",20777]',
+        "ZINCRBY aia:{acme}:costsess:20261120 2|m1|s1 1250",
+    ]
+
+
+def test_top_students_encoding() -> None:
+    assert of(render(plan(events())), keys=(":top:",), fields=("human",)) == [
+        "EXPIREAT aia:{acme}:top:20261120  1829779200",
+        "EXPIREAT aia:{acme}:top:2026112023  1802995200",
+        "EXPIREAT aia:{acme}:top:202611202330  1802995200",
+        "EXPIREAT aia:{acme}:top:202611202330|m|m1  1802995200",
+        "EXPIREAT aia:{acme}:top:2026112023|m|m1  1802995200",
+        "EXPIREAT aia:{acme}:top:20261120|m|m1  1829779200",
+        "EXPIREAT aia:{acme}:top:w20261116  1829952000",
+        "EXPIREAT aia:{acme}:top:w20261116|m|m1  1829952000",
+        "HINCRBY aia:{acme}:d:20261120 human 1",
+        "ZINCRBY aia:{acme}:top:20261120 ann 1",
+        "ZINCRBY aia:{acme}:top:2026112023 ann 1",
+        "ZINCRBY aia:{acme}:top:202611202330 ann 1",
+        "ZINCRBY aia:{acme}:top:202611202330|m|m1 ann 1",
+        "ZINCRBY aia:{acme}:top:2026112023|m|m1 ann 1",
+        "ZINCRBY aia:{acme}:top:20261120|m|m1 ann 1",
+        "ZINCRBY aia:{acme}:top:all ann 1",
+        "ZINCRBY aia:{acme}:top:all|m|m1 ann 1",
+        "ZINCRBY aia:{acme}:top:w20261116 ann 1",
+        "ZINCRBY aia:{acme}:top:w20261116|m|m1 ann 1",
+    ]
+
+
+def test_chat_history_encoding() -> None:
+    assert of(render(plan(events())), keys=(":cx:", ":convs")) == [
+        "SADD aia:{acme}:cx:mentor:m1:8 -3340393984460741368 ",
+        "SADD aia:{acme}:cx:sentiment:positive:8 -3340393984460741368 ",
+        "SADD aia:{acme}:cx:student:ann -3340393984460741368 ",
+        "SADD aia:{acme}:cx:topic:algebra:8 -3340393984460741368 ",
+        "SADD aia:{acme}:cx:topic:math:8 -3340393984460741368 ",
+        "ZADD aia:{acme}:convs -3340393984460741368 1795217400000.0",
+    ]
+
+
+def test_distinct_students_encoding() -> None:
+    assert of(render(plan(events())), keys=(":ds:",)) == [
+        "EXPIREAT aia:{acme}:ds:20261120  1829779200",
+        "EXPIREAT aia:{acme}:ds:20261120|m|m1  1829779200",
+        "SADD aia:{acme}:ds:20261120 ann ",
+        "SADD aia:{acme}:ds:20261120|m|m1 ann ",
+    ]
+
+
+def test_conversation_store_encoding() -> None:
+    """The conversation's value (`<version>:<last_day>:` then its state in msgpack, its event digests in
+    order), the mentor's served UUID, the org's meta."""
+    assert of(render(plan(events())), keys=(":cv:", ":uuids", ":meta")) == [
+        "HINCRBY aia:{acme}:meta events|chat-history 1",
+        "HINCRBY aia:{acme}:meta events|chat-messages 2",
+        "HINCRBY aia:{acme}:meta events|llm-observations 1",
+        "HINCRBY aia:{acme}:meta events|sentiment 1",
+        "HINCRBY aia:{acme}:meta version 1",
+        "HMAX aia:{acme}:meta last_event_ms 1795217580000",
+        "HSET aia:{acme}:cv:264 d1a4895e8a5da508 313a32303737373adc001601cf000001a1fb4ba0c0a26532a26d31a3616e6e010191a46d617468a8706f73697469766593cf000001a1fb4d758003a2653393cf000001a1fb4ba0c004a26534a3616e6ea26d3191a7616c6765627261cf000001a1fb4ba0c0c281ce00079befcd04e281a27431cf000001a1fb4e5fe0ad7b227469746c65223a2274227dc4201f7e24023b50eaef49b7d57ffed16a345a80ad712e350b15916658fbd43a97b4cd5129a27331",
+        "HSET aia:{acme}:uuids d567aef6-027c-584d-8df3-f4671aab54ac mentor|m1",
+    ]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_any_order_and_any_copies_plan_the_same_write(seed: int) -> None:
+    """Every family's fold is a function of the set of events: shuffled, with copies, the same write (the
+    conversation's value compared as the state it holds: its sets have no order)."""
+    rng = random.Random(seed)
+    items = events()
+    shuffled = items + rng.sample(items, rng.randint(0, len(items)))
+    rng.shuffle(shuffled)
+    assert comparable(plan(shuffled)) == comparable(plan(items))
+
+
+def comparable(w: OrgWrite) -> list[Any]:
+    out: list[Any] = []
+    for op in render(w):
+        if ":cv:" in op[1]:
+            out.append((op[:3], ConversationState.unpack(bytes.fromhex(op[3]))))
+        else:
+            out.append(op)
+    return out
+
+
+def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None:
+    """The answer cache's routes are those marked `answered_by` (each an org's GET): the analytics and cost
+    views, not freshness (the clock), chat history (the caller's role) nor the all-orgs cost."""
+    patterns = [p.pattern for p in cached_routes(create_app())]
+    tails = sorted(p.split("/users/(?P<user_id>[^/]+)/")[1].replace("\\", "") for p in patterns)
+    assert tails == sorted([
+        "average-messages-per-session/$", "sentiment-count/$", "tenant-cost/$", "top-students-by-chat-messages/$",
+        "user-cost/$", "mentors/(?P<mentor_unique_id>[^/]+)/cost/$", "costs/model/$", "costs/permentor/$",
+        "costs/peruser/$", "costs/users/$",
+    ])  # fmt: skip
+    assert answered_by(sessions.Sessions) == {"x-answered-by": ["sessions"]}
+    assert len({f.name for f in FAMILIES}) == len(FAMILIES)  # each family answers under its own name
