@@ -1,7 +1,11 @@
-"""Event schemas (typed records, UTC-aware datetimes) and the validation that builds them from raw bytes.
+"""Event schemas (typed records, times as epoch milliseconds in UTC: `ts_ms`) and the validation that builds
+them from raw bytes.
 
 `parse(topic, key, raw, now_ms, limits)` returns a record or raises `InvalidEvent` whose reason is what the
-dead-letter record says. Validation is pure: no broker, no Redis.
+dead-letter record says. Validation is pure: no broker, no Redis. Besides each field's type and format,
+every value is bounded to what the worker can store and sum exactly (`MIN_TIME_MS`, `MAX_TOKENS`,
+`MAX_TOPICS`, `MAX_DEPTH`, `MAX_TEXT`, the `Limits` of the settings); crossing a bound is a dead letter
+naming it (docs/contract.md).
 
 Two paths give the same answers: a compiled one (msgspec decoders of typed structs carrying the same
 constraints, `_fast`) for chat messages, sentiment and observations, and the hand-written checks
