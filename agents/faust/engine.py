@@ -29,11 +29,7 @@ from mode import Service
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agents.outputs import Outputs, sweep_changefeed
-from agents.pipeline import BatchProcessor, BatchResult
-from agents.progress import PartitionProgress
-from streams import clients
-from streams.app import (
+from agents.faust.app import (
     app,
     chat_history_topic,
     chat_messages_topic,
@@ -41,6 +37,10 @@ from streams.app import (
     sentiment_topic,
     settings,
 )
+from agents.outputs import Outputs, sweep_changefeed
+from agents.pipeline import BatchProcessor, BatchResult
+from agents.progress import PartitionProgress
+from streams import clients
 from streams.deadletter import Record
 from streams.settings import Settings
 from streams.topics import INPUT_TOPICS
