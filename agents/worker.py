@@ -1,14 +1,31 @@
-"""The worker: reads the four input topics in batches and applies each batch with the BatchProcessor.
+"""The kafka engine, the default worker: reads the four input topics with aiokafka's `getmany` in one consumer
+group (several workers share the partitions) and applies each batch with the BatchProcessor
+(agents/pipeline.py), on the scaffolding it shares with the Faust engine (agents/engine.py).
 
-It reads with aiokafka's `getmany` in one consumer group (several workers share the partitions), hands
-every batch to the BatchProcessor, and commits the batch's offsets only after the batch is applied in
-Redis, its dead letters are acknowledged and its orgs' changed counters published (those of an org whose
-publication another worker holds are left to it and to the sweep, `sweep_changefeed`: the marks the apply
-left in Redis keep them, tables/changefeed.py). A record the batch's processing fails on is isolated and
-dead-lettered (`BatchProcessor.isolate`). What follows the apply (publishing,
-recording progress, committing: a batch's "tail") runs while the next batch is read and applied, one tail
-after the other, in order; and the next batch is read and validated while Redis applies the last part of
-the one before. A rebalance waits for the batch in flight and its tail. Why not Faust's agents: see docs/semantics.md ("Why the worker reads with aiokafka").
+What it guarantees (docs/semantics.md says why each holds):
+- **Exact aggregates from at-least-once delivery.** Kafka may hand a record over again (a crash before a
+  commit, a rebalance, a replay after Redis lost writes); the apply is guarded per org (the versions and
+  watermarks the plan read must still hold, else it is planned again) and counts an event by its id, so a
+  record applied twice counts once.
+- **Progress in Redis ahead of Kafka's commit.** A batch's offsets are committed only after its writes
+  are applied (and on replicas, on a cluster), its dead letters acknowledged, its orgs' changed counters
+  published and its progress recorded in Redis (agents/progress.ProgressStore, never lowered). Where
+  Redis is behind Kafka's commit (it lost its last writes, or was emptied), at an assignment or when
+  Redis comes back after failing, the worker seeks back to what Redis holds and reads again
+  (`ProgressStore.recover`).
+- **The changefeed.** The apply marks the published counters it changes in Redis; a batch's tail publishes
+  its orgs' marked counters to analytics-aggregates before committing (an org whose publication another
+  worker holds is left to it), and the sweep (`sweep_changefeed`, every second) publishes what any worker
+  left marked (tables/changefeed.py). So once the workers have caught up, the topic holds what Redis holds.
+- **Poison records go to the dead-letter topic.** An invalid event is dead-lettered with its reason; a
+  record the batch's processing fails on (a data fault, not Redis or Kafka being away) is isolated by
+  applying the batch in halves and dead-lettered alone, the rest applied (`BatchProcessor.process`). While
+  Redis or Kafka is away the batch is retried with backoff (agents/retry.py), never skipped.
+
+How: what follows a batch's apply (publishing, recording progress, committing: its "tail") runs while the
+next batch is read and applied, one tail after the other, in order; and the next batch is read and
+validated while Redis applies the last part of the one before. A rebalance waits for the batch in flight
+and every tail. Why this engine is the default: README, "Engines".
 """
 
 from __future__ import annotations
@@ -23,7 +40,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from agents.engine import Engine
-from agents.pipeline import BatchResult, Group, Pending, Prepared
+from agents.pipeline import Applying, Batch, BatchResult, Validated
 from agents.progress import TP
 from agents.retry import Stopped, retry
 from streams import clients
@@ -62,7 +79,7 @@ class Worker(Engine):
         self.batch_lock = asyncio.Lock()
         self.last_offset: dict[tuple[str, int], int] = {}
         self._tail: asyncio.Task[None] | None = None  # the last batch's publish, progress and commit
-        self._pending: tuple[Pending, dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] | None = None
+        self._pending: tuple[Applying, dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] | None = None
         self._stop = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -119,19 +136,19 @@ class Worker(Engine):
                     self._check_continuity(self.names[tp.topic], tp.partition, msgs[0].offset, msgs[-1].offset)
                 # Validated while Redis applies the last part of the batch before, then that one is settled
                 # and this one applied, all but its own last part.
-                prepared = await self.processor.prepare(self._groups(batch))
+                validated = await self.processor.validate(self._batch(batch))
                 await self.complete_pending()
-                await self._start(batch, prepared, stop)
+                await self._start(batch, validated, stop)
 
-    def _groups(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> list[Group]:
+    def _batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> Batch:
         # getmany gives each partition's records once, in offset order: validated as they are.
-        return [(self.names[tp.topic], tp.partition, msgs) for tp, msgs in batch.items()]
+        return Batch([(self.names[tp.topic], tp.partition, msgs) for tp, msgs in batch.items()])
 
     async def _start(
-        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], prepared: Prepared, stop: asyncio.Event
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], validated: Validated, stop: asyncio.Event
     ) -> None:
         try:
-            self._pending = (await self.processor.start(prepared), batch)
+            self._pending = (await self.processor.apply(validated), batch)
         except Exception:  # Redis or Kafka away, or a data fault: the serial way, which retries and isolates
             await self._apply_until_done(batch, stop)
 
@@ -142,7 +159,7 @@ class Worker(Engine):
         pending, batch = self._pending
         self._pending = None
         try:
-            result = await self.processor.finish(pending)
+            result = await self.processor.complete(pending)
         except Exception:  # as in `_start`
             await self._apply_until_done(batch, self._stop)
             return
@@ -152,7 +169,7 @@ class Worker(Engine):
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], stop: asyncio.Event
     ) -> None:
         """Apply the batch, retrying while Redis or Kafka is away (a restart, a failover); a record the batch's
-        processing fails on is isolated and dead-lettered (`BatchProcessor.isolate`).
+        processing fails on is isolated and dead-lettered (`BatchProcessor.process`).
 
         A retry is safe (agents/retry.py); nothing is committed until the batch is through; stopping meanwhile
         leaves it to the next run."""
@@ -183,7 +200,7 @@ class Worker(Engine):
 
     async def apply(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Apply the batch whole, then leave its tail (publish, progress, commit) running after the last one's."""
-        self._applied(batch, await self.processor.process_groups(self._groups(batch)))
+        self._applied(batch, await self.processor.process(self._batch(batch)))
 
     def _applied(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], result: BatchResult) -> None:
         n_records = sum(len(msgs) for msgs in batch.values())
@@ -213,7 +230,7 @@ class Worker(Engine):
         async def attempt(_: bool) -> None:
             nonlocal published
             if not published:
-                await self.processor.publish_changes(orgs)
+                await self.processor.publish(orgs)
                 published = True
             await self.store.save(progress)
 

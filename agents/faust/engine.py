@@ -36,7 +36,7 @@ from agents.faust.app import (
     sentiment_topic,
     settings,
 )
-from agents.pipeline import BatchResult
+from agents.pipeline import Batch, BatchResult
 from agents.progress import TP, PartitionProgress
 from agents.retry import PASSING, retry
 from streams import clients
@@ -106,8 +106,8 @@ class FaustEngine(Engine):
         async def attempt(redis_failed: bool) -> BatchResult:
             if redis_failed:
                 await self._check_redis_progress({(r.topic, r.partition) for r in records})
-            result = await self.processor.process(records)
-            await self.processor.publish_changes(result.orgs)
+            result = await self.processor.process(Batch.of(records))
+            await self.processor.publish(result.orgs)
             return result
 
         self.counts.batch(len(records), await retry(attempt, what="batch not applied", stop=self._stop))
