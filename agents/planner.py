@@ -102,9 +102,10 @@ class Planner:
         self.prices = prices
         self.retention = retention
 
-    def plan(self, org: str, items: list[Event], state: OrgState, now_ms: int) -> OrgWrite:
-        """The OrgWrite for this org's events (each with where it was read from), in any order."""
-        w = OrgWrite(org)
+    def plan(self, org: str, items: list[Event], state: OrgState, now_ms: int, gen: int) -> OrgWrite:
+        """The OrgWrite to generation `gen` for this org's events (each with where it was read from), in any
+        order."""
+        w = OrgWrite(org, gen)
         observations = dict(state.observations)
         arrival_day = Grain.DAY.index(now_ms)
         before: dict[str, ConversationState] = {}
@@ -140,7 +141,9 @@ class Planner:
                     continue
                 w.events += 1
                 observations[ev.event_id] = new.value()
-                w.mark_seen(keys.observations(org), ev.event_id, state.observations.get(ev.event_id), new.value())
+                w.mark_seen(
+                    keys.observations(w.gen, org), ev.event_id, state.observations.get(ev.event_id), new.value()
+                )
                 if prev_obs is None:
                     counted[ev.src_topic] = counted.get(ev.src_topic, 0) + 1
                 # The session's cost by hour: attributed to its student and mentor from its final state.
@@ -181,7 +184,7 @@ class Planner:
             fld = keys.offset_field(topic, partition)
             mark = state.offsets.get(fld)
             w.watermark(fld, mark, offset if mark is None else max(mark, offset))
-        meta = keys.meta(org)
+        meta = keys.meta(w.gen, org)
         w.hincr(meta, keys.DATA_VERSION, 1)  # answers cached for the version before are stale (api/cache.py)
         if newest_ms:
             w.hmax(meta, "last_event_ms", newest_ms)
@@ -247,7 +250,7 @@ class Planner:
                 continue
             key = bucket_keys.get((grain, index))
             if key is None:
-                key = bucket_keys[(grain, index)] = keys.bucket(w.org, grain, index)
+                key = bucket_keys[(grain, index)] = keys.bucket(w.gen, w.org, grain, index)
                 w.expire_at(key, self.retention.expire_at_s(grain, index))
             w.hincr(key, fld, n)
         # The half hour's and the hour's sets (a local day's edges, for a time zone), the day's and the
@@ -269,11 +272,11 @@ class Planner:
             members = alltime.setdefault(mentor, {})
             members[student] = members.get(student, 0) + n
         for (grain, index, mentor), members in sums.items():
-            key = keys.top_students(w.org, grain, index, mentor)
+            key = keys.top_students(w.gen, w.org, grain, index, mentor)
             w.expire_at(key, self.retention.expire_at_s(grain, index))
             w.zincr_members(key, members)
         for mentor, members in alltime.items():
-            w.zincr_members(keys.top_students_all(w.org, mentor), members)
+            w.zincr_members(keys.top_students_all(w.gen, w.org, mentor), members)
 
     def _chat_message(
         self,
@@ -358,7 +361,7 @@ class Planner:
         """A mentor id as kept; one that is not a UUID gets its served UUID mapped back to it."""
         kept = ids.normalize(mentor)
         if ids.needs_mapping(kept):
-            w.hset(keys.uuids(w.org), ids.served(w.org, ids.MENTOR, kept), ids.mapping_value(ids.MENTOR, kept))
+            w.hset(keys.uuids(w.gen, w.org), ids.served(w.org, ids.MENTOR, kept), ids.mapping_value(ids.MENTOR, kept))
         return kept
 
     def _write_conversation(
@@ -379,7 +382,10 @@ class Planner:
         after.last_day = arrival_day
         after.cid = cid
         w.put_conversation(
-            keys.conversation_bucket(w.org, digest), keys.conversation_field(digest), before.version, after.pack()
+            keys.conversation_bucket(w.gen, w.org, digest),
+            keys.conversation_field(digest),
+            before.version,
+            after.pack(),
         )
         w.conv_after[cid] = after
         if before.costs != after.costs or before.attribution() != after.attribution():
@@ -390,7 +396,7 @@ class Planner:
                     continue
                 kind, grain, index, member = slot
                 if kind == "z":
-                    key = keys.session_costs(w.org, index)
+                    key = keys.session_costs(w.gen, w.org, index)
                     w.zincr(key, member, n)
                     w.expire_at(key, retention.expire_at_s(Grain.DAY, index))
                 else:
@@ -400,16 +406,16 @@ class Planner:
             member = str(digest)
             for kind, value in old.keys() - new.keys():
                 if kind:
-                    w.srem(keys.conversations_by(w.org, kind, value, digest), member)
+                    w.srem(keys.conversations_by(w.gen, w.org, kind, value, digest), member)
                 else:
-                    w.zrem(keys.conversations(w.org), member)
+                    w.zrem(keys.conversations(w.gen, w.org), member)
             for (kind, value), score in new.items():
                 if (kind, value) in old and (kind or old[(kind, value)] == score):
                     continue
                 if kind:
-                    w.sadd(keys.conversations_by(w.org, kind, value, digest), member)
+                    w.sadd(keys.conversations_by(w.gen, w.org, kind, value, digest), member)
                 else:
-                    w.zadd(keys.conversations(w.org), member, score)
+                    w.zadd(keys.conversations(w.gen, w.org), member, score)
 
     def _observation(
         self, w: OrgWrite, ev: LlmObservation, offset: int, prev: AppliedObservation | None, arrival_day: int

@@ -151,8 +151,7 @@ async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms
     gens = await Generations.read(redis)
     for n in (gens.current, gens.building):  # and the one a rebuild is building
         if n is not None:
-            with keys.generation(n):
-                await _remove(redis, org, student, out, publish=n == gens.current)
+            await _remove(redis, n, org, student, out, publish=n == gens.current)
     await _wait_for_publications(redis, org, [t.decode() for t in under_way[0::2]], [float(x) for x in under_way[1::2]])
     return out
 
@@ -252,13 +251,13 @@ def _without(records: list[tuple[bytes, bytes]], erased: set[str]) -> list[tuple
     return out
 
 
-async def _remove(redis: Redis, org: str, student: str, out: Erasure, *, publish: bool) -> None:
-    """Step 2, in the context's generation; `publish`: the served one, whose changes the audit record counts
+async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, *, publish: bool) -> None:
+    """Step 2, in generation `gen`; `publish`: the served one, whose changes the audit record counts
     and the aggregates topic hears of."""
-    indexed: Any = await redis.smembers(keys.conversations_by(org, "student", student))
+    indexed: Any = await redis.smembers(keys.conversations_by(gen, org, "student", student))
     digests = {int(m) for m in indexed}
     # And any conversation whose state names them (its record's or its earliest message's student).
-    async for batch in _scan(redis, keys.conversation_buckets(org)):
+    async for batch in _scan(redis, keys.conversation_buckets(gen, org)):
         for bucket in batch:
             async for fld, raw in redis.hscan_iter(bucket, count=_CHUNK):
                 conv = ConversationState.unpack(raw)
@@ -266,26 +265,27 @@ async def _remove(redis: Redis, org: str, student: str, out: Erasure, *, publish
                     digests.add(int.from_bytes(fld, "big", signed=True))
 
     for digest in sorted(digests):
-        (state,) = await queries.conversation_states(redis, org, [digest])
+        (state,) = await queries.conversation_states(queries.View(redis, gen), org, [digest])
         member = str(digest)
         async with redis.pipeline(transaction=False) as pipe:
             for kind, value in state.index_entries():
                 if kind:
-                    pipe.srem(keys.conversations_by(org, kind, value, digest), member)
+                    pipe.srem(keys.conversations_by(gen, org, kind, value, digest), member)
                 else:
-                    pipe.zrem(keys.conversations(org), member)
+                    pipe.zrem(keys.conversations(gen, org), member)
             for day in {hour // 24 for hour in state.costs}:
                 pipe.zrem(
-                    keys.session_costs(org, day), keys.session_cost_member(state.first_mentor or "", state.cid or "")
+                    keys.session_costs(gen, org, day),
+                    keys.session_cost_member(state.first_mentor or "", state.cid or ""),
                 )
-            pipe.hdel(keys.conversation_bucket(org, digest), keys.conversation_field(digest))
+            pipe.hdel(keys.conversation_bucket(gen, org, digest), keys.conversation_field(digest))
             await pipe.execute()
         out.conversations += publish
-    await redis.delete(keys.conversations_by(org, "student", student))
+    await redis.delete(keys.conversations_by(gen, org, "student", student))
 
     # The student's cost fields, in every hourly and daily bucket (found by name: a session's hash may be gone).
     cost_field = keys.cost_field("u", student)
-    for pattern in (keys.bucket(org, Grain.HOUR, 0), keys.bucket(org, Grain.DAY, 0)):
+    for pattern in (keys.bucket(gen, org, Grain.HOUR, 0), keys.bucket(gen, org, Grain.DAY, 0)):
         async for batch in _scan(redis, pattern.rsplit(":", 1)[0] + ":*"):
             async with redis.pipeline(transaction=False) as pipe:
                 for key in batch:
@@ -295,7 +295,7 @@ async def _remove(redis: Redis, org: str, student: str, out: Erasure, *, publish
                 out.cost_buckets += [key.decode() for key, n in zip(batch, removed, strict=True) if n]
     out.cost_fields = len(out.cost_buckets)
 
-    async for batch in _scan(redis, keys.top_students(org, Grain.DAY, 0).rsplit(":", 1)[0] + ":*"):
+    async for batch in _scan(redis, keys.top_students(gen, org, Grain.DAY, 0).rsplit(":", 1)[0] + ":*"):
         async with redis.pipeline(transaction=False) as pipe:
             for key in batch:
                 pipe.zrem(key, student)

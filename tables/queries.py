@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -35,6 +35,16 @@ from tables.buckets import (
 from tables.conversations import ConversationState, addressed_digest, conversation_digest
 
 TOP_N = 20
+
+
+class View(NamedTuple):
+    """What a read needs: the connection, and the generation it reads (every key of the answer is built for
+    it; an API request reads the generation served once, api/ops.py)."""
+
+    redis: Redis
+    gen: int
+
+
 NANOS = Decimal(1_000_000_000)
 AGGREGATIONS = ("hourly", "daily", "weekly")
 
@@ -51,24 +61,25 @@ def _ratio(messages: int, sessions: int) -> tuple[int, float]:
 
 
 async def _periods(
-    redis: Redis, org: str, start: date, end: date, hourly: bool, zone: ZoneInfo | None, fields: list[str]
+    view: View, org: str, start: date, end: date, hourly: bool, zone: ZoneInfo | None, fields: list[str]
 ) -> list[tuple[str, list[int]]]:
     """(label, the fields' sums) per hour or day from start to end, both included; zeros included.
 
     In UTC a day is its daily bucket. In another zone a day is the hourly buckets of its UTC hours (23, 24
     or 25), with half-hour buckets at the edges for a zone half an hour off UTC, and an hour is labelled in
     local time with its offset."""
+    redis, gen = view
     periods: list[tuple[str, list[str]]]
     if zone is None and hourly:
-        periods = [(h.strftime("%Y-%m-%dT%H:00:00Z"), [keys.bucket(org, Grain.HOUR, hour_index(h))])
+        periods = [(h.strftime("%Y-%m-%dT%H:00:00Z"), [keys.bucket(gen, org, Grain.HOUR, hour_index(h))])
                    for h in hours_between(start, end)]  # fmt: skip
     elif zone is None:
-        periods = [(d.isoformat(), [keys.bucket(org, Grain.DAY, day_index(d))]) for d in days_between(start, end)]
+        periods = [(d.isoformat(), [keys.bucket(gen, org, Grain.DAY, day_index(d))]) for d in days_between(start, end)]
     elif hourly:
-        periods = [(local_hour_label(h, zone), [keys.bucket(org, g, i) for g, i in pieces(h, h + 3600)])
+        periods = [(local_hour_label(h, zone), [keys.bucket(gen, org, g, i) for g, i in pieces(h, h + 3600)])
                    for _, first, end_s in local_days(start, end, zone) for h in local_hours(first, end_s)]  # fmt: skip
     else:
-        periods = [(d.isoformat(), [keys.bucket(org, g, i) for g, i in pieces(first, end_s)])
+        periods = [(d.isoformat(), [keys.bucket(gen, org, g, i) for g, i in pieces(first, end_s)])
                    for d, first, end_s in local_days(start, end, zone)]  # fmt: skip
     replies = iter(
         await _pipeline(redis, [("hmget", key, fields) for _, bucket_keys in periods for key in bucket_keys])
@@ -84,7 +95,7 @@ async def _periods(
 
 
 async def average_messages_per_session(
-    redis: Redis,
+    view: View,
     org: str,
     start: date,
     end: date,
@@ -96,11 +107,11 @@ async def average_messages_per_session(
     weeks are the zone's (UTC without one)."""
     s_field, m_field = keys.SESSIONS, keys.MESSAGES
     if mentor_id is not None:
-        mentor_id = await resolve(redis, org, ids.MENTOR, mentor_id)
+        mentor_id = await resolve(view, org, ids.MENTOR, mentor_id)
         s_field, m_field = keys.mentor_field(s_field, mentor_id), keys.mentor_field(m_field, mentor_id)
     periods = [
         (t, s, m)
-        for t, (s, m) in await _periods(redis, org, start, end, aggregation == "hourly", zone, [s_field, m_field])
+        for t, (s, m) in await _periods(view, org, start, end, aggregation == "hourly", zone, [s_field, m_field])
     ]
     if aggregation == "weekly":
         weeks: dict[str, list[int]] = {}
@@ -127,7 +138,7 @@ async def average_messages_per_session(
 
 
 async def top_students(
-    redis: Redis,
+    view: View,
     org: str,
     start: date | None,
     end: date | None,
@@ -140,10 +151,11 @@ async def top_students(
     Whole weeks inside the range are read from weekly sets, the days around them from daily ones; in a
     zone other than UTC, the UTC hours (and half hours) at either edge of its days from hourly (and
     half-hourly) ones."""
+    redis, gen = view
     if mentor_id is not None:
-        mentor_id = await resolve(redis, org, ids.MENTOR, mentor_id)
+        mentor_id = await resolve(view, org, ids.MENTOR, mentor_id)
     if start is None or end is None:
-        zkeys = [keys.top_students_all(org, mentor_id)]
+        zkeys = [keys.top_students_all(gen, org, mentor_id)]
     else:
         edges: list[tuple[Grain, int]] = []
         if zone is not None:
@@ -154,9 +166,9 @@ async def top_students(
             else:
                 start, end = day_at(utc_days[0]), day_at(utc_days[-1])
         mondays, days = split_weeks(start, end) if start <= end else ([], [])
-        zkeys = [keys.top_students(org, Grain.WEEK, day_index(m), mentor_id) for m in mondays]
-        zkeys += [keys.top_students(org, Grain.DAY, day_index(d), mentor_id) for d in days]
-        zkeys += [keys.top_students(org, grain, i, mentor_id) for grain, i in edges]
+        zkeys = [keys.top_students(gen, org, Grain.WEEK, day_index(m), mentor_id) for m in mondays]
+        zkeys += [keys.top_students(gen, org, Grain.DAY, day_index(d), mentor_id) for d in days]
+        zkeys += [keys.top_students(gen, org, grain, i, mentor_id) for grain, i in edges]
     merged = await zunion(redis, zkeys)
     counts = [(member.decode(), int(score)) for member, score in merged]
     counts.sort(key=lambda kv: (-kv[1], kv[0]))
@@ -164,18 +176,18 @@ async def top_students(
 
 
 async def sentiment_counts(
-    redis: Redis, org: str, start: date, end: date, zone: ZoneInfo | None = None
+    view: View, org: str, start: date, end: date, zone: ZoneInfo | None = None
 ) -> list[dict[str, Any]]:
     """One row per day of the zone (UTC without one), zeros included: all sentiment events, and the count
     of each label."""
     fields = [keys.SENTIMENT, *(keys.sentiment_field(s) for s in SENTIMENTS)]
     return [
         {"date": d, "sentiment_count": total, **dict(zip(SENTIMENTS, labels, strict=True))}
-        for d, (total, *labels) in await _periods(redis, org, start, end, False, zone, fields)
+        for d, (total, *labels) in await _periods(view, org, start, end, False, zone, fields)
     ]
 
 
-def cost_buckets(org: str, start: datetime, end: datetime) -> list[str]:
+def cost_buckets(gen: int, org: str, start: datetime, end: datetime) -> list[str]:
     """Bucket keys that exactly cover [start, end): whole days as daily buckets, the edges as hours.
 
     Both ends are rounded down to the hour (the finest grain kept).
@@ -186,19 +198,20 @@ def cost_buckets(org: str, start: datetime, end: datetime) -> list[str]:
     t = start
     while t < end:
         if t.hour == 0 and t + timedelta(days=1) <= end:
-            out.append(keys.bucket(org, Grain.DAY, day_index(t.date())))
+            out.append(keys.bucket(gen, org, Grain.DAY, day_index(t.date())))
             t += timedelta(days=1)
         else:
-            out.append(keys.bucket(org, Grain.HOUR, hour_index(t)))
+            out.append(keys.bucket(gen, org, Grain.HOUR, hour_index(t)))
             t += timedelta(hours=1)
     return out
 
 
-async def tenant_cost(redis: Redis, org: str, start: datetime, end: datetime) -> dict[str, Any]:
+async def tenant_cost(view: View, org: str, start: datetime, end: datetime) -> dict[str, Any]:
     """Exact LLM cost of the org in [start, end), in USD (and nano-dollars, tokens, observations)."""
+    redis, gen = view
     fields = [keys.COST, keys.TOKENS_IN, keys.TOKENS_OUT, keys.OBSERVATIONS, keys.UNPRICED]
     async with redis.pipeline(transaction=False) as pipe:
-        for key in cost_buckets(org, start, end):
+        for key in cost_buckets(gen, org, start, end):
             pipe.hmget(key, fields)
         replies = await pipe.execute()
     totals = [sum(_int(r[i]) for r in replies) for i in range(len(fields))]
@@ -219,10 +232,11 @@ def usd(nanos: int) -> float:
     return float(Decimal(nanos) / NANOS)
 
 
-async def cost_fields(redis: Redis, org: str, start: datetime, end: datetime, prefix: str) -> dict[str, int]:
+async def cost_fields(view: View, org: str, start: datetime, end: datetime, prefix: str) -> dict[str, int]:
     """Sum over [start, end) of every bucket field starting with `prefix` (e.g. `cost|model|`), by the rest
     of the field's name; whole days from daily buckets, the edges from hourly ones."""
-    buckets = cost_buckets(org, start, end)
+    redis, gen = view
+    buckets = cost_buckets(gen, org, start, end)
     rows = await _pipeline(redis, [("hgetall", key) for key in buckets])
     out: dict[str, int] = {}
     for row in rows:
@@ -234,25 +248,27 @@ async def cost_fields(redis: Redis, org: str, start: datetime, end: datetime, pr
     return out
 
 
-async def cost_of(redis: Redis, org: str, start: datetime, end: datetime, fld: str) -> int:
+async def cost_of(view: View, org: str, start: datetime, end: datetime, fld: str) -> int:
     """Exact nano-dollars of one cost field (keys.cost_field) over [start, end)."""
-    replies = await _pipeline(redis, [("hget", key, fld) for key in cost_buckets(org, start, end)])
+    redis, gen = view
+    replies = await _pipeline(redis, [("hget", key, fld) for key in cost_buckets(gen, org, start, end)])
     return sum(_int(r) for r in replies)
 
 
-async def session_costs(redis: Redis, org: str, start: datetime, end: datetime) -> dict[tuple[str, str], int]:
+async def session_costs(view: View, org: str, start: datetime, end: datetime) -> dict[tuple[str, str], int]:
     """(mentor, session) -> cost of the session's observations in [start, end), exact to the hour like
     every cost: the sessions come from the per-day sets of the days the range touches, their cost from
     each session's cost by hour."""
+    redis, gen = view
     first = start.astimezone(UTC).date()
     last = (end.astimezone(UTC) - timedelta(microseconds=1)).date()
     if last < first:
         return {}
-    merged = await zunion(redis, [keys.session_costs(org, day_index(d)) for d in days_between(first, last)])
+    merged = await zunion(redis, [keys.session_costs(gen, org, day_index(d)) for d in days_between(first, last)])
     candidates = [
         pair for member, score in merged if int(score) and (pair := keys.parse_session_cost_member(member.decode()))
     ]
-    states = await conversation_states(redis, org, [conversation_digest(org, s) for _, s in candidates])
+    states = await conversation_states(view, org, [conversation_digest(org, s) for _, s in candidates])
     lo, hi = hour_index(start.astimezone(UTC)), hour_index(end.astimezone(UTC))
     out: dict[tuple[str, str], int] = {}
     for (mentor, session), state in zip(candidates, states, strict=True):
@@ -262,12 +278,13 @@ async def session_costs(redis: Redis, org: str, start: datetime, end: datetime) 
     return out
 
 
-async def latest_trace(redis: Redis, org: str, student: str, start: datetime, end: datetime) -> tuple[str, int] | None:
+async def latest_trace(view: View, org: str, student: str, start: datetime, end: datetime) -> tuple[str, int] | None:
     """(trace_id, time in ms) of the latest LLM trace in [start, end) of the student's sessions."""
+    redis, gen = view
     lo, hi = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-    members: Any = await redis.smembers(keys.conversations_by(org, "student", student))
+    members: Any = await redis.smembers(keys.conversations_by(gen, org, "student", student))
     best: tuple[int, str] | None = None
-    for state in await conversation_states(redis, org, [int(m) for m in members]):
+    for state in await conversation_states(view, org, [int(m) for m in members]):
         for trace_id, ts in state.traces.items():
             if lo <= ts < hi and (best is None or (ts, trace_id) > best):
                 best = (ts, trace_id)
@@ -293,19 +310,21 @@ async def zunion(redis: Redis, zkeys: list[str]) -> list[tuple[bytes, float]]:
     return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 
-async def conversation_states(redis: Redis, org: str, digests: list[int]) -> list[ConversationState]:
+async def conversation_states(view: View, org: str, digests: list[int]) -> list[ConversationState]:
     """The states of conversations by their digests (an empty state where there is none)."""
-    calls = [("hget", keys.conversation_bucket(org, d), keys.conversation_field(d)) for d in digests]
+    redis, gen = view
+    calls = [("hget", keys.conversation_bucket(gen, org, d), keys.conversation_field(d)) for d in digests]
     return [ConversationState.unpack(raw) for raw in await _pipeline(redis, calls)] if calls else []
 
 
-async def resolve(redis: Redis, org: str, kind: str, value: str) -> str:
+async def resolve(view: View, org: str, kind: str, value: str) -> str:
     """The kept id behind a mentor id a client sends: a served UUID maps back to a non-UUID id
     (tables/ids.py), another UUID is kept canonical, anything else is kept as given."""
+    redis, gen = view
     uid = ids.canonical(value)
     if uid is None:
         return value
-    mapped: Any = await redis.hget(keys.uuids(org), uid)
+    mapped: Any = await redis.hget(keys.uuids(gen, org), uid)
     if mapped is not None:
         found_kind, _, kept = str(mapped.decode()).partition("|")
         if found_kind == kind:
@@ -341,10 +360,11 @@ async def set_org_time_zone(redis: Redis, org: str, name: str | None) -> None:
         await redis.hset(keys.time_zones(), org, name)
 
 
-async def freshness(redis: Redis, org: str) -> dict[str, Any]:
+async def freshness(view: View, org: str) -> dict[str, Any]:
     """Time of the newest event applied for the org, the count applied per topic, and the org's time zone
     and what day it is there (the days its answers count in by default)."""
-    raw: Any = await redis.hgetall(keys.meta(org))
+    redis, gen = view
+    raw: Any = await redis.hgetall(keys.meta(gen, org))
     meta = {k.decode(): v.decode() for k, v in raw.items()}
     last = int(meta.pop("last_event_ms", 0))
     zone_name = await org_time_zone(redis, org)
@@ -367,14 +387,15 @@ class HistoryFilter:
 
 
 async def chat_history(
-    redis: Redis, org: str, flt: HistoryFilter, page: int, page_size: int
+    view: View, org: str, flt: HistoryFilter, page: int, page_size: int
 ) -> tuple[int, list[dict[str, Any]]]:
     """(count, the page's conversations), newest first by inserted_at."""
+    redis, gen = view
     if flt.mentor:
-        flt = replace(flt, mentor=await resolve(redis, org, ids.MENTOR, flt.mentor))
+        flt = replace(flt, mentor=await resolve(view, org, ids.MENTOR, flt.mentor))
     lo = "-inf" if flt.start is None else _ms(flt.start)
     hi = "+inf" if flt.end is None else _ms(flt.end + timedelta(days=1)) - 1
-    index = keys.conversations(org)
+    index = keys.conversations(gen, org)
     filters: list[tuple[str, str]] = []
     if flt.student:
         filters.append(("student", flt.student))
@@ -390,7 +411,7 @@ async def chat_history(
         digests = [int(m) for m in members]
     else:
         # Walk the smallest filter's sets, then check the others and the date range against it.
-        shards = [keys.filter_shards(org, kind, value) for kind, value in filters]
+        shards = [keys.filter_shards(gen, org, kind, value) for kind, value in filters]
         sizes = await _pipeline(redis, [("scard", k) for keys_ in shards for k in keys_])
         totals, i = [], 0
         for keys_ in shards:
@@ -407,7 +428,7 @@ async def chat_history(
             if n == smallest:
                 continue
             member_of = await _pipeline(
-                redis, [("sismember", keys.conversations_by(org, kind, value, int(m)), m) for m in candidates]
+                redis, [("sismember", keys.conversations_by(gen, org, kind, value, int(m)), m) for m in candidates]
             )
             keep = [k and bool(hit) for k, hit in zip(keep, member_of, strict=True)]
         lo_f = float("-inf") if lo == "-inf" else float(lo)
@@ -419,22 +440,22 @@ async def chat_history(
         )  # fmt: skip
         count = len(matched)
         digests = [d for _, d in matched[(page - 1) * page_size : page * page_size]]
-    return count, await _conversations(redis, org, digests)
+    return count, await _conversations(view, org, digests)
 
 
-async def conversation(redis: Redis, org: str, conv_id: str) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+async def conversation(view: View, org: str, conv_id: str) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
     """(the kept id, the stored record, the served conversation) of a conversation by the id a client
     sends (a served UUID or a kept id), or None when there is none (or it was deleted)."""
-    (conv,) = await conversation_states(redis, org, [addressed_digest(org, conv_id)])
+    (conv,) = await conversation_states(view, org, [addressed_digest(org, conv_id)])
     if conv.deleted or (conv.record_version is None and conv.started_ms is None) or conv.cid is None:
         return None
     stored: dict[str, Any] = orjson.loads(conv.record_json) if conv.record_json else {}
     return conv.cid, stored, served_conversation(org, conv.cid, stored, conv)
 
 
-async def _conversations(redis: Redis, org: str, digests: list[int]) -> list[dict[str, Any]]:
+async def _conversations(view: View, org: str, digests: list[int]) -> list[dict[str, Any]]:
     out = []
-    for conv in await conversation_states(redis, org, digests):
+    for conv in await conversation_states(view, org, digests):
         cid = conv.cid or ""
         out.append(served_conversation(org, cid, orjson.loads(conv.record_json) if conv.record_json else {}, conv))
     return out

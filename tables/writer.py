@@ -114,6 +114,7 @@ class OrgWrite:
     """Everything one batch does to one org, with the preconditions it was planned under."""
 
     org: str
+    gen: int  # the generation it writes (tables/keys.py)
     _keys: list[str] = field(default_factory=list)
     _index: dict[str, int] = field(default_factory=dict)
     watermarks: dict[str, tuple[int | None, int]] = field(default_factory=dict)
@@ -150,7 +151,7 @@ class OrgWrite:
     publish: bool = False
 
     def __post_init__(self) -> None:
-        self.k(keys.offsets(self.org))  # KEYS[1] is always the offsets hash
+        self.k(keys.offsets(self.gen, self.org))  # KEYS[1] is always the offsets hash
 
     def k(self, key: str) -> int:
         idx = self._index.get(key)

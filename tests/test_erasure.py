@@ -89,7 +89,7 @@ async def every_key_and_value(url: str, org: str) -> list[bytes]:
 async def all_time_count(url: str, org: str, student: str) -> int | None:
     redis = Redis.from_url(url)
     try:
-        score = await redis.zscore(keys.top_students_all(org), student)
+        score = await redis.zscore(keys.top_students_all(0, org), student)
         return None if score is None else int(score)
     finally:
         await redis.aclose()
@@ -222,14 +222,14 @@ def test_a_batch_planned_before_an_erasure_cannot_write_after_it(redis_server: R
 
             processor = BatchProcessor(Settings(), redis, keep)
             validated = await processor.validate(Batch.of(as_records(events)))
-            planned = await processor.plan(validated.by_org, validated.now_ms)
+            planned = await processor.plan(validated.by_org, validated.now_ms, 0)
             await erase_student(redis, "acme", "ann", by="test", now_ms=int(time.time() * 1000))
             conflicts = await processor.writer.apply(planned)
             assert "acme" in conflicts and keys.erasures("acme") in conflicts["acme"]
             result = await processor.process(Batch.of(as_records(events)))
             assert result.applied == 0 and result.attempts == 1
-            assert await redis.zscore(keys.top_students_all("acme"), "ann") is None
-            assert int(await redis.hget(keys.meta("acme"), keys.ERASED_DROPPED) or 0) == 3
+            assert await redis.zscore(keys.top_students_all(0, "acme"), "ann") is None
+            assert int(await redis.hget(keys.meta(0, "acme"), keys.ERASED_DROPPED) or 0) == 3
         finally:
             await redis.aclose()
 

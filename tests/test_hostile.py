@@ -116,14 +116,14 @@ def test_values_at_the_bounds_are_accepted() -> None:
 def test_record_keys_and_session_cost_members_read_back_exactly(
     student: str, mentor: str, model: str, session: str
 ) -> None:
-    bucket = keys.bucket("acme", Grain.DAY, 20_000)
+    bucket = keys.bucket(0, "acme", Grain.DAY, 20_000)
     for field in (keys.cost_field("u", student), keys.cost_field("m", mentor), keys.cost_field("model", model)):
         described = keys.describe_counter(bucket, field, "h")
         assert described is not None
         assert keys.parse_record_key(described[0].encode()) == ("acme", field, "d", Grain.DAY.label(20_000))
         assert not keys.is_top_students_metric(field)
         assert keys.student_of_metric(field) == (student if field == keys.cost_field("u", student) else None)
-    top = keys.describe_counter(keys.top_students("acme", Grain.DAY, 20_000, mentor), "", "z")
+    top = keys.describe_counter(keys.top_students(0, "acme", Grain.DAY, 20_000, mentor), "", "z")
     assert top is not None
     metric = keys.parse_record_key(top[0])[1]
     assert keys.is_top_students_metric(metric) and metric == f"top_students|m|{mentor}"
@@ -288,20 +288,32 @@ async def test_events_that_used_to_stop_the_worker_and_colliding_ids(hostile_wor
     start = datetime(today.year, today.month, today.day, tzinfo=UTC)
     span = (start, start + timedelta(days=1))
     # Two sessions, not one; each conversation with its own student and messages.
-    history = {c["session_id"]: c for c in (await queries.chat_history(redis, org, queries.HistoryFilter(), 1, 100))[1]}
+    history = {
+        c["session_id"]: c
+        for c in (await queries.chat_history(queries.View(redis, 0), org, queries.HistoryFilter(), 1, 100))[1]
+    }
     assert history["slug-s"]["student"] == "bob" and history[slug_session_served]["student"] == "cat"
     assert history["slug-s"]["id"] != history[slug_session_served]["id"]
-    found = await queries.conversation(redis, org, history[slug_session_served]["id"])
+    found = await queries.conversation(queries.View(redis, 0), org, history[slug_session_served]["id"])
     assert found is not None and found[0] == slug_session_served
     # Each mentor reachable by the id it is served under.
-    assert await queries.resolve(redis, org, ids.MENTOR, slug_mentor_served) == "slug-m"
-    assert await queries.resolve(redis, org, ids.MENTOR, history[slug_session_served]["mentor"]) == slug_mentor_served
+    assert await queries.resolve(queries.View(redis, 0), org, ids.MENTOR, slug_mentor_served) == "slug-m"
+    assert (
+        await queries.resolve(queries.View(redis, 0), org, ids.MENTOR, history[slug_session_served]["mentor"])
+        == slug_mentor_served
+    )
     # Per-mentor session costs kept apart.
-    sessions = await queries.session_costs(redis, org, *span)
+    sessions = await queries.session_costs(queries.View(redis, 0), org, *span)
     assert sessions[("m|x", "s")] == 1_000_000_000 and sessions[("m", "x|s")] == 2_000_000_000
     # The hostile names are counted under their own names.
-    assert await queries.cost_of(redis, org, *span, keys.cost_field("u", "eve|top_students|x")) == 750_000_000
-    assert await queries.cost_of(redis, org, *span, keys.cost_field("model", "x|top_students|y")) == 500_000_000
+    assert (
+        await queries.cost_of(queries.View(redis, 0), org, *span, keys.cost_field("u", "eve|top_students|x"))
+        == 750_000_000
+    )
+    assert (
+        await queries.cost_of(queries.View(redis, 0), org, *span, keys.cost_field("model", "x|top_students|y"))
+        == 500_000_000
+    )
     assert worker.alive()
 
 
@@ -339,7 +351,7 @@ async def test_a_counter_driven_past_64_bits_dead_letters_only_the_records_that_
     assert all("overflow" in d["reason"] for d in dead), dead[0]["reason"]
     today = datetime.fromtimestamp(now / 1000, UTC).date()
     start = datetime(today.year, today.month, today.day, tzinfo=UTC)
-    cost = await queries.tenant_cost(redis, "whale", start, start + timedelta(days=1))
+    cost = await queries.tenant_cost(queries.View(redis, 0), "whale", start, start + timedelta(days=1))
     assert cost["cost_nanos"] == 9_223 * 10**15  # exactly the observations that fit, none counted twice
     assert int((await redis.hget(keys.quarantined(), "llm-observations")) or 0) == 7
     assert worker.alive()
@@ -454,11 +466,11 @@ async def test_an_erasure_from_before_the_secret_still_drops_the_students_events
     today = datetime.fromtimestamp(now / 1000, UTC).date()
 
     async def done() -> Any:
-        top = await queries.top_students(redis, "acme", today, today)
+        top = await queries.top_students(queries.View(redis, 0), "acme", today, today)
         return True if top == [{"username": "new", "chat_message_count": 1}] else top
 
     await _until(done, worker)
-    assert int(await redis.hget(keys.meta("acme"), keys.ERASED_DROPPED) or 0) == 2
+    assert int(await redis.hget(keys.meta(0, "acme"), keys.ERASED_DROPPED) or 0) == 2
 
 
 @pytest.mark.integration
