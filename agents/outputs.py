@@ -54,6 +54,6 @@ async def sweep_changefeed(processor: BatchProcessor, stop: asyncio.Event, every
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
         try:
-            await processor.publish_all_changes()
+            await processor.publish_all()
         except (RedisError, KafkaError, OSError) as exc:
             log.warning("publishing marked counters failed, retrying: %r", exc)

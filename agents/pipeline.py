@@ -1,6 +1,17 @@
-"""One batch, start to end: validate, dead-letter the bad, plan and apply the good atomically per org.
+"""One batch, start to end, behind a small interface: validate → apply (plan and write) → publish.
 
-Independent of Kafka clients, so it can be driven by the worker (agents/worker.py), a benchmark or a tool.
+    batch = Batch.of(records)                  # or Batch(groups): each partition's records in offset order, once
+    validated = await processor.validate(batch)    # parsed; the bad ones become dead letters (not sent yet)
+    applying = await processor.apply(validated)    # dead letters sent, orgs registered; planned and written
+                                                   # per org, in parts; the last part left in flight
+    result = await processor.complete(applying)    # conflicts re-planned; on replicas
+    await processor.publish(result.orgs)           # the changefeed, from the marks the apply left
+
+`process(batch)` is all but the publish in one call, and isolates a record a data fault comes from (it is
+dead-lettered, the rest applied); `process(batch, generation=g)` applies to one generation only (a
+rebuild's). `validate` and `apply` apart let a worker validate a batch while Redis writes the last part of
+the one before (agents/worker.py). Independent of Kafka clients, so it can be driven by either engine, a
+rebuild, a benchmark or a tool.
 """
 
 from __future__ import annotations
@@ -53,7 +64,7 @@ class BatchResult:
 
 
 @dataclass
-class Prepared:
+class Validated:
     """A validated batch: its valid events by org, its dead letters, how many records it had."""
 
     by_org: dict[str, list[Event]]
@@ -67,11 +78,11 @@ Inflight = tuple["asyncio.Task[dict[str, str]]", list[OrgWrite]]
 
 
 @dataclass
-class Pending:
-    """A batch `start` applied all but its last part of (in flight); `finish` completes it."""
+class Applying:
+    """A batch `apply` wrote all but its last part of (in flight); `complete` completes it."""
 
-    prepared: Prepared
-    started: bool = False  # False: a rebuild runs or the generations changed: `finish` applies it whole
+    validated: Validated
+    started: bool = False  # False: a rebuild runs or the generations changed: `complete` applies it whole
     gens: Generations = field(default_factory=lambda: Generations(0, None, None))
     result: BatchResult = field(default_factory=BatchResult)
     done: list[tuple[OrgWrite, OrgState]] = field(default_factory=list)
@@ -91,6 +102,30 @@ class RawRecord(Protocol):
 
 # A partition's records: (topic named without prefix, partition, records in offset order, each once)
 Group = tuple[str, int, Sequence[RawRecord]]
+
+
+@dataclass
+class Batch:
+    """What the processor takes: records grouped by partition, each group in offset order, each record once
+    (as a kafka consumer's `getmany` gives them: the worker wraps its groups without copying)."""
+
+    groups: Sequence[Group]
+
+    @classmethod
+    def of(cls, records: Iterable[Record]) -> Batch:
+        """Records in any order, a record possibly more than once (a delivery twice counts as one)."""
+        groups: dict[tuple[str, int], list[Record]] = {}
+        for r in _in_offset_order(records):
+            groups.setdefault((r.topic, r.partition), []).append(r)
+        return cls([(topic, partition, rs) for (topic, partition), rs in groups.items()])
+
+    def __len__(self) -> int:
+        return sum(len(rs) for _, _, rs in self.groups)
+
+    def records(self) -> list[Record]:
+        return [Record(topic, partition, r.offset, r.key, r.value) for topic, partition, rs in self.groups for r in rs]
+
+
 # The state queries of a batch's orgs and what Redis answered (BatchProcessor.read)
 Read = tuple[dict[str, StateQuery], dict[str, OrgState]]
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
@@ -105,7 +140,7 @@ class BatchProcessor:
         self.settings = settings
         self.redis = redis
         self.send_dead_letters = send_dead_letters
-        self.publish = publish
+        self.send_changes = publish
         self.writer = Writer(redis)
         self.fence = PublicationFence(redis, settings.erasure_secret)
         self.changefeed = Changefeed(redis, self.fence)
@@ -115,80 +150,70 @@ class BatchProcessor:
         self.limits = Limits.from_settings(settings)
         self.planner = Planner(PriceTable.load(settings.price_table), Retention.from_settings(settings))
 
-    def validate(
-        self, records: Sequence[Record], now_ms: int, *, ordered: bool = False
-    ) -> tuple[dict[str, list[Event]], list[DeadLetter]]:
-        """Valid events by org, and dead letters. The planner wants each record once, in offset order per
-        partition: `ordered` says the records already are (as the kafka worker reads them)."""
-        if not ordered:
-            records = _in_offset_order(records)
-        groups: dict[tuple[str, int], list[Record]] = {}
-        for r in records:
-            groups.setdefault((r.topic, r.partition), []).append(r)
-        return self.validate_groups([(topic, partition, rs) for (topic, partition), rs in groups.items()], now_ms)
-
-    def validate_groups(self, groups: Iterable[Group], now_ms: int) -> tuple[dict[str, list[Event]], list[DeadLetter]]:
-        """`validate` of records grouped by partition, each group's in offset order and each record once."""
+    async def validate(self, batch: Batch, *, step: int = 2000) -> Validated:
+        """Parse every record: valid events by org, and dead letters. It yields every `step` records, so an
+        apply in flight is sent out and its reply read meanwhile."""
+        now_ms = int(time.time() * 1000)
         by_org: dict[str, list[Event]] = {}
         dead: list[DeadLetter] = []
+        for topic, partition, records in batch.groups:
+            for i in range(0, len(records), step):
+                self._validate_part(topic, partition, records[i : i + step], now_ms, by_org, dead)
+                await asyncio.sleep(0)
+        return Validated(by_org, dead, len(batch), now_ms)
+
+    def _validate_part(
+        self,
+        topic: str,
+        partition: int,
+        records: Sequence[RawRecord],
+        now_ms: int,
+        by_org: dict[str, list[Event]],
+        dead: list[DeadLetter],
+    ) -> None:
         limits = self.limits
-        for topic, partition, records in groups:
-            for r in records:
-                try:
-                    ev = parse(topic, r.key, r.value, now_ms, limits)
-                except InvalidEvent as exc:
-                    dead.append(DeadLetter(Record(topic, partition, r.offset, r.key, r.value), exc.reason))
-                    continue
-                except Exception as exc:  # a bug must not stop the stream: the event is kept, with why
-                    log.exception("validating %s[%d]@%d failed", topic, partition, r.offset)
-                    dead.append(
-                        DeadLetter(
-                            Record(topic, partition, r.offset, r.key, r.value), f"could not be validated: {exc!r}"
-                        )
-                    )
-                    continue
-                ev.src_topic, ev.src_partition, ev.src_offset = topic, partition, r.offset
-                org_events = by_org.get(ev.org)
-                if org_events is None:
-                    org_events = by_org[ev.org] = []
-                org_events.append(ev)
-        return by_org, dead
+        for r in records:
+            try:
+                ev = parse(topic, r.key, r.value, now_ms, limits)
+            except InvalidEvent as exc:
+                dead.append(DeadLetter(Record(topic, partition, r.offset, r.key, r.value), exc.reason))
+                continue
+            except Exception as exc:  # a bug must not stop the stream: the event is kept, with why
+                log.exception("validating %s[%d]@%d failed", topic, partition, r.offset)
+                dead.append(
+                    DeadLetter(Record(topic, partition, r.offset, r.key, r.value), f"could not be validated: {exc!r}")
+                )
+                continue
+            ev.src_topic, ev.src_partition, ev.src_offset = topic, partition, r.offset
+            org_events = by_org.get(ev.org)
+            if org_events is None:
+                org_events = by_org[ev.org] = []
+            org_events.append(ev)
 
-    async def process(self, records: Sequence[Record], *, ordered: bool = False) -> BatchResult:
-        """Apply a batch; `ordered`: each record once, in offset order per partition (see `validate`). A
-        data fault (`is_data_fault`) isolates the record(s) causing it (`isolate`)."""
-        if not ordered:
-            records = _in_offset_order(records)
+    async def process(self, batch: Batch, *, generation: int | None = None) -> BatchResult:
+        """Validate, apply and complete a batch (its publication is the caller's: `publish`). A data fault
+        (`is_data_fault`) isolates the record(s) causing it (`_isolate`). `generation`: apply to that
+        generation only (a rebuild's): invalid records are skipped, not dead-lettered again, and a record
+        isolated is skipped too."""
+
+        async def once(part: Batch) -> BatchResult:
+            validated = await self.validate(part)
+            if generation is not None:
+                return await self._apply_to(validated, generation)
+            return await self.complete(await self.apply(validated))
+
         try:
-            return await self._process(records)
+            return await once(batch)
         except Exception as exc:
             if not is_data_fault(exc):
                 raise
-            return await self.isolate(list(records), exc)
+            return await self._isolate(batch.records(), exc, once, dead_letter=generation is None)
 
-    async def _process(self, records: Sequence[Record]) -> BatchResult:
-        now_ms = int(time.time() * 1000)
-        by_org, dead = self.validate(records, now_ms, ordered=True)
-        return await self.finish(await self.start(Prepared(by_org, dead, len(records), now_ms)))
-
-    async def process_groups(self, groups: Sequence[Group]) -> BatchResult:
-        """Apply a batch of records grouped by partition (each group in offset order, each record once).
-        A data fault isolates the record(s) causing it (`isolate`)."""
-        try:
-            return await self.finish(await self.start(await self.prepare(groups)))
-        except Exception as exc:
-            if not is_data_fault(exc):
-                raise
-            records = [
-                Record(topic, partition, r.offset, r.key, r.value) for topic, partition, rs in groups for r in rs
-            ]
-            return await self.isolate(records, exc)
-
-    async def isolate(
+    async def _isolate(
         self,
         records: list[Record],
         exc: Exception,
-        apply: Callable[[list[Record]], Awaitable[BatchResult]] | None = None,
+        apply_part: Callable[[Batch], Awaitable[BatchResult]],
         *,
         dead_letter: bool = True,
     ) -> BatchResult:
@@ -196,9 +221,8 @@ class BatchProcessor:
         again, until each record that still fails is alone; those are dead-lettered with the exception as
         reason (and counted, `aia_records_quarantined`), the rest applied. The records are in offset order
         per partition, and the parts are applied in that order. A record that cannot be processed never
-        stops the worker. `apply`: how a part is applied (a rebuild's: to its generation, `dead_letter`
+        stops the worker. `apply_part`: how a part is applied (a rebuild's: to its generation, `dead_letter`
         False, as the live worker dead-lettered the record already)."""
-        apply_part = apply or self._process
         log.error(
             "a batch of %d record(s) failed (%s: %s); applying it in parts to isolate the record(s) causing it",
             len(records), type(exc).__name__, str(exc)[:300],
@@ -207,7 +231,7 @@ class BatchProcessor:
 
         async def attempt(part: list[Record]) -> None:
             try:
-                result = await apply_part(part)
+                result = await apply_part(Batch.of(part))
             except Exception as exc:
                 if not is_data_fault(exc):
                     raise
@@ -237,47 +261,30 @@ class BatchProcessor:
             await attempt(part)
         return total
 
-    async def prepare(self, groups: Sequence[Group], *, step: int = 2000) -> Prepared:
-        """Validate a batch of records grouped by partition (see `process_groups`): the work `start` and
-        `finish` take over, which a worker does while Redis applies the last part of the batch before. It
-        yields every `step` records, so the apply in flight is sent out and its reply read meanwhile."""
-        now_ms = int(time.time() * 1000)
-        by_org: dict[str, list[Event]] = {}
-        dead: list[DeadLetter] = []
-        for topic, partition, records in groups:
-            for i in range(0, len(records), step):
-                some, letters = self.validate_groups([(topic, partition, records[i : i + step])], now_ms)
-                for org, events in some.items():
-                    by_org.setdefault(org, []).extend(events)
-                dead += letters
-                await asyncio.sleep(0)
-        return Prepared(by_org, dead, sum(len(rs) for _, _, rs in groups), now_ms)
-
-    async def start(self, prepared: Prepared) -> Pending:
+    async def apply(self, validated: Validated) -> Applying:
         """Send the batch's dead letters and apply it, all but its last part, which is left in flight;
-        `finish` completes it. A batch applied while a rebuild runs is applied whole here."""
-        if prepared.dead:
+        `complete` completes it. A batch applied while a rebuild runs is applied whole there."""
+        if validated.dead:
             # Before the batch's offsets can be committed, so no bad event is ever lost.
-            await self.send_dead_letters(prepared.dead)
-        await self._register(prepared.by_org)
-        pending = Pending(prepared)
+            await self.send_dead_letters(validated.dead)
+        await self._register(validated.by_org)
+        pending = Applying(validated)
         gens = await Generations.read(self.redis)
         if gens.building is None:
-            pending.gens, pending.result = gens, BatchResult(dead=len(prepared.dead), orgs=set(prepared.by_org))
+            pending.gens, pending.result = gens, BatchResult(dead=len(validated.dead), orgs=set(validated.by_org))
             try:
                 pending.inflight = await self._apply_overlapped(
-                    prepared.by_org, prepared.now_ms, gens, pending.result, pending.done
+                    validated.by_org, validated.now_ms, gens, pending.result, pending.done
                 )
                 pending.started = True
             except GenerationsChanged:
                 log.info("the generations changed while applying a batch: applying it again")
         return pending
 
-    async def finish(self, pending: Pending) -> BatchResult:
-        """Settle the part `start` left in flight (re-planning what met a conflict), and wait for the batch's
-        writes to be on replicas. Its counters are published by `publish_changes`, from the marks its apply
-        left."""
-        p = pending.prepared
+    async def complete(self, pending: Applying) -> BatchResult:
+        """Settle the part `apply` left in flight (re-planning what met a conflict), and wait for the batch's
+        writes to be on replicas. Its counters are published by `publish`, from the marks its apply left."""
+        p = pending.validated
         gens, result = pending.gens, pending.result
         try:
             if not pending.started:
@@ -294,7 +301,7 @@ class BatchProcessor:
             await self.replication.wait(p.by_org)
         return result
 
-    async def _apply_whole(self, p: Prepared) -> tuple[Generations, BatchResult, list[tuple[OrgWrite, OrgState]]]:
+    async def _apply_whole(self, p: Validated) -> tuple[Generations, BatchResult, list[tuple[OrgWrite, OrgState]]]:
         """Apply the batch serially to the generations that are there (both, while a rebuild runs)."""
         while True:
             gens = await Generations.read(self.redis)
@@ -318,7 +325,7 @@ class BatchProcessor:
     ) -> Inflight | None:
         """Apply the batch in parts of about `apply_chunk` events, each part read and planned while Redis
         applies the one before: planned on what Redis will hold after it (`tables.state.as_after`). The
-        last part's apply is returned in flight (`finish` settles it); the applied ones go to `done`.
+        last part's apply is returned in flight (`complete` settles it); the applied ones go to `done`.
 
         A part whose predecessor met a conflict is not trusted: it is planned again once that one is
         through (`_apply`, serially). So the guards, not the overlap, decide what is written."""
@@ -377,40 +384,29 @@ class BatchProcessor:
         done += await self._apply(items, now_ms, gens, result, gens.current)
         return False
 
-    async def publish_changes(self, orgs: Iterable[str]) -> int:
+    async def publish(self, orgs: Iterable[str]) -> int:
         """Publish the orgs' counters that applies marked and nobody has published yet, to the compacted
         analytics-aggregates topic (tables/changefeed.py): the records sent. Called after each batch for its
         orgs, and by the sweep for every org with marks."""
-        if self.publish is None:
+        if self.send_changes is None:
             return 0
-        return await self.changefeed.publish(orgs, self.publish)
+        return await self.changefeed.publish(orgs, self.send_changes)
 
-    async def publish_all_changes(self) -> int:
+    async def publish_all(self) -> int:
         """The sweep: publish every org's marked counters (those a dead worker left, those a busy lock left)."""
-        if self.publish is None:
+        if self.send_changes is None:
             return 0
-        return await self.publish_changes(await orgs_with_marks(self.redis, await list_orgs(self.redis)))
+        return await self.publish(await orgs_with_marks(self.redis, await list_orgs(self.redis)))
 
-    async def apply_to(self, records: list[Record], generation: int) -> BatchResult:
-        """Apply records to one generation only (a rebuild's): invalid ones are skipped, not sent again; a
-        data fault isolates its record (`isolate`), which is skipped too."""
-        ordered = _in_offset_order(records)
-        try:
-            return await self._apply_to(ordered, generation)
-        except Exception as exc:
-            if not is_data_fault(exc):
-                raise
-            return await self.isolate(ordered, exc, lambda part: self._apply_to(part, generation), dead_letter=False)
-
-    async def _apply_to(self, records: list[Record], generation: int) -> BatchResult:
-        now_ms = int(time.time() * 1000)
-        by_org, dead = self.validate(records, now_ms, ordered=True)
-        result = BatchResult(dead=len(dead), orgs=set(by_org))
+    async def _apply_to(self, v: Validated, generation: int) -> BatchResult:
+        """Apply a validated batch to one generation only (a rebuild's); its dead letters are not sent."""
+        result = BatchResult(dead=len(v.dead), orgs=set(v.by_org))
         gens = await Generations.read(self.redis)
-        await self._register(by_org)
-        await self._apply(by_org, now_ms, gens, result, generation)
-        if by_org:
-            await self.replication.wait(by_org)
+        await self._register(v.by_org)
+        await self._apply(v.by_org, v.now_ms, gens, result, generation)
+        if v.by_org:
+            await self.replication.wait(v.by_org)
+        result.skipped = v.n_records - len(v.dead) - result.applied
         return result
 
     async def _register(self, orgs: Iterable[str]) -> None:
@@ -486,10 +482,10 @@ class BatchProcessor:
         return writes
 
 
-def _in_offset_order(records: Sequence[Record]) -> list[Record]:
+def _in_offset_order(records: Iterable[Record]) -> list[Record]:
     """Each record once, in offset order per partition (what the planner wants; a record delivered twice
     counts as one)."""
-    unique = {(r.topic, r.partition, r.offset): r for r in reversed(records)}
+    unique = {(r.topic, r.partition, r.offset): r for r in reversed(list(records))}
     return sorted(unique.values(), key=lambda r: (r.topic, r.partition, r.offset))
 
 

@@ -34,7 +34,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
-from agents.pipeline import BatchProcessor
+from agents.pipeline import Batch, BatchProcessor
 from streams import clients
 from streams.deadletter import DeadLetter, Record
 from streams.settings import Settings
@@ -203,7 +203,7 @@ class Rebuild:
                 if keep:
                     moved[name] = keep[-1].offset
             if records:
-                await self.processor.apply_to(records, target)
+                await self.processor.process(Batch.of(records), generation=target)
                 await self.redis.hset(keys.rebuild_progress(target), mapping=moved)  # type: ignore[arg-type]
                 applied.update(moved)
                 read += len(records)

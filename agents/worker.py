@@ -1,61 +1,52 @@
-"""The worker: reads the four input topics in batches and applies each batch with the BatchProcessor.
+"""The kafka engine, the default worker: reads the four input topics with aiokafka's `getmany` in one consumer
+group (several workers share the partitions) and applies each batch with the BatchProcessor
+(agents/pipeline.py), on the scaffolding it shares with the Faust engine (agents/engine.py).
 
-It reads with aiokafka's `getmany` in one consumer group (several workers share the partitions), hands
-every batch to the BatchProcessor, and commits the batch's offsets only after the batch is applied in
-Redis, its dead letters are acknowledged and its orgs' changed counters published (those of an org whose
-publication another worker holds are left to it and to the sweep, `sweep_changefeed`: the marks the apply
-left in Redis keep them, tables/changefeed.py). A record the batch's processing fails on is isolated and
-dead-lettered (`BatchProcessor.isolate`). What follows the apply (publishing,
-recording progress, committing: a batch's "tail") runs while the next batch is read and applied, one tail
-after the other, in order; and the next batch is read and validated while Redis applies the last part of
-the one before. A rebalance waits for the batch in flight and its tail. Why not Faust's agents: see docs/semantics.md ("Why the worker reads with aiokafka").
+What it guarantees (docs/semantics.md says why each holds):
+- **Exact aggregates from at-least-once delivery.** Kafka may hand a record over again (a crash before a
+  commit, a rebalance, a replay after Redis lost writes); the apply is guarded per org (the versions and
+  watermarks the plan read must still hold, else it is planned again) and counts an event by its id, so a
+  record applied twice counts once.
+- **Progress in Redis ahead of Kafka's commit.** A batch's offsets are committed only after its writes
+  are applied (and on replicas, on a cluster), its dead letters acknowledged, its orgs' changed counters
+  published and its progress recorded in Redis (agents/progress.ProgressStore, never lowered). Where
+  Redis is behind Kafka's commit (it lost its last writes, or was emptied), at an assignment or when
+  Redis comes back after failing, the worker seeks back to what Redis holds and reads again
+  (`ProgressStore.recover`).
+- **The changefeed.** The apply marks the published counters it changes in Redis; a batch's tail publishes
+  its orgs' marked counters to analytics-aggregates before committing (an org whose publication another
+  worker holds is left to it), and the sweep (`sweep_changefeed`, every second) publishes what any worker
+  left marked (tables/changefeed.py). So once the workers have caught up, the topic holds what Redis holds.
+- **Poison records go to the dead-letter topic.** An invalid event is dead-lettered with its reason; a
+  record the batch's processing fails on (a data fault, not Redis or Kafka being away) is isolated by
+  applying the batch in halves and dead-lettered alone, the rest applied (`BatchProcessor.process`). While
+  Redis or Kafka is away the batch is retried with backoff (agents/retry.py), never skipped.
+
+How: what follows a batch's apply (publishing, recording progress, committing: its "tail") runs while the
+next batch is read and applied, one tail after the other, in order; and the next batch is read and
+validated while Redis applies the last part of the one before. A rebalance waits for the batch in flight
+and every tail. Why this engine is the default: README, "Engines".
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
 import signal
-import time
-from collections.abc import Iterable
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from agents.outputs import Outputs, sweep_changefeed
-from agents.pipeline import BatchProcessor, BatchResult, Group, Pending, Prepared
+from agents.engine import Engine
+from agents.pipeline import Applying, Batch, BatchResult, Validated
+from agents.progress import TP
+from agents.retry import Stopped, retry
 from streams import clients
 from streams.settings import Settings
-from streams.topics import INPUT_TOPICS
-from tables import connections, keys
 
 log = logging.getLogger(__name__)
-
-
-class Progress:
-    """Counts what the worker did, logged every few seconds: enough to see a worker is alive and working."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self.last = time.monotonic()
-        self.counts = [0, 0, 0, 0]  # read, applied, skipped, dead
-
-    def add(self, read: int, applied: int, skipped: int, dead: int) -> None:
-        for i, n in enumerate((read, applied, skipped, dead)):
-            self.counts[i] += n
-
-    def maybe_log(self) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.every and self.counts[0]:
-            r, a, s, d = self.counts
-            log.info("last %.0fs: %d read, %d applied, %d skipped, %d dead", now - self.last, r, a, s, d)
-            self.counts = [0, 0, 0, 0]
-            self.last = now
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -80,18 +71,36 @@ def _tps(tps: set[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "none"
 
 
-class Worker:
+class Worker(Engine):
+    consumer: AIOKafkaConsumer
+
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.names = {settings.topic(name): name for name in INPUT_TOPICS}
+        super().__init__(settings, "worker")
         self.batch_lock = asyncio.Lock()
-        self.progress = Progress()
         self.last_offset: dict[tuple[str, int], int] = {}
         self._tail: asyncio.Task[None] | None = None  # the last batch's publish, progress and commit
-        self._pending: tuple[Pending, dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] | None = None
-        self._stopping: asyncio.Event | None = None
-        self.redis: Redis = connections.connect(settings.redis_url)
-        self.producer = clients.producer(settings.kafka_bootstrap, client_id=f"{settings.app_id}-worker")
+        self._pending: tuple[Applying, dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] | None = None
+        self._stop = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read and apply until `stop` is set or a part fails (then the others finish what they hold, stop
+        too, and the failure is raised)."""
+        self._stop = stop
+        tasks = await self.start(stop)
+        try:
+            tasks.append(asyncio.create_task(self._consume(stop), name="worker"))
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            stop.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            await self.close()
+            log.info("worker stopped")
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        settings = self.settings
         self.consumer = clients.group_consumer(
             settings.kafka_bootstrap,
             settings.app_id,
@@ -102,35 +111,21 @@ class Worker:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
         )
-        outputs = Outputs(settings, self.producer)
-        self.processor = BatchProcessor(settings, self.redis, outputs.dead_letters, outputs.aggregates)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.producer.start()
+        self.consumer.subscribe(list(self.names), listener=_Rebalance(self))
+        await self.consumer.start()
         try:
-            self.consumer.subscribe(list(self.names), listener=_Rebalance(self))
-            await self.consumer.start()
-            log.info("worker started: group %s, topics %s", self.settings.app_id, ", ".join(self.names))
-            self._stopping = stop
-            sweep = asyncio.create_task(sweep_changefeed(self.processor, stop), name="changefeed")
-            try:
-                await self._loop(stop)
-                await self.complete_pending()
-                await self.drain()
-            finally:
-                stop.set()
-                await asyncio.gather(sweep, return_exceptions=True)
-                await self.consumer.stop()  # leaves the group, so its partitions move at once
+            log.info("worker started: group %s, topics %s", settings.app_id, ", ".join(self.names))
+            await self._loop(stop)
+            await self.complete_pending()
+            await self.drain()
         finally:
-            await self.producer.stop()
-            await self.redis.aclose()
-            log.info("worker stopped")
+            stop.set()
+            await self.consumer.stop()  # leaves the group, so its partitions move at once
 
     async def _loop(self, stop: asyncio.Event) -> None:
         timeout_ms = int(self.settings.batch_within * 1000)
         while not stop.is_set():
             batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.settings.batch_size)
-            self.progress.maybe_log()
             if self._tail is not None and self._tail.done():
                 self._tail.result()  # a tail that failed otherwise than by Kafka or Redis being away stops us
             async with self.batch_lock:  # taken without yielding: no rebalance slips in after the fetch
@@ -141,19 +136,19 @@ class Worker:
                     self._check_continuity(self.names[tp.topic], tp.partition, msgs[0].offset, msgs[-1].offset)
                 # Validated while Redis applies the last part of the batch before, then that one is settled
                 # and this one applied, all but its own last part.
-                prepared = await self.processor.prepare(self._groups(batch))
+                validated = await self.processor.validate(self._batch(batch))
                 await self.complete_pending()
-                await self._start(batch, prepared, stop)
+                await self._start(batch, validated, stop)
 
-    def _groups(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> list[Group]:
+    def _batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> Batch:
         # getmany gives each partition's records once, in offset order: validated as they are.
-        return [(self.names[tp.topic], tp.partition, msgs) for tp, msgs in batch.items()]
+        return Batch([(self.names[tp.topic], tp.partition, msgs) for tp, msgs in batch.items()])
 
     async def _start(
-        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], prepared: Prepared, stop: asyncio.Event
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], validated: Validated, stop: asyncio.Event
     ) -> None:
         try:
-            self._pending = (await self.processor.start(prepared), batch)
+            self._pending = (await self.processor.apply(validated), batch)
         except Exception:  # Redis or Kafka away, or a data fault: the serial way, which retries and isolates
             await self._apply_until_done(batch, stop)
 
@@ -164,9 +159,9 @@ class Worker:
         pending, batch = self._pending
         self._pending = None
         try:
-            result = await self.processor.finish(pending)
+            result = await self.processor.complete(pending)
         except Exception:  # as in `_start`
-            await self._apply_until_done(batch, self._stopping or asyncio.Event())
+            await self._apply_until_done(batch, self._stop)
             return
         self._applied(batch, result)
 
@@ -174,74 +169,53 @@ class Worker:
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], stop: asyncio.Event
     ) -> None:
         """Apply the batch, retrying while Redis or Kafka is away (a restart, a failover); a record the batch's
-        processing fails on is isolated and dead-lettered (`BatchProcessor.isolate`).
+        processing fails on is isolated and dead-lettered (`BatchProcessor.process`).
 
-        A retry is safe: what a failed attempt applied is recognised by event id and not counted again.
-        Nothing is committed until the batch is through; stopping meanwhile leaves it to the next run."""
-        delay = 0.5
-        redis_failed = False
-        while True:
-            try:
-                if redis_failed:
-                    await self.drain()  # the tails before record their progress first (Redis is back)
-                if redis_failed and await self._redis_lost_writes(batch):
+        A retry is safe (agents/retry.py); nothing is committed until the batch is through; stopping meanwhile
+        leaves it to the next run."""
+
+        async def attempt(redis_failed: bool) -> None:
+            if redis_failed:
+                await self.drain()  # the tails before record their progress first (Redis is back)
+                if await self._redis_lost_writes(batch):
                     return  # read again from what Redis holds; this batch is not committed
-                await self.apply(batch)
-                return
-            except (RedisError, KafkaError, OSError) as exc:
-                redis_failed = redis_failed or isinstance(exc, (RedisError, OSError))
-                if stop.is_set():
-                    log.warning("stopping with a batch not applied (%r); the next owner replays it", exc)
-                    return
-                log.warning("batch not applied (%r); retrying in %.1fs", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 10.0)
+            await self.apply(batch)
+
+        try:
+            await retry(attempt, what="batch not applied", stop=stop)
+        except Stopped as exc:
+            log.warning("stopping with a batch not applied (%s); the next owner replays it", exc)
 
     async def _redis_lost_writes(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> bool:
         """After Redis was away: if it came back without some earlier batches (a crash that lost its
         last writes), seek every partition of the batch back to what Redis holds and report True."""
-        held = await self._redis_next_offsets(batch)
-        if all(held[tp] >= msgs[0].offset for tp, msgs in batch.items()):
+        first = {self.tp(ktp): msgs[0].offset for ktp, msgs in batch.items()}
+        behind = (await self.store.recover(first, "the batch's first offset")).behind
+        if not behind:
             return False
-        for tp, msgs in batch.items():
-            start = min(held[tp], msgs[0].offset)
-            log.warning(
-                "Redis came back without offsets of %s[%d]: reading again from %d", tp.topic, tp.partition, start
-            )
-            self.consumer.seek(tp, start)
+        for ktp, msgs in batch.items():
+            self.consumer.seek(ktp, behind.get(self.tp(ktp), msgs[0].offset))
         self.last_offset.clear()
         return True
 
-    def _progress_field(self, tp: TopicPartition) -> str:
-        return keys.offset_field(self.names[tp.topic], tp.partition)
-
-    async def _redis_next_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """Per partition, the first offset whose batch Redis does not hold (0 when it holds none)."""
-        ordered = sorted(tps)
-        values = await self.redis.hmget(
-            keys.progress(self.settings.app_id), [self._progress_field(tp) for tp in ordered]
-        )
-        return {tp: 0 if v is None else int(v) + 1 for tp, v in zip(ordered, values, strict=True)}
-
     async def apply(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Apply the batch whole, then leave its tail (publish, progress, commit) running after the last one's."""
-        self._applied(batch, await self.processor.process_groups(self._groups(batch)))
+        self._applied(batch, await self.processor.process(self._batch(batch)))
 
     def _applied(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], result: BatchResult) -> None:
         n_records = sum(len(msgs) for msgs in batch.values())
-        progress = {self._progress_field(tp): msgs[-1].offset for tp, msgs in batch.items()}
+        progress = {self.tp(ktp): msgs[-1].offset for ktp, msgs in batch.items()}
         commit = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
         self._tail = asyncio.create_task(self._finish(self._tail, result.orgs, progress, commit))
         if self.settings.trace_batches:
             log.warning("batch: %d records applied", n_records)
-        self.progress.add(n_records, result.applied, result.skipped, result.dead)
+        self.counts.batch(n_records, result)
 
     async def _finish(
         self,
         before: asyncio.Task[None] | None,
         orgs: set[str],
-        progress: dict[str, int],
+        progress: dict[TP, int],
         commit: dict[TopicPartition, int],
     ) -> None:
         """A batch's tail, once the one before is through: publish its orgs' changed counters (from the marks
@@ -251,22 +225,20 @@ class Worker:
         org or by the sweep)."""
         if before is not None:
             await before
-        delay = 0.5
-        stage = 0
-        while True:
-            try:
-                if stage == 0:
-                    await self.processor.publish_changes(orgs)
-                stage = 1
-                await self.redis.hset(keys.progress(self.settings.app_id), mapping=progress)  # type: ignore[arg-type]
-                break
-            except (RedisError, KafkaError, OSError) as exc:
-                if self._stopping is not None and self._stopping.is_set():
-                    log.warning("stopping with a batch's tail not done (%r); the next owner replays it", exc)
-                    return
-                log.warning("publishing or recording a batch failed (%r); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        published = False
+
+        async def attempt(_: bool) -> None:
+            nonlocal published
+            if not published:
+                await self.processor.publish(orgs)
+                published = True
+            await self.store.save(progress)
+
+        try:
+            await retry(attempt, what="publishing or recording a batch failed", stop=self._stop)
+        except Stopped as exc:
+            log.warning("stopping with a batch's tail not done (%s); the next owner replays it", exc)
+            return
         await self._commit(commit)
 
     async def drain(self) -> None:
@@ -277,18 +249,9 @@ class Worker:
     async def resume_from_redis(self, assigned: set[TopicPartition]) -> None:
         """Where Redis is behind Kafka's committed offset (it lost its last writes in a crash, or was
         emptied), read again from what Redis holds; the events it still has count once by their ids."""
-        if not assigned:
-            return
-        for tp, start in (await self._redis_next_offsets(assigned)).items():
-            committed = await self.consumer.committed(tp)
-            if committed is None:
-                continue  # a new group: it starts at the beginning anyway
-            if start < committed:
-                log.warning(
-                    "Redis holds %s[%d] only up to offset %d but Kafka's commit is %d: reading again from %d",
-                    tp.topic, tp.partition, start - 1, committed, start,
-                )  # fmt: skip
-                self.consumer.seek(tp, start)
+        ends = {self.tp(ktp): await self.consumer.committed(ktp) for ktp in sorted(assigned)}
+        for tp, start in (await self.store.recover(ends, "Kafka's commit")).behind.items():
+            self.consumer.seek(self.ktp(tp), start)  # no commit (a new group): it starts at the beginning anyway
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
@@ -322,29 +285,10 @@ def install_task_dump(loop: asyncio.AbstractEventLoop) -> None:
 
 
 async def serve(settings: Settings) -> None:
-    """Run a worker and the alert engine until SIGTERM or SIGINT."""
-    from agents.alerts import AlertEngine
-    from agents.maintenance import prune_loop
-    from infra.runtime import collect_loop
-
+    """Run a worker (and the alert engine, housekeeping: agents/engine.py) until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     install_task_dump(loop)
-    engine = AlertEngine(settings) if settings.alert_interval > 0 else None  # a bad rules file stops us here
-    # Our topics first (the compacted aggregates topic above all): left to the broker's auto-creation,
-    # it would be created without compaction on the first publish.
-    await clients.ensure_topics(settings)
-    tasks = [
-        asyncio.create_task(Worker(settings).run(stop), name="worker"),
-        asyncio.create_task(prune_loop(settings, stop), name="prune"),
-        asyncio.create_task(collect_loop(stop), name="gc"),
-    ]
-    if engine is not None:
-        tasks.append(asyncio.create_task(engine.run(stop), name="alerts"))
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    stop.set()  # one part failed (or all stopped): the others finish what they hold and stop too
-    for result in await asyncio.gather(*tasks, return_exceptions=True):
-        if isinstance(result, Exception):
-            raise result
+    await Worker(settings).run(stop)

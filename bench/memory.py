@@ -21,7 +21,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from agents.pipeline import BatchProcessor
+from agents.pipeline import Batch, BatchProcessor
 from bench.throughput import event
 from infra.procs import free_port
 from infra.redis import RedisServer
@@ -95,7 +95,7 @@ async def load(redis_url: str, n: int, batch: int) -> None:
         records.append(Record("chat-messages", p, offsets[p], key, value))
         offsets[p] += 1
     for i in range(0, n, batch):
-        await proc.process(records[i : i + batch])
+        await proc.process(Batch.of(records[i : i + batch]))
     await redis.aclose()
 
 

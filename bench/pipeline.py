@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from agents.pipeline import BatchProcessor
+from agents.pipeline import Batch, BatchProcessor
 from bench.throughput import event
 from infra.procs import free_port
 from infra.redis import RedisServer
@@ -44,7 +44,7 @@ async def run(n: int, batch: int, partitions: int, redis_url: str) -> float:
         offsets[p] += 1
     started = time.perf_counter()
     for i in range(0, n, batch):
-        await proc.process(records[i : i + batch])
+        await proc.process(Batch.of(records[i : i + batch]))
     elapsed = time.perf_counter() - started
     await redis.aclose()
     return n / elapsed

@@ -56,7 +56,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import RedisCluster
 
-from agents.pipeline import BatchProcessor
+from agents.pipeline import Batch, BatchProcessor
 from agents.rebuild import Rebuild
 from bench import memory
 from bench.cluster import Poller, bounce_leader_broker, fail_over_primary
@@ -343,12 +343,12 @@ async def load_store(settings: Settings, n: int) -> float:
     for i, record in enumerate(serving_records(n, seed=n), 1):
         batch.append(record)
         if len(batch) == 20_000:
-            await proc.process(batch)
+            await proc.process(Batch.of(batch))
             batch = []
         if i % 1_000_000 == 0:
             print(f"           loaded {i:,} events ({i / (time.perf_counter() - started):,.0f}/s)", flush=True)
     if batch:
-        await proc.process(batch)
+        await proc.process(Batch.of(batch))
     used = int((await redis.info("memory"))["used_memory"])
     await redis.aclose()
     return used / 2**20

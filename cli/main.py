@@ -102,7 +102,7 @@ def _worker(settings: Settings, engine: str, loglevel: str) -> int:
     if engine == "faust":
         import faust
 
-        from streams.app import app
+        from agents.faust.app import app
 
         # Faust's worker configures logging, handles signals and runs the agents found in agents/.
         faust.Worker(app, loglevel=loglevel.upper(), loop=None).execute_from_commandline()

@@ -32,7 +32,7 @@ class Settings:
     topic_partitions: int = 6
     topic_replication: int = 1
     app_id: str = "ai-analytics"  # the consumer group (both engines) and the Faust app's id
-    # Which engine a worker runs: "faust" (Faust agents, streams/app.py) or "kafka" (an aiokafka getmany loop).
+    # Which engine a worker runs: "faust" (Faust agents, agents/faust/) or "kafka" (an aiokafka getmany loop).
     engine: str = "kafka"
     # Events per batch and how long a partial batch waits before it is applied anyway.
     batch_size: int = 40000

@@ -24,7 +24,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
-from agents.pipeline import BatchProcessor
+from agents.pipeline import Batch, BatchProcessor
 from infra.procs import cli_command, free_port, port_open, spawn, tail, worker_command
 from streams.clients import ensure_topics
 from streams.deadletter import DeadLetter, Record
@@ -346,5 +346,5 @@ async def apply_batches(redis: Redis, batches: list[list[Record]], settings: Set
 
     processor = BatchProcessor(settings, redis, keep)
     for batch in batches:
-        await processor.process(batch)
+        await processor.process(Batch.of(batch))
     assert dead == [], [d.reason for d in dead]

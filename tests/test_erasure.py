@@ -16,7 +16,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from agents.pipeline import BatchProcessor
+from agents.pipeline import Batch, BatchProcessor
 from infra.kafka import KafkaBroker
 from infra.procs import ROOT, cli_command
 from infra.redis import RedisServer
@@ -222,12 +222,12 @@ def test_a_batch_planned_before_an_erasure_cannot_write_after_it(redis_server: R
                 pass
 
             processor = BatchProcessor(Settings(), redis, keep)
-            by_org, _ = processor.validate(as_records(events), int(time.time() * 1000))
-            planned = await processor.plan(by_org, int(time.time() * 1000), 0)
+            validated = await processor.validate(Batch.of(as_records(events)))
+            planned = await processor.plan(validated.by_org, validated.now_ms, 0)
             await erase_student(redis, "acme", "ann", by="test", now_ms=int(time.time() * 1000))
             conflicts = await processor.writer.apply(planned)
             assert "acme" in conflicts and keys.erasures("acme") in conflicts["acme"]
-            result = await processor.process(as_records(events))
+            result = await processor.process(Batch.of(as_records(events)))
             assert result.applied == 0 and result.attempts == 1
             assert await redis.zscore(top_students.alltime_key(0, "acme"), "ann") is None
             assert int(await redis.hget(keys.meta(0, "acme"), keys.ERASED_DROPPED) or 0) == 3

@@ -139,10 +139,12 @@ async def test_chaos_one_of_two_workers_killed_every_few_seconds_during_a_shuffl
 
 @pytest.mark.parametrize("engine", ["faust"])
 async def test_faust_own_command_runs_the_agents(settings: Settings, redis: Redis, topics: list[str]) -> None:
-    """`faust -A streams.app worker` (Faust's own command line) runs the same agents, exactly."""
+    """`faust -A agents.faust.app worker` (Faust's own command line) runs the same agents, exactly."""
     events = demo_events(2_000, seed=61)
     faust = str(Path(sys.executable).with_name("faust"))
-    worker = WorkerProcess(settings, "faust-cli", [faust, "-A", "streams.app", "worker", "-l", "info", "--without-web"])
+    worker = WorkerProcess(
+        settings, "faust-cli", [faust, "-A", "agents.faust.app", "worker", "-l", "info", "--without-web"]
+    )
     worker.start()
     try:
         await produce(settings, events, seconds=1)

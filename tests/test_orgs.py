@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agents.pipeline import BatchProcessor
+from agents.pipeline import Batch, BatchProcessor
 from streams.deadletter import DeadLetter
 from streams.settings import Settings
 from tables import queries
@@ -34,7 +34,7 @@ async def test_an_org_is_listed_before_its_first_write(settings: Settings, redis
         return await apply(writes)
 
     processor.writer.apply = checked  # type: ignore[method-assign]
-    await processor.process(as_records(events))
+    await processor.process(Batch.of(as_records(events)))
     assert unlisted_at_write, "nothing was applied"
     assert all(not unlisted for unlisted in unlisted_at_write), unlisted_at_write
     assert set(await queries.list_orgs(redis)) == orgs

@@ -11,7 +11,8 @@ remains is to make sure every record is applied at least once:
 - at assignment, where Faust's committed offset is beyond Redis's progress (Faust skipped records, or
   Redis lost its last writes), the range between them is such a gap too.
 Gaps, refetched records and out-of-order deliveries are counted (`keys.engine_stats`, in /metrics) and
-logged with the worker's progress.
+logged with the worker's progress. Start-up, retries, the progress store, the recovery and the progress log
+are the kafka engine's too (agents/engine.py, agents/retry.py, agents/progress.py).
 """
 
 from __future__ import annotations
@@ -23,17 +24,11 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer
 from mode import Service
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from agents.outputs import Outputs, sweep_changefeed
-from agents.pipeline import BatchProcessor, BatchResult
-from agents.progress import PartitionProgress
-from streams import clients
-from streams.app import (
+from agents.engine import Engine
+from agents.faust.app import (
     app,
     chat_history_topic,
     chat_messages_topic,
@@ -41,85 +36,56 @@ from streams.app import (
     sentiment_topic,
     settings,
 )
+from agents.pipeline import Batch, BatchResult
+from agents.progress import TP, PartitionProgress
+from agents.retry import PASSING, retry
+from streams import clients
 from streams.deadletter import Record
 from streams.settings import Settings
-from streams.topics import INPUT_TOPICS
-from tables import connections, keys
-from tables.state import save_progress
 
 log = logging.getLogger(__name__)
 
 GAP_GRACE_S = 1.0  # a gap this old is fetched again (Faust delivers a partition in order when it works)
 
-TP = tuple[str, int]  # (topic named without prefix, partition)
 
+class FaustEngine(Engine):
+    """Everything the agents share: the engine's parts (agents/engine.py) and per-partition progress."""
 
-class FaustEngine:
-    """Everything the agents share: Redis, the batch processor, the outputs, and per-partition progress."""
+    refetcher: AIOKafkaConsumer
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.names = {settings.topic(name): name for name in INPUT_TOPICS}
+        super().__init__(settings, "faust", extra_counts=("gaps", "refetched", "out_of_order"), stats=True)
         self.progress: dict[TP, PartitionProgress] = {}
         self.gap_seen: dict[TP, float] = {}
         self.unreconciled: set[TP] = set()
         self.last_delivered: dict[TP, int] = {}
-        self.stats = {"read": 0, "applied": 0, "skipped": 0, "dead": 0, "gaps": 0, "refetched": 0, "out_of_order": 0}
-        self._ready: asyncio.Event | None = None
-        self._stop: asyncio.Event | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._refetch_lock = asyncio.Lock()
 
-    @property
-    def ready(self) -> asyncio.Event:
-        if self._ready is None:
-            self._ready = asyncio.Event()
-        return self._ready
-
-    async def start(self) -> None:
-        from agents.alerts import AlertEngine
-        from agents.maintenance import prune_loop
-        from infra.runtime import collect_loop
-
-        settings = self.settings
-        alerts = AlertEngine(settings) if settings.alert_interval > 0 else None  # a bad rules file stops us here
-        await clients.ensure_topics(settings)
-        self.redis: Redis = connections.connect(settings.redis_url)
-        self.producer = clients.producer(settings.kafka_bootstrap, client_id=f"{settings.app_id}-faust")
-        await self.producer.start()
-        outputs = Outputs(settings, self.producer)
-        self.processor = BatchProcessor(settings, self.redis, outputs.dead_letters, outputs.aggregates)
+    async def startup(self) -> None:
+        self._tasks = await self.start(self._stop)
         self.refetcher = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            client_id=f"{settings.app_id}-refetch",
+            client_id=f"{self.settings.app_id}-refetch",
         )
         await self.refetcher.start()
-        self._refetch_lock = asyncio.Lock()
-        self._stop = asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(self._fill_gaps(self._stop), name="fill-gaps"),
-            asyncio.create_task(prune_loop(settings, self._stop), name="prune"),
-            asyncio.create_task(collect_loop(self._stop), name="gc"),
-            asyncio.create_task(self._log_progress(self._stop), name="progress-log"),
-            asyncio.create_task(sweep_changefeed(self.processor, self._stop), name="changefeed"),
-        ]
-        if alerts is not None:
-            self._tasks.append(asyncio.create_task(alerts.run(self._stop), name="alerts"))
+        self._tasks.append(asyncio.create_task(self._fill_gaps(self._stop), name="fill-gaps"))
         self.ready.set()
-        log.info("Faust engine started: group %s, topics %s", settings.app_id, ", ".join(self.names))
+        log.info("Faust engine started: group %s, topics %s", self.settings.app_id, ", ".join(self.names))
 
-    async def stop(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
+    async def shutdown(self) -> None:
+        self._stop.set()
         for task in self._tasks:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, 10.0)
-        if self._ready is not None and self._ready.is_set():
+        if self.ready.is_set():
             await self.refetcher.stop()
-            await self.producer.stop()
-            await self.redis.aclose()
+            await self.close()
 
     # --- batches from the agents -------------------------------------------------------------------
 
@@ -134,24 +100,17 @@ class FaustEngine:
         await self.apply(records)
 
     async def apply(self, records: list[Record]) -> None:
-        """Apply records, retrying while Redis or Kafka is away; then advance each partition's progress."""
-        delay = 0.5
-        redis_failed = False
-        while True:
-            try:
-                if redis_failed:
-                    await self._check_redis_progress({(r.topic, r.partition) for r in records})
-                result = await self.processor.process(records)
-                await self.processor.publish_changes(result.orgs)
-                break
-            except (RedisError, KafkaError, OSError) as exc:
-                redis_failed = redis_failed or isinstance(exc, (RedisError, OSError))
-                if self._stop is not None and self._stop.is_set():
-                    raise
-                log.warning("batch not applied (%r); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        self._count(len(records), result)
+        """Apply records, retrying while Redis or Kafka is away (agents/retry.py); then advance each
+        partition's progress."""
+
+        async def attempt(redis_failed: bool) -> BatchResult:
+            if redis_failed:
+                await self._check_redis_progress({(r.topic, r.partition) for r in records})
+            result = await self.processor.process(Batch.of(records))
+            await self.processor.publish(result.orgs)
+            return result
+
+        self.counts.batch(len(records), await retry(attempt, what="batch not applied", stop=self._stop))
         await self._advance(records)
 
     def _note_order(self, records: Iterable[Record]) -> None:
@@ -159,14 +118,8 @@ class FaustEngine:
             tp = (r.topic, r.partition)
             last = self.last_delivered.get(tp)
             if last is not None and r.offset <= last:
-                self.stats["out_of_order"] += 1
+                self.counts.add("out_of_order")
             self.last_delivered[tp] = r.offset if last is None else max(last, r.offset)
-
-    def _count(self, read: int, result: BatchResult) -> None:
-        self.stats["read"] += read
-        self.stats["applied"] += result.applied
-        self.stats["skipped"] += result.skipped
-        self.stats["dead"] += result.dead
 
     async def _advance(self, records: Iterable[Record], holes: dict[TP, range] | None = None) -> None:
         by_tp: dict[TP, list[int]] = {}
@@ -174,7 +127,7 @@ class FaustEngine:
             by_tp.setdefault((r.topic, r.partition), []).append(r.offset)
         for tp, span in (holes or {}).items():
             by_tp.setdefault(tp, []).extend(span)
-        moved: dict[str, int] = {}
+        moved: dict[TP, int] = {}
         for tp, offsets in by_tp.items():
             track = self.progress.get(tp)
             if track is None:
@@ -182,13 +135,12 @@ class FaustEngine:
             before = track.next
             track.add(offsets)
             if track.next is not None and track.next != before:
-                moved[keys.offset_field(*tp)] = track.next - 1
+                moved[tp] = track.next - 1
             if track.gaps():
                 self.gap_seen.setdefault(tp, time.monotonic())
             else:
                 self.gap_seen.pop(tp, None)
-        if moved:
-            await save_progress(self.redis, self.settings.app_id, moved)
+        await self.store.save(moved)
 
     # --- rebalances and gaps -----------------------------------------------------------------------
 
@@ -210,9 +162,7 @@ class FaustEngine:
         tps = sorted(self.unreconciled)
         if not tps:
             return
-        fields = [keys.offset_field(*tp) for tp in tps]
-        held = await self.redis.hmget(keys.progress(self.settings.app_id), fields)
-        kafka_tps = [TopicPartition(self.settings.topic(t), p) for t, p in tps]
+        kafka_tps = [self.ktp(tp) for tp in tps]
         starts = await self.refetcher.beginning_offsets(kafka_tps)
         admin = clients.admin(self.settings.kafka_bootstrap)
         try:
@@ -220,35 +170,34 @@ class FaustEngine:
             committed = await admin.list_consumer_group_offsets(self.settings.app_id, partitions=kafka_tps)
         finally:
             await admin.close()
-        for tp, ktp, value in zip(tps, kafka_tps, held, strict=True):
+        ends: dict[TP, int | None] = {}
+        for tp, ktp in zip(tps, kafka_tps, strict=True):
+            meta = committed.get(ktp)
+            ends[tp] = meta.offset if meta is not None and meta.offset > 0 else None
+        floors = {tp: starts[ktp] for tp, ktp in zip(tps, kafka_tps, strict=True)}
+        held = (await self.store.recover(ends, "Kafka's commit", floors)).held
+        for tp in tps:
             track = self.progress.get(tp)
             self.unreconciled.discard(tp)
             if track is None:
                 continue
-            track.start_at(starts[ktp] if value is None else int(value) + 1)
-            meta = committed.get(ktp)
-            if meta is not None and meta.offset > 0:
-                track.expect(meta.offset)
-                if track.next is not None and track.next < meta.offset:
-                    log.warning(
-                        "Redis holds %s[%d] only below %d but Kafka's commit is %d: reading again from %d",
-                        tp[0], tp[1], track.next, meta.offset, track.next,
-                    )  # fmt: skip
+            track.start_at(held[tp])
+            end = ends[tp]
+            if end is not None:
+                track.expect(end)
             if track.gaps():
                 self.gap_seen[tp] = 0.0  # known at assignment: fill at once
 
     async def _check_redis_progress(self, tps: set[TP]) -> None:
         """After Redis was away: if it came back behind what this worker applied (it lost its last writes),
         move the progress back to what Redis holds; the gap is then read again."""
-        fields = [keys.offset_field(*tp) for tp in sorted(tps)]
-        held = await self.redis.hmget(keys.progress(self.settings.app_id), fields)
-        for tp, value in zip(sorted(tps), held, strict=True):
+        applied = {tp: t.next for tp in tps if (t := self.progress.get(tp)) is not None and t.next is not None}
+        behind = (await self.store.recover(applied, "what this worker applied")).behind
+        for tp, start in behind.items():
             track = self.progress.get(tp)
-            redis_next = 0 if value is None else int(value) + 1
-            if track is not None and track.next is not None and redis_next < track.next:
-                log.warning("Redis holds %s[%d] only below %d: reading again from there", *tp, redis_next)
+            if track is not None and track.next is not None and start < track.next:
                 track.expect(track.next)
-                track.next = redis_next
+                track.next = start
                 self.gap_seen[tp] = 0.0
 
     async def _fill_gaps(self, stop: asyncio.Event) -> None:
@@ -262,16 +211,16 @@ class FaustEngine:
                         continue
                     for first, end in track.gaps():
                         await self._refetch(tp, first, end)
-            except (RedisError, KafkaError, OSError) as exc:
+            except PASSING as exc:
                 log.warning("filling gaps failed, retrying: %r", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
     async def _refetch(self, tp: TP, first: int, end: int) -> None:
         """Read [first, end) of a partition directly and apply it; offsets passed without a record are holes."""
-        self.stats["gaps"] += 1
+        self.counts.add("gaps")
         log.warning("gap in %s[%d]: offsets %d..%d not delivered; reading them directly", tp[0], tp[1], first, end - 1)
-        ktp = TopicPartition(self.settings.topic(tp[0]), tp[1])
+        ktp = self.ktp(tp)
         async with self._refetch_lock:
             self.refetcher.assign([ktp])
             self.refetcher.seek(ktp, first)
@@ -281,29 +230,11 @@ class FaustEngine:
                 records = [Record(tp[0], tp[1], m.offset, m.key, m.value) for m in batch.get(ktp, []) if m.offset < end]
                 position = await self.refetcher.position(ktp)
                 if records:
-                    self.stats["refetched"] += len(records)
+                    self.counts.add("refetched", len(records))
                     await self.apply(records)
                 if not batch and position < end and position >= (await self.refetcher.end_offsets([ktp]))[ktp]:
                     break  # the range ends past the log's end: nothing more to read now
             await self._advance([], {tp: range(first, min(position, end))})
-
-    async def _log_progress(self, stop: asyncio.Event, every_s: float = 10.0) -> None:
-        last = dict(self.stats)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every_s)
-            delta = {k: v - last[k] for k, v in self.stats.items()}
-            last = dict(self.stats)
-            if any(delta.values()):
-                log.info(
-                    "last %.0fs: %d read, %d applied, %d skipped, %d dead; %d gaps, %d refetched, %d out of order",
-                    every_s, *(delta[k] for k in ("read", "applied", "skipped", "dead", "gaps", "refetched", "out_of_order")),
-                )  # fmt: skip
-                with contextlib.suppress(RedisError, OSError):  # summed over the group's workers
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for name, n in delta.items():
-                            pipe.hincrby(keys.engine_stats(self.settings.app_id), name, n)
-                        await pipe.execute()
 
 
 engine = FaustEngine(settings)
@@ -314,10 +245,10 @@ class EngineService(Service):
     """Starts the engine with the Faust worker and stops it with it."""
 
     async def on_start(self) -> None:
-        await engine.start()
+        await engine.startup()
 
     async def on_stop(self) -> None:
-        await engine.stop()
+        await engine.shutdown()
 
 
 async def on_partitions_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -327,30 +258,21 @@ async def on_partitions_assigned(sender: Any, *args: Any, **kwargs: Any) -> None
 app.on_partitions_assigned.connect(cast(Any, on_partitions_assigned))
 
 
-async def _each_batch(stream: Any) -> None:
-    async for events in stream.take_events(engine.settings.batch_size, within=engine.settings.batch_within):
-        await engine.apply_events(events)
+def _agent(topic: Any, name: str, doc: str) -> Any:
+    """An agent that hands each batch of its topic to the engine."""
+
+    async def agent(stream: Any) -> None:
+        async for events in stream.take_events(engine.settings.batch_size, within=engine.settings.batch_within):
+            await engine.apply_events(events)
+
+    agent.__name__ = agent.__qualname__ = name
+    agent.__doc__ = doc
+    return app.agent(topic, name=f"{__name__}.{name}")(agent)
 
 
-@app.agent(chat_messages_topic)
-async def count_messages(stream: Any) -> None:
-    """Sessions, messages and per-student counts from chat messages."""
-    await _each_batch(stream)
-
-
-@app.agent(sentiment_topic)
-async def track_sentiment(stream: Any) -> None:
-    """Sentiment counts, and each conversation's latest judgement."""
-    await _each_batch(stream)
-
-
-@app.agent(llm_observations_topic)
-async def track_costs(stream: Any) -> None:
-    """LLM cost and tokens, replaced when an observation is re-sent."""
-    await _each_batch(stream)
-
-
-@app.agent(chat_history_topic)
-async def keep_conversations(stream: Any) -> None:
-    """Conversation records for chat history."""
-    await _each_batch(stream)
+count_messages = _agent(chat_messages_topic, "count_messages", "Sessions, messages and per-student counts.")
+track_sentiment = _agent(sentiment_topic, "track_sentiment", "Sentiment counts, each conversation's latest judgement.")
+track_costs = _agent(
+    llm_observations_topic, "track_costs", "LLM cost and tokens, replaced when an observation is re-sent."
+)
+keep_conversations = _agent(chat_history_topic, "keep_conversations", "Conversation records for chat history.")

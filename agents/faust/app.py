@@ -1,10 +1,10 @@
 """The Faust app: one `faust.App` for the project, configured from settings, and the input topics.
 
-Its agents live in agents/ and are found by autodiscovery, so `faust -A streams.app worker -l info` runs
-them, as does `ai-analytics worker --engine faust`. A team can add its own agents to this app
-(docs/faust.md shows how). Faust is not trusted for delivery: the agents hand every batch to the same
-batch processor as the kafka engine, which is exact whatever the order and number of copies, and the
-worker fills any gap in a partition's offsets itself (agents/faust_engine.py).
+Its agents (agents/faust/engine.py, and any a team adds in agents/: docs/faust.md shows how) are found by
+autodiscovery, so `faust -A agents.faust.app worker -l info` runs them, as does `ai-analytics worker
+--engine faust`. Faust is not trusted for delivery: the agents hand every batch to the same batch
+processor as the kafka engine, which is exact whatever the order and number of copies, and the engine
+fills any gap in a partition's offsets itself (agents/faust/engine.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import faust
 
-from streams.faust_transport import SCHEME, FastStream, register
+from agents.faust.transport import SCHEME, FastStream, register
 from streams.settings import get_settings
 from streams.topics import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
 
@@ -24,12 +24,12 @@ register()
 
 app = faust.App(
     settings.app_id,
-    # Faust's aiokafka transport and streams without per-message scheduling (streams/faust_transport.py,
+    # Faust's aiokafka transport and streams without per-message scheduling (agents/faust/transport.py,
     # docs/faust.md); `kafka://` and the stock Stream work too, at about a third of the speed.
     broker=f"{SCHEME}://{settings.kafka_bootstrap}",
     Stream=FastStream,
     autodiscover=["agents"],
-    origin="streams",
+    origin="agents",
     # The app keeps no tables; Faust still wants a folder of its own.
     datadir=str(Path(tempfile.gettempdir()) / f"ai-analytics-faust-{settings.app_id}"),
     web_enabled=False,

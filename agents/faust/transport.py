@@ -36,9 +36,10 @@ What this module changes (three pieces, each through a Faust extension point)
 3. :class:`FastStream` (``faust.App(Stream=FastStream)``): ``take_events`` takes events off the
    channel queue in bulk instead of one event loop iteration + processor call per event.
 
-Measured on a 2-core box (see REPORT.md), ``take_events(5000)`` + ``orjson.loads``: stock
-5.2-6.8k events/s; pieces 1+2 alone ~14k; piece 3 alone ~6k (the consumer is still the wall);
-all three ~20k (17.5-23k depending on what else the machine runs).  The pieces compound because
+Measured on a 2-core box, ``take_events(5000)`` + ``orjson.loads``: stock 5.2-6.8k events/s;
+pieces 1+2 alone ~14k; piece 3 alone ~6k (the consumer is still the wall); all three ~20k
+(17.5-23k depending on what else the machine runs; the method and one run's figures are in
+docs/faust.md, "The consumer change, written up for upstream").  The pieces compound because
 every stage paid per-message scheduling: removing one only moves the wall to the next.
 
 :class:`FastDrainMixin` overrides ``_drain_messages`` only.  It fetches a batch exactly like the
@@ -98,7 +99,7 @@ reads the ``faust.transports`` setuptools entry-point namespace.  Either
 * declare the entry point in the project's ``pyproject.toml``::
 
       [project.entry-points."faust.transports"]
-      fastkafka = "streams.faust_transport:Transport"
+      fastkafka = "agents.faust.transport:Transport"
 
 The producer side uses the same URL scheme (``broker_producer`` defaults to ``broker``) and
 inherits the stock aiokafka ``Producer`` unchanged.
