@@ -14,7 +14,7 @@ def is_data_fault(exc: BaseException) -> bool:
     """True for an exception that applying the same records again would meet again: a record the code
     cannot handle (a bug, a value a script refuses). False for Redis, Kafka or the network being away, or
     Redis busy or full, which a retry outlives. A data fault isolates its records
-    (agents/pipeline.BatchProcessor.isolate)."""
+    (agents/pipeline.BatchProcessor.process)."""
     if isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError):
         text = str(exc)
         return "script" in text and not text.startswith(_PASSING_REPLIES)
