@@ -31,8 +31,9 @@ from streams.deadletter import DeadLetter, Record
 from streams.demo import DemoConfig, DemoTraffic
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
-from tables import apikeys, queries
+from tables import apikeys, keys, queries
 from tables.aggregates import chat_history, distinct_students, llm_cost, sentiment, sessions, top_students
+from tables.changefeed import orgs_with_marks
 from tests import reference
 
 LOG_ROOT = Path(tempfile.gettempdir()) / "aia-test-logs"
@@ -187,6 +188,15 @@ async def read_topic(settings: Settings, name: str, idle_s: float = 3.0) -> list
     finally:
         await consumer.stop()
     return out
+
+
+async def wait_published(redis: Redis, org: str, timeout: float) -> None:
+    """Until no counter of the org is marked unpublished and nobody holds its publication lock: a batch's
+    changes go out after its apply, by its worker or by the sweep (tables/changefeed.py)."""
+    deadline = time.monotonic() + timeout
+    while await orgs_with_marks(redis, [org]) or await redis.exists(keys.changefeed_lock(org)):
+        assert time.monotonic() < deadline, "the org's marked counters were never published"
+        await asyncio.sleep(0.2)
 
 
 async def read_compacted(settings: Settings, idle_s: float = 3.0) -> dict[str, dict[str, Any]]:

@@ -30,9 +30,8 @@ from streams.settings import ENGINES, Settings
 from streams.topics import INPUT_TOPICS, LLM_OBSERVATIONS
 from tables import keys
 from tables.buckets import Grain
-from tables.changefeed import orgs_with_marks
 from tests import reference
-from tests.support import WorkerProcess, read_compacted, settle
+from tests.support import WorkerProcess, read_compacted, settle, wait_published
 
 pytestmark = pytest.mark.integration
 
@@ -159,15 +158,6 @@ def compare(org: str, want: dict[str, Any], latest: dict[str, dict[str, Any]]) -
         if rk.startswith(f"{org}|") and rk not in want and rec["value"] not in (0, {}):
             wrong.append(f"{rk}: record says {rec['value']!r}, Redis has no such field")
     return wrong, missing
-
-
-async def wait_published(redis: Redis, org: str, timeout: float) -> None:
-    """Until no counter of the org is marked unpublished and nobody holds its publication lock: a batch's
-    changes go out after its apply, by its worker or by the sweep (tables/changefeed.py)."""
-    deadline = time.monotonic() + timeout
-    while await orgs_with_marks(redis, [org]) or await redis.exists(keys.changefeed_lock(org)):
-        assert time.monotonic() < deadline, "the org's marked counters were never published"
-        await asyncio.sleep(0.2)
 
 
 async def check_changefeed(settings: Settings, redis: Redis, org: str, workers: list[WorkerProcess]) -> None:

@@ -19,7 +19,7 @@ from streams.settings import ENGINES, Settings
 from tables import queries
 from tables.aggregates import llm_cost, sessions, top_students
 from tests import reference
-from tests.support import WorkerProcess, demo_events, produce, read_compacted, settle
+from tests.support import WorkerProcess, demo_events, produce, read_compacted, settle, wait_published
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,10 @@ async def test_kill9_during_a_stream_leaves_every_aggregate_exact(
         started.append(workers("a"))  # same name: same data dir, as a restarted process
     await sending
     await settle(redis, exp, started, timeout=240)
-    # The compacted output topic ends equal too, though publishes died with the killed workers.
+    # The compacted output topic ends equal too, though publishes died with the killed workers: once the
+    # marks they left are published (a lock a killed worker held lapses after 30 s; the sweep takes over).
+    for org in exp.orgs:
+        await wait_published(redis, org, timeout=60)
     latest = await read_compacted(settings)
     for (org, day), n in exp.sessions.items():
         assert latest[f"{org}|sessions|d|{day.replace('-', '')}"]["value"] == n
