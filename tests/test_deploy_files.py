@@ -5,6 +5,7 @@ project installs, so `docker compose up` starts the system the README describes.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -55,3 +56,14 @@ def test_the_cluster_profile_is_three_brokers_and_a_redis_cluster() -> None:
         assert parser.parse_args(cluster[name]["command"]).command, name
         assert len(RedisTarget.from_url(env["AIA_REDIS_URL"]).cluster_nodes) == 6, name
         assert len(env["AIA_KAFKA_BOOTSTRAP"].split(",")) == 3 and env["AIA_TOPIC_REPLICATION"] == "3", name
+
+
+def test_the_readme_quotes_only_figures_of_the_latest_benchmark_run() -> None:
+    """Every figure README.md gives (events/s, counts, ratios) is one of docs/BENCHMARKS.md, the latest
+    `bench.run`: a new run that changes a figure makes this fail until the README says the new one."""
+    readme = (ROOT / "README.md").read_text()
+    bench = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    figures = re.findall(r"(?<![\d.,])(\d{1,3}(?:,\d{3})+|0\.\d{2,3})(?![\d,])", readme)
+    assert figures, "the README quotes no figure: the benchmark paragraph moved?"
+    missing = sorted({f for f in figures if not re.search(rf"(?<![\d.,]){re.escape(f)}(?![\d,])", bench)})
+    assert missing == [], f"README.md quotes figures docs/BENCHMARKS.md does not hold: {missing}"
