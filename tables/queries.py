@@ -33,6 +33,7 @@ from tables.buckets import (
     time_zone,
 )
 from tables.conversations import ConversationState, addressed_digest, conversation_digest
+from tables.scripts import Script, load
 
 TOP_N = 20
 NANOS = Decimal(1_000_000_000)
@@ -274,12 +275,7 @@ async def latest_trace(redis: Redis, org: str, student: str, start: datetime, en
     return None if best is None else (best[1], best[0])
 
 
-ZUNION_SCORES_LUA = r"""
-local args = {'ZUNION', #KEYS}
-for i = 1, #KEYS do args[#args + 1] = KEYS[i] end
-args[#args + 1] = 'WITHSCORES'
-return redis.call(unpack(args))
-"""
+ZUNION_SCORES_LUA = load("tables", "zunion_scores")  # tables/lua/zunion_scores.lua
 
 
 async def zunion(redis: Redis, zkeys: list[str]) -> list[tuple[bytes, float]]:
@@ -288,8 +284,7 @@ async def zunion(redis: Redis, zkeys: list[str]) -> list[tuple[bytes, float]]:
     is down."""
     if not zkeys:
         return []
-    script: Any = redis.register_script(ZUNION_SCORES_LUA)
-    flat: Any = await script(keys=zkeys)
+    flat: Any = await Script(redis, ZUNION_SCORES_LUA).run(zkeys)
     return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 

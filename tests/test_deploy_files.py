@@ -55,3 +55,15 @@ def test_the_cluster_profile_is_three_brokers_and_a_redis_cluster() -> None:
         assert parser.parse_args(cluster[name]["command"]).command, name
         assert len(RedisTarget.from_url(env["AIA_REDIS_URL"]).cluster_nodes) == 6, name
         assert len(env["AIA_KAFKA_BOOTSTRAP"].split(",")) == 3 and env["AIA_TOPIC_REPLICATION"] == "3", name
+
+
+def test_the_lua_scripts_are_package_data() -> None:
+    """Every script the code loads (tables/scripts.load: `<package>/lua/<name>.lua`) is installed with its
+    package, and the image copies the package it is in."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    scripts = sorted(ROOT.glob("*/lua/*.lua"))
+    assert {p.parent.parent.name for p in scripts} == {"tables", "agents"}
+    for path in scripts:
+        package = path.parent.parent.name
+        assert any(path.relative_to(ROOT / package).match(g) for g in data.get(package, [])), path
+        assert f"COPY {package} {package}" in (ROOT / "Dockerfile").read_text()
