@@ -6,7 +6,6 @@ conversations' header, and values written in the form before it). Plus the one m
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from agents import alerts, rebuild
-from infra.redis import RedisServer
 from streams.schemas import format_timestamp
 from streams.settings import Settings
 from tables import changefeed, erase, keys, queries, state
@@ -49,15 +47,6 @@ SCRIPTS: dict[str, Lua] = {
     "alert_transition": alerts.TRANSITION_LUA,
     "alert_lease": alerts.LEASE_LUA,
 }
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    """An emptied Redis (these tests need no broker: not conftest's `redis`, which starts Kafka too)."""
-    client = Redis.from_url(redis_server.url)
-    await client.flushall()
-    yield client
-    await client.aclose()
 
 
 def legacy(st: ConversationState) -> bytes:
