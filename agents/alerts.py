@@ -31,7 +31,8 @@ from agents.rules import Reading, RuleSet, Verdict, alert_event, evaluate, trans
 from streams import clients
 from streams.settings import Settings
 from streams.topics import ALERTS
-from tables import connections, keys, queries
+from tables import connections, generations, keys, queries
+from tables.aggregates import llm_cost, sentiment, sessions
 from tables.buckets import MINUTE_MS, Grain
 from tables.changefeed import UNLOCK_LUA
 from tables.scripts import Script, load
@@ -98,13 +99,14 @@ class AlertEngine:
             org: 2 * max((p.get("window_minutes", 1) for p in rules.values()), default=0)
             for org, rules in plans.items()
         }
-        fields = [keys.MESSAGES, keys.SENTIMENT, keys.sentiment_field("negative")]
+        fields = [sessions.MESSAGES, sentiment.SENTIMENT, sentiment.sentiment_field("negative")]
+        gen = await generations.current(self.redis)  # the rules read the generation served
         async with self.redis.pipeline(transaction=False) as pipe:
             for org, span in spans.items():
                 pipe.hgetall(keys.alert_state(org))
-                pipe.hget(keys.bucket(org, Grain.DAY, Grain.DAY.index(now_ms)), keys.COST)
+                pipe.hget(keys.bucket(gen, org, Grain.DAY, Grain.DAY.index(now_ms)), llm_cost.COST)
                 for m in range(now_min - span + 1, now_min + 1):
-                    pipe.hmget(keys.bucket(org, Grain.MINUTE, m), fields)
+                    pipe.hmget(keys.bucket(gen, org, Grain.MINUTE, m), fields)
             replies = iter(await pipe.execute())
         for org, span in spans.items():
             states = {k.decode(): v.decode() for k, v in next(replies).items()}

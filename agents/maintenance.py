@@ -12,7 +12,7 @@ import time
 from redis.exceptions import RedisError
 
 from streams.settings import Settings
-from tables import connections, queries
+from tables import connections, generations, queries
 from tables.buckets import Grain
 from tables.state import expire_conversations, prune_conversations, prune_observations
 
@@ -30,12 +30,13 @@ async def prune_loop(settings: Settings, stop: asyncio.Event, every_s: float = 3
         while not stop.is_set():
             oldest_day = Grain.DAY.index(int(time.time() * 1000)) - settings.dedup_window_days
             try:
+                gen = await generations.current(redis)  # a rebuild's generation starts with nothing to prune
                 for org in await queries.list_orgs(redis):
-                    await prune_observations(redis, org, oldest_day)
-                    await prune_conversations(redis, org, oldest_day)
+                    await prune_observations(redis, gen, org, oldest_day)
+                    await prune_conversations(redis, gen, org, oldest_day)
                     if settings.history_retention_days:
                         cutoff_ms = int(time.time() * 1000) - settings.history_retention_days * 86_400_000
-                        if n := await expire_conversations(redis, org, cutoff_ms):
+                        if n := await expire_conversations(redis, gen, org, cutoff_ms):
                             log.info("%s: %d conversation(s) past the history retention deleted", org, n)
             except (RedisError, OSError) as exc:
                 log.warning("pruning past the dedup window failed, retrying later: %r", exc)

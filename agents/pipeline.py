@@ -15,13 +15,14 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
-from agents.planner import NeedState, Planner, state_query
+from agents.planner import Planner, state_query
 from streams.deadletter import DeadLetter, Record
 from streams.exceptions import InvalidEvent
 from streams.prices import PriceTable
 from streams.schemas import Event, Limits, parse
 from streams.settings import Settings
 from tables import keys
+from tables.aggregates.base import NeedState
 from tables.buckets import Retention
 from tables.changefeed import Changefeed, orgs_with_marks
 from tables.connections import Replication, wait_replicas
@@ -262,13 +263,11 @@ class BatchProcessor:
         pending = Pending(prepared)
         gens = await Generations.read(self.redis)
         if gens.building is None:
-            keys.CURRENT = gens.current
             pending.gens, pending.result = gens, BatchResult(dead=len(prepared.dead), orgs=set(prepared.by_org))
             try:
-                with keys.generation(gens.current):
-                    pending.inflight = await self._apply_overlapped(
-                        prepared.by_org, prepared.now_ms, gens, pending.result, pending.done
-                    )
+                pending.inflight = await self._apply_overlapped(
+                    prepared.by_org, prepared.now_ms, gens, pending.result, pending.done
+                )
                 pending.started = True
             except GenerationsChanged:
                 log.info("the generations changed while applying a batch: applying it again")
@@ -286,8 +285,7 @@ class BatchProcessor:
             if pending.inflight is not None:
                 task, writes = pending.inflight
                 pending.inflight = None
-                with keys.generation(gens.current):
-                    await self._settle(await task, writes, p.now_ms, gens, result, pending.done)
+                await self._settle(await task, writes, p.now_ms, gens, result, pending.done)
         except GenerationsChanged:
             gens, result, _ = await self._apply_whole(p)
         result.skipped = p.n_records - len(p.dead) - result.applied
@@ -300,15 +298,12 @@ class BatchProcessor:
         """Apply the batch serially to the generations that are there (both, while a rebuild runs)."""
         while True:
             gens = await Generations.read(self.redis)
-            keys.CURRENT = gens.current
             result = BatchResult(dead=len(p.dead), orgs=set(p.by_org))  # counts of the served generation's apply
             try:
                 # While a rebuild runs, the batch is applied to the generation being built too (keys.py).
                 if gens.building is not None:
-                    with keys.generation(gens.building):
-                        await self._apply(p.by_org, p.now_ms, gens, BatchResult())
-                with keys.generation(gens.current):
-                    done = await self._apply(p.by_org, p.now_ms, gens, result)
+                    await self._apply(p.by_org, p.now_ms, gens, BatchResult(), gens.building)
+                done = await self._apply(p.by_org, p.now_ms, gens, result, gens.current)
                 return gens, result, done
             except GenerationsChanged:
                 log.info("the generations changed while applying a batch: applying it again")
@@ -333,19 +328,19 @@ class BatchProcessor:
         try:
             for k, part in enumerate(parts):
                 after = {w.org: w for w in inflight[1]} if inflight else None
-                writes = await self.plan(part, now_ms, after=after, read=read)
+                writes = await self.plan(part, now_ms, gens.current, after=after, read=read)
                 read = None
                 if inflight is not None:
                     task, previous = inflight
                     inflight = None
                     if not await self._settle(await task, previous, now_ms, gens, result, done):
-                        done += await self._apply(part, now_ms, gens, result)  # planned again, from Redis
+                        done += await self._apply(part, now_ms, gens, result, gens.current)  # planned again
                         continue
                 for w in writes:
                     _guard_generations(w, gens)
                 # The next part's state is read before this part's apply reaches Redis, so the read does
                 # not wait behind it; the next plan assumes this part's writes (`as_after`).
-                next_read = asyncio.create_task(self.read(parts[k + 1])) if k + 1 < len(parts) else None
+                next_read = asyncio.create_task(self.read(parts[k + 1], gens.current)) if k + 1 < len(parts) else None
                 await asyncio.sleep(0)
                 inflight = (asyncio.create_task(self.writer.apply(writes)), writes)
                 if next_read is not None:
@@ -379,7 +374,7 @@ class BatchProcessor:
             return True
         log.debug("re-planning %d org(s) after conflicts: %s", len(conflicts), conflicts)
         items = {w.org: w.items for w in writes if w.org in conflicts}
-        done += await self._apply(items, now_ms, gens, result)
+        done += await self._apply(items, now_ms, gens, result, gens.current)
         return False
 
     async def publish_changes(self, orgs: Iterable[str]) -> int:
@@ -413,8 +408,7 @@ class BatchProcessor:
         result = BatchResult(dead=len(dead), orgs=set(by_org))
         gens = await Generations.read(self.redis)
         await self._register(by_org)
-        with keys.generation(generation):
-            await self._apply(by_org, now_ms, gens, result)
+        await self._apply(by_org, now_ms, gens, result, generation)
         if by_org:
             await self.replication.wait(by_org)
         return result
@@ -428,14 +422,14 @@ class BatchProcessor:
             await self.redis.sadd(keys.orgs(), *named)
 
     async def _apply(
-        self, by_org: dict[str, list[Event]], now_ms: int, gens: Generations, result: BatchResult
+        self, by_org: dict[str, list[Event]], now_ms: int, gens: Generations, result: BatchResult, gen: int
     ) -> list[tuple[OrgWrite, OrgState]]:
-        """Plan and apply every org's write in the context's generation, re-planning the orgs that conflict."""
+        """Plan and apply every org's write to generation `gen`, re-planning the orgs that conflict."""
         pending = by_org
         done: list[tuple[OrgWrite, OrgState]] = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts = attempt
-            writes = await self.plan(pending, now_ms)
+            writes = await self.plan(pending, now_ms, gen)
             for w in writes:
                 _guard_generations(w, gens)
             states = {w.org: w.state for w in writes}
@@ -453,23 +447,24 @@ class BatchProcessor:
             await asyncio.sleep(0.002 * attempt)  # let the other writer finish before re-reading
         raise RuntimeError(f"gave up applying a batch after {MAX_ATTEMPTS} conflicting attempts: {conflicts}")
 
-    async def read(self, by_org: dict[str, list[Event]]) -> Read:
-        """Every org's state, in one round trip."""
+    async def read(self, by_org: dict[str, list[Event]], gen: int) -> Read:
+        """Every org's state in generation `gen`, in one round trip."""
         tombstones = await self.fence.tombstones()
         queries = {org: state_query(items, tombstones) for org, items in by_org.items()}
-        return queries, await self.reader.read(queries)
+        return queries, await self.reader.read(queries, gen)
 
     async def plan(
         self,
         by_org: dict[str, list[Event]],
         now_ms: int,
+        gen: int,
         after: dict[str, OrgWrite] | None = None,
         read: Read | None = None,
     ) -> list[OrgWrite]:
         """Read every org's state in one round trip (or take `read`, done before) and plan its write; an org
         whose plan needs more conversations (an observation moved to another session) is read again with
         them. `after`: writes applied meanwhile, whose result the plan assumes (`as_after`)."""
-        queries, states = read or await self.read(by_org)
+        queries, states = read or await self.read(by_org, gen)
         pending = dict(by_org)
         writes: list[OrgWrite] = []
         while pending:
@@ -479,16 +474,15 @@ class BatchProcessor:
             retry: dict[str, list[Event]] = {}
             for org, items in pending.items():
                 try:
-                    w = self.planner.plan(org, items, states[org], now_ms)
+                    w = self.planner.plan(org, items, states[org], now_ms, gen)
                 except NeedState as need:
                     queries[org].convs += sorted(need.conversations - set(queries[org].convs))
                     retry[org] = items
                     continue
-                w.state, w.items = states[org], items
                 writes.append(w)
             pending = retry
             if pending:
-                states = await self.reader.read({org: queries[org] for org in pending})
+                states = await self.reader.read({org: queries[org] for org in pending}, gen)
         return writes
 
 
@@ -504,7 +498,7 @@ def _guard_generations(w: OrgWrite, gens: Generations) -> None:
     start or switch in between makes the batch apply again, to the generations there are then. A write to
     the generation served marks its counters for the changefeed (one a rebuild builds is not published)."""
     w.guard(keys.org_generations(w.org), "v", w.state.generations_version)
-    w.publish = keys.context_generation() == gens.current
+    w.publish = w.gen == gens.current
 
 
 def _generations_changed(conflicts: dict[str, str]) -> bool:

@@ -124,7 +124,6 @@ class Rebuild:
         if not version:
             raise RebuildRefused(f"generation {target} is no longer the one being built")
         await copy_version(self.redis, int(version))
-        keys.CURRENT = target
         self.say(f"rebuild: serving generation {target}; dropping generation {target - 1} in {self.grace_s:g}s")
         await asyncio.sleep(self.grace_s)
         dropped = await drop_generation(self.redis, target - 1)

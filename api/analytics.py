@@ -11,8 +11,10 @@ from fastapi import APIRouter, Query
 
 from api import params
 from api.auth import ORG, USER, Caller
-from api.state import AppState, State
+from api.state import AppState, Served, State
 from tables import queries
+from tables.aggregates import llm_cost, sentiment, sessions
+from tables.aggregates import top_students as top
 from tables.buckets import local_today, time_zone
 
 router = APIRouter(tags=["analytics"])
@@ -33,26 +35,29 @@ async def average_messages_per_session(
     user_id: USER,
     key: Caller,
     state: State,
+    view: Served,
     start_date: Annotated[str, Query(description="First day, YYYY-MM-DD.", **DATE)],
     end_date: Annotated[str, Query(description="Last day, YYYY-MM-DD.", **DATE)],
     mentor_id: Annotated[str | None, Query(description="Only sessions with this mentor.")] = None,
     aggregation: Annotated[
         str | None,
-        Query(description="hourly, daily (default) or weekly.", json_schema_extra={"enum": list(queries.AGGREGATIONS)}),
+        Query(
+            description="hourly, daily (default) or weekly.", json_schema_extra={"enum": list(sessions.AGGREGATIONS)}
+        ),
     ] = None,
     group_by: Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")] = None,
     tz: TZ = None,
 ) -> list[dict[str, Any]]:
     """Sessions started per period (hours, days or ISO weeks of the time zone) and the average number of
     messages in them."""
-    agg = params.choice("aggregation", aggregation, queries.AGGREGATIONS, "daily") or "daily"
+    agg = params.choice("aggregation", aggregation, sessions.AGGREGATIONS, "daily") or "daily"
     zone = await zone_of(state, org, tz)
     start, end = params.date_range(start_date, end_date, required=True)
     check_retention(state, start, zone, hourly=agg == "hourly")
     if agg == "hourly" and (end - start).days > state.retention.hourly_days:
         raise params.bad("end_date", f"hourly rows span at most {state.retention.hourly_days} days")
-    return await queries.average_messages_per_session(
-        state.redis, org, start, end, agg, params.text("mentor_id", mentor_id), zone
+    return await sessions.average_messages_per_session(
+        view, org, start, end, agg, params.text("mentor_id", mentor_id), zone
     )
 
 
@@ -62,6 +67,7 @@ async def sentiment_count(
     user_id: USER,
     key: Caller,
     state: State,
+    view: Served,
     period: Annotated[
         str | None,
         Query(
@@ -74,7 +80,7 @@ async def sentiment_count(
     zone = await zone_of(state, org, tz)
     start, end = params.period_days(period, local_today(zone))
     check_retention(state, start, zone, hourly=False)
-    return await queries.sentiment_counts(state.redis, org, start, end, zone)
+    return await sentiment.sentiment_counts(view, org, start, end, zone)
 
 
 @router.get("/tenant-cost/")
@@ -83,6 +89,7 @@ async def tenant_cost(
     user_id: USER,
     key: Caller,
     state: State,
+    view: Served,
     start_date: Annotated[str, Query(description="Start: YYYY-MM-DD or an RFC 3339 datetime.", **DATE_TIME)],
     end_date: Annotated[str, Query(description="End (a date includes that whole day).", **DATE_TIME)],
     tz: TZ = None,
@@ -92,7 +99,7 @@ async def tenant_cost(
     zone = await zone_of(state, org, tz)
     start, end = params.datetime_range(start_date, end_date, zone)
     check_retention(state, start.date(), zone, hourly=False)
-    return await queries.tenant_cost(state.redis, org, start, end)
+    return await llm_cost.tenant_cost(view, org, start, end)
 
 
 @router.get("/top-students-by-chat-messages/")
@@ -101,6 +108,7 @@ async def top_students(
     user_id: USER,
     key: Caller,
     state: State,
+    view: Served,
     mentor_id: Annotated[str | None, Query(description="Only messages to this mentor.")] = None,
     start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (default: all time).", **DATE)] = None,
     end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
@@ -111,17 +119,17 @@ async def top_students(
     mentor = params.text("mentor_id", mentor_id)
     zone = await zone_of(state, org, tz)
     if not start_date and not end_date:
-        return await queries.top_students(state.redis, org, None, None, mentor)
+        return await top.top_students(view, org, None, None, mentor)
     start, end = params.date_range(start_date, end_date, required=False, today=local_today(zone))
     check_retention(state, start, zone, hourly=False)
-    return await queries.top_students(state.redis, org, start, end, mentor, zone=zone)
+    return await top.top_students(view, org, start, end, mentor, zone=zone)
 
 
 @router.get("/freshness/")
-async def freshness(org: ORG, user_id: USER, key: Caller, state: State) -> dict[str, Any]:
+async def freshness(org: ORG, user_id: USER, key: Caller, state: State, view: Served) -> dict[str, Any]:
     """Time of the newest event applied for the org, events applied per topic, and the org's time zone
     and what day it is there."""
-    return await queries.freshness(state.redis, org)
+    return await queries.freshness(view, org)
 
 
 async def zone_of(state: AppState, org: str, tz: str | None) -> ZoneInfo | None:

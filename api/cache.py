@@ -122,11 +122,14 @@ class AnswerCache:
         except ApiError:
             return None
         redis = scope["app"].state.aia.redis
+        gen = scope.get("state", {}).get("generation")
+        if gen is None:  # the generation served is unknown (Redis away): the route answers
+            return None
         try:
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.hget(keys.api_keys(), apikeys.digest(token))
                 pipe.sismember(keys.orgs(), org)
-                pipe.hget(keys.meta(org), keys.DATA_VERSION)
+                pipe.hget(keys.meta(gen, org), keys.DATA_VERSION)
                 pipe.hget(keys.erasures(org), keys.ERASURES_VERSION)
                 pipe.hget(keys.time_zones(), org)
                 raw_key, exists, version, erased, zone = await pipe.execute()
@@ -140,7 +143,7 @@ class AnswerCache:
         day = datetime.now(UTC).date().isoformat()
         name = "\0".join(
             str(part) for part in
-            (keys.meta(org), version, erased, zone, day, scope["path"], query)
+            (keys.meta(gen, org), version, erased, zone, day, scope["path"], query)
         )  # fmt: skip
         return '"' + blake2b(name.encode(), digest_size=12).hexdigest() + '"'
 

@@ -16,9 +16,11 @@ from fastapi import Path as PathParam
 from api import params
 from api.analytics import TZ, check_retention, zone_of
 from api.auth import ORG, USER, AllOrgsAdmin, Caller
-from api.state import State
+from api.state import Served, State
 from streams.schemas import format_timestamp
-from tables import ids, keys, queries
+from tables import ids, queries
+from tables.aggregates import llm_cost
+from tables.aggregates import top_students as top
 from tables.buckets import time_zone
 
 router = APIRouter(tags=["cost"])
@@ -53,13 +55,14 @@ async def user_cost(
     user_id: USER,
     key: Caller,
     state: State,
+    view: Served,
     span: Range,
     username: Annotated[str, Query(description="The student.", min_length=1, max_length=1024)],
 ) -> dict[str, Any]:
     """LLM cost of one student's sessions over the range (USD)."""
     student = username
-    nanos = await queries.cost_of(state.redis, org, *span, keys.cost_field("u", student))
-    return {"total_cost": queries.usd(nanos), "cost_nanos": nanos}
+    nanos = await llm_cost.cost_of(view, org, *span, llm_cost.cost_field("u", student))
+    return {"total_cost": llm_cost.usd(nanos), "cost_nanos": nanos}
 
 
 @router.get("/mentors/{mentor_unique_id}/cost/")
@@ -68,36 +71,39 @@ async def mentor_cost(
     user_id: USER,
     key: Caller,
     state: State,
+    view: Served,
     span: Range,
     mentor_unique_id: Annotated[str, PathParam(description="The mentor's unique id (UUID).", max_length=256)],
 ) -> dict[str, Any]:
     """LLM cost of one mentor's sessions over the range (USD)."""
-    mentor = await queries.resolve(state.redis, org, ids.MENTOR, mentor_unique_id)
-    nanos = await queries.cost_of(state.redis, org, *span, keys.cost_field("m", mentor))
-    return {"total_cost": queries.usd(nanos), "cost_nanos": nanos}
+    mentor = await queries.resolve(view, org, ids.MENTOR, mentor_unique_id)
+    nanos = await llm_cost.cost_of(view, org, *span, llm_cost.cost_field("m", mentor))
+    return {"total_cost": llm_cost.usd(nanos), "cost_nanos": nanos}
 
 
 @router.get("/costs/model/")
-async def model_cost(org: ORG, user_id: USER, key: Caller, state: State, span: Range) -> dict[str, Any]:
+async def model_cost(org: ORG, user_id: USER, key: Caller, state: State, view: Served, span: Range) -> dict[str, Any]:
     """The model that cost the most over the range, and its cost (one object, as the platform answers);
     `models` lists every model's cost."""
-    by_model = await queries.cost_fields(state.redis, org, *span, keys.cost_field("model", ""))
+    by_model = await llm_cost.cost_fields(view, org, *span, llm_cost.cost_field("model", ""))
     ranked = sorted(((n, m) for m, n in by_model.items() if n), key=lambda nm: (-nm[0], nm[1]))
     top_nanos, top_model = ranked[0] if ranked else (0, "")
     return {
         "model": top_model,
-        "total_cost": queries.usd(top_nanos),
-        "models": [{"model": m, "total_cost": queries.usd(n)} for n, m in ranked],
+        "total_cost": llm_cost.usd(top_nanos),
+        "models": [{"model": m, "total_cost": llm_cost.usd(n)} for n, m in ranked],
     }
 
 
 @router.get("/costs/permentor/")
-async def per_mentor_cost(org: ORG, user_id: USER, key: Caller, state: State, span: Range) -> dict[str, Any]:
+async def per_mentor_cost(
+    org: ORG, user_id: USER, key: Caller, state: State, view: Served, span: Range
+) -> dict[str, Any]:
     """Each mentor's cost over the range with the sessions behind it (sessions by the UTC days the range
     touches), and the tenant's total."""
-    by_mentor = await queries.cost_fields(state.redis, org, *span, keys.cost_field("m", ""))
-    sessions = await queries.session_costs(state.redis, org, *span)
-    total = await queries.cost_of(state.redis, org, *span, keys.COST)
+    by_mentor = await llm_cost.cost_fields(view, org, *span, llm_cost.cost_field("m", ""))
+    sessions = await llm_cost.session_costs(view, org, *span)
+    total = await llm_cost.cost_of(view, org, *span, llm_cost.COST)
     mentor_data = []
     for mentor, nanos in sorted(by_mentor.items(), key=lambda mn: (-mn[1], mn[0])):
         if not nanos:
@@ -109,52 +115,56 @@ async def per_mentor_cost(org: ORG, user_id: USER, key: Caller, state: State, sp
             {
                 "mentor_unique_id": ids.served(org, ids.MENTOR, mentor),
                 "mentor_name": mentor,
-                "total_cost": queries.usd(nanos),
-                "mentor_sessions": [{"session_id": s, "cost": queries.usd(n)} for n, s in mentor_sessions],
+                "total_cost": llm_cost.usd(nanos),
+                "mentor_sessions": [{"session_id": s, "cost": llm_cost.usd(n)} for n, s in mentor_sessions],
             }
         )
-    return {"tenant": org, "tenant_total_cost": queries.usd(total), "mentor_data": mentor_data}
+    return {"tenant": org, "tenant_total_cost": llm_cost.usd(total), "mentor_data": mentor_data}
 
 
 @router.get("/costs/peruser/")
-async def per_user_cost(org: ORG, user_id: USER, key: Caller, state: State, span: Range) -> dict[str, Any]:
+async def per_user_cost(
+    org: ORG, user_id: USER, key: Caller, state: State, view: Served, span: Range
+) -> dict[str, Any]:
     """The path's user and their latest LLM trace in the range (`id` is the trace; empty when none), with
     their cost over the range."""
-    latest = await queries.latest_trace(state.redis, org, user_id, *span)
-    nanos = await queries.cost_of(state.redis, org, *span, keys.cost_field("u", user_id))
+    latest = await llm_cost.latest_trace(view, org, user_id, *span)
+    nanos = await llm_cost.cost_of(view, org, *span, llm_cost.cost_field("u", user_id))
     trace_id, ts_ms = latest if latest is not None else ("", int(span[0].timestamp() * 1000))
     return {
         "id": trace_id,
         "name": user_id,
         "date": format_timestamp(ts_ms),
-        "total_cost": queries.usd(nanos),
+        "total_cost": llm_cost.usd(nanos),
     }
 
 
 @router.get("/costs/users/")
-async def top_users_by_cost(org: ORG, user_id: USER, key: Caller, state: State, span: Range) -> list[dict[str, Any]]:
+async def top_users_by_cost(
+    org: ORG, user_id: USER, key: Caller, state: State, view: Served, span: Range
+) -> list[dict[str, Any]]:
     """The 20 students whose sessions cost the most over the range (not in the platform's API: what the
     dashboard shows)."""
-    by_user = await queries.cost_fields(state.redis, org, *span, keys.cost_field("u", ""))
-    ranked = sorted(((n, u) for u, n in by_user.items() if n), key=lambda nu: (-nu[0], nu[1]))[: queries.TOP_N]
-    return [{"username": u, "total_cost": queries.usd(n), "cost_nanos": n} for n, u in ranked]
+    by_user = await llm_cost.cost_fields(view, org, *span, llm_cost.cost_field("u", ""))
+    ranked = sorted(((n, u) for u, n in by_user.items() if n), key=lambda nu: (-nu[0], nu[1]))[: top.TOP_N]
+    return [{"username": u, "total_cost": llm_cost.usd(n), "cost_nanos": n} for n, u in ranked]
 
 
 @all_orgs_router.get("/api/ai-analytics/costs/pertenant/")
-async def per_tenant_cost(key: AllOrgsAdmin, state: State, span: AllOrgsRange) -> list[dict[str, Any]]:
+async def per_tenant_cost(key: AllOrgsAdmin, state: State, view: Served, span: AllOrgsRange) -> list[dict[str, Any]]:
     """Every org's cost over the range, with its cost by model (an all-orgs platform_admin key)."""
     out = []
     for org in await queries.list_orgs(state.redis):
-        total = await queries.cost_of(state.redis, org, *span, keys.COST)
-        by_model = await queries.cost_fields(state.redis, org, *span, keys.cost_field("model", ""))
+        total = await llm_cost.cost_of(view, org, *span, llm_cost.COST)
+        by_model = await llm_cost.cost_fields(view, org, *span, llm_cost.cost_field("model", ""))
         if not total and not any(by_model.values()):
             continue
         models = sorted(((n, m) for m, n in by_model.items() if n), key=lambda nm: (-nm[0], nm[1]))
         out.append(
             {
                 "platform_key": org,
-                "total_cost": queries.usd(total),
-                "model_costs": [{"model": m, "total_cost": queries.usd(n)} for n, m in models],
+                "total_cost": llm_cost.usd(total),
+                "model_costs": [{"model": m, "total_cost": llm_cost.usd(n)} for n, m in models],
             }
         )
     return out

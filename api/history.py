@@ -1,7 +1,7 @@
 """Chat history: conversations listed newest first with Django REST framework's paging, and records created,
 replaced, changed and deleted through Kafka (the worker applies them like any other event).
 
-Records are served in the platform's `Conversations` shape (tables/queries.served_conversation). On writes
+Records are served in the platform's `Conversations` shape (tables/history.served_conversation). On writes
 the server sets what the platform's server sets: the id, the student (the path's user), and the fields
 that come from elsewhere (sentiment from the sentiment stream, counts from the messages).
 """
@@ -18,12 +18,13 @@ from fastapi import APIRouter, Query, Request, Response
 from api import params
 from api.auth import ORG, USER, Caller, require_admin
 from api.errors import ApiError
-from api.state import AppState, State
+from api.state import AppState, Served, State
 from streams.exceptions import InvalidEvent
 from streams.producer import complete, key_for
 from streams.schemas import MAX_DEPTH, Conversation, format_timestamp, json_depth, parse
 from streams.topics import CHAT_HISTORY
 from tables import ids, queries
+from tables.aggregates import chat_history as history
 from tables.conversations import ConversationState
 
 router = APIRouter(tags=["chat history"])
@@ -71,6 +72,7 @@ async def chat_history(
     user_id: USER,
     key: Caller,
     state: State,
+    view: Served,
     start_date: Annotated[
         str | None, Query(description="Conversations inserted on or after, YYYY-MM-DD.", **params.DATE)
     ] = None,
@@ -93,7 +95,7 @@ async def chat_history(
     if start and end and end < start:
         raise params.bad("end_date", f"end_date {end} is before start_date {start}")
     topic_list = tuple(t.strip() for t in (params.text("topics", topics) or "").split(",") if t.strip())
-    flt = queries.HistoryFilter(
+    flt = history.HistoryFilter(
         start=start,
         end=end,
         student=params.text("filter_user_id", filter_user_id),
@@ -103,11 +105,11 @@ async def chat_history(
     )
     size = params.page_size(page_size)
     wanted = params.page_number(page, 1_000_000) if page != "last" else 1
-    count, rows = await queries.chat_history(state.redis, org, flt, wanted, size)
+    count, rows = await history.chat_history(view, org, flt, wanted, size)
     pages = max(1, -(-count // size))
     n = params.page_number(page, pages)
     if n != wanted:  # "last"
-        count, rows = await queries.chat_history(state.redis, org, flt, n, size)
+        count, rows = await history.chat_history(view, org, flt, n, size)
     return {
         "count": count,
         "next": str(request.url.include_query_params(page=n + 1)) if n < pages else None,
@@ -127,49 +129,53 @@ async def create_chat_history(org: ORG, user_id: USER, key: Caller, state: State
 
 
 @router.get("/chat-history/{conversation_id}/")
-async def get_chat_history(org: ORG, user_id: USER, key: Caller, state: State, conversation_id: str) -> dict[str, Any]:
+async def get_chat_history(org: ORG, user_id: USER, key: Caller, view: Served, conversation_id: str) -> dict[str, Any]:
     """One conversation, by its id."""
     require_admin(key)
-    return (await _existing(state, org, conversation_id))[2]
+    return (await _existing(view, org, conversation_id))[2]
 
 
 @router.put("/chat-history/{conversation_id}/", openapi_extra=WRITE_BODY)
 async def replace_chat_history(
-    org: ORG, user_id: USER, key: Caller, state: State, conversation_id: str, request: Request
+    org: ORG, user_id: USER, key: Caller, state: State, view: Served, conversation_id: str, request: Request
 ) -> dict[str, Any]:
     """Replace a conversation's writable fields (the others stay the server's)."""
     require_admin(key)
-    return await _change(state, org, conversation_id, request, whole=True)
+    return await _change(state, view, org, conversation_id, request, whole=True)
 
 
 @router.patch("/chat-history/{conversation_id}/", openapi_extra=PATCH_BODY)
 async def change_chat_history(
-    org: ORG, user_id: USER, key: Caller, state: State, conversation_id: str, request: Request
+    org: ORG, user_id: USER, key: Caller, state: State, view: Served, conversation_id: str, request: Request
 ) -> dict[str, Any]:
     """Change some of a conversation's writable fields."""
     require_admin(key)
-    return await _change(state, org, conversation_id, request, whole=False)
+    return await _change(state, view, org, conversation_id, request, whole=False)
 
 
-async def _change(state: AppState, org: str, conversation_id: str, request: Request, *, whole: bool) -> dict[str, Any]:
+async def _change(
+    state: AppState, view: queries.View, org: str, conversation_id: str, request: Request, *, whole: bool
+) -> dict[str, Any]:
     """PUT (`whole`: the body is the whole record, so `mentor` is required) or PATCH an existing
     conversation: the body's writable fields over what is kept, written through Kafka."""
-    cid, stored, served = await _existing(state, org, conversation_id)
+    cid, stored, served = await _existing(view, org, conversation_id)
     fields = writable_fields(await read_body(request), require_mentor=whole)
     return await write_record(state, org, {**_kept(cid, stored, served), **fields})
 
 
 @router.delete("/chat-history/{conversation_id}/", status_code=204)
-async def delete_chat_history(org: ORG, user_id: USER, key: Caller, state: State, conversation_id: str) -> Response:
+async def delete_chat_history(
+    org: ORG, user_id: USER, key: Caller, state: State, view: Served, conversation_id: str
+) -> Response:
     """Delete a conversation from chat history (its messages still count in the aggregates)."""
     require_admin(key)
-    cid, stored, served = await _existing(state, org, conversation_id)
+    cid, stored, served = await _existing(view, org, conversation_id)
     await write_record(state, org, {**_kept(cid, stored, served), "deleted": True})
     return Response(status_code=204)
 
 
-async def _existing(state: AppState, org: str, conversation_id: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    found = await queries.conversation(state.redis, org, params.text("id", conversation_id) or "")
+async def _existing(view: queries.View, org: str, conversation_id: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    found = await history.conversation(view, org, params.text("id", conversation_id) or "")
     if found is None:
         raise ApiError(404, "Not found.")
     return found
@@ -332,4 +338,4 @@ async def write_record(state: AppState, org: str, record: dict[str, Any]) -> dic
         inserted_ms=parsed.inserted_at_ms,
         deleted=parsed.deleted,
     )
-    return queries.served_conversation(org, ids.normalize(parsed.id), parsed.record, conv)
+    return history.served_conversation(org, ids.normalize(parsed.id), parsed.record, conv)

@@ -58,8 +58,9 @@ class Metrics:
         except Exception as exc:  # metrics must render even when Kafka is away
             log.warning("consumer lag unavailable: %r", exc)
         try:
+            served = await generations.current(redis)
             for org in await queries.list_orgs(redis):
-                meta: Any = await redis.hgetall(keys.meta(org))
+                meta: Any = await redis.hgetall(keys.meta(served, org))
                 for fld, value in meta.items():
                     name = fld.decode()
                     if name.startswith("events|"):

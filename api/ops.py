@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ from fastapi.responses import ORJSONResponse, PlainTextResponse, Response
 
 from api.metrics import Metrics
 from api.state import State
-from tables import generations, keys
+from tables import generations
 
 router = APIRouter(tags=["operations"])
 
@@ -45,8 +46,9 @@ class ObserveMiddleware:
 
 
 class GenerationMiddleware:
-    """Each API request reads the generation served once, and builds every key of its answer for it: an
-    answer is wholly from one generation, however a rebuild's switch falls (tables/keys.py)."""
+    """Each API request reads the generation served once, into its state: its handlers read that one
+    (`api.state.Served`) and the answer cache names answers by it, so an answer is wholly from one
+    generation, however a rebuild's switch falls."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -55,12 +57,10 @@ class GenerationMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        try:
-            served = await generations.current(scope["app"].state.aia.redis)
-        except Exception:  # Redis away: the handler answers 503 with the reason
-            served = keys.CURRENT
-        with keys.generation(served):
-            await self.app(scope, receive, send)
+        # Redis away: the handler's own read of it answers 503 with the reason (api/state.served_view).
+        with contextlib.suppress(Exception):
+            scope.setdefault("state", {})["generation"] = await generations.current(scope["app"].state.aia.redis)
+        await self.app(scope, receive, send)
 
 
 @router.get("/healthz")

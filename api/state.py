@@ -12,7 +12,7 @@ from api.kafka import KafkaGateway
 from api.metrics import Metrics
 from streams.schemas import Limits
 from streams.settings import Settings
-from tables import connections
+from tables import connections, generations, queries
 from tables.buckets import Retention
 
 
@@ -47,3 +47,16 @@ def app_state(request: Request) -> AppState:
 
 
 State = Annotated[AppState, Depends(app_state)]
+
+
+async def served_view(request: Request) -> queries.View:
+    """What the request reads: the generation served, read once per request (api/ops.GenerationMiddleware),
+    so an answer is wholly from one generation however a rebuild's switch falls."""
+    redis = app_state(request).redis
+    gen = getattr(request.state, "generation", None)
+    if gen is None:  # the middleware could not read it (Redis away): this read raises, the handler answers 503
+        gen = await generations.current(redis)
+    return queries.View(redis, gen)
+
+
+Served = Annotated[queries.View, Depends(served_view)]

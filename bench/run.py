@@ -515,7 +515,6 @@ async def main() -> None:
                 await Rebuild(base, redis, grace_s=0, say=lambda _line: None).run()
                 took = time.perf_counter() - t0
                 await redis.flushall()  # the sections after it start from generation 0
-                keys.CURRENT = 0
                 await redis.aclose()
                 report.add("rebuild", f"ai-analytics rebuild of {n:,} events into a new generation (no live traffic)",
                            f"{n / took:,.0f} events/s, {took / (n / 1e6):,.0f} s per million")  # fmt: skip
@@ -708,7 +707,7 @@ async def failover_gaps(
             apply_gap(t0, time.monotonic()),
             poller.problems(),
         )
-        t0 = await fail_over_primary(cast(RedisCluster, redis), rnodes, keys.meta(ORGS[0]))
+        t0 = await fail_over_primary(cast(RedisCluster, redis), rnodes, keys.meta(0, ORGS[0]))
         await asyncio.sleep(10)
         out["Redis failover (an org's primary killed, its replica promoted, back as a replica)"] = (
             poller.longest_gap(t0, time.monotonic()),

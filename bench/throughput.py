@@ -94,6 +94,6 @@ def start_worker(settings: Settings, name: str, log: Path) -> subprocess.Popen[b
 
 async def applied(redis: Redis) -> int:
     total = 0
-    for org in ORGS:
-        total += int(await redis.hget(keys.meta(org), "events|chat-messages") or 0)
+    for org in ORGS:  # a fresh Redis: generation 0
+        total += int(await redis.hget(keys.meta(0, org), "events|chat-messages") or 0)
     return total

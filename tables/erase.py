@@ -42,6 +42,7 @@ from redis.asyncio import Redis
 
 from streams.topics import AGGREGATES, ERASURES
 from tables import keys
+from tables.aggregates import chat_history, llm_cost, top_students
 from tables.buckets import Grain
 from tables.conversations import ConversationState, prefix
 from tables.generations import Generations
@@ -131,8 +132,7 @@ async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms
     gens = await Generations.read(redis)
     for n in (gens.current, gens.building):  # and the one a rebuild is building
         if n is not None:
-            with keys.generation(n):
-                await _remove(redis, org, student, out, publish=n == gens.current)
+            await _remove(redis, n, org, student, out, publish=n == gens.current)
     await _wait_for_publications(redis, org, [t.decode() for t in under_way[0::2]], [float(x) for x in under_way[1::2]])
     return out
 
@@ -210,9 +210,9 @@ def _students_named(records: list[tuple[bytes, bytes]]) -> list[str]:
     named: set[str] = set()
     for key, value in records:
         _, metric, _, _ = keys.parse_record_key(key)
-        if keys.is_top_students_metric(metric):
+        if top_students.is_metric(metric):
             named.update(orjson.loads(value)["value"])
-        elif (student := keys.student_of_metric(metric)) is not None:
+        elif (student := llm_cost.student_of_metric(metric)) is not None:
             named.add(student)
     return sorted(named)
 
@@ -223,36 +223,36 @@ def _without(records: list[tuple[bytes, bytes]], erased: set[str]) -> list[tuple
     out: list[tuple[bytes, bytes]] = []
     for key, value in records:
         _, metric, _, _ = keys.parse_record_key(key)
-        if keys.is_top_students_metric(metric):
+        if top_students.is_metric(metric):
             record = orjson.loads(value)
             record["value"] = {s: n for s, n in record["value"].items() if s not in erased}
             out.append((key, orjson.dumps(record)))
-        elif keys.student_of_metric(metric) not in erased:
+        elif llm_cost.student_of_metric(metric) not in erased:
             out.append((key, value))
     return out
 
 
-def removal(org: str, digest: int, state: ConversationState, version: int) -> Call:
-    """The call of remove_conversation.lua that removes the conversation `digest`, read as `state` at
-    `version` (its stored value's, `conversations.prefix`), from its bucket, the chat-history index, its
-    filter sets and its per-mentor session costs (an erased student's, or one past the history retention,
-    tables/state.expire_conversations)."""
-    filters = [keys.conversations_by(org, kind, value, digest) for kind, value in state.index_entries() if kind]
-    costs = [keys.session_costs(org, day) for day in sorted({hour // 24 for hour in state.costs})]
-    member = keys.session_cost_member(state.first_mentor or "", state.cid or "")
+def removal(gen: int, org: str, digest: int, state: ConversationState, version: int) -> Call:
+    """The call of remove_conversation.lua that removes the conversation `digest` of generation `gen`, read
+    as `state` at `version` (its stored value's, `conversations.prefix`), from its bucket, the chat-history
+    index, its filter sets and its per-mentor session costs (an erased student's, or one past the history
+    retention, tables/state.expire_conversations)."""
+    filters = [chat_history.filter_key(gen, org, kind, value, digest) for kind, value in state.index_entries() if kind]
+    costs = [llm_cost.sessions_key(gen, org, day) for day in sorted({hour // 24 for hour in state.costs})]
+    member = llm_cost.session_member(state.first_mentor or "", state.cid or "")
     return (
-        [keys.conversation_bucket(org, digest), keys.conversations(org), *filters, *costs],
+        [keys.conversation_bucket(gen, org, digest), chat_history.index_key(gen, org), *filters, *costs],
         [keys.conversation_field(digest), version, digest, len(filters), member],
     )
 
 
-async def _remove(redis: Redis, org: str, student: str, out: Erasure, *, publish: bool) -> None:
-    """Step 2, in the context's generation; `publish`: the served one, whose changes the audit record counts
+async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, *, publish: bool) -> None:
+    """Step 2, in generation `gen`; `publish`: the served one, whose changes the audit record counts
     and the aggregates topic hears of."""
-    indexed: Any = await redis.smembers(keys.conversations_by(org, "student", student))
+    indexed: Any = await redis.smembers(chat_history.filter_key(gen, org, "student", student))
     digests = {int(m) for m in indexed}
     # And any conversation whose state names them (its record's or its earliest message's student).
-    async for batch in _scan(redis, keys.conversation_buckets(org)):
+    async for batch in _scan(redis, keys.conversation_buckets(gen, org)):
         for bucket in batch:
             async for fld, raw in redis.hscan_iter(bucket, count=_CHUNK):
                 conv = ConversationState.unpack(raw)
@@ -264,17 +264,17 @@ async def _remove(redis: Redis, org: str, student: str, out: Erasure, *, publish
     # entry the batch added is left behind.
     remove = Script(redis, REMOVE_CONVERSATION_LUA)
     for digest in sorted(digests):
-        bucket, fld = keys.conversation_bucket(org, digest), keys.conversation_field(digest)
+        bucket, fld = keys.conversation_bucket(gen, org, digest), keys.conversation_field(digest)
         while (held := await redis.hget(bucket, fld)) is not None:
             value = bytes(held)  # type: ignore[arg-type]
-            if int(await remove.run(*removal(org, digest, ConversationState.unpack(value), prefix(value)[0]))):
+            if int(await remove.run(*removal(gen, org, digest, ConversationState.unpack(value), prefix(value)[0]))):
                 out.conversations += publish
                 break
-    await redis.delete(keys.conversations_by(org, "student", student))
+    await redis.delete(chat_history.filter_key(gen, org, "student", student))
 
     # The student's cost fields, in every hourly and daily bucket (found by name: a session's hash may be gone).
-    cost_field = keys.cost_field("u", student)
-    for pattern in (keys.bucket(org, Grain.HOUR, 0), keys.bucket(org, Grain.DAY, 0)):
+    cost_field = llm_cost.cost_field("u", student)
+    for pattern in (keys.bucket(gen, org, Grain.HOUR, 0), keys.bucket(gen, org, Grain.DAY, 0)):
         async for batch in _scan(redis, pattern.rsplit(":", 1)[0] + ":*"):
             async with redis.pipeline(transaction=False) as pipe:
                 for key in batch:
@@ -284,7 +284,7 @@ async def _remove(redis: Redis, org: str, student: str, out: Erasure, *, publish
                 out.cost_buckets += [key.decode() for key, n in zip(batch, removed, strict=True) if n]
     out.cost_fields = len(out.cost_buckets)
 
-    async for batch in _scan(redis, keys.top_students(org, Grain.DAY, 0).rsplit(":", 1)[0] + ":*"):
+    async for batch in _scan(redis, top_students.key(gen, org, Grain.DAY, 0).rsplit(":", 1)[0] + ":*"):
         async with redis.pipeline(transaction=False) as pipe:
             for key in batch:
                 pipe.zrem(key, student)
@@ -315,7 +315,7 @@ async def publications(redis: Redis, erasure: Erasure) -> list[tuple[str, bytes,
     out: list[tuple[str, bytes, bytes | None]] = [
         (ERASURES, f"{erasure.org}|{erasure.tombstone}".encode(), orjson.dumps(erasure.audit()))
     ]
-    field = keys.cost_field("u", erasure.student)
+    field = llm_cost.cost_field("u", erasure.student)
     for key in erasure.cost_buckets:
         if record := keys.counter_record(key, field, "h", 0, erasure.at_ms):
             out.append((AGGREGATES, record[0], None))

@@ -1,16 +1,17 @@
-"""Every Redis key and hash field name, built here and nowhere else.
+"""The keys every part shares, and the one place an org's key is made (`org_key`).
 
-An org's keys carry the hash tag `{org}` so they share one Redis Cluster slot: a batch's writes for an
-org run as one atomic script, and multi-key reads work on a cluster.
+Here: the generations, the org's bucket hashes of counters (each aggregate family names its own fields),
+its offsets, observations, UUID mapping, meta and conversation store (what the planner reads before a
+batch), the global keys (orgs, time zones, progress, alerts, API keys, erasures), the changefeed's marks
+and its record keys. A family's own keys and fields are in its module (tables/aggregates/), built with
+`org_key`. An org's keys carry the hash tag `{org}` so they share one Redis Cluster slot: a batch's writes
+for an org run as one atomic script, and multi-key reads work on a cluster.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
@@ -20,49 +21,13 @@ from tables.buckets import Grain
 
 NS = "aia"
 
-# Fields of a bucket hash (hourly or daily).
-SESSIONS = "sessions"
-MESSAGES = "messages"
-HUMAN = "human"
-SENTIMENT = "sentiment"
-COST = "cost_nanos"
-OBSERVATIONS = "observations"
-UNPRICED = "unpriced"
-TOKENS_IN = "tokens_in"
-TOKENS_OUT = "tokens_out"
-
-
-def cost_field(kind: str, value: str) -> str:
-    """A bucket field of LLM cost (nano-dollars) for one student (`u`), mentor (`m`) or model (`model`)."""
-    return f"{COST}|{kind}|{value}"
-
-
-def mentor_field(field: str, mentor: str) -> str:
-    return f"{field}|m|{mentor}"
-
-
-def sentiment_field(label: str) -> str:
-    return f"{SENTIMENT}|{label}"
-
-
 # --- generations ----------------------------------------------------------------------------------------
 # Everything computed from the events lives in a generation: generation 0 is `aia:{org}:...`, generation n
 # `aia:g<n>:{org}:...`. `ai-analytics rebuild` computes generation n+1 from the topics while n serves, then
-# switches (agents/rebuild.py). Which generation a key is built for: the context's (`generation()`, set
-# per API request and per apply), else the process's `CURRENT` (alerts, maintenance). What is not computed
-# from the events (API keys, orgs, time zones, erased students, alert state, progress) is outside them.
-CURRENT = 0
-_GENERATION: ContextVar[int | None] = ContextVar("aia_generation", default=None)
-
-
-@contextmanager
-def generation(n: int) -> Iterator[None]:
-    """Build the keys of generation n in this context."""
-    token = _GENERATION.set(n)
-    try:
-        yield
-    finally:
-        _GENERATION.reset(token)
+# switches (agents/rebuild.py). Every key of a generation is built for one given explicitly (`gen`, the
+# first argument): the one an API request read once (api/ops.py), the one a batch was planned for, the one a
+# rebuild or a maintenance run works on. What is not computed from the events (API keys, orgs, time zones,
+# erased students, alert state, progress) is outside them.
 
 
 def generation_prefix(n: int) -> str:
@@ -81,25 +46,21 @@ def rebuild_progress(n: int) -> str:
     return f"{NS}:rebuild:g{n}"
 
 
-def context_generation() -> int:
-    """The generation keys are built for here (`generation()`, else `CURRENT`)."""
-    n = _GENERATION.get()
-    return CURRENT if n is None else n
-
-
-def _org(org: str) -> str:
-    return f"{generation_prefix(context_generation())}{org}}}"
+def org_key(gen: int, org: str, rest: str) -> str:
+    """An org's key of generation `gen`: `aia:{org}:<rest>` (`aia:g<n>:{org}:<rest>`). Every key computed
+    from the events is made here, by this module or by its family's module (tables/aggregates/)."""
+    return f"{generation_prefix(gen)}{org}}}:{rest}"
 
 
 _GRAIN_CODE = {Grain.MINUTE: "min", Grain.HOUR: "h", Grain.DAY: "d", Grain.WEEK: "wk", Grain.HALF: "hh"}
 
 
-def bucket(org: str, grain: Grain, index: int) -> str:
+def bucket(gen: int, org: str, grain: Grain, index: int) -> str:
     """Hash of an org's counters in one bucket: `aia:{org}:h:2026112210`, `:hh:202611221030` (a half hour),
     `:d:20261122`, `:min:<epoch minute>`.
 
     Minute buckets are kept a few hours: what the alert rules read."""
-    return f"{_org(org)}:{_GRAIN_CODE[grain]}:{grain.label(index)}"
+    return org_key(gen, org, f"{_GRAIN_CODE[grain]}:{grain.label(index)}")
 
 
 def progress(group: str) -> str:
@@ -138,82 +99,44 @@ def alert_lease() -> str:
     return f"{NS}:alerts:lease"
 
 
-def top_students(org: str, grain: Grain, index: int, mentor: str | None = None) -> str:
-    """Sorted set student -> human messages, for an hour (`:top:YYYYMMDDHH`) or a half hour
-    (`:top:YYYYMMDDHHMM`), kept as long as hourly buckets (the edges of a time zone's days), a day
-    (`:top:YYYYMMDD`) or an ISO week (`:top:wYYYYMMDD`, its Monday); a mentor's set ends in `|m|<mentor>`."""
-    base = f"{_org(org)}:top:{grain.label(index)}"
-    return base if mentor is None else f"{base}|m|{mentor}"
-
-
-def top_students_all(org: str, mentor: str | None = None) -> str:
-    """Sorted set student -> human messages of all time (never expires); a mentor's ends in `|m|<mentor>`."""
-    base = f"{_org(org)}:top:all"
-    return base if mentor is None else f"{base}|m|{mentor}"
-
-
-def session_costs(org: str, day: int) -> str:
-    """Sorted set `session_cost_member(mentor, session)` -> LLM cost (nano-dollars) of the session's
-    observations that day (a day index), for the per-mentor cost report."""
-    return f"{_org(org)}:costsess:{Grain.DAY.label(day)}"
-
-
-def session_cost_member(mentor: str, session: str) -> str:
-    """A member of `session_costs`: `<length of the mentor id>|<mentor>|<session>`. Length-prefixed, so no
-    two (mentor, session) pairs give the same member whatever `|` they hold (`m|x` with `s` and `m` with
-    `x|s` differ); `parse_session_cost_member` reads it back exactly."""
-    return f"{len(mentor)}|{mentor}|{session}"
-
-
-def parse_session_cost_member(member: str) -> tuple[str, str] | None:
-    """(mentor, session) of a `session_cost_member`, None for anything else (a member written before the
-    length prefix: `ai-analytics rebuild` rewrites those)."""
-    length, sep, rest = member.partition("|")
-    if not sep or not length.isdigit() or len(rest) <= int(length) or rest[int(length)] != "|":
-        return None
-    n = int(length)
-    return rest[:n], rest[n + 1 :]
-
-
-def offsets(org: str) -> str:
+def offsets(gen: int, org: str) -> str:
     """Hash `topic:partition` -> the last offset whose event of this org is applied."""
-    return f"{_org(org)}:offsets"
+    return org_key(gen, org, "offsets")
 
 
 def offset_field(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-def observations(org: str) -> str:
+def observations(gen: int, org: str) -> str:
     """Hash event_id -> an applied observation's contribution and version (JSON `[cost, in, out, unpriced, ts,
     offset, model, session, arrival day]`), whatever its event day, so a version re-sent with another
     timestamp replaces it. Entries older than the dedup window (by arrival) are pruned by the worker."""
-    return f"{_org(org)}:obs"
+    return org_key(gen, org, "obs")
 
 
-def uuids(org: str) -> str:
+def uuids(gen: int, org: str) -> str:
     """Hash served UUID -> `mentor|id` for the mentor ids that are not UUIDs (tables/ids.py). (Conversations
     need none: they are addressed by the digest of the id they are served under.)"""
-    return f"{_org(org)}:uuids"
+    return org_key(gen, org, "uuids")
 
 
-def meta(org: str) -> str:
+def meta(gen: int, org: str) -> str:
     """Hash: newest event time applied, last apply time, per-topic counts, and `DATA_VERSION`."""
-    return f"{_org(org)}:meta"
+    return org_key(gen, org, "meta")
 
 
 # Conversations are addressed by a 64-bit digest of the id they are served under (`conversation_digest`
 # in tables/conversations.py): their states in buckets of hashes (small hashes stay compact listpacks),
 # their index entries as integers (small sets stay compact intsets).
 CONVERSATION_BUCKETS = 512
-FILTER_SHARDS = 16  # the mentor, topic and sentiment indexes (few values, many conversations each) in shards
 
 
-def conversation_bucket(org: str, digest: int) -> str:
+def conversation_bucket(gen: int, org: str, digest: int) -> str:
     """Hash: field `conversation_field(digest)` -> a conversation's state (`ConversationState.pack`: where
     its session starts, its counts, its latest sentiment and record, its cost by hour, its kept id, the
     digests of the events it counted), for the conversations whose digest falls in this bucket."""
-    return f"{_org(org)}:cv:{digest % CONVERSATION_BUCKETS}"
+    return org_key(gen, org, f"cv:{digest % CONVERSATION_BUCKETS}")
 
 
 def conversation_field(digest: int) -> bytes:
@@ -221,29 +144,9 @@ def conversation_field(digest: int) -> bytes:
     return (digest % 2**64).to_bytes(8, "big")
 
 
-def conversation_buckets(org: str) -> str:
+def conversation_buckets(gen: int, org: str) -> str:
     """The pattern of every conversation bucket of the org (for scans)."""
-    return f"{_org(org)}:cv:*"
-
-
-def conversations(org: str) -> str:
-    """Sorted set of conversation digests (decimal) scored by inserted_at (ms): the chat-history index."""
-    return f"{_org(org)}:convs"
-
-
-def conversations_by(org: str, kind: str, value: str, digest: int | None = None) -> str:
-    """Set of the digests of the conversations with a `student`, `mentor`, `topic` or `sentiment`. A
-    student's is one set; the others are in `FILTER_SHARDS` shards (`digest` says which; the shard of
-    every digest is `filter_shards`)."""
-    base = f"{_org(org)}:cx:{kind}:{value}"
-    return base if kind == "student" else f"{base}:{(digest or 0) % FILTER_SHARDS}"
-
-
-def filter_shards(org: str, kind: str, value: str) -> list[str]:
-    """Every key of one filter's index (one for a student, `FILTER_SHARDS` for the others)."""
-    if kind == "student":
-        return [conversations_by(org, kind, value)]
-    return [conversations_by(org, kind, value, shard) for shard in range(FILTER_SHARDS)]
+    return org_key(gen, org, "cv:*")
 
 
 def orgs() -> str:
@@ -408,17 +311,6 @@ def parse_record_key(record_key: bytes | str) -> tuple[str, str, str, str]:
     org, _, rest = text.partition("|")
     metric, grain, bucket = rest.rsplit("|", 2)
     return org, metric, grain, bucket
-
-
-def is_top_students_metric(metric: str) -> bool:
-    """A top-students set's record (the org's, or a mentor's), whose value maps students to counts."""
-    return metric == TOP_STUDENTS or metric.startswith(f"{TOP_STUDENTS}|m|")
-
-
-def student_of_metric(metric: str) -> str | None:
-    """The student a counter's metric names (their LLM cost, `cost_nanos|u|<student>`), if any."""
-    prefix = cost_field("u", "")
-    return metric[len(prefix) :] if metric.startswith(prefix) else None
 
 
 def counter_record(key: str, member: str, kind: str, value: Any, applied_at_ms: int) -> tuple[bytes, bytes] | None:

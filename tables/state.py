@@ -50,16 +50,21 @@ class StateReader:
         self.redis = redis
         self._read = Script(redis, READ_LUA)
 
-    async def read(self, queries: dict[str, StateQuery]) -> dict[str, OrgState]:
-        """Every org's state in one round trip: one Lua read per org."""
+    async def read(self, queries: dict[str, StateQuery], gen: int) -> dict[str, OrgState]:
+        """Every org's state in generation `gen`, in one round trip: one Lua read per org."""
         calls: list[Call] = []
         for org, q in queries.items():
-            key_list = [keys.offsets(org), keys.observations(org), keys.erasures(org), keys.org_generations(org)]
+            key_list = [
+                keys.offsets(gen, org),
+                keys.observations(gen, org),
+                keys.erasures(org),
+                keys.org_generations(org),
+            ]
             index: dict[str, int] = {}
             buckets, fields = [], []
             for cid in q.convs:
                 digest = conversation_digest(org, cid)
-                bucket = keys.conversation_bucket(org, digest)
+                bucket = keys.conversation_bucket(gen, org, digest)
                 k = index.get(bucket)
                 if k is None:
                     key_list.append(bucket)
@@ -93,7 +98,7 @@ def as_after(state: OrgState, org: str, w: OrgWrite) -> None:
     for fld, (_, new) in w.watermarks.items():
         if fld in state.offsets:
             state.offsets[fld] = new
-    written = w.seen.get(keys.observations(org), {})
+    written = w.seen.get(keys.observations(w.gen, org), {})
     for event_id in state.observations.keys() & written.keys():
         state.observations[event_id] = written[event_id][1]
     for cid in state.convs.keys() & w.conv_after.keys():
@@ -103,13 +108,13 @@ def as_after(state: OrgState, org: str, w: OrgWrite) -> None:
 PRUNE_LUA = load("tables", "prune_observations")
 
 
-async def prune_observations(redis: Redis, org: str, oldest_day: int, *, chunk: int = 1000) -> None:
+async def prune_observations(redis: Redis, gen: int, org: str, oldest_day: int, *, chunk: int = 1000) -> None:
     """Forget the observations of an org that arrived before `oldest_day` (a day index): past the dedup
     window a re-sent version counts as a new observation, as a re-sent event does."""
     script = Script(redis, PRUNE_LUA)
     cursor = "0"
     while True:
-        cursor = (await script.run([keys.observations(org)], [cursor, chunk, oldest_day])).decode()
+        cursor = (await script.run([keys.observations(gen, org)], [cursor, chunk, oldest_day])).decode()
         if cursor == "0":
             return
 
@@ -117,13 +122,13 @@ async def prune_observations(redis: Redis, org: str, oldest_day: int, *, chunk: 
 PRUNE_CONVERSATIONS_LUA = load("tables", "prune_conversations", include=("conversation",))
 
 
-async def prune_conversations(redis: Redis, org: str, oldest_day: int, *, chunk: int = 500) -> int:
+async def prune_conversations(redis: Redis, gen: int, org: str, oldest_day: int, *, chunk: int = 500) -> int:
     """Drop the event digests of the org's conversations last written before `oldest_day` (a day index):
     past the dedup window an event re-sent to a quiet conversation counts again, as a re-sent observation
     does. Walks every bucket (HSCAN); returns how many were pruned."""
     script = Script(redis, PRUNE_CONVERSATIONS_LUA)
     pruned = 0
-    async for bucket in redis.scan_iter(match=keys.conversation_buckets(org), count=chunk):
+    async for bucket in redis.scan_iter(match=keys.conversation_buckets(gen, org), count=chunk):
         due: list[tuple[bytes, int, ConversationState]] = []  # field, version (as the script reads it), state
         async for fld, raw in redis.hscan_iter(bucket, count=chunk):
             version, last_day = prefix(raw)
@@ -136,21 +141,21 @@ async def prune_conversations(redis: Redis, org: str, oldest_day: int, *, chunk:
     return pruned
 
 
-async def expire_conversations(redis: Redis, org: str, before_ms: int, *, chunk: int = 500) -> int:
+async def expire_conversations(redis: Redis, gen: int, org: str, before_ms: int, *, chunk: int = 500) -> int:
     """Delete the org's conversations (chat history) listed before `before_ms`: by their newest record's
     insertion time, or their first message's when there is no record (AIA_HISTORY_RETENTION_DAYS). Each
     goes with its index and filter entries and its per-mentor session costs, unless it was written since it
     was read. Returns how many went."""
     script = Script(redis, REMOVE_CONVERSATION_LUA)
     expired = 0
-    async for bucket in redis.scan_iter(match=keys.conversation_buckets(org), count=chunk):
+    async for bucket in redis.scan_iter(match=keys.conversation_buckets(gen, org), count=chunk):
         calls: list[Call] = []
         async for fld, raw in redis.hscan_iter(bucket, count=chunk):
             st = ConversationState.unpack(raw)
             listed = st.inserted_ms if st.record_version is not None else st.started_ms
             if listed is None or listed >= before_ms:
                 continue
-            calls.append(removal(org, int.from_bytes(fld, "big", signed=True), st, prefix(raw)[0]))
+            calls.append(removal(gen, org, int.from_bytes(fld, "big", signed=True), st, prefix(raw)[0]))
         if calls:
             expired += sum(int(n) for n in await script.run_many(calls))
     return expired

@@ -11,14 +11,18 @@ aggregates always equal exactly the events up to its watermarks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from redis.asyncio import Redis
 
 from tables import keys
-from tables.buckets import Grain
+from tables.conversations import ConversationState
 from tables.scripts import Script, load
+
+if TYPE_CHECKING:
+    from streams.schemas import Event
+    from tables.state import OrgState
 
 APPLY_LUA = load("tables", "apply", include=("conversation",))  # tables/lua/apply.lua
 
@@ -28,6 +32,9 @@ class OrgWrite:
     """Everything one batch does to one org, with the preconditions it was planned under."""
 
     org: str
+    gen: int  # the generation it writes (tables/keys.py)
+    state: OrgState  # the state it was planned from
+    items: list[Event]  # the events it was planned from
     _keys: list[str] = field(default_factory=list)
     _index: dict[str, int] = field(default_factory=dict)
     watermarks: dict[str, tuple[int | None, int]] = field(default_factory=dict)
@@ -47,24 +54,16 @@ class OrgWrite:
     # set key index -> members to add, and to remove (the chat-history filter indexes)
     sadds: dict[int, dict[str, None]] = field(default_factory=dict)
     srems: dict[int, dict[str, None]] = field(default_factory=dict)
-    # (grain, bucket index, field) -> delta; (day index, mentor or None, student) -> delta
-    bucket_deltas: dict[tuple[Grain, int, str], int] = field(default_factory=dict)
-    top_deltas: dict[tuple[int, str | None, str], int] = field(default_factory=dict)  # (half hour, mentor, student)
-    # (half hour of a session's start, its first mentor or "") -> [sessions, messages] to add there
-    session_deltas: dict[tuple[int, str], list[int]] = field(default_factory=dict)
-    events: int = 0
+    events: int = 0  # events that count (agents/planner.py)
     # conversation id -> its state as it will be once this write is applied
-    conv_after: dict[str, Any] = field(default_factory=dict)
-    state: Any = None  # the OrgState it was planned from (tables/state.py)
-    items: list[Any] = field(default_factory=list)  # the items (agents/planner.py) it was planned from
-    replayed: list[Any] = field(default_factory=list)  # items counted before (a re-send or a replay)
+    conv_after: dict[str, ConversationState] = field(default_factory=dict)
     _incr_order: list[tuple[tuple[int, str], int]] = field(default_factory=list)
     # Mark the published counters it changes for the changefeed (tables/changefeed.py): set for the
     # generation served, not for one a rebuild is building.
     publish: bool = False
 
     def __post_init__(self) -> None:
-        self.k(keys.offsets(self.org))  # KEYS[1] is always the offsets hash
+        self.k(keys.offsets(self.gen, self.org))  # KEYS[1] is always the offsets hash
 
     def k(self, key: str) -> int:
         idx = self._index.get(key)

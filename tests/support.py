@@ -32,6 +32,7 @@ from streams.demo import DemoConfig, DemoTraffic
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
 from tables import apikeys, queries
+from tables.aggregates import chat_history, llm_cost, sentiment, sessions, top_students
 from tests import reference
 
 LOG_ROOT = Path(tempfile.gettempdir()) / "aia-test-logs"
@@ -207,13 +208,13 @@ async def mismatches(redis: Redis, exp: reference.Expected) -> list[str]:
     days = sorted({d for _, d in exp.days()})
     first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
     for org in sorted(exp.orgs):
-        rows = await queries.average_messages_per_session(redis, org, first, last, "daily")
+        rows = await sessions.average_messages_per_session(queries.View(redis, 0), org, first, last, "daily")
         for row in rows:
             want = (exp.sessions[(org, row["time"])], exp.messages[(org, row["time"])])
             got = (row["total_sessions"], row["total_messages"])
             if got != want:
                 out.append(f"{org} {row['time']} sessions/messages: got {got}, want {want}")
-        for row in await queries.sentiment_counts(redis, org, first, last):
+        for row in await sentiment.sentiment_counts(queries.View(redis, 0), org, first, last):
             if row["sentiment_count"] != exp.sentiment[(org, row["date"])]:
                 out.append(
                     f"{org} {row['date']} sentiment: got {row['sentiment_count']}, want {exp.sentiment[(org, row['date'])]}"
@@ -222,15 +223,15 @@ async def mismatches(redis: Redis, exp: reference.Expected) -> list[str]:
         while d <= last:
             day = d.isoformat()
             start = datetime(d.year, d.month, d.day, tzinfo=UTC)
-            cost = await queries.tenant_cost(redis, org, start, start + timedelta(days=1))
+            cost = await llm_cost.tenant_cost(queries.View(redis, 0), org, start, start + timedelta(days=1))
             if cost["cost_nanos"] != exp.cost[(org, day)]:
                 out.append(f"{org} {day} cost: got {cost['cost_nanos']}, want {exp.cost[(org, day)]}")
-            top = await queries.top_students(redis, org, d, d, limit=10_000)
+            top = await top_students.top_students(queries.View(redis, 0), org, d, d, limit=10_000)
             got_top = {r["username"]: r["chat_message_count"] for r in top}
             if got_top != dict(exp.human.get((org, day), {})):
                 out.append(f"{org} {day} top students differ: got {sorted(got_top.items())[:5]}...")
             d += timedelta(days=1)
-        count, _ = await queries.chat_history(redis, org, queries.HistoryFilter(), 1, 1)
+        count, _ = await chat_history.chat_history(queries.View(redis, 0), org, chat_history.HistoryFilter(), 1, 1)
         if count != len(exp.conversations[org]):
             out.append(f"{org} conversations: got {count}, want {len(exp.conversations[org])}")
     return out

@@ -130,7 +130,7 @@ async def redis_counters(redis: Redis, org: str) -> dict[str, Any]:
     """record key -> the value Redis holds, for every published counter of the org: each field of its
     hourly and daily bucket hashes, each daily and weekly top-students set (as student -> count)."""
     out: dict[str, Any] = {}
-    prefix = keys.bucket(org, Grain.DAY, 0).rsplit(":", 2)[0]  # aia:{org}
+    prefix = keys.bucket(0, org, Grain.DAY, 0).rsplit(":", 2)[0]  # aia:{org}
     async for raw in redis.scan_iter(match=f"{prefix}:*", count=1000):
         key = raw.decode()
         kind = (await redis.type(key)).decode()

@@ -87,7 +87,7 @@ async def test_broker_and_redis_primary_failovers_leave_every_answer_exact(
 
         # The Redis primary of the busiest org dies; its replica takes over; it comes back as the replica.
         busiest = max(exp.orgs, key=lambda org: len(exp.conversations[org]))
-        redis_down = await fail_over_primary(cast(RedisCluster, redis), rnodes, keys.meta(busiest))
+        redis_down = await fail_over_primary(cast(RedisCluster, redis), rnodes, keys.meta(0, busiest))
         rnodes.wait_ok()
         redis_gap = poller.longest_gap(redis_down, time.monotonic())
 

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
 from tables import keys, queries
+from tables.aggregates import sessions, top_students
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -96,17 +97,20 @@ async def test_worker_applies_events_exactly_and_dead_letters_bad_ones(
     async def applied() -> bool:
         total = 0
         for org in ("acme", "globex"):
-            total += int(await redis.hget(keys.meta(org), "events|chat-messages") or 0)
+            total += int(await redis.hget(keys.meta(0, org), "events|chat-messages") or 0)
         return total == expected["unique"]
 
     await eventually(applied, timeout=90, what=f"all events applied (worker log:\n{worker.log_tail()})")
 
     for org, day in set(expected["sessions"]) | set(expected["messages"]):
-        (row,) = await queries.average_messages_per_session(redis, org, day, day)
+        (row,) = await sessions.average_messages_per_session(queries.View(redis, 0), org, day, day)
         want = (expected["sessions"][(org, day)], expected["messages"][(org, day)])
         assert (row["total_sessions"], row["total_messages"]) == want, (org, day)
     for (org, day), counts in expected["human"].items():
-        got = {r["username"]: r["chat_message_count"] for r in await queries.top_students(redis, org, day, day)}
+        got = {
+            r["username"]: r["chat_message_count"]
+            for r in await top_students.top_students(queries.View(redis, 0), org, day, day)
+        }
         assert got == dict(counts), (org, day)
     assert await queries.list_orgs(redis) == sorted({e["org"] for e in events})
 

@@ -22,6 +22,7 @@ from infra.procs import ROOT, cli_command
 from infra.redis import RedisServer
 from streams.settings import Settings
 from tables import keys
+from tables.aggregates import top_students
 from tables.erase import PublicationFence, erase_student
 from tests import reference
 from tests.support import (
@@ -89,7 +90,7 @@ async def every_key_and_value(url: str, org: str) -> list[bytes]:
 async def all_time_count(url: str, org: str, student: str) -> int | None:
     redis = Redis.from_url(url)
     try:
-        score = await redis.zscore(keys.top_students_all(org), student)
+        score = await redis.zscore(top_students.alltime_key(0, org), student)
         return None if score is None else int(score)
     finally:
         await redis.aclose()
@@ -222,14 +223,14 @@ def test_a_batch_planned_before_an_erasure_cannot_write_after_it(redis_server: R
 
             processor = BatchProcessor(Settings(), redis, keep)
             by_org, _ = processor.validate(as_records(events), int(time.time() * 1000))
-            planned = await processor.plan(by_org, int(time.time() * 1000))
+            planned = await processor.plan(by_org, int(time.time() * 1000), 0)
             await erase_student(redis, "acme", "ann", by="test", now_ms=int(time.time() * 1000))
             conflicts = await processor.writer.apply(planned)
             assert "acme" in conflicts and keys.erasures("acme") in conflicts["acme"]
             result = await processor.process(as_records(events))
             assert result.applied == 0 and result.attempts == 1
-            assert await redis.zscore(keys.top_students_all("acme"), "ann") is None
-            assert int(await redis.hget(keys.meta("acme"), keys.ERASED_DROPPED) or 0) == 3
+            assert await redis.zscore(top_students.alltime_key(0, "acme"), "ann") is None
+            assert int(await redis.hget(keys.meta(0, "acme"), keys.ERASED_DROPPED) or 0) == 3
         finally:
             await redis.aclose()
 

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from streams.producer import AnalyticsProducer
 from streams.settings import ENGINES, Settings
 from tables import queries
+from tables.aggregates import llm_cost, sessions, top_students
 from tests import reference
 from tests.support import WorkerProcess, demo_events, produce, read_compacted, settle
 
@@ -94,7 +95,7 @@ async def test_resent_event_counts_once_and_resent_observation_replaces_cost(
     today = now.date()
 
     async def done() -> bool:
-        rows = await queries.average_messages_per_session(redis, "acme", today, today)
+        rows = await sessions.average_messages_per_session(queries.View(redis, 0), "acme", today, today)
         return rows[0]["total_sessions"] == 2
 
     deadline = time.monotonic() + 90
@@ -103,12 +104,14 @@ async def test_resent_event_counts_once_and_resent_observation_replaces_cost(
         await asyncio.sleep(0.25)
     await asyncio.sleep(1.0)
     start = datetime(today.year, today.month, today.day, tzinfo=UTC)
-    cost = await queries.tenant_cost(redis, "acme", start, start + timedelta(days=1))
+    cost = await llm_cost.tenant_cost(queries.View(redis, 0), "acme", start, start + timedelta(days=1))
     assert cost["total_cost_exact"] == "0.125"
     assert cost["observations"] == 1
-    rows = await queries.average_messages_per_session(redis, "acme", today, today)
+    rows = await sessions.average_messages_per_session(queries.View(redis, 0), "acme", today, today)
     assert (rows[0]["total_sessions"], rows[0]["total_messages"]) == (2, 2)
-    assert await queries.top_students(redis, "acme", today, today) == [{"username": "ann", "chat_message_count": 2}]
+    assert await top_students.top_students(queries.View(redis, 0), "acme", today, today) == [
+        {"username": "ann", "chat_message_count": 2}
+    ]
 
 
 async def test_chaos_one_of_two_workers_killed_every_few_seconds_during_a_shuffled_duplicated_stream(

@@ -24,6 +24,7 @@ from streams.exceptions import InvalidEvent
 from streams.schemas import MAX_TOKENS, MIN_TIME_MS, Limits, parse
 from streams.settings import ENGINES, Settings
 from tables import ids, keys, queries
+from tables.aggregates import chat_history, llm_cost, top_students
 from tables.buckets import Grain
 from tables.faults import is_data_fault
 from tests import reference
@@ -116,23 +117,27 @@ def test_values_at_the_bounds_are_accepted() -> None:
 def test_record_keys_and_session_cost_members_read_back_exactly(
     student: str, mentor: str, model: str, session: str
 ) -> None:
-    bucket = keys.bucket("acme", Grain.DAY, 20_000)
-    for field in (keys.cost_field("u", student), keys.cost_field("m", mentor), keys.cost_field("model", model)):
+    bucket = keys.bucket(0, "acme", Grain.DAY, 20_000)
+    for field in (
+        llm_cost.cost_field("u", student),
+        llm_cost.cost_field("m", mentor),
+        llm_cost.cost_field("model", model),
+    ):
         described = keys.describe_counter(bucket, field, "h")
         assert described is not None
         assert keys.parse_record_key(described[0].encode()) == ("acme", field, "d", Grain.DAY.label(20_000))
-        assert not keys.is_top_students_metric(field)
-        assert keys.student_of_metric(field) == (student if field == keys.cost_field("u", student) else None)
-    top = keys.describe_counter(keys.top_students("acme", Grain.DAY, 20_000, mentor), "", "z")
+        assert not top_students.is_metric(field)
+        assert llm_cost.student_of_metric(field) == (student if field == llm_cost.cost_field("u", student) else None)
+    top = keys.describe_counter(top_students.key(0, "acme", Grain.DAY, 20_000, mentor), "", "z")
     assert top is not None
     metric = keys.parse_record_key(top[0])[1]
-    assert keys.is_top_students_metric(metric) and metric == f"top_students|m|{mentor}"
-    assert keys.parse_session_cost_member(keys.session_cost_member(mentor, session)) == (mentor, session)
+    assert top_students.is_metric(metric) and metric == f"top_students|m|{mentor}"
+    assert llm_cost.parse_session_member(llm_cost.session_member(mentor, session)) == (mentor, session)
 
 
 def test_session_cost_members_of_different_pairs_differ() -> None:
-    assert keys.session_cost_member("m|x", "s") != keys.session_cost_member("m", "x|s")
-    assert keys.parse_session_cost_member("m|x|s") is None  # a member written before the length prefix
+    assert llm_cost.session_member("m|x", "s") != llm_cost.session_member("m", "x|s")
+    assert llm_cost.parse_session_member("m|x|s") is None  # a member written before the length prefix
 
 
 def test_no_served_id_is_another_ids_served_id() -> None:
@@ -288,20 +293,32 @@ async def test_events_that_used_to_stop_the_worker_and_colliding_ids(hostile_wor
     start = datetime(today.year, today.month, today.day, tzinfo=UTC)
     span = (start, start + timedelta(days=1))
     # Two sessions, not one; each conversation with its own student and messages.
-    history = {c["session_id"]: c for c in (await queries.chat_history(redis, org, queries.HistoryFilter(), 1, 100))[1]}
+    history = {
+        c["session_id"]: c
+        for c in (await chat_history.chat_history(queries.View(redis, 0), org, chat_history.HistoryFilter(), 1, 100))[1]
+    }
     assert history["slug-s"]["student"] == "bob" and history[slug_session_served]["student"] == "cat"
     assert history["slug-s"]["id"] != history[slug_session_served]["id"]
-    found = await queries.conversation(redis, org, history[slug_session_served]["id"])
+    found = await chat_history.conversation(queries.View(redis, 0), org, history[slug_session_served]["id"])
     assert found is not None and found[0] == slug_session_served
     # Each mentor reachable by the id it is served under.
-    assert await queries.resolve(redis, org, ids.MENTOR, slug_mentor_served) == "slug-m"
-    assert await queries.resolve(redis, org, ids.MENTOR, history[slug_session_served]["mentor"]) == slug_mentor_served
+    assert await queries.resolve(queries.View(redis, 0), org, ids.MENTOR, slug_mentor_served) == "slug-m"
+    assert (
+        await queries.resolve(queries.View(redis, 0), org, ids.MENTOR, history[slug_session_served]["mentor"])
+        == slug_mentor_served
+    )
     # Per-mentor session costs kept apart.
-    sessions = await queries.session_costs(redis, org, *span)
+    sessions = await llm_cost.session_costs(queries.View(redis, 0), org, *span)
     assert sessions[("m|x", "s")] == 1_000_000_000 and sessions[("m", "x|s")] == 2_000_000_000
     # The hostile names are counted under their own names.
-    assert await queries.cost_of(redis, org, *span, keys.cost_field("u", "eve|top_students|x")) == 750_000_000
-    assert await queries.cost_of(redis, org, *span, keys.cost_field("model", "x|top_students|y")) == 500_000_000
+    assert (
+        await llm_cost.cost_of(queries.View(redis, 0), org, *span, llm_cost.cost_field("u", "eve|top_students|x"))
+        == 750_000_000
+    )
+    assert (
+        await llm_cost.cost_of(queries.View(redis, 0), org, *span, llm_cost.cost_field("model", "x|top_students|y"))
+        == 500_000_000
+    )
     assert worker.alive()
 
 
@@ -339,7 +356,7 @@ async def test_a_counter_driven_past_64_bits_dead_letters_only_the_records_that_
     assert all("overflow" in d["reason"] for d in dead), dead[0]["reason"]
     today = datetime.fromtimestamp(now / 1000, UTC).date()
     start = datetime(today.year, today.month, today.day, tzinfo=UTC)
-    cost = await queries.tenant_cost(redis, "whale", start, start + timedelta(days=1))
+    cost = await llm_cost.tenant_cost(queries.View(redis, 0), "whale", start, start + timedelta(days=1))
     assert cost["cost_nanos"] == 9_223 * 10**15  # exactly the observations that fit, none counted twice
     assert int((await redis.hget(keys.quarantined(), "llm-observations")) or 0) == 7
     assert worker.alive()
@@ -454,11 +471,11 @@ async def test_an_erasure_from_before_the_secret_still_drops_the_students_events
     today = datetime.fromtimestamp(now / 1000, UTC).date()
 
     async def done() -> Any:
-        top = await queries.top_students(redis, "acme", today, today)
+        top = await top_students.top_students(queries.View(redis, 0), "acme", today, today)
         return True if top == [{"username": "new", "chat_message_count": 1}] else top
 
     await _until(done, worker)
-    assert int(await redis.hget(keys.meta("acme"), keys.ERASED_DROPPED) or 0) == 2
+    assert int(await redis.hget(keys.meta(0, "acme"), keys.ERASED_DROPPED) or 0) == 2
 
 
 @pytest.mark.integration

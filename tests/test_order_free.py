@@ -24,6 +24,7 @@ from infra.redis import RedisServer
 from streams.deadletter import Record
 from streams.settings import Settings
 from tables import keys, queries
+from tables.aggregates import chat_history, llm_cost, sentiment, sessions, top_students
 from tables.buckets import Grain, local_days, time_zone
 from tests import reference
 from tests.support import apply_batches, as_records
@@ -107,24 +108,30 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for agg in ("hourly", "daily", "weekly"):
         for mentor in (None, *MENTORS):
-            out[f"avg {agg} {mentor}"] = await queries.average_messages_per_session(
-                redis, ORG, first, last, agg, mentor
+            out[f"avg {agg} {mentor}"] = await sessions.average_messages_per_session(
+                queries.View(redis, 0), ORG, first, last, agg, mentor
             )
-    out["sentiment"] = await queries.sentiment_counts(redis, ORG, first, last)
+    out["sentiment"] = await sentiment.sentiment_counts(queries.View(redis, 0), ORG, first, last)
     d = first
     while d <= last:
         start = datetime(d.year, d.month, d.day, tzinfo=UTC)
-        out[f"cost {d}"] = await queries.tenant_cost(redis, ORG, start, start + timedelta(days=1))
+        out[f"cost {d}"] = await llm_cost.tenant_cost(queries.View(redis, 0), ORG, start, start + timedelta(days=1))
         for mentor in (None, *MENTORS):
-            out[f"top {d} {mentor}"] = await queries.top_students(redis, ORG, d, d, mentor, limit=1000)
+            out[f"top {d} {mentor}"] = await top_students.top_students(
+                queries.View(redis, 0), ORG, d, d, mentor, limit=1000
+            )
         d += timedelta(days=1)
-    out["top all"] = await queries.top_students(redis, ORG, first, last)
+    out["top all"] = await top_students.top_students(queries.View(redis, 0), ORG, first, last)
     # In a time zone: local days from hourly buckets, top students from hourly sets at the days' edges.
     zone = time_zone(LOCAL_ZONE)
-    out["local avg daily"] = await queries.average_messages_per_session(redis, ORG, first, last, zone=zone)
-    out["local sentiment"] = await queries.sentiment_counts(redis, ORG, first, last, zone)
+    out["local avg daily"] = await sessions.average_messages_per_session(
+        queries.View(redis, 0), ORG, first, last, zone=zone
+    )
+    out["local sentiment"] = await sentiment.sentiment_counts(queries.View(redis, 0), ORG, first, last, zone)
     for d, _, _ in local_days(first, last, zone):
-        out[f"local top {d}"] = await queries.top_students(redis, ORG, d, d, limit=1000, zone=zone)
+        out[f"local top {d}"] = await top_students.top_students(
+            queries.View(redis, 0), ORG, d, d, limit=1000, zone=zone
+        )
     span = (datetime(first.year, first.month, first.day, tzinfo=UTC), datetime.now(UTC) + timedelta(hours=1))
     for kind, values in (
         ("u", [f"stu{i}" for i in range(4)]),
@@ -132,15 +139,17 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
         ("model", ["gpt-4o", "claude-3-5-sonnet"]),
     ):
         for value in values:
-            out[f"attributed {kind} {value}"] = await queries.cost_of(redis, ORG, *span, keys.cost_field(kind, value))
-    out["session costs"] = await queries.session_costs(redis, ORG, *span)
-    filters = [queries.HistoryFilter()]
-    filters += [queries.HistoryFilter(mentor=m) for m in MENTORS]
-    filters += [queries.HistoryFilter(topics=(t,)) for t in TOPICS]
-    filters += [queries.HistoryFilter(sentiment=s) for s in ("positive", "neutral", "negative")]
-    filters += [queries.HistoryFilter(student=f"stu{i}") for i in range(4)]
+            out[f"attributed {kind} {value}"] = await llm_cost.cost_of(
+                queries.View(redis, 0), ORG, *span, llm_cost.cost_field(kind, value)
+            )
+    out["session costs"] = await llm_cost.session_costs(queries.View(redis, 0), ORG, *span)
+    filters = [chat_history.HistoryFilter()]
+    filters += [chat_history.HistoryFilter(mentor=m) for m in MENTORS]
+    filters += [chat_history.HistoryFilter(topics=(t,)) for t in TOPICS]
+    filters += [chat_history.HistoryFilter(sentiment=s) for s in ("positive", "neutral", "negative")]
+    filters += [chat_history.HistoryFilter(student=f"stu{i}") for i in range(4)]
     for flt in filters:
-        out[f"history {flt}"] = await queries.chat_history(redis, ORG, flt, 1, 100)
+        out[f"history {flt}"] = await chat_history.chat_history(queries.View(redis, 0), ORG, flt, 1, 100)
     return out
 
 
@@ -187,7 +196,7 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
                 who = name.split(" ", 2)[2]
                 want = sum(o.nanos for o in attributed if getattr(o, field) == who)
                 assert value == want, (name, value, want)
-    count, rows = got[f"history {queries.HistoryFilter()}"]
+    count, rows = got[f"history {chat_history.HistoryFilter()}"]
     assert count == len(exp.conversations[ORG])
     for rec in rows:
         assert rec["sentiment"] == exp.latest_sentiment.get((ORG, rec["session_id"]), ""), rec
@@ -214,13 +223,13 @@ async def test_observations_past_the_dedup_window_are_pruned(redis_server: Redis
 
     redis = Redis.from_url(redis_server.url)
     try:
-        await redis.delete(keys.observations(ORG))
+        await redis.delete(keys.observations(0, ORG))
         await redis.hset(
-            keys.observations(ORG),
+            keys.observations(0, ORG),
             mapping={"old": '[1,0,0,0,5,1,"m",null,100]', "new": '[1,0,0,0,5,2,"m","s1",107]'},
         )
-        await prune_observations(redis, ORG, oldest_day=101, chunk=1)
-        assert await redis.hkeys(keys.observations(ORG)) == [b"new"]
+        await prune_observations(redis, 0, ORG, oldest_day=101, chunk=1)
+        assert await redis.hkeys(keys.observations(0, ORG)) == [b"new"]
     finally:
         await redis.aclose()
 
@@ -241,23 +250,23 @@ async def test_conversations_quiet_past_the_dedup_window_forget_their_event_ids(
                             Settings())  # fmt: skip
         today = Grain.DAY.index(int(datetime.now(UTC).timestamp() * 1000))
         quiet, busy = conversation_digest(ORG, "quiet"), conversation_digest(ORG, "busy")
-        (held,) = await queries.conversation_states(redis, ORG, [quiet])
+        (held,) = await queries.conversation_states(queries.View(redis, 0), ORG, [quiet])
         assert len(held.ids) == 2 and held.last_day == today
         # Written eight days ago, as far as the prune can tell; the busy one today.
-        where = (keys.conversation_bucket(ORG, quiet), keys.conversation_field(quiet))
+        where = (keys.conversation_bucket(0, ORG, quiet), keys.conversation_field(quiet))
         await redis.hset(*where, msgspec.structs.replace(held, last_day=today - 8).pack())
-        assert await prune_conversations(redis, ORG, oldest_day=today - 7, chunk=1) == 1
-        (after,) = await queries.conversation_states(redis, ORG, [quiet])
+        assert await prune_conversations(redis, 0, ORG, oldest_day=today - 7, chunk=1) == 1
+        (after,) = await queries.conversation_states(queries.View(redis, 0), ORG, [quiet])
         assert len(after.ids) == 0 and after.version == held.version + 1
         assert msgspec.structs.replace(after, ids=held.ids, version=held.version, last_day=held.last_day) == held
-        assert len((await queries.conversation_states(redis, ORG, [busy]))[0].ids) == 1
-        assert await prune_conversations(redis, ORG, oldest_day=today - 7) == 0  # nothing more is due
+        assert len((await queries.conversation_states(queries.View(redis, 0), ORG, [busy]))[0].ids) == 1
+        assert await prune_conversations(redis, 0, ORG, oldest_day=today - 7) == 0  # nothing more is due
         day = (NOW - timedelta(minutes=5)).date()
-        rows = await queries.average_messages_per_session(redis, ORG, day, day, "daily", None)
+        rows = await sessions.average_messages_per_session(queries.View(redis, 0), ORG, day, day, "daily", None)
         assert [(r["total_sessions"], r["total_messages"]) for r in rows] == [(2, 3)]  # served unchanged
         # Past the window a re-send is a new event; within it (the busy conversation) it is not.
         await apply_batches(redis, [as_records([chat("e1", "quiet"), chat("e3", "busy")])], Settings(), flush=False)
-        rows = await queries.average_messages_per_session(redis, ORG, day, day, "daily", None)
+        rows = await sessions.average_messages_per_session(queries.View(redis, 0), ORG, day, day, "daily", None)
         assert [(r["total_sessions"], r["total_messages"]) for r in rows] == [(2, 4)]
     finally:
         await redis.aclose()
@@ -285,23 +294,27 @@ async def test_chat_history_past_its_retention_is_deleted_and_the_counts_stay(re
     try:
         await apply_batches(redis, [as_records(events)], Settings())
         old_day = (NOW - timedelta(minutes=old)).date()
-        before = await queries.average_messages_per_session(redis, ORG, old_day, old_day, "daily", None)
+        before = await sessions.average_messages_per_session(
+            queries.View(redis, 0), ORG, old_day, old_day, "daily", None
+        )
         day_index = Grain.DAY.index(int((NOW - timedelta(minutes=old)).timestamp() * 1000))
-        assert await redis.zcard(keys.session_costs(ORG, day_index)) == 1
-        everything = queries.HistoryFilter()
-        assert (await queries.chat_history(redis, ORG, everything, 1, 10))[0] == 2
+        assert await redis.zcard(llm_cost.sessions_key(0, ORG, day_index)) == 1
+        everything = chat_history.HistoryFilter()
+        assert (await chat_history.chat_history(queries.View(redis, 0), ORG, everything, 1, 10))[0] == 2
 
         cutoff = int((NOW - timedelta(days=30)).timestamp() * 1000)
-        assert await expire_conversations(redis, ORG, cutoff, chunk=1) == 1
-        assert await expire_conversations(redis, ORG, cutoff) == 0
-        count, rows = await queries.chat_history(redis, ORG, everything, 1, 10)
+        assert await expire_conversations(redis, 0, ORG, cutoff, chunk=1) == 1
+        assert await expire_conversations(redis, 0, ORG, cutoff) == 0
+        count, rows = await chat_history.chat_history(queries.View(redis, 0), ORG, everything, 1, 10)
         assert count == 1 and len(rows) == 1
-        for flt in (queries.HistoryFilter(student="stu0"), queries.HistoryFilter(topics=("algebra",))):
-            assert (await queries.chat_history(redis, ORG, flt, 1, 10))[0] == 1
-        (gone,) = await queries.conversation_states(redis, ORG, [conversation_digest(ORG, "old")])
+        for flt in (chat_history.HistoryFilter(student="stu0"), chat_history.HistoryFilter(topics=("algebra",))):
+            assert (await chat_history.chat_history(queries.View(redis, 0), ORG, flt, 1, 10))[0] == 1
+        (gone,) = await queries.conversation_states(queries.View(redis, 0), ORG, [conversation_digest(ORG, "old")])
         assert gone.version is None
-        assert await redis.zcard(keys.session_costs(ORG, day_index)) == 0
-        after = await queries.average_messages_per_session(redis, ORG, old_day, old_day, "daily", None)
+        assert await redis.zcard(llm_cost.sessions_key(0, ORG, day_index)) == 0
+        after = await sessions.average_messages_per_session(
+            queries.View(redis, 0), ORG, old_day, old_day, "daily", None
+        )
         assert after == before and after
     finally:
         await redis.aclose()

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from agents.planner import AppliedObservation, Planner
+from agents.planner import Planner
 from agents.progress import PartitionProgress, runs
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, LlmObservation
 from tables import keys
+from tables.aggregates import chat_history, llm_cost, sessions, top_students
+from tables.aggregates.llm_cost import AppliedObservation, cost_buckets
 from tables.buckets import Grain, Retention, day_of, days_between, hour_of, hours_between, split_weeks
 from tables.conversations import ConversationState, Digests, conversation_digest, event_digest, is_newer, starts_earlier
-from tables.queries import cost_buckets
 from tables.state import OrgState
+from tables.writer import OrgWrite
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -45,7 +47,7 @@ def test_buckets_are_utc() -> None:
 def test_cost_range_uses_days_inside_and_hours_at_the_edges() -> None:
     start = datetime(2026, 11, 20, 22, 15, tzinfo=UTC)
     end = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
-    got = cost_buckets("acme", start, end)
+    got = cost_buckets(0, "acme", start, end)
     assert got == [
         "aia:{acme}:h:2026112022",
         "aia:{acme}:h:2026112023",
@@ -67,18 +69,20 @@ def msg(event_id: str, offset: int, ts: int, session: str = "s1", role: str = "h
     )  # type: ignore[arg-type]  # fmt: skip
 
 
-def daily(w: object, field: str, ts: int) -> int:
-    return w.bucket_deltas.get((Grain.DAY, ts // DAY, field), 0)  # type: ignore[attr-defined]
+def daily(w: OrgWrite, field: str, ts: int) -> int:
+    """What the write adds to a field of the day's bucket."""
+    return w.hincrs.get((w.k(keys.bucket(0, "acme", Grain.DAY, ts // DAY)), field), 0)
 
 
 def test_session_belongs_to_the_day_of_its_first_message() -> None:
     p = planner()
     items = [msg("a", 10, T0), msg("b", 11, T0 + 60 * 60 * 1000, role="ai")]  # the second is the next day
-    w = p.plan("acme", items, OrgState(), T0)
-    assert daily(w, keys.SESSIONS, T0) == 1
-    assert daily(w, keys.MESSAGES, T0) == 2  # both messages count where the session started
-    assert daily(w, keys.MESSAGES, T0 + DAY) == 0
-    assert w.top_deltas == {(T0 // HALF, None, "ann"): 1, (T0 // HALF, "m1", "ann"): 1}  # by its half hour
+    w = p.plan("acme", items, OrgState(), T0, 0)
+    assert daily(w, sessions.SESSIONS, T0) == 1
+    assert daily(w, sessions.MESSAGES, T0) == 2  # both messages count where the session started
+    assert daily(w, sessions.MESSAGES, T0 + DAY) == 0
+    for mentor in (None, "m1"):  # by its half hour, for the org and for the mentor
+        assert w.zincrs[w.k(top_students.key(0, "acme", Grain.HALF, T0 // HALF, mentor))] == {"ann": 1}
 
 
 def test_replayed_events_count_nothing_and_a_later_message_counts_where_the_session_started() -> None:
@@ -88,14 +92,14 @@ def test_replayed_events_count_nothing_and_a_later_message_counts_where_the_sess
     session = ConversationState(version=3, started_ms=T0 - 2 * 3_600_000, first_event="a0", first_mentor="m0",
                                 human=2, ids=Digests([event_digest("a0"), event_digest("a")]))  # fmt: skip
     state = OrgState(convs={"s1": session})
-    w = p.plan("acme", [first, msg("b", 11, T0)], state, T0)
-    assert daily(w, keys.SESSIONS, T0) == 0  # the session was counted already
-    assert daily(w, keys.MESSAGES, T0) == 1  # only "b" is new, counted where the session started...
-    assert w.bucket_deltas.get((Grain.DAY, T0 // DAY, keys.mentor_field(keys.MESSAGES, "m0"))) == 1  # ...for its mentor
-    assert w.replayed == [first]
+    w = p.plan("acme", [first, msg("b", 11, T0)], state, T0, 0)
+    assert daily(w, sessions.SESSIONS, T0) == 0  # the session was counted already
+    assert daily(w, sessions.MESSAGES, T0) == 1  # only "b" is new, counted where the session started...
+    assert daily(w, sessions.mentor_field(sessions.MESSAGES, "m0"), T0) == 1  # ...for its mentor
+    assert w.events == 1  # "a" counted before the crash
     # Applied only if no other writer changed the conversation meanwhile.
     digest = conversation_digest("acme", "s1")
-    assert w.convs[(w.k(keys.conversation_bucket("acme", digest)), keys.conversation_field(digest))][0] == 3
+    assert w.convs[(w.k(keys.conversation_bucket(0, "acme", digest)), keys.conversation_field(digest))][0] == 3
 
 
 def test_an_earlier_message_arriving_later_moves_the_session_with_all_its_messages() -> None:
@@ -104,19 +108,19 @@ def test_an_earlier_message_arriving_later_moves_the_session_with_all_its_messag
     session = ConversationState(version=1, started_ms=later, first_event="b", first_mentor="m2", human=1, ai=1,
                                 ids=Digests([event_digest("b"), event_digest("b2")]))  # fmt: skip
     state = OrgState(convs={"s1": session})
-    w = p.plan("acme", [msg("a", 10, T0)], state, T0)
-    assert (daily(w, keys.SESSIONS, later), daily(w, keys.MESSAGES, later)) == (-1, -2)
-    assert (daily(w, keys.SESSIONS, T0), daily(w, keys.MESSAGES, T0)) == (1, 3)
-    assert daily(w, keys.mentor_field(keys.MESSAGES, "m2"), later) == -2
-    assert daily(w, keys.mentor_field(keys.SESSIONS, "m1"), T0) == 1  # the earliest message's mentor
+    w = p.plan("acme", [msg("a", 10, T0)], state, T0, 0)
+    assert (daily(w, sessions.SESSIONS, later), daily(w, sessions.MESSAGES, later)) == (-1, -2)
+    assert (daily(w, sessions.SESSIONS, T0), daily(w, sessions.MESSAGES, T0)) == (1, 3)
+    assert daily(w, sessions.mentor_field(sessions.MESSAGES, "m2"), later) == -2
+    assert daily(w, sessions.mentor_field(sessions.SESSIONS, "m1"), T0) == 1  # the earliest message's mentor
     after = w.conv_after["s1"]
     assert (after.started_ms, after.first_event, after.version) == (T0, "a", 2)
     digest = conversation_digest("acme", "s1")
-    assert w.convs[(w.k(keys.conversation_bucket("acme", digest)), keys.conversation_field(digest))] == (
+    assert w.convs[(w.k(keys.conversation_bucket(0, "acme", digest)), keys.conversation_field(digest))] == (
         1,
         after.pack(),
     )
-    assert w.zadds[(w.k(keys.conversations("acme")), str(digest))] == float(T0)  # listed by its new start
+    assert w.zadds[(w.k(chat_history.index_key(0, "acme")), str(digest))] == float(T0)  # listed by its new start
 
 
 def test_session_start_and_latest_version_rules() -> None:
@@ -138,13 +142,13 @@ def test_resent_observation_replaces_its_cost_unless_it_is_older() -> None:
         "o1", "acme", T0, "t1", "generation", "x", 10, 10, 300, src_topic="llm-observations", src_offset=5
     )
     prev = AppliedObservation(500, 10, 10, 0, T0, 4, "x", None, T0 // DAY).value()
-    w = p.plan("acme", [obs], OrgState(observations={"o1": prev}), T0)
-    assert daily(w, keys.COST, T0) == -200
-    assert daily(w, keys.OBSERVATIONS, T0) == 0
+    w = p.plan("acme", [obs], OrgState(observations={"o1": prev}), T0, 0)
+    assert daily(w, llm_cost.COST, T0) == -200
+    assert daily(w, llm_cost.OBSERVATIONS, T0) == 0
     newer = AppliedObservation(500, 10, 10, 0, T0 + 1, 3, "x", None, T0 // DAY).value()
-    w = p.plan("acme", [obs], OrgState(observations={"o1": newer}), T0)
-    assert daily(w, keys.COST, T0) == 0  # an older version arriving late changes nothing
-    assert w.replayed
+    w = p.plan("acme", [obs], OrgState(observations={"o1": newer}), T0, 0)
+    assert daily(w, llm_cost.COST, T0) == 0  # an older version arriving late changes nothing
+    assert w.events == 0
 
 
 @pytest.mark.parametrize("dup_in_batch", [True, False])
@@ -156,8 +160,8 @@ def test_an_event_id_counts_once(dup_in_batch: bool) -> None:
         if dup_in_batch
         else ConversationState(version=1, started_ms=T0, ids=Digests([event_digest("a")]))
     )
-    w = p.plan("acme", items, OrgState(convs={"s1": held}), T0)
-    assert daily(w, keys.MESSAGES, T0) == (1 if dup_in_batch else 0)
+    w = p.plan("acme", items, OrgState(convs={"s1": held}), T0, 0)
+    assert daily(w, sessions.MESSAGES, T0) == (1 if dup_in_batch else 0)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +178,7 @@ def test_a_range_is_covered_by_whole_weeks_and_days_exactly_once(start: date, en
 
 
 def test_a_human_message_counts_in_its_half_hour_hour_day_and_week() -> None:
-    w = planner().plan("acme", [msg("a", 1, T0)], OrgState(), T0)
+    w = planner().plan("acme", [msg("a", 1, T0)], OrgState(), T0, 0)
     w.payload()
     at = datetime.fromtimestamp(T0 / 1000, UTC)
     assert at.date() == date(2026, 11, 20)  # a Friday: week of the 16th

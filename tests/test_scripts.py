@@ -19,6 +19,7 @@ from agents import alerts, rebuild
 from streams.schemas import format_timestamp
 from streams.settings import Settings
 from tables import changefeed, erase, keys, queries, state
+from tables.aggregates import chat_history, llm_cost, sessions, top_students
 from tables.buckets import Grain
 from tables.conversations import FORMAT, ConversationState, Digests, conversation_digest, event_digest, prefix
 from tables.scripts import Lua, Script, load
@@ -28,6 +29,7 @@ from tests.support import apply_batches, as_records
 pytestmark = pytest.mark.integration
 
 ORG = "scripts"
+G = 0  # the generation served in an empty Redis
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS: dict[str, Lua] = {
     "apply": APPLY_LUA,
@@ -86,85 +88,93 @@ async def test_a_script_redis_forgot_is_loaded_again(redis: Redis) -> None:
 # apply.lua (tables/writer.py)
 
 
+def write(org: str = ORG) -> OrgWrite:
+    return OrgWrite(org, G, state.OrgState(), [])
+
+
 def counted(org: str = ORG) -> tuple[str, OrgWrite]:
     """A write adding 2 to an hourly bucket's messages, moving a watermark from 4 to 9."""
-    w = OrgWrite(org)
-    bucket = keys.bucket(org, Grain.HOUR, 500_000)
+    w = write(org)
+    bucket = keys.bucket(G, org, Grain.HOUR, 500_000)
     w.watermark("chat-messages:0", 4, 9)
-    w.hincr(bucket, keys.MESSAGES, 2)
+    w.hincr(bucket, sessions.MESSAGES, 2)
     return bucket, w
 
 
 async def test_apply_writes_nothing_when_a_watermark_or_a_guard_moved(redis: Redis) -> None:
     writer = Writer(redis)
     bucket, w = counted()
-    await redis.hset(keys.offsets(ORG), "chat-messages:0", 5)  # another batch went first
+    await redis.hset(keys.offsets(G, ORG), "chat-messages:0", 5)  # another batch went first
     assert (await writer.apply([w]))[ORG].startswith("offset")
     assert await redis.exists(bucket) == 0
 
-    await redis.hset(keys.offsets(ORG), "chat-messages:0", 4)
+    await redis.hset(keys.offsets(G, ORG), "chat-messages:0", 4)
     bucket, w = counted()
     w.guard(keys.erasures(ORG), keys.ERASURES_VERSION, None)
     await redis.hset(keys.erasures(ORG), keys.ERASURES_VERSION, 1)  # an erasure since the plan
     assert (await writer.apply([w]))[ORG].startswith("guard")
-    assert await redis.exists(bucket) == 0 and await redis.hget(keys.offsets(ORG), "chat-messages:0") == b"4"
+    assert await redis.exists(bucket) == 0 and await redis.hget(keys.offsets(G, ORG), "chat-messages:0") == b"4"
 
     bucket, w = counted()
     w.guard(keys.erasures(ORG), keys.ERASURES_VERSION, "1")
     assert await writer.apply([w]) == {}
-    assert await redis.hget(bucket, keys.MESSAGES) == b"2"
-    assert await redis.hget(keys.offsets(ORG), "chat-messages:0") == b"9"
+    assert await redis.hget(bucket, sessions.MESSAGES) == b"2"
+    assert await redis.hget(keys.offsets(G, ORG), "chat-messages:0") == b"9"
 
 
 async def test_apply_undoes_its_counters_when_one_would_overflow(redis: Redis) -> None:
     bucket, w = counted()
-    await redis.hset(keys.offsets(ORG), "chat-messages:0", 4)
-    await redis.hset(bucket, keys.MESSAGES, 10)
-    w.hincr(bucket, keys.SESSIONS, 1)
-    w.hincr(bucket, keys.COST, 2**62)
-    await redis.hset(bucket, keys.COST, 2**62)  # + 2**62 leaves 64 bits
+    await redis.hset(keys.offsets(G, ORG), "chat-messages:0", 4)
+    await redis.hset(bucket, sessions.MESSAGES, 10)
+    w.hincr(bucket, sessions.SESSIONS, 1)
+    w.hincr(bucket, llm_cost.COST, 2**62)
+    await redis.hset(bucket, llm_cost.COST, 2**62)  # + 2**62 leaves 64 bits
     with pytest.raises(ResponseError, match="apply script refused"):
         await Writer(redis).apply([w])
-    assert await redis.hmget(bucket, [keys.MESSAGES, keys.SESSIONS, keys.COST]) == [b"10", b"0", b"%d" % 2**62]
-    assert await redis.hget(keys.offsets(ORG), "chat-messages:0") == b"4"  # nothing else written either
+    assert await redis.hmget(bucket, [sessions.MESSAGES, sessions.SESSIONS, llm_cost.COST]) == [
+        b"10",
+        b"0",
+        b"%d" % 2**62,
+    ]
+    assert await redis.hget(keys.offsets(G, ORG), "chat-messages:0") == b"4"  # nothing else written either
 
 
 @pytest.mark.parametrize("form", ["header", "legacy"])
 async def test_apply_writes_a_conversation_only_at_the_version_it_was_planned_on(redis: Redis, form: str) -> None:
     writer = Writer(redis)
     digest = conversation_digest(ORG, "c1")
-    where = (keys.conversation_bucket(ORG, digest), keys.conversation_field(digest))
+    where = (keys.conversation_bucket(G, ORG, digest), keys.conversation_field(digest))
     held = conversation(3, last_day=20_000)
     await redis.hset(*where, held.pack() if form == "header" else legacy(held))
     new = conversation(4, human=1).pack()
     for planned_on in (None, 2, 4):  # absent, older, newer: each a conflict that writes nothing
-        w = OrgWrite(ORG)
+        w = write()
         w.put_conversation(where[0], where[1], planned_on, new)
         assert (await writer.apply([w]))[ORG].startswith("conversation"), planned_on
     assert ConversationState.unpack(await redis.hget(*where)) == held
-    w = OrgWrite(ORG)
+    w = write()
     w.put_conversation(where[0], where[1], 3, new)
     assert await writer.apply([w]) == {}
     assert await redis.hget(*where) == new
     # And a conversation not there yet is written only by a plan that found none.
     other = conversation_digest(ORG, "c2")
-    w = OrgWrite(ORG)
-    w.put_conversation(keys.conversation_bucket(ORG, other), keys.conversation_field(other), 1, new)
+    w = write()
+    w.put_conversation(keys.conversation_bucket(G, ORG, other), keys.conversation_field(other), 1, new)
     assert ORG in await writer.apply([w])
 
 
 async def test_apply_marks_the_published_counters_it_changes(redis: Redis) -> None:
     writer = Writer(redis)
     bucket, w = counted()
-    await redis.hset(keys.offsets(ORG), "chat-messages:0", 4)
+    await redis.hset(keys.offsets(G, ORG), "chat-messages:0", 4)
     w.publish = True
     assert await writer.apply([w]) == {}
-    mark = keys.counter_mark(bucket, keys.MESSAGES, "h")
+    mark = keys.counter_mark(bucket, sessions.MESSAGES, "h")
     assert await redis.hgetall(keys.changefeed_marks(ORG)) == {b"#": b"1", mark.encode(): b"1"}
     # A generation being built (publish False) marks nothing.
-    w = OrgWrite(ORG)
+    w = write()
     w.watermark("chat-messages:0", 9, 12)
-    w.hincr(bucket, keys.MESSAGES, 1)
+    w.hincr(bucket, sessions.MESSAGES, 1)
     assert await writer.apply([w]) == {}
     assert await redis.hget(keys.changefeed_marks(ORG), "#") == b"1"
 
@@ -176,11 +186,11 @@ async def test_read_returns_what_an_org_holds_for_the_plan(redis: Redis) -> None
     tombstones = erase.Tombstones(b"secret")
     digest = conversation_digest(ORG, "c1")
     held = conversation(3, ids=Digests([event_digest("e0")]))
-    await redis.hset(keys.offsets(ORG), "chat-messages:0", 7)
-    await redis.hset(keys.observations(ORG), "o1", '[1,0,0,0,5,1,"m",null,100]')
+    await redis.hset(keys.offsets(G, ORG), "chat-messages:0", 7)
+    await redis.hset(keys.observations(G, ORG), "o1", '[1,0,0,0,5,1,"m",null,100]')
     await redis.hset(keys.erasures(ORG), mapping={keys.ERASURES_VERSION: 2, tombstones.of(ORG, "ann"): "{}"})
     await redis.hset(keys.org_generations(ORG), "v", 5)
-    await redis.hset(keys.conversation_bucket(ORG, digest), keys.conversation_field(digest), legacy(held))
+    await redis.hset(keys.conversation_bucket(G, ORG, digest), keys.conversation_field(digest), legacy(held))
     query = state.StateQuery(
         ["chat-messages:0", "chat-messages:1"],
         ["o1", "o2"],
@@ -188,7 +198,7 @@ async def test_read_returns_what_an_org_holds_for_the_plan(redis: Redis) -> None
         [f for s in ("ann", "bob") for f in tombstones.fields(ORG, s)],
         ["ann", "bob"],
     )
-    got = (await state.StateReader(redis).read({ORG: query}))[ORG]
+    got = (await state.StateReader(redis).read({ORG: query}, G))[ORG]
     assert got.offsets == {"chat-messages:0": 7, "chat-messages:1": None}
     assert got.observations == {"o1": '[1,0,0,0,5,1,"m",null,100]', "o2": None}
     assert got.erased == {"ann"} and got.erasures_version == "2" and got.generations_version == "5"
@@ -206,35 +216,35 @@ async def test_prune_forgets_observations_that_arrived_before_the_window(redis: 
         "not json": "99]",
         "short": '[1,0,0,0,5,2,"m",null]',
     }
-    await redis.hset(keys.observations(ORG), mapping=entries)
-    await state.prune_observations(redis, ORG, oldest_day=101, chunk=1)
-    assert sorted(await redis.hkeys(keys.observations(ORG))) == sorted(k.encode() for k in entries if k != "old")
+    await redis.hset(keys.observations(G, ORG), mapping=entries)
+    await state.prune_observations(redis, G, ORG, oldest_day=101, chunk=1)
+    assert sorted(await redis.hkeys(keys.observations(G, ORG))) == sorted(k.encode() for k in entries if k != "old")
 
 
 @pytest.mark.parametrize("form", ["header", "legacy"])
 async def test_prune_conversations_drops_digests_only_of_an_unchanged_conversation(redis: Redis, form: str) -> None:
     digest = conversation_digest(ORG, "c1")
-    where = (keys.conversation_bucket(ORG, digest), keys.conversation_field(digest))
+    where = (keys.conversation_bucket(G, ORG, digest), keys.conversation_field(digest))
     held = conversation(3, last_day=100, ids=Digests([event_digest("e0")]))
     stored = held.pack() if form == "header" else legacy(held)
     await redis.hset(*where, stored)
     script = Script(redis, state.PRUNE_CONVERSATIONS_LUA)
     assert await script.run([where[0]], [1, where[1], 2, b"stale"]) == 0  # read at another version
     assert await redis.hget(*where) == stored
-    assert await state.prune_conversations(redis, ORG, oldest_day=101) == 1
+    assert await state.prune_conversations(redis, G, ORG, oldest_day=101) == 1
     after = await redis.hget(*where)
     assert after is not None and after[0] == FORMAT and prefix(after) == (4, 0)  # now stored with the header
     assert ConversationState.unpack(after) == msgspec.structs.replace(held, version=4, ids=Digests(), last_day=0)
-    assert await state.prune_conversations(redis, ORG, oldest_day=101) == 0
+    assert await state.prune_conversations(redis, G, ORG, oldest_day=101) == 0
 
 
 async def listed(redis: Redis) -> list[Any]:
     digest = conversation_digest(ORG, "c1")
     return [
-        await redis.hget(keys.conversation_bucket(ORG, digest), keys.conversation_field(digest)),
-        await redis.zrange(keys.conversations(ORG), 0, -1),
-        await redis.smembers(keys.conversations_by(ORG, "topic", "algebra", digest)),
-        await redis.zrange(keys.session_costs(ORG, 0), 0, -1),
+        await redis.hget(keys.conversation_bucket(G, ORG, digest), keys.conversation_field(digest)),
+        await redis.zrange(chat_history.index_key(G, ORG), 0, -1),
+        await redis.smembers(chat_history.filter_key(G, ORG, "topic", "algebra", digest)),
+        await redis.zrange(llm_cost.sessions_key(G, ORG, 0), 0, -1),
     ]
 
 
@@ -243,13 +253,13 @@ async def stored_conversation(redis: Redis, form: str) -> tuple[ConversationStat
     digest = conversation_digest(ORG, "c1")
     held = conversation(3, msg_topics=frozenset({"algebra"}), costs={5: 10}, first_mentor="m1")
     await redis.hset(
-        keys.conversation_bucket(ORG, digest),
+        keys.conversation_bucket(G, ORG, digest),
         keys.conversation_field(digest),
         held.pack() if form == "header" else legacy(held),
     )
-    await redis.zadd(keys.conversations(ORG), {str(digest): 1_000})
-    await redis.sadd(keys.conversations_by(ORG, "topic", "algebra", digest), str(digest))
-    await redis.zadd(keys.session_costs(ORG, 0), {keys.session_cost_member("m1", "c1"): 10})
+    await redis.zadd(chat_history.index_key(G, ORG), {str(digest): 1_000})
+    await redis.sadd(chat_history.filter_key(G, ORG, "topic", "algebra", digest), str(digest))
+    await redis.zadd(llm_cost.sessions_key(G, ORG, 0), {llm_cost.session_member("m1", "c1"): 10})
     return held, await listed(redis)
 
 
@@ -259,9 +269,9 @@ async def test_remove_conversation_removes_it_everywhere_unless_written_since(re
     assert all(before)
     digest = conversation_digest(ORG, "c1")
     script = Script(redis, erase.REMOVE_CONVERSATION_LUA)
-    assert await script.run(*erase.removal(ORG, digest, held, 2)) == 0  # read at another version
+    assert await script.run(*erase.removal(G, ORG, digest, held, 2)) == 0  # read at another version
     assert await listed(redis) == before
-    assert await state.expire_conversations(redis, ORG, before_ms=1_001) == 1
+    assert await state.expire_conversations(redis, G, ORG, before_ms=1_001) == 1
     assert await listed(redis) == [None, [], set(), []]
 
 
@@ -307,8 +317,8 @@ async def test_erasing_a_conversation_written_meanwhile_reads_it_again(
     ]  # fmt: skip
     await apply_batches(redis, [as_records(events)], Settings())
     digest = conversation_digest(ORG, "c1")
-    where = (keys.conversation_bucket(ORG, digest), keys.conversation_field(digest))
-    geometry = keys.conversations_by(ORG, "topic", "geometry", digest)
+    where = (keys.conversation_bucket(G, ORG, digest), keys.conversation_field(digest))
+    geometry = chat_history.filter_key(G, ORG, "topic", "geometry", digest)
     run = Script.run
     refused: list[int] = []
 
@@ -327,18 +337,18 @@ async def test_erasing_a_conversation_written_meanwhile_reads_it_again(
     done = await erase.erase_student(redis, ORG, "ann", by="test", now_ms=1)
     assert refused == [0] and done.conversations == 1
     assert await redis.hget(*where) is None and await redis.exists(geometry) == 0
-    assert await redis.zcard(keys.conversations(ORG)) == 0
+    assert await redis.zcard(chat_history.index_key(G, ORG)) == 0
 
 
 # changefeed_snapshot.lua, changefeed_clear.lua, unlock.lua (tables/changefeed.py)
 
 
 async def test_changefeed_snapshot_reads_each_mark_and_its_hash_counter(redis: Redis) -> None:
-    bucket = keys.bucket(ORG, Grain.DAY, 20_000)
-    top = keys.top_students(ORG, Grain.DAY, 20_000)
+    bucket = keys.bucket(G, ORG, Grain.DAY, 20_000)
+    top = top_students.key(G, ORG, Grain.DAY, 20_000)
     odd = "cost|u|a\0b|c"  # a field holding a NUL and `|`: read whole
-    await redis.hset(bucket, mapping={keys.MESSAGES: 7, odd: 3})
-    marks = [keys.counter_mark(bucket, f, "h") for f in (keys.MESSAGES, odd, keys.SESSIONS)]
+    await redis.hset(bucket, mapping={sessions.MESSAGES: 7, odd: 3})
+    marks = [keys.counter_mark(bucket, f, "h") for f in (sessions.MESSAGES, odd, sessions.SESSIONS)]
     marks.append(keys.counter_mark(top, "", "z"))
     await redis.hset(keys.changefeed_marks(ORG), mapping={m: n for n, m in enumerate(marks[:3], start=1)})
     seqs, values = await Script(redis, changefeed.SNAPSHOT_LUA).run(
@@ -367,10 +377,10 @@ async def test_unlock_releases_only_the_holders_lock(redis: Redis) -> None:
 
 
 async def test_zunion_adds_the_scores_of_the_sets(redis: Redis) -> None:
-    a, b = keys.top_students(ORG, Grain.DAY, 1), keys.top_students(ORG, Grain.DAY, 2)
+    a, b = top_students.key(G, ORG, Grain.DAY, 1), top_students.key(G, ORG, Grain.DAY, 2)
     await redis.zadd(a, {"ann": 2, "bob": 1})
     await redis.zadd(b, {"ann": 3, "cy": 4})
-    assert sorted(await queries.zunion(redis, [a, b, keys.top_students(ORG, Grain.DAY, 3)])) == [
+    assert sorted(await queries.zunion(redis, [a, b, top_students.key(G, ORG, Grain.DAY, 3)])) == [
         (b"ann", 5.0),
         (b"bob", 1.0),
         (b"cy", 4.0),

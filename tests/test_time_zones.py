@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from infra.redis import RedisServer
 from streams.settings import Settings
 from tables import queries
+from tables.aggregates import sentiment, sessions, top_students
 from tables.buckets import Grain, cover, local_days, time_zone
 from tables.exceptions import QueryError
 from tests import reference
@@ -142,14 +143,16 @@ async def check_zones(url: str, events: list[tuple[str, dict[str, Any]]]) -> Non
             for first, last in RANGES:
                 for agg, table in (("hourly", want.hourly), ("daily", want.daily), ("weekly", want.weekly)):
                     for mentor in (None, *MENTORS):
-                        rows = await queries.average_messages_per_session(redis, ORG, first, last, agg, mentor, zone)
+                        rows = await sessions.average_messages_per_session(
+                            queries.View(redis, 0), ORG, first, last, agg, mentor, zone
+                        )
                         for row in rows:
                             expected = table.get((row["time"], mentor or ""), [0, 0])
                             assert [row["total_sessions"], row["total_messages"]] == expected, (name, agg, row)
                             checked += row["total_sessions"]
                         if agg == "daily":
                             assert len(rows) == (last - first).days + 1
-                for row in await queries.sentiment_counts(redis, ORG, first, last, zone):
+                for row in await sentiment.sentiment_counts(queries.View(redis, 0), ORG, first, last, zone):
                     assert row["sentiment_count"] == want.sentiment[row["date"]], (name, row)
                 # Top students over the whole range, over each single day, and per mentor.
                 spans = [(first, last)] + [
@@ -157,14 +160,18 @@ async def check_zones(url: str, events: list[tuple[str, dict[str, Any]]]) -> Non
                 ]
                 for a, b in spans:
                     for mentor in ("", *MENTORS):
-                        got = await queries.top_students(redis, ORG, a, b, mentor or None, limit=1000, zone=zone)
+                        got = await top_students.top_students(
+                            queries.View(redis, 0), ORG, a, b, mentor or None, limit=1000, zone=zone
+                        )
                         top = want.top(a.isoformat(), b.isoformat(), mentor, limit=1000)
                         assert [(r["username"], r["chat_message_count"]) for r in got] == top, (name, a, b, mentor)
             assert checked > 0, name
             # The hours of 1 November in Los Angeles: 25 rows, 01:00 twice (PDT, then PST).
             if name == "America/Los_Angeles":
                 day = date(2026, 11, 1)
-                rows = await queries.average_messages_per_session(redis, ORG, day, day, "hourly", None, zone)
+                rows = await sessions.average_messages_per_session(
+                    queries.View(redis, 0), ORG, day, day, "hourly", None, zone
+                )
                 labels = [r["time"] for r in rows]
                 assert len(labels) == 25 and "2026-11-01T01:00:00-07:00" in labels
                 assert "2026-11-01T01:00:00-08:00" in labels

@@ -1,0 +1,21 @@
+"""The aggregate families, one module each: what a family takes from the events, its order-free rule, its
+keys and stored encoding, its write, and the reads the API makes of it. The planner (agents/planner.py)
+is a loop over `families()`; tables/aggregates/base.py says how. Adding one: docs/architecture.md,
+"Adding an aggregate"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.prices import PriceTable
+from tables.aggregates.base import Family
+from tables.aggregates.chat_history import ChatHistory
+from tables.aggregates.llm_cost import LlmCost
+from tables.aggregates.sentiment import Sentiment
+from tables.aggregates.sessions import Sessions
+from tables.aggregates.top_students import TopStudents
+
+
+def families(prices: PriceTable) -> tuple[Family[Any], ...]:
+    """Every family, in the order the planner calls them (any order gives the same writes)."""
+    return (Sessions(), ChatHistory(), Sentiment(), LlmCost(prices), TopStudents())

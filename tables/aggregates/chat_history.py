@@ -1,0 +1,236 @@
+"""Chat history: the conversations as the platform lists them, newest first, filtered by student, mentor,
+topic or sentiment.
+
+Rules (docs/semantics.md): a conversation's record is its **latest chat-history record** by (event time,
+offset, event_id), its sentiment the latest judgement by the same order, its topics those of the record and
+of every message. Where it is listed is a function of its final state (`ConversationState.index_entries`),
+so the index changes by the difference between the state before the batch and after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from streams.schemas import format_timestamp
+from tables import ids, keys, queries
+from tables.aggregates.base import Batch, Counted
+from tables.conversations import ConversationState, addressed_digest, conversation_digest, is_newer
+
+# The mentor, topic and sentiment indexes (few values, many conversations each) are in shards.
+FILTER_SHARDS = 16
+
+
+def index_key(gen: int, org: str) -> str:
+    """Sorted set of conversation digests (decimal) scored by inserted_at (ms): the chat-history index."""
+    return keys.org_key(gen, org, "convs")
+
+
+def filter_key(gen: int, org: str, kind: str, value: str, digest: int | None = None) -> str:
+    """Set of the digests of the conversations with a `student`, `mentor`, `topic` or `sentiment`. A
+    student's is one set; the others are in `FILTER_SHARDS` shards (`digest` says which; the shard of
+    every digest is `filter_keys`)."""
+    base = keys.org_key(gen, org, f"cx:{kind}:{value}")
+    return base if kind == "student" else f"{base}:{(digest or 0) % FILTER_SHARDS}"
+
+
+def filter_keys(gen: int, org: str, kind: str, value: str) -> list[str]:
+    """Every key of one filter's index (one for a student, `FILTER_SHARDS` for the others)."""
+    if kind == "student":
+        return [filter_key(gen, org, kind, value)]
+    return [filter_key(gen, org, kind, value, shard) for shard in range(FILTER_SHARDS)]
+
+
+class ChatHistory:
+    name = "chat_history"
+
+    def fold(self, b: Batch, counted: Counted) -> None:
+        for ev, conv in counted.messages:
+            if ev.topics and not conv.msg_topics.issuperset(ev.topics):
+                conv.msg_topics = conv.msg_topics.union(ev.topics)
+        for sv, conv in counted.sentiments:
+            version = (sv.ts_ms, sv.src_offset, sv.event_id)
+            if is_newer(version, conv.sentiment_version):
+                conv.sentiment, conv.sentiment_version = sv.sentiment, version
+        for rec, conv in counted.records:
+            version = (rec.ts_ms, rec.src_offset, rec.event_id)
+            if is_newer(version, conv.record_version):
+                conv.record_version = version
+                conv.student, conv.mentor, conv.topics = rec.student, b.mentor(rec.mentor), rec.topics
+                conv.inserted_ms = rec.inserted_at_ms
+                conv.deleted = rec.deleted
+                conv.record_json = orjson.dumps(rec.record).decode()
+
+    def changed(self, b: Batch, sums: None, cid: str, before: ConversationState, after: ConversationState) -> None:
+        """The index entries the conversation leaves and the ones it gains."""
+        if before.listing() == after.listing():
+            return
+        w, gen, org = b.w, b.gen, b.org
+        digest = conversation_digest(org, cid)
+        old, new = before.index_entries(), after.index_entries()
+        member = str(digest)
+        for kind, value in old.keys() - new.keys():
+            if kind:
+                w.srem(filter_key(gen, org, kind, value, digest), member)
+            else:
+                w.zrem(index_key(gen, org), member)
+        for (kind, value), score in new.items():
+            if (kind, value) in old and (kind or old[(kind, value)] == score):
+                continue
+            if kind:
+                w.sadd(filter_key(gen, org, kind, value, digest), member)
+            else:
+                w.zadd(index_key(gen, org), member, score)
+
+    def flush(self, b: Batch, sums: None) -> None:
+        return
+
+
+# --- reads -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HistoryFilter:
+    start: date | None = None
+    end: date | None = None
+    student: str | None = None
+    mentor: str | None = None
+    sentiment: str | None = None
+    topics: tuple[str, ...] = ()
+
+
+async def chat_history(
+    view: queries.View, org: str, flt: HistoryFilter, page: int, page_size: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """(count, the page's conversations), newest first by inserted_at."""
+    redis, gen = view
+    if flt.mentor:
+        flt = replace(flt, mentor=await queries.resolve(view, org, ids.MENTOR, flt.mentor))
+    lo = "-inf" if flt.start is None else _ms(flt.start)
+    hi = "+inf" if flt.end is None else _ms(flt.end + timedelta(days=1)) - 1
+    index = index_key(gen, org)
+    filters: list[tuple[str, str]] = []
+    if flt.student:
+        filters.append(("student", flt.student))
+    if flt.mentor:
+        filters.append(("mentor", flt.mentor))
+    if flt.sentiment:
+        filters.append(("sentiment", flt.sentiment))
+    filters.extend(("topic", t) for t in flt.topics)
+    if not filters:
+        count = int(await redis.zcount(index, lo, hi))
+        start = (page - 1) * page_size
+        members: Any = await redis.zrevrangebyscore(index, hi, lo, start=start, num=page_size)
+        digests = [int(m) for m in members]
+    else:
+        # Walk the smallest filter's sets, then check the others and the date range against it.
+        shards = [filter_keys(gen, org, kind, value) for kind, value in filters]
+        sizes = await queries.pipelined(redis, [("scard", k) for keys_ in shards for k in keys_])
+        totals, i = [], 0
+        for keys_ in shards:
+            totals.append(sum(int(n) for n in sizes[i : i + len(keys_)]))
+            i += len(keys_)
+        smallest = totals.index(min(totals))
+        found = await queries.pipelined(redis, [("smembers", k) for k in shards[smallest]])
+        candidates = [m for ms in found for m in ms]
+        if not candidates:
+            return 0, []
+        scores = await redis.zmscore(index, candidates)
+        keep = [s is not None for s in scores]
+        for n, (kind, value) in enumerate(filters):
+            if n == smallest:
+                continue
+            member_of = await queries.pipelined(
+                redis, [("sismember", filter_key(gen, org, kind, value, int(m)), m) for m in candidates]
+            )
+            keep = [k and bool(hit) for k, hit in zip(keep, member_of, strict=True)]
+        lo_f = float("-inf") if lo == "-inf" else float(lo)
+        hi_f = float("inf") if hi == "+inf" else float(hi)
+        matched = sorted(
+            ((score, int(m)) for m, score, ok in zip(candidates, scores, keep, strict=True)
+             if ok and score is not None and lo_f <= score <= hi_f),
+            key=lambda sd: (-sd[0], str(sd[1])),
+        )  # fmt: skip
+        count = len(matched)
+        digests = [d for _, d in matched[(page - 1) * page_size : page * page_size]]
+    return count, await _conversations(view, org, digests)
+
+
+async def conversation(view: queries.View, org: str, conv_id: str) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """(the kept id, the stored record, the served conversation) of a conversation by the id a client
+    sends (a served UUID or a kept id), or None when there is none (or it was deleted)."""
+    (conv,) = await queries.conversation_states(view, org, [addressed_digest(org, conv_id)])
+    if conv.deleted or (conv.record_version is None and conv.started_ms is None) or conv.cid is None:
+        return None
+    stored: dict[str, Any] = orjson.loads(conv.record_json) if conv.record_json else {}
+    return conv.cid, stored, served_conversation(org, conv.cid, stored, conv)
+
+
+async def _conversations(view: queries.View, org: str, digests: list[int]) -> list[dict[str, Any]]:
+    out = []
+    for conv in await queries.conversation_states(view, org, digests):
+        cid = conv.cid or ""
+        out.append(served_conversation(org, cid, orjson.loads(conv.record_json) if conv.record_json else {}, conv))
+    return out
+
+
+# Optional fields of the platform's record, served when the record holds a value of the right type.
+
+
+_BOOLS = ("has_document", "memory_tracked", "enable_artifacts", "is_shared", "is_authenticated")
+
+
+_SHORT_TEXTS = ("llm_name", "llm_provider", "title")  # at most 255 characters on the platform
+
+
+_TEXTS = ("email", "model", "platform", "lti_email", "lti_username")  # required: "" when unknown
+
+
+def served_conversation(org: str, cid: str, record: dict[str, Any], conv: ConversationState) -> dict[str, Any]:
+    """A conversation in the platform's `Conversations` shape, readable by its SDK whatever the events held.
+
+    The newest chat-history record supplies the platform's fields; the messages supply the student and
+    mentor where no record names them, the per-role counts and further topics; sentiment is the latest
+    judgement ("" when none). Ids are UUIDs (tables/ids.py; the kept ids are in `session_id` and
+    `mentor_name`). Message contents are not kept, so `messages` is an empty list ("[]")."""
+    has_record = conv.record_version is not None
+    mentor = (conv.mentor if has_record else conv.first_mentor) or ""
+    student = (conv.student if has_record else conv.first_student) or ""
+    inserted_ms = conv.inserted_ms if has_record and conv.inserted_ms else conv.started_ms
+    topics = list(dict.fromkeys([*conv.topics, *sorted(conv.msg_topics)]))
+    out: dict[str, Any] = {
+        "id": ids.served(org, ids.CONVERSATION, cid),
+        "session_id": cid,
+        "messages": "[]",
+        "topics": [{"name": t[:255]} for t in topics],
+        "sentiment": conv.sentiment or "",
+        "mentor": ids.served(org, ids.MENTOR, mentor),
+        "mentor_name": mentor,
+        "student": student,
+        "rating": r if isinstance(r := record.get("rating"), int) and not isinstance(r, bool) else 0,
+        "inserted_at": format_timestamp(inserted_ms or 0),
+        "is_conversation": conv.human > 0 and conv.ai > 0,
+        "message_count_human": conv.human,
+        "message_count_ai": conv.ai,
+        "message_count": conv.human + conv.ai,
+    }
+    for name in _TEXTS:
+        value = record.get(name)
+        out[name] = value if isinstance(value, str) else ""
+    for name in _BOOLS:
+        if isinstance(record.get(name), bool):
+            out[name] = record[name]
+    for name in _SHORT_TEXTS:
+        if isinstance(record.get(name), str):
+            out[name] = record[name][:255]
+    if "metadata" in record:
+        out["metadata"] = record["metadata"]
+    tools = record.get("tools")
+    if isinstance(tools, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in tools):
+        out["tools"] = tools
+    return out
+
+
+def _ms(d: date) -> int:
+    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
