@@ -34,31 +34,13 @@ from streams.topics import ALERTS
 from tables import connections, generations, keys, queries
 from tables.aggregates import llm_cost, sentiment, sessions
 from tables.buckets import MINUTE_MS, Grain
+from tables.changefeed import UNLOCK_LUA
+from tables.scripts import Script, load
 
 log = logging.getLogger(__name__)
 
-TRANSITION_LUA = """
--- KEYS[1] the org's rule states, KEYS[2] its outbox; ARGV rule, state read before, new state, alert
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if (cur or '') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('RPUSH', KEYS[2], ARGV[4])
-return 1
-"""
-
-LEASE_LUA = """
--- KEYS[1] the lease; ARGV holder id, ttl ms. 1 when ARGV[1] holds it (taken or renewed), else 0.
-local cur = redis.call('GET', KEYS[1])
-if cur == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
+TRANSITION_LUA = load("agents", "alert_transition")  # agents/lua/alert_transition.lua
+LEASE_LUA = load("agents", "alert_lease")
 
 RECENT_ALERTS = 2000  # per partition, read back when a worker takes the lease
 
@@ -73,8 +55,8 @@ class AlertEngine:
         self.leading = False
         self.published: set[str] = set()
         self._published_order: deque[str] = deque()
-        self._transition: Any = self.redis.register_script(TRANSITION_LUA)
-        self._lease: Any = self.redis.register_script(LEASE_LUA)
+        self._transition = Script(self.redis, TRANSITION_LUA)
+        self._lease = Script(self.redis, LEASE_LUA)
         self.producer = clients.producer(settings.kafka_bootstrap, client_id=f"{settings.app_id}-alerts")
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -91,17 +73,12 @@ class AlertEngine:
         finally:
             with contextlib.suppress(RedisError):
                 if self.leading:  # hand over at once instead of after the TTL
-                    await self.redis.eval(
-                        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-                        1,
-                        keys.alert_lease(),
-                        self.holder,
-                    )
+                    await Script(self.redis, UNLOCK_LUA).run([keys.alert_lease()], [self.holder])
             await self.producer.stop()
 
     async def tick(self, now_ms: int | None = None) -> None:
         ttl_ms = int(self.settings.alert_lease_seconds * 1000)
-        if not int(await self._lease(keys=[keys.alert_lease()], args=[self.holder, ttl_ms])):
+        if not int(await self._lease.run([keys.alert_lease()], [self.holder, ttl_ms])):
             if self.leading:
                 log.info("alert lease lost to another worker")
             self.leading = False
@@ -151,9 +128,8 @@ class AlertEngine:
         crossing = state["crossing"] + (1 if new == "firing" else 0)
         event = alert_event(org, verdict, new, crossing, now_ms)
         new_state = orjson.dumps({"state": new, "crossing": crossing, "since": event["at"]})
-        ok = await self._transition(
-            keys=[keys.alert_state(org), keys.alert_outbox(org)],
-            args=[rule, raw_state or "", new_state, orjson.dumps(event)],
+        ok = await self._transition.run(
+            [keys.alert_state(org), keys.alert_outbox(org)], [rule, raw_state or "", new_state, orjson.dumps(event)]
         )
         if int(ok):
             log.warning("alert %s: %s", event["state"], event["summary"])

@@ -41,26 +41,13 @@ from streams.settings import Settings
 from streams.topics import INPUT_TOPICS
 from tables import keys, queries
 from tables.generations import Generations, status
+from tables.scripts import Script, load
 
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 
-START_LUA = r"""
--- KEYS[1] the generations hash. ARGV[1] the generation to build. Refuses (0) when one is being built, else
--- returns the new version.
-if redis.call('HGET', KEYS[1], 'building') then return 0 end
-redis.call('HSET', KEYS[1], 'building', ARGV[1])
-return redis.call('HINCRBY', KEYS[1], 'v', 1)
-"""
-
-SWITCH_LUA = r"""
--- KEYS[1] the generations hash. ARGV[1] the generation built. Serves it from now on; returns the new
--- version (0: that generation is not the one being built).
-if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'current', ARGV[1])
-redis.call('HDEL', KEYS[1], 'building', 'until', 'started_ms')
-return redis.call('HINCRBY', KEYS[1], 'v', 1)
-"""
+START_LUA = load("agents", "rebuild_start")  # agents/lua/rebuild_start.lua
+SWITCH_LUA = load("agents", "rebuild_switch")  # agents/lua/rebuild_switch.lua
 
 
 class RebuildRefused(Exception):
@@ -109,8 +96,7 @@ class Rebuild:
             if gens.building is None:
                 await self._check_retained(consumer, tps)
                 target = gens.current + 1
-                script: Any = self.redis.register_script(START_LUA)
-                version = await script(keys=[keys.generations()], args=[target])
+                version = await Script(self.redis, START_LUA).run([keys.generations()], [target])
                 if not version:
                     raise RebuildRefused("another rebuild started at the same time")
                 # Every known org's apply is guarded on its copy of the version: from here on, every batch
@@ -134,8 +120,7 @@ class Rebuild:
             await self._read(consumer, tps, target, until)
         finally:
             await consumer.stop()
-        switch: Any = self.redis.register_script(SWITCH_LUA)
-        version = await switch(keys=[keys.generations()], args=[target])
+        version = await Script(self.redis, SWITCH_LUA).run([keys.generations()], [target])
         if not version:
             raise RebuildRefused(f"generation {target} is no longer the one being built")
         await copy_version(self.redis, int(version))

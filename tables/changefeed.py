@@ -39,7 +39,7 @@ from streams.topics import AGGREGATES
 from tables import keys
 from tables.erase import PublicationFence
 from tables.faults import is_publication_fault
-from tables.scripts import Script
+from tables.scripts import Script, load
 
 log = logging.getLogger(__name__)
 
@@ -47,43 +47,9 @@ log = logging.getLogger(__name__)
 LOCK_MS = 30_000
 CHUNK = 1000  # marks per snapshot: a script reading about this many counters takes a millisecond or two
 
-# KEYS[1] the org's marks; then the counters' keys. ARGV: the marks (`keys.counter_mark`), then for each
-# the index of its key in KEYS. Replies {the marks' apply numbers, the hash counters' values} (false
-# where there is none, and for a set, whose members are read after the script: a set of thousands of
-# students would hold Redis for milliseconds here; read later, it is only newer).
-SNAPSHOT_LUA = r"""
-local n = (#ARGV) / 2
-local seqs, values = {}, {}
-for i = 1, n do
-  local mark = ARGV[i]
-  seqs[i] = redis.call('HGET', KEYS[1], mark)
-  if string.sub(mark, 1, 1) == 'h' then
-    local key = KEYS[tonumber(ARGV[n + i])]
-    values[i] = redis.call('HGET', key, string.sub(mark, #key + 3))
-  else
-    values[i] = false
-  end
-end
-return {seqs, values}
-"""
-
-# KEYS[1] the org's marks. ARGV: mark, apply number, mark, apply number, ... Clears each mark still
-# holding that number.
-CLEAR_LUA = r"""
-local cleared = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-    cleared = cleared + 1
-  end
-end
-return cleared
-"""
-
-UNLOCK_LUA = r"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+SNAPSHOT_LUA = load("tables", "changefeed_snapshot")  # step 2 (tables/lua/changefeed_snapshot.lua)
+CLEAR_LUA = load("tables", "changefeed_clear")  # step 4
+UNLOCK_LUA = load("tables", "unlock")  # step 5
 
 Send = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]
 

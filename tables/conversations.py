@@ -1,14 +1,16 @@
 """A conversation as kept in Redis, and the rules that make it a function of the set of its events.
 
-A conversation (a field of a bucket `aia:{org}:cv:<n>`, tables/keys.py) gathers what the events of one session say: where the
-session starts (its earliest message), how many messages of each role it has, the latest sentiment
-judgement, the latest chat-history record, and which events it has counted. Each rule below is order-free:
+A conversation (a field of a bucket `aia:{org}:cv:<n>`, tables/keys.py; stored as `HEADER` then msgpack)
+gathers what the events of one session say: where the session starts (its earliest message), how many
+messages of each role it has, the latest sentiment judgement, the latest chat-history record, and which
+events it has counted. Each rule below is order-free:
 applying the same events in any order, any number of times, leaves the same state, so any worker can apply
 any batch.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -16,6 +18,16 @@ import msgspec
 from xxhash import xxh3_64_digest, xxh3_64_intdigest
 
 from tables import ids
+
+# A conversation's stored value (`ConversationState.pack`) starts with this header, fixed fields the Lua
+# scripts read without decoding the rest (`tables/lua/conversation.lua`): byte 0 the format, FORMAT (0xC1,
+# a byte msgpack never uses and no digit); bytes 1-4 the version, bytes 5-8 the last day written (an epoch
+# day index, 0: nothing to prune), each an unsigned 32-bit big-endian integer. Then the state in msgpack.
+# A value written before the header is `<version>:<last_day>:` in decimal digits, then msgpack: it starts
+# with a digit, and is still read (`unpack`, `prefix`, and conversation.lua); the next write of the
+# conversation stores it with the header.
+HEADER = struct.Struct(">BII")
+FORMAT = 0xC1
 
 # A version of something that can be replaced (a judgement, a record, an observation): its event time,
 # the offset of its record in its partition, and its event_id.
@@ -76,10 +88,10 @@ class Digests:
 
 
 class ConversationState(msgspec.Struct, array_like=True):
-    """What a conversation holds (its field's value: `<version>:<last_day>:` then msgpack), parsed.
+    """What a conversation holds (its field's value: a fixed header, then msgpack; `pack`), parsed.
 
-    `version` is bumped by every batch that writes the conversation: the apply script's guard reads it from
-    the value's prefix without decoding the rest. `ids` are the digests (`event_digest`) of the events
+    `version` is bumped by every batch that writes the conversation: the scripts' guards read it from the
+    value's header without decoding the rest (`tables/lua/conversation.lua`). `ids` are the digests (`event_digest`) of the events
     counted in the conversation: a chat message, sentiment judgement or chat-history record counts once in
     its conversation, so the batch's state read of its conversations is also its dedup read. `last_day` is
     the day (an epoch day index) the conversation was last written: once it is older than the dedup window
@@ -111,15 +123,16 @@ class ConversationState(msgspec.Struct, array_like=True):
     cid: str | None = None  # the conversation's id as kept (tables/ids.py)
 
     def pack(self) -> bytes:
-        """The stored value: `<version>:<last_day>:` and the state in msgpack."""
-        return b"%d:%d:%b" % (self.version or 0, self.last_day, _ENCODER.encode(self))
+        """The stored value: `HEADER` (the format byte, `version`, `last_day`), then the state in msgpack."""
+        return HEADER.pack(FORMAT, self.version or 0, self.last_day) + _ENCODER.encode(self)
 
     @classmethod
     def unpack(cls, raw: Any) -> ConversationState:
-        """The state a stored value holds; a new, empty one for None (no conversation yet)."""
+        """The state a stored value holds (either form, see `HEADER`); a new, empty one for None (no
+        conversation yet)."""
         if raw is None:
             return cls()
-        state: ConversationState = _DECODER.decode(memoryview(raw)[raw.index(b":", raw.index(b":") + 1) + 1 :])
+        state: ConversationState = _DECODER.decode(memoryview(raw)[_body(raw) :])
         return state
 
     def copy(self) -> ConversationState:
@@ -210,6 +223,14 @@ _DECODER = msgspec.msgpack.Decoder(ConversationState, dec_hook=_decode)
 
 
 def prefix(raw: bytes) -> tuple[int, int]:
-    """(version, last_day) of a stored value, from its first bytes alone."""
-    version, last_day, _ = raw.split(b":", 2)
+    """(version, last_day) of a stored value (either form, see `HEADER`), from its first bytes alone."""
+    if raw[0] == FORMAT:
+        _, version, last_day = HEADER.unpack_from(raw)
+        return version, last_day
+    version, last_day, _ = raw.split(b":", 2)  # the form before the header
     return int(version), int(last_day)
+
+
+def _body(raw: bytes) -> int:
+    """Where the msgpack of a stored value starts (either form)."""
+    return HEADER.size if raw[0] == FORMAT else raw.index(b":", raw.index(b":") + 1) + 1

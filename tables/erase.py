@@ -1,6 +1,6 @@
 """Erasing a student from an org (FERPA, GDPR art. 17).
 
-1. A tombstone first, in one script that also bumps the org's erasures version. Every batch's apply is
+1. A tombstone first, in one script (tables/lua/erase.lua) that also bumps the org's erasures version. Every batch's apply is
    guarded on that version (agents/planner.py), so a batch planned before the erasure cannot write after
    it; every batch planned after it drops the student's events (chat messages, sentiment, chat-history
    records), counting them in the org's `meta` (`dropped|erased`, in /metrics). A rebuild, a replay or a
@@ -10,7 +10,9 @@
 2. Then everything that names the student is removed; nothing can add it back:
    - their conversations (found through the student index and by scanning the org's conversation buckets
      for the record's or the earliest message's student): the state (the record, with its email), every
-     chat-history index entry, and the session's entries in the per-mentor session costs;
+     chat-history index entry, and the session's entries in the per-mentor session costs, each
+     conversation by one guarded script (tables/lua/remove_conversation.lua: only if no batch wrote it
+     since it was read, else it is read again);
    - what each aggregate family keeps that names them (`Family.erase`, tables/aggregates/): their
      per-student LLM cost fields in every hourly and daily bucket, their entries in every top-students set
      (hourly, daily, weekly, all time, per mentor), the days they chatted (distinct students).
@@ -18,8 +20,8 @@
    published counter a family removed (their cost counters), the new value of each published set it
    changed (the top-students sets). A worker may have applied a batch just
    before the tombstone and be about to publish its records, which name the student: every publication
-   begins with PUBLISH_BEGIN_LUA, atomic with the tombstone, which leaves erased students out of its
-   records, and the erasure waits for those that began before it (`PublicationFence`), so no record naming
+   begins with PUBLISH_BEGIN_LUA (tables/lua/publish_begin.lua), atomic with the tombstone, which leaves
+   erased students out of its records, and the erasure waits for those that began before it (`PublicationFence`), so no record naming
    the student lands after the erasure's.
 
 What stays: counts without a name. The org's (and its mentors') sessions, messages, sentiment and cost
@@ -41,38 +43,17 @@ import orjson
 from redis.asyncio import Redis
 
 from streams.topics import AGGREGATES, ERASURES
-from tables import keys, queries
+from tables import keys
 from tables.aggregates import FAMILIES, chat_history, llm_cost, top_students
-from tables.conversations import ConversationState
+from tables.conversations import ConversationState, prefix
 from tables.generations import Generations
-from tables.scripts import Script
+from tables.scripts import Call, Script, load
 
 log = logging.getLogger(__name__)
 
-ERASE_LUA = r"""
--- KEYS[1] an org's erased-students hash, KEYS[2] its publications under way. ARGV: the tombstone, its
--- record. Returns the publications under way (token, began, ...): the erasure waits for them.
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'v', 1)
-return redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-"""
-
-# A changefeed publication begins: KEYS[1] the org's erased-students hash, KEYS[2] its publications under
-# way; ARGV[1] a token, ARGV[2] how old (ms) a token is when its worker is taken for dead, then the
-# tombstones of the students the records name. Adds the token, scored by Redis's clock, and replies which
-# of those students are erased (1/0 each). Atomic with an erasure's ERASE_LUA (same slot): a publication
-# either sees the tombstone or is one the erasure waits for.
-PUBLISH_BEGIN_LUA = r"""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-local out = {}
-for i = 3, #ARGV do
-  out[#out + 1] = redis.call('HEXISTS', KEYS[1], ARGV[i])
-end
-return out
-"""
+ERASE_LUA = load("tables", "erase")  # tables/lua/erase.lua
+PUBLISH_BEGIN_LUA = load("tables", "publish_begin")  # the workers' side of the fence: `PublicationFence`
+REMOVE_CONVERSATION_LUA = load("tables", "remove_conversation", include=("conversation",))
 
 # How long an erasure waits for the publications that began before it; a token older than this is taken
 # for one whose worker died (its records were never all sent, or were sent long before).
@@ -141,9 +122,8 @@ async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms
     `secret`: `AIA_ERASURE_SECRET` (empty: the one kept in Redis)."""
     tombstone = (await Tombstones.load(redis, secret)).of(org, student)
     out = Erasure(org, student, tombstone, now_ms, by)
-    script: Any = redis.register_script(ERASE_LUA)
-    under_way = await script(
-        keys=[keys.erasures(org), keys.publishing(org)], args=[tombstone, orjson.dumps({"at_ms": now_ms, "by": by})]
+    under_way = await Script(redis, ERASE_LUA).run(
+        [keys.erasures(org), keys.publishing(org)], [tombstone, orjson.dumps({"at_ms": now_ms, "by": by})]
     )
     gens = await Generations.read(redis)
     for n in (gens.current, gens.building):  # and the one a rebuild is building
@@ -248,6 +228,20 @@ def _without(records: list[tuple[bytes, bytes]], erased: set[str]) -> list[tuple
     return out
 
 
+def removal(gen: int, org: str, digest: int, state: ConversationState, version: int) -> Call:
+    """The call of remove_conversation.lua that removes the conversation `digest` of generation `gen`, read
+    as `state` at `version` (its stored value's, `conversations.prefix`), from its bucket, the chat-history
+    index, its filter sets and its per-mentor session costs (an erased student's, or one past the history
+    retention, tables/state.expire_conversations)."""
+    filters = [chat_history.filter_key(gen, org, kind, value, digest) for kind, value in state.index_entries() if kind]
+    costs = [llm_cost.sessions_key(gen, org, day) for day in sorted({hour // 24 for hour in state.costs})]
+    member = llm_cost.session_member(state.first_mentor or "", state.cid or "")
+    return (
+        [keys.conversation_bucket(gen, org, digest), chat_history.index_key(gen, org), *filters, *costs],
+        [keys.conversation_field(digest), version, digest, len(filters), member],
+    )
+
+
 async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, *, publish: bool) -> None:
     """Step 2, in generation `gen`; `publish`: the served one, whose changes the audit record counts
     and the aggregates topic hears of."""
@@ -261,23 +255,17 @@ async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, 
                 if student in (conv.student, conv.first_student):
                     digests.add(int.from_bytes(fld, "big", signed=True))
 
+    # Each goes by the guarded script, as an expired one does: a batch that writes it between the read and
+    # the removal (another event of its session) makes the script refuse, and it is read again, so no index
+    # entry the batch added is left behind.
+    remove = Script(redis, REMOVE_CONVERSATION_LUA)
     for digest in sorted(digests):
-        (state,) = await queries.conversation_states(queries.View(redis, gen), org, [digest])
-        member = str(digest)
-        async with redis.pipeline(transaction=False) as pipe:
-            for kind, value in state.index_entries():
-                if kind:
-                    pipe.srem(chat_history.filter_key(gen, org, kind, value, digest), member)
-                else:
-                    pipe.zrem(chat_history.index_key(gen, org), member)
-            for day in {hour // 24 for hour in state.costs}:
-                pipe.zrem(
-                    llm_cost.sessions_key(gen, org, day),
-                    llm_cost.session_member(state.first_mentor or "", state.cid or ""),
-                )
-            pipe.hdel(keys.conversation_bucket(gen, org, digest), keys.conversation_field(digest))
-            await pipe.execute()
-        out.conversations += publish
+        bucket, fld = keys.conversation_bucket(gen, org, digest), keys.conversation_field(digest)
+        while (held := await redis.hget(bucket, fld)) is not None:
+            value = bytes(held)  # type: ignore[arg-type]
+            if int(await remove.run(*removal(gen, org, digest, ConversationState.unpack(value), prefix(value)[0]))):
+                out.conversations += publish
+                break
     await redis.delete(chat_history.filter_key(gen, org, "student", student))
 
     # Then what each family keeps that names them (tables/aggregates/: cost fields, top-students entries,

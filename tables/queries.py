@@ -31,6 +31,7 @@ from tables.buckets import (
     time_zone,
 )
 from tables.conversations import ConversationState
+from tables.scripts import Script, load
 
 
 class View(NamedTuple):
@@ -79,12 +80,7 @@ async def periods(
     return out
 
 
-ZUNION_SCORES_LUA = r"""
-local args = {'ZUNION', #KEYS}
-for i = 1, #KEYS do args[#args + 1] = KEYS[i] end
-args[#args + 1] = 'WITHSCORES'
-return redis.call(unpack(args))
-"""
+ZUNION_SCORES_LUA = load("tables", "zunion_scores")  # tables/lua/zunion_scores.lua
 
 
 async def zunion(redis: Redis, zkeys: list[str]) -> list[tuple[bytes, float]]:
@@ -93,8 +89,7 @@ async def zunion(redis: Redis, zkeys: list[str]) -> list[tuple[bytes, float]]:
     is down."""
     if not zkeys:
         return []
-    script: Any = redis.register_script(ZUNION_SCORES_LUA)
-    flat: Any = await script(keys=zkeys)
+    flat: Any = await Script(redis, ZUNION_SCORES_LUA).run(zkeys)
     return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 

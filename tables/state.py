@@ -1,6 +1,8 @@
 """Reading back what the planner needs before it decides: an org's offset watermarks, its observations'
 applied versions, its erased students among the batch's, and its conversations' state (which also says
-which events each has counted). One Lua read per org, all orgs of a batch in one round trip."""
+which events each has counted). One Lua read per org (`tables/lua/read.lua`), all orgs of a batch in one
+round trip. Then the housekeeping: pruning past the dedup window, expiring past the history retention, and
+the workers' progress, each a script of tables/lua/ too."""
 
 from __future__ import annotations
 
@@ -11,33 +13,12 @@ import orjson
 from redis.asyncio import Redis
 
 from tables import keys
-from tables.aggregates import chat_history, llm_cost
 from tables.conversations import ConversationState, conversation_digest, prefix
-from tables.erase import Tombstones
-from tables.scripts import Call, Script
+from tables.erase import REMOVE_CONVERSATION_LUA, Tombstones, removal
+from tables.scripts import Call, Script, load
 from tables.writer import OrgWrite
 
-READ_LUA = r"""
--- KEYS: the offsets hash, the observations hash, the erased-students hash, the org's copy of the
--- generations' version, then conversation buckets. ARGV[1]: JSON {o: offset fields, b: observation ids,
--- e: erased-students fields (the version, then the batch's students), c: each conversation's bucket (an
--- index into KEYS)}; ARGV[2..]: each conversation's field. Replies {offsets, observations, erased,
--- conversations, generations' version} (nil where absent).
-local a = cjson.decode(ARGV[1])
-local function hmget(key, ids)
-  local vals = {}
-  for j = 1, #ids, 1000 do
-    local part = redis.call('HMGET', key, unpack(ids, j, math.min(j + 999, #ids)))
-    for n = 1, #part do vals[#vals + 1] = part[n] end
-  end
-  return vals
-end
-local offsets = {}
-if #a.o > 0 then offsets = redis.call('HMGET', KEYS[1], unpack(a.o)) end
-local convs = {}
-for i, k in ipairs(a.c) do convs[i] = redis.call('HGET', KEYS[k], ARGV[i + 1]) end
-return {offsets, hmget(KEYS[2], a.b), hmget(KEYS[3], a.e), convs, redis.call('HGET', KEYS[4], 'v')}
-"""
+READ_LUA = load("tables", "read")  # tables/lua/read.lua
 
 
 @dataclass
@@ -124,79 +105,40 @@ def as_after(state: OrgState, org: str, w: OrgWrite) -> None:
         state.convs[cid] = w.conv_after[cid]
 
 
-PRUNE_LUA = r"""
--- KEYS[1] an org's observations hash. ARGV: cursor, how many to scan, the oldest arrival day to keep.
--- Deletes the entries that arrived before it; returns the next cursor ("0" when the scan is through).
-local r = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local oldest = tonumber(ARGV[3])
-local gone = {}
-for i = 1, #r[2], 2 do
-  local arrived = tonumber(string.match(r[2][i + 1], '(%d+)%]$'))
-  if arrived ~= nil and arrived < oldest then gone[#gone + 1] = r[2][i] end
-end
-if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
-return r[1]
-"""
+PRUNE_LUA = load("tables", "prune_observations")
 
 
 async def prune_observations(redis: Redis, gen: int, org: str, oldest_day: int, *, chunk: int = 1000) -> None:
     """Forget the observations of an org that arrived before `oldest_day` (a day index): past the dedup
     window a re-sent version counts as a new observation, as a re-sent event does."""
-    script: Any = redis.register_script(PRUNE_LUA)
+    script = Script(redis, PRUNE_LUA)
     cursor = "0"
     while True:
-        cursor = (await script(keys=[keys.observations(gen, org)], args=[cursor, chunk, oldest_day])).decode()
+        cursor = (await script.run([keys.observations(gen, org)], [cursor, chunk, oldest_day])).decode()
         if cursor == "0":
             return
 
 
-PRUNE_CONVERSATIONS_LUA = r"""
--- KEYS[1] a conversation bucket. ARGV: n, then n fields, the version each was read at, each one's new
--- value. A conversation written since (another version) is left as it is. Returns how many were replaced.
-local n, done = tonumber(ARGV[1]), 0
-for i = 1, n do
-  local cur = redis.call('HGET', KEYS[1], ARGV[1 + i])
-  if cur and string.match(cur, '^%d+') == ARGV[1 + n + i] then
-    redis.call('HSET', KEYS[1], ARGV[1 + i], ARGV[1 + 2 * n + i])
-    done = done + 1
-  end
-end
-return done
-"""
+PRUNE_CONVERSATIONS_LUA = load("tables", "prune_conversations", include=("conversation",))
 
 
 async def prune_conversations(redis: Redis, gen: int, org: str, oldest_day: int, *, chunk: int = 500) -> int:
     """Drop the event digests of the org's conversations last written before `oldest_day` (a day index):
     past the dedup window an event re-sent to a quiet conversation counts again, as a re-sent observation
     does. Walks every bucket (HSCAN); returns how many were pruned."""
-    script: Any = redis.register_script(PRUNE_CONVERSATIONS_LUA)
+    script = Script(redis, PRUNE_CONVERSATIONS_LUA)
     pruned = 0
     async for bucket in redis.scan_iter(match=keys.conversation_buckets(gen, org), count=chunk):
-        due: list[tuple[bytes, ConversationState]] = []
+        due: list[tuple[bytes, int, ConversationState]] = []  # field, version (as the script reads it), state
         async for fld, raw in redis.hscan_iter(bucket, count=chunk):
-            if 0 < prefix(raw)[1] < oldest_day:
-                due.append((fld, ConversationState.unpack(raw)))
+            version, last_day = prefix(raw)
+            if 0 < last_day < oldest_day:
+                due.append((fld, version, ConversationState.unpack(raw)))
         if due:
-            args: list[Any] = [len(due), *(f for f, _ in due), *(str(st.version) for _, st in due)]
-            args += [st.pruned().pack() for _, st in due]
-            pruned += int(await script(keys=[bucket], args=args))
+            args: list[Any] = [len(due), *(f for f, _, _ in due), *(v for _, v, _ in due)]
+            args += [st.pruned().pack() for _, _, st in due]
+            pruned += int(await script.run([bucket], args))
     return pruned
-
-
-EXPIRE_CONVERSATION_LUA = r"""
--- KEYS[1] a conversation bucket, KEYS[2] the org's chat-history index, then the conversation's filter sets,
--- then the per-mentor session-cost sets it is in. ARGV: its field, the version it was read at, its index
--- member, how many filter sets, its session-cost member. Removes it everywhere unless it was written since
--- (another version). Returns 1 when it was removed.
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur or string.match(cur, '^%d+') ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[3])
-local nf = tonumber(ARGV[4])
-for i = 3, 2 + nf do redis.call('SREM', KEYS[i], ARGV[3]) end
-for i = 3 + nf, #KEYS do redis.call('ZREM', KEYS[i], ARGV[5]) end
-return 1
-"""
 
 
 async def expire_conversations(redis: Redis, gen: int, org: str, before_ms: int, *, chunk: int = 500) -> int:
@@ -204,7 +146,7 @@ async def expire_conversations(redis: Redis, gen: int, org: str, before_ms: int,
     insertion time, or their first message's when there is no record (AIA_HISTORY_RETENTION_DAYS). Each
     goes with its index and filter entries and its per-mentor session costs, unless it was written since it
     was read. Returns how many went."""
-    script = Script(redis, EXPIRE_CONVERSATION_LUA)
+    script = Script(redis, REMOVE_CONVERSATION_LUA)
     expired = 0
     async for bucket in redis.scan_iter(match=keys.conversation_buckets(gen, org), count=chunk):
         calls: list[Call] = []
@@ -213,43 +155,19 @@ async def expire_conversations(redis: Redis, gen: int, org: str, before_ms: int,
             listed = st.inserted_ms if st.record_version is not None else st.started_ms
             if listed is None or listed >= before_ms:
                 continue
-            digest = int.from_bytes(fld, "big", signed=True)
-            filters = [
-                chat_history.filter_key(gen, org, kind, value, digest) for kind, value in st.index_entries() if kind
-            ]
-            costs = [llm_cost.sessions_key(gen, org, day) for day in sorted({hour // 24 for hour in st.costs})]
-            calls.append(
-                (
-                    [bucket.decode(), chat_history.index_key(gen, org), *filters, *costs],
-                    [
-                        fld,
-                        st.version or 0,
-                        digest,
-                        len(filters),
-                        llm_cost.session_member(st.first_mentor or "", st.cid or ""),
-                    ],
-                )
-            )
+            calls.append(removal(gen, org, int.from_bytes(fld, "big", signed=True), st, prefix(raw)[0]))
         if calls:
             expired += sum(int(n) for n in await script.run_many(calls))
     return expired
 
 
-SAVE_PROGRESS_LUA = r"""
--- KEYS[1] a group's progress hash. ARGV: field, offset, field, offset, ... Moves each field up, never down.
-for i = 1, #ARGV, 2 do
-  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
-  if tonumber(ARGV[i + 1]) > cur then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
-return 1
-"""
+SAVE_PROGRESS_LUA = load("tables", "save_progress")
 
 
 async def save_progress(redis: Redis, group: str, offsets: dict[str, int]) -> None:
     """Record, per `topic:partition`, the last offset below which every record is applied (never lowered:
     a worker that lost a partition may still finish a batch of it)."""
-    script: Any = redis.register_script(SAVE_PROGRESS_LUA)
     args: list[str | int] = []
     for fld, offset in offsets.items():
         args += [fld, offset]
-    await script(keys=[keys.progress(group)], args=args)
+    await Script(redis, SAVE_PROGRESS_LUA).run([keys.progress(group)], args)

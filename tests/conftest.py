@@ -57,8 +57,9 @@ def settings(kafka: KafkaBroker, redis_server: RedisServer, engine: str) -> Sett
 
 
 @pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url)
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """The session's Redis, emptied (the one `settings` names; it needs no broker)."""
+    client = Redis.from_url(redis_server.url)
     await client.flushall()
     yield client
     await client.aclose()

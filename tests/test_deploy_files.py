@@ -67,3 +67,15 @@ def test_the_readme_quotes_only_figures_of_the_latest_benchmark_run() -> None:
     assert figures, "the README quotes no figure: the benchmark paragraph moved?"
     missing = sorted({f for f in figures if not re.search(rf"(?<![\d.,]){re.escape(f)}(?![\d,])", bench)})
     assert missing == [], f"README.md quotes figures docs/BENCHMARKS.md does not hold: {missing}"
+
+
+def test_the_lua_scripts_are_package_data() -> None:
+    """Every script the code loads (tables/scripts.load: `<package>/lua/<name>.lua`) is installed with its
+    package, and the image copies the package it is in."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    scripts = sorted(ROOT.glob("*/lua/*.lua"))
+    assert {p.parent.parent.name for p in scripts} == {"tables", "agents"}
+    for path in scripts:
+        package = path.parent.parent.name
+        assert any(path.relative_to(ROOT / package).match(g) for g in data.get(package, [])), path
+        assert f"COPY {package} {package}" in (ROOT / "Dockerfile").read_text()

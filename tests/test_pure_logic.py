@@ -241,3 +241,17 @@ def test_served_ids_are_the_name_based_uuids_they_always_were() -> None:
     for name in ("acme|conv|s1", "org0|mentor|mentor 7", "ü|conv|" + "x" * 300, ""):
         assert ids.name_uuid(name) == str(uuid.uuid5(ids.NAMESPACE, name))
     assert ids.served("acme", ids.CONVERSATION, "s1") == str(uuid.uuid5(ids.NAMESPACE, "acme|conv|s1"))
+
+
+def test_a_conversation_is_stored_behind_a_fixed_header_and_the_form_before_it_still_reads() -> None:
+    """`HEADER` (docs/semantics.md): the format byte, the version and the last day, 32-bit big-endian, then
+    msgpack. A value stored before it (`<version>:<last_day>:` then msgpack) reads the same."""
+    from tables.conversations import prefix
+
+    state = ConversationState(version=3, started_ms=T0, first_event="a", last_day=20_000, ids=Digests([b"8 bytes."]))
+    stored = state.pack()
+    assert stored[:9] == b"\xc1\x00\x00\x00\x03\x00\x00\x4e\x20"
+    body = stored[9:]
+    assert ConversationState.unpack(stored) == state and prefix(stored) == (3, 20_000)
+    before = b"3:20000:" + body
+    assert ConversationState.unpack(before) == state and prefix(before) == (3, 20_000)
