@@ -5,8 +5,10 @@ trip). Every decision is a function of the set of events applied, whatever their
 times each arrives, so any worker can apply any batch and the same records always give the same numbers.
 What is common to every family is here: an event of an erased student is dropped; a chat message,
 sentiment judgement or chat-history record counts once by its `event_id` in its conversation (whose state,
-read with the batch, holds the digests of the events it counted); each conversation the batch changed is
-written once, guarded by the version it was read at; the watermarks and the org's `meta`. What each
+read with the batch, holds the digests of the events it counted) and updates that state by the
+conversation's own rules (`ConversationState.add_message`, `add_judgement`, `add_record`: where the session
+starts, its counts, its latest sentiment and record, which several families read); each conversation the
+batch changed is written once, guarded by the version it was read at; the watermarks and the org's `meta`. What each
 family does with the events is in its module (tables/aggregates/; the rules: docs/semantics.md).
 """
 
@@ -18,7 +20,7 @@ from tables import ids, keys
 from tables.aggregates import FAMILIES
 from tables.aggregates.base import Batch, Counted
 from tables.buckets import Grain, Retention
-from tables.conversations import ConversationState, conversation_digest, event_digest
+from tables.conversations import ConversationState, event_digest
 from tables.erase import Tombstones
 from tables.state import OrgState, StateQuery
 from tables.writer import OrgWrite
@@ -97,11 +99,16 @@ class Planner:
             conv.ids.add(digest)
             w.events += 1
             b.count(ev)
+            # The conversation's own rules (tables/conversations.py), which the families read its state by.
             if isinstance(ev, ChatMessage):
-                counted.messages.append((ev, conv))
+                mentor = b.mentor(ev.mentor_id)
+                conv.add_message(ev, mentor)
+                counted.messages.append((ev, conv, mentor))
             elif isinstance(ev, SentimentEvent):
+                conv.add_judgement(ev)
                 counted.sentiments.append((ev, conv))
             else:
+                conv.add_record(ev, b.mentor(ev.mentor))
                 counted.records.append((ev, conv))
         sums = [(family, family.fold(b, counted)) for family in FAMILIES]
         for cid, after in b.convs.items():
@@ -135,7 +142,7 @@ class Planner:
         """Write the conversation's new state, guarded by the version it was planned on. The state it will
         hold goes to `w.conv_after`, for a next batch planned before this one is applied."""
         w, before = b.w, b.before[cid]
-        digest = conversation_digest(w.org, cid)
+        digest = b.digest(cid)
         after.version = (before.version or 0) + 1
         after.last_day = b.arrival_day
         after.cid = cid

@@ -15,8 +15,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
+import orjson
 from xxhash import xxh3_64_digest, xxh3_64_intdigest
 
+from streams.schemas import ChatMessage, Conversation, SentimentEvent
 from tables import ids
 
 # A conversation's stored value (`ConversationState.pack`) starts with this header, fixed fields the Lua
@@ -134,6 +136,37 @@ class ConversationState(msgspec.Struct, array_like=True):
             return cls()
         state: ConversationState = _DECODER.decode(memoryview(raw)[_body(raw) :])
         return state
+
+    # --- the rules, each a function of the set of the events applied -------------------------------------
+    def add_message(self, ev: ChatMessage, mentor: str) -> None:
+        """A chat message (counted once, `mentor` as kept): the session starts at its earliest message
+        (`starts_earlier`), with that message's mentor and student; its count per role; its topics."""
+        if starts_earlier(ev.ts_ms, ev.event_id, self.started_ms, self.first_event):
+            self.started_ms, self.first_event = ev.ts_ms, ev.event_id
+            self.first_mentor, self.first_student = mentor, ev.student
+        if ev.role == "human":
+            self.human += 1
+        else:
+            self.ai += 1
+        if ev.topics and not self.msg_topics.issuperset(ev.topics):
+            self.msg_topics = self.msg_topics.union(ev.topics)
+
+    def add_judgement(self, ev: SentimentEvent) -> None:
+        """A sentiment judgement: the conversation's sentiment is the latest by (time, offset, event_id)."""
+        version = (ev.ts_ms, ev.src_offset, ev.event_id)
+        if is_newer(version, self.sentiment_version):
+            self.sentiment, self.sentiment_version = ev.sentiment, version
+
+    def add_record(self, ev: Conversation, mentor: str) -> None:
+        """A chat-history record (`mentor` as kept): the latest by (time, offset, event_id) is the
+        conversation's record, its student, mentor, topics, insertion time and deletion."""
+        version = (ev.ts_ms, ev.src_offset, ev.event_id)
+        if is_newer(version, self.record_version):
+            self.record_version = version
+            self.student, self.mentor, self.topics = ev.student, mentor, ev.topics
+            self.inserted_ms = ev.inserted_at_ms
+            self.deleted = ev.deleted
+            self.record_json = orjson.dumps(ev.record).decode()
 
     def copy(self) -> ConversationState:
         """A working copy whose `ids` can grow without touching this one."""

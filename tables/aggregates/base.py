@@ -25,7 +25,7 @@ from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables import ids, keys
 from tables.buckets import Grain, Retention
-from tables.conversations import ConversationState
+from tables.conversations import ConversationState, conversation_digest
 from tables.writer import OrgWrite
 
 if TYPE_CHECKING:
@@ -46,10 +46,11 @@ class NeedState(Exception):
 @dataclass(slots=True)
 class Counted:
     """The batch's events that count, by kind: each chat message, sentiment judgement and chat-history
-    record once in its conversation (with the conversation's working copy); the observations as they came
-    (their rule is by version: `llm_cost`)."""
+    record once in its conversation (with the conversation's working copy, which the conversation's own
+    rules have updated already: tables/conversations.py); the observations as they came (their rule is by
+    version: `llm_cost`)."""
 
-    messages: list[tuple[ChatMessage, ConversationState]] = field(default_factory=list)
+    messages: list[tuple[ChatMessage, ConversationState, str]] = field(default_factory=list)  # and its mentor as kept
     sentiments: list[tuple[SentimentEvent, ConversationState]] = field(default_factory=list)
     records: list[tuple[Conversation, ConversationState]] = field(default_factory=list)
     observations: list[LlmObservation] = field(default_factory=list)
@@ -71,6 +72,7 @@ class Batch:
     before: dict[str, ConversationState] = field(default_factory=dict)  # conversation -> as read
     convs: dict[str, ConversationState] = field(default_factory=dict)  # conversation -> the working copy
     _mentors: dict[str, str] = field(default_factory=dict)  # mentor id as sent -> as kept
+    _digests: dict[str, int] = field(default_factory=dict)  # conversation id -> `conversation_digest`
 
     @property
     def org(self) -> str:
@@ -111,6 +113,13 @@ class Batch:
                     keys.uuids(w.gen, w.org), ids.served(w.org, ids.MENTOR, kept), ids.mapping_value(ids.MENTOR, kept)
                 )
         return kept
+
+    def digest(self, cid: str) -> int:
+        """The conversation's digest (what addresses it in Redis), computed once per batch."""
+        digest = self._digests.get(cid)
+        if digest is None:
+            digest = self._digests[cid] = conversation_digest(self.w.org, cid)
+        return digest
 
     def conversation(self, cid: str, *, must_be_read: bool = False) -> ConversationState:
         """The batch's working copy of a conversation (as read kept in `before`). The batch's own

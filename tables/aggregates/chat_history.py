@@ -3,8 +3,10 @@ topic or sentiment.
 
 Rules (docs/semantics.md): a conversation's record is its **latest chat-history record** by (event time,
 offset, event_id), its sentiment the latest judgement by the same order, its topics those of the record and
-of every message. Where it is listed is a function of its final state (`ConversationState.index_entries`),
-so the index changes by the difference between the state before the batch and after it.
+of every message (the conversation's own rules, `ConversationState.add_record`, `add_judgement`,
+`add_message`, which the planner applies). Where it is listed is a function of its final state
+(`ConversationState.index_entries`), so the index changes by the difference between the state before the
+batch and after it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from redis.asyncio import Redis
 from streams.schemas import format_timestamp
 from tables import ids, keys, queries
 from tables.aggregates.base import Batch, Counted, Erased
-from tables.conversations import ConversationState, addressed_digest, conversation_digest, is_newer
+from tables.conversations import ConversationState, addressed_digest
 
 # The mentor, topic and sentiment indexes (few values, many conversations each) are in shards.
 FILTER_SHARDS = 16
@@ -49,28 +51,16 @@ class ChatHistory:
     name = "chat_history"
 
     def fold(self, b: Batch, counted: Counted) -> None:
-        for ev, conv in counted.messages:
-            if ev.topics and not conv.msg_topics.issuperset(ev.topics):
-                conv.msg_topics = conv.msg_topics.union(ev.topics)
-        for sv, conv in counted.sentiments:
-            version = (sv.ts_ms, sv.src_offset, sv.event_id)
-            if is_newer(version, conv.sentiment_version):
-                conv.sentiment, conv.sentiment_version = sv.sentiment, version
-        for rec, conv in counted.records:
-            version = (rec.ts_ms, rec.src_offset, rec.event_id)
-            if is_newer(version, conv.record_version):
-                conv.record_version = version
-                conv.student, conv.mentor, conv.topics = rec.student, b.mentor(rec.mentor), rec.topics
-                conv.inserted_ms = rec.inserted_at_ms
-                conv.deleted = rec.deleted
-                conv.record_json = orjson.dumps(rec.record).decode()
+        """Nothing of its own: the record, the sentiment and the topics a conversation is listed by are its
+        state's (`ConversationState.add_record`, `add_judgement`, `add_message`)."""
+        return
 
     def changed(self, b: Batch, sums: None, cid: str, before: ConversationState, after: ConversationState) -> None:
         """The index entries the conversation leaves and the ones it gains."""
         if before.listing() == after.listing():
             return
         w, gen, org = b.w, b.gen, b.org
-        digest = conversation_digest(org, cid)
+        digest = b.digest(cid)
         old, new = before.index_entries(), after.index_entries()
         member = str(digest)
         for kind, value in old.keys() - new.keys():

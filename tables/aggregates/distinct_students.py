@@ -19,8 +19,8 @@ from tables.aggregates.base import Batch, Counted, Erased, remove_everywhere
 from tables.buckets import DAY_MS, Grain, day_index, days_between
 from tables.conversations import ConversationState
 
-# (day index, mentor or None for the org's set) -> the students the batch saw that day
-Seen = dict[tuple[int, str | None], set[str]]
+# (day index, mentor, student): who the batch saw chat that day, with which mentor
+Seen = set[tuple[int, str, str]]
 
 
 def key(gen: int, org: str, day: int, mentor: str | None = None) -> str:
@@ -34,25 +34,21 @@ class DistinctStudents:
     name = "distinct_students"
 
     def fold(self, b: Batch, counted: Counted) -> Seen:
-        seen: Seen = {}
-        for ev, _ in counted.messages:
-            day = ev.ts_ms // DAY_MS
-            for slot in ((day, None), (day, b.mentor(ev.mentor_id))):
-                students = seen.get(slot)
-                if students is None:
-                    students = seen[slot] = set()
-                students.add(ev.student)
-        return seen
+        return {(ev.ts_ms // DAY_MS, mentor, ev.student) for ev, _, mentor in counted.messages}
 
     def changed(self, b: Batch, seen: Seen, cid: str, before: ConversationState, after: ConversationState) -> None:
         return
 
     def flush(self, b: Batch, seen: Seen) -> None:
-        w = b.w
-        for (day, mentor), students in seen.items():
-            skey = key(b.gen, b.org, day, mentor)
-            w.expire_at(skey, b.retention.expire_at_s(Grain.DAY, day))
-            for student in students:
+        """Each student into the day's set of the org and of the mentor."""
+        w, gen, org, retention = b.w, b.gen, b.org, b.retention
+        day_keys: dict[tuple[int, str | None], str] = {}
+        for day, mentor, student in seen:
+            for slot in ((day, None), (day, mentor)):
+                skey = day_keys.get(slot)
+                if skey is None:
+                    skey = day_keys[slot] = key(gen, org, *slot)
+                    w.expire_at(skey, retention.expire_at_s(Grain.DAY, day))
                 w.sadd(skey, student)
 
     async def erase(self, redis: Redis, gen: int, org: str, student: str) -> Erased:

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from tables import ids, queries
 from tables.aggregates.base import Batch, Counted, Erased
 from tables.buckets import DAY_MS, HALF_MS, MINUTE_MS, Grain
-from tables.conversations import ConversationState, starts_earlier
+from tables.conversations import ConversationState
 
 # Bucket fields (hourly, half-hourly, daily): sessions started, their messages; a mentor's end in `|m|<mentor>`.
 SESSIONS = "sessions"
@@ -40,21 +40,10 @@ class Sessions:
     name = "sessions"
 
     def fold(self, b: Batch, counted: Counted) -> Deltas:
-        """Each message's part of its conversation: the session's start (its earliest message, with its
-        mentor and student) and its count per role; and every message in its minute."""
-        minutes: list[int] = []
-        for ev, conv in counted.messages:
-            mentor = b.mentor(ev.mentor_id)  # every mentor a message names is mapped (tables/ids.py)
-            if starts_earlier(ev.ts_ms, ev.event_id, conv.started_ms, conv.first_event):
-                conv.started_ms, conv.first_event = ev.ts_ms, ev.event_id
-                conv.first_mentor, conv.first_student = mentor, ev.student
-            if ev.role == "human":
-                conv.human += 1
-            else:
-                conv.ai += 1
-            minutes.append(ev.ts_ms // MINUTE_MS)
-        for minute, n in Counter(minutes).items():  # Counter counts in C
-            b.add_at(Grain.MINUTE, minute, MESSAGES, n)
+        """Every message in its minute. (Where a session starts and its counts per role are its
+        conversation's: `ConversationState.add_message`; what they add is derived in `changed`.)"""
+        for minute, n in Counter([ev.ts_ms // MINUTE_MS for ev, _, _ in counted.messages]).items():
+            b.add_at(Grain.MINUTE, minute, MESSAGES, n)  # Counter counts in C
         return {}
 
     def changed(self, b: Batch, deltas: Deltas, cid: str, before: ConversationState, after: ConversationState) -> None:

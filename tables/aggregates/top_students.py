@@ -52,11 +52,7 @@ class TopStudents:
     name = "top_students"
 
     def fold(self, b: Batch, counted: Counted) -> Deltas:
-        humans = [
-            (ev.ts_ms // HALF_MS, ev.student, b.mentor(ev.mentor_id))
-            for ev, _ in counted.messages
-            if ev.role == "human"
-        ]
+        humans = [(ev.ts_ms // HALF_MS, ev.student, mentor) for ev, _, mentor in counted.messages if ev.role == "human"]
         deltas: Deltas = {}
         for (half, student, mentor), n in Counter(humans).items():
             b.add_at(Grain.DAY, half * HALF_MS // DAY_MS, HUMAN, n)
