@@ -10,6 +10,7 @@ aggregates always equal exactly the events up to its watermarks.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,15 @@ class OrgWrite:
         k = self.k(key)
         self.srems.get(k, {}).pop(member, None)
         self.sadds.setdefault(k, {})[member] = None
+
+    def sadd_members(self, key: str, members: Iterable[str]) -> None:
+        """SADD each member to the set."""
+        k = self.k(key)
+        removed = self.srems.get(k)
+        if removed:
+            for member in members:
+                removed.pop(member, None)
+        self.sadds.setdefault(k, {}).update(dict.fromkeys(members))
 
     def srem(self, key: str, member: str) -> None:
         k = self.k(key)

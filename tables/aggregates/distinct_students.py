@@ -40,16 +40,23 @@ class DistinctStudents:
         return
 
     def flush(self, b: Batch, seen: Seen) -> None:
-        """Each student into the day's set of the org and of the mentor."""
-        w, gen, org, retention = b.w, b.gen, b.org, b.retention
-        day_keys: dict[tuple[int, str | None], str] = {}
+        """Each student into the day's set of the org and of the mentor: one SADD of many members per set."""
+        sets: dict[tuple[int, str | None], list[str]] = {}
         for day, mentor, student in seen:
-            for slot in ((day, None), (day, mentor)):
-                skey = day_keys.get(slot)
-                if skey is None:
-                    skey = day_keys[slot] = key(gen, org, *slot)
-                    w.expire_at(skey, retention.expire_at_s(Grain.DAY, day))
-                w.sadd(skey, student)
+            members = sets.get((day, mentor))
+            if members is None:
+                members = sets[(day, mentor)] = []
+            members.append(student)
+        for (day, _), students in list(sets.items()):
+            org_day = sets.get((day, None))
+            if org_day is None:
+                org_day = sets[(day, None)] = []
+            org_day.extend(students)
+        w, gen, org, retention = b.w, b.gen, b.org, b.retention
+        for (day, whose), students in sets.items():
+            skey = key(gen, org, day, whose)
+            w.expire_at(skey, retention.expire_at_s(Grain.DAY, day))
+            w.sadd_members(skey, students)
 
     async def erase(self, redis: Redis, gen: int, org: str, student: str) -> Erased:
         """The student, from every day's set of the org and of its mentors."""
