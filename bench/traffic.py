@@ -209,6 +209,17 @@ class PlatformTraffic:
             })))  # fmt: skip
         return out
 
+    def session_by(self, start_ms: int, latest_ms: int, org: Org | None = None) -> list[tuple[int, Event]]:
+        """A session starting at `start_ms`, or earlier by as much as its last event (a judgement hours later)
+        would fall after `latest_ms`: nothing is stamped in the future. Reproducible: the same draws."""
+        state = self.rng.getstate()
+        out = self.session(start_ms, org)
+        over = max(t for t, _ in out) - latest_ms
+        if over > 0:
+            self.rng.setstate(state)
+            out = self.session(start_ms - over, org)
+        return out
+
     # --- streams -------------------------------------------------------------------------------------
     def backfill(self, events: int, days: int, end: datetime | None = None) -> Iterator[Event]:
         """About `events` events of sessions spread over the `days` before `end`, in the order a producer
@@ -224,7 +235,7 @@ class PlatformTraffic:
         while made < events:
             org = self.rng.choices(self.orgs, weights=self._org_weights)[0]
             start = self.session_start_ms(first_ms, end_ms - 3_600_000, org)
-            for sent, ev in self.session(start, org):
+            for sent, ev in self.session_by(start, end_ms, org):
                 if self.rng.random() < cfg.late_share:
                     sent += self.rng.randint(5 * 60_000, 6 * 3_600_000)
                 heapq.heappush(pending, (sent, order, ev))
@@ -238,11 +249,12 @@ class PlatformTraffic:
             yield heapq.heappop(pending)[2]
 
     def live(self, now: datetime | None = None) -> Iterator[Event]:
-        """Endless sessions stamped in the minutes before `now` (or the clock, when none is given), each
-        sent whole as it is made: what `ai-analytics produce demo` would send at a rate."""
+        """Endless sessions stamped in the minutes (or, with a late judgement, hours) before `now` (or the
+        clock, when none is given), each sent whole as it is made: what `ai-analytics produce demo` sends at
+        its rate."""
         while True:
             now_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
-            session = self.session(now_ms - 30 * 60_000)
+            session = self.session_by(now_ms - 30 * 60_000, now_ms)
             session.sort(key=lambda te: te[0])
             for _, ev in session:
                 yield ev

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from streams.demo import DemoConfig, DemoTraffic
+from bench.traffic import PlatformTraffic, TrafficConfig
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
 from streams.topics import INPUT_TOPICS
@@ -27,7 +27,7 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     f = kinds.add_parser("file", help="send each line of a JSON-lines file ('-' for stdin)")
     f.add_argument("path", help="path of the file, or - for stdin")
     f.add_argument("--topic", choices=INPUT_TOPICS, help='topic of lines that carry no "topic" field')
-    d = kinds.add_parser("demo", help="seeded, realistic traffic for every topic")
+    d = kinds.add_parser("demo", help="seeded traffic shaped like a tutoring platform's (docs/TRAFFIC.md)")
     d.add_argument("--rate", type=float, default=50.0, help="events per second (0: as fast as possible)")
     d.add_argument("--count", type=int, default=0, help="stop after this many events (0: run until stopped)")
     d.add_argument("--seed", type=int, default=42)
@@ -73,11 +73,12 @@ async def _send_lines(fh: TextIO, topic: str | None, settings: Settings) -> int:
 
 
 async def _send_demo(settings: Settings, *, rate: float, count: int, seed: int) -> int:
-    traffic = DemoTraffic(DemoConfig(seed=seed))
+    """The traffic model's live sessions (bench/traffic.py, docs/TRAFFIC.md): what a platform sends."""
+    traffic = PlatformTraffic(TrafficConfig(seed=seed))
     sent = 0
     started = time.monotonic()
     async with AnalyticsProducer.connect(settings.kafka_bootstrap, topic_prefix=settings.topic_prefix) as producer:
-        for topic, event in traffic.sessions():
+        for topic, event in traffic.live():
             await producer.send(topic, event, wait=False)
             sent += 1
             if count and sent >= count:
