@@ -15,10 +15,10 @@ from typing import Any, TextIO
 
 import orjson
 
-from bench.traffic import PlatformTraffic, TrafficConfig
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
 from streams.topics import INPUT_TOPICS
+from streams.traffic import PlatformTraffic, TrafficConfig
 
 
 def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,7 +73,7 @@ async def _send_lines(fh: TextIO, topic: str | None, settings: Settings) -> int:
 
 
 async def _send_demo(settings: Settings, *, rate: float, count: int, seed: int) -> int:
-    """The traffic model's live sessions (bench/traffic.py, docs/TRAFFIC.md): what a platform sends."""
+    """The traffic model's live sessions (streams/traffic.py, docs/TRAFFIC.md): what a platform sends."""
     traffic = PlatformTraffic(TrafficConfig(seed=seed))
     sent = 0
     started = time.monotonic()

@@ -98,7 +98,7 @@ def up(settings: Settings, *, demo: bool = True, api: bool = True, cluster: bool
         if api:
             children.append(_child("api", cli_command("api"), env))
             key = asyncio.run(_demo_key(settings))
-            # org-000: the largest org of the demo traffic (bench/traffic.py, docs/TRAFFIC.md)
+            # org-000: the largest org of the demo traffic (streams/traffic.py, docs/TRAFFIC.md)
             dashboard = f"http://{settings.api_host}:{settings.api_port}/dashboard/#org=org-000&key={key}"
         if demo:
             children.append(_child("demo", cli_command("produce", "demo", "--rate", "50"), env))

@@ -6,6 +6,8 @@ project installs, so `docker compose up` starts the system the README describes.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -79,3 +81,12 @@ def test_the_lua_scripts_are_package_data() -> None:
         package = path.parent.parent.name
         assert any(path.relative_to(ROOT / package).match(g) for g in data.get(package, [])), path
         assert f"COPY {package} {package}" in (ROOT / "Dockerfile").read_text()
+
+
+def test_every_cli_module_imports_where_the_package_is_installed(tmp_path: Path) -> None:
+    """The `ai-analytics` command runs from anywhere: its modules import only installed packages (bench/ and
+    tests/ are not installed; an import of them works inside the checkout only)."""
+    modules = sorted(f"cli.{p.stem}" for p in (ROOT / "cli").glob("*.py") if p.stem != "__init__")
+    code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)"
+    done = subprocess.run([sys.executable, "-c", code, *modules], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

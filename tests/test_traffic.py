@@ -1,4 +1,4 @@
-"""The traffic model (bench/traffic.py) makes what docs/TRAFFIC.md says it makes: checked on its output,
+"""The traffic model (streams/traffic.py) makes what docs/TRAFFIC.md says it makes: checked on its output,
 measured, not on its parameters."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bench.traffic import DAY_MS, HOUR_WEIGHTS, PlatformTraffic, TrafficConfig, describe
 from streams.topics import CHAT_HISTORY, CHAT_MESSAGES, LLM_OBSERVATIONS, SENTIMENT
+from streams.traffic import DAY_MS, HOUR_WEIGHTS, PlatformTraffic, TrafficConfig, describe
 
 END = datetime(2026, 12, 1, tzinfo=UTC)
 

@@ -1,7 +1,7 @@
 """A traffic model of an AI-tutoring platform: seeded, reproducible, every distribution written down with its
 reason in docs/TRAFFIC.md.
 
-    python -m bench.traffic --mode backfill --events 200000 --days 90 [--seed 7] [--orgs 20] ...
+    python -m streams.traffic --mode backfill --events 200000 --days 90 [--seed 7] [--orgs 20] ...
 
 prints what the model generated, measured (org sizes, session lengths, shares per topic, duplicates, the
 daily rhythm), so a change to a parameter shows what it does. `PlatformTraffic.backfill` gives N days of
