@@ -45,6 +45,7 @@ from redis.asyncio import Redis
 from streams.topics import AGGREGATES, ERASURES
 from tables import keys
 from tables.aggregates import FAMILIES, chat_history, llm_cost, top_students
+from tables.aggregates.base import SCAN_CHUNK, scan_batches
 from tables.conversations import ConversationState, prefix
 from tables.generations import Generations
 from tables.scripts import Call, Script, load
@@ -58,8 +59,6 @@ REMOVE_CONVERSATION_LUA = load("tables", "remove_conversation", include=("conver
 # How long an erasure waits for the publications that began before it; a token older than this is taken
 # for one whose worker died (its records were never all sent, or were sent long before).
 PUBLISH_STALE_MS = 60_000
-
-_CHUNK = 500
 
 
 @dataclass
@@ -248,9 +247,9 @@ async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, 
     indexed: Any = await redis.smembers(chat_history.filter_key(gen, org, "student", student))
     digests = {int(m) for m in indexed}
     # And any conversation whose state names them (its record's or its earliest message's student).
-    async for batch in _scan(redis, keys.conversation_buckets(gen, org)):
-        for bucket in batch:
-            async for fld, raw in redis.hscan_iter(bucket, count=_CHUNK):
+    async for batch in scan_batches(redis, keys.conversation_buckets(gen, org)):
+        for held_in in batch:
+            async for fld, raw in redis.hscan_iter(held_in, count=SCAN_CHUNK):
                 conv = ConversationState.unpack(raw)
                 if student in (conv.student, conv.first_student):
                     digests.add(int.from_bytes(fld, "big", signed=True))
@@ -277,18 +276,6 @@ async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, 
             out.sorted_sets += erased.sets
             for name, n in erased.audit.items():
                 out.what[name] = out.what.get(name, 0) + n
-
-
-async def _scan(redis: Redis, pattern: str) -> Any:
-    """The keys matching pattern, in batches (SCAN: never blocks Redis; on a cluster, every primary's)."""
-    batch: list[bytes] = []
-    async for key in redis.scan_iter(match=pattern, count=_CHUNK):
-        batch.append(key)
-        if len(batch) >= _CHUNK:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 async def publications(redis: Redis, erasure: Erasure) -> list[tuple[str, bytes, bytes | None]]:

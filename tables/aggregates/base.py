@@ -16,6 +16,7 @@ a family names its fields, the batch sums them per bucket (`Batch.add`) and writ
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -160,31 +161,33 @@ class Erased:
     audit: dict[str, int] = field(default_factory=dict)
 
 
-async def remove_everywhere(redis: Redis, pattern: str, command: str, *args: str) -> list[tuple[str, int]]:
-    """Run `command key *args` (HDEL, ZREM, SREM) on every key matching the pattern, found by SCAN (never
-    blocking Redis; on a cluster, every primary's), pipelined a few hundred at a time: (key, what it
-    removed) for each key it removed something from."""
-    out: list[tuple[str, int]] = []
-    batch: list[bytes] = []
+SCAN_CHUNK = 500
 
-    async def run() -> None:
+
+async def scan_batches(redis: Redis, pattern: str) -> AsyncIterator[list[bytes]]:
+    """The keys matching pattern, a few hundred at a time (SCAN: never blocks Redis; on a cluster, every
+    primary's)."""
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=pattern, count=SCAN_CHUNK):
+        batch.append(key)
+        if len(batch) >= SCAN_CHUNK:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def remove_everywhere(redis: Redis, pattern: str, command: str, *args: str) -> list[tuple[str, int]]:
+    """Run `command key *args` (HDEL, ZREM, SREM) on every key matching the pattern (`scan_batches`), one
+    pipeline per batch: (key, what it removed) for each key it removed something from."""
+    out: list[tuple[str, int]] = []
+    async for batch in scan_batches(redis, pattern):
         async with redis.pipeline(transaction=False) as pipe:
             for key in batch:
                 getattr(pipe, command.lower())(key, *args)
             removed = await pipe.execute()
         out.extend((key.decode(), int(n)) for key, n in zip(batch, removed, strict=True) if n)
-        batch.clear()
-
-    async for key in redis.scan_iter(match=pattern, count=_SCAN_CHUNK):
-        batch.append(key)
-        if len(batch) >= _SCAN_CHUNK:
-            await run()
-    if batch:
-        await run()
     return out
-
-
-_SCAN_CHUNK = 500
 
 
 class Family(Protocol[S]):
