@@ -121,10 +121,6 @@ async def list_orgs(redis: Redis) -> list[str]:
     return sorted(m.decode() for m in members)
 
 
-async def org_exists(redis: Redis, org: str) -> bool:
-    return bool(await redis.sismember(keys.orgs(), org))
-
-
 async def register_org(redis: Redis, org: str) -> None:
     await redis.sadd(keys.orgs(), org)
 

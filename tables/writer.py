@@ -45,7 +45,6 @@ class OrgWrite:
     sets: dict[tuple[int, str], str] = field(default_factory=dict)
     zrems: dict[tuple[int, str], None] = field(default_factory=dict)
     zadds: dict[tuple[int, str], float] = field(default_factory=dict)
-    nx_zadds: dict[tuple[int, str], float] = field(default_factory=dict)
     maxes: dict[tuple[int, str], int] = field(default_factory=dict)
     expires: dict[int, int] = field(default_factory=dict)
     # event_id -> (value before the batch, value after), per hash key (observations): checked and written in bulk
@@ -142,9 +141,6 @@ class OrgWrite:
         self.zadds.pop(slot, None)
         self.zrems[slot] = None
 
-    def nx_zadd(self, key: str, member: str, score: float) -> None:
-        self.nx_zadds.setdefault((self.k(key), member), score)
-
     def hmax(self, key: str, fld: str, value: int) -> None:
         slot = (self.k(key), fld)
         self.maxes[slot] = max(value, self.maxes.get(slot, value))
@@ -182,7 +178,6 @@ class OrgWrite:
                 "i": [[k, f, str(n)] for (k, f), n in self._incr_order],
                 "z": [[k, *_pairs(members)] for k, members in self.zincrs.items() if any(members.values())],
                 "s": [[k, f, v] for (k, f), v in self.sets.items()],
-                "an": [[k, m, _score(s)] for (k, m), s in self.nx_zadds.items()],
                 "r": [[k, m] for (k, m) in self.zrems],
                 "a": [[k, m, _score(s)] for (k, m), s in self.zadds.items()],
                 "m": [[k, f, str(v)] for (k, f), v in self.maxes.items()],

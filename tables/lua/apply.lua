@@ -66,7 +66,6 @@ local function members(command, o)
 end
 for _, o in ipairs(p.sr) do members('SREM', o) end
 for _, o in ipairs(p.sa) do members('SADD', o) end
-for _, o in ipairs(p.an) do redis.call('ZADD', KEYS[o[1]], 'NX', o[3], o[2]) end
 for _, o in ipairs(p.m) do
   local cur = tonumber(redis.call('HGET', KEYS[o[1]], o[2]) or '-1')
   if tonumber(o[3]) > cur then redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
