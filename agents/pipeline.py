@@ -47,6 +47,7 @@ from tables.writer import OrgWrite, Writer
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 50
+MIN_SCRIPT_EVENTS = 50  # an org's part is never cut below this many events (`BatchProcessor._parts`)
 
 
 def fault_reason(exc: BaseException) -> str:
@@ -149,6 +150,7 @@ class BatchProcessor:
         self.replication = Replication(redis, replicas, settings.redis_wait_timeout_ms)
         self.limits = Limits.from_settings(settings)
         self.planner = Planner(PriceTable.load(settings.price_table), Retention.from_settings(settings))
+        self._ops_per_event = 8.0  # Redis operations per event of the writes planned lately (`_learn`)
 
     async def validate(self, batch: Batch, *, step: int = 2000) -> Validated:
         """Parse every record: valid events by org, and dead letters. It yields every `step` records, so an
@@ -329,7 +331,7 @@ class BatchProcessor:
 
         A part whose predecessor met a conflict is not trusted: it is planned again once that one is
         through (`_apply`, serially). So the guards, not the overlap, decide what is written."""
-        parts = _parts(by_org, self.settings.apply_chunk)
+        parts = self._parts(by_org)
         inflight: Inflight | None = None
         read: Read | None = None
         try:
@@ -420,7 +422,16 @@ class BatchProcessor:
     async def _apply(
         self, by_org: dict[str, list[Event]], now_ms: int, gens: Generations, result: BatchResult, gen: int
     ) -> list[tuple[OrgWrite, OrgState]]:
-        """Plan and apply every org's write to generation `gen`, re-planning the orgs that conflict."""
+        """Plan and apply every org's write to generation `gen`, re-planning the orgs that conflict: in parts
+        of at most about `apply_script_ops` operations per org's script (`_parts`), one after the other."""
+        done: list[tuple[OrgWrite, OrgState]] = []
+        for part in self._parts(by_org, events=0):
+            done += await self._apply_part(part, now_ms, gens, result, gen)
+        return done
+
+    async def _apply_part(
+        self, by_org: dict[str, list[Event]], now_ms: int, gens: Generations, result: BatchResult, gen: int
+    ) -> list[tuple[OrgWrite, OrgState]]:
         pending = by_org
         done: list[tuple[OrgWrite, OrgState]] = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -442,6 +453,20 @@ class BatchProcessor:
             pending = {org: pending[org] for org in conflicts}
             await asyncio.sleep(0.002 * attempt)  # let the other writer finish before re-reading
         raise RuntimeError(f"gave up applying a batch after {MAX_ATTEMPTS} conflicting attempts: {conflicts}")
+
+    def _parts(self, by_org: dict[str, list[Event]], events: int | None = None) -> list[dict[str, list[Event]]]:
+        """The batch's parts: about `apply_chunk` events each (`events`: instead), and no org's script over
+        about `apply_script_ops` operations, by the operations per event of the writes planned lately."""
+        budget = self.settings.apply_script_ops
+        per_org = max(MIN_SCRIPT_EVENTS, int(budget / self._ops_per_event)) if budget else 0
+        return _parts(by_org, self.settings.apply_chunk if events is None else events, per_org)
+
+    def _learn(self, writes: list[OrgWrite]) -> None:
+        """Follow the operations per event of the writes planned (a moving average; the parts' bound)."""
+        ops = sum(w.operations() for w in writes)
+        events = sum(len(w.items) for w in writes)
+        if events:
+            self._ops_per_event = 0.7 * self._ops_per_event + 0.3 * max(0.1, ops / events)
 
     async def read(self, by_org: dict[str, list[Event]], gen: int) -> Read:
         """Every org's state in generation `gen`, in one round trip."""
@@ -479,6 +504,7 @@ class BatchProcessor:
             pending = retry
             if pending:
                 states = await self.reader.read({org: queries[org] for org in pending}, gen)
+        self._learn(writes)
         return writes
 
 
@@ -501,13 +527,17 @@ def _generations_changed(conflicts: dict[str, str]) -> bool:
     return any(keys.org_generations(org) in reason for org, reason in conflicts.items())
 
 
-def _parts(by_org: dict[str, list[Event]], size: int) -> list[dict[str, list[Event]]]:
-    """The batch in parts of about `size` events (0: one part), each org's items kept in their order, so
-    every partition's records stay in offset order from part to part."""
+def _parts(by_org: dict[str, list[Event]], size: int, per_org: int = 0) -> list[dict[str, list[Event]]]:
+    """The batch in parts of about `size` events (0: no bound) and at most about `per_org` events of one org
+    (0: no bound), each org's items kept in their order, so every partition's records stay in offset order
+    from part to part."""
     total = sum(len(items) for items in by_org.values())
-    if size <= 0 or total <= size:
+    n = max(
+        -(-total // size) if size > 0 else 1,
+        -(-max((len(items) for items in by_org.values()), default=0) // per_org) if per_org > 0 else 1,
+    )
+    if n <= 1:
         return [by_org]
-    n = -(-total // size)
     return [
         parts
         for k in range(n)

@@ -3,28 +3,36 @@
     python -m bench.run                     # the full run (about half an hour on 2 cores)
     python -m bench.run --quick             # small sizes, a few minutes: to check the harness
 
-Starts its own Kafka and Redis (temporary folder, free ports; `AIA_BENCH_DIR` keeps the folder), then:
-1. produces N chat messages (~270 bytes, 5 orgs, sessions of 8) to one topic;
-2. ceiling: one raw aiokafka consumer, `getmany` + `orjson.loads`, nothing else;
-3. each engine (kafka: the aiokafka loop; faust: Faust agents): one worker process from the first event
-   to the last applied in Redis, its RSS sampled as it runs, the CPU the worker, redis-server and the
-   broker used meanwhile (in cores, from /proc), Redis memory per million events after it (and, after
-   the kafka engine's run, by kind of key: bench/memory.py); then two workers in one group on the same
-   events;
-   rebuild: `ai-analytics rebuild` of the same events into a new generation;
-4. peers, on the first `--baseline-events`: baseline, the textbook Faust way (bench/faust_baseline.py);
-   quix, Quix Streams' idiomatic app for the same aggregates (bench/quix_peer.py; `pip install -e ".[bench]"`);
-5. freshness: a worker and the API, demo-like load at fixed rates plus probe events; the delay from a
+Starts its own Kafka and Redis (temporary folder, free ports; `AIA_BENCH_DIR` keeps the folder), then, for
+each traffic of `--traffics` (bench/throughput.py): **backfill**, the platform traffic model's 90-day history
+(streams/traffic.py, docs/TRAFFIC.md), **live**, its sessions of the last minutes, and **chat**, the earlier
+chat-only events kept as one comparison line:
+1. produces N events to the four input topics (a prefix per traffic);
+2. ceiling: one raw aiokafka consumer of them, `getmany` + `orjson.loads`, nothing else;
+3. each engine (kafka: the aiokafka loop; faust: Faust agents): one worker process from the first record
+   to the last applied (the group's progress in Redis), a line of progress every 15 s, its RSS sampled as
+   it runs, the CPU the worker, redis-server and the broker used meanwhile (in cores, from /proc) and the
+   events per CPU-second of the whole system, Redis memory per million events after it (and, after the
+   kafka engine's backfill, by kind of key: bench/memory.py); then two workers in one group on the same
+   events (on 2 cores: compared as events per CPU-second);
+   rebuild: `ai-analytics rebuild` of the backfill into a new generation;
+4. peers, on the backfill's first `--baseline-events`: baseline, the textbook Faust way (bench/
+   faust_baseline.py) and quix, Quix Streams' idiomatic app (bench/quix_peer.py), on its chat messages;
+   pathway and bytewax (bench/pathway_peer.py, bench/bytewax_peer.py) on all four topics, with and without
+   exact dedup, one thread and two (`pip install -e ".[bench]"`); each row says what the peer does not do;
+5. freshness: a worker and the API, the live traffic at fixed rates plus probe events; the delay from a
    probe's send to its effect visible through the API (polled every 10 ms);
-6. serving: the five endpoints under 100 concurrent pollers (each polling once a second, as dashboards
-   do), 7-day and 90-day ranges, with 1M and 10M events stored (loaded through the batch pipeline,
-   spread over 90 days); then the same 100 pollers without pause, for the API's saturation throughput,
-   plainly and sending If-None-Match (304 until the data changes); then 1,000 pollers once a second;
+6. serving: the five endpoints of the largest org under 100 concurrent pollers (each polling once a
+   second, as dashboards do), 7-day and 90-day ranges, with 1M and 10M events of the backfill stored
+   (loaded through the batch pipeline as they are made); at the largest size, the same while a worker
+   applies the backfill's topics at full speed, with a reader's PING latency meanwhile and Redis's longest
+   command; then the same 100 pollers without pause, for the API's saturation throughput, plainly and
+   sending If-None-Match (304 until the data changes); then 1,000 pollers once a second;
 7. cluster (its own three brokers and Redis Cluster, once the single ones are stopped): 1, 2 and 4
-   workers on `--cluster-events` events, 100 pollers without pause, and while a worker applies 2,000
-   events/s and the API is polled, the longest time answers and applying stopped when the leader broker
-   of a partition was killed (back after 8 s), and when an org's Redis primary was killed (its replica
-   promoted, the old primary back as a replica).
+   workers on `--cluster-events` events of the backfill, 100 pollers without pause, and while a worker
+   applies 2,000 chat messages/s and the API is polled, the longest time answers and applying stopped when
+   the leader broker of a partition was killed (back after 8 s), and when an org's Redis primary was killed
+   (its replica promoted, the old primary back as a replica).
 Prints each figure as it comes and writes the report to docs/BENCHMARKS.md (`--out`); `--only kafka,faust`
 runs just those sections (the ceiling is always measured, for the ratios).
 """
@@ -37,13 +45,13 @@ import contextlib
 import logging
 import os
 import platform
-import random
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
@@ -54,22 +62,35 @@ import aiohttp
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import RedisCluster
+from redis.asyncio import Redis, RedisCluster
 
 from agents.pipeline import Batch, BatchProcessor
 from agents.rebuild import Rebuild
 from bench import memory
 from bench.cluster import Poller, bounce_leader_broker, fail_over_primary
-from bench.throughput import ORGS, applied, ceiling, event, produce, start_worker
+from bench.pipeline import ping_meanwhile
+from bench.throughput import (
+    ORGS,
+    applied,
+    ceiling,
+    consumed,
+    event,
+    pct,
+    produce_messages,
+    start_worker,
+    stream,
+)
 from infra.kafka import KafkaBroker, KafkaCluster
 from infra.procs import ROOT, cli_command, free_port, spawn, wait_until
 from infra.redis import RedisClusterNodes, RedisServer
 from streams.clients import ensure_topics
 from streams.deadletter import Record
 from streams.settings import ENGINES, Settings
+from streams.topics import INPUT_TOPICS
 from tables import apikeys, connections, keys
 
 API_PATH = "/api/ai-analytics/orgs/{org}/users/bench/"
+SERVED_ORG = "org-000"  # the traffic model's largest org
 # The endpoints a dashboard polls whose answers are shared per data version (api/cache.py).
 ANALYTICS = ("average-messages-per-session", "sentiment-count", "tenant-cost", "top-students-by-chat-messages")
 
@@ -113,25 +134,31 @@ class Run:
 
 
 async def run_ours(settings: Settings, n: int, workers: int, tmp: Path, others: dict[str, int] | None = None) -> Run:
-    """Apply the n events with `workers` workers; `others`: more processes whose CPU is reported (name -> pid)."""
+    """Apply the n records of the settings' topics with `workers` workers, from the first record applied to
+    the last (`consumed`: the group's progress in Redis, every record counted, copies and dead letters too);
+    `others`: more processes whose CPU is reported (name -> pid). A line of progress every 15 s."""
     redis = connections.connect(settings.redis_url)
     await redis.flushall()
     procs = [start_worker(settings, f"w{i}", tmp / f"{settings.app_id}-{i}.log") for i in range(workers)]
     samples: list[int] = []
     first_at = None
     first_count = 0
-    last_sample = 0.0
+    last_sample = last_said = 0.0
     try:
         deadline = time.monotonic() + 3600
         while True:
-            done = await applied(redis)
+            done = await consumed(redis, settings.app_id)
             if done and first_at is None:
                 first_at, first_count = time.perf_counter(), done
                 pids = {"workers": [p.pid for p in procs], **{k: [pid] for k, pid in (others or {}).items()}}
                 cpu0 = {k: sum(cpu_s(pid) for pid in ps) for k, ps in pids.items()}
+                last_said = time.monotonic()
             if first_at is not None and time.monotonic() - last_sample >= 1.0:  # from the first event on
                 samples.append(rss_kib(procs[0].pid))
                 last_sample = time.monotonic()
+            if first_at is not None and time.monotonic() - last_said >= 15:
+                last_said = time.monotonic()
+                say_progress(done, n, time.perf_counter() - first_at, first_count)
             if done >= n:
                 break
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
@@ -150,23 +177,33 @@ async def run_ours(settings: Settings, n: int, workers: int, tmp: Path, others: 
         await redis.aclose()
 
 
-def run_peer(settings: Settings, n: int, tmp: Path, name: str) -> float:
+def say_progress(done: int, n: int, elapsed: float, first: int = 0) -> None:
+    """A long run's progress line: done, rate, time left."""
+    rate = (done - first) / elapsed if elapsed > 0 else 0.0
+    left = (n - done) / rate if rate > 0 else float("inf")
+    print(f"           ... {done:,} / {n:,} ({rate:,.0f}/s, {left:,.0f} s left)", flush=True)
+
+
+def run_peer(settings: Settings, n: int, tmp: Path, name: str, env_more: dict[str, str] | None = None) -> float:
     """Events/s of a peer on the first n events: `faust-baseline` (bench/faust_baseline.py) or `quix`
-    (bench/quix_peer.py), each a process of its own that writes its result to a file."""
+    (bench/quix_peer.py) on the chat messages; `pathway` or `bytewax` (bench/pathway_peer.py,
+    bench/bytewax_peer.py) on the four topics. Each a process of its own that writes its result to a file."""
     result = tmp / f"{name}.result"
     result.unlink(missing_ok=True)
     env = {
         **os.environ,
         "BENCH_BOOTSTRAP": settings.kafka_bootstrap,
         "BENCH_TOPIC": settings.topic("chat-messages"),
+        "BENCH_TOPICS": ",".join(settings.topic(t) for t in INPUT_TOPICS),
         "BENCH_EVENTS": str(n),
         "BENCH_RESULT": str(result),
         "BENCH_DATADIR": str(tmp / f"{name}-data"),
         "BENCH_APP_ID": f"{name}-{uuid.uuid4().hex[:6]}",
         "BENCH_PARTITIONS": str(settings.topic_partitions),
+        **(env_more or {}),
     }
-    if name == "quix":
-        command = [sys.executable, "-m", "bench.quix_peer"]
+    if name in ("quix", "pathway", "bytewax"):
+        command = [sys.executable, "-m", f"bench.{name}_peer"]
     else:
         command = [sys.executable, "-m", "bench.faust_baseline", "worker", "-l", "warn", "--without-web"]
     proc = spawn(command, log=tmp / f"{name}.log", env=env)
@@ -217,11 +254,6 @@ class Api:
             self.proc.wait(30)
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 async def freshness(settings: Settings, api: Api, rate: int, seconds: float, tmp: Path) -> tuple[float, float, int]:
     """(p50 ms, p99 ms, probes) of send -> visible through the API at `rate` events/s in total."""
     run = uuid.uuid4().hex[:6]
@@ -239,7 +271,9 @@ async def freshness(settings: Settings, api: Api, rate: int, seconds: float, tmp
     stop = asyncio.Event()
 
     async def load() -> None:
-        """`rate` events a second in total, 20 of them probes (each a new session of the probe org)."""
+        """`rate` events a second in total, 20 of them probes (each a new session of the probe org), the rest
+        the platform traffic model's live sessions."""
+        live = stream("live", 10**12, seed=11)
         start = time.perf_counter()
         count, next_probe = 0, start
         while (now := time.perf_counter()) - start < seconds:
@@ -249,9 +283,10 @@ async def freshness(settings: Settings, api: Api, rate: int, seconds: float, tmp
                     next_probe += 0.05
                     e = _chat(f"p{run}-{len(sent)}", probe_org, f"ps{len(sent)}", "human")
                     sent.append(time.perf_counter())
-                else:
-                    e = _chat(f"l{run}-{count}", f"load{(count // 8) % 5}", f"ls{count // 8}", "ai")
-                await producer.send(s.topic("chat-messages"), orjson.dumps(e), key=e["session_id"].encode())
+                    await producer.send(s.topic("chat-messages"), orjson.dumps(e), key=e["session_id"].encode())
+                else:  # the platform traffic's live sessions
+                    topic, key, value = next(live)
+                    await producer.send(s.topic(topic), value, key=key)
             await asyncio.sleep(0.005)
         await producer.flush()
 
@@ -303,55 +338,81 @@ def _chat(event_id: str, org: str, session: str, role: str, ts_ms: int | None = 
     }
 
 
-def serving_records(n: int, seed: int) -> Any:
-    """n events over the last 89 days, 5 orgs: chat messages (70%), sentiment (15%), observations (15%)."""
-    rng = random.Random(seed)
-    now_ms = int(time.time() * 1000)
-    span = 89 * 86_400_000
-    offsets = [0, 0, 0]
-    for i in range(n):
-        org = f"org{(i // 8) % 5}"
-        ts = now_ms - rng.randrange(span)
-        kind = rng.random()
-        if kind < 0.70:
-            sess = f"s{i // 8}"
-            e = _chat(f"e{i}", org, sess, "human" if i % 2 else "ai", ts)
-            topic, key, t = "chat-messages", sess.encode(), 0
-        elif kind < 0.85:
-            e = {"event_id": f"e{i}", "org": org, "timestamp": ts, "session_id": f"s{i // 8}",
-                 "student": f"student{i % 400:03d}", "sentiment": rng.choice(["positive", "neutral", "negative"])}  # fmt: skip
-            topic, key, t = "sentiment", None, 1
-        else:
-            e = {"event_id": f"e{i}", "org": org, "timestamp": ts, "trace_id": f"t{i}", "type": "generation",
-                 "model": "gpt-4o-mini", "usage": {"input": rng.randrange(2000), "output": rng.randrange(800)}}  # fmt: skip
-            topic, key, t = "llm-observations", None, 2
-        offsets[t] += 1
-        yield Record(topic, 0, offsets[t], key, orjson.dumps(e))
-
-
 async def load_store(settings: Settings, n: int) -> float:
-    """Apply n events straight through the batch pipeline (no Kafka); returns Redis MiB used."""
+    """Apply n events of the platform traffic's 90-day backfill straight through the batch pipeline (no
+    Kafka), streamed as they are made; returns Redis MiB used."""
     redis = connections.connect(settings.redis_url)
     await redis.flushall()
 
-    async def no_dead(dead: list[Any]) -> None:
-        raise RuntimeError(f"unexpected dead letters: {dead[:3]}")
+    async def dead_letters(dead: list[Any]) -> None:
+        pass  # the traffic's late cost upserts past the window, and the like: counted by the pipeline
 
-    proc = BatchProcessor(settings, redis, no_dead)
+    proc = BatchProcessor(settings, redis, dead_letters)
     batch: list[Record] = []
-    started = time.perf_counter()
-    for i, record in enumerate(serving_records(n, seed=n), 1):
-        batch.append(record)
+    offsets: dict[tuple[str, int], int] = {}
+    started = last = time.perf_counter()
+    for i, (topic, key, value) in enumerate(stream("backfill", n), 1):
+        p = zlib.crc32(key) % settings.topic_partitions if key is not None else i % settings.topic_partitions
+        o = offsets.get((topic, p), 0)
+        offsets[topic, p] = o + 1
+        batch.append(Record(topic, p, o, key, value))
         if len(batch) == 20_000:
             await proc.process(Batch.of(batch))
             batch = []
-        if i % 1_000_000 == 0:
-            print(f"           loaded {i:,} events ({i / (time.perf_counter() - started):,.0f}/s)", flush=True)
+            if time.perf_counter() - last >= 15:
+                last = time.perf_counter()
+                say_progress(i, n, last - started)
     if batch:
         await proc.process(Batch.of(batch))
     used = int((await redis.info("memory"))["used_memory"])
     await redis.aclose()
     return used / 2**20
+
+
+async def wait_consuming(redis: Redis, group: str) -> None:
+    """Until the group has applied a first record."""
+    for _ in range(1200):
+        if await consumed(redis, group):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{group} applied nothing in 2 minutes")
+
+
+async def serving_during_backfill(
+    args: argparse.Namespace, report: Report, base: Settings, api: Api, token: str, tmp: Path, size: int
+) -> None:
+    """The endpoints polled (100 pollers once a second, 7-day range) while a worker applies the backfill's
+    events at full speed onto the stored ones; meanwhile a reader's PING (a process of its own, every 10 ms)
+    and Redis's slow log: how long a reader waited behind the worker, and its longest command."""
+    s = replace(base, topic_prefix="backfill.", app_id=f"during-{uuid.uuid4().hex[:6]}")
+    redis = connections.connect(base.redis_url)
+    await redis.config_set("slowlog-log-slower-than", 1000)
+    await redis.config_set("slowlog-max-len", 10_000)
+    await redis.slowlog_reset()
+    worker = start_worker(s, "during", tmp / "during-backfill.log")
+    pings: list[float] = []
+    stop = asyncio.Event()
+    pinger = asyncio.create_task(ping_meanwhile(base.redis_url, pings, stop))
+    try:
+        await wait_consuming(redis, s.app_id)
+        results = await serving(api, token, 7, args.serving_seconds)
+        applied_meanwhile = await consumed(redis, s.app_id)
+    finally:
+        stop.set()
+        await pinger
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(60)
+    slow = await redis.slowlog_get(10_000)
+    await redis.aclose()
+    for name, (p50, p99, count) in results.items():
+        report.add("serving", f"{size:,} events, 7-day range, {name}, while a worker applies the 90-day backfill "
+                   f"at full speed: p50 / p99 ({count:,} requests)", f"{p50:,.1f} / {p99:,.1f} ms")  # fmt: skip
+    report.add("serving", f"meanwhile ({applied_meanwhile:,} records applied): a reader's PING every 10 ms, p50 / "
+               "p99 / p99.9 / max", " / ".join(f"{pct(pings, q):,.2f}" for q in (50, 99, 99.9, 100)) + " ms")  # fmt: skip
+    longest = max(slow, key=lambda e: e["duration"], default=None)
+    report.add("serving", "meanwhile: Redis's longest command (slow log)",
+               "none of 1 ms or more" if longest is None else
+               f"{longest['duration'] / 1000:,.1f} ms ({str(longest['command'])[:40]}...)")  # fmt: skip
 
 
 async def serving(
@@ -369,7 +430,7 @@ async def serving(
     end = datetime.now(UTC).date()
     start = end - timedelta(days=days - 1)
     rng = {"start_date": start.isoformat(), "end_date": end.isoformat()}
-    base = f"{api.base}{API_PATH.format(org='org0')}"
+    base = f"{api.base}{API_PATH.format(org=SERVED_ORG)}"
     endpoints: dict[str, tuple[str, dict[str, Any]]] = {
         "average-messages-per-session": ("average-messages-per-session/", rng),
         "chat-history": ("chat-history/", {**rng, "page_size": 20}),
@@ -432,6 +493,7 @@ async def _poll(
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--traffics", default="backfill,live,chat", help="comma-separated: backfill, live, chat")
     parser.add_argument("--baseline-events", type=int, default=200_000)
     parser.add_argument("--serving-events", default="1000000,10000000", help="comma-separated sizes")
     parser.add_argument("--serving-seconds", type=float, default=10.0, help="per endpoint and range")
@@ -443,7 +505,8 @@ async def main() -> None:
         "--only",
         default="",
         help="comma-separated sections: kafka, faust (each engine: one and two workers), rebuild, baseline, "
-        "quix (needs the bench extra), freshness, serving, cluster; the ceiling is always measured",
+        "quix, pathway, bytewax (the peers need the bench extra), freshness, serving, cluster; the ceiling is "
+        "always measured",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
@@ -468,85 +531,11 @@ async def main() -> None:
                 alert_interval=0,  # the benchmark measures the pipeline; alerts have their own tests
             )
             await ensure_topics(base)
-            n = args.events
-            avg = await produce(base, n)
-            ceil = await ceiling(base, n)
-            report.add("ceiling", f"raw aiokafka getmany + orjson.loads, {n:,} events", f"{ceil:,.0f} events/s")
-            one_by_engine: dict[str, float] = {}
-            for engine in ENGINES:
-                if not wanted(args, engine):
-                    continue
-                settings = replace(base, engine=engine, app_id=f"one-{engine}-{uuid.uuid4().hex[:6]}")
-                others = {"redis": _pid(redis_server.proc), "broker": _pid(kafka.proc)}
-                first = await run_ours(settings, n, 1, tmp, others)
-                one, rss = first.rate, first.rss
-                one_by_engine[engine] = one
-                redis = connections.connect(base.redis_url)
-                used, kinds = await memory.breakdown(redis)
-                await redis.aclose()
-                report.add(engine, "one worker, first to last event applied in Redis", f"{one:,.0f} events/s")
-                report.add(engine, "ratio to the ceiling", f"{one / ceil:.3f}")
-                report.add(
-                    engine,
-                    "worker RSS while it applied them (first / max / last sample, one a second)",
-                    f"{rss[0] / 1024:.0f} / {max(rss) / 1024:.0f} / {rss[-1] / 1024:.0f} MiB ({len(rss)} samples)",
-                )
-                report.add(
-                    engine, "Redis used_memory per million events applied", f"{used / 2**20 / (n / 1e6):,.0f} MiB"
-                )
-                if engine == "kafka":  # what each kind of key costs (the same for either engine)
-                    for kind, (count, size) in sorted(kinds.items(), key=lambda kv: -kv[1][1])[:8]:
-                        report.add("memory", f"`{kind}` keys ({count:,}), MEMORY USAGE per million events",
-                                   f"{size / 2**20 / (n / 1e6):,.1f} MiB")  # fmt: skip
-                report.add(
-                    engine,
-                    "CPU meanwhile, in cores: worker / Redis / broker",
-                    " / ".join(f"{first.cpu[k]:.2f}" for k in ("workers", "redis", "broker")),
-                )
-                settings = replace(settings, app_id=f"two-{engine}-{uuid.uuid4().hex[:6]}")
-                two = (await run_ours(settings, n, 2, tmp)).rate
-                report.add(
-                    engine, "two workers in one group, same events", f"{two:,.0f} events/s ({two / one:.2f}x one)"
-                )
-            if wanted(args, "rebuild"):
-                # `ai-analytics rebuild` over the same topic into a new generation, nothing else running.
-                redis = connections.connect(base.redis_url)
-                t0 = time.perf_counter()
-                await Rebuild(base, redis, grace_s=0, say=lambda _line: None).run()
-                took = time.perf_counter() - t0
-                await redis.flushall()  # the sections after it start from generation 0
-                await redis.aclose()
-                report.add("rebuild", f"ai-analytics rebuild of {n:,} events into a new generation (no live traffic)",
-                           f"{n / took:,.0f} events/s, {took / (n / 1e6):,.0f} s per million")  # fmt: skip
-            if len(one_by_engine) == 2:
-                report.add(
-                    "engines", "faust / kafka, one worker", f"{one_by_engine['faust'] / one_by_engine['kafka']:.2f}"
-                )
-            if wanted(args, "baseline"):
-                nb = min(args.baseline_events, n)
-                faust_rate = run_peer(base, nb, tmp, "faust-baseline")
-                report.add(
-                    "baseline",
-                    f"textbook Faust, windowed tables per event, first {nb:,} events",
-                    f"{faust_rate:,.0f} events/s",
-                )
-                for engine, one in one_by_engine.items():
-                    report.add(
-                        "baseline", f"{engine} engine / baseline (goal: at least 5x)", f"{one / faust_rate:.1f}x"
-                    )
-            if wanted(args, "quix"):
-                nb = min(args.baseline_events, n)
-                quix_rate = run_peer(base, nb, tmp, "quix")
-                report.add(
-                    "quix",
-                    f"Quix Streams {version('quixstreams')}, its idiomatic app for the same aggregates, first {nb:,} events",
-                    f"{quix_rate:,.0f} events/s",
-                )
-                for engine, one in one_by_engine.items():
-                    report.add("quix", f"{engine} engine / Quix Streams", f"{one / quix_rate:.1f}x")
+            sizes = await throughput_sections(args, report, base, tmp, {"redis": _pid(redis_server.proc),
+                                                                       "broker": _pid(kafka.proc)})  # fmt: skip
             machine = await _machine(base)
             if not (wanted(args, "freshness") or wanted(args, "serving") or wanted(args, "cluster")):
-                write_report(args, report, began, machine, avg)
+                write_report(args, report, began, machine, sizes)
                 return
 
             api = Api(base, tmp)
@@ -579,6 +568,8 @@ async def main() -> None:
                                f"{', If-None-Match' if conditional else ''}: analytics endpoints ({api.processes} API "
                                f"processes)", f"{total / (args.serving_seconds / 2 * len(sat)):,.0f} requests/s, p99 "
                                f"{max(p99 for _, p99, _ in sat.values()):,.0f} ms (worst endpoint)")  # fmt: skip
+                if size == max(int(x) for x in args.serving_events.split(",")) and "backfill" in args.traffics:
+                    await serving_during_backfill(args, report, base, api, token, tmp, size)
                 for conditional in (False, True):
                     many = await serving(api, token, 7, args.serving_seconds, pollers=1000, conditional=conditional,
                                          only=ANALYTICS)  # fmt: skip
@@ -597,12 +588,139 @@ async def main() -> None:
                 except Exception as exc:  # the sections before it are still written down
                     log.exception("the cluster section failed")
                     report.add("cluster", "the section failed", repr(exc))
-            write_report(args, report, began, machine, avg)
+            write_report(args, report, began, machine, sizes)
         finally:
             if api is not None:
                 api.stop()
             kafka.stop()
             redis_server.stop()
+
+
+TRAFFIC_NAMES = {
+    "backfill": "platform traffic, a 90-day backfill",
+    "live": "platform traffic, live",
+    "chat": "chat-only events (the earlier benchmark's; a comparison line)",
+}
+
+
+async def throughput_sections(
+    args: argparse.Namespace, report: Report, base: Settings, tmp: Path, others: dict[str, int]
+) -> dict[str, float]:
+    """Per traffic (`--traffics`), on its own topics: the ceiling, then each engine with one worker and two
+    (the CPU split and events per CPU-second of the whole system beside each), Redis's memory after it (by
+    kind of key, for the backfill); then the rebuild and the peers on the backfill. Returns each traffic's
+    average event size."""
+    sizes: dict[str, float] = {}
+    for traffic in args.traffics.split(","):
+        s = replace(base, topic_prefix=f"{traffic}.")
+        await ensure_topics(s)
+        counts, sizes[traffic] = await produce_messages(s, stream(traffic, args.events))
+        n = sum(counts.values())
+        section = traffic
+        ceil = await ceiling(s, n)
+        report.add(section, f"ceiling ({TRAFFIC_NAMES[traffic]}): raw aiokafka getmany + orjson.loads, {n:,} events",
+                   f"{ceil:,.0f} events/s")  # fmt: skip
+        one_by_engine: dict[str, float] = {}
+        for engine in ENGINES if traffic != "chat" else ("kafka",):
+            if not wanted(args, engine):
+                continue
+            settings = replace(s, engine=engine, app_id=f"one-{engine}-{uuid.uuid4().hex[:6]}")
+            first = await run_ours(settings, n, 1, tmp, others)
+            one, rss = first.rate, first.rss
+            one_by_engine[engine] = one
+            redis = connections.connect(base.redis_url)
+            used, kinds = await memory.breakdown(redis)
+            await redis.aclose()
+            what = f"{engine} engine, one worker"
+            report.add(section, f"{what}, first to last event applied in Redis", f"{one:,.0f} events/s")
+            report.add(section, f"{what}: ratio to the ceiling", f"{one / ceil:.3f}")
+            report.add(section, f"{what}: CPU meanwhile, in cores: worker / Redis / broker; events per CPU-second of "
+                       "the whole system", f"{_split(first.cpu)}; {_per_cpu_s(first):,.0f}")  # fmt: skip
+            report.add(
+                section,
+                f"{what}: worker RSS while it applied them (first / max / last sample, one a second)",
+                f"{rss[0] / 1024:.0f} / {max(rss) / 1024:.0f} / {rss[-1] / 1024:.0f} MiB ({len(rss)} samples)",
+            )
+            report.add(section, f"{what}: Redis used_memory per million events", f"{used / 2**20 / (n / 1e6):,.0f} MiB")
+            if engine == "kafka" and traffic == "backfill":  # what each kind of key costs (either engine's)
+                for kind, (count, size) in sorted(kinds.items(), key=lambda kv: -kv[1][1])[:12]:
+                    report.add("memory", f"backfill: `{kind}` keys ({count:,}), MEMORY USAGE per million events",
+                               f"{size / 2**20 / (n / 1e6):,.1f} MiB")  # fmt: skip
+            if traffic == "chat":
+                continue
+            settings = replace(settings, app_id=f"two-{engine}-{uuid.uuid4().hex[:6]}")
+            two = await run_ours(settings, n, 2, tmp, others)
+            report.add(section, f"{engine} engine, two workers in one group (2 cores: they share them with Redis and "
+                       "the broker)", f"{two.rate:,.0f} events/s ({two.rate / one:.2f}x one)")  # fmt: skip
+            report.add(section, f"{engine} engine, two workers: CPU in cores: workers / Redis / broker; events per "
+                       "CPU-second of the whole system (and / one worker's)", f"{_split(two.cpu)}; "
+                       f"{_per_cpu_s(two):,.0f} ({_per_cpu_s(two) / _per_cpu_s(first):.2f})")  # fmt: skip
+        if len(one_by_engine) == 2:
+            report.add(section, "faust / kafka, one worker", f"{one_by_engine['faust'] / one_by_engine['kafka']:.2f}")
+        if traffic != "backfill":
+            continue
+        if wanted(args, "rebuild"):
+            # `ai-analytics rebuild` over the same topics into a new generation, nothing else running.
+            redis = connections.connect(base.redis_url)
+            await redis.flushall()
+            t0 = time.perf_counter()
+            await Rebuild(s, redis, grace_s=0, say=lambda _line: None).run()
+            took = time.perf_counter() - t0
+            await redis.flushall()  # the sections after it start from generation 0
+            await redis.aclose()
+            report.add("rebuild", f"ai-analytics rebuild of the backfill's {n:,} events into a new generation (no "
+                       "live traffic)", f"{n / took:,.0f} events/s, {took / (n / 1e6):,.0f} s per million")  # fmt: skip
+        peers(args, report, s, tmp, counts, one_by_engine)
+    return sizes
+
+
+def peers(
+    args: argparse.Namespace,
+    report: Report,
+    s: Settings,
+    tmp: Path,
+    counts: dict[str, int],
+    ours: dict[str, float],
+) -> None:
+    """The peers on the backfill's first `--baseline-events` (the chat-only ones on its chat messages), each
+    row with what it does not do."""
+    nb = min(args.baseline_events, sum(counts.values()))
+    nchat = min(args.baseline_events, counts["chat-messages"])
+    rows: list[tuple[str, str, int, dict[str, str]]] = []
+    if wanted(args, "baseline"):
+        rows.append(("faust-baseline", "textbook Faust, windowed tables per chat message (chat messages only; "
+                     "counts a redelivered message again, publishes no changefeed)", nchat, {}))  # fmt: skip
+    if wanted(args, "quix"):
+        rows.append(("quix", f"Quix Streams {version('quixstreams')}, its idiomatic app (chat messages only; state "
+                     "in RocksDB, counts a redelivered message again)", nchat, {}))  # fmt: skip
+    for name in ("pathway", "bytewax"):
+        if not wanted(args, name):
+            continue
+        what = f"{name.title()} {version(name)}, the aggregates of the four topics in memory (no persistence, no "
+        what += "restart, no changefeed)"
+        for dedup in ("0", "1"):
+            for threads in ("1", "2"):
+                rows.append((name, f"{what}, {threads} thread{'s' if threads == '2' else ''}, "
+                             f"{'with' if dedup == '1' else 'without'} exact dedup by event id", nb,
+                             {"BENCH_DEDUP": dedup, "BENCH_THREADS": threads}))  # fmt: skip
+    for name, what, count, env in rows:
+        try:
+            rate = run_peer(s, count, tmp, name, env)
+        except Exception as exc:  # a peer that fails is a row saying so, not a lost run
+            report.add("peers", f"{what}, first {count:,} events", f"failed: {exc!r}"[:200])
+            continue
+        report.add("peers", f"{what}, first {count:,} events", f"{rate:,.0f} events/s")
+        for engine, one in ours.items():
+            report.add("peers", f"{engine} engine (one worker, all four topics) / {name}", f"{one / rate:.2f}x")
+
+
+def _split(cpu: dict[str, float]) -> str:
+    return " / ".join(f"{cpu[k]:.2f}" for k in ("workers", "redis", "broker"))
+
+
+def _per_cpu_s(run: Run) -> float:
+    """Events per CPU-second of the whole system: workers, Redis and the broker."""
+    return run.rate / max(1e-9, sum(run.cpu[k] for k in ("workers", "redis", "broker")))
 
 
 async def cluster_section(args: argparse.Namespace, report: Report, tmp: Path) -> None:
@@ -621,14 +739,14 @@ async def cluster_section(args: argparse.Namespace, report: Report, tmp: Path) -
             topic_replication=3, alert_interval=0,
         )  # fmt: skip
         await ensure_topics(base)
-        n = args.cluster_events
-        await produce(base, n)
+        counts, _ = await produce_messages(base, stream("backfill", args.cluster_events))
+        n = sum(counts.values())
         for count in (1, 2, 4):
             settings = replace(base, app_id=f"cluster{count}-{uuid.uuid4().hex[:6]}")
             rate = (await run_ours(settings, n, count, tmp)).rate
             report.add(
                 "cluster",
-                f"{count} worker{'s' if count > 1 else ''} in one group, {n:,} events",
+                f"{count} worker{'s' if count > 1 else ''} in one group, {n:,} events of the 90-day backfill",
                 f"{rate:,.0f} events/s",
             )
         api = Api(base, tmp)
@@ -743,7 +861,9 @@ async def _redis_version(settings: Settings) -> str:
     return str(info["redis_version"])
 
 
-def write_report(args: argparse.Namespace, report: Report, began: datetime, machine: str, avg: float) -> None:
+def write_report(
+    args: argparse.Namespace, report: Report, began: datetime, machine: str, sizes: dict[str, float]
+) -> None:
     cmd = "python -m bench.run" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
     lines = [
         "# Benchmarks",
@@ -755,9 +875,12 @@ def write_report(args: argparse.Namespace, report: Report, began: datetime, mach
         "",
         f"Machine and versions: {machine}.",
         "",
-        f"Events: {args.events:,} chat messages of ~{avg:.0f} bytes (5 orgs, sessions of 8 messages, 400 students), "
-        f"{args.partitions} partitions; batches of {Settings().batch_size:,} applied in parts of "
-        f"{Settings().apply_chunk:,}.",
+        f"Events: {args.events:,} of each traffic, {args.partitions} partitions per topic: "
+        + "; ".join(f"**{t}**, {TRAFFIC_NAMES[t]}, ~{size:.0f} bytes an event" for t, size in sizes.items())
+        + ". The platform traffic is streams/traffic.py's model (docs/TRAFFIC.md: 20 orgs of unequal size, "
+        "30,000 students, 600 mentors, UUID ids, all four topics, 1 % duplicates, late events, cost upserts); "
+        "its backfill spreads sessions over the 90 days before the run, its live mode over the last minutes. "
+        f"Batches of {Settings().batch_size:,} records applied in parts of {Settings().apply_chunk:,}.",
         "",
         "| section | what | figure |",
         "|---|---|---|",

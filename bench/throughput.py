@@ -1,5 +1,11 @@
 """The throughput benchmark's parts, used by bench/run.py: the events, producing them, the raw ceiling,
-starting a worker and counting what it applied."""
+starting a worker and counting what it applied.
+
+Two kinds of events: `platform` traffic (streams/traffic.py, docs/TRAFFIC.md: the four topics, many orgs of
+unequal size, UUIDs), in its `live` mode (sessions of the last minutes) or its `backfill` mode (90 days of
+history), which every claim is measured on; and `chat`, the earlier benchmark's chat messages (5 orgs, 400
+students, sessions of 8), kept as one comparison line.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import orjson
@@ -14,8 +21,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
 from infra.procs import spawn, worker_command
+from streams.deadletter import Record
+from streams.producer import key_for
 from streams.settings import Settings
+from streams.topics import INPUT_TOPICS
+from streams.traffic import PlatformTraffic, TrafficConfig
 from tables import keys
+
+TRAFFICS = ("live", "backfill", "chat")
+Message = tuple[str, bytes | None, bytes]  # (topic without prefix, key, value)
 
 ORGS = [f"org{i}" for i in range(5)]
 
@@ -35,6 +49,59 @@ def event(i: int, now_ms: int) -> tuple[bytes, bytes]:
         "content": "How do I add fractions with different denominators? Explain it step by step.",
     }
     return session.encode(), orjson.dumps(e)
+
+
+def stream(traffic: str, n: int, seed: int = 7, days: int = 90) -> Iterator[Message]:
+    """The n events of a kind of traffic (`TRAFFICS`), keyed as the platform's producer keys them, made as
+    they are taken (10M backfill events stream in a few hundred MiB)."""
+    if traffic == "chat":
+        now_ms = int(time.time() * 1000)
+        yield from (("chat-messages", *event(i, now_ms)) for i in range(n))
+        return
+    model = PlatformTraffic(TrafficConfig(seed=seed))
+    events = model.backfill(n, days) if traffic == "backfill" else model.live()
+    for _, (topic, e) in zip(range(n), events, strict=False):
+        yield topic, key_for(topic, e), orjson.dumps(e)
+
+
+def messages(traffic: str, n: int, seed: int = 7, days: int = 90) -> list[Message]:
+    return list(stream(traffic, n, seed, days))
+
+
+def records(msgs: Iterable[Message], partitions: int) -> list[Record]:
+    """The messages as a worker's records, each on the partition its key hashes to (Python's hash: stable
+    within a run, which is all the pipeline bench needs)."""
+    offsets: dict[tuple[str, int], int] = {}
+    out: list[Record] = []
+    for topic, key, value in msgs:
+        p = hash(key) % partitions if key is not None else len(out) % partitions
+        o = offsets.get((topic, p), 0)
+        offsets[topic, p] = o + 1
+        out.append(Record(topic, p, o, key, value))
+    return out
+
+
+async def produce_messages(settings: Settings, msgs: Iterable[Message]) -> tuple[dict[str, int], float]:
+    """Send the messages to their topics (the settings' prefix): how many to each topic, and their average
+    size in bytes."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks=1
+    )
+    await producer.start()
+    started = time.perf_counter()
+    size = n = 0
+    counts = dict.fromkeys(INPUT_TOPICS, 0)
+    try:
+        for topic, key, value in msgs:
+            size += len(value)
+            n += 1
+            counts[topic] += 1
+            await producer.send(settings.topic(topic), value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    print(f"produced {n:,} events (avg {size / n:.0f} bytes) in {time.perf_counter() - started:.1f}s", flush=True)
+    return counts, size / n
 
 
 async def produce(settings: Settings, n: int) -> float:
@@ -60,8 +127,9 @@ async def produce(settings: Settings, n: int) -> float:
 
 
 async def ceiling(settings: Settings, n: int) -> float:
+    """Events/s of one raw aiokafka consumer of the input topics: `getmany` and `orjson.loads`, nothing else."""
     consumer = AIOKafkaConsumer(
-        settings.topic("chat-messages"),
+        *(settings.topic(t) for t in INPUT_TOPICS),
         bootstrap_servers=settings.kafka_bootstrap,
         auto_offset_reset="earliest",
         group_id=f"ceiling-{uuid.uuid4().hex[:6]}",
@@ -92,8 +160,25 @@ def start_worker(settings: Settings, name: str, log: Path) -> subprocess.Popen[b
     return spawn(worker_command("warn"), log=log, env=env)
 
 
+async def consumed(redis: Redis, group: str) -> int:
+    """Records of the input topics a consumer group has wholly applied, by its progress in Redis (both
+    engines keep it, as each partition's last applied offset): every record counts, duplicates and dead
+    letters too."""
+    progress = await redis.hgetall(keys.progress(group))
+    return sum(int(v) + 1 for v in progress.values())
+
+
 async def applied(redis: Redis) -> int:
+    """Chat messages counted in Redis (the `chat` traffic's orgs, generation 0)."""
     total = 0
     for org in ORGS:  # a fresh Redis: generation 0
         total += int(await redis.hget(keys.meta(0, org), "events|chat-messages") or 0)
     return total
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank; 100: the largest), 0 of nothing."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]

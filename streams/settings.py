@@ -40,6 +40,9 @@ class Settings:
     # A batch is applied in parts of about this many events, each planned while Redis applies the one
     # before (0: in one part, nothing overlapped).
     apply_chunk: int = 10000
+    # No apply script of an org does more than about this many Redis operations (a batch's parts are cut
+    # smaller when an org's events would need more: readers wait behind a script while it runs); 0: no limit.
+    apply_script_ops: int = 3000
     # How long the group waits for a worker that died without leaving before moving its partitions.
     session_timeout: float = 30.0
     heartbeat_interval: float = 3.0
@@ -116,6 +119,8 @@ class Settings:
             raise SettingsError(f"{PREFIX}API_PROCESSES must be 0 (one per core) or more, got {self.api_processes}")
         if self.apply_chunk < 0:
             raise SettingsError(f"{PREFIX}APPLY_CHUNK must be 0 (one part) or more, got {self.apply_chunk}")
+        if self.apply_script_ops < 0:
+            raise SettingsError(f"{PREFIX}APPLY_SCRIPT_OPS must be 0 (no limit) or more, got {self.apply_script_ops}")
         if self.redis_wait_replicas < -1 or self.redis_wait_timeout_ms < 1:
             raise SettingsError(
                 f"{PREFIX}REDIS_WAIT_REPLICAS must be -1 (automatic) or more and {PREFIX}REDIS_WAIT_TIMEOUT_MS "

@@ -224,29 +224,50 @@ class PlatformTraffic:
     def backfill(self, events: int, days: int, end: datetime | None = None) -> Iterator[Event]:
         """About `events` events of sessions spread over the `days` before `end`, in the order a producer
         sends them: by time, with a share sent late (minutes to hours after their time) and a share sent
-        twice."""
+        twice. Made a day at a time (each day's share of the events by its weight in the orgs' rhythm), so
+        memory holds a day's events and the late ones, not the whole history: 10M events stream."""
         cfg = self.config
         end_ms = int((end or datetime.now(UTC)).timestamp() * 1000)
         first_ms = end_ms - days * DAY_MS
-        # Sessions are drawn in one go, each org's share by its weight, then sent in time order.
+        last_start_ms = end_ms - 3_600_000
+        weights = [self._day_weight(first_ms + d * DAY_MS) for d in range(days)]
+        total_weight = sum(weights)
         pending: list[tuple[int, int, Event]] = []
-        order = 0
-        made = 0
-        while made < events:
-            org = self.rng.choices(self.orgs, weights=self._org_weights)[0]
-            start = self.session_start_ms(first_ms, end_ms - 3_600_000, org)
-            for sent, ev in self.session_by(start, end_ms, org):
-                if self.rng.random() < cfg.late_share:
-                    sent += self.rng.randint(5 * 60_000, 6 * 3_600_000)
-                heapq.heappush(pending, (sent, order, ev))
-                order += 1
-                made += 1
-                if self.rng.random() < cfg.duplicate_share:
-                    heapq.heappush(pending, (sent + self.rng.randint(100, 60_000), order, ev))
+        order = made = 0
+        share = 0.0
+        for d in range(days):
+            day_ms = first_ms + d * DAY_MS
+            share += weights[d] / total_weight
+            target = events if d == days - 1 else round(events * share)
+            while made < target:
+                org = self.rng.choices(self.orgs, weights=self._org_weights)[0]
+                start = self.session_start_ms(day_ms, min(day_ms + DAY_MS, last_start_ms), org)
+                for sent, ev in self.session_by(start, end_ms, org):
+                    if self.rng.random() < cfg.late_share:
+                        sent += self.rng.randint(5 * 60_000, 6 * 3_600_000)
+                    heapq.heappush(pending, (sent, order, ev))
                     order += 1
                     made += 1
+                    if self.rng.random() < cfg.duplicate_share:
+                        heapq.heappush(pending, (sent + self.rng.randint(100, 60_000), order, ev))
+                        order += 1
+                        made += 1
+            # Sessions of the days after start after this day ends (their spans at most 1.5 s before a
+            # message), so what is due before then is in its final order.
+            while pending and pending[0][0] < day_ms + DAY_MS - 2_000:
+                yield heapq.heappop(pending)[2]
         while pending:
             yield heapq.heappop(pending)[2]
+
+    def _day_weight(self, day_ms: int) -> float:
+        """How busy the 24 hours starting at `day_ms` are over all orgs: each org's local hours and weekday
+        (`HOUR_WEIGHTS`, `WEEKEND_FACTOR`), by the org's weight."""
+        total = 0.0
+        for org in self.orgs:
+            for h in range(24):
+                local = datetime.fromtimestamp(day_ms / 1000 + h * 3600, UTC) + timedelta(hours=org.utc_offset_h)
+                total += org.weight * HOUR_WEIGHTS[local.hour] * (WEEKEND_FACTOR if local.weekday() >= 5 else 1.0)
+        return total
 
     def live(self, now: datetime | None = None) -> Iterator[Event]:
         """Endless sessions stamped in the minutes (or, with a late judgement, hours) before `now` (or the

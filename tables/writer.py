@@ -150,6 +150,24 @@ class OrgWrite:
         if epoch_s is not None:
             self.expires[self.k(key)] = epoch_s
 
+    def operations(self) -> int:
+        """About how many Redis operations the apply script runs for this write (what bounds its time)."""
+        return (
+            len(self.watermarks) * 2
+            + len(self.guards)
+            + len(self.convs) * 2
+            + sum(len(ids) for ids in self.seen.values()) * 2
+            + len(self.hincrs)
+            + sum(len(members) for members in self.zincrs.values())
+            + len(self.sets)
+            + len(self.zrems)
+            + len(self.zadds)
+            + len(self.maxes) * 2
+            + len(self.expires)
+            + sum(len(members) for members in self.sadds.values())
+            + sum(len(members) for members in self.srems.values())
+        )
+
     def marks(self) -> list[str]:
         """The changefeed marks (`keys.counter_mark`) of the published counters this write changes: hash
         counters of hourly and daily buckets, daily and weekly top-students sets (after payload())."""

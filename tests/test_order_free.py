@@ -13,6 +13,7 @@ import asyncio
 import random
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
@@ -20,12 +21,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from agents import pipeline
+from bench.throughput import messages, records
 from infra.redis import RedisServer
 from streams.deadletter import Record
 from streams.settings import Settings
 from tables import keys, queries
 from tables.aggregates import chat_history, distinct_students, llm_cost, sentiment, sessions, top_students
 from tables.buckets import Grain, local_days, time_zone
+from tables.writer import OrgWrite, Writer
 from tests import reference
 from tests.support import apply_batches, as_records
 
@@ -157,12 +161,16 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
     return out
 
 
-async def apply_all(url: str, batches: list[list[Record]], apply_chunk: int = 1000) -> dict[str, Any]:
+async def apply_all(
+    url: str, batches: list[list[Record]], apply_chunk: int = 1000, script_ops: int = 0
+) -> dict[str, Any]:
     """The answers after applying the batches, each in parts of `apply_chunk` events planned while the part
-    before is applied (agents/pipeline.py)."""
+    before is applied (agents/pipeline.py); `script_ops`: each org's script bounded to about that many
+    operations, parts cut down to one event (`MIN_SCRIPT_EVENTS` lowered)."""
     redis = Redis.from_url(url)
     try:
-        await apply_batches(redis, batches, Settings(apply_chunk=apply_chunk))
+        with mock.patch.object(pipeline, "MIN_SCRIPT_EVENTS", 1):
+            await apply_batches(redis, batches, Settings(apply_chunk=apply_chunk, apply_script_ops=script_ops))
         first, last = (NOW - timedelta(days=4)).date(), NOW.date()
         return await answers(redis, first, last)
     finally:
@@ -225,6 +233,56 @@ def test_any_order_any_split_any_repetition_gives_the_same_answers(
     for _ in range(2):
         shuffled = asyncio.run(apply_all(redis_server.url, deliveries(records, rng), apply_chunk=rng.randint(1, 5)))
         assert shuffled == in_order
+    # Parts cut by the bound on a script's operations instead (an org's part down to one event).
+    bounded = asyncio.run(apply_all(redis_server.url, deliveries(records, rng), apply_chunk=0, script_ops=1))
+    assert bounded == in_order
+
+
+async def dump_aggregates(redis: Redis) -> dict[bytes, Any]:
+    """Every aggregate key's content (not the conversations, whose versions count writes, nor the
+    changefeed's marks, which count applies, nor the meta's data version and apply time)."""
+    out: dict[bytes, Any] = {}
+    async for key in redis.scan_iter(count=1000):
+        if b":cv:" in key or key.startswith(b"aia:cf:") or key == b"aia:erasure-secret":
+            continue
+        kind = await redis.type(key)
+        if kind == b"hash":
+            out[key] = await redis.hgetall(key)
+            if key.endswith(b":meta"):  # the data version counts writes, the apply time is the clock's
+                out[key] = {f: v for f, v in out[key].items() if f not in (b"version", b"last_apply_ms")}
+        elif kind == b"zset":
+            out[key] = await redis.zrange(key, 0, -1, withscores=True)
+        elif kind == b"set":
+            out[key] = await redis.smembers(key)
+        else:
+            out[key] = await redis.get(key)
+    return out
+
+
+async def test_no_apply_script_does_much_more_than_its_bound(redis_server: RedisServer) -> None:
+    """A batch whose events touch many keys (90 days of the traffic model) is cut into parts whose scripts
+    each do about `apply_script_ops` operations at most (readers wait behind a script while it runs), and
+    gives the answers of one uncut apply."""
+    batch = records(messages("backfill", 6000, days=2), partitions=3)
+    sizes: list[int] = []
+    real_apply = Writer.apply
+
+    async def apply(self: Writer, writes: list[OrgWrite]) -> dict[str, str]:
+        sizes.extend(w.operations() for w in writes)
+        return await real_apply(self, writes)
+
+    redis = Redis.from_url(redis_server.url)
+    try:
+        with mock.patch.object(Writer, "apply", apply):
+            await apply_batches(redis, [batch], Settings(apply_chunk=0, apply_script_ops=0))
+            uncut = await dump_aggregates(redis)
+            assert max(sizes) > 2000  # uncut, the largest org's script is large
+            sizes.clear()
+            await apply_batches(redis, [batch], Settings(apply_chunk=0, apply_script_ops=500))
+        assert len(sizes) > 20 and max(sizes) <= 1000, sorted(sizes)[-5:]
+        assert await dump_aggregates(redis) == uncut
+    finally:
+        await redis.aclose()
 
 
 async def test_observations_past_the_dedup_window_are_pruned(redis_server: RedisServer) -> None:
