@@ -144,6 +144,7 @@ async def run_ours(settings: Settings, n: int, workers: int, tmp: Path, others: 
     first_at = None
     first_count = 0
     last_sample = last_said = 0.0
+    last_done, moved_at = -1, time.monotonic()
     try:
         deadline = time.monotonic() + 3600
         while True:
@@ -161,8 +162,12 @@ async def run_ours(settings: Settings, n: int, workers: int, tmp: Path, others: 
                 say_progress(done, n, time.perf_counter() - first_at, first_count)
             if done >= n:
                 break
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"workers stopped or too slow: {done}/{n} applied; see {tmp}")
+            if done != last_done:
+                last_done, moved_at = done, time.monotonic()
+            stalled = time.monotonic() - moved_at > 180
+            if stalled or time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                what = "applied nothing for 3 minutes" if stalled else "stopped or too slow"
+                raise RuntimeError(f"workers {what}: {done}/{n} applied; see {tmp}")
             await asyncio.sleep(0.05)
         assert first_at is not None
         elapsed = time.perf_counter() - first_at
@@ -625,7 +630,11 @@ async def throughput_sections(
             if not wanted(args, engine):
                 continue
             settings = replace(s, engine=engine, app_id=f"one-{engine}-{uuid.uuid4().hex[:6]}")
-            first = await run_ours(settings, n, 1, tmp, others)
+            try:
+                first = await run_ours(settings, n, 1, tmp, others)
+            except RuntimeError as exc:  # a row saying so; the run goes on
+                report.add(section, f"{engine} engine, one worker", f"failed: {exc}")
+                continue
             one, rss = first.rate, first.rss
             one_by_engine[engine] = one
             redis = connections.connect(base.redis_url)
@@ -649,7 +658,11 @@ async def throughput_sections(
             if traffic == "chat":
                 continue
             settings = replace(settings, app_id=f"two-{engine}-{uuid.uuid4().hex[:6]}")
-            two = await run_ours(settings, n, 2, tmp, others)
+            try:
+                two = await run_ours(settings, n, 2, tmp, others)
+            except RuntimeError as exc:
+                report.add(section, f"{engine} engine, two workers", f"failed: {exc}")
+                continue
             report.add(section, f"{engine} engine, two workers in one group (2 cores: they share them with Redis and "
                        "the broker)", f"{two.rate:,.0f} events/s ({two.rate / one:.2f}x one)")  # fmt: skip
             report.add(section, f"{engine} engine, two workers: CPU in cores: workers / Redis / broker; events per "
