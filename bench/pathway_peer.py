@@ -32,10 +32,11 @@ last record's time complete. BENCH_SUMMARY (optional) gets the totals as JSON (b
 What it does NOT do, compared with our service: it keeps its state in memory only (no persistence configured:
 Pathway's persistence is off), so it does not survive a restart (a restart re-reads every topic from the
 beginning); it publishes no changefeed and writes nowhere (the aggregates stay in the engine, read by the
-progress table only); it commits no offsets that matter and is not exact under redelivery across a restart
-(with dedup on it is exact within one run only, its seen-ids being in memory; with dedup off a redelivered
-record counts twice); it validates nothing (a record the schema cannot parse is an error row, not a dead
-letter), and it prices no observation from a price table (a missing cost is 0).
+progress table only); it does not resume from committed offsets (auto-commit is off; a run starts from the
+beginning) and is not exact under redelivery across a restart (with dedup on it is exact within one run
+only, its seen-ids being in memory; with dedup off a redelivered record counts twice); it validates nothing
+beyond the schema's types (no range checks, no dead letters), and it prices no observation from a price
+table (a missing cost is 0).
 
 Run as `python -m bench.pathway_peer` (needs the `bench` extra) with the environment BENCH_BOOTSTRAP,
 BENCH_TOPICS (the four input topics, comma-separated, full names), BENCH_EVENTS, BENCH_RESULT, BENCH_APP_ID,
@@ -227,8 +228,6 @@ def main() -> None:
         # bursts behind the engine, so the clock is the engine's: a time is the epoch ms of its batch's commit.
         with lock:
             raw = state.get("raw", 0)
-            if os.environ.get("BENCH_DEBUG"):
-                print(f"time_end {time} at {wall_clock():.3f} raw={raw}", flush=True)
             if not first and raw > 0:
                 first.append(time)
             if raw < N:

@@ -5,7 +5,8 @@ from the produced events.
 
     python -m bench.peers_check [--events 200000] [--only pathway|bytewax] [--threads 1,2] [--dedup 0,1]
     python -m bench.peers_check --serve    # start a broker, produce, print the environment, wait (Ctrl-C)
-    python -m bench.peers_check --bootstrap 127.0.0.1:PORT --prefix P   # a broker --serve started
+    python -m bench.peers_check --bootstrap 127.0.0.1:PORT --prefix P   # a broker --serve started (its backfill
+                                        # ended earlier: the session_hours check may be off by a few)
 
 Not part of bench/run.py (which integrates the peers itself); needs the `bench` extra.
 """
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -162,6 +164,7 @@ async def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--dedup", default="0,1")
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each configuration")
     parser.add_argument("--bootstrap", help="a running broker whose topics (--prefix) hold the events already")
     parser.add_argument("--prefix", default="")
     parser.add_argument("--serve", action="store_true")
@@ -188,13 +191,18 @@ async def main() -> None:
                 await produce(settings, msgs)
             if args.serve:
                 print(f"--bootstrap {settings.kafka_bootstrap} --prefix {settings.topic_prefix}", flush=True)
-                await asyncio.Event().wait()
+                stop = asyncio.Event()
+                for sig in (signal.SIGINT, signal.SIGTERM):  # a background job ignores SIGINT: TERM stops it too
+                    asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+                await stop.wait()
+                return
             for name in ("pathway", "bytewax"):
                 if args.only not in (None, name):
                     continue
                 for threads in (int(t) for t in args.threads.split(",")):
-                    for dedup in (d == "1" for d in args.dedup.split(",")):
-                        run_peer(name, settings, args.events, threads, dedup, tmp, msgs)
+                    for dedup in (x == "1" for x in args.dedup.split(",")):
+                        for _ in range(args.repeat):
+                            run_peer(name, settings, args.events, threads, dedup, tmp, msgs)
         finally:
             if broker is not None:
                 broker.stop()
