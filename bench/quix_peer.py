@@ -21,6 +21,12 @@ from typing import Any
 
 from quixstreams import Application, State
 
+from streams.schemas import parse_timestamp
+
+# Windows accept late events for as long as ours do: a 90-day backfill arrives out of event-time order
+# (Quix skips an event whose window has closed).
+GRACE = timedelta(days=91)
+
 N = int(os.environ.get("BENCH_EVENTS", "0"))
 RESULT = Path(os.environ.get("BENCH_RESULT", "/tmp/quix-peer.result"))
 # Every branch must have seen its share: each message twice (hour, day), each human message once.
@@ -41,7 +47,7 @@ def main() -> None:
         os.environ.get("BENCH_TOPIC", "chat-messages"),
         value_deserializer="json",
         key_deserializer="str",
-        timestamp_extractor=lambda value, _headers, _ts, _type: int(value["timestamp"]),
+        timestamp_extractor=lambda value, _headers, _ts, _type: parse_timestamp(value["timestamp"]),
     )
 
     def first_of_session(value: dict[str, Any], state: State[Any, Any]) -> dict[str, Any]:
@@ -66,8 +72,8 @@ def main() -> None:
     by_org = sdf.group_by("org")
     per_org = by_org.apply(lambda v: {"sessions": int(v["new_session"]), "messages": 1})
     for name, size, grace in (
-        ("hour", timedelta(hours=1), timedelta(hours=2)),
-        ("day", timedelta(days=1), timedelta(days=1)),
+        ("hour", timedelta(hours=1), GRACE),
+        ("day", timedelta(days=1), GRACE),
     ):
         (
             per_org.tumbling_window(size, grace_ms=grace, name=f"{name}ly")
@@ -77,7 +83,7 @@ def main() -> None:
         )
     humans = sdf.filter(lambda v: v["role"] == "human").group_by("student")
     (
-        humans.tumbling_window(timedelta(days=1), grace_ms=timedelta(days=1), name="human_daily")
+        humans.tumbling_window(timedelta(days=1), grace_ms=GRACE, name="human_daily")
         .count()
         .current()
         .update(counted("human"))

@@ -172,10 +172,13 @@ class OrgWrite:
         """The changefeed marks (`keys.counter_mark`) of the published counters this write changes: hash
         counters of hourly and daily buckets, daily and weekly top-students sets (after payload())."""
         out = []
+        kinds: dict[int, str | None] = {}  # key index -> its published kind, found once per key
         for (k, f), _ in self._incr_order:
-            key = self._keys[k - 1]
-            if keys.published_kind(key) == "h":
-                out.append(keys.counter_mark(key, f, "h"))
+            kind = kinds.get(k, "")
+            if kind == "":
+                kind = kinds[k] = keys.published_kind(self._keys[k - 1])
+            if kind == "h":
+                out.append(keys.counter_mark(self._keys[k - 1], f, "h"))
         for k, members in self.zincrs.items():
             key = self._keys[k - 1]
             if keys.published_kind(key) == "z" and any(members.values()):
