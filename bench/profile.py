@@ -1,6 +1,6 @@
 """Where one worker's time goes: py-spy on a real worker applying the throughput benchmark's events.
 
-    python -m bench.profile --events 300000 [--engine kafka|faust] [--out /tmp/worker.txt]
+    python -m bench.profile --events 300000 [--traffic backfill|live|chat] [--engine kafka|faust] [--out /tmp/worker.txt]
 
 Starts its own Kafka and Redis, produces the events (bench/throughput.py), then runs one worker under
 `py-spy record` (250 samples a second) until every event is applied, and prints the functions with the
@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from bench.throughput import applied, produce
+from bench.throughput import TRAFFICS, consumed, produce_messages, stream
 from infra.kafka import KafkaBroker
 from infra.procs import free_port, spawn, worker_command
 from infra.redis import RedisServer
@@ -68,7 +68,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             alert_interval=0,
         )  # fmt: skip
         await ensure_topics(settings)
-        await produce(settings, args.events)
+        counts, _ = await produce_messages(settings, stream(args.traffic, args.events))
+        n = sum(counts.values())
         beside = Path(sys.executable).parent / "py-spy"
         py_spy = str(beside) if beside.exists() else shutil.which("py-spy")
         assert py_spy, "py-spy is a dev dependency: pip install -e '.[dev]'"
@@ -79,12 +80,12 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
         redis = connections.connect(settings.redis_url)
         started = None
         try:
-            while (done := await applied(redis)) < args.events:
+            while (done := await consumed(redis, settings.app_id)) < n:
                 if done and started is None:
                     started = time.perf_counter()
                 assert proc.poll() is None, (tmp / "worker.log").read_text()[-3000:]
                 await asyncio.sleep(0.2)
-            rate = args.events / (time.perf_counter() - (started or time.perf_counter()))
+            rate = n / (time.perf_counter() - (started or time.perf_counter()))
         finally:
             await redis.aclose()
             os.killpg(proc.pid, signal.SIGINT)  # py-spy writes its samples when its child ends
@@ -100,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--engine", choices=ENGINES, default="kafka")
+    parser.add_argument("--traffic", choices=TRAFFICS, default="backfill", help="bench/throughput.py's kinds")
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument("--idle", action="store_true", help="sample waiting threads too: where the worker waits")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "aia-worker-profile.txt")
