@@ -530,22 +530,26 @@ def _generations_changed(conflicts: dict[str, str]) -> bool:
 def _parts(by_org: dict[str, list[Event]], size: int, per_org: int = 0) -> list[dict[str, list[Event]]]:
     """The batch in parts of about `size` events (0: no bound) and at most about `per_org` events of one org
     (0: no bound), each org's items kept in their order, so every partition's records stay in offset order
-    from part to part."""
+    from part to part. An org is cut into as few slices as both bounds allow (its share of the `size`
+    parts, and what `per_org` needs), spread evenly over the parts: an org with few events is not cut
+    into many small scripts because a large one is."""
     total = sum(len(items) for items in by_org.values())
-    n = max(
-        -(-total // size) if size > 0 else 1,
-        -(-max((len(items) for items in by_org.values()), default=0) // per_org) if per_org > 0 else 1,
-    )
+    by_size = -(-total // size) if size > 0 else 1
+    slices = {
+        org: max(
+            -(-len(items) * by_size // total) if by_size > 1 else 1,
+            -(-len(items) // per_org) if per_org > 0 else 1,
+        )
+        for org, items in by_org.items()
+    }
+    n = max(slices.values(), default=1)
     if n <= 1:
         return [by_org]
-    return [
-        parts
-        for k in range(n)
-        if (
-            parts := {
-                org: chunk
-                for org, items in by_org.items()
-                if (chunk := items[k * len(items) // n : (k + 1) * len(items) // n])
-            }
-        )
-    ]
+    parts: list[dict[str, list[Event]]] = [{} for _ in range(n)]
+    for org, items in by_org.items():
+        k = slices[org]
+        for j in range(k):
+            chunk = items[j * len(items) // k : (j + 1) * len(items) // k]
+            if chunk:
+                parts[j * n // k][org] = chunk
+    return [part for part in parts if part]
