@@ -54,7 +54,7 @@ import uuid
 import zlib
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, cast
 
@@ -717,7 +717,12 @@ def peers(
     for name in ("pathway", "bytewax"):
         if not wanted(args, name):
             continue
-        what = f"{name.title()} {version(name)}, the aggregates of the four topics in memory (no persistence, no "
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            report.add("peers", name.title(), 'not installed (pip install -e ".[bench]")')
+            continue
+        what = f"{name.title()} {installed}, the aggregates of the four topics in memory (no persistence, no "
         what += "restart, no changefeed)"
         for dedup in ("0", "1"):
             for threads in ("1", "2"):

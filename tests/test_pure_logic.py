@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -255,3 +256,25 @@ def test_a_conversation_is_stored_behind_a_fixed_header_and_the_form_before_it_s
     assert ConversationState.unpack(stored) == state and prefix(stored) == (3, 20_000)
     before = b"3:20000:" + body
     assert ConversationState.unpack(before) == state and prefix(before) == (3, 20_000)
+
+
+@pytest.mark.parametrize(("size", "per_org"), [(0, 0), (0, 30), (20, 0), (20, 30), (1, 0), (5, 7), (1000, 1)])
+def test_a_batch_is_cut_into_parts_that_keep_each_orgs_order_within_both_bounds(size: int, per_org: int) -> None:
+    """`_parts` (agents/pipeline.py): every org's items in their order over the parts; no part of an org over
+    `per_org` items; no more parts than the two bounds need, each about `size` (an org's share of it); an org
+    that fits is not cut because another is (one script for a small org, however many the large one needs)."""
+    from agents.pipeline import _parts
+
+    by_org: dict[str, list[Any]] = {"big": list(range(100)), "mid": list(range(10)), "small": list(range(3))}
+    parts = _parts(by_org, size, per_org)
+    for org, items in by_org.items():
+        assert [x for part in parts for x in part.get(org, [])] == items, org
+        if per_org:
+            assert max(len(part.get(org, [])) for part in parts) <= per_org, org
+    total = sum(len(items) for items in by_org.values())
+    needed = max(-(-total // size) if size else 1, -(-100 // per_org) if per_org else 1)
+    assert len(parts) <= needed
+    if size:  # about `size`: each org's slice is its share of a part of `size`
+        assert max(sum(len(items) for items in part.values()) for part in parts) <= size * len(by_org), parts
+    if size == 0 and per_org >= 10:
+        assert sum("small" in part for part in parts) == 1 and sum("mid" in part for part in parts) == 1
