@@ -85,7 +85,7 @@ async def load(redis_url: str, traffic: str, n: int, batch: int) -> None:
         pass  # late upserts past the window and the like: what the traffic model sends
 
     proc = BatchProcessor(settings, redis, no_dead)  # type: ignore[arg-type]
-    recs = records(messages(traffic, n), partitions=6)
+    recs = list(records(messages(traffic, n), partitions=6))
     for i in range(0, n, batch):
         await proc.process(Batch.of(recs[i : i + batch]))
     await redis.aclose()

@@ -29,26 +29,12 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from bench.throughput import Message, messages
 from infra.kafka import KafkaBroker
 from infra.procs import ROOT, free_port
 from streams.clients import ensure_topics
-from streams.producer import key_for
 from streams.settings import Settings
 from streams.topics import CHAT_HISTORY, CHAT_MESSAGES, INPUT_TOPICS, LLM_OBSERVATIONS, SENTIMENT
-from streams.traffic import PlatformTraffic, TrafficConfig
-
-Message = tuple[str, bytes | None, bytes]  # (topic without prefix, key, value)
-
-
-def backfill(n: int, seed: int = 7, days: int = 90) -> list[Message]:
-    """The first n events of the traffic model's backfill, keyed as the platform's producer keys them (what
-    bench/throughput.messages("backfill", n) gives)."""
-    out: list[Message] = []
-    for topic, e in PlatformTraffic(TrafficConfig(seed=seed)).backfill(n, days):
-        out.append((topic, key_for(topic, e), orjson.dumps(e)))
-        if len(out) == n:
-            break
-    return out
 
 
 async def produce(settings: Settings, msgs: list[Message]) -> None:
@@ -169,7 +155,7 @@ async def main() -> None:
     parser.add_argument("--prefix", default="")
     parser.add_argument("--serve", action="store_true")
     args = parser.parse_args()
-    msgs = backfill(args.events)
+    msgs = messages("backfill", args.events)
     with tempfile.TemporaryDirectory(prefix="peers-") as d:
         tmp = Path(d)
         broker = None

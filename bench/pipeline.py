@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import os
 import pstats
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agents.pipeline import Batch, BatchProcessor
-from bench.throughput import TRAFFICS, messages, pct, records
+from bench.throughput import TRAFFICS, cpu_s, messages, pct, records, slowlog_longest, slowlog_start
 from infra.procs import free_port
 from infra.redis import RedisServer
 from streams.settings import Settings
@@ -42,18 +41,11 @@ class Result:
     ping_ms: tuple[float, float, float, float]  # a reader's PING meanwhile, every 10 ms: p50, p99, p99.9, max
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def run(traffic: str, n: int, batch: int, partitions: int, redis_url: str, redis_pid: int) -> Result:
     settings = replace(Settings.from_env(), redis_url=redis_url)  # AIA_APPLY_CHUNK and the like apply
     redis = connections.connect(redis_url)
     await redis.flushall()
-    await redis.config_set("slowlog-log-slower-than", 1000)
-    await redis.config_set("slowlog-max-len", 10_000)
-    await redis.slowlog_reset()
+    await slowlog_start(redis)
     await redis.config_resetstat()
     base = int((await redis.info("memory"))["used_memory"])
 
@@ -63,10 +55,10 @@ async def run(traffic: str, n: int, batch: int, partitions: int, redis_url: str,
         dead.extend(d)
 
     proc = BatchProcessor(settings, redis, to_dead)  # type: ignore[arg-type]
-    recs = records(messages(traffic, n), partitions)
+    recs = list(records(messages(traffic, n), partitions))
     pings: list[float] = []
     stop = asyncio.Event()
-    cpu0, redis0 = time.process_time(), _cpu_s(redis_pid)
+    cpu0, redis0 = time.process_time(), cpu_s(redis_pid)
     started = time.perf_counter()
     pinger = asyncio.create_task(ping_meanwhile(redis_url, pings, stop))
     for i in range(0, n, batch):
@@ -74,20 +66,19 @@ async def run(traffic: str, n: int, batch: int, partitions: int, redis_url: str,
     elapsed = time.perf_counter() - started
     stop.set()
     await pinger
-    cpu_self, cpu_redis = (time.process_time() - cpu0) / elapsed, (_cpu_s(redis_pid) - redis0) / elapsed
+    cpu_self, cpu_redis = (time.process_time() - cpu0) / elapsed, (cpu_s(redis_pid) - redis0) / elapsed
     used = int((await redis.info("memory"))["used_memory"]) - base
     stats = await redis.info("commandstats")
     commands = sorted(
         ((k.removeprefix("cmdstat_"), int(v["calls"]), float(v["usec"])) for k, v in stats.items()),
         key=lambda c: -c[2],
     )
-    slow = await redis.slowlog_get(10_000)
+    slow = await slowlog_longest(redis, 5)
     await redis.aclose()
     if dead:
         print(f"({len(dead)} dead letters)")
     return Result(n / elapsed, cpu_self, cpu_redis, used / 2**20 / (n / 1e6), commands,
-                  max((int(s["duration"]) for s in slow), default=0),
-                  [f"{s['duration']} µs: {str(s['command'])[:90]}" for s in sorted(slow, key=lambda s: -s["duration"])[:5]],
+                  slow[0][0] if slow else 0, [f"{us} µs: {command}" for us, command in slow],
                   (pct(pings, 50), pct(pings, 99), pct(pings, 99.9), max(pings, default=0.0)))  # fmt: skip
 
 

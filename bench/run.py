@@ -51,7 +51,6 @@ import sys
 import tempfile
 import time
 import uuid
-import zlib
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
@@ -74,9 +73,13 @@ from bench.throughput import (
     applied,
     ceiling,
     consumed,
+    cpu_s,
     event,
     pct,
     produce_messages,
+    records,
+    slowlog_longest,
+    slowlog_start,
     start_worker,
     stream,
 )
@@ -115,15 +118,6 @@ def rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process has used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 @dataclass
@@ -355,13 +349,9 @@ async def load_store(settings: Settings, n: int) -> float:
 
     proc = BatchProcessor(settings, redis, dead_letters)
     batch: list[Record] = []
-    offsets: dict[tuple[str, int], int] = {}
     started = last = time.perf_counter()
-    for i, (topic, key, value) in enumerate(stream("backfill", n), 1):
-        p = zlib.crc32(key) % settings.topic_partitions if key is not None else i % settings.topic_partitions
-        o = offsets.get((topic, p), 0)
-        offsets[topic, p] = o + 1
-        batch.append(Record(topic, p, o, key, value))
+    for i, record in enumerate(records(stream("backfill", n), settings.topic_partitions), 1):
+        batch.append(record)
         if len(batch) == 20_000:
             await proc.process(Batch.of(batch))
             batch = []
@@ -396,9 +386,7 @@ async def serving_during_backfill(
     and Redis's slow log: how long a reader waited behind the worker, and its longest command."""
     s = replace(base, topic_prefix="backfill.", app_id=f"during-{uuid.uuid4().hex[:6]}")
     redis = connections.connect(base.redis_url)
-    await redis.config_set("slowlog-log-slower-than", 1000)
-    await redis.config_set("slowlog-max-len", 10_000)
-    await redis.slowlog_reset()
+    await slowlog_start(redis)
     worker = start_worker(s, "during", tmp / "during-backfill.log")
     pings: list[float] = []
     stop = asyncio.Event()
@@ -411,17 +399,15 @@ async def serving_during_backfill(
         stop.set()
         await pinger
         stop_process(worker)
-    slow = await redis.slowlog_get(10_000)
+    longest = await slowlog_longest(redis)
     await redis.aclose()
     for name, (p50, p99, count) in results.items():
         report.add("serving", f"{size:,} events, 7-day range, {name}, while a worker applies the 90-day backfill "
                    f"at full speed: p50 / p99 ({count:,} requests)", f"{p50:,.1f} / {p99:,.1f} ms")  # fmt: skip
     report.add("serving", f"meanwhile ({applied_meanwhile:,} records applied): a reader's PING every 10 ms, p50 / "
                "p99 / p99.9 / max", " / ".join(f"{pct(pings, q):,.2f}" for q in (50, 99, 99.9, 100)) + " ms")  # fmt: skip
-    longest = max(slow, key=lambda e: e["duration"], default=None)
     report.add("serving", "meanwhile: Redis's longest command (slow log)",
-               "none of 1 ms or more" if longest is None else
-               f"{longest['duration'] / 1000:,.1f} ms ({str(longest['command'])[:40]}...)")  # fmt: skip
+               f"{longest[0][0] / 1000:,.1f} ms ({longest[0][1][:40]}...)" if longest else "none of 1 ms or more")  # fmt: skip
 
 
 async def serving(

@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -68,17 +69,37 @@ def messages(traffic: str, n: int, seed: int = 7, days: int = 90) -> list[Messag
     return list(stream(traffic, n, seed, days))
 
 
-def records(msgs: Iterable[Message], partitions: int) -> list[Record]:
-    """The messages as a worker's records, each on the partition its key hashes to (Python's hash: stable
-    within a run, which is all the pipeline bench needs)."""
+def records(msgs: Iterable[Message], partitions: int) -> Iterator[Record]:
+    """The messages as a worker's records, made as they are taken, each on the partition its key's CRC-32
+    falls in (keyless ones in turn), offsets counted per topic and partition."""
     offsets: dict[tuple[str, int], int] = {}
-    out: list[Record] = []
-    for topic, key, value in msgs:
-        p = hash(key) % partitions if key is not None else len(out) % partitions
+    for i, (topic, key, value) in enumerate(msgs):
+        p = zlib.crc32(key) % partitions if key is not None else i % partitions
         o = offsets.get((topic, p), 0)
         offsets[topic, p] = o + 1
-        out.append(Record(topic, p, o, key, value))
-    return out
+        yield Record(topic, p, o, key, value)
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+async def slowlog_start(redis: Redis) -> None:
+    """Redis's slow log emptied, keeping every command of 1 ms or more from now on."""
+    await redis.config_set("slowlog-log-slower-than", 1000)
+    await redis.config_set("slowlog-max-len", 10_000)
+    await redis.slowlog_reset()
+
+
+async def slowlog_longest(redis: Redis, n: int = 1) -> list[tuple[int, str]]:
+    """The n longest commands of the slow log since `slowlog_start`: (µs, the command's start)."""
+    slow = await redis.slowlog_get(10_000)
+    return [(int(e["duration"]), str(e["command"])[:90]) for e in sorted(slow, key=lambda e: -e["duration"])[:n]]
 
 
 async def produce_messages(settings: Settings, msgs: Iterable[Message]) -> tuple[dict[str, int], float]:

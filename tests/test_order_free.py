@@ -263,7 +263,7 @@ async def test_no_apply_script_does_much_more_than_its_bound(redis_server: Redis
     """A batch whose events touch many keys (90 days of the traffic model) is cut into parts whose scripts
     each do about `apply_script_ops` operations at most (readers wait behind a script while it runs), and
     gives the answers of one uncut apply."""
-    batch = records(messages("backfill", 6000, days=2), partitions=3)
+    batch = list(records(messages("backfill", 6000, days=2), partitions=3))
     sizes: list[int] = []
     real_apply = Writer.apply
 
