@@ -11,7 +11,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
 from agents.pipeline import Batch, BatchProcessor
+from bench.throughput import records
 from infra.procs import cli_command, free_port, port_open, spawn, tail, worker_command
 from streams.clients import ensure_topics
 from streams.deadletter import DeadLetter, Record
@@ -332,16 +332,9 @@ KEY_FIELD = {
 
 
 def as_records(events: list[tuple[str, dict[str, Any]]]) -> list[Record]:
-    """The records a broker would hold: partition by key, offsets in send order per partition."""
-    next_offset: dict[tuple[str, int], int] = {}
-    out = []
-    for topic, e in events:
-        key = e[KEY_FIELD[topic]].encode()
-        partition = zlib.crc32(key) % PARTITIONS
-        offset = next_offset.get((topic, partition), 0)
-        next_offset[(topic, partition)] = offset + 1
-        out.append(Record(topic, partition, offset, key, orjson.dumps(e)))
-    return out
+    """The records a broker would hold: partition by key, offsets in send order per partition
+    (`bench.throughput.records`)."""
+    return list(records(((topic, e[KEY_FIELD[topic]].encode(), orjson.dumps(e)) for topic, e in events), PARTITIONS))
 
 
 async def apply_batches(redis: Redis, batches: list[list[Record]], settings: Settings, *, flush: bool = True) -> None:

@@ -26,7 +26,7 @@ from bench.throughput import messages, records
 from infra.redis import RedisServer
 from streams.deadletter import Record
 from streams.settings import Settings
-from tables import keys, queries
+from tables import ids, keys, queries
 from tables.aggregates import chat_history, distinct_students, llm_cost, sentiment, sessions, top_students
 from tables.buckets import Grain, local_days, time_zone
 from tables.writer import OrgWrite, Writer
@@ -236,6 +236,55 @@ def test_any_order_any_split_any_repetition_gives_the_same_answers(
     # Parts cut by the bound on a script's operations instead (an org's part down to one event).
     bounded = asyncio.run(apply_all(redis_server.url, deliveries(records, rng), apply_chunk=0, script_ops=1))
     assert bounded == in_order
+
+
+async def test_hostile_values_through_parts_cut_small_give_the_answers_of_one_uncut_apply(
+    redis_server: RedisServer,
+) -> None:
+    """Cost that drives a counter past 64 bits (9,230 observations of a million dollars in one day), beside a
+    bystander org whose students and mentors hold our separators, braces, look-alikes and another mentor's
+    served UUID: applied with every org's script cut to a few events, the overflowing records are the only
+    dead letters (isolated from whichever small part held them), nothing stops, and every aggregate is what
+    one uncut apply gives."""
+    day = int(datetime(2026, 11, 20, 12, tzinfo=UTC).timestamp() * 1000)
+    whale = [("llm-observations", {"event_id": f"w{i}", "org": "whale", "timestamp": day, "trace_id": f"w{i}",
+              "type": "generation", "model": "gpt-4o", "usage": {"input": 1, "output": 1}, "cost": "1000000"})
+             for i in range(9_230)]  # fmt: skip
+    odd = ["x|top_students|y", "a:b{c}", "\u200bann", "ann", "m|x", "m", ids.served("by", ids.MENTOR, "m")]
+    bystander = [("chat-messages", {"event_id": f"b{i}", "org": "by", "timestamp": day + i, "session_id": odd[i % 7],
+                  "student": odd[(i + 1) % 7], "mentor_id": odd[(i + 2) % 7], "role": ("human", "ai")[i % 2]})
+                 for i in range(300)]  # fmt: skip
+    batch = as_records([e for pair in zip(whale[:300], bystander, strict=True) for e in pair] + whale[300:])
+
+    async def apply(settings: Settings) -> tuple[list[str], dict[bytes, Any]]:
+        dead: list[Any] = []
+
+        async def keep(letters: list[Any]) -> None:
+            dead.extend(letters)
+
+        async def counted(self: Writer, writes: list[OrgWrite]) -> dict[str, str]:
+            scripts.extend(w.operations() for w in writes)
+            return await real_apply(self, writes)
+
+        await redis.flushall()
+        with mock.patch.object(pipeline, "MIN_SCRIPT_EVENTS", 1), mock.patch.object(Writer, "apply", counted):
+            await pipeline.BatchProcessor(settings, redis, keep).process(pipeline.Batch.of(batch))
+        return sorted(d.reason for d in dead), await dump_aggregates(redis)
+
+    scripts: list[int] = []
+    real_apply = Writer.apply
+
+    redis = Redis.from_url(redis_server.url)
+    try:
+        uncut_dead, uncut = await apply(Settings(apply_chunk=0, apply_script_ops=0))
+        scripts.clear()
+        cut_dead, cut = await apply(Settings(apply_chunk=0, apply_script_ops=40))
+    finally:
+        await redis.aclose()
+    assert len(uncut_dead) == 7 and all("overflow" in reason for reason in uncut_dead), uncut_dead[:2]
+    assert len(scripts) > 500  # the cut apply ran as many small scripts
+    assert cut_dead == uncut_dead
+    assert cut == uncut
 
 
 async def dump_aggregates(redis: Redis) -> dict[bytes, Any]:
