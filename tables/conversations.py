@@ -11,6 +11,7 @@ any batch.
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -119,7 +120,9 @@ class ConversationState(msgspec.Struct, array_like=True):
     # student and mentor (`attribution`) whenever those are known.
     costs: dict[int, int] = {}
     traces: dict[str, int] = {}  # trace_id -> its latest observation time (ms)
-    record_json: str | None = None  # the newest chat-history record, as the API serves it
+    # The newest chat-history record: `pack_record`'s bytes, or its JSON text as kept before (msgpack tells
+    # them apart; msgspec takes no union of the two, hence Any).
+    record_data: Any = None
     ids: Digests = msgspec.field(default_factory=Digests)
     last_day: int = 0  # 0: nothing left to prune
     cid: str | None = None  # the conversation's id as kept (tables/ids.py)
@@ -166,7 +169,15 @@ class ConversationState(msgspec.Struct, array_like=True):
             self.student, self.mentor, self.topics = ev.student, mentor, ev.topics
             self.inserted_ms = ev.inserted_at_ms
             self.deleted = ev.deleted
-            self.record_json = orjson.dumps(ev.record).decode()
+            self.record_data = pack_record(ev.record)
+
+    def record(self) -> dict[str, Any]:
+        """The newest chat-history record, as the API serves it ({} when none)."""
+        data = self.record_data
+        if not data:
+            return {}
+        record: dict[str, Any] = orjson.loads(data if isinstance(data, str) else unpack_record(data))
+        return record
 
     def copy(self) -> ConversationState:
         """A working copy whose `ids` can grow without touching this one."""
@@ -212,6 +223,37 @@ class ConversationState(msgspec.Struct, array_like=True):
         if self.sentiment:
             out[("sentiment", self.sentiment)] = 0.0
         return out
+
+
+# A chat-history record is kept as its JSON compressed with raw DEFLATE against this dictionary: the field
+# names and frequent values of the platform's record (`Conversations` in its SDK), so the ~540 bytes of a
+# record take ~160 (the ids and free text are what is left). Stored records are read with it, so it never
+# changes: another dictionary would take another format byte (RECORD_FORMAT).
+RECORD_DICTIONARY = (
+    b'"lti_email":"","lti_username":"","messages":"[]","sentiment":"neutral","positive","negative",'
+    b'"rating":0,"tools":[],"metadata":{},"llm_provider":"anthropic","llm_name":"claude-3-5-sonnet","gemini",'
+    b'"google","title":"","model":"gpt-4o-mini","platform":"web","mobile","has_document":false,'
+    b'"memory_tracked":false,"enable_artifacts":false,"is_shared":false,"is_authenticated":true,'
+    b'"llm_name":"gpt-4o","llm_provider":"openai","metadata":{"source":"chat"},"tools":[],"title":"",'
+    b'"rating":null,"inserted_at":"2026-01-01T00:00:00.000000Z"}{"id":"00000000-0000-4000-8000-000000000000",'
+    b'"student":"","email":"@students.example.edu","mentor":"","topics":[{"name":""}],"model":"gpt-4o",'
+    b'"platform":"web",'
+)
+RECORD_FORMAT = b"\x01"
+
+
+def pack_record(record: dict[str, Any]) -> bytes:
+    """A chat-history record as kept: `RECORD_FORMAT`, then its JSON deflated against `RECORD_DICTIONARY`."""
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, RECORD_DICTIONARY)
+    return RECORD_FORMAT + deflate.compress(orjson.dumps(record)) + deflate.flush()
+
+
+def unpack_record(data: bytes) -> bytes:
+    """The JSON of a record `pack_record` kept."""
+    if data[:1] != RECORD_FORMAT:
+        raise ValueError(f"a kept record of unknown format {data[:1]!r}")
+    inflate = zlib.decompressobj(-15, zdict=RECORD_DICTIONARY)
+    return inflate.decompress(data[1:]) + inflate.flush()
 
 
 def conversation_digest(org: str, cid: str) -> int:

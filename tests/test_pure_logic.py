@@ -258,6 +258,31 @@ def test_a_conversation_is_stored_behind_a_fixed_header_and_the_form_before_it_s
     assert ConversationState.unpack(before) == state and prefix(before) == (3, 20_000)
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        {},
+        {"title": "Fractions", "rating": 5, "email": "a@b.example", "tools": [1, 2], "is_shared": True},
+        {"title": "\u0000|cv|\u202e\ufeff", "metadata": {"k": [[[[[[[[{"deep": None}]]]]]]]]}, "rating": -(2**63)},
+        {"title": "x" * 100_000, "n": 1.5e308, "topics": [{"name": "ü" * 300}]},
+    ],
+)
+def test_a_kept_record_is_its_json_deflated_and_the_text_form_before_it_still_reads(record: dict[str, Any]) -> None:
+    """`pack_record` (docs/semantics.md): a format byte then raw DEFLATE against a fixed dictionary; the
+    state serves the record it was given, whatever it holds, and a record kept as JSON text still reads."""
+    import orjson
+
+    from tables.conversations import RECORD_FORMAT, pack_record
+
+    packed = pack_record(record)
+    assert packed[:1] == RECORD_FORMAT and packed == pack_record(record)  # one record, one stored form
+    state = ConversationState.unpack(ConversationState(version=1, record_data=packed).pack())
+    assert state.record() == record
+    before = ConversationState.unpack(ConversationState(version=1, record_data=orjson.dumps(record).decode()).pack())
+    assert before.record() == record
+    assert ConversationState().record() == {}
+
+
 @pytest.mark.parametrize(("size", "per_org"), [(0, 0), (0, 30), (20, 0), (20, 30), (1, 0), (5, 7), (1000, 1)])
 def test_a_batch_is_cut_into_parts_that_keep_each_orgs_order_within_both_bounds(size: int, per_org: int) -> None:
     """`_parts` (agents/pipeline.py): every org's items in their order over the parts; no part of an org over

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 
 from streams.schemas import format_timestamp
@@ -157,7 +156,7 @@ async def conversation(view: queries.View, org: str, conv_id: str) -> tuple[str,
     (conv,) = await queries.conversation_states(view, org, [addressed_digest(org, conv_id)])
     if conv.deleted or (conv.record_version is None and conv.started_ms is None) or conv.cid is None:
         return None
-    stored: dict[str, Any] = orjson.loads(conv.record_json) if conv.record_json else {}
+    stored = conv.record()
     return conv.cid, stored, served_conversation(org, conv.cid, stored, conv)
 
 
@@ -165,7 +164,7 @@ async def _conversations(view: queries.View, org: str, digests: list[int]) -> li
     out = []
     for conv in await queries.conversation_states(view, org, digests):
         cid = conv.cid or ""
-        out.append(served_conversation(org, cid, orjson.loads(conv.record_json) if conv.record_json else {}, conv))
+        out.append(served_conversation(org, cid, conv.record(), conv))
     return out
 
 
