@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 from functools import lru_cache
 from typing import Any
 
 import orjson
 
+from tables import ids
 from tables.buckets import Grain
 
 NS = "aia"
@@ -109,10 +111,28 @@ def offset_field(topic: str, partition: int) -> str:
 
 
 def observations(gen: int, org: str) -> str:
-    """Hash event_id -> an applied observation's contribution and version (JSON `[cost, in, out, unpriced, ts,
-    offset, model, session, arrival day]`), whatever its event day, so a version re-sent with another
-    timestamp replaces it. Entries older than the dedup window (by arrival) are pruned by the worker."""
+    """Hash `observation_field(event_id)` -> an applied observation's contribution and version
+    (tables/aggregates/llm_cost.py, `AppliedObservation`: cost, tokens, time, offset, model, session,
+    arrival day), whatever its event day, so a version re-sent with another timestamp replaces it. Entries
+    older than the dedup window (by arrival) are pruned by the worker."""
+    return org_key(gen, org, "ob")
+
+
+def observations_before(gen: int, org: str) -> str:
+    """The observations hash as kept before `observations`: fields the event ids as sent, values JSON. The
+    state read moves each entry it meets to `observations` (tables/lua/read.lua); the pruning empties it
+    within the dedup window, and Redis drops it then."""
     return org_key(gen, org, "obs")
+
+
+def observation_field(event_id: str) -> bytes:
+    """The observations hash's field of an event id: a UUID in its canonical spelling as its 16 bytes, any
+    other id as its UTF-8, followed by 0xFF when that is 16 bytes long too (0xFF is never in UTF-8, so no
+    two ids share a field; another spelling of a UUID is another id, as it always was)."""
+    if len(event_id) == 36 and ids.canonical(event_id) == event_id:
+        return uuid.UUID(event_id).bytes
+    raw = event_id.encode()
+    return raw + b"\xff" if len(raw) == 16 else raw
 
 
 def uuids(gen: int, org: str) -> str:

@@ -26,7 +26,7 @@ class OrgState:
     """What Redis held for one org before the batch: the planner's preconditions."""
 
     offsets: dict[str, int | None] = field(default_factory=dict)
-    observations: dict[str, str | None] = field(default_factory=dict)  # event_id -> value
+    observations: dict[str, bytes | None] = field(default_factory=dict)  # event_id -> value as kept
     convs: dict[str, ConversationState] = field(default_factory=dict)  # every conversation read (empty if new)
     erased: set[str] = field(default_factory=set)  # the batch's students that are erased
     erasures_version: str | None = None  # the erased-students hash's version: the apply's guard
@@ -59,6 +59,7 @@ class StateReader:
                 keys.observations(gen, org),
                 keys.erasures(org),
                 keys.org_generations(org),
+                keys.observations_before(gen, org),
             ]
             index: dict[str, int] = {}
             buckets, fields = [], []
@@ -71,8 +72,16 @@ class StateReader:
                     k = index[bucket] = len(key_list)
                 buckets.append(k)
                 fields.append(keys.conversation_field(digest))
-            doc = {"o": q.offset_fields, "b": q.observations, "e": [keys.ERASURES_VERSION, *q.tombstones], "c": buckets}
-            calls.append((key_list, [orjson.dumps(doc), *fields]))
+            doc = {
+                "o": q.offset_fields,
+                "b": len(q.observations),
+                "e": [keys.ERASURES_VERSION, *q.tombstones],
+                "c": buckets,
+            }
+            argv: list[bytes] = [orjson.dumps(doc), *fields]
+            for event_id in q.observations:
+                argv += (keys.observation_field(event_id), event_id.encode())
+            calls.append((key_list, argv))
         replies = await self._read.run_many(calls)
         states: dict[str, OrgState] = {}
         unpack = ConversationState.unpack
@@ -84,7 +93,7 @@ class StateReader:
             for fld, val in zip(q.offset_fields, offsets, strict=True):
                 st.offsets[fld] = None if val is None else int(val)
             for event_id, val in zip(q.observations, obs_vals, strict=True):
-                st.observations[event_id] = None if val is None else val.decode()
+                st.observations[event_id] = val
             st.convs = {cid: unpack(raw) for cid, raw in zip(q.convs, conv_vals, strict=True)}
             states[org] = st
         return states
@@ -99,8 +108,11 @@ def as_after(state: OrgState, org: str, w: OrgWrite) -> None:
         if fld in state.offsets:
             state.offsets[fld] = new
     written = w.seen.get(keys.observations(w.gen, org), {})
-    for event_id in state.observations.keys() & written.keys():
-        state.observations[event_id] = written[event_id][1]
+    if written:
+        for event_id in state.observations:
+            after = written.get(keys.observation_field(event_id))
+            if after is not None:
+                state.observations[event_id] = after[1]
     for cid in state.convs.keys() & w.conv_after.keys():
         state.convs[cid] = w.conv_after[cid]
 
@@ -112,11 +124,12 @@ async def prune_observations(redis: Redis, gen: int, org: str, oldest_day: int, 
     """Forget the observations of an org that arrived before `oldest_day` (a day index): past the dedup
     window a re-sent version counts as a new observation, as a re-sent event does."""
     script = Script(redis, PRUNE_LUA)
-    cursor = "0"
-    while True:
-        cursor = (await script.run([keys.observations(gen, org)], [cursor, chunk, oldest_day])).decode()
-        if cursor == "0":
-            return
+    for key in (keys.observations(gen, org), keys.observations_before(gen, org)):
+        cursor = "0"
+        while True:
+            cursor = (await script.run([key], [cursor, chunk, oldest_day])).decode()
+            if cursor == "0":
+                break
 
 
 PRUNE_CONVERSATIONS_LUA = load("tables", "prune_conversations", include=("conversation",))

@@ -47,8 +47,8 @@ class OrgWrite:
     zadds: dict[tuple[int, str], float] = field(default_factory=dict)
     maxes: dict[tuple[int, str], int] = field(default_factory=dict)
     expires: dict[int, int] = field(default_factory=dict)
-    # event_id -> (value before the batch, value after), per hash key (observations): checked and written in bulk
-    seen: dict[str, dict[str, tuple[str | None, str]]] = field(default_factory=dict)
+    # field -> (value before the batch, value after), per hash key (observations): checked and written in bulk
+    seen: dict[str, dict[bytes, tuple[bytes | None, bytes]]] = field(default_factory=dict)
     # (bucket key index, field) -> (the version it was planned on, or None for a new one; its new value)
     convs: dict[tuple[int, bytes], tuple[int | None, bytes]] = field(default_factory=dict)
     # set key index -> members to add, and to remove (the chat-history filter indexes)
@@ -80,10 +80,11 @@ class OrgWrite:
         prev = self.watermarks.get(offset_field)
         self.watermarks[offset_field] = (expected if prev is None else prev[0], max(new, prev[1] if prev else new))
 
-    def mark_seen(self, key: str, event_id: str, expected: str | None, new: str) -> None:
+    def mark_seen(self, key: str, fld: bytes, expected: bytes | None, new: bytes) -> None:
+        """Set the hash's field to `new` if it still holds `expected` (None: absent) when the write applies."""
         ids = self.seen.setdefault(key, {})
-        prev = ids.get(event_id)
-        ids[event_id] = (expected if prev is None else prev[0], new)
+        prev = ids.get(fld)
+        ids[fld] = (expected if prev is None else prev[0], new)
 
     def put_conversation(self, bucket: str, fld: bytes, expected: int | None, value: bytes) -> None:
         """Write a conversation's new value, if it still has the version it was planned on (None: absent)."""
@@ -186,16 +187,13 @@ class OrgWrite:
         return out
 
     def payload(self) -> list[bytes]:
-        """The script's ARGV: the write as JSON, then the conversations' new values."""
+        """The script's ARGV: the write as JSON, then the conversations' new values, then the observations'."""
         self._incr_order = [(slot, n) for slot, n in self.hincrs.items() if n]
         doc = orjson.dumps(
             {
                 "w": [[f, None if exp is None else str(exp), str(new)] for f, (exp, new) in self.watermarks.items()],
                 "g": [[k, f, exp] for (k, f), exp in self.guards.items()],
-                "d": [
-                    [self.k(key), list(ids), [e for e, _ in ids.values()], [v for _, v in ids.values()]]
-                    for key, ids in self.seen.items()
-                ],
+                "d": self._seen_argv(),
                 "i": [[k, f, str(n)] for (k, f), n in self._incr_order],
                 "z": [[k, *_pairs(members)] for k, members in self.zincrs.items() if any(members.values())],
                 "s": [[k, f, v] for (k, f), v in self.sets.items()],
@@ -215,6 +213,19 @@ class OrgWrite:
         out: list[bytes] = [doc]
         for (_, fld), (_, value) in self.convs.items():
             out += (fld, value)
+        for ids in self.seen.values():
+            for fld, (expected, value) in ids.items():
+                out += (fld, expected or b"", value)
+        return out
+
+    def _seen_argv(self) -> list[list[int]]:
+        """Per hash of `seen`: [its key, its first ARGV, how many fields]; the fields follow the
+        conversations' values in ARGV as (field, value expected or "" for none, new value): binary, as kept."""
+        out = []
+        first = 2 + 2 * len(self.convs)
+        for key, ids in self.seen.items():
+            out.append([self.k(key), first, len(ids)])
+            first += 3 * len(ids)
         return out
 
     def _marking(self) -> dict[str, Any]:

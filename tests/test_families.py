@@ -94,7 +94,11 @@ def render(w: OrgWrite) -> list[tuple[str, str, str, str]]:
     out += [("ZADD", k[i - 1], m, repr(s)) for (i, m), s in w.zadds.items()]
     out += [("EXPIREAT", k[i - 1], "", str(ts)) for i, ts in w.expires.items()]
     out += [("HSET", k[i - 1], f.hex(), v.hex()) for (i, f), (_, v) in w.convs.items()]
-    out += [("HSET", key, eid, v) for key, ids in w.seen.items() for eid, (_, v) in ids.items()]
+    out += [
+        ("HSET", key, f.decode(errors="backslashreplace"), v.hex())
+        for key, ids in w.seen.items()
+        for f, (_, v) in ids.items()
+    ]
     out += [("HMAX", k[i - 1], f, str(v)) for (i, f), v in w.maxes.items()]
     return sorted(out)
 
@@ -139,7 +143,7 @@ def test_sentiment_encoding() -> None:
 def test_llm_cost_encoding() -> None:
     assert of(
         render(plan(events())),
-        keys=(":costsess:", ":obs"),
+        keys=(":costsess:", ":ob"),
         fields=("cost_nanos", "tokens_", "observations", "unpriced"),
     ) == [
         "EXPIREAT aia:{acme}:costsess:20261120  1829779200",
@@ -157,7 +161,8 @@ def test_llm_cost_encoding() -> None:
         "HINCRBY aia:{acme}:h:2026112023 observations 1",
         "HINCRBY aia:{acme}:h:2026112023 tokens_in 1000",
         "HINCRBY aia:{acme}:h:2026112023 tokens_out 500",
-        'HSET aia:{acme}:obs e5 [1250,1000,500,0,1795217580000,5,"gpt-4o","s1",20777]',
+        # 0x02, the arrival day 20777, then msgpack [1250, 1000, 500, 0, 1795217580000, 5, "gpt-4o", "s1"]
+        "HSET aia:{acme}:ob e5 020000512998cd04e2cd03e8cd01f400cf000001a1fb4e5fe005a66770742d346fa27331",
         "ZINCRBY aia:{acme}:costsess:20261120 2|m1|s1 1250",
     ]
 

@@ -10,12 +10,14 @@ each time, and equal to the independent batch computation in tests/reference.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from unittest import mock
 
 import msgspec
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -335,17 +337,53 @@ async def test_no_apply_script_does_much_more_than_its_bound(redis_server: Redis
 
 
 async def test_observations_past_the_dedup_window_are_pruned(redis_server: RedisServer) -> None:
+    from tables.aggregates.llm_cost import AppliedObservation
     from tables.state import prune_observations
 
     redis = Redis.from_url(redis_server.url)
     try:
         await redis.delete(keys.observations(0, ORG))
-        await redis.hset(
-            keys.observations(0, ORG),
-            mapping={"old": '[1,0,0,0,5,1,"m",null,100]', "new": '[1,0,0,0,5,2,"m","s1",107]'},
-        )
+        old, new = (AppliedObservation(1, 0, 0, 0, 5, 1, "m", "s1", day).value() for day in (100, 107))
+        await redis.hset(keys.observations(0, ORG), mapping={b"old": old, b"new": new})
         await prune_observations(redis, 0, ORG, oldest_day=101, chunk=1)
         assert await redis.hkeys(keys.observations(0, ORG)) == [b"new"]
+    finally:
+        await redis.aclose()
+
+
+async def test_observations_kept_before_their_packed_form_still_count_once(redis_server: RedisServer) -> None:
+    """An observation applied while the observations hash was `aia:{org}:obs` (event id -> JSON) is met by the
+    state read, moved, and replaces or dedups as before: a copy counts once, a newer version replaces it.
+    Ids that look alike (a UUID, its 16 bytes spelled as text, its upper-case spelling) are three ids."""
+    uid = "4a4a4a4a-4a4a-4a4a-4a4a-4a4a4a4a4a4a"  # its 16 bytes are "JJJJJJJJJJJJJJJJ"
+
+    def obs(event_id: str, cost: str, minutes_ago: int = 5) -> tuple[str, dict[str, Any]]:
+        return ("llm-observations", {"event_id": event_id, "org": ORG, "timestamp": ts(minutes_ago),
+                                     "trace_id": "t1", "type": "generation", "model": "gpt-4o",
+                                     "usage": {"input": 1, "output": 1}, "cost": cost, "session_id": "s1"})  # fmt: skip
+
+    async def total() -> int:
+        days = {Grain.DAY.index(int((NOW - timedelta(minutes=m)).timestamp() * 1000)) for m in (4, 5)}
+        return sum([int(await redis.hget(keys.bucket(0, ORG, Grain.DAY, d), llm_cost.COST) or 0) for d in days])
+
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await redis.flushall()
+        await apply_batches(redis, [as_records([obs(uid, "1"), obs("JJJJJJJJJJJJJJJJ", "2"), obs(uid.upper(), "4")])],
+                            Settings())  # fmt: skip
+        assert await total() == 7 * 10**9
+        # As the worker kept them before: moved back to the hash of event ids and JSON values.
+        ob, before = keys.observations(0, ORG), keys.observations_before(0, ORG)
+        for event_id in (uid, "JJJJJJJJJJJJJJJJ", uid.upper()):
+            value = await redis.hget(ob, keys.observation_field(event_id))
+            assert value is not None
+            applied = llm_cost.AppliedObservation.parse(value)
+            await redis.hset(before, event_id, orjson.dumps(dataclasses.astuple(applied)))
+        await redis.delete(ob)
+        copies = [obs(uid, "1"), obs("JJJJJJJJJJJJJJJJ", "2"), obs(uid.upper(), "0.5", minutes_ago=4)]
+        await apply_batches(redis, [as_records(copies)], Settings(), flush=False)
+        assert await total() == 3_500_000_000  # the copies counted once; the newer version replaced 4 with 0.5
+        assert not await redis.exists(before) and await redis.hlen(ob) == 3
     finally:
         await redis.aclose()
 

@@ -303,3 +303,18 @@ def test_a_batch_is_cut_into_parts_that_keep_each_orgs_order_within_both_bounds(
         assert max(sum(len(items) for items in part.values()) for part in parts) <= size * len(by_org), parts
     if size == 0 and per_org >= 10:
         assert sum("small" in part for part in parts) == 1 and sum("mid" in part for part in parts) == 1
+
+
+def test_an_observation_is_kept_under_a_field_no_other_id_shares_and_its_value_reads_back() -> None:
+    """`keys.observation_field`: a canonical UUID as its 16 bytes; any other id as its UTF-8 (0xFF after
+    it when that is 16 bytes long), so look-alikes (the UUID's bytes spelled as text, another spelling of
+    it, an id ending in ÿ) never share an entry. `AppliedObservation` values read back whatever they hold."""
+    uid = "4a4a4a4a-4a4a-4a4a-4a4a-4a4a4a4a4a4a"  # its 16 bytes are "J" * 16
+    look_alikes = [uid, uid.upper(), uid.replace("-", ""), "J" * 16, "J" * 15 + "ÿ", "J" * 15, "J" * 17, "", "ü" * 8]
+    fields = [keys.observation_field(x) for x in look_alikes]
+    assert len(set(fields)) == len(look_alikes) and fields[0] == b"J" * 16
+    for session in (None, uid, "s|1", uid.upper(), "", "x" * 1000):
+        applied = AppliedObservation(2**63 - 1, 10**12, 0, 1, -(2**63), 2**63 - 1, "m|\u202e", session, 0)
+        assert AppliedObservation.parse(applied.value()) == applied
+    legacy = b'[1,2,3,0,5,6,"gpt-4o","s1",20777]'
+    assert AppliedObservation.parse(legacy) == AppliedObservation(1, 2, 3, 0, 5, 6, "gpt-4o", "s1", 20777)

@@ -20,6 +20,7 @@ from streams.schemas import format_timestamp
 from streams.settings import Settings
 from tables import changefeed, erase, keys, queries, state
 from tables.aggregates import chat_history, llm_cost, sessions, top_students
+from tables.aggregates.llm_cost import AppliedObservation
 from tables.buckets import Grain
 from tables.conversations import FORMAT, ConversationState, Digests, conversation_digest, event_digest, prefix
 from tables.scripts import Lua, Script, load
@@ -187,20 +188,25 @@ async def test_read_returns_what_an_org_holds_for_the_plan(redis: Redis) -> None
     digest = conversation_digest(ORG, "c1")
     held = conversation(3, ids=Digests([event_digest("e0")]))
     await redis.hset(keys.offsets(G, ORG), "chat-messages:0", 7)
-    await redis.hset(keys.observations(G, ORG), "o1", '[1,0,0,0,5,1,"m",null,100]')
+    applied = AppliedObservation(1, 0, 0, 0, 5, 1, "m", None, 100)
+    await redis.hset(keys.observations(G, ORG), keys.observation_field("o1"), applied.value())
+    # kept before: the event id as its field, JSON as its value (moved to the observations hash when read)
+    await redis.hset(keys.observations_before(G, ORG), mapping={"o3": '[2,0,0,0,5,1,"m",null,100]', "o4": "x"})
     await redis.hset(keys.erasures(ORG), mapping={keys.ERASURES_VERSION: 2, tombstones.of(ORG, "ann"): "{}"})
     await redis.hset(keys.org_generations(ORG), "v", 5)
     await redis.hset(keys.conversation_bucket(G, ORG, digest), keys.conversation_field(digest), legacy(held))
     query = state.StateQuery(
         ["chat-messages:0", "chat-messages:1"],
-        ["o1", "o2"],
+        ["o1", "o2", "o3"],
         ["c1", "c2"],
         [f for s in ("ann", "bob") for f in tombstones.fields(ORG, s)],
         ["ann", "bob"],
     )
     got = (await state.StateReader(redis).read({ORG: query}, G))[ORG]
     assert got.offsets == {"chat-messages:0": 7, "chat-messages:1": None}
-    assert got.observations == {"o1": '[1,0,0,0,5,1,"m",null,100]', "o2": None}
+    assert got.observations == {"o1": applied.value(), "o2": None, "o3": b'[2,0,0,0,5,1,"m",null,100]'}
+    assert await redis.hgetall(keys.observations_before(G, ORG)) == {b"o4": b"x"}  # o3 moved, o4 not read
+    assert await redis.hget(keys.observations(G, ORG), keys.observation_field("o3")) == got.observations["o3"]
     assert got.erased == {"ann"} and got.erasures_version == "2" and got.generations_version == "5"
     assert got.convs == {"c1": held, "c2": ConversationState()}
 
@@ -209,16 +215,26 @@ async def test_read_returns_what_an_org_holds_for_the_plan(redis: Redis) -> None
 
 
 async def test_prune_forgets_observations_that_arrived_before_the_window(redis: Redis) -> None:
-    entries = {
+    """Values of either form (msgpack after 0x02, JSON as kept before), in the observations hash and in the
+    hash as kept before; an entry that is neither is kept."""
+    uid = "2b1f7a52-8c4e-4c1e-9d7e-3f1a2b3c4d5e"
+    entries: dict[str | bytes, str | bytes] = {
         "old": '[1,0,0,0,5,1,"m",null,100]',
         "kept": '[1,0,0,0,5,2,"m","s1",107]',
         "odd session": '[1,0,0,0,5,2,"m","99]",107]',  # a session id that ends like a day
         "not json": "99]",
         "short": '[1,0,0,0,5,2,"m",null]',
+        b"old packed": AppliedObservation(1, 0, 0, 0, 5, 1, "m", uid, 100).value(),
+        b"kept packed": AppliedObservation(1, 0, 0, 0, 5, 1, "m", uid, 101).value(),
+        b"bad packed": b"\x02\xc1",
     }
-    await redis.hset(keys.observations(G, ORG), mapping=entries)
+    gone = {"old", b"old packed"}
+    for key in (keys.observations(G, ORG), keys.observations_before(G, ORG)):
+        await redis.hset(key, mapping=entries)  # type: ignore[arg-type]
     await state.prune_observations(redis, G, ORG, oldest_day=101, chunk=1)
-    assert sorted(await redis.hkeys(keys.observations(G, ORG))) == sorted(k.encode() for k in entries if k != "old")
+    for key in (keys.observations(G, ORG), keys.observations_before(G, ORG)):
+        kept = sorted(k if isinstance(k, bytes) else k.encode() for k in entries if k not in gone)
+        assert sorted(await redis.hkeys(key)) == kept
 
 
 @pytest.mark.parametrize("form", ["header", "legacy"])

@@ -11,11 +11,14 @@ whichever arrives first: what it adds is derived from the conversation's final s
 
 from __future__ import annotations
 
+import struct
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import orjson
 from redis.asyncio import Redis
 
@@ -72,6 +75,15 @@ def parse_session_member(member: str) -> tuple[str, str] | None:
     return rest[:n], rest[n + 1 :]
 
 
+# An applied observation's value in the observations hash (`keys.observations`): this byte, the day it
+# arrived (an unsigned 32-bit big-endian epoch day index, where the pruning script reads it), then the
+# msgpack array `[cost, in, out, unpriced, ts, offset, model, session]`, the session as its 16 bytes when it
+# is a UUID. A value kept before it is `[cost, in, out, unpriced, ts, offset, model, session, arrival day]`
+# as JSON text (it starts with `[`): still read.
+OBSERVATION_FORMAT = b"\x02"
+_ARRIVAL = struct.Struct(">I")
+
+
 @dataclass(frozen=True, slots=True)
 class AppliedObservation:
     """What the observations hash records for an applied observation: its contribution, its version, the
@@ -87,15 +99,34 @@ class AppliedObservation:
     session: str | None
     arrival_day: int
 
-    def value(self) -> str:
-        return orjson.dumps(
-            [self.cost, self.input_tokens, self.output_tokens, self.unpriced, self.ts_ms, self.offset,
-             self.model, self.session, self.arrival_day]
-        ).decode()  # fmt: skip
+    def value(self) -> bytes:
+        """`OBSERVATION_FORMAT`, the arrival day, then the msgpack array."""
+        session: str | bytes | None = self.session
+        if session is not None and len(session) == 36 and ids.canonical(session) == session:
+            session = uuid.UUID(session).bytes
+        return (
+            OBSERVATION_FORMAT
+            + _ARRIVAL.pack(self.arrival_day)
+            + _PACK.encode(
+                (self.cost, self.input_tokens, self.output_tokens, self.unpriced, self.ts_ms, self.offset,
+                 self.model, session)
+            )
+        )  # fmt: skip
 
     @classmethod
-    def parse(cls, value: str) -> AppliedObservation:
-        return cls(*orjson.loads(value))
+    def parse(cls, value: bytes) -> AppliedObservation:
+        """The observation a value records (either form)."""
+        if value[:1] != OBSERVATION_FORMAT:
+            return cls(*orjson.loads(value))
+        (arrival_day,) = _ARRIVAL.unpack_from(value, 1)
+        cost, tokens_in, tokens_out, unpriced, ts_ms, offset, model, session = _UNPACK.decode(memoryview(value)[5:])
+        if isinstance(session, bytes):
+            session = str(uuid.UUID(bytes=session))
+        return cls(cost, tokens_in, tokens_out, unpriced, ts_ms, offset, model, session, arrival_day)
+
+
+_PACK = msgspec.msgpack.Encoder()
+_UNPACK = msgspec.msgpack.Decoder()  # the session is str or bytes: msgspec types no such union
 
 
 class LlmCost:
@@ -118,7 +149,7 @@ class LlmCost:
             if prev is None:
                 b.count(ev)
             value = applied[ev.event_id] = new.value()
-            w.mark_seen(seen, ev.event_id, state.observations.get(ev.event_id), value)
+            w.mark_seen(seen, keys.observation_field(ev.event_id), state.observations.get(ev.event_id), value)
             for version, sign in ((prev, -1), (new, 1)):
                 if version is None:
                     continue

@@ -1,7 +1,8 @@
 -- One org's write (tables/writer.py, OrgWrite): every guard checked first, then everything or nothing.
 -- KEYS[1] the org's offsets hash, then every key the write touches. ARGV[1] JSON of the write (below), then
 -- the fields and new values of the conversations it writes (`c`: bucket, its field's ARGV, the version it
--- was planned on, its value's ARGV; its version read with conversation.lua).
+-- was planned on, its value's ARGV; its version read with conversation.lua), then the observations' fields
+-- with their values expected and new (`d`: the hash, its first ARGV, how many).
 local p = cjson.decode(ARGV[1])
 local offsets = KEYS[1]
 local function same(cur, expected)
@@ -20,12 +21,15 @@ for _, c in ipairs(p.c) do
     return {0, 'conversation in ' .. KEYS[c[1]]}
   end
 end
-for _, d in ipairs(p.d) do
-  local key, ids, expected = KEYS[d[1]], d[2], d[3]
-  for i = 1, #ids, 1000 do
-    local cur = redis.call('HMGET', key, unpack(ids, i, math.min(i + 999, #ids)))
-    for n = 1, #cur do
-      if not same(cur[n], expected[i + n - 1]) then return {0, 'seen ' .. ids[i + n - 1]} end
+for _, d in ipairs(p.d) do  -- ARGV from d[2]: d[3] triples (field, value expected or '' for none, new value)
+  local key, first, n = KEYS[d[1]], d[2], d[3]
+  for i = 0, n - 1, 1000 do
+    local fields = {}
+    for j = i, math.min(i + 999, n - 1) do fields[#fields + 1] = ARGV[first + 3 * j] end
+    local cur = redis.call('HMGET', key, unpack(fields))
+    for m = 1, #cur do
+      local expected = ARGV[first + 3 * (i + m - 1) + 1]
+      if cur[m] ~= (expected ~= '' and expected) then return {0, 'seen ' .. key} end
     end
   end
 end
@@ -44,12 +48,12 @@ end
 for _, w in ipairs(p.w) do redis.call('HSET', offsets, w[1], w[3]) end
 for _, c in ipairs(p.c) do redis.call('HSET', KEYS[c[1]], ARGV[c[2]], ARGV[c[4]]) end
 for _, d in ipairs(p.d) do
-  local key, ids, values = KEYS[d[1]], d[2], d[4]
-  for i = 1, #ids, 500 do
+  local key, first, n = KEYS[d[1]], d[2], d[3]
+  for i = 0, n - 1, 500 do
     local args = {}
-    for n = i, math.min(i + 499, #ids) do
-      args[#args + 1] = ids[n]
-      args[#args + 1] = values[n]
+    for j = i, math.min(i + 499, n - 1) do
+      args[#args + 1] = ARGV[first + 3 * j]
+      args[#args + 1] = ARGV[first + 3 * j + 2]
     end
     redis.call('HSET', key, unpack(args))
   end
