@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="ai-analytics",
         version="0.1.0",
         description="Real-time analytics of the AI-tutoring platform, under the platform's analytics API paths. "
-        "Authenticate with `Authorization: Api-Token <key>` (or `Token <key>`).",
+        "Authenticate with `Authorization: Api-Token <key>` (or `Token <key>`; the scheme in any case).",
         default_response_class=ORJSONResponse,
         lifespan=lifespan,
         dependencies=[Depends(single_values)],  # a query parameter given twice: 400 naming it

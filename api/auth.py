@@ -1,4 +1,5 @@
-"""Who is calling: `Authorization: Api-Token <key>` (or `Token <key>`), checked against the org in the path.
+"""Who is calling: `Authorization: Api-Token <key>` (or `Token <key>`; the scheme in any case, as Django REST
+framework reads it), checked against the org in the path.
 
 401 without a key or with an unknown one; 403 for a key scoped to another org, whether or not that org
 exists (no existence leak); 404 for an org that does not exist, to an all-orgs key.
@@ -20,15 +21,23 @@ ORG = Annotated[str, PathParam(description="The org (tenant) whose analytics are
 USER = Annotated[str, PathParam(description="The caller's user id, as in the platform's API.", max_length=256)]
 
 
+# The schemes, compared as Django REST framework's TokenAuthentication compares its keyword: the header's
+# bytes split on ASCII whitespace, the first word lowered in ASCII only, so `api-token` and `API-TOKEN` match
+# and no look-alike (an en dash, a Cyrillic letter, the Kelvin sign whose Unicode lower case is `k`) does.
+SCHEMES = (b"api-token", b"token")
+
+
 def _token(headers: Headers) -> str:
     """The key the request's headers send, or a 401 saying how to send one."""
     header = headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
     if not header:
         raise ApiError(401, "missing Authorization header; send `Authorization: Api-Token <key>`")
-    if scheme not in ("Api-Token", "Token") or not token.strip():
+    words = header.encode("latin-1").split()  # Starlette decodes header bytes as Latin-1: this undoes it
+    if not words or words[0].lower() not in SCHEMES:
         raise ApiError(401, "Authorization must be `Api-Token <key>` or `Token <key>`")
-    return token.strip()
+    if len(words) != 2:
+        raise ApiError(401, "Authorization must be `Api-Token <key>`: one key, without spaces")
+    return words[1].decode("latin-1")
 
 
 async def caller(request: Request, org: ORG, state: State) -> apikeys.ApiKey:

@@ -29,6 +29,11 @@ from tables.conversations import ConversationState
 
 router = APIRouter(tags=["chat history"])
 
+# The largest body a chat-history write takes: below the broker's message size (1 MiB by default), which
+# the record (the body and a few fields) must fit. A bigger one is a 413, not a retry.
+MAX_BODY_BYTES = 512 * 1024
+
+
 # The platform's writable fields of a conversation record; anything else a client sends is ignored
 # (read-only fields such as id, student, sentiment, rating are the server's).
 BOOLS = ("has_document", "memory_tracked", "enable_artifacts", "is_shared", "is_authenticated")
@@ -63,6 +68,9 @@ WRITE_BODY: dict[str, Any] = {
     }
 }
 PATCH_BODY: dict[str, Any] = {"requestBody": {"content": {"application/json": {"schema": _BODY}}}}
+TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"description": f"The body is over {MAX_BODY_BYTES // 1024} KiB; `parameter` is body."}
+}
 
 
 @router.get("/chat-history/")
@@ -118,7 +126,7 @@ async def chat_history(
     }
 
 
-@router.post("/chat-history/", status_code=201, openapi_extra=WRITE_BODY)
+@router.post("/chat-history/", status_code=201, openapi_extra=WRITE_BODY, responses=TOO_LARGE)
 async def create_chat_history(org: ORG, user_id: USER, key: Caller, state: State, request: Request) -> dict[str, Any]:
     """Store a conversation record (JSON, form or multipart body): written through Kafka, listed within a
     second. The server sets its id and student (the path's user)."""
@@ -135,7 +143,7 @@ async def get_chat_history(org: ORG, user_id: USER, key: Caller, view: Served, c
     return (await _existing(view, org, conversation_id))[2]
 
 
-@router.put("/chat-history/{conversation_id}/", openapi_extra=WRITE_BODY)
+@router.put("/chat-history/{conversation_id}/", openapi_extra=WRITE_BODY, responses=TOO_LARGE)
 async def replace_chat_history(
     org: ORG, user_id: USER, key: Caller, state: State, view: Served, conversation_id: str, request: Request
 ) -> dict[str, Any]:
@@ -144,7 +152,7 @@ async def replace_chat_history(
     return await _change(state, view, org, conversation_id, request, whole=True)
 
 
-@router.patch("/chat-history/{conversation_id}/", openapi_extra=PATCH_BODY)
+@router.patch("/chat-history/{conversation_id}/", openapi_extra=PATCH_BODY, responses=TOO_LARGE)
 async def change_chat_history(
     org: ORG, user_id: USER, key: Caller, state: State, view: Served, conversation_id: str, request: Request
 ) -> dict[str, Any]:
@@ -194,16 +202,15 @@ def _kept(cid: str, stored: dict[str, Any], served: dict[str, Any]) -> dict[str,
     }
 
 
-# The largest body a chat-history write takes: below the broker's message size (1 MiB by default), which
-# the record (the body and a few fields) must fit. A bigger one is a 413, not a retry.
-MAX_BODY_BYTES = 512 * 1024
-
-
 async def _read_limited(request: Request) -> None:
     """Read the body, refusing one over MAX_BODY_BYTES (413) before reading it all; kept for `body()` and
     `form()`, which read it from there."""
     declared = request.headers.get("content-length", "")
-    too_big = ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes", param="body")
+    too_big = ApiError(
+        413,
+        f"the body is over the limit of {MAX_BODY_BYTES} bytes ({MAX_BODY_BYTES // 1024} KiB) a chat-history write takes",
+        param="body",
+    )
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise too_big
     chunks: list[bytes] = []

@@ -520,6 +520,90 @@ def test_chat_history_bodies_too_big_or_too_deep_are_client_errors(env: Env) -> 
     assert many.status_code == 400 and "topics" in many.json()["detail"], many.text
 
 
+LIMIT = 512 * 1024  # the documented largest chat-history body (docs/contract.md)
+
+
+def test_a_body_at_the_limit_is_taken_and_one_byte_over_is_a_413_naming_it(env: Env) -> None:
+    """Exactly 512 KiB is written; one byte more is a 413 in the API's error shape, whether the client
+    declares the length or streams it chunked, as JSON or as a form. The bodies are padded with the blanks
+    JSON allows after a value, so what is stored stays small."""
+    org = "acme-academy"
+    url = f"{env.base}/api/ai-analytics/orgs/{org}/users/limit-prober/chat-history/"  # a user of its own
+    headers = {"Authorization": f"Api-Token {env.keys['admin']}", "Content-Type": "application/json"}
+    record = b'{"mentor": "limit-mentor", "title": "at the limit"}'
+
+    def padded(size: int) -> bytes:
+        return record + b" " * (size - len(record))
+
+    def chunked(body: bytes, step: int = 64 * 1024) -> Iterator[bytes]:  # no Content-Length: streamed
+        yield from (body[i : i + step] for i in range(0, len(body), step))
+
+    for how, send in (
+        ("declared", lambda body: httpx.post(url, content=body, headers=headers, timeout=30)),
+        ("chunked", lambda body: httpx.post(url, content=chunked(body), headers=headers, timeout=30)),
+    ):
+        at = send(padded(LIMIT))
+        assert at.status_code == 201, (how, at.text[:200])
+        assert at.json()["title"] == "at the limit" and at.json()["student"] == "limit-prober"
+        over = send(padded(LIMIT + 1))
+        assert over.status_code == 413, (how, over.text[:200])
+        detail = over.json()["detail"]
+        assert over.json() == {"detail": detail, "body": [detail], "parameter": "body"}, how  # DRF's shape
+        assert str(LIMIT) in detail, detail  # it names the limit
+    way_over = httpx.post(url, content=chunked(padded(8 * LIMIT)), headers=headers, timeout=30)
+    assert way_over.status_code == 413, way_over.text[:200]
+    form = {"mentor": "limit-mentor", "title": "x" * LIMIT}  # form-urlencoded: the encoded body counts
+    r = httpx.post(url, data=form, headers={"Authorization": headers["Authorization"]}, timeout=30)
+    assert r.status_code == 413 and r.json()["parameter"] == "body", r.text[:200]
+    deadline = time.monotonic() + 10
+    while (listed := env.get(org, "chat-history", filter_user_id="limit-prober").json())["count"] < 2:
+        assert time.monotonic() < deadline, "the records at the limit were never listed"
+        time.sleep(0.1)
+    assert listed["count"] == 2 and {c["title"] for c in listed["results"]} == {"at the limit"}  # none over it
+
+
+@pytest.mark.parametrize("scheme", ["Api-Token", "api-token", "API-TOKEN", "aPI-tOKEN", "Token", "token", "TOKEN"])
+def test_the_scheme_is_taken_in_any_case_of_its_name(env: Env, scheme: str) -> None:
+    """As Django REST framework's TokenAuthentication: the scheme's name compared without case."""
+    r = env.get("acme-academy", "sentiment-count", key="analyst", scheme=scheme)
+    assert r.status_code == 200, r.text
+    across = httpx.get(f"{env.base}/api/ai-analytics/costs/pertenant/", params={"start_date": "2026-01-01",
+                       "end_date": "2026-01-02"}, headers={"Authorization": f"{scheme} {env.keys['admin']}"})  # fmt: skip
+    assert across.status_code == 200, across.text
+
+
+def test_look_alike_schemes_and_malformed_headers_are_401(env: Env) -> None:
+    """Only ASCII case is ignored: a scheme spelled with look-alike characters (sent as UTF-8 bytes), a
+    Latin-1 blank that Python's str.split() would take for a space (sent as its one byte), or a header that
+    is not exactly `<scheme> <key>` is refused like no key, as DRF refuses it."""
+    key = env.keys["admin"]
+    for header in (
+        f"Api\u2013Token {key}",  # en dash
+        f"Api\u2010Token {key}",  # hyphen
+        f"Api-T\u043eken {key}",  # Cyrillic o
+        f"\u0410pi-Token {key}",  # Cyrillic A
+        f"Api-To\u212aen {key}",  # Kelvin sign: "\u212a".lower() == "k"
+        f"\uff21pi-Token {key}",  # fullwidth A
+        f"Api-Token\u00a0{key}",  # no-break space (UTF-8)
+        f"Api_Token {key}",
+        f"ApiToken {key}",
+        f"Api-Tokens {key}",
+        f"Bearer {key}",
+        f"{key}",
+        "Api-Token",
+        f"Api-Token {key} {key}",
+    ):
+        r = httpx.get(env.url("acme-academy", "sentiment-count"), headers={"Authorization": header.encode()})
+        assert r.status_code == 401, (header.replace(key, "<key>"), r.status_code, r.text)
+        assert r.json()["detail"] and r.headers["www-authenticate"] == "Api-Token"
+    for blank in (b"\xa0", b"\x85"):  # no-break space, next line: blanks to str.isspace(), not to DRF
+        header_bytes = b"Api-Token" + blank + key.encode()
+        r = httpx.get(env.url("acme-academy", "sentiment-count"), headers={"Authorization": header_bytes})
+        assert r.status_code == 401, (blank, r.status_code, r.text)
+    spaced = httpx.get(env.url("acme-academy", "sentiment-count"), headers={"Authorization": f"Api-Token \t {key}"})
+    assert spaced.status_code == 200, spaced.text  # ASCII blanks separate, as DRF splits the header
+
+
 def test_any_username_an_event_may_carry_can_be_erased(env: Env) -> None:
     org = "globex-school"
     headers = {"Authorization": f"Api-Token {env.keys['admin']}"}
