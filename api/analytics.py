@@ -1,5 +1,5 @@
-"""The platform's analytics endpoints over the aggregates: average messages per session, sentiment counts,
-tenant cost, top students, and how fresh the data is."""
+"""The platform's analytics endpoints over the aggregates: average messages per session, conversations and
+distinct students per period, sentiment counts, tenant cost, top students, and how fresh the data is."""
 
 from __future__ import annotations
 
@@ -60,6 +60,62 @@ async def average_messages_per_session(
     return await sessions.average_messages_per_session(
         view, org, start, end, agg, params.text("mentor_id", mentor_id), zone
     )
+
+
+@router.get("/conversation/", openapi_extra=answered_by(sessions.Sessions))
+async def conversation_volume(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    start_date: Annotated[str, Query(description="First day, YYYY-MM-DD.", **DATE)],
+    end_date: Annotated[str, Query(description="Last day, YYYY-MM-DD.", **DATE)],
+    mentor_id: Annotated[str | None, Query(description="Only conversations with this mentor.")] = None,
+    aggregation: Annotated[
+        str | None,
+        Query(
+            description="hourly, daily (default) or weekly.", json_schema_extra={"enum": list(sessions.AGGREGATIONS)}
+        ),
+    ] = None,
+    tz: TZ = None,
+) -> list[dict[str, Any]]:
+    """Conversations started per period (hours, days or ISO weeks of the time zone; periods without one
+    included as 0): a conversation starts at its earliest message, with that message's mentor. The same
+    sessions `average-messages-per-session` counts."""
+    rows = await average_messages_per_session(
+        org, user_id, key, state, view, start_date, end_date, mentor_id, aggregation, None, tz
+    )
+    return [{"date": row["time"], "conversation_count": row["total_sessions"]} for row in rows]
+
+
+@router.get("/total-users-by-mentor/", openapi_extra=answered_by(top.TopStudents))
+async def total_users_by_mentor(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    start_date: Annotated[
+        str | None, Query(description="First day, YYYY-MM-DD (default: 30 days ago).", **DATE)
+    ] = None,
+    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
+    mentor_id: Annotated[str | None, Query(description="Only students who wrote to this mentor.")] = None,
+    aggregation: Annotated[
+        str | None, Query(description="hourly or daily (default).", json_schema_extra={"enum": ["hourly", "daily"]})
+    ] = None,
+    group_by: Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")] = None,
+    tz: TZ = None,
+) -> list[dict[str, Any]]:
+    """Distinct students who sent a message, per hour or day of the time zone (periods without one
+    included as 0), to the org's mentors or to one."""
+    agg = params.choice("aggregation", aggregation, ("hourly", "daily"), "daily") or "daily"
+    zone = await zone_of(state, org, tz)
+    start, end = params.date_range(start_date, end_date, required=False, default_days=31, today=local_today(zone))
+    check_retention(state, start, zone, hourly=agg == "hourly")
+    if agg == "hourly" and (end - start).days > state.retention.hourly_days:
+        raise params.bad("end_date", f"hourly rows span at most {state.retention.hourly_days} days")
+    return await top.active_students(view, org, start, end, agg == "hourly", params.text("mentor_id", mentor_id), zone)
 
 
 @router.get("/sentiment-count/", openapi_extra=answered_by(sentiment.Sentiment))

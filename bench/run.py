@@ -95,7 +95,14 @@ from tables import apikeys, connections, keys
 API_PATH = "/api/ai-analytics/orgs/{org}/users/bench/"
 SERVED_ORG = "org-000"  # the traffic model's largest org
 # The endpoints a dashboard polls whose answers are shared per data version (api/cache.py).
-ANALYTICS = ("average-messages-per-session", "sentiment-count", "tenant-cost", "top-students-by-chat-messages")
+ANALYTICS = (
+    "average-messages-per-session",
+    "conversation",
+    "total-users-by-mentor",
+    "sentiment-count",
+    "tenant-cost",
+    "top-students-by-chat-messages",
+)
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +435,8 @@ async def serving(
     base = f"{api.base}{API_PATH.format(org=SERVED_ORG)}"
     endpoints: dict[str, tuple[str, dict[str, Any]]] = {
         "average-messages-per-session": ("average-messages-per-session/", rng),
+        "conversation": ("conversation/", rng),
+        "total-users-by-mentor": ("total-users-by-mentor/", rng),
         "chat-history": ("chat-history/", {**rng, "page_size": 20}),
         "sentiment-count": ("sentiment-count/", {"period": "7d" if days <= 7 else "90d"}),
         "tenant-cost": ("tenant-cost/", rng),

@@ -46,27 +46,32 @@ def as_int(value: bytes | None) -> int:
     return 0 if value is None else int(value)
 
 
+def period_pieces(
+    start: date, end: date, hourly: bool, zone: ZoneInfo | None
+) -> list[tuple[str, list[tuple[Grain, int]]]]:
+    """(label, the buckets that make it up) per hour or day from start to end, both included.
+
+    In UTC a day is its daily bucket and an hour its hourly one. In another zone a day is the hourly
+    buckets of its UTC hours (23, 24 or 25), with half-hour buckets at the edges for a zone half an hour
+    off UTC, and an hour is labelled in local time with its offset."""
+    if zone is None and hourly:
+        return [(h.strftime("%Y-%m-%dT%H:00:00Z"), [(Grain.HOUR, hour_index(h))]) for h in hours_between(start, end)]
+    if zone is None:
+        return [(d.isoformat(), [(Grain.DAY, day_index(d))]) for d in days_between(start, end)]
+    if hourly:
+        return [(local_hour_label(h, zone), pieces(h, h + 3600))
+                for _, first, end_s in local_days(start, end, zone) for h in local_hours(first, end_s)]  # fmt: skip
+    return [(d.isoformat(), pieces(first, end_s)) for d, first, end_s in local_days(start, end, zone)]
+
+
 async def periods(
     view: View, org: str, start: date, end: date, hourly: bool, zone: ZoneInfo | None, fields: list[str]
 ) -> list[tuple[str, list[int]]]:
-    """(label, the fields' sums) per hour or day from start to end, both included; zeros included.
-
-    In UTC a day is its daily bucket. In another zone a day is the hourly buckets of its UTC hours (23, 24
-    or 25), with half-hour buckets at the edges for a zone half an hour off UTC, and an hour is labelled in
-    local time with its offset."""
+    """(label, the fields' sums) per hour or day from start to end, both included (`period_pieces`); zeros
+    included."""
     redis, gen = view
-    periods: list[tuple[str, list[str]]]
-    if zone is None and hourly:
-        periods = [(h.strftime("%Y-%m-%dT%H:00:00Z"), [keys.bucket(gen, org, Grain.HOUR, hour_index(h))])
-                   for h in hours_between(start, end)]  # fmt: skip
-    elif zone is None:
-        periods = [(d.isoformat(), [keys.bucket(gen, org, Grain.DAY, day_index(d))]) for d in days_between(start, end)]
-    elif hourly:
-        periods = [(local_hour_label(h, zone), [keys.bucket(gen, org, g, i) for g, i in pieces(h, h + 3600)])
-                   for _, first, end_s in local_days(start, end, zone) for h in local_hours(first, end_s)]  # fmt: skip
-    else:
-        periods = [(d.isoformat(), [keys.bucket(gen, org, g, i) for g, i in pieces(first, end_s)])
-                   for d, first, end_s in local_days(start, end, zone)]  # fmt: skip
+    periods = [(label, [keys.bucket(gen, org, g, i) for g, i in made_of])
+               for label, made_of in period_pieces(start, end, hourly, zone)]  # fmt: skip
     replies = iter(
         await pipelined(redis, [("hmget", key, fields) for _, bucket_keys in periods for key in bucket_keys])
     )
@@ -81,6 +86,15 @@ async def periods(
 
 
 ZUNION_SCORES_LUA = load("tables", "zunion_scores")  # tables/lua/zunion_scores.lua
+
+
+ZUNION_SIZE_LUA = load("tables", "zunion_size")  # tables/lua/zunion_size.lua
+
+
+async def union_sizes(redis: Redis, unions: list[list[str]]) -> list[int]:
+    """How many members each union of sorted sets (of one org: one slot) has, counted in Redis (one script
+    per union, pipelined), so no member crosses the network."""
+    return [int(n) for n in await Script(redis, ZUNION_SIZE_LUA).run_many([(zkeys, []) for zkeys in unions])]
 
 
 async def zunion(redis: Redis, zkeys: list[str]) -> list[tuple[bytes, float]]:

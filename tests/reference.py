@@ -72,6 +72,8 @@ class Expected:
     latest_sentiment: dict[tuple[str, str], str] = field(default_factory=dict)
     # (org, day, mentor or "" for the org's) -> the students who chatted that day
     students: dict[tuple[str, str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    # (org, hour or day as the API labels it in UTC, mentor or "") -> the students who sent a (human) message
+    active: dict[tuple[str, str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
     orgs: set[str] = field(default_factory=set)
 
     def days(self) -> set[tuple[str, str]]:
@@ -104,6 +106,9 @@ def expected(events: list[tuple[str, dict[str, Any]]]) -> Expected:
                 out.students[(org, day(t), who)].add(e["student"])
             if e["role"] == "human":
                 out.human[(org, day(t))][e["student"]] += 1
+                for who in ("", e["mentor_id"]):
+                    for period in (hour(t), day(t)):
+                        out.active[(org, period, who)].add(e["student"])
         elif topic == "sentiment":
             out.sentiment[(org, day(t))] += 1
             key = (org, e["session_id"])

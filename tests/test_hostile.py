@@ -318,6 +318,17 @@ async def test_events_that_used_to_stop_the_worker_and_colliding_ids(hostile_wor
     assert await distinct(slug_mentor_served) == 1 and await distinct(history[slug_session_served]["mentor"]) == 1
     assert await redis.smembers(distinct_students.key(0, org, day_index(today), "m|x")) == {b"dan"}
     assert await redis.smembers(distinct_students.key(0, org, day_index(today), "slug-m")) == {b"bob"}
+
+    # total-users-by-mentor: students who sent a message, from the top-students sets, kept apart the same way.
+    async def active(mentor: str | None = None, hourly: bool = False) -> list[int]:
+        rows = await top_students.active_students(queries.View(redis, 0), org, today, today, hourly, mentor)
+        return [r["user_count"] for r in rows]
+
+    assert await active() == [len({"eve|top_students|x", "bob", "cat", "dan"})]
+    assert (await active("m|x"), await active("m"), await active("m1")) == ([1], [1], [1])
+    assert await active(slug_mentor_served) == [1] and await active(history[slug_session_served]["mentor"]) == [1]
+    hours = await active(hourly=True)
+    assert len(hours) == 24 and max(hours) <= 4 <= sum(hours)  # every student in an hour, none twice in one
     # Per-mentor session costs kept apart.
     sessions = await llm_cost.session_costs(queries.View(redis, 0), org, *span)
     assert sessions[("m|x", "s")] == 1_000_000_000 and sessions[("m", "x|s")] == 2_000_000_000

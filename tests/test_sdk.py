@@ -50,6 +50,8 @@ HOUR_MS = 3_600_000
 
 # The `_response_types_map` of each SDK method (local to the generated method, so repeated here).
 AVG_MESSAGES = {"200": "List[MessageStatistics]", "400": None, "404": None}
+CONVERSATIONS = {"200": "List[ConversationVolume]", "400": None, "404": None}
+USERS_BY_MENTOR = {"200": "List[UserChatByPeriod]", "400": None, "404": None}
 HISTORY_LIST = {"200": "PaginatedConversationsList"}
 HISTORY_CREATE = {"201": "Conversations"}
 HISTORY_ONE = {"200": "Conversations"}
@@ -318,6 +320,55 @@ def test_average_messages_per_session_per_mentor(stack: Stack) -> None:
         assert want, f"no sessions of mentor {mentor}"
         assert {p: v for p, v in got.items() if p in want} == want, mentor
         assert all(v == (0, 0) for p, v in got.items() if p not in want), mentor
+
+
+@pytest.mark.parametrize("aggregation", ["daily", "weekly", "hourly"])
+def test_conversation_volume_matches_reference(stack: Stack, aggregation: str) -> None:
+    """`conversation/`: conversations started per period, for the org and for each of its mentors."""
+    first, last = days(stack)
+    table = {"daily": stack.exp.daily, "weekly": stack.exp.weekly, "hourly": stack.exp.hourly}[aggregation]
+    label: Callable[[datetime], str] = {
+        "daily": lambda t: utc(t).date().isoformat(),
+        "weekly": lambda t: utc(t).date().isoformat(),
+        "hourly": lambda t: utc(t).strftime("%Y-%m-%dT%H:00:00Z"),
+    }[aggregation]
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+            r = stack.call("ai_analytics_orgs_users_conversation_list", CONVERSATIONS, org=org, user_id=CALLER,
+                           start_date=first.isoformat(), end_date=last.isoformat(), aggregation=aggregation,
+                           mentor_id=mentor or None)  # fmt: skip
+            rows = ok_list(r, M.ConversationVolume)
+            got = {label(row.var_date): row.conversation_count for row in rows}
+            assert len(got) == len(rows), "a period served twice"
+            want = {p: n for (o, p, who), (n, _) in table.items() if o == org and who == mentor}
+            assert {p: n for p, n in got.items() if p in want} == want, (org, mentor)
+            assert all(n == 0 for p, n in got.items() if p not in want), (org, mentor)
+            if not mentor:
+                assert sum(got.values()) == len(stack.conversations(org))  # every conversation once
+
+
+@pytest.mark.parametrize("aggregation", ["daily", "hourly"])
+def test_total_users_by_mentor_matches_reference(stack: Stack, aggregation: str) -> None:
+    """`total-users-by-mentor/`: distinct students who sent a message per hour or day, for the org and for
+    each of its mentors, against the reference's sets."""
+    first, last = days(stack)
+    label: Callable[[datetime], str] = {
+        "daily": lambda t: utc(t).date().isoformat(),
+        "hourly": lambda t: utc(t).strftime("%Y-%m-%dT%H:00:00Z"),
+    }[aggregation]
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+            r = stack.call("ai_analytics_orgs_users_total_users_by_mentor_list", USERS_BY_MENTOR, org=org,
+                           user_id=CALLER, start_date=first.isoformat(), end_date=last.isoformat(),
+                           aggregation=aggregation, mentor_id=mentor or None)  # fmt: skip
+            rows = ok_list(r, M.UserChatByPeriod)
+            got = {label(row.period): row.user_count for row in rows}
+            assert len(got) == len(rows), "a period served twice"
+            want = {p: len(who) for (o, p, m), who in stack.exp.active.items()
+                    if o == org and m == mentor and ("T" in p) == (aggregation == "hourly")}  # fmt: skip
+            assert want, (org, mentor)
+            assert {p: n for p, n in got.items() if p in want} == want, (org, mentor)
+            assert all(n == 0 for p, n in got.items() if p not in want), (org, mentor)
 
 
 # --- chat history: reads ------------------------------------------------------------------------------
@@ -721,6 +772,14 @@ BAD = [
      {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
     ("ai_analytics_orgs_users_average_messages_per_session_list", AVG_MESSAGES,
      {"start_date": EARLIER.isoformat(), "end_date": TODAY.isoformat(), "aggregation": "yearly"}, "aggregation"),
+    ("ai_analytics_orgs_users_conversation_list", CONVERSATIONS,
+     {"start_date": EARLIER.isoformat(), "end_date": TODAY.isoformat(), "aggregation": "monthly"}, "aggregation"),
+    ("ai_analytics_orgs_users_conversation_list", CONVERSATIONS,
+     {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
+    ("ai_analytics_orgs_users_total_users_by_mentor_list", USERS_BY_MENTOR, {"aggregation": "weekly"}, "aggregation"),
+    ("ai_analytics_orgs_users_total_users_by_mentor_list", USERS_BY_MENTOR, {"start_date": "2026-02-30"}, "start_date"),
+    ("ai_analytics_orgs_users_total_users_by_mentor_list", USERS_BY_MENTOR,
+     {"start_date": "2020-01-01", "end_date": TODAY.isoformat(), "aggregation": "hourly"}, "start_date"),
     ("ai_analytics_orgs_users_sentiment_count_list", SENTIMENT_COUNT, {"period": "1y"}, "period"),
     ("ai_analytics_orgs_users_tenant_cost_retrieve", COST, BACKWARDS, "end_date"),
     ("ai_analytics_orgs_users_user_cost_retrieve", COST, {"username": "x", **BACKWARDS}, "end_date"),

@@ -1,5 +1,6 @@
 """Top students: human messages per student, in sorted sets per half hour, hour, day and ISO week, and of
-all time, for the org and for each mentor; and human messages per day (a bucket field).
+all time, for the org and for each mentor; and human messages per day (a bucket field). The same sets say
+how many students sent a message in each hour or day (`active_students`).
 
 Each human message counts once for its student in the sets of its own time (a sum: any order gives the
 same sets). A long range unions weeks, not days (90 days: ~25 sets, not 90); a time zone's days take the
@@ -134,3 +135,25 @@ async def top_students(
     counts = [(member.decode(), int(score)) for member, score in merged]
     counts.sort(key=lambda kv: (-kv[1], kv[0]))
     return [{"username": u, "chat_message_count": n} for u, n in counts[:limit]]
+
+
+async def active_students(
+    view: queries.View,
+    org: str,
+    start: date,
+    end: date,
+    hourly: bool,
+    mentor_id: str | None = None,
+    zone: ZoneInfo | None = None,
+) -> list[dict[str, Any]]:
+    """Students who sent a message (a human message: the AI's replies to them do not count) in each hour
+    or day from start to end (the zone's; zeros included), to the org or to one mentor: exact, the size of
+    the union of the sets of the hours (and half hours) or the day that make up each period."""
+    redis, gen = view
+    if mentor_id is not None:
+        mentor_id = await queries.resolve(view, org, ids.MENTOR, mentor_id)
+    periods = queries.period_pieces(start, end, hourly, zone)
+    sizes = await queries.union_sizes(
+        redis, [[key(gen, org, g, i, mentor_id) for g, i in made_of] for _, made_of in periods]
+    )
+    return [{"period": label, "user_count": n} for (label, _), n in zip(periods, sizes, strict=True)]
