@@ -1,5 +1,6 @@
-"""The platform's analytics endpoints over the aggregates: average messages per session, conversations and
-distinct students per period, sentiment counts, tenant cost, top students, and how fresh the data is."""
+"""The platform's analytics endpoints over the aggregates: average messages per session, conversations,
+distinct students and ratings per period, sentiment counts, tenant cost, top students, and how fresh the
+data is."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from api.auth import ORG, USER, Caller
 from api.cache import answered_by
 from api.state import AppState, Served, State
 from tables import queries
-from tables.aggregates import llm_cost, sentiment, sessions
+from tables.aggregates import llm_cost, ratings, sentiment, sessions
 from tables.aggregates import top_students as top
 from tables.buckets import local_today, time_zone
 
@@ -116,6 +117,31 @@ async def total_users_by_mentor(
     if agg == "hourly" and (end - start).days > state.retention.hourly_days:
         raise params.bad("end_date", f"hourly rows span at most {state.retention.hourly_days} days")
     return await top.active_students(view, org, start, end, agg == "hourly", params.text("mentor_id", mentor_id), zone)
+
+
+@router.get("/rating-summary/", openapi_extra=answered_by(ratings.Ratings))
+async def rating_summary(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    start_date: Annotated[str, Query(description="First day, YYYY-MM-DD.", **DATE)],
+    end_date: Annotated[str, Query(description="Last day, YYYY-MM-DD.", **DATE)],
+    group_by: Annotated[
+        str | None, Query(description="day (default) or hour.", json_schema_extra={"enum": ["day", "hour"]})
+    ] = None,
+    tz: TZ = None,
+) -> list[dict[str, Any]]:
+    """Rated conversations per day or hour of the time zone (periods without one included as 0): those whose
+    newest chat-history record holds a rating, counted at the record's `inserted_at`."""
+    hourly = (params.choice("group_by", group_by, ("day", "hour"), "day") or "day") == "hour"
+    zone = await zone_of(state, org, tz)
+    start, end = params.date_range(start_date, end_date, required=True)
+    check_retention(state, start, zone, hourly=hourly)
+    if hourly and (end - start).days > state.retention.hourly_days:
+        raise params.bad("end_date", f"hourly rows span at most {state.retention.hourly_days} days")
+    return await ratings.rating_summary(view, org, start, end, hourly, zone)
 
 
 @router.get("/sentiment-count/", openapi_extra=answered_by(sentiment.Sentiment))

@@ -126,6 +126,10 @@ class ConversationState(msgspec.Struct, array_like=True):
     ids: Digests = msgspec.field(default_factory=Digests)
     last_day: int = 0  # 0: nothing left to prune
     cid: str | None = None  # the conversation's id as kept (tables/ids.py)
+    # Whether the newest record holds a rating (an integer other than 0, as served) that the ratings
+    # family counted; None in a state written before that family (its rating counted nowhere until a newer
+    # record, or `ai-analytics rebuild`, counts it).
+    rated: bool | None = None
 
     def pack(self) -> bytes:
         """The stored value: `HEADER` (the format byte, `version`, `last_day`), then the state in msgpack."""
@@ -170,6 +174,7 @@ class ConversationState(msgspec.Struct, array_like=True):
             self.inserted_ms = ev.inserted_at_ms
             self.deleted = ev.deleted
             self.record_data = pack_record(ev.record)
+            self.rated = _rating_of(ev.record) != 0
 
     def record(self) -> dict[str, Any]:
         """The newest chat-history record, as the API serves it ({} when none)."""
@@ -178,6 +183,14 @@ class ConversationState(msgspec.Struct, array_like=True):
             return {}
         record: dict[str, Any] = orjson.loads(data if isinstance(data, str) else unpack_record(data))
         return record
+
+    def rating_slot(self) -> int | None:
+        """The epoch millisecond the conversation's rating counts at (its newest record's `inserted_at`), or
+        None when it counts nowhere: no rating (a served `rating` of 0; a thumbs down is a rating too), the
+        conversation deleted, or a state from before ratings were counted (`rated` None)."""
+        if not self.rated or self.deleted or self.inserted_ms is None:
+            return None
+        return self.inserted_ms
 
     def copy(self) -> ConversationState:
         """A working copy whose `ids` can grow without touching this one."""
@@ -223,6 +236,12 @@ class ConversationState(msgspec.Struct, array_like=True):
         if self.sentiment:
             out[("sentiment", self.sentiment)] = 0.0
         return out
+
+
+def _rating_of(record: dict[str, Any]) -> int:
+    """A record's rating as the API serves it: an integer (not a boolean), else 0 (none)."""
+    r = record.get("rating")
+    return r if isinstance(r, int) and not isinstance(r, bool) else 0
 
 
 # A chat-history record is kept as its JSON compressed with raw DEFLATE against this dictionary: the field

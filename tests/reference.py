@@ -280,6 +280,21 @@ def conversations(events: list[tuple[str, dict[str, Any]]]) -> dict[tuple[str, s
     return out
 
 
+def ratings(convs: dict[tuple[str, str], Conversation]) -> Counter[tuple[str, str]]:
+    """(org, UTC hour or day label) -> conversations whose newest record holds a rating (an integer other
+    than 0) and is not a deletion, counted at the record's `inserted_at`."""
+    out: Counter[tuple[str, str]] = Counter()
+    for (org, _), conv in convs.items():
+        rec = conv.record
+        r = (rec or {}).get("rating")
+        if rec is None or rec.get("deleted") or not isinstance(r, int) or isinstance(r, bool) or r == 0:
+            continue
+        assert conv.inserted_ms is not None
+        out[(org, hour(conv.inserted_ms))] += 1
+        out[(org, day(conv.inserted_ms))] += 1
+    return out
+
+
 def top_students(exp: Expected, org: str, limit: int = 20) -> list[tuple[str, int]]:
     """Human messages per student over every day, most first, ties by username ascending."""
     totals: Counter[str] = Counter()

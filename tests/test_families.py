@@ -8,6 +8,7 @@ import calendar
 import random
 from typing import Any
 
+import msgspec
 import pytest
 
 from agents.planner import Planner
@@ -214,7 +215,7 @@ def test_distinct_students_encoding() -> None:
 def test_conversation_store_encoding() -> None:
     """The conversation's value (`conversations.HEADER`: 0xC1, the version and the last day as 32-bit
     big-endian numbers; then its state in msgpack, its record deflated (`pack_record`), its event digests in
-    order), the mentor's served UUID,
+    order, whether its record holds a rating last), the mentor's served UUID,
     the org's meta."""
     assert of(render(plan(events())), keys=(":cv:", ":uuids", ":meta")) == [
         "HINCRBY aia:{acme}:meta events|chat-history 1",
@@ -223,7 +224,7 @@ def test_conversation_store_encoding() -> None:
         "HINCRBY aia:{acme}:meta events|sentiment 1",
         "HINCRBY aia:{acme}:meta version 1",
         "HMAX aia:{acme}:meta last_event_ms 1795217580000",
-        "HSET aia:{acme}:cv:264 d1a4895e8a5da508 c10000000100005129dc001601cf000001a1fb4ba0c0a26532a26d31a3616e6e010191a46d617468a8706f73697469766593cf000001a1fb4d758003a2653393cf000001a1fb4ba0c004a26534a3616e6ea26d3191a7616c6765627261cf000001a1fb4ba0c0c281ce00079befcd04e281a27431cf000001a1fb4e5fe0c40801ab867b12e87900c4201f7e24023b50eaef49b7d57ffed16a345a80ad712e350b15916658fbd43a97b4cd5129a27331",
+        "HSET aia:{acme}:cv:264 d1a4895e8a5da508 c10000000100005129dc001701cf000001a1fb4ba0c0a26532a26d31a3616e6e010191a46d617468a8706f73697469766593cf000001a1fb4d758003a2653393cf000001a1fb4ba0c004a26534a3616e6ea26d3191a7616c6765627261cf000001a1fb4ba0c0c281ce00079befcd04e281a27431cf000001a1fb4e5fe0c40801ab867b12e87900c4201f7e24023b50eaef49b7d57ffed16a345a80ad712e350b15916658fbd43a97b4cd5129a27331c2",
         "HSET aia:{acme}:uuids d567aef6-027c-584d-8df3-f4671aab54ac mentor|m1",
     ]
 
@@ -249,6 +250,45 @@ def comparable(w: OrgWrite) -> list[Any]:
     return out
 
 
+def rated_record(eid: str, offset: int, ts: int, record: dict[str, Any], deleted: bool = False) -> Conversation:
+    return Conversation(eid, "acme", ts, "s1", "ann", "m1", (), ts, record, deleted=deleted,
+                        src_topic="chat-history", src_offset=offset)  # fmt: skip
+
+
+def test_ratings_encoding() -> None:
+    """A rated record counts once at its `inserted_at` (hour, half hour, day); 0 and non-integers do not."""
+    assert of(render(plan([rated_record("r1", 1, T0, {"rating": -1})])), fields=("ratings",)) == [
+        "HINCRBY aia:{acme}:d:20261120 ratings 1",
+        "HINCRBY aia:{acme}:h:2026112023 ratings 1",
+        "HINCRBY aia:{acme}:hh:202611202330 ratings 1",
+    ]
+    for rating in (0, True, "5", None, 1.0):
+        assert of(render(plan([rated_record("r1", 1, T0, {"rating": rating})])), fields=("ratings",)) == []
+
+
+@pytest.mark.parametrize(
+    ("newer", "want"),
+    [
+        ({"rating": 0}, -1),  # the rating taken back
+        ({"rating": 5}, 0),  # still rated, same time
+        ({"rating": 5, "deleted": True}, -1),  # deleted: counts nowhere
+    ],
+)
+def test_a_newer_record_moves_or_takes_back_the_rating(newer: dict[str, Any], want: int) -> None:
+    planner = Planner(PriceTable.load(), Retention(hourly_days=90, daily_days=400, dedup_days=7))
+    first = planner.plan("acme", [rated_record("r1", 1, T0, {"rating": 1})], OrgState(), T0, 0)
+    held = first.conv_after["s1"]
+    deleted = bool(newer.pop("deleted", False))
+    w = planner.plan("acme", [rated_record("r2", 2, T0 + 1, newer, deleted)], OrgState(convs={"s1": held}), T0, 0)
+    got = sum(int(op[3]) for op in render(w) if op[2] == "ratings" and ":d:" in op[1])
+    assert got == want
+    # A state from before ratings were counted (`rated` absent): its rating was never counted, so a newer
+    # record takes nothing back.
+    before = msgspec.structs.replace(held, rated=None)
+    w = planner.plan("acme", [rated_record("r2", 2, T0 + 1, {"rating": 0})], OrgState(convs={"s1": before}), T0, 0)
+    assert [op for op in render(w) if op[2] == "ratings"] == []
+
+
 def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None:
     """The answer cache's routes are those marked `answered_by` (each an org's GET): the analytics and cost
     views, not freshness (the clock), chat history (the caller's role) nor the all-orgs cost."""
@@ -257,7 +297,7 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
     assert tails == sorted([
         "average-messages-per-session/$", "sentiment-count/$", "tenant-cost/$", "top-students-by-chat-messages/$",
         "user-cost/$", "mentors/(?P<mentor_unique_id>[^/]+)/cost/$", "costs/model/$", "costs/permentor/$",
-        "costs/peruser/$", "costs/users/$",
+        "costs/peruser/$", "costs/users/$", "conversation/$", "total-users-by-mentor/$", "rating-summary/$",
     ])  # fmt: skip
     assert answered_by(sessions.Sessions) == {"x-answered-by": ["sessions"]}
     assert len({f.name for f in FAMILIES}) == len(FAMILIES)  # each family answers under its own name

@@ -29,7 +29,7 @@ from infra.redis import RedisServer
 from streams.deadletter import Record
 from streams.settings import Settings
 from tables import ids, keys, queries
-from tables.aggregates import chat_history, distinct_students, llm_cost, sentiment, sessions, top_students
+from tables.aggregates import chat_history, distinct_students, llm_cost, ratings, sentiment, sessions, top_students
 from tables.buckets import Grain, local_days, time_zone
 from tables.writer import OrgWrite, Writer
 from tests import reference
@@ -80,6 +80,7 @@ def event_sets(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
                 "event_id": eid("r"), "org": ORG, "timestamp": ts(t), "id": session, "student": student,
                 "mentor": draw(st.sampled_from(MENTORS)), "title": f"title at {t}",
                 "topics": [{"name": x} for x in draw(st.lists(st.sampled_from(TOPICS), max_size=2, unique=True))],
+                "rating": draw(st.sampled_from([0, 1, -1, 5, True, "5"])),
             }))  # fmt: skip
     for o in range(draw(st.integers(0, 4))):
         event_id = eid("o")
@@ -128,6 +129,8 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
             )
         d += timedelta(days=1)
     out["top all"] = await top_students.top_students(queries.View(redis, 0), ORG, first, last)
+    for hourly in (False, True):
+        out[f"ratings {hourly}"] = await ratings.rating_summary(queries.View(redis, 0), ORG, first, last, hourly)
     for mentor in (None, *MENTORS):
         out[f"distinct {mentor}"] = await distinct_students.distinct_students(
             queries.View(redis, 0), ORG, first, last, mentor
@@ -199,6 +202,10 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
         want_days = {d: exp.students.get((ORG, d, mentor or ""), set()) for d in (r["date"] for r in distinct["days"])}
         assert {r["date"]: r["students"] for r in distinct["days"]} == {d: len(s) for d, s in want_days.items()}
         assert distinct["total"] == len(set().union(*want_days.values())), mentor
+    rated = reference.ratings(reference.conversations(events))
+    for hourly in (False, True):
+        for row in got[f"ratings {hourly}"]:
+            assert row["total_ratings"] == rated.get((ORG, row["time"]), 0), (hourly, row)
     local = reference.local(events, LOCAL_ZONE)
     for row in got["local avg daily"]:
         assert [row["total_sessions"], row["total_messages"]] == local.daily.get((row["time"], ""), [0, 0]), row

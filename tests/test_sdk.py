@@ -52,6 +52,7 @@ HOUR_MS = 3_600_000
 AVG_MESSAGES = {"200": "List[MessageStatistics]", "400": None, "404": None}
 CONVERSATIONS = {"200": "List[ConversationVolume]", "400": None, "404": None}
 USERS_BY_MENTOR = {"200": "List[UserChatByPeriod]", "400": None, "404": None}
+RATINGS = {"200": "List[RatingRecord]", "400": None, "404": None}
 HISTORY_LIST = {"200": "PaginatedConversationsList"}
 HISTORY_CREATE = {"201": "Conversations"}
 HISTORY_ONE = {"200": "Conversations"}
@@ -369,6 +370,28 @@ def test_total_users_by_mentor_matches_reference(stack: Stack, aggregation: str)
             assert want, (org, mentor)
             assert {p: n for p, n in got.items() if p in want} == want, (org, mentor)
             assert all(n == 0 for p, n in got.items() if p not in want), (org, mentor)
+
+
+@pytest.mark.parametrize("group_by", ["day", "hour"])
+def test_rating_summary_matches_reference(stack: Stack, group_by: str) -> None:
+    """`rating-summary/`: conversations whose newest record holds a rating, per day or hour of its
+    `inserted_at`."""
+    first, last = days(stack)
+    want_all = reference.ratings(stack.convs)
+    label: Callable[[datetime], str] = {
+        "day": lambda t: utc(t).date().isoformat(),
+        "hour": lambda t: utc(t).strftime("%Y-%m-%dT%H:00:00Z"),
+    }[group_by]
+    for org in sorted(stack.exp.orgs):
+        r = stack.call("ai_analytics_orgs_users_rating_summary_list", RATINGS, org=org, user_id=CALLER,
+                       start_date=first.isoformat(), end_date=last.isoformat(), group_by=group_by)  # fmt: skip
+        rows = ok_list(r, M.RatingRecord)
+        got = {label(row.time): row.total_ratings for row in rows}
+        assert len(got) == len(rows), "a period served twice"
+        want = {p: n for (o, p), n in want_all.items() if o == org and ("T" in p) == (group_by == "hour")}
+        assert sum(want.values()) > 0, org  # the demo traffic rates some conversations
+        assert {p: n for p, n in got.items() if p in want} == want, org
+        assert all(n == 0 for p, n in got.items() if p not in want), org
 
 
 # --- chat history: reads ------------------------------------------------------------------------------
@@ -780,6 +803,9 @@ BAD = [
     ("ai_analytics_orgs_users_total_users_by_mentor_list", USERS_BY_MENTOR, {"start_date": "2026-02-30"}, "start_date"),
     ("ai_analytics_orgs_users_total_users_by_mentor_list", USERS_BY_MENTOR,
      {"start_date": "2020-01-01", "end_date": TODAY.isoformat(), "aggregation": "hourly"}, "start_date"),
+    ("ai_analytics_orgs_users_rating_summary_list", RATINGS,
+     {"start_date": EARLIER.isoformat(), "end_date": TODAY.isoformat(), "group_by": "week"}, "group_by"),
+    ("ai_analytics_orgs_users_rating_summary_list", RATINGS, {"start_date": "x", "end_date": "y"}, "start_date"),
     ("ai_analytics_orgs_users_sentiment_count_list", SENTIMENT_COUNT, {"period": "1y"}, "period"),
     ("ai_analytics_orgs_users_tenant_cost_retrieve", COST, BACKWARDS, "end_date"),
     ("ai_analytics_orgs_users_user_cost_retrieve", COST, {"username": "x", **BACKWARDS}, "end_date"),

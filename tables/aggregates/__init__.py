@@ -11,6 +11,7 @@ from tables.aggregates.base import Family
 from tables.aggregates.chat_history import ChatHistory
 from tables.aggregates.distinct_students import DistinctStudents
 from tables.aggregates.llm_cost import LlmCost
+from tables.aggregates.ratings import Ratings
 from tables.aggregates.sentiment import Sentiment
 from tables.aggregates.sessions import Sessions
 from tables.aggregates.top_students import TopStudents
@@ -23,4 +24,5 @@ FAMILIES: tuple[Family[Any], ...] = (
     LlmCost(),
     TopStudents(),
     DistinctStudents(),
+    Ratings(),
 )
