@@ -4,7 +4,7 @@ data is."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -31,6 +31,38 @@ TZ = Annotated[
 ]
 
 
+FIRST_DAY = Annotated[str, Query(description="First day, YYYY-MM-DD.", **DATE)]
+LAST_DAY = Annotated[str, Query(description="Last day, YYYY-MM-DD.", **DATE)]
+AGGREGATION = Annotated[
+    str | None,
+    Query(description="hourly, daily (default) or weekly.", json_schema_extra={"enum": list(sessions.AGGREGATIONS)}),
+]
+NO_EFFECT = Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")]
+
+
+async def days_of(
+    state: AppState,
+    org: str,
+    tz: str | None,
+    start_date: str | None,
+    end_date: str | None,
+    *,
+    hourly: bool,
+    required: bool = True,
+    default_days: int = 30,
+) -> tuple[date, date, ZoneInfo | None]:
+    """(first day, last day, zone) of a range of days in the time zone, checked against what is kept: the
+    retention, and for hourly rows the hourly retention's span. Each refusal is a 400 naming its parameter."""
+    zone = await zone_of(state, org, tz)
+    start, end = params.date_range(
+        start_date, end_date, required=required, default_days=default_days, today=local_today(zone)
+    )
+    check_retention(state, start, zone, hourly=hourly)
+    if hourly and (end - start).days > state.retention.hourly_days:
+        raise params.bad("end_date", f"hourly rows span at most {state.retention.hourly_days} days")
+    return start, end, zone
+
+
 @router.get("/average-messages-per-session/", openapi_extra=answered_by(sessions.Sessions))
 async def average_messages_per_session(
     org: ORG,
@@ -38,29 +70,19 @@ async def average_messages_per_session(
     key: Caller,
     state: State,
     view: Served,
-    start_date: Annotated[str, Query(description="First day, YYYY-MM-DD.", **DATE)],
-    end_date: Annotated[str, Query(description="Last day, YYYY-MM-DD.", **DATE)],
+    start_date: FIRST_DAY,
+    end_date: LAST_DAY,
     mentor_id: Annotated[str | None, Query(description="Only sessions with this mentor.")] = None,
-    aggregation: Annotated[
-        str | None,
-        Query(
-            description="hourly, daily (default) or weekly.", json_schema_extra={"enum": list(sessions.AGGREGATIONS)}
-        ),
-    ] = None,
-    group_by: Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")] = None,
+    aggregation: AGGREGATION = None,
+    group_by: NO_EFFECT = None,
     tz: TZ = None,
 ) -> list[dict[str, Any]]:
     """Sessions started per period (hours, days or ISO weeks of the time zone) and the average number of
     messages in them."""
     agg = params.choice("aggregation", aggregation, sessions.AGGREGATIONS, "daily") or "daily"
-    zone = await zone_of(state, org, tz)
-    start, end = params.date_range(start_date, end_date, required=True)
-    check_retention(state, start, zone, hourly=agg == "hourly")
-    if agg == "hourly" and (end - start).days > state.retention.hourly_days:
-        raise params.bad("end_date", f"hourly rows span at most {state.retention.hourly_days} days")
-    return await sessions.average_messages_per_session(
-        view, org, start, end, agg, params.text("mentor_id", mentor_id), zone
-    )
+    start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=agg == "hourly")
+    mentor = params.text("mentor_id", mentor_id)
+    return await sessions.average_messages_per_session(view, org, start, end, agg, mentor, zone)
 
 
 @router.get("/conversation/", openapi_extra=answered_by(sessions.Sessions))
@@ -70,23 +92,19 @@ async def conversation_volume(
     key: Caller,
     state: State,
     view: Served,
-    start_date: Annotated[str, Query(description="First day, YYYY-MM-DD.", **DATE)],
-    end_date: Annotated[str, Query(description="Last day, YYYY-MM-DD.", **DATE)],
+    start_date: FIRST_DAY,
+    end_date: LAST_DAY,
     mentor_id: Annotated[str | None, Query(description="Only conversations with this mentor.")] = None,
-    aggregation: Annotated[
-        str | None,
-        Query(
-            description="hourly, daily (default) or weekly.", json_schema_extra={"enum": list(sessions.AGGREGATIONS)}
-        ),
-    ] = None,
+    aggregation: AGGREGATION = None,
     tz: TZ = None,
 ) -> list[dict[str, Any]]:
     """Conversations started per period (hours, days or ISO weeks of the time zone; periods without one
     included as 0): a conversation starts at its earliest message, with that message's mentor. The same
     sessions `average-messages-per-session` counts."""
-    rows = await average_messages_per_session(
-        org, user_id, key, state, view, start_date, end_date, mentor_id, aggregation, None, tz
-    )
+    agg = params.choice("aggregation", aggregation, sessions.AGGREGATIONS, "daily") or "daily"
+    start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=agg == "hourly")
+    mentor = params.text("mentor_id", mentor_id)
+    rows = await sessions.average_messages_per_session(view, org, start, end, agg, mentor, zone)
     return [{"date": row["time"], "conversation_count": row["total_sessions"]} for row in rows]
 
 
@@ -105,18 +123,16 @@ async def total_users_by_mentor(
     aggregation: Annotated[
         str | None, Query(description="hourly or daily (default).", json_schema_extra={"enum": ["hourly", "daily"]})
     ] = None,
-    group_by: Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")] = None,
+    group_by: NO_EFFECT = None,
     tz: TZ = None,
 ) -> list[dict[str, Any]]:
     """Distinct students who sent a message, per hour or day of the time zone (periods without one
     included as 0), to the org's mentors or to one."""
-    agg = params.choice("aggregation", aggregation, ("hourly", "daily"), "daily") or "daily"
-    zone = await zone_of(state, org, tz)
-    start, end = params.date_range(start_date, end_date, required=False, default_days=31, today=local_today(zone))
-    check_retention(state, start, zone, hourly=agg == "hourly")
-    if agg == "hourly" and (end - start).days > state.retention.hourly_days:
-        raise params.bad("end_date", f"hourly rows span at most {state.retention.hourly_days} days")
-    return await top.active_students(view, org, start, end, agg == "hourly", params.text("mentor_id", mentor_id), zone)
+    hourly = params.choice("aggregation", aggregation, ("hourly", "daily"), "daily") == "hourly"
+    start, end, zone = await days_of(
+        state, org, tz, start_date, end_date, hourly=hourly, required=False, default_days=31
+    )
+    return await top.active_students(view, org, start, end, hourly, params.text("mentor_id", mentor_id), zone)
 
 
 @router.get("/rating-summary/", openapi_extra=answered_by(ratings.Ratings))
@@ -126,8 +142,8 @@ async def rating_summary(
     key: Caller,
     state: State,
     view: Served,
-    start_date: Annotated[str, Query(description="First day, YYYY-MM-DD.", **DATE)],
-    end_date: Annotated[str, Query(description="Last day, YYYY-MM-DD.", **DATE)],
+    start_date: FIRST_DAY,
+    end_date: LAST_DAY,
     group_by: Annotated[
         str | None, Query(description="day (default) or hour.", json_schema_extra={"enum": ["day", "hour"]})
     ] = None,
@@ -135,12 +151,8 @@ async def rating_summary(
 ) -> list[dict[str, Any]]:
     """Rated conversations per day or hour of the time zone (periods without one included as 0): those whose
     newest chat-history record holds a rating, counted at the record's `inserted_at`."""
-    hourly = (params.choice("group_by", group_by, ("day", "hour"), "day") or "day") == "hour"
-    zone = await zone_of(state, org, tz)
-    start, end = params.date_range(start_date, end_date, required=True)
-    check_retention(state, start, zone, hourly=hourly)
-    if hourly and (end - start).days > state.retention.hourly_days:
-        raise params.bad("end_date", f"hourly rows span at most {state.retention.hourly_days} days")
+    hourly = params.choice("group_by", group_by, ("day", "hour"), "day") == "hour"
+    start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=hourly)
     return await ratings.rating_summary(view, org, start, end, hourly, zone)
 
 
@@ -195,7 +207,7 @@ async def top_students(
     mentor_id: Annotated[str | None, Query(description="Only messages to this mentor.")] = None,
     start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (default: all time).", **DATE)] = None,
     end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
-    group_by: Annotated[str | None, Query(description="Accepted for the platform's clients; no effect.")] = None,
+    group_by: NO_EFFECT = None,
     tz: TZ = None,
 ) -> list[dict[str, Any]]:
     """The 20 students with the most messages over the range (days of the time zone), ties by username."""

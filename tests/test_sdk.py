@@ -150,6 +150,14 @@ def utc(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
+def period_label(aggregation: str) -> Callable[[datetime], str]:
+    """How the reference labels a served period of this aggregation (`hourly`/`hour`: its UTC hour, else its
+    UTC day, or the Monday of a week)."""
+    if aggregation in ("hourly", "hour"):
+        return lambda t: utc(t).strftime("%Y-%m-%dT%H:00:00Z")
+    return lambda t: utc(t).date().isoformat()
+
+
 def ms_of(t: datetime) -> int:
     return (utc(t) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
@@ -290,11 +298,7 @@ def wanted(c: reference.Conversation) -> dict[str, Any]:
 def test_average_messages_per_session_matches_reference(stack: Stack, aggregation: str) -> None:
     first, last = days(stack)
     table = {"daily": stack.exp.daily, "weekly": stack.exp.weekly, "hourly": stack.exp.hourly}[aggregation]
-    label: Callable[[datetime], str] = {
-        "daily": lambda t: utc(t).date().isoformat(),
-        "weekly": lambda t: utc(t).date().isoformat(),
-        "hourly": lambda t: utc(t).strftime("%Y-%m-%dT%H:00:00Z"),
-    }[aggregation]
+    label = period_label(aggregation)
     for org in sorted(stack.exp.orgs):
         r = stack.call("ai_analytics_orgs_users_average_messages_per_session_list", AVG_MESSAGES, org=org,
                        user_id=CALLER, start_date=first.isoformat(), end_date=last.isoformat(),
@@ -328,11 +332,7 @@ def test_conversation_volume_matches_reference(stack: Stack, aggregation: str) -
     """`conversation/`: conversations started per period, for the org and for each of its mentors."""
     first, last = days(stack)
     table = {"daily": stack.exp.daily, "weekly": stack.exp.weekly, "hourly": stack.exp.hourly}[aggregation]
-    label: Callable[[datetime], str] = {
-        "daily": lambda t: utc(t).date().isoformat(),
-        "weekly": lambda t: utc(t).date().isoformat(),
-        "hourly": lambda t: utc(t).strftime("%Y-%m-%dT%H:00:00Z"),
-    }[aggregation]
+    label = period_label(aggregation)
     for org in sorted(stack.exp.orgs):
         for mentor in ["", *stack.mentors(org)]:
             r = stack.call("ai_analytics_orgs_users_conversation_list", CONVERSATIONS, org=org, user_id=CALLER,
@@ -353,10 +353,7 @@ def test_total_users_by_mentor_matches_reference(stack: Stack, aggregation: str)
     """`total-users-by-mentor/`: distinct students who sent a message per hour or day, for the org and for
     each of its mentors, against the reference's sets."""
     first, last = days(stack)
-    label: Callable[[datetime], str] = {
-        "daily": lambda t: utc(t).date().isoformat(),
-        "hourly": lambda t: utc(t).strftime("%Y-%m-%dT%H:00:00Z"),
-    }[aggregation]
+    label = period_label(aggregation)
     for org in sorted(stack.exp.orgs):
         for mentor in ["", *stack.mentors(org)]:
             r = stack.call("ai_analytics_orgs_users_total_users_by_mentor_list", USERS_BY_MENTOR, org=org,
@@ -378,10 +375,7 @@ def test_rating_summary_matches_reference(stack: Stack, group_by: str) -> None:
     `inserted_at`."""
     first, last = days(stack)
     want_all = reference.ratings(stack.convs)
-    label: Callable[[datetime], str] = {
-        "day": lambda t: utc(t).date().isoformat(),
-        "hour": lambda t: utc(t).strftime("%Y-%m-%dT%H:00:00Z"),
-    }[group_by]
+    label = period_label(group_by)
     for org in sorted(stack.exp.orgs):
         r = stack.call("ai_analytics_orgs_users_rating_summary_list", RATINGS, org=org, user_id=CALLER,
                        start_date=first.isoformat(), end_date=last.isoformat(), group_by=group_by)  # fmt: skip
