@@ -45,6 +45,7 @@ SCRIPTS: dict[str, Lua] = {
     "changefeed_clear": changefeed.CLEAR_LUA,
     "unlock": changefeed.UNLOCK_LUA,
     "zunion_scores": queries.ZUNION_SCORES_LUA,
+    "zunion_size": queries.ZUNION_SIZE_LUA,
     "rebuild_start": rebuild.START_LUA,
     "rebuild_switch": rebuild.SWITCH_LUA,
     "alert_transition": alerts.TRANSITION_LUA,
@@ -84,6 +85,16 @@ async def test_a_script_redis_forgot_is_loaded_again(redis: Redis) -> None:
         await script.run(["p"], ["t:0"])
     with pytest.raises(ResponseError):
         await script.run_many([(["p"], ["t:0"])])
+
+
+async def test_union_sizes_count_each_member_once_inside_redis(redis: Redis) -> None:
+    """zunion_size.lua (queries.union_sizes): one set's ZCARD, a union's size (a member in two sets once),
+    absent sets as empty."""
+    a, b, c = (f"aia:{{{ORG}}}:g0:top:{n}" for n in ("a", "b", "none"))
+    await redis.zadd(a, {"ann": 1, "bob": 2, "x|y": 1})
+    await redis.zadd(b, {"bob": 5, "cat": 1})
+    assert await queries.union_sizes(redis, [[a], [a, b], [b, c], [c], [a, b, c]]) == [3, 4, 2, 0, 4]
+    assert await queries.union_sizes(redis, []) == []
 
 
 # apply.lua (tables/writer.py)
