@@ -1,4 +1,6 @@
-"""The dashboard's files: the charting library vendored as its README says, installed with the package."""
+"""The dashboard's files: the charting library vendored as its README says, installed with the package, and
+nothing the page loads from outside the service. (The page itself, in headless Chromium against the real
+stack, is tests/test_api.py's dashboard test.)"""
 
 from __future__ import annotations
 
@@ -33,3 +35,13 @@ def test_every_dashboard_file_is_package_data() -> None:
     for path in files:
         assert any(path.relative_to(ROOT / "api").match(g) for g in globs), path
     assert "COPY api api" in (ROOT / "Dockerfile").read_text()
+
+
+def test_the_page_loads_nothing_from_outside() -> None:
+    html = (DASHBOARD / "index.html").read_text()
+    sources = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert "vendor/echarts.min.js" in sources and "app.js" in sources
+    assert all(not re.match(r"^([a-z]+:)?//", s, re.I) for s in sources), sources
+    for name in ("app.js", "style.css"):
+        text = (DASHBOARD / name).read_text()
+        assert not re.search(r"https?://|@import|url\(", text), name
