@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -434,27 +435,125 @@ def test_schemathesis_run_finds_document_and_api_agree(env: Env, tmp_path: Path)
 # --- dashboard -----------------------------------------------------------------------------------------
 
 
-def test_dashboard_in_headless_chromium_shows_live_data(env: Env, tmp_path: Path) -> None:
-    url = f"{env.base}/dashboard/#org=acme-academy&key={env.keys['admin']}"
+class Page(HTMLParser):
+    """A DOM as Chromium dumps it: per element with an id, its attributes, the tags inside it and its text."""
+
+    VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"})
+
+    def __init__(self, dom: str) -> None:
+        super().__init__()
+        self.stack: list[tuple[str, str]] = []
+        self.attrs: dict[str, dict[str, str]] = {}
+        self.inside: dict[str, Counter[str]] = {}
+        self.texts: dict[str, list[str]] = {}
+        self.options: list[str] = []  # the values of every <option>
+        self.feed(dom)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for _, ident in self.stack:
+            if ident:
+                self.inside[ident][tag] += 1
+        ident = dict(attrs).get("id") or ("body" if tag == "body" else "")
+        if tag == "option":
+            self.options.append(dict(attrs).get("value") or "")
+        if ident:
+            self.attrs[ident] = {k: v or "" for k, v in attrs}
+            self.inside[ident], self.texts[ident] = Counter(), []
+        if tag not in self.VOID:
+            self.stack.append((tag, ident))
+
+    def handle_endtag(self, tag: str) -> None:
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i][0] == tag:
+                del self.stack[i:]
+                return
+
+    def handle_data(self, data: str) -> None:
+        for _, ident in self.stack:
+            if ident:
+                self.texts[ident].append(data)
+
+    def text(self, ident: str) -> str:
+        return "".join(self.texts[ident])
+
+    def chart(self, ident: str, **want: object) -> dict[str, str]:
+        """A chart ECharts drew (its SVG inside) after a successful fetch, whose data-* attributes (points
+        drawn, the sum of its main series, ...) are `want`'s values."""
+        attrs, inside = self.attrs[ident], self.inside[ident]
+        assert attrs.get("data-state") == "ok", (ident, attrs)
+        assert inside["svg"] >= 1 and inside["path"] >= 1, (ident, inside)
+        got = {k: attrs.get("data-" + k.replace("_", "-")) for k in want}
+        assert got == {k: str(v) for k, v in want.items()}, ident
+        return attrs
+
+
+def test_dashboard_in_headless_chromium_shows_every_panel_with_live_data(env: Env, tmp_path: Path) -> None:
+    """Every panel drawn by ECharts (or a table) from the API's answer to the same query, for the org and for
+    one mentor's view; a day without sessions drawn as a gap, never as an average of 0."""
+    org = "acme-academy"
+    today = date.fromisoformat(env.get(org, "freshness").json()["today"])
+
+    def ago(n: int) -> str:
+        return (today - timedelta(days=n)).isoformat()
+
+    def get(path: str, **query: str) -> Any:
+        r = env.get(org, path, **query)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def check_scoped(page: Page, mentor: dict[str, str]) -> int:
+        """The panels a mentor scopes; returns the sessions drawn."""
+        sessions = get("average-messages-per-session", start_date=ago(13), end_date=ago(0), **mentor)
+        empty = sum(1 for r in sessions if r["total_sessions"] == 0)
+        total = sum(r["total_sessions"] for r in sessions)
+        page.chart("sessions-chart", points=len(sessions), sum=total, empty=empty)
+        assert ("without sessions" in page.text("sessions-note")) == (empty > 0)
+        span = {"start_date": ago(29), "end_date": ago(0), "aggregation": "daily", **mentor}
+        convs, users = get("conversation", **span), get("total-users-by-mentor", **span)
+        page.chart("activity-chart", points=len(convs), sum=sum(r["conversation_count"] for r in convs),
+                   students_points=len(users), students_sum=sum(r["user_count"] for r in users))  # fmt: skip
+        hourly = get("conversation", start_date=ago(27), end_date=ago(0), aggregation="hourly", **mentor)
+        assert len(hourly) == 28 * 24  # the org's days are UTC's
+        page.chart("heatmap-chart", points=len(hourly), sum=sum(r["conversation_count"] for r in hourly), cells=7 * 24)
+        assert page.inside["heatmap-chart"]["path"] >= 7 * 24  # a cell per weekday and hour
+        top = get("top-students-by-chat-messages", start_date=ago(29), end_date=ago(0), **mentor)
+        assert top and page.attrs["top"]["data-rows"] == str(len(top))
+        assert f"1{top[0]['username']}{top[0]['chat_message_count']:,}" in page.text("top")
+        return total
+
     shot = ROOT / "docs" / "dashboard.png"
-    dom = render(url, tmp_path / "profile", screenshot=shot)
-    assert 'data-loaded="true"' in dom, dom[-2000:]
-    sessions_svg = dom.split('id="sessions-chart"', 1)[1].split("</svg>", 1)[0]
-    assert sessions_svg.count("<rect") >= 1 and "<polyline" in sessions_svg
-    assert dom.split('id="sentiment-chart"', 1)[1].split("</svg>", 1)[0].count("<rect") >= 1
-    top = dom.split('id="top"', 1)[1].split("</table>", 1)[0]
-    assert top.count("<tr>") >= 5  # header + students
-    assert "newest event applied" in dom and "days in UTC" in dom
-    assert "$" in dom.split('id="cost-total"', 1)[1][:40]
-    # The cost views show what the API answers: the costliest model first, mentors, students by cost.
-    today = datetime.now(UTC).date()
-    span = {"start_date": (today - timedelta(days=13)).isoformat(), "end_date": today.isoformat()}
-    costliest = env.get("acme-academy", "costs/model", **span).json()["model"]
-    models = dom.split('id="cost-models"', 1)[1].split("</table>", 1)[0]
-    assert costliest and models.split("<td>", 1)[1].startswith(costliest), models[:300]
-    assert dom.split('id="cost-mentors"', 1)[1].split("</table>", 1)[0].count("<tr>") >= 2
-    assert dom.split('id="cost-users"', 1)[1].split("</table>", 1)[0].count("<tr>") >= 2
+    url = f"{env.base}/dashboard/#org={org}&key={env.keys['admin']}"
+    page = Page(render(url, tmp_path / "all", screenshot=shot, size="1280,2700"))
+    assert page.attrs["body"].get("data-loaded") == "true", page.text("error")
+    all_sessions = check_scoped(page, {})
+    assert "newest event applied" in page.text("freshness") and "days in UTC" in page.text("freshness")
+
+    sentiment = get("sentiment-count", period="7d")
+    page.chart("sentiment-chart", points=7, sum=sum(r["sentiment_count"] for r in sentiment))
+    nanos = sum(get("tenant-cost", start_date=ago(n), end_date=ago(n))["cost_nanos"] for n in range(14))
+    page.chart("cost-chart", points=14, sum=nanos)
+    assert nanos > 0 and page.text("cost-total").startswith("$")
+    span = {"start_date": ago(13), "end_date": ago(0)}
+    by_model = get("costs/model", **span)
+    drawn = page.chart("cost-models-chart", points=len(by_model["models"]), top=by_model["model"])
+    assert float(drawn["data-sum"]) == pytest.approx(sum(m["total_cost"] for m in by_model["models"]))
+    by_mentor = get("costs/permentor", **span)["mentor_data"]
+    page.chart("cost-mentors-chart", points=len(by_mentor))
+    by_user = get("costs/users", **span)
+    assert by_user and page.attrs["cost-users"]["data-rows"] == str(len(by_user))
+    assert by_user[0]["username"] in page.text("cost-users")
+    latest = get("chat-history", page_size="10")["results"]
+    assert page.attrs["convs"]["data-rows"] == str(len(latest)) and latest[0]["student"] in page.text("convs")
     assert shot.stat().st_size > 10_000
+
+    # A mentor's view: the selector lists the mentors the cost answers name; the scoped panels redraw for one.
+    assert by_mentor and {m["mentor_unique_id"] for m in by_mentor} <= set(page.options)
+    mentor = max(by_mentor, key=lambda m: (len(m["mentor_sessions"]), m["mentor_name"]))
+    scoped = Page(render(f"{url}&mentor={mentor['mentor_unique_id']}", tmp_path / "mentor"))
+    assert scoped.attrs["body"].get("data-loaded") == "true", scoped.text("error")
+    assert scoped.attrs["mentor"]["data-selected"] == mentor["mentor_unique_id"]
+    assert f"mentor {mentor['mentor_name']}" in scoped.text("mentor-note")
+    assert 0 < check_scoped(scoped, {"mentor_id": mentor["mentor_unique_id"]}) < all_sessions
 
 
 # --- analytics-aggregates ----------------------------------------------------------------------------
