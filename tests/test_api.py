@@ -523,13 +523,16 @@ def test_dashboard_in_headless_chromium_shows_every_panel_with_live_data(env: En
 
     shot = ROOT / "docs" / "dashboard.png"
     url = f"{env.base}/dashboard/#org={org}&key={env.keys['admin']}"
-    page = Page(render(url, tmp_path / "all", screenshot=shot, size="1280,2700"))
+    page = Page(render(url, tmp_path / "all", screenshot=shot, size="1280,2960"))
     assert page.attrs["body"].get("data-loaded") == "true", page.text("error")
     all_sessions = check_scoped(page, {})
     assert "newest event applied" in page.text("freshness") and "days in UTC" in page.text("freshness")
 
     sentiment = get("sentiment-count", period="7d")
     page.chart("sentiment-chart", points=7, sum=sum(r["sentiment_count"] for r in sentiment))
+    rated = get("rating-summary", start_date=ago(13), end_date=ago(0))
+    assert sum(r["total_ratings"] for r in rated) > 0  # the demo rates two sessions in five
+    page.chart("ratings-chart", points=14, sum=sum(r["total_ratings"] for r in rated))
     nanos = sum(get("tenant-cost", start_date=ago(n), end_date=ago(n))["cost_nanos"] for n in range(14))
     page.chart("cost-chart", points=14, sum=nanos)
     assert nanos > 0 and page.text("cost-total").startswith("$")

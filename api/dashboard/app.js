@@ -179,6 +179,21 @@ async function sentimentPanel(c) {
   drawn("sentiment-chart", rows.length, sum(rows.map((r) => r.sentiment_count)));
 }
 
+// Conversations whose newest record holds a rating (a thumbs down too), by the record's day: a count, so a
+// day without one is a zero.
+async function ratingsPanel(c) {
+  const rows = await api("rating-summary", { start_date: daysBefore(c.today, 13), end_date: c.today });
+  if (c.stale()) return;
+  draw("ratings-chart", {
+    grid: { left: 45, right: 15, top: 15, bottom: 30 },
+    tooltip: { trigger: "axis" },
+    xAxis: { type: "category", data: rows.map((r) => r.time), axisLabel: { formatter: (d) => d.slice(5) } },
+    yAxis: { type: "value", minInterval: 1 },
+    series: [{ name: "rated conversations", type: "bar", data: rows.map((r) => r.total_ratings), itemStyle: { color: COLORS.accent } }],
+  });
+  drawn("ratings-chart", rows.length, sum(rows.map((r) => r.total_ratings)));
+}
+
 async function costPanel(c) {
   const days = [...Array(14).keys()].reverse().map((n) => daysBefore(c.today, n));
   const costs = await Promise.all(days.map((d) => api("tenant-cost", { start_date: d, end_date: d })));
@@ -259,8 +274,8 @@ async function conversationsPanel(c) {
   }
 }
 
-const PANELS = [sessionsPanel, activityPanel, heatmapPanel, sentimentPanel, costPanel, costBreakdownPanels, topPanel, conversationsPanel];
-const PANEL_IDS = { sessionsPanel: "sessions-chart", activityPanel: "activity-chart", heatmapPanel: "heatmap-chart", sentimentPanel: "sentiment-chart",
+const PANELS = [sessionsPanel, activityPanel, heatmapPanel, ratingsPanel, sentimentPanel, costPanel, costBreakdownPanels, topPanel, conversationsPanel];
+const PANEL_IDS = { sessionsPanel: "sessions-chart", activityPanel: "activity-chart", heatmapPanel: "heatmap-chart", ratingsPanel: "ratings-chart", sentimentPanel: "sentiment-chart",
   costPanel: "cost-chart", costBreakdownPanels: "cost-models-chart", topPanel: "top", conversationsPanel: "convs" };
 
 // The mentor's view: the selector lists the mentors the cost and chat-history answers name; choosing one
