@@ -30,6 +30,11 @@ def canonical(value: str) -> str | None:
         return None
 
 
+def uuid_bytes(value: str) -> bytes | None:
+    """The 16 bytes of a UUID in its canonical spelling (another spelling is another value), else None."""
+    return uuid.UUID(value).bytes if len(value) == 36 and canonical(value) == value else None
+
+
 def normalize(value: str) -> str:
     """How an id is kept: canonical when it is a UUID, else as given."""
     return canonical(value) or value

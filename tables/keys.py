@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import uuid
 from functools import lru_cache
 from typing import Any
 
@@ -129,8 +128,9 @@ def observation_field(event_id: str) -> bytes:
     """The observations hash's field of an event id: a UUID in its canonical spelling as its 16 bytes, any
     other id as its UTF-8, followed by 0xFF when that is 16 bytes long too (0xFF is never in UTF-8, so no
     two ids share a field; another spelling of a UUID is another id, as it always was)."""
-    if len(event_id) == 36 and ids.canonical(event_id) == event_id:
-        return uuid.UUID(event_id).bytes
+    packed = ids.uuid_bytes(event_id)
+    if packed is not None:
+        return packed
     raw = event_id.encode()
     return raw + b"\xff" if len(raw) == 16 else raw
 

@@ -108,11 +108,8 @@ def as_after(state: OrgState, org: str, w: OrgWrite) -> None:
         if fld in state.offsets:
             state.offsets[fld] = new
     written = w.seen.get(keys.observations(w.gen, org), {})
-    if written:
-        for event_id in state.observations:
-            after = written.get(keys.observation_field(event_id))
-            if after is not None:
-                state.observations[event_id] = after[1]
+    for event_id in state.observations.keys() & written.keys():
+        state.observations[event_id] = written[event_id][1]
     for cid in state.convs.keys() & w.conv_after.keys():
         state.convs[cid] = w.conv_after[cid]
 

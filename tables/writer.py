@@ -47,8 +47,9 @@ class OrgWrite:
     zadds: dict[tuple[int, str], float] = field(default_factory=dict)
     maxes: dict[tuple[int, str], int] = field(default_factory=dict)
     expires: dict[int, int] = field(default_factory=dict)
-    # field -> (value before the batch, value after), per hash key (observations): checked and written in bulk
-    seen: dict[str, dict[bytes, tuple[bytes | None, bytes]]] = field(default_factory=dict)
+    # event_id -> (value before the batch, value after), per observations hash: checked and written in bulk,
+    # each under its field `keys.observation_field` (made once, in `payload`)
+    seen: dict[str, dict[str, tuple[bytes | None, bytes]]] = field(default_factory=dict)
     # (bucket key index, field) -> (the version it was planned on, or None for a new one; its new value)
     convs: dict[tuple[int, bytes], tuple[int | None, bytes]] = field(default_factory=dict)
     # set key index -> members to add, and to remove (the chat-history filter indexes)
@@ -80,11 +81,11 @@ class OrgWrite:
         prev = self.watermarks.get(offset_field)
         self.watermarks[offset_field] = (expected if prev is None else prev[0], max(new, prev[1] if prev else new))
 
-    def mark_seen(self, key: str, fld: bytes, expected: bytes | None, new: bytes) -> None:
-        """Set the hash's field to `new` if it still holds `expected` (None: absent) when the write applies."""
+    def mark_seen(self, key: str, event_id: str, expected: bytes | None, new: bytes) -> None:
+        """Set the event's entry to `new` if it still holds `expected` (None: absent) when the write applies."""
         ids = self.seen.setdefault(key, {})
-        prev = ids.get(fld)
-        ids[fld] = (expected if prev is None else prev[0], new)
+        prev = ids.get(event_id)
+        ids[event_id] = (expected if prev is None else prev[0], new)
 
     def put_conversation(self, bucket: str, fld: bytes, expected: int | None, value: bytes) -> None:
         """Write a conversation's new value, if it still has the version it was planned on (None: absent)."""
@@ -214,8 +215,8 @@ class OrgWrite:
         for (_, fld), (_, value) in self.convs.items():
             out += (fld, value)
         for ids in self.seen.values():
-            for fld, (expected, value) in ids.items():
-                out += (fld, expected or b"", value)
+            for event_id, (expected, value) in ids.items():
+                out += (keys.observation_field(event_id), expected or b"", value)
         return out
 
     def _seen_argv(self) -> list[list[int]]:

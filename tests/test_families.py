@@ -95,11 +95,7 @@ def render(w: OrgWrite) -> list[tuple[str, str, str, str]]:
     out += [("ZADD", k[i - 1], m, repr(s)) for (i, m), s in w.zadds.items()]
     out += [("EXPIREAT", k[i - 1], "", str(ts)) for i, ts in w.expires.items()]
     out += [("HSET", k[i - 1], f.hex(), v.hex()) for (i, f), (_, v) in w.convs.items()]
-    out += [
-        ("HSET", key, f.decode(errors="backslashreplace"), v.hex())
-        for key, ids in w.seen.items()
-        for f, (_, v) in ids.items()
-    ]
+    out += [("HSET", key, eid, v.hex()) for key, ids in w.seen.items() for eid, (_, v) in ids.items()]
     out += [("HMAX", k[i - 1], f, str(v)) for (i, f), v in w.maxes.items()]
     return sorted(out)
 

@@ -102,8 +102,8 @@ class AppliedObservation:
     def value(self) -> bytes:
         """`OBSERVATION_FORMAT`, the arrival day, then the msgpack array."""
         session: str | bytes | None = self.session
-        if session is not None and len(session) == 36 and ids.canonical(session) == session:
-            session = uuid.UUID(session).bytes
+        if self.session is not None:
+            session = ids.uuid_bytes(self.session) or self.session
         return (
             OBSERVATION_FORMAT
             + _ARRIVAL.pack(self.arrival_day)
@@ -149,7 +149,7 @@ class LlmCost:
             if prev is None:
                 b.count(ev)
             value = applied[ev.event_id] = new.value()
-            w.mark_seen(seen, keys.observation_field(ev.event_id), state.observations.get(ev.event_id), value)
+            w.mark_seen(seen, ev.event_id, state.observations.get(ev.event_id), value)
             for version, sign in ((prev, -1), (new, 1)):
                 if version is None:
                     continue
