@@ -18,10 +18,11 @@ from redis.asyncio import Redis
 
 from tables import queries
 from tables.aggregates.base import Batch, Counted, Erased
-from tables.buckets import DAY_MS, HALF_MS, Grain
+from tables.buckets import HALF_MS, Grain
 from tables.conversations import ConversationState
 
-RATINGS = "ratings"  # bucket field (hourly, half-hourly, daily): rated conversations
+RATINGS = "ratings"  # bucket field: rated conversations
+GRAINS = (Grain.HOUR, Grain.HALF, Grain.DAY)
 
 # half hour of a rating -> conversations the batch adds there
 Deltas = dict[int, int]
@@ -47,13 +48,7 @@ class Ratings:
 
     def flush(self, b: Batch, deltas: Deltas) -> None:
         for half, n in deltas.items():
-            if n:
-                for grain, index in (
-                    (Grain.HOUR, half // 2),
-                    (Grain.HALF, half),
-                    (Grain.DAY, half * HALF_MS // DAY_MS),
-                ):
-                    b.add_at(grain, index, RATINGS, n)
+            b.add(GRAINS, half * HALF_MS, (RATINGS,), n)
 
     async def erase(self, redis: Redis, gen: int, org: str, student: str) -> Erased:
         return Erased()  # counts without a name
