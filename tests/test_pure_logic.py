@@ -318,3 +318,26 @@ def test_an_observation_is_kept_under_a_field_no_other_id_shares_and_its_value_r
         assert AppliedObservation.parse(applied.value()) == applied
     legacy = b'[1,2,3,0,5,6,"gpt-4o","s1",20777]'
     assert AppliedObservation.parse(legacy) == AppliedObservation(1, 2, 3, 0, 5, 6, "gpt-4o", "s1", 20777)
+
+
+def test_a_rating_past_64_bits_is_no_rating_and_its_record_is_kept() -> None:
+    """A record whose rating is an integer past 64 bits (orjson reads it as a float) or deep JSON: parsed,
+    kept (pack_record), served back, and not counted as rated; a 64-bit extreme is a rating."""
+    import time
+
+    from streams.schemas import Limits, parse
+    from tables.conversations import pack_record
+
+    now = int(time.time() * 1000)
+    deep = "[" * 30 + "]" * 30
+    for rating, rated in ((2**70, False), (-(2**63), True), (2**63 - 1, True)):
+        raw = (
+            b'{"event_id":"e","org":"o","timestamp":%d,"id":"s|m|x","student":"a","mentor":"m","rating":%d,'
+            b'"metadata":%s}' % (now, rating, deep.encode())
+        )
+        ev = parse("chat-history", b"o", raw, now, Limits(None, 300_000))
+        state = ConversationState()
+        state.add_record(ev, "m")  # type: ignore[arg-type]
+        assert state.rated is rated
+        assert ConversationState.unpack(state.pack()).record() == ev.record  # type: ignore[union-attr]
+        assert pack_record(ev.record)  # type: ignore[union-attr]
