@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi import Path as PathParam
 from starlette.datastructures import Headers
 
@@ -52,6 +52,28 @@ async def caller(request: Request, org: ORG, state: State) -> apikeys.ApiKey:
 
 
 Caller = Annotated[apikeys.ApiKey, Depends(caller)]
+
+PLATFORM_KEY = Annotated[
+    str | None,
+    Query(description="The org (tenant) whose analytics are read; default: the API key's own org.", max_length=128),
+]
+
+
+async def platform_org(request: Request, state: State, platform_key: PLATFORM_KEY = None) -> str:
+    """The org of the calls that name it as a query parameter (`/api/analytics/...`), checked as `caller`
+    checks the org of a path; without one, the key's own org (an all-orgs key must name one: a 400)."""
+    if not platform_key:
+        key = await apikeys.lookup(state.redis, _token(request.headers))
+        if key is None:
+            raise ApiError(401, "unknown or revoked API key")
+        if key.org == apikeys.ALL_ORGS:
+            raise ApiError(400, "platform_key is required with an all-orgs key", param="platform_key")
+        platform_key = key.org
+    await caller(request, platform_key, state)
+    return platform_key
+
+
+PlatformOrg = Annotated[str, Depends(platform_org)]
 
 
 async def all_orgs_admin(request: Request, state: State) -> apikeys.ApiKey:

@@ -4,13 +4,14 @@ An org's aggregates change only when a batch is applied to it (each apply bumps 
 `meta` hash, agents/planner.py), when a student is erased (the erasures' version), when its time zone is
 set (`ai-analytics orgs tz`) or when a rebuild switches generations. A GET under an org whose answer is
 read from the aggregate families alone (its route says so: `answered_by`, which names them) is a function
-of those, of the query and of the day (retention limits are relative to today). So this middleware, for
-those GETs only:
+of those, of the query and of the clock's half hour (ranges relative to today, in any zone served, and
+the last hour change with it). An org is named by the path's `{org}`, or by the `platform_key` query
+parameter (the key's own org without one). So this middleware, for those GETs only:
 
 - reads, in one round trip, what the `caller` dependency reads (the key and whether the org exists)
   plus the org's versions; a request that the route would refuse (no key, another org's key, an unknown
   org) goes to the route, which says why, and nothing is cached or served from the cache for it;
-- names the answer by an `ETag` (a digest of generation, versions, day, path and the parsed query: a
+- names the answer by an `ETag` (a digest of generation, versions, half hour, path and the parsed query: a
   parameter given twice is left to the route, which refuses it); a request whose
   `If-None-Match` holds it gets `304 Not Modified` with no body;
 - serves the answer from a bounded in-process cache when it has it, else lets the route compute it and
@@ -26,8 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import OrderedDict
-from datetime import UTC, datetime
 from functools import lru_cache
 from hashlib import blake2b
 from typing import Any
@@ -44,6 +45,7 @@ from tables.aggregates import FAMILIES
 from tables.aggregates.base import Family
 
 ANSWERED_BY = "x-answered-by"
+PLATFORM_KEY = "platform_key"  # the org of a route without `{org}` in its path (api/auth.platform_org)
 
 
 def answered_by(*families: type[Family[Any]]) -> dict[str, Any]:
@@ -56,7 +58,8 @@ def answered_by(*families: type[Family[Any]]) -> dict[str, Any]:
 
 def cached_routes(app: Any) -> list[re.Pattern[str]]:
     """The path patterns of the GETs marked `answered_by`, read from the app's OpenAPI document (where the
-    routers' prefixes are applied): each must name an `{org}` path parameter and known families."""
+    routers' prefixes are applied): each must name known families and its org, as an `{org}` path
+    parameter or a `platform_key` query parameter (whose default is the key's own org)."""
     names = {family.name for family in FAMILIES}
     out = []
     for path, operations in app.openapi()["paths"].items():
@@ -66,7 +69,8 @@ def cached_routes(app: Any) -> list[re.Pattern[str]]:
         if unknown := set(marked) - names:
             raise ValueError(f"{path} is answered by unknown families: {sorted(unknown)}")
         pattern, _, convertors = compile_path(path)
-        if "org" not in convertors:
+        query = {p["name"] for p in operations["get"].get("parameters", []) if p.get("in") == "query"}
+        if "org" not in convertors and PLATFORM_KEY not in query:
             raise ValueError(f"{path} is not scoped to an org: its answers cannot be cached")
         out.append(pattern)
     return out
@@ -86,14 +90,17 @@ class AnswerCache:
         self.routes: list[re.Pattern[str]] | None = None  # read from the app's routes at the first request
 
     def _org(self, scope: dict[str, Any]) -> str | None:
-        """The org of a GET to a cached route, else None."""
+        """The org of a GET to a cached route ("" for the API key's own), else None."""
         if scope["type"] != "http" or scope["method"] != "GET":
             return None
         if self.routes is None:
             self.routes = cached_routes(scope["app"])
         for pattern in self.routes:
             if match := pattern.match(scope["path"]):
-                return match.group("org")
+                if "org" in pattern.groupindex:
+                    return match.group("org")
+                pairs, _ = parse_query(scope.get("query_string", b""))
+                return next((value for name, value in pairs if name == PLATFORM_KEY), "")
         return None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -165,6 +172,11 @@ class AnswerCache:
         if gen is None:  # the generation served is unknown (Redis away): the route answers
             return None
         try:
+            if not org:  # the key's own org (api/auth.platform_org)
+                raw_key = await redis.hget(keys.api_keys(), apikeys.digest(token))
+                org = "" if raw_key is None else _key(raw_key).org
+                if not org or org == apikeys.ALL_ORGS:
+                    return None
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.hget(keys.api_keys(), apikeys.digest(token))
                 pipe.sismember(keys.orgs(), org)
@@ -179,10 +191,12 @@ class AnswerCache:
         query = _query(scope)
         if query is None:
             return None
-        day = datetime.now(UTC).date().isoformat()
+        # The half hour: an answer that names no day (7d, a zone's today, the last hour) changes with it
+        # (every zone served starts its days on a half hour).
+        clock = int(time.time()) // 1800
         name = "\0".join(
             str(part) for part in
-            (keys.meta(gen, org), version, erased, zone, day, scope["path"], query)
+            (keys.meta(gen, org), version, erased, zone, clock, scope["path"], query)
         )  # fmt: skip
         return '"' + blake2b(name.encode(), digest_size=12).hexdigest() + '"'
 

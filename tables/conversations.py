@@ -130,6 +130,9 @@ class ConversationState(msgspec.Struct, array_like=True):
     # family counted; None in a state written before that family (its rating counted nowhere until a newer
     # record, or `ai-analytics rebuild`, counts it).
     rated: bool | None = None
+    # The newest record's rating (as served: an integer, 0 for none) that the ratings family summed for its
+    # means; None in a state written before those sums (summed nowhere until a newer record or a rebuild).
+    rating: int | None = None
 
     def pack(self) -> bytes:
         """The stored value: `HEADER` (the format byte, `version`, `last_day`), then the state in msgpack."""
@@ -174,7 +177,8 @@ class ConversationState(msgspec.Struct, array_like=True):
             self.inserted_ms = ev.inserted_at_ms
             self.deleted = ev.deleted
             self.record_data = pack_record(ev.record)
-            self.rated = _rating_of(ev.record) != 0
+            self.rating = _rating_of(ev.record)
+            self.rated = self.rating != 0
 
     def record(self) -> dict[str, Any]:
         """The newest chat-history record, as the API serves it ({} when none)."""
@@ -191,6 +195,13 @@ class ConversationState(msgspec.Struct, array_like=True):
         if not self.rated or self.deleted or self.inserted_ms is None:
             return None
         return self.inserted_ms
+
+    def rating_sum(self) -> tuple[int, str, int] | None:
+        """(epoch millisecond, mentor as kept or "", rating) the conversation's rating is summed at for the
+        mean ratings: as `rating_slot`, for a state whose rating was summed (`rating` not None)."""
+        if not self.rating or self.deleted or self.inserted_ms is None:
+            return None
+        return self.inserted_ms, self.mentor or "", self.rating
 
     def copy(self) -> ConversationState:
         """A working copy whose `ids` can grow without touching this one."""

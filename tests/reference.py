@@ -280,18 +280,39 @@ def conversations(events: list[tuple[str, dict[str, Any]]]) -> dict[tuple[str, s
     return out
 
 
-def ratings(convs: dict[tuple[str, str], Conversation]) -> Counter[tuple[str, str]]:
-    """(org, UTC hour or day label) -> conversations whose newest record holds a rating (an integer other
-    than 0) and is not a deletion, counted at the record's `inserted_at`."""
-    out: Counter[tuple[str, str]] = Counter()
+def rating_sums(convs: dict[tuple[str, str], Conversation]) -> dict[tuple[str, str, str], list[int]]:
+    """(org, UTC hour or day label, mentor or "") -> [conversations, the sum of their ratings]: those whose
+    newest record holds a rating (an integer other than 0) and is not a deletion, at the record's
+    `inserted_at`; a mentor's are those whose newest record names it."""
+    out: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for (org, _), conv in convs.items():
         rec = conv.record
         r = (rec or {}).get("rating")
         if rec is None or rec.get("deleted") or not isinstance(r, int) or isinstance(r, bool) or r == 0:
             continue
         assert conv.inserted_ms is not None
-        out[(org, hour(conv.inserted_ms))] += 1
-        out[(org, day(conv.inserted_ms))] += 1
+        for who in {"", rec.get("mentor") or ""}:
+            for period in (hour(conv.inserted_ms), day(conv.inserted_ms)):
+                out[(org, period, who)][0] += 1
+                out[(org, period, who)][1] += r
+    return out
+
+
+def ratings(convs: dict[tuple[str, str], Conversation]) -> Counter[tuple[str, str]]:
+    """(org, UTC hour or day label) -> conversations whose newest record holds a rating (`rating_sums`)."""
+    return Counter({(org, period): n for (org, period, who), (n, _) in rating_sums(convs).items() if not who})
+
+
+def messages_by_hour(events: list[tuple[str, dict[str, Any]]]) -> Counter[tuple[str, str, int]]:
+    """(org, mentor or "", epoch hour) -> chat messages stamped in that hour, each event_id once."""
+    seen: set[tuple[str, str]] = set()
+    out: Counter[tuple[str, str, int]] = Counter()
+    for topic, e in events:
+        if topic != "chat-messages" or (e["org"], e["event_id"]) in seen:
+            continue
+        seen.add((e["org"], e["event_id"]))
+        for who in ("", e["mentor_id"]):
+            out[(e["org"], who, ts_ms(e["timestamp"]) // 3_600_000)] += 1
     return out
 
 

@@ -16,7 +16,7 @@ from api.app import create_app
 from api.cache import answered_by, cached_routes
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
-from tables.aggregates import FAMILIES, sessions
+from tables.aggregates import FAMILIES, ratings, sessions
 from tables.buckets import Retention
 from tables.conversations import ConversationState
 from tables.state import OrgState
@@ -211,7 +211,7 @@ def test_distinct_students_encoding() -> None:
 def test_conversation_store_encoding() -> None:
     """The conversation's value (`conversations.HEADER`: 0xC1, the version and the last day as 32-bit
     big-endian numbers; then its state in msgpack, its record deflated (`pack_record`), its event digests in
-    order, whether its record holds a rating last), the mentor's served UUID,
+    order, whether its record holds a rating and the rating summed last), the mentor's served UUID,
     the org's meta."""
     assert of(render(plan(events())), keys=(":cv:", ":uuids", ":meta")) == [
         "HINCRBY aia:{acme}:meta events|chat-history 1",
@@ -220,7 +220,7 @@ def test_conversation_store_encoding() -> None:
         "HINCRBY aia:{acme}:meta events|sentiment 1",
         "HINCRBY aia:{acme}:meta version 1",
         "HMAX aia:{acme}:meta last_event_ms 1795217580000",
-        "HSET aia:{acme}:cv:264 d1a4895e8a5da508 c10000000100005129dc001701cf000001a1fb4ba0c0a26532a26d31a3616e6e010191a46d617468a8706f73697469766593cf000001a1fb4d758003a2653393cf000001a1fb4ba0c004a26534a3616e6ea26d3191a7616c6765627261cf000001a1fb4ba0c0c281ce00079befcd04e281a27431cf000001a1fb4e5fe0c40801ab867b12e87900c4201f7e24023b50eaef49b7d57ffed16a345a80ad712e350b15916658fbd43a97b4cd5129a27331c2",
+        "HSET aia:{acme}:cv:264 d1a4895e8a5da508 c10000000100005129dc001801cf000001a1fb4ba0c0a26532a26d31a3616e6e010191a46d617468a8706f73697469766593cf000001a1fb4d758003a2653393cf000001a1fb4ba0c004a26534a3616e6ea26d3191a7616c6765627261cf000001a1fb4ba0c0c281ce00079befcd04e281a27431cf000001a1fb4e5fe0c40801ab867b12e87900c4201f7e24023b50eaef49b7d57ffed16a345a80ad712e350b15916658fbd43a97b4cd5129a27331c200",
         "HSET aia:{acme}:uuids d567aef6-027c-584d-8df3-f4671aab54ac mentor|m1",
     ]
 
@@ -262,6 +262,21 @@ def test_ratings_encoding() -> None:
         assert of(render(plan([rated_record("r1", 1, T0, {"rating": rating})])), fields=("ratings",)) == []
 
 
+@pytest.mark.parametrize("rating", [1, -1, 2**63 - 1, -(2**63), 2**64 - 1, 5])
+def test_rating_sums_are_exact_for_any_64_bit_rating(rating: int) -> None:
+    """A rating is summed as its high and low 32 bits, for the org and for the record's mentor, so no sum of
+    64-bit ratings passes what a Redis counter holds; high * 2**32 + low is the rating, exactly."""
+    ops = [o for o in of(render(plan([rated_record("r1", 1, T0, {"rating": rating})])), fields=("rat",)) if ":d:" in o]
+    high, low = rating >> 32, rating & 0xFFFFFFFF
+    assert ops == sorted(
+        f"HINCRBY aia:{{acme}}:d:20261120 {f} {n}"
+        for f, n in (("rated", 1), ("rated|m|m1", 1), ("rating_hi", high), ("rating_hi|m|m1", high),
+                     ("rating_lo", low), ("rating_lo|m|m1", low), ("ratings", 1)) if n
+    )  # fmt: skip
+    assert ratings.mean(1, high, low) == float(rating)
+    assert ratings.mean(3, 3 * high, 3 * low) == float(rating)  # three of them in one bucket
+
+
 @pytest.mark.parametrize(
     ("newer", "want"),
     [
@@ -278,22 +293,45 @@ def test_a_newer_record_moves_or_takes_back_the_rating(newer: dict[str, Any], wa
     w = planner.plan("acme", [rated_record("r2", 2, T0 + 1, newer, deleted)], OrgState(convs={"s1": held}), T0, 0)
     got = sum(int(op[3]) for op in render(w) if op[2] == "ratings" and ":d:" in op[1])
     assert got == want
+    summed = {op[2]: int(op[3]) for op in render(w) if op[2].startswith(("rated", "rating_")) and ":d:" in op[1]}
+    if want:  # the sums taken back with the count, for the org and the mentor
+        assert summed == {"rated": -1, "rated|m|m1": -1, "rating_lo": -1, "rating_lo|m|m1": -1}
+    else:  # 1 replaced by 5 in place: only the sum moves
+        assert summed == {"rating_lo": 4, "rating_lo|m|m1": 4}
     # A state from before ratings were counted (`rated` absent): its rating was never counted, so a newer
     # record takes nothing back.
-    before = msgspec.structs.replace(held, rated=None)
+    before = msgspec.structs.replace(held, rated=None, rating=None)
     w = planner.plan("acme", [rated_record("r2", 2, T0 + 1, {"rating": 0})], OrgState(convs={"s1": before}), T0, 0)
-    assert [op for op in render(w) if op[2] == "ratings"] == []
+    assert [op for op in render(w) if op[2].startswith(("rat",))] == []
+    # One counted before the sums (`rating` absent): the count is taken back, the sums are not.
+    before = msgspec.structs.replace(held, rating=None)
+    w = planner.plan("acme", [rated_record("r2", 2, T0 + 1, {"rating": 0})], OrgState(convs={"s1": before}), T0, 0)
+    assert {op[2] for op in render(w) if op[2].startswith("rat")} == {"ratings"}
 
 
 def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None:
     """The answer cache's routes are those marked `answered_by` (each an org's GET): the analytics and cost
     views, not freshness (the clock), chat history (the caller's role) nor the all-orgs cost."""
-    patterns = [p.pattern for p in cached_routes(create_app())]
-    tails = sorted(p.split("/users/(?P<user_id>[^/]+)/")[1].replace("\\", "") for p in patterns)
+    patterns = [p.pattern.replace("\\", "") for p in cached_routes(create_app())]
+    tails = sorted(p.split("/users/(?P<user_id>[^/]+)/")[-1] for p in patterns)
     assert tails == sorted([
         "average-messages-per-session/$", "sentiment-count/$", "tenant-cost/$", "top-students-by-chat-messages/$",
         "user-cost/$", "mentors/(?P<mentor_unique_id>[^/]+)/cost/$", "costs/model/$", "costs/permentor/$",
         "costs/peruser/$", "costs/users/$", "conversation/$", "total-users-by-mentor/$", "rating-summary/$",
+        # the org as the platform_key query parameter
+        "^/api/analytics/sessions/$", "^/api/analytics/conversations/$", "^/api/analytics/ratings/$",
+        "^/api/analytics/time/$", "^/api/analytics/users/$",
     ])  # fmt: skip
     assert answered_by(sessions.Sessions) == {"x-answered-by": ["sessions"]}
     assert len({f.name for f in FAMILIES}) == len(FAMILIES)  # each family answers under its own name
+
+
+def test_messages_count_in_their_own_hour_for_the_heatmap() -> None:
+    """Every chat message counts in the hour and half hour of its own time (not its session's start), for
+    the org and its mentor: what `/api/analytics/time/` reads."""
+    assert [o for o in of(render(plan(events())), fields=("sent",)) if "sentiment" not in o] == [
+        "HINCRBY aia:{acme}:h:2026112023 sent 2",
+        "HINCRBY aia:{acme}:h:2026112023 sent|m|m1 2",
+        "HINCRBY aia:{acme}:hh:202611202330 sent 2",
+        "HINCRBY aia:{acme}:hh:202611202330 sent|m|m1 2",
+    ]

@@ -131,6 +131,13 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
     out["top all"] = await top_students.top_students(queries.View(redis, 0), ORG, first, last)
     for hourly in (False, True):
         out[f"ratings {hourly}"] = await ratings.rating_summary(queries.View(redis, 0), ORG, first, last, hourly)
+        for mentor in (None, *MENTORS):
+            out[f"mean ratings {hourly} {mentor}"] = await ratings.mean_ratings(
+                queries.View(redis, 0), ORG, first, last, hourly, mentor
+            )
+    for mentor in (None, *MENTORS):
+        sent = sessions.SENT if mentor is None else sessions.mentor_field(sessions.SENT, mentor)
+        out[f"sent {mentor}"] = await queries.periods(queries.View(redis, 0), ORG, first, last, True, None, [sent])
     for mentor in (None, *MENTORS):
         out[f"distinct {mentor}"] = await distinct_students.distinct_students(
             queries.View(redis, 0), ORG, first, last, mentor
@@ -206,6 +213,15 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
     for hourly in (False, True):
         for row in got[f"ratings {hourly}"]:
             assert row["total_ratings"] == rated.get((ORG, row["time"]), 0), (hourly, row)
+    sums = reference.rating_sums(reference.conversations(events))
+    by_hour = reference.messages_by_hour(events)
+    for mentor in (None, *MENTORS):
+        for hourly in (False, True):
+            for label, (n, high, low) in got[f"mean ratings {hourly} {mentor}"]:
+                assert [n, (high << 32) + low] == sums.get((ORG, label, mentor or ""), [0, 0]), (mentor, label)
+        for label, (n,) in got[f"sent {mentor}"]:
+            hour = int(datetime.fromisoformat(label).timestamp()) // 3600
+            assert n == by_hour[(ORG, mentor or "", hour)], (mentor, label)
     local = reference.local(events, LOCAL_ZONE)
     for row in got["local avg daily"]:
         assert [row["total_sessions"], row["total_messages"]] == local.daily.get((row["time"], ""), [0, 0]), row

@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import httpx
@@ -47,12 +48,19 @@ pytestmark = pytest.mark.integration
 CALLER = "tester"  # the path's user_id of the analytics reads: the caller, as the platform's clients send it
 WRITES = "sdk-writes"  # a registered org of its own for chat-history writes: the demo orgs stay the reference's
 HOUR_MS = 3_600_000
+TODAY = datetime.now(UTC).date()
+LATER, EARLIER = TODAY - timedelta(days=2), TODAY - timedelta(days=9)  # a range that ends before it starts
 
 # The `_response_types_map` of each SDK method (local to the generated method, so repeated here).
 AVG_MESSAGES = {"200": "List[MessageStatistics]", "400": None, "404": None}
 CONVERSATIONS = {"200": "List[ConversationVolume]", "400": None, "404": None}
 USERS_BY_MENTOR = {"200": "List[UserChatByPeriod]", "400": None, "404": None}
 RATINGS = {"200": "List[RatingRecord]", "400": None, "404": None}
+SESSIONS_CHART = {"200": "SessionsChart"}
+CONVERSATIONS_CHART = {"200": "ConversationsChart"}
+RATINGS_CHART = {"200": "RatingsOvertime"}
+BUSIEST = {"200": "AccessTimesHeatmap", "400": None, "403": None, "500": None}
+CURRENT_USERS = {"200": "CurrentUsersResponse", "400": None, "403": None, "500": None}
 HISTORY_LIST = {"200": "PaginatedConversationsList"}
 HISTORY_CREATE = {"201": "Conversations"}
 HISTORY_ONE = {"200": "Conversations"}
@@ -386,6 +394,202 @@ def test_rating_summary_matches_reference(stack: Stack, group_by: str) -> None:
         assert sum(want.values()) > 0, org  # the demo traffic rates some conversations
         assert {p: n for p, n in got.items() if p in want} == want, org
         assert all(n == 0 for p, n in got.items() if p not in want), org
+
+
+# --- /api/analytics/: the org as platform_key ---------------------------------------------------------
+
+
+def month_of(t: datetime) -> str:
+    return utc(t).date().replace(day=1).isoformat()
+
+
+@pytest.mark.parametrize("granularity", ["day", "hour", "week", "month"])
+def test_analytics_sessions_and_conversations_match_reference(stack: Stack, granularity: str) -> None:
+    """`/api/analytics/sessions/` and `conversations/`: sessions started per hour, day, ISO week or month,
+    for the org and for each mentor; a conversation is a session, so both give the same points."""
+    first, last = days(stack)
+    table = {"hour": stack.exp.hourly, "week": stack.exp.weekly}.get(granularity, stack.exp.daily)
+    label = month_of if granularity == "month" else period_label(granularity)
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+            want: Counter[str] = Counter()
+            for (o, p, who), (n, _) in table.items():
+                if o == org and who == mentor:
+                    want[p[:7] + "-01" if granularity == "month" else p] += n
+            query = {"platform_key": org, "date_filter": "custom", "start_date": first, "end_date": last,
+                     "granularity": granularity, "mentor_unique_id": uuid.UUID(mentor) if mentor else None}  # fmt: skip
+            for method, types, model, metric in (
+                ("analytics_sessions_retrieve", SESSIONS_CHART, M.SessionsChart, "sessions"),
+                ("analytics_conversations_retrieve", CONVERSATIONS_CHART, M.ConversationsChart, "conversations"),
+            ):
+                chart = ok(stack.call(method, types, **query), 200, model)
+                assert chart.metric == metric
+                got = {label(p.var_date): p.value for p in chart.points}
+                assert len(got) == len(chart.points), "a period served twice"
+                assert {p: n for p, n in got.items() if n} == +want, (org, mentor, method)
+                if granularity == "day":
+                    assert len(got) == (last - first).days + 1  # days without a session served as 0
+
+
+def test_analytics_sessions_headline_matches_reference(stack: Stack) -> None:
+    """`metric=headline`: the range's sessions, messages and mean rating, as extra fields beside no points
+    (the SDK's model keeps metric and points; the numbers are in the JSON)."""
+    first, last = days(stack)
+    sums = reference.rating_sums(stack.convs)
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+            r = stack.call("analytics_sessions_retrieve", SESSIONS_CHART, platform_key=org, date_filter="custom",
+                           start_date=first, end_date=last, metric="headline",
+                           mentor_unique_id=uuid.UUID(mentor) if mentor else None)  # fmt: skip
+            assert ok(r, 200, M.SessionsChart).points == []
+            body = json.loads(r.raw_data)
+            started = sum(n for (o, _, who), (n, _) in stack.exp.daily.items() if o == org and who == mentor)
+            messages = sum(m for (o, _, who), (_, m) in stack.exp.daily.items() if o == org and who == mentor)
+            rated = [v for (o, p, who), v in sums.items() if o == org and who == mentor and "T" not in p]
+            n, total = sum(v[0] for v in rated), sum(v[1] for v in rated)
+            assert (body["total_sessions"], body["total_messages"]) == (started, messages), (org, mentor)
+            assert body["avg_messages_per_session"] == pytest.approx(messages / started, rel=1e-15)
+            assert body["rated_conversations"] == n
+            assert body["avg_rating"] == (None if n == 0 else pytest.approx(total / n, rel=1e-15)), (org, mentor)
+
+
+@pytest.mark.parametrize("granularity", ["day", "hour", "month"])
+def test_analytics_ratings_match_reference(stack: Stack, granularity: str) -> None:
+    """`/api/analytics/ratings/`: the mean rating of the conversations rated per period (at their newest
+    record's `inserted_at`), for the org and for each mentor its newest record names; periods without a
+    rating are left out."""
+    first, last = days(stack)
+    sums = reference.rating_sums(stack.convs)
+    label = month_of if granularity == "month" else period_label(granularity)
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+            want: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+            for (o, p, who), (n, total) in sums.items():
+                if o == org and who == mentor and ("T" in p) == (granularity == "hour"):
+                    acc = want[p[:7] + "-01" if granularity == "month" else p]
+                    acc[0], acc[1] = acc[0] + n, acc[1] + total
+            r = stack.call("analytics_ratings_retrieve", RATINGS_CHART, platform_key=org, date_filter="custom",
+                           start_date=first, end_date=last, granularity=granularity,
+                           mentor_unique_id=uuid.UUID(mentor) if mentor else None)  # fmt: skip
+            chart = ok(r, 200, M.RatingsOvertime)
+            assert chart.metric == "ratings"
+            got = {label(datetime.fromisoformat(p.var_date)): p.value for p in chart.points}
+            assert got == {p: pytest.approx(total / n, rel=1e-15) for p, (n, total) in want.items()}, (org, mentor)
+            if not mentor:
+                assert got, org  # the demo rates some conversations
+
+
+def test_analytics_time_is_the_busiest_hour_of_the_week(stack: Stack) -> None:
+    """`/api/analytics/time/`: the SDK types the answer as one cell, so it is the busiest weekday (0 =
+    Sunday) and hour, with its messages (each by its own time), ties the earliest in the week."""
+    first, last = days(stack)
+    by_hour = reference.messages_by_hour(stack.events)
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+            grid: Counter[tuple[int, int]] = Counter()
+            for (o, who, h), n in by_hour.items():
+                t = datetime.fromtimestamp(h * 3600, UTC)
+                if o == org and who == mentor and first <= t.date() <= last:
+                    grid[((t.weekday() + 1) % 7, t.hour)] += n
+            (want_day, want_hour), want = min(grid.items(), key=lambda kv: (-kv[1], kv[0]))
+            r = stack.call("analytics_time_retrieve", BUSIEST, platform_key=org, date_filter="custom",
+                           start_date=first, end_date=last,
+                           mentor_unique_id=uuid.UUID(mentor) if mentor else None)  # fmt: skip
+            cell = ok(r, 200, M.AccessTimesHeatmap)
+            assert (cell.day_of_week, cell.hour, cell.value) == (want_day, want_hour, want), (org, mentor)
+
+
+def current_users(stack: Stack, org: str, mentor: str, metric: str, **query: Any) -> M.CurrentUsersResponse:
+    r = stack.call("analytics_users_retrieve", CURRENT_USERS, platform_key=org, metric=metric,
+                   mentor_unique_id=uuid.UUID(mentor) if mentor else None, **query)  # fmt: skip
+    got: M.CurrentUsersResponse = ok(r, 200, M.CurrentUsersResponse)
+    assert got.metric == metric
+    return got
+
+
+def test_analytics_users_match_reference(stack: Stack) -> None:
+    """`/api/analytics/users/`: students who sent a message in the window (the date filter's days, the last
+    30 days, or since the previous half hour began), and the rounded percentage change against the window
+    before; registered users need the registry (400 naming metric)."""
+    first, _ = days(stack)
+    second, today = first + timedelta(days=1), datetime.now(UTC).date()
+    humans = [(e["org"], e["mentor_id"], e["student"], reference.ts_ms(e["timestamp"]))
+              for t, e in stack.events if t == "chat-messages" and e["role"] == "human"]  # fmt: skip
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+            mine = [(student, ms) for o, m, student, ms in humans if o == org and mentor in ("", m)]
+            on = [(student, datetime.fromtimestamp(ms / 1000, UTC).date()) for student, ms in mine]
+            now, then = (len({s for s, d in on if d == day}) for day in (second, first))
+            change = 0 if then == 0 else int((Decimal(now - then) * 100 / then).to_integral_value(ROUND_HALF_UP))
+            got = current_users(stack, org, mentor, "active_users", date_filter="custom", start_date=second,
+                                end_date=second)  # fmt: skip
+            assert (got.count, got.change) == (now, change), (org, mentor)
+            got = current_users(stack, org, mentor, "active_users_last_30d")
+            assert (got.count, got.change) == (len({s for s, d in on if d > today - timedelta(days=30)}), 0)
+            for _ in range(3):  # the half hour may turn between the call and the reference
+                half = time.time_ns() // 1_000_000 // (30 * 60_000)
+                got = current_users(stack, org, mentor, "currently_active")
+                if half == time.time_ns() // 1_000_000 // (30 * 60_000):
+                    break
+            assert got.count == len({s for s, ms in mine if ms >= (half - 1) * 30 * 60_000}), (org, mentor)
+    with pytest.raises(BadRequestException) as info:
+        stack.call("analytics_users_retrieve", CURRENT_USERS, platform_key="acme-academy", metric="registered_users")
+    assert json.loads(info.value.body)["parameter"] == "metric"
+
+
+def test_analytics_platform_key_is_the_org(stack: Stack) -> None:
+    """The org is `platform_key`, checked as a path's org is (403 for another org's key, 404 for an unknown
+    org to an all-orgs key); without one, the key's own org; an all-orgs key must name one."""
+
+    def sessions(key: str, **query: Any) -> M.SessionsChart:
+        r = stack.call("analytics_sessions_retrieve", SESSIONS_CHART, key, date_filter="all_time", **query)
+        chart: M.SessionsChart = ok(r, 200, M.SessionsChart)
+        return chart
+
+    named = sessions("analyst", platform_key="acme-academy")
+    assert sessions("analyst") == named  # the key's own org
+    assert sum(p.value for p in named.points) == len({
+        cid for (o, cid) in stack.convs if o == "acme-academy"} & {e["session_id"] for t, e in stack.events
+        if t == "chat-messages" and e["org"] == "acme-academy"})  # fmt: skip
+    with pytest.raises(ForbiddenException):
+        sessions("other", platform_key="acme-academy")
+    with pytest.raises(NotFoundException):
+        sessions("admin", platform_key="no-such-org")
+    with pytest.raises(BadRequestException) as info:
+        sessions("admin")
+    assert json.loads(info.value.body)["parameter"] == "platform_key"
+    with pytest.raises(UnauthorizedException):
+        sessions("not-a-key", platform_key="acme-academy")
+
+
+PLATFORM_BAD = [
+    ("analytics_sessions_retrieve", SESSIONS_CHART, {"date_filter": "1y"}, "date_filter"),
+    ("analytics_sessions_retrieve", SESSIONS_CHART, {"granularity": "year"}, "granularity"),
+    ("analytics_sessions_retrieve", SESSIONS_CHART, {"metric": "conversations"}, "metric"),
+    ("analytics_conversations_retrieve", CONVERSATIONS_CHART, {"date_filter": "7d", "start_date": TODAY}, "start_date"),
+    ("analytics_conversations_retrieve", CONVERSATIONS_CHART, {"date_filter": "custom"}, "start_date"),
+    ("analytics_ratings_retrieve", RATINGS_CHART, {"usergroup_ids": [1, 2]}, "usergroup_ids"),
+    ("analytics_ratings_retrieve", RATINGS_CHART, {"usergroup_ids": [7]}, "usergroup_ids"),
+    ("analytics_ratings_retrieve", RATINGS_CHART, {"start_date": LATER, "end_date": EARLIER}, "end_date"),
+    ("analytics_time_retrieve", BUSIEST, {"start_date": date(2020, 1, 1), "end_date": TODAY}, "start_date"),
+    ("analytics_users_retrieve", CURRENT_USERS, {"metric": "everyone"}, "metric"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "types", "query", "param"), PLATFORM_BAD,
+    ids=[f"{b[0][10:-9]}-{b[3]}-{i}" for i, b in enumerate(PLATFORM_BAD)],
+)  # fmt: skip
+def test_analytics_bad_parameter_is_400_naming_it(
+    stack: Stack, method: str, types: dict[str, Any], query: dict[str, Any], param: str
+) -> None:
+    if method == "analytics_users_retrieve":
+        query = {"metric": "active_users", **query}
+    with pytest.raises(BadRequestException) as info:
+        stack.call(method, types, platform_key="acme-academy", **query)
+    body = json.loads(info.value.body)
+    assert isinstance(body["detail"], str) and body["detail"], body
+    assert body["parameter"] == param, body
 
 
 # --- chat history: reads ------------------------------------------------------------------------------
@@ -776,8 +980,6 @@ def test_costs_pertenant_matches_reference(stack: Stack) -> None:
 
 # --- errors -------------------------------------------------------------------------------------------
 
-TODAY = datetime.now(UTC).date()
-LATER, EARLIER = TODAY - timedelta(days=2), TODAY - timedelta(days=9)  # a range that ends before it starts
 BACKWARDS = {"start_date": datetime.combine(LATER, datetime.min.time()),
              "end_date": datetime.combine(EARLIER, datetime.min.time())}  # fmt: skip
 BAD = [

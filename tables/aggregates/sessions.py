@@ -25,6 +25,7 @@ from tables.conversations import ConversationState
 # Bucket fields (hourly, half-hourly, daily): sessions started, their messages; a mentor's end in `|m|<mentor>`.
 SESSIONS = "sessions"
 MESSAGES = "messages"  # also per minute: every chat message by its own time (the alert rules)
+SENT = "sent"  # hourly and half-hourly: every chat message by its own time (the weekday x hour heatmap)
 
 
 def mentor_field(fld: str, mentor: str) -> str:
@@ -40,10 +41,17 @@ class Sessions:
     name = "sessions"
 
     def fold(self, b: Batch, counted: Counted) -> Deltas:
-        """Every message in its minute. (Where a session starts and its counts per role are its
-        conversation's: `ConversationState.add_message`; what they add is derived in `changed`.)"""
-        for minute, n in Counter([ev.ts_ms // MINUTE_MS for ev, _, _ in counted.messages]).items():
+        """Every message in its minute, and in its hour and half hour for the org and its mentor. (Where a
+        session starts and its counts per role are its conversation's: `ConversationState.add_message`;
+        what they add is derived in `changed`.)"""
+        messages = counted.messages
+        for minute, n in Counter([ev.ts_ms // MINUTE_MS for ev, _, _ in messages]).items():
             b.add_at(Grain.MINUTE, minute, MESSAGES, n)  # Counter counts in C
+        for (half, mentor), n in Counter([(ev.ts_ms // HALF_MS, mentor) for ev, _, mentor in messages]).items():
+            for grain, index in ((Grain.HOUR, half // 2), (Grain.HALF, half)):
+                b.add_at(grain, index, SENT, n)
+                if mentor:
+                    b.add_at(grain, index, mentor_field(SENT, mentor), n)
         return {}
 
     def changed(self, b: Batch, deltas: Deltas, cid: str, before: ConversationState, after: ConversationState) -> None:
