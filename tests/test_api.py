@@ -305,6 +305,29 @@ def test_time_zone_days_and_the_org_default(env: Env) -> None:
     assert bad.returncode == 2 and "IANA" in bad.stderr
 
 
+def test_answers_naming_the_org_by_platform_key_are_cached_with_etags(env: Env) -> None:
+    """`/api/analytics/` answers name their org by `platform_key`, or by the key's own org without one: each
+    carries an ETag and gets 304 with it, like an answer under the org's path; another org's key is refused
+    and shown nothing kept; an all-orgs key must name the org."""
+
+    def ask(key: str = "analyst", tag: str | None = None, **query: Any) -> httpx.Response:
+        headers = {"Authorization": f"Api-Token {env.keys[key]}"} | ({"If-None-Match": tag} if tag else {})
+        return httpx.get(f"{env.base}/api/analytics/sessions/", params=query, headers=headers)
+
+    named = ask(platform_key="acme-academy")
+    etag = named.headers["etag"]
+    assert named.status_code == 200 and ask(platform_key="acme-academy", tag=etag).status_code == 304
+    assert ask(key="admin", platform_key="acme-academy", tag=etag).status_code == 304  # any key that may read it
+    own = ask()  # the analyst key's own org: acme-academy
+    assert (own.status_code, own.json()) == (200, named.json())
+    assert ask(tag=own.headers["etag"]).status_code == 304
+    refused = ask(key="other", platform_key="acme-academy", tag=etag)
+    assert refused.status_code == 403 and "etag" not in refused.headers
+    unnamed = ask(key="admin")
+    assert (unnamed.status_code, unnamed.json()["parameter"]) == (400, "platform_key")
+    assert ask(key="admin", platform_key="globex-school").headers["etag"] != etag
+
+
 def test_answers_are_shared_per_data_version_with_etags(env: Env) -> None:
     """An answer carries an ETag; asking again with it gets 304 until the org's data changes; a refused
     caller never gets a kept answer; new events, an erasure's version and the org's time zone each give a
