@@ -15,7 +15,7 @@ from api.auth import ORG, USER, Caller
 from api.cache import answered_by
 from api.state import AppState, Served, State
 from tables import queries
-from tables.aggregates import llm_cost, ratings, sentiment, sessions
+from tables.aggregates import llm_cost, ratings, sentiment, sessions, topics
 from tables.aggregates import top_students as top
 from tables.buckets import local_today, time_zone
 
@@ -154,6 +154,53 @@ async def rating_summary(
     hourly = params.choice("group_by", group_by, ("day", "hour"), "day") == "hour"
     start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=hourly)
     return await ratings.rating_summary(view, org, start, end, hourly, zone)
+
+
+@router.get("/most-discussed-topics/", openapi_extra=answered_by(topics.Topics))
+async def most_discussed_topics(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    start_date: FIRST_DAY,
+    end_date: LAST_DAY,
+    mentor_id: Annotated[str | None, Query(description="Only conversations with this mentor.")] = None,
+    aggregation: Annotated[
+        str | None,
+        Query(
+            description="hourly, daily or weekly: accepted, no effect (one row per topic).",
+            json_schema_extra={"enum": list(sessions.AGGREGATIONS)},
+        ),
+    ] = None,
+    group_by: NO_EFFECT = None,
+    tz: TZ = None,
+) -> list[dict[str, Any]]:
+    """Every topic of the conversations listed in the range (days of the time zone), with how many there
+    are, most first (ties by topic): the conversations chat history lists under the topic for those days."""
+    params.choice("aggregation", aggregation, sessions.AGGREGATIONS, "daily")
+    start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=False)
+    counts = await topics.topic_counts(view, org, start, end, params.text("mentor_id", mentor_id), zone)
+    return [{"topic_name": t, "conversation_count": n} for t, n, _ in topics.ranked(counts)]
+
+
+@router.get("/topics/summary/", openapi_extra=answered_by(topics.Topics))
+async def topics_summary(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    start_date: Annotated[
+        str | None, Query(description="First day, YYYY-MM-DD (default: 30 days ago).", **DATE)
+    ] = None,
+    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
+    tz: TZ = None,
+) -> list[dict[str, Any]]:
+    """The 10 topics with the most conversations in the range (as `most-discussed-topics/`)."""
+    start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=False, required=False)
+    counts = await topics.topic_counts(view, org, start, end, None, zone)
+    return [{"name": t, "conversation_count": n} for t, n, _ in topics.ranked(counts)[: topics.SUMMARY_TOPICS]]
 
 
 @router.get("/sentiment-count/", openapi_extra=answered_by(sentiment.Sentiment))

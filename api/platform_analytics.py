@@ -21,7 +21,7 @@ from api.auth import PlatformOrg
 from api.cache import answered_by
 from api.state import AppState, Served, State
 from tables import ids, keys, queries
-from tables.aggregates import ratings, sessions
+from tables.aggregates import ratings, sessions, topics
 from tables.aggregates import top_students as top
 from tables.buckets import HALF_MS, Grain, local_today
 from tables.exceptions import QueryError
@@ -231,6 +231,36 @@ async def users(
         ]
     now, then = await queries.union_sizes(a.view.redis, windows)
     return {"metric": chosen, "count": now, "change": percent_change(now, then)}
+
+
+@router.get("/topics/details/", openapi_extra=answered_by(topics.Topics))
+async def topic_details(
+    a: Asked,
+    limit: Annotated[str | None, Query(description="Topics per page, 1 to 100 (default 20).")] = None,
+    page: Annotated[str | None, Query(description="The page, from 1.")] = None,
+    search: Annotated[str | None, Query(description="Only topics whose name holds this, in any case.")] = None,
+) -> dict[str, Any]:
+    """Per topic of the conversations listed in the range: its conversations (a conversation is a session,
+    so `sessions` is the same number) and their messages; most conversations first, ties by name, paged.
+    `granularity` has no effect."""
+    start, end, zone = await a.span(hourly=False)
+    per_page = params.positive_int("limit", limit, 20, 100)
+    mentor = params.text("mentor_unique_id", a.mentor_raw)
+    rows = topics.ranked(await topics.topic_counts(a.view, a.org, start, end, mentor, zone))
+    if wanted := params.text("search", search):
+        rows = [row for row in rows if wanted.casefold() in row[0].casefold()]
+    pages = max(1, -(-len(rows) // per_page))
+    n = params.page_number(page, pages)
+    return {
+        "results": [
+            {"name": t, "messages": m, "conversations": c, "sessions": c}
+            for t, c, m in rows[(n - 1) * per_page : n * per_page]
+        ],
+        "pagination": {
+            "count": len(rows), "page": n, "limit": per_page, "total_pages": pages,
+            "next": n + 1 if n < pages else None, "previous": n - 1 if n > 1 else None,
+        },
+    }  # fmt: skip
 
 
 def percent_change(now: int, then: int) -> int:

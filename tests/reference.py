@@ -316,6 +316,33 @@ def messages_by_hour(events: list[tuple[str, dict[str, Any]]]) -> Counter[tuple[
     return out
 
 
+def topics_by_day(
+    events: list[tuple[str, dict[str, Any]]], convs: dict[tuple[str, str], Conversation]
+) -> dict[tuple[str, str, str], dict[str, list[int]]]:
+    """(org, UTC day, mentor or "") -> topic -> [conversations, their messages]: each conversation not
+    deleted counts once per topic (its record's and its messages'), with all its messages, on the day chat
+    history lists it by, under the record's mentor (the earliest message's without a record)."""
+    seen: set[tuple[str, str]] = set()
+    messages: Counter[tuple[str, str]] = Counter()
+    for topic, e in events:
+        if topic == "chat-messages" and (e["org"], e["event_id"]) not in seen:
+            seen.add((e["org"], e["event_id"]))
+            messages[(e["org"], e["session_id"])] += 1
+    starts = session_starts(events)
+    out: dict[tuple[str, str, str], dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for (org, cid), conv in convs.items():
+        rec = conv.record
+        if (rec is not None and rec.get("deleted")) or not conv.topics or conv.inserted_ms is None:
+            continue
+        mentor = (rec.get("mentor") or "") if rec is not None else starts[(org, cid)][3]
+        for who in {"", mentor}:
+            for name in conv.topics:
+                acc = out[(org, day(conv.inserted_ms), who)][name]
+                acc[0] += 1
+                acc[1] += messages[(org, cid)]
+    return out
+
+
 def top_students(exp: Expected, org: str, limit: int = 20) -> list[tuple[str, int]]:
     """Human messages per student over every day, most first, ties by username ascending."""
     totals: Counter[str] = Counter()

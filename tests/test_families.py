@@ -16,7 +16,7 @@ from api.app import create_app
 from api.cache import answered_by, cached_routes
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
-from tables.aggregates import FAMILIES, ratings, sessions
+from tables.aggregates import FAMILIES, ratings, sessions, topics
 from tables.buckets import Retention
 from tables.conversations import ConversationState
 from tables.state import OrgState
@@ -320,7 +320,8 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
         "costs/peruser/$", "costs/users/$", "conversation/$", "total-users-by-mentor/$", "rating-summary/$",
         # the org as the platform_key query parameter
         "^/api/analytics/sessions/$", "^/api/analytics/conversations/$", "^/api/analytics/ratings/$",
-        "^/api/analytics/time/$", "^/api/analytics/users/$",
+        "^/api/analytics/time/$", "^/api/analytics/users/$", "^/api/analytics/topics/details/$",
+        "most-discussed-topics/$", "topics/summary/$",
     ])  # fmt: skip
     assert answered_by(sessions.Sessions) == {"x-answered-by": ["sessions"]}
     assert len({f.name for f in FAMILIES}) == len(FAMILIES)  # each family answers under its own name
@@ -335,3 +336,37 @@ def test_messages_count_in_their_own_hour_for_the_heatmap() -> None:
         "HINCRBY aia:{acme}:hh:202611202330 sent 2",
         "HINCRBY aia:{acme}:hh:202611202330 sent|m|m1 2",
     ]
+
+
+def test_topics_encoding() -> None:
+    """A conversation counts once per topic (its record's and its messages'), with all its messages, at the
+    time chat history lists it by (the record's `inserted_at`), for the org and the record's mentor."""
+    ops = [o for o in of(render(plan(events())), keys=(":tp:",)) if not o.startswith("EXPIREAT")]
+    assert ops == sorted(
+        f"HINCRBY aia:{{acme}}:tp:{label}{whose} {kind}{topic} {n}"
+        for label in ("20261120", "2026112023", "202611202330")  # its day, hour and half hour
+        for whose in ("", "|m|m1")
+        for topic in ("4:math", "7:algebra")
+        for kind, n in (("c", 1), ("n", 2))
+    )
+
+
+def test_look_alike_topics_and_mentors_never_share_a_count() -> None:
+    """A topic's field is its length, `:` and the topic, and a mentor's counts are its own hash: a topic
+    holding `|m|`, `:` or digits, or a mentor named like a topic's end, is counted apart from every other."""
+    look_alike = ("a", "a|m|b", "1:a", "c1:a", "a:", "ǀa")
+
+    def conversation(session: str, mentor: str, topic: str) -> ChatMessage:
+        return ChatMessage(event_id=f"e-{session}", org="acme", timestamp=T0, ts_ms=T0, session_id=session,
+                           student="ann", mentor_id=mentor, role="human", topics=(topic,),
+                           src_topic="chat-messages", src_offset=1)  # type: ignore[arg-type]  # fmt: skip
+
+    items = [conversation(f"s{i}", mentor, topic) for i, (mentor, topic) in enumerate(
+        [(m, t) for t in look_alike for m in ("b", "m|m|b")])]  # fmt: skip
+    ops = [op for op in render(plan(items)) if op[0] == "HINCRBY"]
+    day = [op for op in ops if op[1].split("|m|", 1)[0].endswith(":tp:20261120")]
+    counted = {(op[1].split("|m|", 1)[1] if "|m|" in op[1] else "", topics.parse_field(op[2])) for op in day}
+    want = {(who, (kind, t)) for who in ("", "b", "m|m|b") for t in look_alike for kind in ("c", "n")}
+    assert counted == want
+    assert all(int(op[3]) == (2 if "|m|" not in op[1] else 1) for op in day)  # each its own, no two summed
+    assert topics.parse_field("c2:a") is None and topics.parse_field("x1:a") is None  # not a whole field

@@ -29,7 +29,16 @@ from infra.redis import RedisServer
 from streams.deadletter import Record
 from streams.settings import Settings
 from tables import ids, keys, queries
-from tables.aggregates import chat_history, distinct_students, llm_cost, ratings, sentiment, sessions, top_students
+from tables.aggregates import (
+    chat_history,
+    distinct_students,
+    llm_cost,
+    ratings,
+    sentiment,
+    sessions,
+    top_students,
+    topics,
+)
 from tables.buckets import Grain, local_days, time_zone
 from tables.writer import OrgWrite, Writer
 from tests import reference
@@ -135,6 +144,11 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
             out[f"mean ratings {hourly} {mentor}"] = await ratings.mean_ratings(
                 queries.View(redis, 0), ORG, first, last, hourly, mentor
             )
+    d = first
+    while d <= last:
+        for mentor in (None, *MENTORS):
+            out[f"topics {d} {mentor}"] = await topics.topic_counts(queries.View(redis, 0), ORG, d, d, mentor)
+        d += timedelta(days=1)
     for mentor in (None, *MENTORS):
         sent = sessions.SENT if mentor is None else sessions.mentor_field(sessions.SENT, mentor)
         out[f"sent {mentor}"] = await queries.periods(queries.View(redis, 0), ORG, first, last, True, None, [sent])
@@ -222,6 +236,12 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
         for label, (n,) in got[f"sent {mentor}"]:
             hour = int(datetime.fromisoformat(label).timestamp()) // 3600
             assert n == by_hour[(ORG, mentor or "", hour)], (mentor, label)
+    by_topic = reference.topics_by_day(events, reference.conversations(events))
+    for name, value in got.items():
+        if name.startswith("topics "):
+            _, day, mentor = name.split(" ")
+            want_topics = by_topic.get((ORG, day, "" if mentor == "None" else mentor), {})
+            assert value == {t: counts for t, counts in want_topics.items()}, name
     local = reference.local(events, LOCAL_ZONE)
     for row in got["local avg daily"]:
         assert [row["total_sessions"], row["total_messages"]] == local.daily.get((row["time"], ""), [0, 0]), row
@@ -347,7 +367,9 @@ async def test_no_apply_script_does_much_more_than_its_bound(redis_server: Redis
 
     redis = Redis.from_url(redis_server.url)
     try:
-        with mock.patch.object(Writer, "apply", apply):
+        # No floor under a part's events (`MIN_SCRIPT_EVENTS`, 50: at the default bound of 3,000 operations
+        # it is never reached), so the bound of 500 alone decides.
+        with mock.patch.object(Writer, "apply", apply), mock.patch.object(pipeline, "MIN_SCRIPT_EVENTS", 1):
             await apply_batches(redis, [batch], Settings(apply_chunk=0, apply_script_ops=0))
             uncut = await dump_aggregates(redis)
             assert max(sizes) > 2000  # uncut, the largest org's script is large

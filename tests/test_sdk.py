@@ -56,6 +56,9 @@ AVG_MESSAGES = {"200": "List[MessageStatistics]", "400": None, "404": None}
 CONVERSATIONS = {"200": "List[ConversationVolume]", "400": None, "404": None}
 USERS_BY_MENTOR = {"200": "List[UserChatByPeriod]", "400": None, "404": None}
 RATINGS = {"200": "List[RatingRecord]", "400": None, "404": None}
+TOPIC_RECORDS = {"200": "List[TopicRecord]", "400": None, "404": None}
+TOPICS_SUMMARY = {"200": "List[TopicSummaryView]"}
+TOPIC_DETAILS = {"200": "TopicDetails"}
 SESSIONS_CHART = {"200": "SessionsChart"}
 CONVERSATIONS_CHART = {"200": "ConversationsChart"}
 RATINGS_CHART = {"200": "RatingsOvertime"}
@@ -394,6 +397,59 @@ def test_rating_summary_matches_reference(stack: Stack, group_by: str) -> None:
         assert sum(want.values()) > 0, org  # the demo traffic rates some conversations
         assert {p: n for p, n in got.items() if p in want} == want, org
         assert all(n == 0 for p, n in got.items() if p not in want), org
+
+
+def topics_in(stack: Stack, org: str, mentor: str, first: date, last: date) -> list[tuple[str, int, int]]:
+    """The reference's (topic, conversations, messages) over the days, most conversations first, ties by topic."""
+    total: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for (o, d, who), by_topic in reference.topics_by_day(stack.events, stack.convs).items():
+        if o == org and who == mentor and first <= date.fromisoformat(d) <= last:
+            for name, (c, m) in by_topic.items():
+                total[name][0] += c
+                total[name][1] += m
+    return sorted(((t, c, m) for t, (c, m) in total.items()), key=lambda row: (-row[1], row[0]))
+
+
+def test_topics_match_reference(stack: Stack) -> None:
+    """`most-discussed-topics/` (every topic, per mentor too), `topics/summary/` (the top 10) and
+    `/api/analytics/topics/details/` (paged, searchable): the conversations chat history lists under each
+    topic over the days, and their messages."""
+    first, last = days(stack)
+    second = first + timedelta(days=1)
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+            for a, b in ((first, last), (second, second)):
+                want = topics_in(stack, org, mentor, a, b)
+                r = stack.call("ai_analytics_orgs_users_most_discussed_topics_list", TOPIC_RECORDS, org=org,
+                               user_id=CALLER, start_date=a.isoformat(), end_date=b.isoformat(),
+                               mentor_id=mentor or None)  # fmt: skip
+                rows = ok_list(r, M.TopicRecord)
+                assert [(x.topic_name, x.conversation_count) for x in rows] == [(t, c) for t, c, _ in want]
+                r = stack.call("analytics_topics_details_retrieve", TOPIC_DETAILS, platform_key=org,
+                               date_filter="custom", start_date=a, end_date=b, limit=100,
+                               mentor_unique_id=uuid.UUID(mentor) if mentor else None)  # fmt: skip
+                details = ok(r, 200, M.TopicDetails)
+                assert [(x.name, x.conversations, x.messages, x.sessions) for x in details.results] == [
+                    (t, c, m, c) for t, c, m in want], (org, mentor)  # fmt: skip
+                assert details.pagination["count"] == len(want)
+        want = topics_in(stack, org, "", first, last)
+        assert len(want) > 2, org  # the demo's seven topics
+        r = stack.call("ai_analytics_orgs_users_topics_summary_list", TOPICS_SUMMARY, org=org, user_id=CALLER,
+                       start_date=first, end_date=last)  # fmt: skip
+        assert [(x.name, x.conversation_count) for x in ok_list(r, M.TopicSummaryView)] == [
+            (t, c) for t, c, _ in want[:10]]  # fmt: skip
+        # Paged two at a time, and searched in any case.
+        r = stack.call("analytics_topics_details_retrieve", TOPIC_DETAILS, platform_key=org, date_filter="custom",
+                       start_date=first, end_date=last, limit=2, page=2)  # fmt: skip
+        page = ok(r, 200, M.TopicDetails)
+        assert [x.name for x in page.results] == [t for t, _, _ in want[2:4]]
+        assert (page.pagination["page"], page.pagination["previous"]) == (2, 1)
+        name = want[0][0]
+        r = stack.call("analytics_topics_details_retrieve", TOPIC_DETAILS, platform_key=org, date_filter="custom",
+                       start_date=first, end_date=last, search=name[1:].upper())  # fmt: skip
+        assert name in [x.name for x in ok(r, 200, M.TopicDetails).results]
+        with pytest.raises(NotFoundException):  # past the last page, as Django REST framework answers
+            stack.call("analytics_topics_details_retrieve", TOPIC_DETAILS, platform_key=org, page=99)
 
 
 # --- /api/analytics/: the org as platform_key ---------------------------------------------------------
@@ -1002,6 +1058,10 @@ BAD = [
     ("ai_analytics_orgs_users_rating_summary_list", RATINGS,
      {"start_date": EARLIER.isoformat(), "end_date": TODAY.isoformat(), "group_by": "week"}, "group_by"),
     ("ai_analytics_orgs_users_rating_summary_list", RATINGS, {"start_date": "x", "end_date": "y"}, "start_date"),
+    ("ai_analytics_orgs_users_most_discussed_topics_list", TOPIC_RECORDS,
+     {"start_date": EARLIER.isoformat(), "end_date": TODAY.isoformat(), "aggregation": "monthly"}, "aggregation"),
+    ("ai_analytics_orgs_users_most_discussed_topics_list", TOPIC_RECORDS,
+     {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
     ("ai_analytics_orgs_users_sentiment_count_list", SENTIMENT_COUNT, {"period": "1y"}, "period"),
     ("ai_analytics_orgs_users_tenant_cost_retrieve", COST, BACKWARDS, "end_date"),
     ("ai_analytics_orgs_users_user_cost_retrieve", COST, {"username": "x", **BACKWARDS}, "end_date"),

@@ -15,6 +15,7 @@ from tables.aggregates.ratings import Ratings
 from tables.aggregates.sentiment import Sentiment
 from tables.aggregates.sessions import Sessions
 from tables.aggregates.top_students import TopStudents
+from tables.aggregates.topics import Topics
 
 # Every family, in the order the planner calls them (any order gives the same writes).
 FAMILIES: tuple[Family[Any], ...] = (
@@ -25,4 +26,5 @@ FAMILIES: tuple[Family[Any], ...] = (
     TopStudents(),
     DistinctStudents(),
     Ratings(),
+    Topics(),
 )
