@@ -135,6 +135,25 @@ async def total_users_by_mentor(
     return await top.active_students(view, org, start, end, hourly, params.text("mentor_id", mentor_id), zone)
 
 
+@router.get("/usage-summary/", openapi_extra=answered_by(top.TopStudents))
+async def usage_summary(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    start_date: FIRST_DAY,
+    end_date: LAST_DAY,
+    group_by: NO_EFFECT = None,
+    tz: TZ = None,
+) -> list[dict[str, Any]]:
+    """Distinct students who sent a message, per day of the time zone (days without one included as 0): the
+    students `total-users-by-mentor/` counts, to any of the org's mentors."""
+    start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=False)
+    rows = await top.active_students(view, org, start, end, False, None, zone)
+    return [{"date": row["period"], "user_count": row["user_count"]} for row in rows]
+
+
 @router.get("/rating-summary/", openapi_extra=answered_by(ratings.Ratings))
 async def rating_summary(
     org: ORG,

@@ -53,6 +53,7 @@ AVG_MESSAGES = {"200": "List[MessageStatistics]", "400": None, "404": None}
 CONVERSATIONS = {"200": "List[ConversationVolume]", "400": None, "404": None}
 USERS_BY_MENTOR = {"200": "List[UserChatByPeriod]", "400": None, "404": None}
 RATINGS = {"200": "List[RatingRecord]", "400": None, "404": None}
+USAGE = {"200": "List[UserCountRecord]", "400": None, "404": None}
 HISTORY_LIST = {"200": "PaginatedConversationsList"}
 HISTORY_CREATE = {"201": "Conversations"}
 HISTORY_ONE = {"200": "Conversations"}
@@ -367,6 +368,22 @@ def test_total_users_by_mentor_matches_reference(stack: Stack, aggregation: str)
             assert want, (org, mentor)
             assert {p: n for p, n in got.items() if p in want} == want, (org, mentor)
             assert all(n == 0 for p, n in got.items() if p not in want), (org, mentor)
+
+
+def test_usage_summary_matches_reference(stack: Stack) -> None:
+    """`usage-summary/`: distinct students who sent a message per day (the SDK documents no value of
+    `group_by`: it changes nothing), against the reference's sets."""
+    first, last = days(stack)
+    for org in sorted(stack.exp.orgs):
+        for group_by in (None, "day"):
+            r = stack.call("ai_analytics_orgs_users_usage_summary_list", USAGE, org=org, user_id=CALLER,
+                           start_date=first.isoformat(), end_date=last.isoformat(), group_by=group_by)  # fmt: skip
+            rows = ok_list(r, M.UserCountRecord)
+            got = [(row.var_date.isoformat(), row.user_count) for row in rows]
+            want = [(d.isoformat(), len(stack.exp.active.get((org, d.isoformat(), ""), set())))
+                    for d in (first + timedelta(days=i) for i in range((last - first).days + 1))]  # fmt: skip
+            assert got == want, (org, group_by)
+            assert sum(n for _, n in got) > 0, org
 
 
 @pytest.mark.parametrize("group_by", ["day", "hour"])
@@ -800,6 +817,10 @@ BAD = [
     ("ai_analytics_orgs_users_rating_summary_list", RATINGS,
      {"start_date": EARLIER.isoformat(), "end_date": TODAY.isoformat(), "group_by": "week"}, "group_by"),
     ("ai_analytics_orgs_users_rating_summary_list", RATINGS, {"start_date": "x", "end_date": "y"}, "start_date"),
+    ("ai_analytics_orgs_users_usage_summary_list", USAGE, {"start_date": "x", "end_date": TODAY.isoformat()},
+     "start_date"),
+    ("ai_analytics_orgs_users_usage_summary_list", USAGE,
+     {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
     ("ai_analytics_orgs_users_sentiment_count_list", SENTIMENT_COUNT, {"period": "1y"}, "period"),
     ("ai_analytics_orgs_users_tenant_cost_retrieve", COST, BACKWARDS, "end_date"),
     ("ai_analytics_orgs_users_user_cost_retrieve", COST, {"username": "x", **BACKWARDS}, "end_date"),
