@@ -1,6 +1,6 @@
 """The platform's analytics endpoints over the aggregates: average messages per session, conversations,
-distinct students and ratings per period, sentiment counts, tenant cost, top students, and how fresh the
-data is."""
+distinct students and ratings per period, sentiment counts and shares, tenant cost, top students, and how
+fresh the data is."""
 
 from __future__ import annotations
 
@@ -173,6 +173,25 @@ async def rating_summary(
     hourly = params.choice("group_by", group_by, ("day", "hour"), "day") == "hour"
     start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=hourly)
     return await ratings.rating_summary(view, org, start, end, hourly, zone)
+
+
+@router.get("/user-sentiment/", openapi_extra=answered_by(sentiment.Sentiment))
+async def user_sentiment(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    start_date: FIRST_DAY,
+    end_date: LAST_DAY,
+    group_by: NO_EFFECT = None,
+    tz: TZ = None,
+) -> dict[str, Any]:
+    """The sentiment judgements over the range (days of the time zone): each label's share in percent (two
+    decimals, adding up to 100; every label, all 0 when there is none) and their number, with each label's
+    count."""
+    start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=False)
+    return await sentiment.sentiment_summary(view, org, start, end, zone)
 
 
 @router.get("/sentiment-count/", openapi_extra=answered_by(sentiment.Sentiment))

@@ -9,11 +9,13 @@ send order, which within a partition is offset order.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -66,6 +68,7 @@ class Expected:
     weekly: dict[tuple[str, str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     human: dict[tuple[str, str], Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     sentiment: Counter[tuple[str, str]] = field(default_factory=Counter)
+    labels: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (org, day, sentiment) -> judgements
     cost: Counter[tuple[str, str]] = field(default_factory=Counter)  # nano-dollars
     conversations: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     # (org, conversation id) -> the latest sentiment label
@@ -111,6 +114,7 @@ def expected(events: list[tuple[str, dict[str, Any]]]) -> Expected:
                         out.active[(org, period, who)].add(e["student"])
         elif topic == "sentiment":
             out.sentiment[(org, day(t))] += 1
+            out.labels[(org, day(t), e["sentiment"])] += 1
             key = (org, e["session_id"])
             version = (t, index, e["event_id"])
             if key not in sentiments or version > sentiments[key][0]:
@@ -293,6 +297,20 @@ def ratings(convs: dict[tuple[str, str], Conversation]) -> Counter[tuple[str, st
         out[(org, hour(conv.inserted_ms))] += 1
         out[(org, day(conv.inserted_ms))] += 1
     return out
+
+
+def shares(counts: list[int]) -> list[float]:
+    """Percentages of two decimals that add up to 100: the exact shares (fractions) rounded down to a
+    hundredth, then the hundredths missing to the largest fractional parts (the first of equal ones)."""
+    total = sum(counts)
+    if total == 0:
+        return [0.0 for _ in counts]
+    exact = [Fraction(100 * 100 * n, total) for n in counts]
+    floors = [math.floor(x) for x in exact]
+    order = sorted(range(len(counts)), key=lambda i: (floors[i] - exact[i], i))
+    for i in order[: 10_000 - sum(floors)]:
+        floors[i] += 1
+    return [float(Decimal(h) / 100) for h in floors]
 
 
 def top_students(exp: Expected, org: str, limit: int = 20) -> list[tuple[str, int]]:

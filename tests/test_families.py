@@ -294,7 +294,7 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
         "average-messages-per-session/$", "sentiment-count/$", "tenant-cost/$", "top-students-by-chat-messages/$",
         "user-cost/$", "mentors/(?P<mentor_unique_id>[^/]+)/cost/$", "costs/model/$", "costs/permentor/$",
         "costs/peruser/$", "costs/users/$", "conversation/$", "total-users-by-mentor/$", "rating-summary/$",
-        "usage-summary/$",
+        "usage-summary/$", "user-sentiment/$",
     ])  # fmt: skip
     assert answered_by(sessions.Sessions) == {"x-answered-by": ["sessions"]}
     assert len({f.name for f in FAMILIES}) == len(FAMILIES)  # each family answers under its own name

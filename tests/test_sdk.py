@@ -54,6 +54,7 @@ CONVERSATIONS = {"200": "List[ConversationVolume]", "400": None, "404": None}
 USERS_BY_MENTOR = {"200": "List[UserChatByPeriod]", "400": None, "404": None}
 RATINGS = {"200": "List[RatingRecord]", "400": None, "404": None}
 USAGE = {"200": "List[UserCountRecord]", "400": None, "404": None}
+USER_SENTIMENT = {"200": "SentimentSummary", "400": None, "404": None}
 HISTORY_LIST = {"200": "PaginatedConversationsList"}
 HISTORY_CREATE = {"201": "Conversations"}
 HISTORY_ONE = {"200": "Conversations"}
@@ -638,6 +639,29 @@ def test_sentiment_count_7d_matches_reference(stack: Stack) -> None:
         assert sum(n for _, n in got) == sum(n for (o, _), n in stack.exp.sentiment.items() if o == org) > 0
 
 
+def test_user_sentiment_matches_reference(stack: Stack) -> None:
+    """`user-sentiment/`: the judgements of the range, their number and each label's share (percentages of two
+    decimals adding up to 100), over every day, over the last day alone, and over days before any event."""
+    first, last = days(stack)
+    labels = ("positive", "neutral", "negative")
+    before = first - timedelta(days=30)
+    for org in sorted(stack.exp.orgs):
+        for start, end in ((first, last), (last, last), (before, before + timedelta(days=2))):
+            r = stack.call("ai_analytics_orgs_users_user_sentiment_retrieve", USER_SENTIMENT, org=org,
+                           user_id=CALLER, start_date=start.isoformat(), end_date=end.isoformat(),
+                           group_by="day")  # fmt: skip
+            got = ok(r, 200, M.SentimentSummary)
+            span = {(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)}
+            counts = [sum(n for (o, d, s), n in stack.exp.labels.items() if o == org and d in span and s == label)
+                      for label in labels]  # fmt: skip
+            assert got.total_sentiments == sum(counts), (org, start, end)
+            assert got.sentiment_distribution == dict(zip(labels, reference.shares(counts), strict=True))
+            if start == first:
+                assert sum(counts) == sum(n for (o, _), n in stack.exp.sentiment.items() if o == org) > 0
+            if start == before:
+                assert got.sentiment_distribution == {"positive": 0, "neutral": 0, "negative": 0}
+
+
 def test_top_students_all_time_matches_reference(stack: Stack) -> None:
     for org in sorted(stack.exp.orgs):
         r = stack.call("ai_analytics_orgs_users_top_students_by_chat_messages_list", TOP_STUDENTS, org=org,
@@ -821,6 +845,12 @@ BAD = [
      "start_date"),
     ("ai_analytics_orgs_users_usage_summary_list", USAGE,
      {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
+    ("ai_analytics_orgs_users_user_sentiment_retrieve", USER_SENTIMENT,
+     {"start_date": "2026-02-30", "end_date": TODAY.isoformat()}, "start_date"),
+    ("ai_analytics_orgs_users_user_sentiment_retrieve", USER_SENTIMENT,
+     {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
+    ("ai_analytics_orgs_users_user_sentiment_retrieve", USER_SENTIMENT,
+     {"start_date": EARLIER.isoformat(), "end_date": "2026-1-1"}, "end_date"),
     ("ai_analytics_orgs_users_sentiment_count_list", SENTIMENT_COUNT, {"period": "1y"}, "period"),
     ("ai_analytics_orgs_users_tenant_cost_retrieve", COST, BACKWARDS, "end_date"),
     ("ai_analytics_orgs_users_user_cost_retrieve", COST, {"username": "x", **BACKWARDS}, "end_date"),
