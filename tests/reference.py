@@ -77,6 +77,8 @@ class Expected:
     students: dict[tuple[str, str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
     # (org, hour or day as the API labels it in UTC, mentor or "") -> the students who sent a (human) message
     active: dict[tuple[str, str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    # (org, mentor or "") -> (student, time in ms) of each human message (copies once)
+    humans: dict[tuple[str, str], set[tuple[str, int]]] = field(default_factory=lambda: defaultdict(set))
     orgs: set[str] = field(default_factory=set)
 
     def days(self) -> set[tuple[str, str]]:
@@ -110,6 +112,7 @@ def expected(events: list[tuple[str, dict[str, Any]]]) -> Expected:
             if e["role"] == "human":
                 out.human[(org, day(t))][e["student"]] += 1
                 for who in ("", e["mentor_id"]):
+                    out.humans[(org, who)].add((e["student"], t))
                     for period in (hour(t), day(t)):
                         out.active[(org, period, who)].add(e["student"])
         elif topic == "sentiment":
@@ -297,6 +300,26 @@ def ratings(convs: dict[tuple[str, str], Conversation]) -> Counter[tuple[str, st
         out[(org, hour(conv.inserted_ms))] += 1
         out[(org, day(conv.inserted_ms))] += 1
     return out
+
+
+def new_and_returning(exp: Expected, org: str, first_ms: int, end_ms: int, mentor: str = "") -> tuple[int, int]:
+    """(new, returning) students of [first_ms, end_ms): those who sent a human message in it (to the mentor),
+    new when the earliest human message they ever sent (to the mentor) is in it."""
+    sent = exp.humans.get((org, mentor), set())
+    earliest: dict[str, int] = {}
+    for student, t in sent:
+        earliest[student] = min(t, earliest.get(student, t))
+    active = {student for student, t in sent if first_ms <= t < end_ms}
+    new = {student for student in active if earliest[student] >= first_ms}
+    return len(new), len(active - new)
+
+
+def day_ms(first: str, last: str, zone_name: str | None = None) -> tuple[int, int]:
+    """[first ms, end ms) of the days from first to last (YYYY-MM-DD) of the zone (UTC without one)."""
+    zone = ZoneInfo(zone_name) if zone_name else UTC
+    start = datetime.fromisoformat(first).replace(tzinfo=zone)
+    end = datetime.fromisoformat(last).replace(tzinfo=zone) + timedelta(days=1)
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 
 def shares(counts: list[int]) -> list[float]:

@@ -29,7 +29,16 @@ from infra.redis import RedisServer
 from streams.deadletter import Record
 from streams.settings import Settings
 from tables import ids, keys, queries
-from tables.aggregates import chat_history, distinct_students, llm_cost, ratings, sentiment, sessions, top_students
+from tables.aggregates import (
+    chat_history,
+    distinct_students,
+    first_seen,
+    llm_cost,
+    ratings,
+    sentiment,
+    sessions,
+    top_students,
+)
 from tables.buckets import Grain, local_days, time_zone
 from tables.writer import OrgWrite, Writer
 from tests import reference
@@ -135,6 +144,11 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
         out[f"distinct {mentor}"] = await distinct_students.distinct_students(
             queries.View(redis, 0), ORG, first, last, mentor
         )
+        # New and returning students: over every day, over each day, over each day to the last.
+        spans = [(first, last)] + [(first + timedelta(days=i), last) for i in range(1, (last - first).days + 1)]
+        spans += [(first + timedelta(days=i),) * 2 for i in range((last - first).days + 1)]
+        for a, b in spans:
+            out[f"pie {a} {b} {mentor}"] = await first_seen.new_and_returning(queries.View(redis, 0), ORG, a, b, mentor)
     # In a time zone: local days from hourly buckets, top students from hourly sets at the days' edges.
     zone = time_zone(LOCAL_ZONE)
     out["local avg daily"] = await sessions.average_messages_per_session(
@@ -145,6 +159,10 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
         out[f"local top {d}"] = await top_students.top_students(
             queries.View(redis, 0), ORG, d, d, limit=1000, zone=zone
         )
+        for mentor in (None, *MENTORS):
+            out[f"local pie {d} {mentor}"] = await first_seen.new_and_returning(
+                queries.View(redis, 0), ORG, d, d, mentor, zone
+            )
     span = (datetime(first.year, first.month, first.day, tzinfo=UTC), datetime.now(UTC) + timedelta(hours=1))
     for kind, values in (
         ("u", [f"stu{i}" for i in range(4)]),
@@ -202,6 +220,20 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
         want_days = {d: exp.students.get((ORG, d, mentor or ""), set()) for d in (r["date"] for r in distinct["days"])}
         assert {r["date"]: r["students"] for r in distinct["days"]} == {d: len(s) for d, s in want_days.items()}
         assert distinct["total"] == len(set().union(*want_days.values())), mentor
+    for name, value in got.items():
+        if name.startswith("pie "):
+            _, a, b, mentor = name.split()
+            bounds = reference.day_ms(a, b)
+        elif name.startswith("local pie "):
+            _, _, a, mentor = name.split()
+            bounds = reference.day_ms(a, a, LOCAL_ZONE)
+        else:
+            continue
+        new, returning = reference.new_and_returning(exp, ORG, *bounds, "" if mentor == "None" else mentor)
+        counts = (value["new_users"]["count"], value["returning_users"]["count"])
+        assert counts == (new, returning), (name, counts, (new, returning))
+        shares = (value["new_users"]["percentage"], value["returning_users"]["percentage"])
+        assert shares == tuple(reference.shares([new, returning])), (name, shares)
     rated = reference.ratings(reference.conversations(events))
     for hourly in (False, True):
         for row in got[f"ratings {hourly}"]:

@@ -55,6 +55,7 @@ USERS_BY_MENTOR = {"200": "List[UserChatByPeriod]", "400": None, "404": None}
 RATINGS = {"200": "List[RatingRecord]", "400": None, "404": None}
 USAGE = {"200": "List[UserCountRecord]", "400": None, "404": None}
 USER_SENTIMENT = {"200": "SentimentSummary", "400": None, "404": None}
+PIE_CHART = {"200": "PieChartData", "400": None, "404": None}
 HISTORY_LIST = {"200": "PaginatedConversationsList"}
 HISTORY_CREATE = {"201": "Conversations"}
 HISTORY_ONE = {"200": "Conversations"}
@@ -385,6 +386,32 @@ def test_usage_summary_matches_reference(stack: Stack) -> None:
                     for d in (first + timedelta(days=i) for i in range((last - first).days + 1))]  # fmt: skip
             assert got == want, (org, group_by)
             assert sum(n for _, n in got) > 0, org
+
+
+def test_user_metrics_pie_chart_matches_reference(stack: Stack) -> None:
+    """`user-metrics-pie-chart/`: students who sent a message in the range, new (their first message ever, to
+    the org or to the mentor, in it) and returning, with shares adding up to 100, for the org and for each of
+    its mentors, over ranges that leave out the first days (so some students return) and one without events."""
+    first, last = days(stack)
+    spans = [(first, last), (first + timedelta(days=1), last), (last, last), (last - timedelta(days=1),) * 2,
+             (first - timedelta(days=9), first - timedelta(days=8))]  # fmt: skip
+    returning = 0
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+            for start, end in spans:
+                r = stack.call("ai_analytics_orgs_users_user_metrics_pie_chart_retrieve", PIE_CHART, org=org,
+                               user_id=CALLER, start_date=start.isoformat(), end_date=end.isoformat(),
+                               mentor_id=mentor or None)  # fmt: skip
+                got = ok(r, 200, M.PieChartData)
+                assert isinstance(got.new_users, M.PieChartSegment)
+                new, old = reference.new_and_returning(stack.exp, org, *reference.day_ms(str(start), str(end)), mentor)
+                where = (org, mentor, start, end)
+                assert (got.new_users.count, got.returning_users.count) == (new, old), where
+                assert [got.new_users.percentage, got.returning_users.percentage] == reference.shares([new, old]), where
+                if start == first:
+                    assert new > 0 and old == 0, where  # everyone who wrote is new when the range holds everything
+                returning += old
+    assert returning > 0, "no range had a returning student"
 
 
 @pytest.mark.parametrize("group_by", ["day", "hour"])
@@ -851,6 +878,12 @@ BAD = [
      {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
     ("ai_analytics_orgs_users_user_sentiment_retrieve", USER_SENTIMENT,
      {"start_date": EARLIER.isoformat(), "end_date": "2026-1-1"}, "end_date"),
+    ("ai_analytics_orgs_users_user_metrics_pie_chart_retrieve", PIE_CHART,
+     {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
+    ("ai_analytics_orgs_users_user_metrics_pie_chart_retrieve", PIE_CHART,
+     {"start_date": "today", "end_date": TODAY.isoformat(), "mentor_id": "m1"}, "start_date"),
+    ("ai_analytics_orgs_users_user_metrics_pie_chart_retrieve", PIE_CHART,
+     {"start_date": EARLIER.isoformat(), "end_date": TODAY.isoformat(), "mentor_id": "m" * 2000}, "mentor_id"),
     ("ai_analytics_orgs_users_sentiment_count_list", SENTIMENT_COUNT, {"period": "1y"}, "period"),
     ("ai_analytics_orgs_users_tenant_cost_retrieve", COST, BACKWARDS, "end_date"),
     ("ai_analytics_orgs_users_user_cost_retrieve", COST, {"username": "x", **BACKWARDS}, "end_date"),
