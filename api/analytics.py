@@ -1,6 +1,6 @@
 """The platform's analytics endpoints over the aggregates: average messages per session, conversations,
-distinct students and ratings per period, sentiment counts, tenant cost, top students, and how fresh the
-data is."""
+distinct students and ratings per period, new and returning students, sentiment counts and shares, tenant
+cost, top students, and how fresh the data is."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from api.auth import ORG, USER, Caller
 from api.cache import answered_by
 from api.state import AppState, Served, State
 from tables import queries
-from tables.aggregates import llm_cost, ratings, sentiment, sessions, topics
+from tables.aggregates import first_seen, llm_cost, ratings, sentiment, sessions, topics
 from tables.aggregates import top_students as top
 from tables.buckets import local_today, time_zone
 
@@ -135,6 +135,47 @@ async def total_users_by_mentor(
     return await top.active_students(view, org, start, end, hourly, params.text("mentor_id", mentor_id), zone)
 
 
+@router.get("/usage-summary/", openapi_extra=answered_by(top.TopStudents))
+async def usage_summary(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    start_date: FIRST_DAY,
+    end_date: LAST_DAY,
+    group_by: NO_EFFECT = None,
+    tz: TZ = None,
+) -> list[dict[str, Any]]:
+    """Distinct students who sent a message, per day of the time zone (days without one included as 0): the
+    students `total-users-by-mentor/` counts, to any of the org's mentors."""
+    start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=False)
+    rows = await top.active_students(view, org, start, end, False, None, zone)
+    return [{"date": row["period"], "user_count": row["user_count"]} for row in rows]
+
+
+@router.get("/user-metrics-pie-chart/", openapi_extra=answered_by(top.TopStudents, first_seen.FirstSeen))
+async def user_metrics_pie_chart(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    start_date: FIRST_DAY,
+    end_date: LAST_DAY,
+    mentor_id: Annotated[
+        str | None, Query(description="Only students who wrote to this mentor (new: their first message to it).")
+    ] = None,
+    tz: TZ = None,
+) -> dict[str, Any]:
+    """Students who sent a message over the range (days of the time zone), to the org's mentors or to one:
+    new (their first message ever, to the org or to that mentor, is in the range) and returning (the
+    others), each counted and with its share in percent (adding up to 100; both 0 when nobody wrote)."""
+    start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=False)
+    mentor = params.text("mentor_id", mentor_id)
+    return await first_seen.new_and_returning(view, org, start, end, mentor, zone)
+
+
 @router.get("/rating-summary/", openapi_extra=answered_by(ratings.Ratings))
 async def rating_summary(
     org: ORG,
@@ -154,6 +195,25 @@ async def rating_summary(
     hourly = params.choice("group_by", group_by, ("day", "hour"), "day") == "hour"
     start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=hourly)
     return await ratings.rating_summary(view, org, start, end, hourly, zone)
+
+
+@router.get("/user-sentiment/", openapi_extra=answered_by(sentiment.Sentiment))
+async def user_sentiment(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    start_date: FIRST_DAY,
+    end_date: LAST_DAY,
+    group_by: NO_EFFECT = None,
+    tz: TZ = None,
+) -> dict[str, Any]:
+    """The sentiment judgements over the range (days of the time zone): each label's share in percent (two
+    decimals, adding up to 100; every label, all 0 when there is none) and their number, with each label's
+    count."""
+    start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=False)
+    return await sentiment.sentiment_summary(view, org, start, end, zone)
 
 
 @router.get("/most-discussed-topics/", openapi_extra=answered_by(topics.Topics))

@@ -20,8 +20,8 @@ from api.analytics import TZ, check_retention, zone_of
 from api.auth import PlatformOrg
 from api.cache import answered_by
 from api.state import AppState, Served, State
-from tables import ids, keys, queries
-from tables.aggregates import ratings, sessions, topics
+from tables import ids, queries
+from tables.aggregates import first_seen, ratings, sessions, topics
 from tables.aggregates import top_students as top
 from tables.buckets import HALF_MS, Grain, local_today
 from tables.exceptions import QueryError
@@ -138,7 +138,7 @@ METRIC_CONVERSATIONS = Annotated[
 ]  # fmt: skip
 
 
-@router.get("/sessions/", openapi_extra=answered_by(sessions.Sessions, ratings.Ratings))
+@router.get("/sessions/", openapi_extra=answered_by(sessions.Sessions, ratings.Ratings, first_seen.FirstSeen))
 async def sessions_chart(a: Asked, metric: METRIC_SESSIONS = None) -> dict[str, Any]:
     """Sessions started per hour, day, ISO week or month of the org's time zone (periods without one
     included as 0), each at its earliest message; `metric=headline`: the range's sessions, messages, mean
@@ -147,7 +147,7 @@ async def sessions_chart(a: Asked, metric: METRIC_SESSIONS = None) -> dict[str, 
     return await started_chart(a, chosen, "session")
 
 
-@router.get("/conversations/", openapi_extra=answered_by(sessions.Sessions, ratings.Ratings))
+@router.get("/conversations/", openapi_extra=answered_by(sessions.Sessions, ratings.Ratings, first_seen.FirstSeen))
 async def conversations_chart(a: Asked, metric: METRIC_CONVERSATIONS = None) -> dict[str, Any]:
     """Conversations started per hour, day, ISO week or month (a conversation is a session: the same
     numbers as `/api/analytics/sessions/`); `metric=headline`: the range's means."""
@@ -155,7 +155,7 @@ async def conversations_chart(a: Asked, metric: METRIC_CONVERSATIONS = None) -> 
     return await started_chart(a, chosen, "conversation")
 
 
-@router.get("/ratings/", openapi_extra=answered_by(ratings.Ratings))
+@router.get("/ratings/", openapi_extra=answered_by(ratings.Ratings, first_seen.FirstSeen))
 async def ratings_chart(
     a: Asked,
     metric: Annotated[
@@ -175,7 +175,7 @@ async def ratings_chart(
     return {"metric": "ratings", "points": points}
 
 
-@router.get("/time/", openapi_extra=answered_by(sessions.Sessions))
+@router.get("/time/", openapi_extra=answered_by(sessions.Sessions, first_seen.FirstSeen))
 async def busiest_time(a: Asked) -> dict[str, Any]:
     """The busiest hour of the week over the range: the weekday (0 Sunday to 6 Saturday) and hour of the
     org's time zone that hold the most chat messages (each by its own time), and how many. The platform's
@@ -192,7 +192,7 @@ async def busiest_time(a: Asked) -> dict[str, Any]:
     return {"day_of_week": -day, "hour": -hour, "value": value}
 
 
-@router.get("/users/", openapi_extra=answered_by(top.TopStudents))
+@router.get("/users/", openapi_extra=answered_by(top.TopStudents, first_seen.FirstSeen))
 async def users(
     a: Asked,
     metric: Annotated[
@@ -233,7 +233,7 @@ async def users(
     return {"metric": chosen, "count": now, "change": percent_change(now, then)}
 
 
-@router.get("/topics/details/", openapi_extra=answered_by(topics.Topics))
+@router.get("/topics/details/", openapi_extra=answered_by(topics.Topics, first_seen.FirstSeen))
 async def topic_details(
     a: Asked,
     limit: Annotated[str | None, Query(description="Topics per page, 1 to 100 (default 20).")] = None,
@@ -340,6 +340,7 @@ def oldest_kept(state: AppState, zone: ZoneInfo | None, *, hourly: bool) -> date
 
 
 async def first_day(view: queries.View, org: str, zone: ZoneInfo | None) -> date | None:
-    """The zone's day of the org's earliest human message, None before any."""
-    first: Any = await view.redis.zrange(keys.org_key(view.gen, org, "first"), 0, 0, withscores=True)
+    """The zone's day of the org's earliest human message (the first-seen family's earliest entry), None
+    before any."""
+    first: Any = await view.redis.zrange(first_seen.key(view.gen, org), 0, 0, withscores=True)
     return datetime.fromtimestamp(float(first[0][1]) / 1000, zone or UTC).date() if first else None

@@ -15,7 +15,8 @@
      since it was read, else it is read again);
    - what each aggregate family keeps that names them (`Family.erase`, tables/aggregates/): their
      per-student LLM cost fields in every hourly and daily bucket, their entries in every top-students set
-     (hourly, daily, weekly, all time, per mentor), the days they chatted (distinct students).
+     (hourly, daily, weekly, all time, per mentor), the days they chatted (distinct students), their first
+     message (the first-seen sets of the org and of its mentors).
 3. Then the compacted `analytics-aggregates` topic hears of it (`publications`): a Kafka tombstone for each
    published counter a family removed (their cost counters), the new value of each published set it
    changed (the top-students sets). A worker may have applied a batch just
@@ -268,7 +269,7 @@ async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, 
     await redis.delete(chat_history.filter_key(gen, org, "student", student))
 
     # Then what each family keeps that names them (tables/aggregates/: cost fields, top-students entries,
-    # the days they chatted).
+    # the days they chatted, their first message).
     for family in FAMILIES:
         erased = await family.erase(redis, gen, org, student)
         if publish:

@@ -46,6 +46,20 @@ def as_int(value: bytes | None) -> int:
     return 0 if value is None else int(value)
 
 
+def percentages(counts: list[int]) -> list[float]:
+    """Each count's share of their sum, in percent with two decimals, adding up to exactly 100.00: each share
+    is its exact value rounded down to a hundredth, and the hundredths left over go one each to the largest
+    remainders (ties: the earlier count), so none is off by a hundredth or more. All 0 when the sum is 0."""
+    total = sum(counts)
+    if not total:
+        return [0.0] * len(counts)
+    hundredths = [n * 10_000 // total for n in counts]
+    by_remainder = sorted(range(len(counts)), key=lambda i: (-(counts[i] * 10_000 % total), i))
+    for i in by_remainder[: 10_000 - sum(hundredths)]:
+        hundredths[i] += 1
+    return [h / 100 for h in hundredths]
+
+
 def period_pieces(
     start: date, end: date, hourly: bool, zone: ZoneInfo | None
 ) -> list[tuple[str, list[tuple[Grain, int]]]]:

@@ -45,6 +45,7 @@ class OrgWrite:
     sets: dict[tuple[int, str], str] = field(default_factory=dict)
     zrems: dict[tuple[int, str], None] = field(default_factory=dict)
     zadds: dict[tuple[int, str], float] = field(default_factory=dict)
+    zmins: dict[int, dict[str, int]] = field(default_factory=dict)  # key index -> member -> a score (ZADD LT)
     maxes: dict[tuple[int, str], int] = field(default_factory=dict)
     expires: dict[int, int] = field(default_factory=dict)
     # event_id -> (value before the batch, value after), per observations hash: checked and written in bulk,
@@ -138,6 +139,18 @@ class OrgWrite:
         self.zrems.pop(slot, None)
         self.zadds[slot] = score
 
+    def zadd_lt(self, key: str, scores: dict[str, int]) -> None:
+        """ZADD LT each member with its score: added when absent, else lowered to it, never raised (the
+        minimum of every score ever written: any order, any copies give the same set)."""
+        members = self.zmins.setdefault(self.k(key), {})
+        if not members:
+            members.update(scores)
+            return
+        for member, score in scores.items():
+            held = members.get(member)
+            if held is None or score < held:
+                members[member] = score
+
     def zrem(self, key: str, member: str) -> None:
         slot = (self.k(key), member)
         self.zadds.pop(slot, None)
@@ -164,6 +177,7 @@ class OrgWrite:
             + len(self.sets)
             + len(self.zrems)
             + len(self.zadds)
+            + sum(len(members) for members in self.zmins.values())
             + len(self.maxes) * 2
             + len(self.expires)
             + sum(len(members) for members in self.sadds.values())
@@ -200,6 +214,7 @@ class OrgWrite:
                 "s": [[k, f, v] for (k, f), v in self.sets.items()],
                 "r": [[k, m] for (k, m) in self.zrems],
                 "a": [[k, m, _score(s)] for (k, m), s in self.zadds.items()],
+                "lt": [[k, *_scored(members)] for k, members in self.zmins.items() if members],
                 "m": [[k, f, str(v)] for (k, f), v in self.maxes.items()],
                 "x": [[k, ts] for k, ts in self.expires.items()],
                 "c": [
@@ -240,6 +255,14 @@ def _pairs(members: dict[str, int]) -> list[str]:
     for member, n in members.items():
         if n:
             out += (member, str(n))
+    return out
+
+
+def _scored(members: dict[str, int]) -> list[str]:
+    """score, member, score, member, ... (ZADD's order)."""
+    out: list[str] = []
+    for member, score in members.items():
+        out += (str(score), member)
     return out
 
 

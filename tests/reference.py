@@ -9,11 +9,13 @@ send order, which within a partition is offset order.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -66,6 +68,7 @@ class Expected:
     weekly: dict[tuple[str, str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     human: dict[tuple[str, str], Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     sentiment: Counter[tuple[str, str]] = field(default_factory=Counter)
+    labels: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (org, day, sentiment) -> judgements
     cost: Counter[tuple[str, str]] = field(default_factory=Counter)  # nano-dollars
     conversations: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     # (org, conversation id) -> the latest sentiment label
@@ -74,6 +77,8 @@ class Expected:
     students: dict[tuple[str, str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
     # (org, hour or day as the API labels it in UTC, mentor or "") -> the students who sent a (human) message
     active: dict[tuple[str, str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    # (org, mentor or "") -> (student, time in ms) of each human message (copies once)
+    humans: dict[tuple[str, str], set[tuple[str, int]]] = field(default_factory=lambda: defaultdict(set))
     orgs: set[str] = field(default_factory=set)
 
     def days(self) -> set[tuple[str, str]]:
@@ -107,10 +112,12 @@ def expected(events: list[tuple[str, dict[str, Any]]]) -> Expected:
             if e["role"] == "human":
                 out.human[(org, day(t))][e["student"]] += 1
                 for who in ("", e["mentor_id"]):
+                    out.humans[(org, who)].add((e["student"], t))
                     for period in (hour(t), day(t)):
                         out.active[(org, period, who)].add(e["student"])
         elif topic == "sentiment":
             out.sentiment[(org, day(t))] += 1
+            out.labels[(org, day(t), e["sentiment"])] += 1
             key = (org, e["session_id"])
             version = (t, index, e["event_id"])
             if key not in sentiments or version > sentiments[key][0]:
@@ -341,6 +348,40 @@ def topics_by_day(
                 acc[0] += 1
                 acc[1] += messages[(org, cid)]
     return out
+
+
+def new_and_returning(exp: Expected, org: str, first_ms: int, end_ms: int, mentor: str = "") -> tuple[int, int]:
+    """(new, returning) students of [first_ms, end_ms): those who sent a human message in it (to the mentor),
+    new when the earliest human message they ever sent (to the mentor) is in it."""
+    sent = exp.humans.get((org, mentor), set())
+    earliest: dict[str, int] = {}
+    for student, t in sent:
+        earliest[student] = min(t, earliest.get(student, t))
+    active = {student for student, t in sent if first_ms <= t < end_ms}
+    new = {student for student in active if earliest[student] >= first_ms}
+    return len(new), len(active - new)
+
+
+def day_ms(first: str, last: str, zone_name: str | None = None) -> tuple[int, int]:
+    """[first ms, end ms) of the days from first to last (YYYY-MM-DD) of the zone (UTC without one)."""
+    zone = ZoneInfo(zone_name) if zone_name else UTC
+    start = datetime.fromisoformat(first).replace(tzinfo=zone)
+    end = datetime.fromisoformat(last).replace(tzinfo=zone) + timedelta(days=1)
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def shares(counts: list[int]) -> list[float]:
+    """Percentages of two decimals that add up to 100: the exact shares (fractions) rounded down to a
+    hundredth, then the hundredths missing to the largest fractional parts (the first of equal ones)."""
+    total = sum(counts)
+    if total == 0:
+        return [0.0 for _ in counts]
+    exact = [Fraction(100 * 100 * n, total) for n in counts]
+    floors = [math.floor(x) for x in exact]
+    order = sorted(range(len(counts)), key=lambda i: (floors[i] - exact[i], i))
+    for i in order[: 10_000 - sum(floors)]:
+        floors[i] += 1
+    return [float(Decimal(h) / 100) for h in floors]
 
 
 def top_students(exp: Expected, org: str, limit: int = 20) -> list[tuple[str, int]]:

@@ -32,7 +32,7 @@ from streams.demo import DemoConfig, DemoTraffic
 from streams.producer import AnalyticsProducer
 from streams.settings import Settings
 from tables import apikeys, keys, queries
-from tables.aggregates import chat_history, distinct_students, llm_cost, sentiment, sessions, top_students
+from tables.aggregates import chat_history, distinct_students, first_seen, llm_cost, sentiment, sessions, top_students
 from tables.changefeed import orgs_with_marks
 from tests import reference
 
@@ -240,7 +240,9 @@ async def mismatches(redis: Redis, exp: reference.Expected) -> list[str]:
             got_top = {r["username"]: r["chat_message_count"] for r in top}
             if got_top != dict(exp.human.get((org, day), {})):
                 out.append(f"{org} {day} top students differ: got {sorted(got_top.items())[:5]}...")
+            out += await new_and_returning_mismatches(redis, exp, org, d, d)
             d += timedelta(days=1)
+        out += await new_and_returning_mismatches(redis, exp, org, first, last)
         distinct = await distinct_students.distinct_students(queries.View(redis, 0), org, first, last)
         for row in distinct["days"]:
             if row["students"] != len(want := exp.students.get((org, row["date"], ""), set())):
@@ -249,6 +251,16 @@ async def mismatches(redis: Redis, exp: reference.Expected) -> list[str]:
         if count != len(exp.conversations[org]):
             out.append(f"{org} conversations: got {count}, want {len(exp.conversations[org])}")
     return out
+
+
+async def new_and_returning_mismatches(
+    redis: Redis, exp: reference.Expected, org: str, first: date, last: date
+) -> list[str]:
+    """The org's new and returning students from first to last (UTC days) against the reference, if they differ."""
+    split = await first_seen.new_and_returning(queries.View(redis, 0), org, first, last)
+    got = (split["new_users"]["count"], split["returning_users"]["count"])
+    want = reference.new_and_returning(exp, org, *reference.day_ms(first.isoformat(), last.isoformat()))
+    return [] if got == want else [f"{org} {first}..{last} new and returning students: got {got}, want {want}"]
 
 
 async def settle(redis: Redis, exp: reference.Expected, workers: list[WorkerProcess], timeout: float) -> None:

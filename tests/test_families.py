@@ -24,6 +24,7 @@ from tables.writer import OrgWrite
 
 T0 = calendar.timegm((2026, 11, 20, 23, 30, 0)) * 1000  # 23:30 UTC, half an hour before midnight
 MINUTE = 60_000
+DAY = 86_400_000
 
 
 def events() -> list[Event]:
@@ -93,6 +94,7 @@ def render(w: OrgWrite) -> list[tuple[str, str, str, str]]:
     out += [("SADD", k[i - 1], m, "") for i, ms in w.sadds.items() for m in ms]
     out += [("SREM", k[i - 1], m, "") for i, ms in w.srems.items() for m in ms]
     out += [("ZADD", k[i - 1], m, repr(s)) for (i, m), s in w.zadds.items()]
+    out += [("ZADD LT", k[i - 1], m, str(s)) for i, ms in w.zmins.items() for m, s in ms.items()]
     out += [("EXPIREAT", k[i - 1], "", str(ts)) for i, ts in w.expires.items()]
     out += [("HSET", k[i - 1], f.hex(), v.hex()) for (i, f), (_, v) in w.convs.items()]
     out += [("HSET", key, eid, v.hex()) for key, ids in w.seen.items() for eid, (_, v) in ids.items()]
@@ -205,6 +207,43 @@ def test_distinct_students_encoding() -> None:
         "EXPIREAT aia:{acme}:ds:20261120|m|m1  1829779200",
         "SADD aia:{acme}:ds:20261120 ann ",
         "SADD aia:{acme}:ds:20261120|m|m1 ann ",
+    ]
+
+
+def test_first_seen_encoding() -> None:
+    """A student's earliest human message (epoch ms), in the org's set and the mentor's, never expiring; the
+    AI's message (a minute earlier) does not count."""
+    assert of(render(plan(events())), keys=(":first",)) == [
+        f"ZADD LT aia:{{acme}}:first ann {T0 + MINUTE}",
+        f"ZADD LT aia:{{acme}}:first|m|m1 ann {T0 + MINUTE}",
+    ]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_first_seen_keeps_each_students_earliest_human_message_whatever_the_order(seed: int) -> None:
+    def msg(eid: str, ts: int, student: str, mentor: str, role: str = "human") -> ChatMessage:
+        return ChatMessage(event_id=eid, org="acme", timestamp=ts, ts_ms=ts, session_id=f"s-{eid}", student=student,
+                           mentor_id=mentor, role=role, src_topic="chat-messages", src_offset=0)  # type: ignore[arg-type]  # fmt: skip
+
+    items: list[Event] = [
+        msg("a", T0 + 5 * MINUTE, "ann", "m1"),
+        msg("b", T0 + 2 * MINUTE, "ann", "m2"),
+        msg("c", T0 + 9 * MINUTE, "ann", "m1"),
+        msg("d", T0 - DAY, "ann", "m2", role="ai"),
+        msg("e", T0 + 3 * MINUTE, "m|x", "a|m|b"),
+        msg("f", T0 + 4 * MINUTE, "\u200bann", "m1"),
+    ]
+    rng = random.Random(seed)
+    shuffled = items + rng.sample(items, rng.randint(0, len(items)))
+    rng.shuffle(shuffled)
+    assert of(render(plan(shuffled)), keys=(":first",)) == [
+        f"ZADD LT aia:{{acme}}:first ann {T0 + 2 * MINUTE}",
+        f"ZADD LT aia:{{acme}}:first m|x {T0 + 3 * MINUTE}",
+        f"ZADD LT aia:{{acme}}:first \u200bann {T0 + 4 * MINUTE}",
+        f"ZADD LT aia:{{acme}}:first|m|a|m|b m|x {T0 + 3 * MINUTE}",
+        f"ZADD LT aia:{{acme}}:first|m|m1 ann {T0 + 5 * MINUTE}",
+        f"ZADD LT aia:{{acme}}:first|m|m1 \u200bann {T0 + 4 * MINUTE}",
+        f"ZADD LT aia:{{acme}}:first|m|m2 ann {T0 + 2 * MINUTE}",
     ]
 
 
@@ -322,6 +361,7 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
         "^/api/analytics/sessions/$", "^/api/analytics/conversations/$", "^/api/analytics/ratings/$",
         "^/api/analytics/time/$", "^/api/analytics/users/$", "^/api/analytics/topics/details/$",
         "most-discussed-topics/$", "topics/summary/$",
+        "usage-summary/$", "user-sentiment/$", "user-metrics-pie-chart/$",
     ])  # fmt: skip
     assert answered_by(sessions.Sessions) == {"x-answered-by": ["sessions"]}
     assert len({f.name for f in FAMILIES}) == len(FAMILIES)  # each family answers under its own name

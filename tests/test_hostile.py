@@ -24,7 +24,7 @@ from streams.exceptions import InvalidEvent
 from streams.schemas import MAX_TOKENS, MIN_TIME_MS, Limits, parse
 from streams.settings import ENGINES, Settings
 from tables import ids, keys, queries
-from tables.aggregates import chat_history, distinct_students, llm_cost, top_students
+from tables.aggregates import chat_history, distinct_students, first_seen, llm_cost, top_students
 from tables.buckets import Grain, day_index
 from tables.faults import is_data_fault
 from tests import reference
@@ -329,6 +329,17 @@ async def test_events_that_used_to_stop_the_worker_and_colliding_ids(hostile_wor
     assert await active(slug_mentor_served) == [1] and await active(history[slug_session_served]["mentor"]) == [1]
     hours = await active(hourly=True)
     assert len(hours) == 24 and max(hours) <= 4 <= sum(hours)  # every student in an hour, none twice in one
+
+    # New students (their first message): each one once under their own name, each mentor's set its own.
+    async def new(mentor: str | None = None) -> tuple[int, int]:
+        split = await first_seen.new_and_returning(queries.View(redis, 0), org, today, today, mentor)
+        return split["new_users"]["count"], split["returning_users"]["count"]
+
+    assert await new() == (4, 0)
+    assert (await new("m|x"), await new("m"), await new(slug_mentor_served)) == ((1, 0), (1, 0), (1, 0))
+    assert await redis.zrange(first_seen.key(0, org), 0, -1) == [b"bob", b"cat", b"dan", b"eve|top_students|x"]
+    assert await redis.zrange(first_seen.key(0, org, "m|x"), 0, -1) == [b"dan"]
+    assert await redis.zrange(first_seen.key(0, org, "slug-m"), 0, -1) == [b"bob"]
     # Per-mentor session costs kept apart.
     sessions = await llm_cost.session_costs(queries.View(redis, 0), org, *span)
     assert sessions[("m|x", "s")] == 1_000_000_000 and sessions[("m", "x|s")] == 2_000_000_000

@@ -32,6 +32,7 @@ from tables import ids, keys, queries
 from tables.aggregates import (
     chat_history,
     distinct_students,
+    first_seen,
     llm_cost,
     ratings,
     sentiment,
@@ -156,6 +157,11 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
         out[f"distinct {mentor}"] = await distinct_students.distinct_students(
             queries.View(redis, 0), ORG, first, last, mentor
         )
+        # New and returning students: over every day, over each day, over each day to the last.
+        spans = [(first, last)] + [(first + timedelta(days=i), last) for i in range(1, (last - first).days + 1)]
+        spans += [(first + timedelta(days=i),) * 2 for i in range((last - first).days + 1)]
+        for a, b in spans:
+            out[f"pie {a} {b} {mentor}"] = await first_seen.new_and_returning(queries.View(redis, 0), ORG, a, b, mentor)
     # In a time zone: local days from hourly buckets, top students from hourly sets at the days' edges.
     zone = time_zone(LOCAL_ZONE)
     out["local avg daily"] = await sessions.average_messages_per_session(
@@ -166,6 +172,10 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
         out[f"local top {d}"] = await top_students.top_students(
             queries.View(redis, 0), ORG, d, d, limit=1000, zone=zone
         )
+        for mentor in (None, *MENTORS):
+            out[f"local pie {d} {mentor}"] = await first_seen.new_and_returning(
+                queries.View(redis, 0), ORG, d, d, mentor, zone
+            )
     span = (datetime(first.year, first.month, first.day, tzinfo=UTC), datetime.now(UTC) + timedelta(hours=1))
     for kind, values in (
         ("u", [f"stu{i}" for i in range(4)]),
@@ -223,6 +233,20 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
         want_days = {d: exp.students.get((ORG, d, mentor or ""), set()) for d in (r["date"] for r in distinct["days"])}
         assert {r["date"]: r["students"] for r in distinct["days"]} == {d: len(s) for d, s in want_days.items()}
         assert distinct["total"] == len(set().union(*want_days.values())), mentor
+    for name, value in got.items():
+        if name.startswith("pie "):
+            _, a, b, mentor = name.split()
+            bounds = reference.day_ms(a, b)
+        elif name.startswith("local pie "):
+            _, _, a, mentor = name.split()
+            bounds = reference.day_ms(a, a, LOCAL_ZONE)
+        else:
+            continue
+        new, returning = reference.new_and_returning(exp, ORG, *bounds, "" if mentor == "None" else mentor)
+        counts = (value["new_users"]["count"], value["returning_users"]["count"])
+        assert counts == (new, returning), (name, counts, (new, returning))
+        shares = (value["new_users"]["percentage"], value["returning_users"]["percentage"])
+        assert shares == tuple(reference.shares([new, returning])), (name, shares)
     rated = reference.ratings(reference.conversations(events))
     for hourly in (False, True):
         for row in got[f"ratings {hourly}"]:
@@ -332,6 +356,20 @@ async def test_hostile_values_through_parts_cut_small_give_the_answers_of_one_un
     assert cut == uncut
 
 
+def differences(got: dict[bytes, Any], want: dict[bytes, Any]) -> dict[bytes, Any]:
+    """Per key that differs, what differs: the fields or members of one side only, or with other values."""
+    out: dict[bytes, Any] = {}
+    for key in set(got) | set(want):
+        a, b = got.get(key), want.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out[key] = {f: (a.get(f), b.get(f)) for f in set(a) | set(b) if a.get(f) != b.get(f)}
+        else:
+            out[key] = (a, b)
+    return out
+
+
 async def dump_aggregates(redis: Redis) -> dict[bytes, Any]:
     """Every aggregate key's content (not the conversations, whose versions count writes, nor the
     changefeed's marks, which count applies, nor the meta's data version and apply time)."""
@@ -376,7 +414,8 @@ async def test_no_apply_script_does_much_more_than_its_bound(redis_server: Redis
             sizes.clear()
             await apply_batches(redis, [batch], Settings(apply_chunk=0, apply_script_ops=500))
         assert len(sizes) > 20 and max(sizes) <= 1000, sorted(sizes)[-5:]
-        assert await dump_aggregates(redis) == uncut
+        cut = await dump_aggregates(redis)
+        assert cut == uncut, differences(cut, uncut)
     finally:
         await redis.aclose()
 

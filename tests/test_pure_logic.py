@@ -13,7 +13,7 @@ from agents.planner import Planner
 from agents.progress import PartitionProgress, runs
 from streams.prices import PriceTable
 from streams.schemas import ChatMessage, LlmObservation
-from tables import keys
+from tables import keys, queries
 from tables.aggregates import chat_history, llm_cost, sessions, top_students
 from tables.aggregates.llm_cost import AppliedObservation, cost_buckets
 from tables.buckets import Grain, Retention, day_of, days_between, hour_of, hours_between, split_weeks
@@ -341,3 +341,25 @@ def test_a_rating_past_64_bits_is_no_rating_and_its_record_is_kept() -> None:
         assert state.rated is rated
         assert ConversationState.unpack(state.pack()).record() == ev.record  # type: ignore[union-attr]
         assert pack_record(ev.record)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("counts", "shares"),
+    [
+        ([1, 1, 1], [33.34, 33.33, 33.33]),  # the hundredth left over goes to the first of equal remainders
+        ([2, 1], [66.67, 33.33]),
+        ([1, 0, 0], [100.0, 0.0, 0.0]),
+        ([0, 0, 0], [0.0, 0.0, 0.0]),  # nothing to share: no division by zero
+        ([1, 2, 3], [16.67, 33.33, 50.0]),
+        ([1, 1, 1, 1, 1, 1, 1], [14.29, 14.29, 14.29, 14.29, 14.28, 14.28, 14.28]),
+        ([9_999, 1], [99.99, 0.01]),
+        ([999_999, 1], [100.0, 0.0]),  # 0.0001 %: less than a hundredth, and the smaller remainder
+    ],
+)
+def test_shares_are_percentages_of_two_decimals_that_add_up_to_100(counts: list[int], shares: list[float]) -> None:
+    got = queries.percentages(counts)
+    assert got == shares
+    total = sum(counts)
+    assert sum(round(p * 100) for p in got) == (10_000 if total else 0)
+    for n, p in zip(counts, got, strict=True):  # each within a hundredth of its exact share
+        assert not total or abs(p * total - 100 * n) < total / 100

@@ -112,6 +112,10 @@ def test_rebuild_during_live_traffic_interrupted_and_resumed(
             assert cost["cost_nanos"] == sum(n for (o, _), n in everything.cost.items() if o == org), org
             history = env.get(org, "chat-history", page_size=1).json()
             assert history["count"] == len(everything.conversations[org]), org
+            for first, last in ((days[0], days[-1]), (days[-1], days[-1])):  # the first-seen family rebuilt too
+                split = env.get(org, "user-metrics-pie-chart", start_date=first, end_date=last).json()
+                got = (split["new_users"]["count"], split["returning_users"]["count"])
+                assert got == reference.new_and_returning(everything, org, *reference.day_ms(first, last)), org
         top = env.get(ORG, "top-students-by-chat-messages").json()
         assert [(r["username"], r["chat_message_count"]) for r in top] == reference.top_students(everything, ORG)
         metrics = httpx.get(f"{base}/metrics").text

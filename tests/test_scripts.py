@@ -191,6 +191,23 @@ async def test_apply_marks_the_published_counters_it_changes(redis: Redis) -> No
     assert await redis.hget(keys.changefeed_marks(ORG), "#") == b"1"
 
 
+async def test_apply_lowers_a_sorted_sets_scores_and_never_raises_them(redis: Redis) -> None:
+    """ZADD LT (`OrgWrite.zadd_lt`, the first-seen sets): a member absent is added, one held with a higher score
+    is lowered, one held lower is kept; in chunks of many members, whatever they are named."""
+    zkey = keys.org_key(G, ORG, "first")
+    await redis.zadd(zkey, {"ann": 500, "bob": 100})
+    many = {f"s{i}": 1_795_217_400_000 + i for i in range(1_200)}
+    w = write()
+    w.zadd_lt(zkey, {"ann": 300, "bob": 200, "5": 7, "x|m|y": 9, **many})
+    w.zadd_lt(zkey, {"ann": 400, "x|m|y": 8})  # a higher score in the same write changes nothing either
+    assert await Writer(redis).apply([w]) == {}
+    held = dict(await redis.zrange(zkey, 0, -1, withscores=True))
+    assert {k: held[k.encode()] for k in ("ann", "bob", "5", "x|m|y", "s0", "s1199")} == {
+        "ann": 300, "bob": 100, "5": 7, "x|m|y": 8, "s0": 1_795_217_400_000, "s1199": 1_795_217_401_199,
+    }  # fmt: skip
+    assert len(held) == 4 + 1_200
+
+
 # read.lua (tables/state.py)
 
 

@@ -64,6 +64,9 @@ CONVERSATIONS_CHART = {"200": "ConversationsChart"}
 RATINGS_CHART = {"200": "RatingsOvertime"}
 BUSIEST = {"200": "AccessTimesHeatmap", "400": None, "403": None, "500": None}
 CURRENT_USERS = {"200": "CurrentUsersResponse", "400": None, "403": None, "500": None}
+USAGE = {"200": "List[UserCountRecord]", "400": None, "404": None}
+USER_SENTIMENT = {"200": "SentimentSummary", "400": None, "404": None}
+PIE_CHART = {"200": "PieChartData", "400": None, "404": None}
 HISTORY_LIST = {"200": "PaginatedConversationsList"}
 HISTORY_CREATE = {"201": "Conversations"}
 HISTORY_ONE = {"200": "Conversations"}
@@ -378,6 +381,48 @@ def test_total_users_by_mentor_matches_reference(stack: Stack, aggregation: str)
             assert want, (org, mentor)
             assert {p: n for p, n in got.items() if p in want} == want, (org, mentor)
             assert all(n == 0 for p, n in got.items() if p not in want), (org, mentor)
+
+
+def test_usage_summary_matches_reference(stack: Stack) -> None:
+    """`usage-summary/`: distinct students who sent a message per day (the SDK documents no value of
+    `group_by`: it changes nothing), against the reference's sets."""
+    first, last = days(stack)
+    for org in sorted(stack.exp.orgs):
+        for group_by in (None, "day"):
+            r = stack.call("ai_analytics_orgs_users_usage_summary_list", USAGE, org=org, user_id=CALLER,
+                           start_date=first.isoformat(), end_date=last.isoformat(), group_by=group_by)  # fmt: skip
+            rows = ok_list(r, M.UserCountRecord)
+            got = [(row.var_date.isoformat(), row.user_count) for row in rows]
+            want = [(d.isoformat(), len(stack.exp.active.get((org, d.isoformat(), ""), set())))
+                    for d in (first + timedelta(days=i) for i in range((last - first).days + 1))]  # fmt: skip
+            assert got == want, (org, group_by)
+            assert sum(n for _, n in got) > 0, org
+
+
+def test_user_metrics_pie_chart_matches_reference(stack: Stack) -> None:
+    """`user-metrics-pie-chart/`: students who sent a message in the range, new (their first message ever, to
+    the org or to the mentor, in it) and returning, with shares adding up to 100, for the org and for each of
+    its mentors, over ranges that leave out the first days (so some students return) and one without events."""
+    first, last = days(stack)
+    spans = [(first, last), (first + timedelta(days=1), last), (last, last), (last - timedelta(days=1),) * 2,
+             (first - timedelta(days=9), first - timedelta(days=8))]  # fmt: skip
+    returning = 0
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+            for start, end in spans:
+                r = stack.call("ai_analytics_orgs_users_user_metrics_pie_chart_retrieve", PIE_CHART, org=org,
+                               user_id=CALLER, start_date=start.isoformat(), end_date=end.isoformat(),
+                               mentor_id=mentor or None)  # fmt: skip
+                got = ok(r, 200, M.PieChartData)
+                assert isinstance(got.new_users, M.PieChartSegment)
+                new, old = reference.new_and_returning(stack.exp, org, *reference.day_ms(str(start), str(end)), mentor)
+                where = (org, mentor, start, end)
+                assert (got.new_users.count, got.returning_users.count) == (new, old), where
+                assert [got.new_users.percentage, got.returning_users.percentage] == reference.shares([new, old]), where
+                if start == first:
+                    assert new > 0 and old == 0, where  # everyone who wrote is new when the range holds everything
+                returning += old
+    assert returning > 0, "no range had a returning student"
 
 
 @pytest.mark.parametrize("group_by", ["day", "hour"])
@@ -881,6 +926,29 @@ def test_sentiment_count_7d_matches_reference(stack: Stack) -> None:
         assert sum(n for _, n in got) == sum(n for (o, _), n in stack.exp.sentiment.items() if o == org) > 0
 
 
+def test_user_sentiment_matches_reference(stack: Stack) -> None:
+    """`user-sentiment/`: the judgements of the range, their number and each label's share (percentages of two
+    decimals adding up to 100), over every day, over the last day alone, and over days before any event."""
+    first, last = days(stack)
+    labels = ("positive", "neutral", "negative")
+    before = first - timedelta(days=30)
+    for org in sorted(stack.exp.orgs):
+        for start, end in ((first, last), (last, last), (before, before + timedelta(days=2))):
+            r = stack.call("ai_analytics_orgs_users_user_sentiment_retrieve", USER_SENTIMENT, org=org,
+                           user_id=CALLER, start_date=start.isoformat(), end_date=end.isoformat(),
+                           group_by="day")  # fmt: skip
+            got = ok(r, 200, M.SentimentSummary)
+            span = {(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)}
+            counts = [sum(n for (o, d, s), n in stack.exp.labels.items() if o == org and d in span and s == label)
+                      for label in labels]  # fmt: skip
+            assert got.total_sentiments == sum(counts), (org, start, end)
+            assert got.sentiment_distribution == dict(zip(labels, reference.shares(counts), strict=True))
+            if start == first:
+                assert sum(counts) == sum(n for (o, _), n in stack.exp.sentiment.items() if o == org) > 0
+            if start == before:
+                assert got.sentiment_distribution == {"positive": 0, "neutral": 0, "negative": 0}
+
+
 def test_top_students_all_time_matches_reference(stack: Stack) -> None:
     for org in sorted(stack.exp.orgs):
         r = stack.call("ai_analytics_orgs_users_top_students_by_chat_messages_list", TOP_STUDENTS, org=org,
@@ -1062,6 +1130,22 @@ BAD = [
      {"start_date": EARLIER.isoformat(), "end_date": TODAY.isoformat(), "aggregation": "monthly"}, "aggregation"),
     ("ai_analytics_orgs_users_most_discussed_topics_list", TOPIC_RECORDS,
      {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
+    ("ai_analytics_orgs_users_usage_summary_list", USAGE, {"start_date": "x", "end_date": TODAY.isoformat()},
+     "start_date"),
+    ("ai_analytics_orgs_users_usage_summary_list", USAGE,
+     {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
+    ("ai_analytics_orgs_users_user_sentiment_retrieve", USER_SENTIMENT,
+     {"start_date": "2026-02-30", "end_date": TODAY.isoformat()}, "start_date"),
+    ("ai_analytics_orgs_users_user_sentiment_retrieve", USER_SENTIMENT,
+     {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
+    ("ai_analytics_orgs_users_user_sentiment_retrieve", USER_SENTIMENT,
+     {"start_date": EARLIER.isoformat(), "end_date": "2026-1-1"}, "end_date"),
+    ("ai_analytics_orgs_users_user_metrics_pie_chart_retrieve", PIE_CHART,
+     {"start_date": LATER.isoformat(), "end_date": EARLIER.isoformat()}, "end_date"),
+    ("ai_analytics_orgs_users_user_metrics_pie_chart_retrieve", PIE_CHART,
+     {"start_date": "today", "end_date": TODAY.isoformat(), "mentor_id": "m1"}, "start_date"),
+    ("ai_analytics_orgs_users_user_metrics_pie_chart_retrieve", PIE_CHART,
+     {"start_date": EARLIER.isoformat(), "end_date": TODAY.isoformat(), "mentor_id": "m" * 2000}, "mentor_id"),
     ("ai_analytics_orgs_users_sentiment_count_list", SENTIMENT_COUNT, {"period": "1y"}, "period"),
     ("ai_analytics_orgs_users_tenant_cost_retrieve", COST, BACKWARDS, "end_date"),
     ("ai_analytics_orgs_users_user_cost_retrieve", COST, {"username": "x", **BACKWARDS}, "end_date"),

@@ -10,6 +10,7 @@ from typing import Any
 from tables.aggregates.base import Family
 from tables.aggregates.chat_history import ChatHistory
 from tables.aggregates.distinct_students import DistinctStudents
+from tables.aggregates.first_seen import FirstSeen
 from tables.aggregates.llm_cost import LlmCost
 from tables.aggregates.ratings import Ratings
 from tables.aggregates.sentiment import Sentiment
@@ -27,4 +28,5 @@ FAMILIES: tuple[Family[Any], ...] = (
     DistinctStudents(),
     Ratings(),
     Topics(),
+    FirstSeen(),
 )

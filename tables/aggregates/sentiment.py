@@ -25,6 +25,7 @@ def sentiment_field(label: str) -> str:
 
 
 LABEL_FIELDS = {label: (SENTIMENT, sentiment_field(label)) for label in SENTIMENTS}
+LABELS = tuple(sentiment_field(label) for label in SENTIMENTS)  # the per-label fields, in SENTIMENTS' order
 
 
 class Sentiment:
@@ -55,3 +56,19 @@ async def sentiment_counts(
         {"date": d, "sentiment_count": total, **dict(zip(SENTIMENTS, labels, strict=True))}
         for d, (total, *labels) in await queries.periods(view, org, start, end, False, zone, fields)
     ]
+
+
+async def sentiment_summary(
+    view: queries.View, org: str, start: date, end: date, zone: ZoneInfo | None = None
+) -> dict[str, Any]:
+    """The judgements from start to end (days of the zone, UTC without one): how many, each label's share of
+    them in percent (`queries.percentages`: two decimals adding up to 100; every label, 0 when none, all 0
+    when there is no judgement), and each label's count."""
+    counts = [0] * len(SENTIMENTS)
+    for _, sums in await queries.periods(view, org, start, end, False, zone, list(LABELS)):
+        counts = [a + b for a, b in zip(counts, sums, strict=True)]
+    return {
+        "sentiment_distribution": dict(zip(SENTIMENTS, queries.percentages(counts), strict=True)),
+        "total_sentiments": sum(counts),
+        "sentiment_counts": dict(zip(SENTIMENTS, counts, strict=True)),
+    }

@@ -99,34 +99,11 @@ class TopStudents:
 TOP_N = 20
 
 
-async def top_students(
-    view: queries.View,
-    org: str,
-    start: date | None,
-    end: date | None,
-    mentor_id: str | None = None,
-    limit: int = TOP_N,
-    zone: ZoneInfo | None = None,
-) -> list[dict[str, Any]]:
-    """Human messages per student over the range (all time without one; else `range_keys`), most first,
-    ties by username."""
-    redis, gen = view
-    if mentor_id is not None:
-        mentor_id = await queries.resolve(view, org, ids.MENTOR, mentor_id)
-    if start is None or end is None:
-        zkeys = [alltime_key(gen, org, mentor_id)]
-    else:
-        zkeys = range_keys(gen, org, start, end, mentor_id, zone)
-    merged = await queries.zunion(redis, zkeys)
-    counts = [(member.decode(), int(score)) for member, score in merged]
-    counts.sort(key=lambda kv: (-kv[1], kv[0]))
-    return [{"username": u, "chat_message_count": n} for u, n in counts[:limit]]
-
-
 def range_keys(gen: int, org: str, start: date, end: date, mentor: str | None, zone: ZoneInfo | None) -> list[str]:
-    """The sets whose union is the range's days (the zone's): whole weeks inside it from weekly sets, the
-    days around them from daily ones; in a zone other than UTC, the UTC hours (and half hours) at either
-    edge of its days from hourly (and half-hourly) ones. `mentor` as kept."""
+    """The sets whose union is the range's (days from start to end of the zone, UTC without one; the org's
+    or a mentor's, as kept): whole ISO weeks inside it from weekly sets, the days around them from daily
+    ones; in a zone other than UTC, the UTC hours (and half hours) at either edge of its days from hourly
+    (and half-hourly) ones."""
     edges: list[tuple[Grain, int]] = []
     if zone is not None:
         spans = local_days(start, end, zone)
@@ -138,7 +115,32 @@ def range_keys(gen: int, org: str, start: date, end: date, mentor: str | None, z
     mondays, days = split_weeks(start, end) if start <= end else ([], [])
     zkeys = [key(gen, org, Grain.WEEK, day_index(m), mentor) for m in mondays]
     zkeys += [key(gen, org, Grain.DAY, day_index(d), mentor) for d in days]
-    return zkeys + [key(gen, org, grain, i, mentor) for grain, i in edges]
+    zkeys += [key(gen, org, grain, i, mentor) for grain, i in edges]
+    return zkeys
+
+
+async def top_students(
+    view: queries.View,
+    org: str,
+    start: date | None,
+    end: date | None,
+    mentor_id: str | None = None,
+    limit: int = TOP_N,
+    zone: ZoneInfo | None = None,
+) -> list[dict[str, Any]]:
+    """Human messages per student over the range (all time without one), most first, ties by username: the
+    union of the sets of the range (`range_keys`)."""
+    redis, gen = view
+    if mentor_id is not None:
+        mentor_id = await queries.resolve(view, org, ids.MENTOR, mentor_id)
+    if start is None or end is None:
+        zkeys = [alltime_key(gen, org, mentor_id)]
+    else:
+        zkeys = range_keys(gen, org, start, end, mentor_id, zone)
+    merged = await queries.zunion(redis, zkeys)
+    counts = [(member.decode(), int(score)) for member, score in merged]
+    counts.sort(key=lambda kv: (-kv[1], kv[0]))
+    return [{"username": u, "chat_message_count": n} for u, n in counts[:limit]]
 
 
 async def active_students(

@@ -65,6 +65,9 @@ end
 for _, o in ipairs(p.s) do redis.call('HSET', KEYS[o[1]], o[2], o[3]) end
 for _, o in ipairs(p.r) do redis.call('ZREM', KEYS[o[1]], o[2]) end
 for _, o in ipairs(p.a) do redis.call('ZADD', KEYS[o[1]], o[3], o[2]) end
+for _, o in ipairs(p.lt) do  -- o: the key, then score, member, score, member, ...: each added, or lowered to it
+  for i = 2, #o, 1000 do redis.call('ZADD', KEYS[o[1]], 'LT', unpack(o, i, math.min(i + 999, #o))) end
+end
 local function members(command, o)
   for i = 2, #o, 1000 do redis.call(command, KEYS[o[1]], unpack(o, i, math.min(i + 999, #o))) end
 end
