@@ -8,7 +8,7 @@ from datetime import date, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from api import params
 from api.auth import ORG, USER, Caller
@@ -261,6 +261,42 @@ async def topics_summary(
     start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=False, required=False)
     counts = await topics.topic_counts(view, org, start, end, None, zone)
     return [{"name": t, "conversation_count": n} for t, n, _ in topics.ranked(counts)[: topics.SUMMARY_TOPICS]]
+
+
+@router.get("/topic-statistics/", openapi_extra=answered_by(topics.Topics))
+async def topic_statistics(
+    request: Request,
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    start_date: Annotated[
+        str | None, Query(description="First day, YYYY-MM-DD (default: 30 days ago).", **DATE)
+    ] = None,
+    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
+    mentor_id: Annotated[str | None, Query(description="Only conversations with this mentor.")] = None,
+    page: Annotated[str | None, Query(description="The page, from 1 (`last`: the last).")] = None,
+    page_size: Annotated[str | None, Query(description="Topics per page (default 20, at most 100).")] = None,
+    group_by: NO_EFFECT = None,
+    tz: TZ = None,
+) -> dict[str, Any]:
+    """Per topic of the conversations listed in the range (as `most-discussed-topics/`): conversations, their
+    messages, the mean sentiment of those judged (positive 1, neutral 0, negative -1) and the mean rating of
+    those rated, as decimal strings of two places ("" where none is); most conversations first, paged as
+    Django REST framework pages."""
+    start, end, zone = await days_of(state, org, tz, start_date, end_date, hourly=False, required=False)
+    counts = await topics.topic_counts(view, org, start, end, params.text("mentor_id", mentor_id), zone)
+    rows = topics.statistics(counts)
+    size = params.page_size(page_size)
+    pages = max(1, -(-len(rows) // size))
+    n = params.page_number(page, pages)
+    return {
+        "count": len(rows),
+        "next": str(request.url.include_query_params(page=n + 1)) if n < pages else None,
+        "previous": str(request.url.include_query_params(page=n - 1)) if n > 1 else None,
+        "results": rows[(n - 1) * size : n * size],
+    }
 
 
 @router.get("/sentiment-count/", openapi_extra=answered_by(sentiment.Sentiment))

@@ -11,7 +11,7 @@ parameter (the key's own org without one). So this middleware, for those GETs on
 - reads, in one round trip, what the `caller` dependency reads (the key and whether the org exists)
   plus the org's versions; a request that the route would refuse (no key, another org's key, an unknown
   org) goes to the route, which says why, and nothing is cached or served from the cache for it;
-- names the answer by an `ETag` (a digest of generation, versions, half hour, path and the parsed query: a
+- names the answer by an `ETag` (a digest of generation, versions, half hour, host, path and the parsed query: a
   parameter given twice is left to the route, which refuses it); a request whose
   `If-None-Match` holds it gets `304 Not Modified` with no body;
 - serves the answer from a bounded in-process cache when it has it, else lets the route compute it and
@@ -194,9 +194,10 @@ class AnswerCache:
         # The half hour: an answer that names no day (7d, a zone's today, the last hour) changes with it
         # (every zone served starts its days on a half hour).
         clock = int(time.time()) // 1800
+        host = Headers(scope=scope).get("host", "")  # paged answers link their next page on the host asked
         name = "\0".join(
             str(part) for part in
-            (keys.meta(gen, org), version, erased, zone, clock, scope["path"], query)
+            (keys.meta(gen, org), version, erased, zone, clock, host, scope["path"], query)
         )  # fmt: skip
         return '"' + blake2b(name.encode(), digest_size=12).hexdigest() + '"'
 

@@ -326,9 +326,11 @@ def messages_by_hour(events: list[tuple[str, dict[str, Any]]]) -> Counter[tuple[
 def topics_by_day(
     events: list[tuple[str, dict[str, Any]]], convs: dict[tuple[str, str], Conversation]
 ) -> dict[tuple[str, str, str], dict[str, list[int]]]:
-    """(org, UTC day, mentor or "") -> topic -> [conversations, their messages]: each conversation not
-    deleted counts once per topic (its record's and its messages'), with all its messages, on the day chat
-    history lists it by, under the record's mentor (the earliest message's without a record)."""
+    """(org, UTC day, mentor or "") -> topic -> [conversations, their messages, those with a sentiment, the
+    sum of its score (positive 1, neutral 0, negative -1), those rated, the sum of the ratings]: each
+    conversation not deleted counts once per topic (its record's and its messages'), with all its messages,
+    its latest sentiment and its newest record's rating (an integer other than 0), on the day chat history
+    lists it by, under the record's mentor (the earliest message's without a record)."""
     seen: set[tuple[str, str]] = set()
     messages: Counter[tuple[str, str]] = Counter()
     for topic, e in events:
@@ -336,17 +338,22 @@ def topics_by_day(
             seen.add((e["org"], e["event_id"]))
             messages[(e["org"], e["session_id"])] += 1
     starts = session_starts(events)
-    out: dict[tuple[str, str, str], dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    scores = {"positive": 1, "neutral": 0, "negative": -1}
+    out: dict[tuple[str, str, str], dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0] * 6))
     for (org, cid), conv in convs.items():
         rec = conv.record
         if (rec is not None and rec.get("deleted")) or not conv.topics or conv.inserted_ms is None:
             continue
         mentor = (rec.get("mentor") or "") if rec is not None else starts[(org, cid)][3]
+        r = (rec or {}).get("rating")
+        rating = r if isinstance(r, int) and not isinstance(r, bool) else 0
+        score = scores.get(conv.sentiment)
+        add = [1, messages[(org, cid)], score is not None, score or 0, rating != 0, rating]
         for who in {"", mentor}:
             for name in conv.topics:
                 acc = out[(org, day(conv.inserted_ms), who)][name]
-                acc[0] += 1
-                acc[1] += messages[(org, cid)]
+                for i, n in enumerate(add):
+                    acc[i] += int(n)
     return out
 
 

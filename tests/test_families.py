@@ -360,7 +360,7 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
         # the org as the platform_key query parameter
         "^/api/analytics/sessions/$", "^/api/analytics/conversations/$", "^/api/analytics/ratings/$",
         "^/api/analytics/time/$", "^/api/analytics/users/$", "^/api/analytics/topics/details/$",
-        "most-discussed-topics/$", "topics/summary/$",
+        "most-discussed-topics/$", "topics/summary/$", "topic-statistics/$",
         "usage-summary/$", "user-sentiment/$", "user-metrics-pie-chart/$",
     ])  # fmt: skip
     assert answered_by(sessions.Sessions) == {"x-answered-by": ["sessions"]}
@@ -387,7 +387,7 @@ def test_topics_encoding() -> None:
         for label in ("20261120", "2026112023", "202611202330")  # its day, hour and half hour
         for whose in ("", "|m|m1")
         for topic in ("4:math", "7:algebra")
-        for kind, n in (("c", 1), ("n", 2))
+        for kind, n in (("c", 1), ("n", 2), ("s", 1), ("p", 1))  # a positive judgement; no rating
     )
 
 
@@ -406,7 +406,7 @@ def test_look_alike_topics_and_mentors_never_share_a_count() -> None:
     ops = [op for op in render(plan(items)) if op[0] == "HINCRBY"]
     day = [op for op in ops if op[1].split("|m|", 1)[0].endswith(":tp:20261120")]
     counted = {(op[1].split("|m|", 1)[1] if "|m|" in op[1] else "", topics.parse_field(op[2])) for op in day}
-    want = {(who, (kind, t)) for who in ("", "b", "m|m|b") for t in look_alike for kind in ("c", "n")}
+    want = {(who, (kind, t)) for who in ("", "b", "m|m|b") for t in look_alike for kind in ("c", "n")}  # no judgement
     assert counted == want
     assert all(int(op[3]) == (2 if "|m|" not in op[1] else 1) for op in day)  # each its own, no two summed
     assert topics.parse_field("c2:a") is None and topics.parse_field("x1:a") is None  # not a whole field

@@ -59,6 +59,7 @@ RATINGS = {"200": "List[RatingRecord]", "400": None, "404": None}
 TOPIC_RECORDS = {"200": "List[TopicRecord]", "400": None, "404": None}
 TOPICS_SUMMARY = {"200": "List[TopicSummaryView]"}
 TOPIC_DETAILS = {"200": "TopicDetails"}
+TOPIC_STATISTICS = {"200": "PaginatedTopicStatisticsResponse"}
 SESSIONS_CHART = {"200": "SessionsChart"}
 CONVERSATIONS_CHART = {"200": "ConversationsChart"}
 RATINGS_CHART = {"200": "RatingsOvertime"}
@@ -444,15 +445,19 @@ def test_rating_summary_matches_reference(stack: Stack, group_by: str) -> None:
         assert all(n == 0 for p, n in got.items() if p not in want), org
 
 
-def topics_in(stack: Stack, org: str, mentor: str, first: date, last: date) -> list[tuple[str, int, int]]:
-    """The reference's (topic, conversations, messages) over the days, most conversations first, ties by topic."""
-    total: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+def topics_in(stack: Stack, org: str, mentor: str, first: date, last: date) -> list[tuple[str, list[int]]]:
+    """The reference's (topic, [conversations, messages, judged, score, rated, rating]) over the days, most
+    conversations first, ties by topic."""
+    total: dict[str, list[int]] = defaultdict(lambda: [0] * 6)
     for (o, d, who), by_topic in reference.topics_by_day(stack.events, stack.convs).items():
         if o == org and who == mentor and first <= date.fromisoformat(d) <= last:
-            for name, (c, m) in by_topic.items():
-                total[name][0] += c
-                total[name][1] += m
-    return sorted(((t, c, m) for t, (c, m) in total.items()), key=lambda row: (-row[1], row[0]))
+            for name, counts in by_topic.items():
+                total[name] = [a + b for a, b in zip(total[name], counts, strict=True)]
+    return sorted(total.items(), key=lambda row: (-row[1][0], row[0]))
+
+
+def two_places(numerator: int, denominator: int) -> str:
+    return "" if denominator == 0 else f"{Decimal(numerator) / Decimal(denominator):.2f}"
 
 
 def test_topics_match_reference(stack: Stack) -> None:
@@ -469,25 +474,37 @@ def test_topics_match_reference(stack: Stack) -> None:
                                user_id=CALLER, start_date=a.isoformat(), end_date=b.isoformat(),
                                mentor_id=mentor or None)  # fmt: skip
                 rows = ok_list(r, M.TopicRecord)
-                assert [(x.topic_name, x.conversation_count) for x in rows] == [(t, c) for t, c, _ in want]
+                assert [(x.topic_name, x.conversation_count) for x in rows] == [(t, c[0]) for t, c in want]
                 r = stack.call("analytics_topics_details_retrieve", TOPIC_DETAILS, platform_key=org,
                                date_filter="custom", start_date=a, end_date=b, limit=100,
                                mentor_unique_id=uuid.UUID(mentor) if mentor else None)  # fmt: skip
                 details = ok(r, 200, M.TopicDetails)
                 assert [(x.name, x.conversations, x.messages, x.sessions) for x in details.results] == [
-                    (t, c, m, c) for t, c, m in want], (org, mentor)  # fmt: skip
+                    (t, c[0], c[1], c[0]) for t, c in want], (org, mentor)  # fmt: skip
+                r = stack.call("ai_analytics_orgs_users_topic_statistics_retrieve", TOPIC_STATISTICS, org=org,
+                               user_id=CALLER, start_date=a.isoformat(), end_date=b.isoformat(), page_size=100,
+                               mentor_id=mentor or None)  # fmt: skip
+                stats = ok(r, 200, M.PaginatedTopicStatisticsResponse)
+                assert stats.count == len(want) and stats.next is None
+                assert [(x.name, x.conversations, x.messages, x.avg_sentiment, x.avg_user_rating)
+                        for x in stats.results] == [
+                    (t, c[0], c[1], two_places(c[3], c[2]), two_places(c[5], c[4])) for t, c in want], (org, mentor)  # fmt: skip
                 assert details.pagination["count"] == len(want)
         want = topics_in(stack, org, "", first, last)
         assert len(want) > 2, org  # the demo's seven topics
         r = stack.call("ai_analytics_orgs_users_topics_summary_list", TOPICS_SUMMARY, org=org, user_id=CALLER,
                        start_date=first, end_date=last)  # fmt: skip
         assert [(x.name, x.conversation_count) for x in ok_list(r, M.TopicSummaryView)] == [
-            (t, c) for t, c, _ in want[:10]]  # fmt: skip
+            (t, c[0]) for t, c in want[:10]]  # fmt: skip
         # Paged two at a time, and searched in any case.
         r = stack.call("analytics_topics_details_retrieve", TOPIC_DETAILS, platform_key=org, date_filter="custom",
                        start_date=first, end_date=last, limit=2, page=2)  # fmt: skip
         page = ok(r, 200, M.TopicDetails)
-        assert [x.name for x in page.results] == [t for t, _, _ in want[2:4]]
+        assert [x.name for x in page.results] == [t for t, _ in want[2:4]]
+        r = stack.call("ai_analytics_orgs_users_topic_statistics_retrieve", TOPIC_STATISTICS, org=org,
+                       user_id=CALLER, start_date=first.isoformat(), end_date=last.isoformat(), page_size=2, page=2)  # fmt: skip
+        stats = ok(r, 200, M.PaginatedTopicStatisticsResponse)
+        assert [x.name for x in stats.results] == [t for t, _ in want[2:4]] and stats.previous and stats.next
         assert (page.pagination["page"], page.pagination["previous"]) == (2, 1)
         name = want[0][0]
         r = stack.call("analytics_topics_details_retrieve", TOPIC_DETAILS, platform_key=org, date_filter="custom",

@@ -9,25 +9,36 @@ mentor it lists it under (the record's, else the earliest message's); a deleted 
 it is a function of the conversation's state, so what a batch adds is the state after minus the state
 before: a new topic, a later record or a deletion moves the whole conversation.
 
+Beside the conversations and messages, the same conversations' sentiment and rating (`topic-statistics/`):
+how many hold a sentiment and the sum of its score (positive 1, neutral 0, negative -1; their latest
+judgement), how many hold a rating and its sum (as high and low 32 bits, as the ratings family sums them).
+
 Keys: a hash per half hour, hour and day (`:tp:<label>`, a mentor's ending in `|m|<mentor>`), kept as long
-as the buckets of its grain. A field is a kind (`c` conversations, `n` messages), the topic's length in
-characters, `:` and the topic: the length says where a topic ends, so no topic is another's field whatever
-it holds.
+as the buckets of its grain. A field is a kind (`KINDS`), the topic's length in characters, `:` and the
+topic: the length says where a topic ends, so no topic is another's field whatever it holds.
 """
 
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 
 from tables import ids, keys, queries
+from tables.aggregates import ratings
 from tables.aggregates.base import Batch, Counted, Erased
 from tables.buckets import DAY_MS, HALF_MS, Grain
 from tables.conversations import ConversationState
 
+# conversations, messages, conversations with a sentiment, its score's sum, conversations rated, the rating's
+# sum's high and low 32 bits
+KINDS = ("c", "n", "s", "p", "r", "h", "l")
 CONVERSATIONS, MESSAGES = "c", "n"
+SCORES = {"positive": 1, "neutral": 0, "negative": -1}
 SUMMARY_TOPICS = 10  # topics/summary/: the platform's top 10
 
 # (half hour, mentor or None for the org's, field) -> what the batch adds there
@@ -47,14 +58,17 @@ def parse_field(fld: str) -> tuple[str, str] | None:
     """(kind, topic) of a field, None for one that is not a whole field of this family."""
     kind = fld[:1]
     length, sep, topic = fld[1:].partition(":")
-    if kind not in (CONVERSATIONS, MESSAGES) or not sep or not (length.isascii() and length.isdigit()):
+    if kind not in KINDS or not sep or not (length.isascii() and length.isdigit()):
         return None
     return (kind, topic) if len(topic) == int(length) else None
 
 
-def contribution(conv: ConversationState) -> tuple[int, str, frozenset[str], int] | None:
-    """(half hour, mentor or "", topics, messages) a conversation counts with; None when it counts nowhere
-    (deleted, no topic, or no time yet)."""
+Contribution = tuple[int, str, frozenset[str], tuple[int, ...]]
+
+
+def contribution(conv: ConversationState) -> Contribution | None:
+    """(half hour, mentor or "", topics, what it counts per topic in `KINDS` order) a conversation counts
+    with; None when it counts nowhere (deleted, no topic, or no time yet)."""
     if conv.deleted:
         return None
     topics = conv.msg_topics.union(conv.topics)
@@ -62,7 +76,10 @@ def contribution(conv: ConversationState) -> tuple[int, str, frozenset[str], int
     if not topics or at is None:
         return None
     mentor = conv.mentor if conv.record_version is not None else conv.first_mentor
-    return at // HALF_MS, mentor or "", topics, conv.human + conv.ai
+    score = SCORES.get(conv.sentiment or "")
+    high, low = ratings.split(conv.rating) if conv.rating else (0, 0)
+    counts = (1, conv.human + conv.ai, score is not None, score or 0, bool(conv.rating), high, low)
+    return at // HALF_MS, mentor or "", topics, tuple(int(n) for n in counts)
 
 
 class Topics:
@@ -72,20 +89,22 @@ class Topics:
         return {}  # a conversation's topics and messages are its state's (`changed`)
 
     def changed(self, b: Batch, deltas: Deltas, cid: str, before: ConversationState, after: ConversationState) -> None:
+        """The conversation's old counts leave and its new ones count; where it counts is unchanged (the
+        same half hour, mentor and topics), only the difference."""
         old, new = contribution(before), contribution(after)
         if old == new:
             return
-        for counts, sign in ((old, -1), (new, 1)):
-            if counts is None:
-                continue
-            half, mentor, topics, messages = counts
+        if old is not None and new is not None and old[:3] == new[:3]:
+            moves = [(new[:3], tuple(n - o for n, o in zip(new[3], old[3], strict=True)))]
+        else:
+            moves = [(c[:3], tuple(sign * n for n in c[3])) for c, sign in ((old, -1), (new, 1)) if c is not None]
+        for (half, mentor, topics), counts in moves:
             for topic in topics:
                 for whose in (None, mentor) if mentor else (None,):
-                    slot = (half, whose, topic_field(CONVERSATIONS, topic))
-                    deltas[slot] = deltas.get(slot, 0) + sign
-                    if messages:
-                        slot = (half, whose, topic_field(MESSAGES, topic))
-                        deltas[slot] = deltas.get(slot, 0) + sign * messages
+                    for kind, n in zip(KINDS, counts, strict=True):
+                        if n:
+                            slot = (half, whose, topic_field(kind, topic))
+                            deltas[slot] = deltas.get(slot, 0) + n
 
     def flush(self, b: Batch, deltas: Deltas) -> None:
         """Each count into the half hour, hour and day of the org's hashes and the mentor's."""
@@ -106,8 +125,8 @@ class Topics:
 async def topic_counts(
     view: queries.View, org: str, start: date, end: date, mentor_id: str | None = None, zone: ZoneInfo | None = None
 ) -> dict[str, list[int]]:
-    """topic -> [conversations, messages] over the days from start to end (the zone's), of the org or of one
-    mentor; topics without a conversation left out."""
+    """topic -> its sums in `KINDS` order (conversations, messages, ...) over the days from start to end (the
+    zone's), of the org or of one mentor; topics without a conversation left out."""
     redis, gen = view
     if mentor_id is not None:
         mentor_id = await queries.resolve(view, org, ids.MENTOR, mentor_id)
@@ -119,11 +138,32 @@ async def topic_counts(
             if parsed is None:
                 continue
             kind, topic = parsed
-            counts = out.setdefault(topic, [0, 0])
-            counts[0 if kind == CONVERSATIONS else 1] += int(value)
+            counts = out.get(topic)
+            if counts is None:
+                counts = out[topic] = [0] * len(KINDS)
+            counts[KINDS.index(kind)] += int(value)
     return {topic: counts for topic, counts in out.items() if counts[0]}
 
 
 def ranked(counts: dict[str, list[int]]) -> list[tuple[str, int, int]]:
     """(topic, conversations, messages), most conversations first, ties by topic."""
-    return sorted(((t, c, m) for t, (c, m) in counts.items()), key=lambda row: (-row[1], row[0]))
+    return sorted(((t, c[0], c[1]) for t, c in counts.items()), key=lambda row: (-row[1], row[0]))
+
+
+def statistics(counts: dict[str, list[int]]) -> list[dict[str, Any]]:
+    """Per topic, most conversations first (ties by topic): conversations, messages, and the mean sentiment
+    score and rating as decimal strings of two places ("" where none of its conversations has one)."""
+    rows = []
+    for topic, conversations, messages in ranked(counts):
+        _, _, judged, score, rated, high, low = counts[topic]
+        rows.append({
+            "name": topic, "conversations": conversations, "messages": messages,
+            "avg_sentiment": _two_places(Fraction(score, judged)) if judged else "",
+            "avg_user_rating": _two_places(Fraction((high << 32) + low, rated)) if rated else "",
+        })  # fmt: skip
+    return rows
+
+
+def _two_places(value: Fraction) -> str:
+    """Rounded half to even to hundredths, exactly (a rating's sum may pass a float's or a Decimal's digits)."""
+    return str(Decimal(f"{round(value * 100)}e-2"))
