@@ -5,6 +5,7 @@ cost, top students, and how fresh the data is."""
 from __future__ import annotations
 
 from datetime import date, timedelta
+from fractions import Fraction
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -297,6 +298,93 @@ async def topic_statistics(
         "previous": str(request.url.include_query_params(page=n - 1)) if n > 1 else None,
         "results": rows[(n - 1) * size : n * size],
     }
+
+
+@router.get("/topic-overview/", openapi_extra=answered_by(topics.Topics))
+async def topic_overview(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    mentor_id: Annotated[str | None, Query(description="Only conversations with this mentor.")] = None,
+    tz: TZ = None,
+) -> dict[str, Any]:
+    """This month so far against the whole month before (the time zone's): the topics of the conversations
+    listed in each, and the topics first named in each (by a message or record, to the mentor with
+    `mentor_id`), with the percentage changes (two places; 0 when the month before had none)."""
+    mentor = params.text("mentor_id", mentor_id)
+    (this, last), zone = await months(state, org, tz)
+    counts = [await topics.topic_counts(view, org, *month, mentor, zone) for month in (this, last)]
+    new = [
+        await topics.topics_first_named(view, org, *first_seen.range_ms(*month, zone), mentor) for month in (this, last)
+    ]
+    return {
+        "total_topics": len(counts[0]),
+        "total_topics_change_percentage": change_percent(len(counts[0]), len(counts[1])),
+        "new_topics": new[0],
+        "new_topics_change_percentage": change_percent(*new),
+    }
+
+
+@router.get(
+    "/overview-summary/", openapi_extra=answered_by(sessions.Sessions, top.TopStudents, topics.Topics, ratings.Ratings)
+)
+async def overview_summary(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    mentor_id: Annotated[str | None, Query(description="Only this mentor's.")] = None,
+    group_by: NO_EFFECT = None,
+    tz: TZ = None,
+) -> dict[str, Any]:
+    """This month so far against the whole month before (the time zone's), each `{"total", "change"}` (the
+    percentage change, two places; 0 when the month before had none): conversations started, students who
+    sent a message, topics of the conversations listed, and conversations rated."""
+    mentor = params.text("mentor_id", mentor_id)
+    (this, last), zone = await months(state, org, tz)
+    if mentor is not None:
+        mentor = await queries.resolve(view, org, "mentor", mentor)
+    s_field = sessions.SESSIONS if mentor is None else sessions.mentor_field(sessions.SESSIONS, mentor)
+    r_field = ratings.RATINGS if mentor is None else sessions.mentor_field(ratings.SUMMED, mentor)
+    figures: dict[str, list[int]] = {"conversation_volume": [], "users": [], "topics": [], "user_rating": []}
+    for first, end in (this, last):
+        started, rated = (sum(column) for column in zip(
+            *(sums for _, sums in await queries.periods(view, org, first, end, False, zone, [s_field, r_field])),
+            strict=True,
+        ))  # fmt: skip
+        figures["conversation_volume"].append(started)
+        figures["user_rating"].append(rated)
+        keys_of = top.range_keys(view.gen, org, first, end, mentor, zone)
+        figures["users"].extend(await queries.union_sizes(view.redis, [keys_of]))
+        figures["topics"].append(len(await topics.topic_counts(view, org, first, end, mentor, zone)))
+    return {name: {"total": now, "change": change_percent(now, then)} for name, (now, then) in figures.items()}
+
+
+async def months(
+    state: AppState, org: str, tz: str | None
+) -> tuple[tuple[tuple[date, date], tuple[date, date]], ZoneInfo | None]:
+    """((first day, today) of this month, (first, last day) of the month before) in the zone, checked against
+    what is kept."""
+    zone = await zone_of(state, org, tz)
+    this, last = month_bounds(local_today(zone))
+    check_retention(state, last[0], zone, hourly=False)
+    return (this, last), zone
+
+
+def month_bounds(today: date) -> tuple[tuple[date, date], tuple[date, date]]:
+    """((first day, today) of today's month, (first, last day) of the month before)."""
+    first = today.replace(day=1)
+    last_end = first - timedelta(days=1)
+    return (first, today), (last_end.replace(day=1), last_end)
+
+
+def change_percent(now: int, then: int) -> float:
+    """The percentage change from then to now, rounded half to even to two places; 0 when then is 0 (no
+    percentage of nothing)."""
+    return 0.0 if then == 0 else float(round(Fraction(100 * (now - then), then), 2))
 
 
 @router.get("/sentiment-count/", openapi_extra=answered_by(sentiment.Sentiment))

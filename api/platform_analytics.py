@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Query
 
 from api import params
-from api.analytics import TZ, check_retention, zone_of
+from api.analytics import TZ, change_percent, check_retention, months, zone_of
 from api.auth import PlatformOrg
 from api.cache import answered_by
 from api.state import AppState, Served, State
@@ -231,6 +231,51 @@ async def users(
         ]
     now, then = await queries.union_sizes(a.view.redis, windows)
     return {"metric": chosen, "count": now, "change": percent_change(now, then)}
+
+
+@router.get("/topics/", openapi_extra=answered_by(topics.Topics, sessions.Sessions, first_seen.FirstSeen))
+async def topics_overview(
+    a: Asked,
+    metric: Annotated[
+        str | None,
+        Query(
+            description="overview (the default, and the only one the SDK's `TopicsOverview` holds).",
+            json_schema_extra={"enum": ["overview"]},
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """Topics, sessions, conversations (a conversation is a session) and their messages: all time, this
+    month so far, the whole month before (the org's zone), and the percentage change (two places; 0 when the
+    month before had none). All-time topics are every topic a message or record ever named; the date filter
+    and `granularity` have no effect."""
+    params.choice("metric", metric, ("overview",), "overview")
+    mentor = await a.mentor()
+    (this, last), zone = await months(a.state, a.org, a.tz)
+    s_field, m_field = sessions.SESSIONS, sessions.MESSAGES
+    if mentor is not None:
+        s_field, m_field = sessions.mentor_field(s_field, mentor), sessions.mentor_field(m_field, mentor)
+    monthly = [
+        totals(await queries.periods(a.view, a.org, *month, False, zone, [s_field, m_field])) for month in (this, last)
+    ]
+    topic_months = [len(await topics.topic_counts(a.view, a.org, *month, mentor, zone)) for month in (this, last)]
+    since = await first_day(a.view, a.org, None)
+    all_time = [0, 0]
+    if since is not None:  # every day kept, by the UTC day (all time is the same in any zone)
+        all_time = totals(
+            await queries.periods(a.view, a.org, since, local_today(None), False, None, [s_field, m_field])
+        )
+    session_metric = metric_of(all_time[0], monthly[0][0], monthly[1][0])
+    return {
+        "topics": metric_of(await topics.topics_first_named(a.view, a.org, None, None, mentor), *topic_months),
+        "sessions": session_metric,
+        "conversations": session_metric,
+        "messages": metric_of(all_time[1], monthly[0][1], monthly[1][1]),
+    }
+
+
+def metric_of(all_time: int, this_month: int, last_month: int) -> dict[str, Any]:
+    return {"all_time_total": all_time, "this_month": this_month, "last_month": last_month,
+            "percentage_change": change_percent(this_month, last_month)}  # fmt: skip
 
 
 @router.get("/topics/details/", openapi_extra=answered_by(topics.Topics, first_seen.FirstSeen))

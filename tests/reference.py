@@ -391,6 +391,25 @@ def shares(counts: list[int]) -> list[float]:
     return [float(Decimal(h) / 100) for h in floors]
 
 
+def topics_first_named(events: list[tuple[str, dict[str, Any]]]) -> dict[tuple[str, str], dict[str, int]]:
+    """(org, mentor or "") -> topic -> the earliest time a chat message (its timestamp) or chat-history record
+    (its `inserted_at`) named it, with that mentor or any."""
+    out: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for topic, e in events:
+        if topic == "chat-messages":
+            named, mentor, t = e.get("topics") or [], e["mentor_id"], ts_ms(e["timestamp"])
+        elif topic == "chat-history":
+            named = [x["name"] if isinstance(x, dict) else x for x in e.get("topics") or []]
+            mentor, t = e.get("mentor") or "", ts_ms(e.get("inserted_at") or e["timestamp"])
+        else:
+            continue
+        for who in {"", mentor}:
+            firsts = out[(e["org"], who)]
+            for name in named:
+                firsts[name] = min(t, firsts.get(name, t))
+    return out
+
+
 def top_students(exp: Expected, org: str, limit: int = 20) -> list[tuple[str, int]]:
     """Human messages per student over every day, most first, ties by username ascending."""
     totals: Counter[str] = Counter()

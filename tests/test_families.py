@@ -360,7 +360,8 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
         # the org as the platform_key query parameter
         "^/api/analytics/sessions/$", "^/api/analytics/conversations/$", "^/api/analytics/ratings/$",
         "^/api/analytics/time/$", "^/api/analytics/users/$", "^/api/analytics/topics/details/$",
-        "most-discussed-topics/$", "topics/summary/$", "topic-statistics/$",
+        "most-discussed-topics/$", "topics/summary/$", "topic-statistics/$", "topic-overview/$",
+        "overview-summary/$", "^/api/analytics/topics/$",
         "usage-summary/$", "user-sentiment/$", "user-metrics-pie-chart/$",
     ])  # fmt: skip
     assert answered_by(sessions.Sessions) == {"x-answered-by": ["sessions"]}
@@ -389,6 +390,10 @@ def test_topics_encoding() -> None:
         for topic in ("4:math", "7:algebra")
         for kind, n in (("c", 1), ("n", 2), ("s", 1), ("p", 1))  # a positive judgement; no rating
     )
+    # When each topic was first named (its earliest message or record), for the org and with the mentor.
+    assert of(render(plan(events())), keys=(":tpfirst",)) == [
+        f"ZADD LT aia:{{acme}}:tpfirst{whose} {topic} {T0}" for whose in ("", "|m|m1") for topic in ("algebra", "math")
+    ]
 
 
 def test_look_alike_topics_and_mentors_never_share_a_count() -> None:

@@ -151,6 +151,9 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
             out[f"topics {d} {mentor}"] = await topics.topic_counts(queries.View(redis, 0), ORG, d, d, mentor)
         d += timedelta(days=1)
     for mentor in (None, *MENTORS):
+        named = await redis.zrange(topics.first_key(0, ORG, mentor), 0, -1, withscores=True)
+        out[f"named topics {mentor}"] = {t.decode(): int(ms) for t, ms in named}
+    for mentor in (None, *MENTORS):
         sent = sessions.SENT if mentor is None else sessions.mentor_field(sessions.SENT, mentor)
         out[f"sent {mentor}"] = await queries.periods(queries.View(redis, 0), ORG, first, last, True, None, [sent])
     for mentor in (None, *MENTORS):
@@ -260,6 +263,9 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
         for label, (n,) in got[f"sent {mentor}"]:
             hour = int(datetime.fromisoformat(label).timestamp()) // 3600
             assert n == by_hour[(ORG, mentor or "", hour)], (mentor, label)
+    first_named = reference.topics_first_named(events)
+    for mentor in (None, *MENTORS):
+        assert got[f"named topics {mentor}"] == first_named.get((ORG, mentor or ""), {}), mentor
     by_topic = reference.topics_by_day(events, reference.conversations(events))
     for name, value in got.items():
         if name.startswith("topics "):

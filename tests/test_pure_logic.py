@@ -363,3 +363,22 @@ def test_shares_are_percentages_of_two_decimals_that_add_up_to_100(counts: list[
     assert sum(round(p * 100) for p in got) == (10_000 if total else 0)
     for n, p in zip(counts, got, strict=True):  # each within a hundredth of its exact share
         assert not total or abs(p * total - 100 * n) < total / 100
+
+
+def test_this_month_and_the_month_before() -> None:
+    """The month overviews compare this month so far with the whole month before, across a year's end and
+    a leap February; a change is a percentage of two places, 0 when there was nothing before."""
+    from datetime import date
+
+    from api.analytics import change_percent, month_bounds
+
+    assert month_bounds(date(2026, 1, 1)) == (
+        (date(2026, 1, 1), date(2026, 1, 1)),
+        (date(2025, 12, 1), date(2025, 12, 31)),
+    )
+    assert month_bounds(date(2028, 3, 31)) == (
+        (date(2028, 3, 1), date(2028, 3, 31)),
+        (date(2028, 2, 1), date(2028, 2, 29)),
+    )
+    assert [change_percent(*p) for p in ((3, 0), (0, 0), (3, 3), (4, 3), (2, 3), (1, 8), (0, 7))] == [
+        0.0, 0.0, 0.0, 33.33, -33.33, -87.5, -100.0]  # fmt: skip

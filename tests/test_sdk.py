@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
 from typing import Any
 
 import httpx
@@ -60,6 +61,9 @@ TOPIC_RECORDS = {"200": "List[TopicRecord]", "400": None, "404": None}
 TOPICS_SUMMARY = {"200": "List[TopicSummaryView]"}
 TOPIC_DETAILS = {"200": "TopicDetails"}
 TOPIC_STATISTICS = {"200": "PaginatedTopicStatisticsResponse"}
+TOPIC_OVERVIEW = {"200": "TopicStatisticsResponse"}
+OVERVIEW = {"200": "AnalyticsOverview"}
+TOPICS_OVERVIEW = {"200": "TopicsOverview"}
 SESSIONS_CHART = {"200": "SessionsChart"}
 CONVERSATIONS_CHART = {"200": "ConversationsChart"}
 RATINGS_CHART = {"200": "RatingsOvertime"}
@@ -514,6 +518,82 @@ def test_topics_match_reference(stack: Stack) -> None:
             stack.call("analytics_topics_details_retrieve", TOPIC_DETAILS, platform_key=org, page=99)
 
 
+def change(now: int, then: int) -> float:
+    return 0.0 if then == 0 else float(round(Fraction(100 * (now - then), then), 2))
+
+
+def month_ms(month: tuple[date, date]) -> tuple[int, int]:
+    """[first ms, end ms) of the UTC days from month[0] to month[1]."""
+    first, end = (datetime(d.year, d.month, d.day, tzinfo=UTC) for d in (month[0], month[1] + timedelta(days=1)))
+    return int(first.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def monthly(
+    table: dict[tuple[str, str, str], list[int]], org: str, mentor: str, i: int, days: tuple[date, date]
+) -> int:
+    """Column i of a reference table (org, day or hour, mentor) summed over the days."""
+    return sum(v[i] for (o, d, who), v in table.items()
+               if o == org and who == mentor and "T" not in d and days[0] <= date.fromisoformat(d) <= days[1])  # fmt: skip
+
+
+def test_month_overviews_match_reference(stack: Stack) -> None:
+    """`topic-overview/`, `overview-summary/` and `/api/analytics/topics/`: this month so far against the
+    month before (UTC: the stack's orgs have no zone), for the org and each mentor, against the reference."""
+    today = datetime.now(UTC).date()
+    this = (today.replace(day=1), today)
+    last = ((this[0] - timedelta(days=1)).replace(day=1), this[0] - timedelta(days=1))
+    named = reference.topics_first_named(stack.events)
+    sums = reference.rating_sums(stack.convs)
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+
+            def in_month(month: tuple[date, date]) -> tuple[int, int]:
+                return int(datetime(*month[0].timetuple()[:3], tzinfo=UTC).timestamp() * 1000), int(
+                    datetime(*(month[1] + timedelta(days=1)).timetuple()[:3], tzinfo=UTC).timestamp() * 1000
+                )
+
+            firsts = named.get((org, mentor), {})
+            new = [sum(1 for t in firsts.values() if lo <= t < hi) for lo, hi in map(month_ms, (this, last))]
+            listed = [len(topics_in(stack, org, mentor, *month)) for month in (this, last)]
+            r = stack.call("ai_analytics_orgs_users_topic_overview_retrieve", TOPIC_OVERVIEW, org=org, user_id=CALLER,
+                           mentor_id=mentor or None)  # fmt: skip
+            got = ok(r, 200, M.TopicStatisticsResponse)
+            assert (got.total_topics, got.total_topics_change_percentage, got.new_topics,
+                    got.new_topics_change_percentage) == (listed[0], change(*listed), new[0], change(*new))  # fmt: skip
+            assert got.total_topics > 0 and got.new_topics > 0, (org, mentor)  # the demo names topics this month
+
+            humans = [(e["student"], reference.ts_ms(e["timestamp"])) for t, e in stack.events
+                      if t == "chat-messages" and e["org"] == org and e["role"] == "human" and mentor in ("", e["mentor_id"])]  # fmt: skip
+            users = [len({s for s, ms in humans if lo <= ms < hi}) for lo, hi in map(month_ms, (this, last))]
+            want = {
+                "conversation_volume": [monthly(stack.exp.daily, org, mentor, 0, m) for m in (this, last)],
+                "users": users,
+                "topics": listed,
+                "user_rating": [monthly(sums, org, mentor, 0, m) for m in (this, last)],
+            }
+            r = stack.call("ai_analytics_orgs_users_overview_summary_retrieve", OVERVIEW, org=org, user_id=CALLER,
+                           mentor_id=mentor or None)  # fmt: skip
+            got_overview = ok(r, 200, M.AnalyticsOverview)
+            for name, (now, then) in want.items():
+                figure = getattr(got_overview, name)
+                assert (figure.total, figure.change) == (now, change(now, then)), (org, mentor, name)
+            r = stack.call("analytics_topics_retrieve", TOPICS_OVERVIEW, platform_key=org,
+                           mentor_unique_id=uuid.UUID(mentor) if mentor else None)  # fmt: skip
+            overview = ok(r, 200, M.TopicsOverview)
+            started = [monthly(stack.exp.daily, org, mentor, 0, m) for m in (this, last)]
+            messages = [monthly(stack.exp.daily, org, mentor, 1, m) for m in (this, last)]
+            every = (date(1970, 1, 1), today)
+            assert overview.topics.to_dict() == {"all_time_total": len(firsts), "this_month": listed[0],
+                                                 "last_month": listed[1], "percentage_change": change(*listed)}  # fmt: skip
+            for figure in (overview.sessions, overview.conversations):
+                assert figure.to_dict() == {"all_time_total": monthly(stack.exp.daily, org, mentor, 0, every),
+                                            "this_month": started[0], "last_month": started[1],
+                                            "percentage_change": change(*started)}  # fmt: skip
+            assert overview.messages.to_dict() == {"all_time_total": monthly(stack.exp.daily, org, mentor, 1, every),
+                                                   "this_month": messages[0], "last_month": messages[1],
+                                                   "percentage_change": change(*messages)}  # fmt: skip
+
+
 # --- /api/analytics/: the org as platform_key ---------------------------------------------------------
 
 
@@ -691,6 +771,7 @@ PLATFORM_BAD = [
     ("analytics_ratings_retrieve", RATINGS_CHART, {"start_date": LATER, "end_date": EARLIER}, "end_date"),
     ("analytics_time_retrieve", BUSIEST, {"start_date": date(2020, 1, 1), "end_date": TODAY}, "start_date"),
     ("analytics_users_retrieve", CURRENT_USERS, {"metric": "everyone"}, "metric"),
+    ("analytics_topics_retrieve", TOPICS_OVERVIEW, {"metric": "highlighted"}, "metric"),
 ]  # fmt: skip
 
 

@@ -20,6 +20,7 @@ topic: the length says where a topic ends, so no topic is another's field whatev
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from fractions import Fraction
@@ -43,10 +44,25 @@ SUMMARY_TOPICS = 10  # topics/summary/: the platform's top 10
 
 # (half hour, mentor or None for the org's, field) -> what the batch adds there
 Deltas = dict[tuple[int, str | None, str], int]
+# mentor or None for the org's -> topic -> the earliest time (ms) an event of the batch named it
+Firsts = dict[str | None, dict[str, int]]
+
+
+@dataclass(slots=True)
+class Sums:
+    deltas: Deltas = field(default_factory=dict)
+    firsts: Firsts = field(default_factory=dict)
 
 
 def key(gen: int, org: str, grain: Grain, index: int, mentor: str | None = None) -> str:
     base = keys.org_key(gen, org, f"tp:{grain.label(index)}")
+    return base if mentor is None else f"{base}|m|{mentor}"
+
+
+def first_key(gen: int, org: str, mentor: str | None = None) -> str:
+    """Sorted set topic -> the earliest time (ms) a message or record named it (`:tpfirst`; a mentor's ends in
+    `|m|<mentor>`: named with that mentor). Never expires."""
+    base = keys.org_key(gen, org, "tpfirst")
     return base if mentor is None else f"{base}|m|{mentor}"
 
 
@@ -85,10 +101,22 @@ def contribution(conv: ConversationState) -> Contribution | None:
 class Topics:
     name = "topics"
 
-    def fold(self, b: Batch, counted: Counted) -> Deltas:
-        return {}  # a conversation's topics and messages are its state's (`changed`)
+    def fold(self, b: Batch, counted: Counted) -> Sums:
+        """When each topic was first named: the earliest message or record (at its `inserted_at`) naming it,
+        for the org and with its mentor. (A conversation's counts are its state's: `changed`.)"""
+        sums = Sums()
+        named = [(ev.topics, mentor, ev.ts_ms) for ev, _, mentor in counted.messages if ev.topics]
+        named += [(ev.topics, b.mentor(ev.mentor), ev.inserted_at_ms) for ev, _ in counted.records if ev.topics]
+        for topics, mentor, ms in named:
+            for whose in (None, mentor) if mentor else (None,):
+                firsts = sums.firsts.setdefault(whose, {})
+                for topic in topics:
+                    held = firsts.get(topic)
+                    if held is None or ms < held:
+                        firsts[topic] = ms
+        return sums
 
-    def changed(self, b: Batch, deltas: Deltas, cid: str, before: ConversationState, after: ConversationState) -> None:
+    def changed(self, b: Batch, sums: Sums, cid: str, before: ConversationState, after: ConversationState) -> None:
         """The conversation's old counts leave and its new ones count; where it counts is unchanged (the
         same half hour, mentor and topics), only the difference."""
         old, new = contribution(before), contribution(after)
@@ -104,18 +132,21 @@ class Topics:
                     for kind, n in zip(KINDS, counts, strict=True):
                         if n:
                             slot = (half, whose, topic_field(kind, topic))
-                            deltas[slot] = deltas.get(slot, 0) + n
+                            sums.deltas[slot] = sums.deltas.get(slot, 0) + n
 
-    def flush(self, b: Batch, deltas: Deltas) -> None:
-        """Each count into the half hour, hour and day of the org's hashes and the mentor's."""
+    def flush(self, b: Batch, sums: Sums) -> None:
+        """Each count into the half hour, hour and day of the org's hashes and the mentor's; each topic's
+        first time into the org's and the mentor's sorted set (`ZADD LT`: the earliest ever)."""
         w, gen, org, retention = b.w, b.gen, b.org, b.retention
-        for (half, mentor, fld), n in deltas.items():
+        for (half, mentor, fld), n in sums.deltas.items():
             if not n:
                 continue
             for grain, index in ((Grain.HALF, half), (Grain.HOUR, half // 2), (Grain.DAY, half * HALF_MS // DAY_MS)):
                 hkey = key(gen, org, grain, index, mentor)
                 w.hincr(hkey, fld, n)
                 w.expire_at(hkey, retention.expire_at_s(grain, index))
+        for mentor, firsts in sums.firsts.items():
+            w.zadd_lt(first_key(gen, org, mentor), firsts)
 
     async def erase(self, redis: Redis, gen: int, org: str, student: str) -> Erased:
         return Erased()  # counts without a name
@@ -167,3 +198,17 @@ def statistics(counts: dict[str, list[int]]) -> list[dict[str, Any]]:
 def _two_places(value: Fraction) -> str:
     """Rounded half to even to hundredths, exactly (a rating's sum may pass a float's or a Decimal's digits)."""
     return str(Decimal(f"{round(value * 100)}e-2"))
+
+
+async def topics_first_named(
+    view: queries.View, org: str, first_ms: int | None, end_ms: int | None, mentor_id: str | None = None
+) -> int:
+    """How many topics were first named in [first_ms, end_ms) (all of them with None, None), of the org or
+    with one mentor."""
+    redis, gen = view
+    if mentor_id is not None:
+        mentor_id = await queries.resolve(view, org, ids.MENTOR, mentor_id)
+    zkey = first_key(gen, org, mentor_id)
+    if first_ms is None or end_ms is None:
+        return int(await redis.zcard(zkey))
+    return int(await redis.zcount(zkey, first_ms, f"({end_ms}"))
