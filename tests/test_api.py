@@ -512,7 +512,7 @@ class Page(HTMLParser):
 
 def test_dashboard_in_headless_chromium_shows_every_panel_with_live_data(env: Env, tmp_path: Path) -> None:
     """Every panel drawn by ECharts (or a table) from the API's answer to the same query, for the org and for
-    one mentor's view; a day without sessions drawn as a gap, never as an average of 0."""
+    one mentor's view; a day without sessions or without a rating drawn as a gap, never as an average of 0."""
     org = "acme-academy"
     today = date.fromisoformat(env.get(org, "freshness").json()["today"])
 
@@ -524,8 +524,16 @@ def test_dashboard_in_headless_chromium_shows_every_panel_with_live_data(env: En
         assert r.status_code == 200, r.text
         return r.json()
 
+    def newer(path: str, **query: str) -> Any:
+        """An answer of the newer family, the org named by platform_key as the dashboard names it."""
+        headers = {"Authorization": f"Api-Token {env.keys['admin']}"}
+        r = httpx.get(f"{env.base}/api/analytics/{path}/", params={"platform_key": org, **query}, headers=headers)
+        assert r.status_code == 200, r.text
+        return r.json()
+
     def check_scoped(page: Page, mentor: dict[str, str]) -> int:
         """The panels a mentor scopes; returns the sessions drawn."""
+        unique = {"mentor_unique_id": mentor["mentor_id"]} if mentor else {}  # the newer family's name for it
         sessions = get("average-messages-per-session", start_date=ago(13), end_date=ago(0), **mentor)
         empty = sum(1 for r in sessions if r["total_sessions"] == 0)
         total = sum(r["total_sessions"] for r in sessions)
@@ -539,6 +547,23 @@ def test_dashboard_in_headless_chromium_shows_every_panel_with_live_data(env: En
         assert len(hourly) == 28 * 24  # the org's days are UTC's
         page.chart("heatmap-chart", points=len(hourly), sum=sum(r["conversation_count"] for r in hourly), cells=7 * 24)
         assert page.inside["heatmap-chart"]["path"] >= 7 * 24  # a cell per weekday and hour
+        busiest = newer("time", date_filter="custom", start_date=ago(27), end_date=ago(0), **unique)
+        assert busiest["value"] > 1 and page.attrs["busiest"]["data-state"] == "ok"
+        assert page.attrs["busiest"]["data-sum"] == str(busiest["value"])
+        weekday = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")[busiest["day_of_week"]]
+        hour, value = busiest["hour"], busiest["value"]
+        assert page.text("busiest") == f"busiest hour: {weekday} {hour:02d}:00, {value:,} messages"
+        split = get("user-metrics-pie-chart", start_date=ago(29), end_date=ago(0), **mentor)
+        new, returning = split["new_users"], split["returning_users"]
+        assert new["count"] > 0  # the demo's students all wrote first within these days
+        drawn = page.chart("new-users-chart", points=2, sum=new["count"] + returning["count"], new=new["count"],
+                           returning=returning["count"])  # fmt: skip
+        assert [float(drawn[f"data-{k}-percentage"]) for k in ("new", "returning")] == [
+            new["percentage"], returning["percentage"]]  # fmt: skip
+        topics = get("most-discussed-topics", start_date=ago(29), end_date=ago(0), **mentor)
+        assert topics
+        page.chart("topics-chart", points=min(10, len(topics)), sum=sum(t["conversation_count"] for t in topics[:10]),
+                   topics=len(topics), top=topics[0]["topic_name"])  # fmt: skip
         top = get("top-students-by-chat-messages", start_date=ago(29), end_date=ago(0), **mentor)
         assert top and page.attrs["top"]["data-rows"] == str(len(top))
         assert f"1{top[0]['username']}{top[0]['chat_message_count']:,}" in page.text("top")
@@ -546,16 +571,31 @@ def test_dashboard_in_headless_chromium_shows_every_panel_with_live_data(env: En
 
     shot = ROOT / "docs" / "dashboard.png"
     url = f"{env.base}/dashboard/#org={org}&key={env.keys['admin']}"
-    page = Page(render(url, tmp_path / "all", screenshot=shot, size="1280,2960"))
+    page = Page(render(url, tmp_path / "all", screenshot=shot, size="1280,3760"))
     assert page.attrs["body"].get("data-loaded") == "true", page.text("error")
     all_sessions = check_scoped(page, {})
     assert "newest event applied" in page.text("freshness") and "days in UTC" in page.text("freshness")
 
+    # Distinct students per day: the activity panel's line, for the whole org usage-summary/'s rows.
+    usage = get("usage-summary", start_date=ago(29), end_date=ago(0))
+    page.chart("activity-chart", students_points=len(usage), students_sum=sum(r["user_count"] for r in usage))
     sentiment = get("sentiment-count", period="7d")
     page.chart("sentiment-chart", points=7, sum=sum(r["sentiment_count"] for r in sentiment))
+    shares = get("user-sentiment", start_date=ago(6), end_date=ago(0))
+    assert shares["total_sentiments"] == sum(r["sentiment_count"] for r in sentiment) > 0
+    drawn = page.chart("sentiment-share-chart", points=3, sum=shares["total_sentiments"])
+    assert {k: float(drawn[f"data-{k}"]) for k in shares["sentiment_distribution"]} == shares["sentiment_distribution"]
     rated = get("rating-summary", start_date=ago(13), end_date=ago(0))
     assert sum(r["total_ratings"] for r in rated) > 0  # the demo rates two sessions in five
-    page.chart("ratings-chart", points=14, sum=sum(r["total_ratings"] for r in rated))
+    # The mean rating: a point per day with a rating, a gap (no point, never 0) on the others.
+    means = newer("ratings", date_filter="custom", start_date=ago(13), end_date=ago(0))["points"]
+    gaps = 14 - len(means)
+    assert means and gaps > 0  # the demo's traffic is of the last few days
+    assert {p["date"][:10] for p in means} <= {r["time"] for r in rated if r["total_ratings"]}
+    drawn = page.chart("ratings-chart", points=14, sum=sum(r["total_ratings"] for r in rated), mean_points=len(means),
+                       mean_gaps=gaps)  # fmt: skip
+    assert float(drawn["data-mean-sum"]) == pytest.approx(sum(p["value"] for p in means))
+    assert f"{gaps} of 14 days without a rating" in page.text("ratings-note")
     nanos = sum(get("tenant-cost", start_date=ago(n), end_date=ago(n))["cost_nanos"] for n in range(14))
     page.chart("cost-chart", points=14, sum=nanos)
     assert nanos > 0 and page.text("cost-total").startswith("$")

@@ -7,8 +7,10 @@
 
 const REFRESH_MS = 5000;
 const WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+// /api/analytics/time/ counts its weekdays from Sunday (0), as the platform's SDK does.
+const DAY_NAMES = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
 const HOURS = [...Array(24).keys()].map((h) => String(h).padStart(2, "0"));
-const COLORS = { accent: "#3763d8", line: "#d4483b", students: "#e08a1e", positive: "#2e9d62", neutral: "#a3a9b8", negative: "#d4483b" };
+const COLORS = { accent: "#3763d8", line: "#d4483b", students: "#e08a1e", returning: "#8aa4ea", positive: "#2e9d62", neutral: "#a3a9b8", negative: "#d4483b" };
 const state = { org: "", key: "", mentor: "", timer: null, round: 0, busy: false, charts: {}, mentors: new Map(), listed: "" };
 
 function params() {
@@ -24,13 +26,21 @@ function params() {
 function isoDay(d) { return d.toISOString().slice(0, 10); }
 function daysBefore(today, n) { const d = new Date(`${today}T00:00:00Z`); d.setUTCDate(d.getUTCDate() - n); return isoDay(d); }
 
-async function api(path, query) {
-  const qs = new URLSearchParams(query || {}).toString();
-  const url = `/api/ai-analytics/orgs/${encodeURIComponent(state.org)}/users/dashboard/${path}/` + (qs ? `?${qs}` : "");
+async function fetchJson(url) {
   const res = await fetch(url, { headers: { Authorization: `Api-Token ${state.key}` } });
   const body = await res.json().catch(() => ({}));
   if (!res.ok) { const err = new Error(body.detail || res.statusText); err.status = res.status; throw err; }
   return body;
+}
+
+async function api(path, query) {
+  const qs = new URLSearchParams(query || {}).toString();
+  return fetchJson(`/api/ai-analytics/orgs/${encodeURIComponent(state.org)}/users/dashboard/${path}/` + (qs ? `?${qs}` : ""));
+}
+
+// The newer family names the org by platform_key (the dashboard's key may read several orgs).
+async function platformApi(path, query) {
+  return fetchJson(`/api/analytics/${path}/?${new URLSearchParams({ platform_key: state.org, ...query })}`);
 }
 
 // Names come from events (any characters): escaped wherever a tooltip builds HTML.
@@ -45,6 +55,7 @@ function usd(v) {
 const short = (s) => (s.length > 22 ? `${s.slice(0, 9)}…${s.slice(-9)}` : s);
 const sum = (xs) => xs.reduce((s, x) => s + x, 0);
 const count = (n, what) => `${int(n)} ${what}${n === 1 ? "" : "s"}`;
+const pct = (v) => `${Number(v).toFixed(2)}%`;
 
 function chart(id) {
   if (!state.charts[id]) state.charts[id] = echarts.init(document.getElementById(id), null, { renderer: "svg" });
@@ -165,6 +176,17 @@ async function heatmapPanel(c) {
   drawn("heatmap-chart", rows.length, sum(rows.map((r) => r.conversation_count)), { cells: String(data.length) });
 }
 
+// The busiest weekday and hour by chat messages (both roles) over the heatmap's 4 weeks, in the org's hours:
+// the one cell /api/analytics/time/ answers. Nobody wrote: no busiest hour, rather than "Sunday 00:00".
+async function busiestPanel(c) {
+  const cell = await platformApi("time", { date_filter: "custom", start_date: daysBefore(c.today, 27), end_date: c.today, ...c.mentorUnique });
+  if (c.stale()) return;
+  document.getElementById("busiest").textContent = cell.value
+    ? `busiest hour: ${DAY_NAMES[cell.day_of_week]} ${HOURS[cell.hour]}:00, ${count(cell.value, "message")}`
+    : "no messages in these 4 weeks: no busiest hour";
+  drawn("busiest", cell.value ? 1 : 0, cell.value, { day: String(cell.day_of_week), hour: String(cell.hour) });
+}
+
 async function sentimentPanel(c) {
   const rows = await api("sentiment-count", { period: "7d" });
   if (c.stale()) return;
@@ -179,19 +201,94 @@ async function sentimentPanel(c) {
   drawn("sentiment-chart", rows.length, sum(rows.map((r) => r.sentiment_count)));
 }
 
-// Conversations whose newest record holds a rating (a thumbs down too), by the record's day: a count, so a
-// day without one is a zero.
-async function ratingsPanel(c) {
-  const rows = await api("rating-summary", { start_date: daysBefore(c.today, 13), end_date: c.today });
+// Each label's share of the same 7 days' judgements, as user-sentiment/ answers them (adding up to 100).
+async function sentimentSharePanel(c) {
+  const shares = await api("user-sentiment", { start_date: daysBefore(c.today, 6), end_date: c.today });
   if (c.stale()) return;
+  const labels = ["positive", "neutral", "negative"];
+  draw("sentiment-share-chart", shares.total_sentiments ? {
+    legend: { orient: "vertical", left: 0, top: "middle" },
+    tooltip: { trigger: "item", formatter: (p) => `<b>${p.name}</b><br>${count(p.value, "judgement")} (${pct(p.data.share)})` },
+    series: [{ name: "sentiment", type: "pie", radius: ["35%", "70%"], center: ["60%", "50%"],
+      label: { formatter: (p) => `${pct(p.data.share)}` },
+      data: labels.map((s) => ({ name: s, value: shares.sentiment_counts[s], share: shares.sentiment_distribution[s], itemStyle: { color: COLORS[s] },
+        label: { show: shares.sentiment_counts[s] > 0 } })) }],
+  } : nothing("no sentiment in these 7 days"));
+  drawn("sentiment-share-chart", shares.total_sentiments ? labels.length : 0, shares.total_sentiments,
+    Object.fromEntries(labels.map((s) => [s, String(shares.sentiment_distribution[s])])));
+}
+
+// Conversations whose newest record holds a rating (a thumbs down too), by the record's day: a count, so a
+// day without one is a zero. Their mean rating is a second line on its own axis; a day without a rating
+// has no mean (/api/analytics/ratings/ leaves it out): a gap, "no rating" on hover, never a mean of 0.
+async function ratingsPanel(c) {
+  const span = { start_date: daysBefore(c.today, 13), end_date: c.today };
+  const [rows, means] = await Promise.all([api("rating-summary", span), platformApi("ratings", { date_filter: "custom", ...span })]);
+  if (c.stale()) return;
+  const mean = new Map(means.points.map((p) => [p.date.slice(0, 10), p.value]));
+  const line = rows.map((r) => mean.get(r.time) ?? null);
+  const gaps = line.filter((v) => v === null).length;
   draw("ratings-chart", {
-    grid: { left: 45, right: 15, top: 15, bottom: 30 },
-    tooltip: { trigger: "axis" },
+    legend: { top: 0 },
+    grid: { left: 45, right: 60, top: 40, bottom: 30 },
+    tooltip: {
+      trigger: "axis",
+      formatter: (ps) => {
+        const i = ps[0].dataIndex, r = rows[i];
+        return `<b>${esc(r.time)}</b><br>rated conversations: ${int(r.total_ratings)}<br>` +
+          (line[i] === null ? "no rating (no mean)" : `mean rating: ${line[i].toFixed(4)}`);
+      },
+    },
     xAxis: { type: "category", data: rows.map((r) => r.time), axisLabel: { formatter: (d) => d.slice(5) } },
-    yAxis: { type: "value", minInterval: 1 },
-    series: [{ name: "rated conversations", type: "bar", data: rows.map((r) => r.total_ratings), itemStyle: { color: COLORS.accent } }],
+    yAxis: [{ type: "value", name: "rated", minInterval: 1 }, { type: "value", name: "mean rating", splitLine: { show: false } }],
+    series: [
+      { name: "rated conversations", type: "bar", data: rows.map((r) => r.total_ratings), itemStyle: { color: COLORS.accent } },
+      { name: "mean rating", type: "line", yAxisIndex: 1, connectNulls: false, showSymbol: true, data: line, itemStyle: { color: COLORS.line } },
+    ],
   });
-  drawn("ratings-chart", rows.length, sum(rows.map((r) => r.total_ratings)));
+  document.getElementById("ratings-note").textContent = gaps
+    ? `${gaps} of ${rows.length} days without a rating: no mean is drawn for them.` : "";
+  drawn("ratings-chart", rows.length, sum(rows.map((r) => r.total_ratings)),
+    { meanPoints: String(line.length - gaps), meanGaps: String(gaps), meanSum: String(sum(line.filter((v) => v !== null))) });
+}
+
+// Students who wrote in the last 30 days (to the mentor chosen): new (their first message ever is in these
+// days) and returning, with the API's counts and percentages.
+async function newUsersPanel(c) {
+  const split = await api("user-metrics-pie-chart", { start_date: daysBefore(c.today, 29), end_date: c.today, ...c.mentor });
+  if (c.stale()) return;
+  const slices = [["new", split.new_users, COLORS.students], ["returning", split.returning_users, COLORS.returning]];
+  const total = split.new_users.count + split.returning_users.count;
+  draw("new-users-chart", total ? {
+    legend: { orient: "vertical", left: 0, top: "middle" },
+    tooltip: { trigger: "item", formatter: (p) => `<b>${p.name} students</b><br>${count(p.value, "student")} (${pct(p.data.percentage)})` },
+    series: [{ name: "students", type: "pie", radius: ["35%", "70%"], center: ["60%", "50%"],
+      label: { formatter: (p) => `${p.name}: ${int(p.value)} (${pct(p.data.percentage)})` },
+      data: slices.map(([name, x, color]) => ({ name, value: x.count, percentage: x.percentage, itemStyle: { color }, label: { show: x.count > 0 } })) }],
+  } : nothing("no student wrote in these 30 days"));
+  drawn("new-users-chart", total ? slices.length : 0, total, {
+    new: String(split.new_users.count), returning: String(split.returning_users.count),
+    newPercentage: String(split.new_users.percentage), returningPercentage: String(split.returning_users.percentage) });
+}
+
+// The 10 topics with most conversations in the last 30 days (to the mentor chosen), most at the top.
+async function topicsPanel(c) {
+  const rows = await api("most-discussed-topics", { start_date: daysBefore(c.today, 29), end_date: c.today, ...c.mentor });
+  if (c.stale()) return;
+  const shown = rows.slice(0, 10);
+  const bars = [...shown].reverse();
+  draw("topics-chart", shown.length ? {
+    grid: { left: 24, right: 30, top: 10, bottom: 30, containLabel: true },
+    tooltip: {
+      trigger: "axis", axisPointer: { type: "shadow" },
+      formatter: (ps) => { const t = bars[ps[0].dataIndex]; return `<b>${esc(t.topic_name)}</b><br>${count(t.conversation_count, "conversation")}`; },
+    },
+    xAxis: { type: "value", minInterval: 1 },
+    yAxis: { type: "category", data: bars.map((t) => t.topic_name), axisLabel: { formatter: short } },
+    series: [{ name: "conversations", type: "bar", data: bars.map((t) => t.conversation_count), itemStyle: { color: COLORS.accent } }],
+  } : nothing("no topics in these 30 days"));
+  document.getElementById("topics-note").textContent = rows.length > shown.length ? `the first ${shown.length} of ${count(rows.length, "topic")}` : "";
+  drawn("topics-chart", shown.length, sum(shown.map((t) => t.conversation_count)), { topics: String(rows.length), top: shown[0]?.topic_name ?? "" });
 }
 
 async function costPanel(c) {
@@ -274,12 +371,15 @@ async function conversationsPanel(c) {
   }
 }
 
-const PANELS = [sessionsPanel, activityPanel, heatmapPanel, ratingsPanel, sentimentPanel, costPanel, costBreakdownPanels, topPanel, conversationsPanel];
-const PANEL_IDS = { sessionsPanel: "sessions-chart", activityPanel: "activity-chart", heatmapPanel: "heatmap-chart", ratingsPanel: "ratings-chart", sentimentPanel: "sentiment-chart",
-  costPanel: "cost-chart", costBreakdownPanels: "cost-models-chart", topPanel: "top", conversationsPanel: "convs" };
+const PANELS = [sessionsPanel, activityPanel, heatmapPanel, busiestPanel, ratingsPanel, newUsersPanel, topicsPanel, sentimentPanel,
+  sentimentSharePanel, costPanel, costBreakdownPanels, topPanel, conversationsPanel];
+const PANEL_IDS = { sessionsPanel: "sessions-chart", activityPanel: "activity-chart", heatmapPanel: "heatmap-chart", busiestPanel: "busiest",
+  ratingsPanel: "ratings-chart", newUsersPanel: "new-users-chart", topicsPanel: "topics-chart", sentimentPanel: "sentiment-chart",
+  sentimentSharePanel: "sentiment-share-chart", costPanel: "cost-chart", costBreakdownPanels: "cost-models-chart", topPanel: "top", conversationsPanel: "convs" };
 
 // The mentor's view: the selector lists the mentors the cost and chat-history answers name; choosing one
-// adds mentor_id to the queries that take it (sessions, conversations, students, heatmap, top students).
+// adds mentor_id (mentor_unique_id in /api/analytics/) to the queries that take it (sessions, conversations,
+// students, heatmap and busiest hour, new and returning students, topics, top students).
 function showMentors(c) {
   const select = document.getElementById("mentor");
   if (state.mentor && !state.mentors.has(state.mentor)) state.mentors.set(state.mentor, state.mentor);
@@ -306,7 +406,8 @@ async function refresh() {
   try {
     const fresh = await api("freshness");
     if (round !== state.round) return;
-    const c = { today: fresh.today, mentor: state.mentor ? { mentor_id: state.mentor } : {}, stale: () => round !== state.round };
+    const c = { today: fresh.today, mentor: state.mentor ? { mentor_id: state.mentor } : {},
+      mentorUnique: state.mentor ? { mentor_unique_id: state.mentor } : {}, stale: () => round !== state.round };
     const results = await Promise.allSettled(PANELS.map((panel) => panel(c)));
     if (c.stale()) return;
     const failures = [];
