@@ -4,7 +4,7 @@ cost, top students, and how fresh the data is."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -15,6 +15,7 @@ from api import params
 from api.auth import ORG, USER, Caller
 from api.cache import answered_by
 from api.state import AppState, Served, State
+from streams.schemas import SENTIMENTS
 from tables import queries
 from tables.aggregates import first_seen, llm_cost, ratings, sentiment, sessions, topics
 from tables.aggregates import top_students as top
@@ -385,6 +386,70 @@ def change_percent(now: int, then: int) -> float:
     """The percentage change from then to now, rounded half to even to two places; 0 when then is 0 (no
     percentage of nothing)."""
     return 0.0 if then == 0 else float(round(Fraction(100 * (now - then), then), 2))
+
+
+@router.get(
+    "/chat-history-filter/",
+    openapi_extra=answered_by(topics.Topics, top.TopStudents, sentiment.Sentiment, first_seen.FirstSeen),
+)
+async def chat_history_filter(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    start_date: Annotated[
+        str | None, Query(description="First day, YYYY-MM-DD (default: the org's first day with a message).", **DATE)
+    ] = None,
+    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
+    mentor_id: Annotated[str | None, Query(description="Only this mentor's topics and students.")] = None,
+    monthly_range: Annotated[
+        str | None, Query(description="true: monthly date ranges; false (default): ISO weeks.")
+    ] = None,
+    tz: TZ = None,
+) -> dict[str, Any]:
+    """What chat history can be filtered by over the range (days of the time zone): the topics of the
+    conversations listed in it (as chat history serves them: at most 255 characters), the students who sent
+    a message in it (their email is not kept per student: ""), the sentiment labels judged in it (the org's,
+    with or without `mentor_id`), and the weeks or months from its first day to its last."""
+    monthly = params.flag("monthly_range", monthly_range)
+    mentor = params.text("mentor_id", mentor_id)
+    zone = await zone_of(state, org, tz)
+    today = local_today(zone)
+    if start_date is None and end_date is None:
+        start, end = min(await first_day(view, org, zone) or today, today), today
+    else:
+        start, end = params.date_range(start_date, end_date, required=False, today=today)
+    check_retention(state, start, zone, hourly=False)
+    named = await topics.topic_counts(view, org, start, end, mentor, zone)
+    students = await top.top_students(view, org, start, end, mentor, limit=None, zone=zone)
+    judged = await sentiment.sentiment_counts(view, org, start, end, zone)
+    return {
+        "topics": [{"name": name} for name in dict.fromkeys(t[:255] for t in sorted(named))],
+        "date_ranges": [{"start_date": a.isoformat(), "end_date": b.isoformat()} for a, b in periods_of(start, end, monthly)],
+        "sentiment": [label for label in SENTIMENTS if any(row[label] for row in judged)],
+        "users": [{"username": row["username"], "email": "", "lti_email": ""}
+                  for row in sorted(students, key=lambda row: row["username"])],
+    }  # fmt: skip
+
+
+async def first_day(view: queries.View, org: str, zone: ZoneInfo | None) -> date | None:
+    """The zone's day of the org's earliest human message (the first-seen family's earliest entry), None
+    before any."""
+    ms = await first_seen.earliest_ms(view, org)
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, zone or UTC).date()
+
+
+def periods_of(start: date, end: date, monthly: bool) -> list[tuple[date, date]]:
+    """The ISO weeks (Monday to Sunday) or calendar months from the one holding start to the one holding
+    end, oldest first."""
+    out = []
+    first = start.replace(day=1) if monthly else start - timedelta(days=start.weekday())
+    while first <= end:
+        after = (first.replace(day=28) + timedelta(days=4)).replace(day=1) if monthly else first + timedelta(days=7)
+        out.append((first, after - timedelta(days=1)))
+        first = after
+    return out
 
 
 @router.get("/sentiment-count/", openapi_extra=answered_by(sentiment.Sentiment))

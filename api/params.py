@@ -129,6 +129,19 @@ def choice(param: str, value: str | None, allowed: tuple[str, ...], default: str
     return value
 
 
+FLAGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def flag(param: str, value: str | None, default: bool = False) -> bool:
+    """A boolean as Django REST framework's BooleanField reads one (`true`, `1`, `yes`, `on` and their
+    opposites, in any case)."""
+    if value is None or value == "":
+        return default
+    if (parsed := FLAGS.get(value.lower())) is None:
+        raise bad(param, f"{param} must be true or false, got {value[:40]!r}")
+    return parsed
+
+
 def positive_int(param: str, value: str | None, default: int, maximum: int | None = None) -> int:
     if value is None or value == "":
         return default

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Query
 
 from api import params
-from api.analytics import TZ, change_percent, check_retention, months, zone_of
+from api.analytics import TZ, change_percent, check_retention, first_day, months, zone_of
 from api.auth import PlatformOrg
 from api.cache import answered_by
 from api.state import AppState, Served, State
@@ -382,10 +382,3 @@ def oldest_kept(state: AppState, zone: ZoneInfo | None, *, hourly: bool) -> date
         return None
     oldest = local_today(None) - timedelta(days=days - 1)
     return oldest if zone is None else oldest + timedelta(days=1)
-
-
-async def first_day(view: queries.View, org: str, zone: ZoneInfo | None) -> date | None:
-    """The zone's day of the org's earliest human message (the first-seen family's earliest entry), None
-    before any."""
-    first: Any = await view.redis.zrange(first_seen.key(view.gen, org), 0, 0, withscores=True)
-    return datetime.fromtimestamp(float(first[0][1]) / 1000, zone or UTC).date() if first else None

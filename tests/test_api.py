@@ -200,6 +200,11 @@ def test_post_chat_history_goes_through_kafka_and_is_listed(env: Env) -> None:
         ("tenant-cost", {"start_date": "2020-01-01", "end_date": "2020-01-02", "tz": "America/New_York"}, "start_date"),
         ("top-students-by-chat-messages", {"tz": "Mars/Olympus_Mons"}, "tz"),
         ("tenant-cost", {"start_date": "2026-11-02", "end_date": "2026-11-02", "tz": "Nowhere"}, "tz"),
+        ("chat-history-filter", {"monthly_range": "maybe"}, "monthly_range"),
+        ("chat-history-filter", {"start_date": "2026-11-02", "end_date": "2026-11-01"}, "end_date"),
+        ("topic-statistics", {"start_date": "2026-11-02", "end_date": "2026-11-01"}, "end_date"),
+        ("topic-overview", {"tz": "Asia/Kathmandu"}, "tz"),
+        ("overview-summary", {"mentor_id": "m" * 2000}, "mentor_id"),
     ],
 )
 def test_bad_parameters_get_400_naming_them(env: Env, path: str, query: dict[str, str], param: str) -> None:

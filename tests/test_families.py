@@ -361,7 +361,7 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
         "^/api/analytics/sessions/$", "^/api/analytics/conversations/$", "^/api/analytics/ratings/$",
         "^/api/analytics/time/$", "^/api/analytics/users/$", "^/api/analytics/topics/details/$",
         "most-discussed-topics/$", "topics/summary/$", "topic-statistics/$", "topic-overview/$",
-        "overview-summary/$", "^/api/analytics/topics/$",
+        "overview-summary/$", "^/api/analytics/topics/$", "chat-history-filter/$",
         "usage-summary/$", "user-sentiment/$", "user-metrics-pie-chart/$",
     ])  # fmt: skip
     assert answered_by(sessions.Sessions) == {"x-answered-by": ["sessions"]}

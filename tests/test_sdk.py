@@ -10,6 +10,7 @@ module, over demo traffic plus a few observations without a session. Mentor ids 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -64,6 +65,7 @@ TOPIC_STATISTICS = {"200": "PaginatedTopicStatisticsResponse"}
 TOPIC_OVERVIEW = {"200": "TopicStatisticsResponse"}
 OVERVIEW = {"200": "AnalyticsOverview"}
 TOPICS_OVERVIEW = {"200": "TopicsOverview"}
+HISTORY_FILTER = {"200": "ChatHistoryFilterData"}
 SESSIONS_CHART = {"200": "SessionsChart"}
 CONVERSATIONS_CHART = {"200": "ConversationsChart"}
 RATINGS_CHART = {"200": "RatingsOvertime"}
@@ -592,6 +594,39 @@ def test_month_overviews_match_reference(stack: Stack) -> None:
             assert overview.messages.to_dict() == {"all_time_total": monthly(stack.exp.daily, org, mentor, 1, every),
                                                    "this_month": messages[0], "last_month": messages[1],
                                                    "percentage_change": change(*messages)}  # fmt: skip
+
+
+def test_chat_history_filter_matches_reference(stack: Stack) -> None:
+    """`chat-history-filter/`: the topics listed in the range, the students who sent a message in it, the
+    sentiment labels judged in it, and its weeks (or months); without dates, from the org's first message."""
+    first, last = days(stack)
+    today = datetime.now(UTC).date()
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+            for span, monthly in (((first, last), False), ((first, first), True), (None, False)):
+                humans = [(e["student"], datetime.fromtimestamp(reference.ts_ms(e["timestamp"]) / 1000, UTC).date())
+                          for t, e in stack.events if t == "chat-messages" and e["org"] == org
+                          and e["role"] == "human" and mentor in ("", e["mentor_id"])]  # fmt: skip
+                a, b = span or (min(d for _, d in humans), today)
+                query = {} if span is None else {"start_date": a, "end_date": b}
+                r = stack.call("ai_analytics_orgs_users_chat_history_filter_retrieve", HISTORY_FILTER, org=org,
+                               user_id=CALLER, mentor_id=uuid.UUID(mentor) if mentor else None,
+                               monthly_range=monthly, **query)  # fmt: skip
+                got = ok(r, 200, M.ChatHistoryFilterData)
+                assert [t.name for t in got.topics] == sorted(t for t, _ in topics_in(stack, org, mentor, a, b))
+                assert [u.username for u in got.users] == sorted({s for s, d in humans if a <= d <= b})
+                assert all((u.email, u.lti_email) == ("", "") for u in got.users)
+                labels = {e["sentiment"] for t, e in stack.events if t == "sentiment" and e["org"] == org
+                          and a <= datetime.fromtimestamp(reference.ts_ms(e["timestamp"]) / 1000, UTC).date() <= b}  # fmt: skip
+                assert got.sentiment == [x for x in ("positive", "neutral", "negative") if x in labels]
+                ranges = [(x.start_date, x.end_date) for x in got.date_ranges or []]
+                assert ranges[0][0] <= a and ranges[-1][1] >= b and all(x[0] <= x[1] for x in ranges)
+                assert all(later[0] - earlier[1] == timedelta(days=1) for earlier, later in itertools.pairwise(ranges))
+                if monthly:
+                    assert ranges == [(a.replace(day=1), (a.replace(day=28) + timedelta(days=4)).replace(day=1)
+                                       - timedelta(days=1))]  # fmt: skip
+                else:
+                    assert all(x[0].weekday() == 0 and (x[1] - x[0]).days == 6 for x in ranges)
 
 
 # --- /api/analytics/: the org as platform_key ---------------------------------------------------------

@@ -74,6 +74,12 @@ def range_ms(start: date, end: date, zone: ZoneInfo | None) -> tuple[int, int]:
     return spans[0][1] * 1000, spans[-1][2] * 1000
 
 
+async def earliest_ms(view: queries.View, org: str) -> int | None:
+    """The org's earliest human message (epoch ms), None before any."""
+    first: Any = await view.redis.zrange(key(view.gen, org), 0, 0, withscores=True)
+    return int(first[0][1]) if first else None
+
+
 async def new_and_returning(
     view: queries.View,
     org: str,

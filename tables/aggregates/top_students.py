@@ -125,7 +125,7 @@ async def top_students(
     start: date | None,
     end: date | None,
     mentor_id: str | None = None,
-    limit: int = TOP_N,
+    limit: int | None = TOP_N,
     zone: ZoneInfo | None = None,
 ) -> list[dict[str, Any]]:
     """Human messages per student over the range (all time without one), most first, ties by username: the
