@@ -447,7 +447,7 @@ def test_schemathesis_run_finds_document_and_api_agree(env: Env, tmp_path: Path)
             "[warnings]\n"
             'fail-on = ["missing_test_data", "validation_mismatch", "low_valid_rate"]\n'
             "[parameters]\n"
-            f'org = "{org}"\nconversation_id = "{conversation}"\n'
+            f'org = "{org}"\nplatform_key = "{org}"\nconversation_id = "{conversation}"\n'
         )
         command = [str(Path(sys.executable).parent / "st"), "--config-file", str(config), "run",
                    f"{env.base}/openapi.json", "-H", f"Authorization: Api-Token {env.keys['admin']}",
