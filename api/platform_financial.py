@@ -20,7 +20,7 @@ from api import params
 from api.analytics import check_retention
 from api.cache import answered_by
 from api.platform_analytics import DEFAULT_FILTER, Ask, Asked
-from tables import queries
+from tables import ids, queries
 from tables.aggregates import first_seen, llm_cost
 from tables.buckets import days_between, local_midnight_hour
 from tables.exceptions import QueryError
@@ -158,6 +158,93 @@ def series(by_day: dict[date, int], granularity: str) -> list[tuple[str, int]]:
             d = d.replace(day=1)
         out[d.isoformat()] = out.get(d.isoformat(), 0) + nanos
     return list(out.items())
+
+
+# --- /financial/details/ ---------------------------------------------------------------------------------
+
+
+@router.get("/financial/details/", openapi_extra=answered_by(llm_cost.LlmCost, first_seen.FirstSeen))
+async def financial_details(
+    a: Asked,
+    group_by: Annotated[
+        str,
+        Query(
+            description="llm_model, username or mentor; provider, platform and action are not kept (400).",
+            json_schema_extra={"enum": [*GROUPS, *NOT_KEPT_GROUPS]},
+        ),
+    ],
+    metrics: Annotated[
+        str | None,
+        Query(description="Comma-separated: total_cost (default), sessions (username and mentor only)."),
+    ] = None,
+    page: Annotated[str | None, Query(description="The page, from 1.")] = None,
+    limit: Annotated[str | None, Query(description="Rows per page, 1 to 100 (default 50).")] = None,
+    search: Annotated[
+        str | None, Query(description="Only rows whose model, student or mentor holds this, in any case.")
+    ] = None,
+    llm_model: LLM_MODEL = None,
+    provider: PROVIDER = None,
+    username: USERNAME = None,
+) -> dict[str, Any]:
+    """LLM cost over the range per model, student or mentor (those that cost something), costliest first,
+    ties by name, paged; `total_cost` is the sum of every row matched (all pages). `granularity` has no
+    effect."""
+    if group_by in NOT_KEPT_GROUPS:
+        raise params.bad("group_by", f"group_by {group_by}: {NOT_KEPT_GROUPS[group_by]}")
+    group = params.choice("group_by", group_by, GROUPS, None) or "llm_model"
+    wanted = detail_metrics(metrics, group)
+    per_page = params.positive_int("limit", limit, DETAILS_LIMIT, DETAILS_MAX)
+    start, end, zone = await a.span(hourly=False)
+    filtered = await cost_filter(a, llm_model, provider, username, group=group)
+    span = utc_span(start, end, zone)
+    kind = {"llm_model": "model", "username": "u", "mentor": "m"}[group]
+    costs = {
+        k: n for k, n in (await llm_cost.cost_fields(a.view, a.org, *span, llm_cost.cost_field(kind, ""))).items() if n
+    }
+    only = filtered.model if group == "llm_model" else filtered.username if group == "username" else filtered.mentor
+    if only is not None:
+        costs = {k: n for k, n in costs.items() if k == only}
+    sessions: dict[str, int] = {}
+    if "sessions" in wanted:
+        for s in await llm_cost.attributed_sessions(a.view, a.org, *span):
+            who = s.student if group == "username" else s.mentor
+            sessions[who] = sessions.get(who, 0) + 1
+    rows: list[tuple[dict[str, Any], int]] = []
+    for name, nanos in sorted(costs.items(), key=lambda kn: (-kn[1], kn[0])):
+        row: dict[str, Any] = {group: name}
+        if group == "mentor":
+            row = {"mentor": ids.served(a.org, ids.MENTOR, name), "mentor_name": name}
+        if (needle := params.text("search", search)) and not any(
+            needle.casefold() in str(v).casefold() for v in row.values()
+        ):
+            continue
+        if "total_cost" in wanted:
+            row["total_cost"] = llm_cost.usd_text(nanos, FINANCE_PLACES)
+        if "sessions" in wanted:
+            row["sessions"] = sessions.get(name, 0)
+        rows.append((row, nanos))
+    pages = max(1, -(-len(rows) // per_page))
+    n = params.page_number(page, pages)
+    return {
+        "page": n, "limit": per_page, "total_pages": pages, "total_records": len(rows),
+        "rows": [row for row, _ in rows[(n - 1) * per_page : n * per_page]],
+        "metrics": [{"name": m, "unit": DETAIL_METRICS[m][0], "description": DETAIL_METRICS[m][1]} for m in wanted],
+        "total_cost": llm_cost.usd_text(sum(nanos for _, nanos in rows), FINANCE_PLACES),
+    }  # fmt: skip
+
+
+def detail_metrics(value: str | None, group: str) -> list[str]:
+    """The metrics asked for, in order, once each; one not kept for the group is a 400 naming `metrics`."""
+    out: list[str] = []
+    for name in (params.text("metrics", value) or "total_cost").split(","):
+        name = name.strip()
+        if name not in DETAIL_METRICS:
+            raise params.bad("metrics", f"metrics: {name[:40]!r} is not one of {', '.join(DETAIL_METRICS)}")
+        if name == "sessions" and group == "llm_model":
+            raise params.bad("metrics", "metrics sessions: a session's cost is not kept per model")
+        if name not in out:
+            out.append(name)
+    return out
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

@@ -763,10 +763,61 @@ def test_analytics_financial_week_and_month_hold_the_last_day(stack: Stack) -> N
             assert (p.var_date, p.value) == (d.isoformat(), money(held, 5)), metric
 
 
+def test_analytics_financial_details_match_reference(stack: Stack) -> None:
+    """`/api/analytics/financial/details/`: cost per model, student or mentor over the range (those that
+    cost something), costliest first, ties by name, walked page by page; sessions: those whose
+    observations in the range cost something; `total_cost`: every row's; a filter keeps its own row."""
+    first, last = days(stack)
+    lo, hi = reference.day_ms(first.isoformat(), last.isoformat())
+    for org in sorted(stack.exp.orgs):
+        mine = [o for o in stack.obs if o.org == org and lo <= o.ts_ms < hi]
+        for group, attr in (("llm_model", "model"), ("username", "student"), ("mentor", "mentor")):
+            cost: Counter[str] = Counter()
+            per_session: Counter[tuple[str, str]] = Counter()
+            for o in mine:
+                key = getattr(o, attr)
+                if key is not None:
+                    cost[key] += o.nanos
+                    if o.session_id and o.mentor is not None:
+                        per_session[(key, o.session_id)] += o.nanos
+            sessions = Counter(key for (key, _), nanos in per_session.items() if nanos)
+            ranked = sorted(((k, n) for k, n in cost.items() if n), key=lambda kn: (-kn[1], kn[0]))
+            metrics = "total_cost" if group == "llm_model" else "total_cost,sessions"
+            rows: list[dict[str, Any]] = []
+            page, pages = 1, 1
+            while page <= pages:
+                r = stack.call("analytics_financial_details_retrieve", FINANCE_DETAILS, platform_key=org,
+                               group_by=group, metrics=metrics, date_filter="custom", start_date=first,
+                               end_date=last, limit=3, page=page)  # fmt: skip
+                got = ok(r, 200, M.FinanceDetailsResponse)
+                assert (got.page, got.limit, got.total_records) == (page, 3, len(ranked)), (org, group)
+                assert got.total_cost == money(sum(cost.values()), 5)
+                assert [m.name for m in got.metrics or []] == metrics.split(",")
+                rows += got.rows
+                pages = got.total_pages
+                page += 1
+            want: list[dict[str, Any]] = []
+            for k, n in ranked:
+                row: dict[str, Any] = {group: k, "total_cost": money(n, 5)}
+                if group == "mentor":
+                    row = {"mentor": k, "mentor_name": k, "total_cost": money(n, 5)}
+                if group != "llm_model":
+                    row["sessions"] = sessions[k]
+                want.append(row)
+            assert rows == want, (org, group)
+            k, n = ranked[0]
+            only = {"mentor_unique_id": uuid.UUID(k)} if group == "mentor" else {group: k}
+            r = stack.call("analytics_financial_details_retrieve", FINANCE_DETAILS, platform_key=org, group_by=group,
+                           date_filter="custom", start_date=first, end_date=last, **only)  # fmt: skip
+            got = ok(r, 200, M.FinanceDetailsResponse)
+            kept = {name: v for name, v in want[0].items() if name != "sessions"}
+            assert (got.rows, got.total_cost, got.total_records) == ([kept], money(n, 5), 1), (org, group)
+
+
 def test_analytics_financial_refusals_the_sdk_cannot_send(stack: Stack) -> None:
     """Cost is kept by the hour: days of a zone that start on a half hour cannot be answered (a 400 naming
     tz); an invoice is the org's or a student's, not a mentor's."""
-    for path in ("financial/?metric=total_costs&tz=Asia/Kolkata",
+    for path in ("financial/?metric=total_costs&tz=Asia/Kolkata", "financial/details/?group_by=llm_model&tz=Asia/Kolkata",
                 ):  # fmt: skip
         r = httpx.get(f"{stack.env.base}/api/analytics/{path}&platform_key=acme-academy",
                       headers={"Authorization": f"Api-Token {stack.keys['admin']}"}, timeout=15)  # fmt: skip
@@ -791,6 +842,12 @@ PLATFORM_BAD = [
     ("analytics_financial_retrieve", FINANCE, {"fill_method": "linear"}, "fill_method"),
     ("analytics_financial_retrieve", FINANCE, {"mentor_unique_id": uuid.uuid4(), "llm_model": "gpt-4o"}, "llm_model"),
     ("analytics_financial_retrieve", FINANCE, {"usergroup_ids": [3]}, "usergroup_ids"),
+    ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"group_by": "provider"}, "group_by"),
+    ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"group_by": "action"}, "group_by"),
+    ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"group_by": "platform"}, "group_by"),
+    ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"metrics": "total_cost,last_active"}, "metrics"),
+    ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"metrics": "sessions"}, "metrics"),
+    ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"group_by": "mentor", "username": "x"}, "username"),
 ]  # fmt: skip
 PLATFORM_REQUIRED = {"analytics_users_retrieve": {"metric": "active_users"},
                      "analytics_financial_retrieve": {"metric": "total_costs"},
