@@ -247,6 +247,68 @@ def detail_metrics(value: str | None, group: str) -> list[str]:
     return out
 
 
+# --- /financial/invoice/ ---------------------------------------------------------------------------------
+
+
+@router.get("/financial/invoice/", openapi_extra=answered_by(llm_cost.LlmCost, first_seen.FirstSeen))
+async def financial_invoice(
+    a: Asked,
+    include_breakdown: Annotated[str | None, Query(description="true (default) or false: the cost per mentor.")] = None,
+    username: Annotated[
+        str | None, Query(description="The invoice of this student's sessions (default: the platform's).")
+    ] = None,
+) -> dict[str, Any]:
+    """The billing period's LLM cost (the org's, or one student's sessions'), the sessions that cost
+    something and their students, cost per session; broken down by mentor. The period defaults to the
+    last 30 days up to today (the org's); an end alone to the 30 days up to it."""
+    if params.text("mentor_unique_id", a.mentor_raw) is not None:
+        raise params.bad(
+            "mentor_unique_id", "mentor_unique_id: an invoice is the org's or one student's (by_mentor breaks it down)"
+        )
+    breakdown = boolean("include_breakdown", include_breakdown, default=True)
+    student = params.text("username", username)
+    if a.date_filter is None and a.start_date is None:
+        if a.end_date:
+            last = params.parse_date("end_date", a.end_date, required=True)
+            assert last is not None
+            a.start_date = (last - timedelta(days=INVOICE_DAYS - 1)).isoformat()
+        else:
+            a.date_filter = "30d"
+    start, end, zone = await a.span(hourly=False)
+    span = utc_span(start, end, zone)
+    fld = llm_cost.COST if student is None else llm_cost.cost_field("u", student)
+    total = await llm_cost.cost_of(a.view, a.org, *span, fld)
+    sessions = [s for s in await llm_cost.attributed_sessions(a.view, a.org, *span) if student in (None, s.student)]
+    students = {s.student for s in sessions if s.student}
+    out: dict[str, Any] = {
+        "entity": {
+            "type": "platform" if student is None else "user", "username": student, "platform_key": a.org,
+            "display_name": a.org if student is None else f"{student} on {a.org}",
+        },
+        "billing_period": {"start_date": start.isoformat(), "end_date": end.isoformat(),
+                           "days": (end - start).days + 1},
+        "summary": {
+            "total_cost": llm_cost.usd_text(total, INVOICE_PLACES), "total_sessions": len(sessions),
+            "active_users": len(students),
+            "cost_per_session": llm_cost.decimal_text(total, len(sessions) * 1_000_000_000, INVOICE_PLACES)
+            if sessions else llm_cost.usd_text(0, INVOICE_PLACES),
+        },
+    }  # fmt: skip
+    if breakdown:
+        by_mentor: dict[str, list[int]] = {}
+        for s in sessions:
+            acc = by_mentor.setdefault(s.mentor, [0, 0])
+            acc[0], acc[1] = acc[0] + s.nanos, acc[1] + 1
+        out["breakdown"] = {
+            "by_mentor": [
+                {"mentor": ids.served(a.org, ids.MENTOR, m), "mentor_name": m,
+                 "cost": llm_cost.usd_text(nanos, INVOICE_PLACES), "sessions": count}
+                for m, (nanos, count) in sorted(by_mentor.items(), key=lambda mc: (-mc[1][0], mc[0]))
+            ]
+        }  # fmt: skip
+    return out
+
+
 # --- helpers ---------------------------------------------------------------------------------------------
 
 

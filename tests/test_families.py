@@ -360,7 +360,7 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
         # the org as the platform_key query parameter
         "^/api/analytics/sessions/$", "^/api/analytics/conversations/$", "^/api/analytics/ratings/$",
         "^/api/analytics/time/$", "^/api/analytics/users/$", "^/api/analytics/topics/details/$",
-        "^/api/analytics/financial/$", "^/api/analytics/financial/details/$",
+        "^/api/analytics/financial/$", "^/api/analytics/financial/details/$", "^/api/analytics/financial/invoice/$",
         "most-discussed-topics/$", "topics/summary/$",
         "usage-summary/$", "user-sentiment/$", "user-metrics-pie-chart/$",
     ])  # fmt: skip

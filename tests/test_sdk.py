@@ -814,11 +814,62 @@ def test_analytics_financial_details_match_reference(stack: Stack) -> None:
             assert (got.rows, got.total_cost, got.total_records) == ([kept], money(n, 5), 1), (org, group)
 
 
+def test_analytics_financial_invoice_matches_reference(stack: Stack) -> None:
+    """`/api/analytics/financial/invoice/`: the period's cost (3 places), the sessions that cost something,
+    their students and the cost per session, and per mentor; for the platform and for one student; by
+    default the last 30 days up to today."""
+    first, last = days(stack)
+    lo, hi = reference.day_ms(first.isoformat(), last.isoformat())
+    for org in sorted(stack.exp.orgs):
+        students = [w["student"] for w in cost_filters(stack, org) if "student" in w]
+        for student in [None, *students]:
+            r = stack.call("analytics_financial_invoice_retrieve", INVOICE, platform_key=org, start_date=first,
+                           end_date=last, username=student)  # fmt: skip
+            got = ok(r, 200, M.InvoiceReportResponse)
+            per_session: Counter[tuple[str, str, str]] = Counter()
+            for o in stack.obs:
+                if o.org == org and lo <= o.ts_ms < hi and o.mentor is not None and student in (None, o.student):
+                    per_session[(o.mentor, o.session_id or "", o.student or "")] += o.nanos
+            billed = {k: n for k, n in per_session.items() if n}
+            total = spend(stack, first, last, org=org, student=student)
+            assert (got.entity.type, got.entity.username, got.entity.platform_key) == (
+                M.EntityTypeEnum.PLATFORM if student is None else M.EntityTypeEnum.USER, student, org)  # fmt: skip
+            assert (got.billing_period.start_date, got.billing_period.end_date, got.billing_period.days) == (
+                first, last, (last - first).days + 1)  # fmt: skip
+            per_session_cost = (Decimal(total) / Decimal(10**9) / len(billed)).quantize(
+                Decimal("0.001"), ROUND_HALF_EVEN
+            )
+            assert got.summary.to_dict() == {
+                "total_cost": money(total, 3), "total_sessions": len(billed),
+                "active_users": len({s for _, _, s in billed}), "cost_per_session": str(per_session_cost),
+            }, (org, student)  # fmt: skip
+            by_mentor: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+            for (mentor, _, _), n in billed.items():
+                by_mentor[mentor][0] += n
+                by_mentor[mentor][1] += 1
+            assert got.breakdown is not None
+            assert [(str(m.mentor), m.mentor_name, m.cost, m.sessions) for m in got.breakdown.by_mentor or []] == [
+                (m, m, money(n, 3), k) for m, (n, k) in sorted(by_mentor.items(), key=lambda mn: (-mn[1][0], mn[0]))
+            ], (org, student)  # fmt: skip
+            assert (got.breakdown.by_provider, got.breakdown.by_action) == (None, None)
+    r = stack.call("analytics_financial_invoice_retrieve", INVOICE, platform_key="acme-academy",
+                   include_breakdown=False)  # fmt: skip
+    got = ok(r, 200, M.InvoiceReportResponse)
+    start = TODAY - timedelta(days=29)
+    assert (got.billing_period.start_date, got.billing_period.end_date, got.breakdown) == (start, TODAY, None)
+    assert got.summary.total_cost == money(spend(stack, start, TODAY, org="acme-academy"), 3)
+    r = stack.call("analytics_financial_invoice_retrieve", INVOICE, platform_key="acme-academy", end_date=last)
+    got = ok(r, 200, M.InvoiceReportResponse)
+    start = last - timedelta(days=29)
+    assert (got.billing_period.start_date, got.billing_period.days) == (start, 30)
+    assert got.summary.total_cost == money(spend(stack, start, last, org="acme-academy"), 3)
+
+
 def test_analytics_financial_refusals_the_sdk_cannot_send(stack: Stack) -> None:
     """Cost is kept by the hour: days of a zone that start on a half hour cannot be answered (a 400 naming
     tz); an invoice is the org's or a student's, not a mentor's."""
     for path in ("financial/?metric=total_costs&tz=Asia/Kolkata", "financial/details/?group_by=llm_model&tz=Asia/Kolkata",
-                ):  # fmt: skip
+                 "financial/invoice/?tz=Asia/Kolkata", f"financial/invoice/?mentor_unique_id={uuid.uuid4()}"):  # fmt: skip
         r = httpx.get(f"{stack.env.base}/api/analytics/{path}&platform_key=acme-academy",
                       headers={"Authorization": f"Api-Token {stack.keys['admin']}"}, timeout=15)  # fmt: skip
         assert r.status_code == 400, (path, r.text)
@@ -848,6 +899,8 @@ PLATFORM_BAD = [
     ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"metrics": "total_cost,last_active"}, "metrics"),
     ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"metrics": "sessions"}, "metrics"),
     ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"group_by": "mentor", "username": "x"}, "username"),
+    ("analytics_financial_invoice_retrieve", INVOICE, {"usergroup_ids": [1]}, "usergroup_ids"),
+    ("analytics_financial_invoice_retrieve", INVOICE, {"start_date": LATER, "end_date": EARLIER}, "end_date"),
 ]  # fmt: skip
 PLATFORM_REQUIRED = {"analytics_users_retrieve": {"metric": "active_users"},
                      "analytics_financial_retrieve": {"metric": "total_costs"},
