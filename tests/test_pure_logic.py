@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -382,3 +383,40 @@ def test_this_month_and_the_month_before() -> None:
     )
     assert [change_percent(*p) for p in ((3, 0), (0, 0), (3, 3), (4, 3), (2, 3), (1, 8), (0, 7))] == [
         0.0, 0.0, 0.0, 33.33, -33.33, -87.5, -100.0]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("numerator", "denominator", "places", "text"),
+    [
+        (5, 2, 0, "2"),  # a tie goes to the even neighbour
+        (7, 2, 0, "4"),
+        (-7, 2, 0, "-4"),
+        (-1_500, 1_000_000, 3, "-0.002"),
+        (-1, 1_000_000, 3, "0.000"),  # no "-0.000"
+        (1, 3, 5, "0.33333"),
+        (2, 3, 5, "0.66667"),
+        (10**30 + 1, 10**9, 2, "1000000000000000000000.00"),  # beyond a double's digits
+        (10**40 + 1, 1, 0, "1" + "0" * 39 + "1"),  # and beyond a default Decimal context's 28
+    ],
+)
+def test_decimal_text_rounds_exactly_half_to_even(numerator: int, denominator: int, places: int, text: str) -> None:
+    assert llm_cost.decimal_text(numerator, denominator, places) == text
+
+
+@pytest.mark.parametrize(
+    ("nanos", "places", "text"),
+    [
+        (0, 5, "0.00000"),
+        (1_234_567, 5, "0.00123"),
+        (12_345, 5, "0.00001"),
+        (15_000, 5, "0.00002"),  # 0.000015: the tie goes to the even 2
+        (25_000, 5, "0.00002"),
+        (1_500_000, 3, "0.002"),
+        (2_500_000, 3, "0.002"),
+        (123_456_789_012, 3, "123.457"),
+        (10**9, 1, "1.0"),
+    ],
+)
+def test_usd_text_is_nano_dollars_as_a_decimal_string(nanos: int, places: int, text: str) -> None:
+    assert llm_cost.usd_text(nanos, places) == text
+    assert re.fullmatch(rf"-?\d+\.\d{{{places}}}", text)

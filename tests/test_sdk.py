@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -71,6 +71,9 @@ CONVERSATIONS_CHART = {"200": "ConversationsChart"}
 RATINGS_CHART = {"200": "RatingsOvertime"}
 BUSIEST = {"200": "AccessTimesHeatmap", "400": None, "403": None, "500": None}
 CURRENT_USERS = {"200": "CurrentUsersResponse", "400": None, "403": None, "500": None}
+FINANCE = {"200": "BaseFinanceResponse", "400": None, "403": None, "500": None}
+FINANCE_DETAILS = {"200": "FinanceDetailsResponse", "400": None, "403": None, "500": None}
+INVOICE = {"200": "InvoiceReportResponse", "400": None, "403": None, "500": None}
 USAGE = {"200": "List[UserCountRecord]", "400": None, "404": None}
 USER_SENTIMENT = {"200": "SentimentSummary", "400": None, "404": None}
 PIE_CHART = {"200": "PieChartData", "400": None, "404": None}
@@ -795,6 +798,220 @@ def test_analytics_platform_key_is_the_org(stack: Stack) -> None:
         sessions("not-a-key", platform_key="acme-academy")
 
 
+# --- /api/analytics/financial/: the org's LLM cost as the platform's finance operations -----------------
+
+
+def money(nanos: int, places: int) -> str:
+    """Nano-dollars as the decimal string of USD the finance models allow, rounded half to even."""
+    return str((Decimal(nanos) / Decimal(10**9)).quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN))
+
+
+def spend(stack: Stack, first: date, last: date, **who: str | None) -> int:
+    """Reference nano-dollars of the observations in the UTC days first to last matching the filters."""
+    return reference.cost_nanos(stack.obs, *reference.day_ms(first.isoformat(), last.isoformat()), **who)
+
+
+def cost_filters(stack: Stack, org: str) -> list[dict[str, str]]:
+    """The org, each mentor, each model and its two costliest students: the filters finance answers take."""
+    per_student: Counter[str] = Counter()
+    for o in stack.obs:
+        if o.org == org and o.student:
+            per_student[o.student] += o.nanos
+    models = sorted({o.model for o in stack.obs if o.org == org})
+    return [{}, *({"mentor": m} for m in stack.mentors(org)), *({"model": m} for m in models),
+            *({"student": s} for s, _ in per_student.most_common(2))]  # fmt: skip
+
+
+def as_query(who: dict[str, str]) -> dict[str, Any]:
+    return {"mentor_unique_id": uuid.UUID(who["mentor"]) if "mentor" in who else None,
+            "llm_model": who.get("model"), "username": who.get("student")}  # fmt: skip
+
+
+def finance_change(now: int, then: int) -> float | None:
+    if then == 0:
+        return None
+    return float((Decimal((now - then) * 100) / Decimal(then)).quantize(Decimal("0.01"), ROUND_HALF_EVEN))
+
+
+@pytest.mark.parametrize("granularity", ["day", "week", "month"])
+def test_analytics_financial_matches_reference(stack: Stack, granularity: str) -> None:
+    """`/api/analytics/financial/?metric=total_costs`: the range's cost as a 5-place decimal string, its cost
+    per day, ISO week (from Monday) or month, and the change against the window of its length just before
+    (null when that cost nothing) or, with comparison_days, of the last days against as many before; for
+    the org, each mentor, model and student."""
+    first, last = days(stack)
+    n = (last - first).days + 1
+    for org in sorted(stack.exp.orgs):
+        for who in cost_filters(stack, org):
+            r = stack.call("analytics_financial_retrieve", FINANCE, platform_key=org, metric="total_costs",
+                           date_filter="custom", start_date=first, end_date=last, granularity=granularity,
+                           **as_query(who))  # fmt: skip
+            got = ok(r, 200, M.BaseFinanceResponse)
+            total = spend(stack, first, last, org=org, **who)
+            before = spend(stack, first - timedelta(days=n), first - timedelta(days=1), org=org, **who)
+            assert (got.metric, got.value, got.percentage_change) == ("total_costs", money(total, 5),
+                                                                     finance_change(total, before)), (org, who)  # fmt: skip
+            want: Counter[str] = Counter()
+            for d in (first + timedelta(days=i) for i in range(n)):
+                start = {"day": d, "week": d - timedelta(days=d.weekday()), "month": d.replace(day=1)}[granularity]
+                want[start.isoformat()] += spend(stack, d, d, org=org, **who)
+            assert [(p.var_date, p.value) for p in got.overtime] == [(k, money(v, 5)) for k, v in want.items()]
+            assert (got.period_info.start_date, got.period_info.end_date, got.period_info.period_days,
+                    got.period_info.range_type) == (first.isoformat(), last.isoformat(), n, "custom")  # fmt: skip
+            info = got.comparison_info
+            assert (info.comparison_start, info.comparison_end, info.comparison_days, info.previous_period_value,
+                    info.recent_period_value) == ((first - timedelta(days=n)).isoformat(),
+                    (first - timedelta(days=1)).isoformat(), n, money(before, 5), money(total, 5))  # fmt: skip
+            f = got.filters
+            assert (f.platform_key, f.granularity, f.llm_model, f.username, f.all_time) == (
+                org, granularity, who.get("model"), who.get("student"), False)  # fmt: skip
+            if granularity == "day":  # the last day against the day before it
+                r = stack.call("analytics_financial_retrieve", FINANCE, platform_key=org, metric="total_costs",
+                               date_filter="custom", start_date=first, end_date=last, comparison_days=1,
+                               show_overtime=False, **as_query(who))  # fmt: skip
+                got = ok(r, 200, M.BaseFinanceResponse)
+                now, then = (spend(stack, d, d, org=org, **who) for d in (last, last - timedelta(days=1)))
+                assert (got.value, got.percentage_change, got.overtime) == (
+                    money(total, 5),
+                    finance_change(now, then),
+                    [],
+                )
+                assert (got.comparison_info.recent_period_value, got.comparison_info.previous_period_value) == (
+                    money(now, 5), money(then, 5))  # fmt: skip
+        assert spend(stack, first, last, org=org) > 0, "the demo spends nothing"
+
+
+def test_analytics_financial_week_and_month_hold_the_last_day(stack: Stack) -> None:
+    """weekly_costs and monthly_costs: the ISO week (from Monday) and the month holding the range's last day,
+    up to it; `fill_method=previous` carries a costly day's value over the days that cost nothing."""
+    _, last = days(stack)
+    org = "acme-academy"
+    for metric, first in (("weekly_costs", last - timedelta(days=last.weekday())),
+                          ("monthly_costs", last.replace(day=1))):  # fmt: skip
+        r = stack.call("analytics_financial_retrieve", FINANCE, platform_key=org, metric=metric,
+                       date_filter="custom", start_date=last, end_date=last, fill_method="previous")  # fmt: skip
+        got = ok(r, 200, M.BaseFinanceResponse)
+        assert (got.metric, got.value) == (metric, money(spend(stack, first, last, org=org), 5))
+        assert got.period_info.start_date == first.isoformat()
+        held = 0
+        for p, d in zip(got.overtime, (first + timedelta(days=i) for i in range((last - first).days + 1)), strict=True):
+            held = spend(stack, d, d, org=org) or held
+            assert (p.var_date, p.value) == (d.isoformat(), money(held, 5)), metric
+
+
+def test_analytics_financial_details_match_reference(stack: Stack) -> None:
+    """`/api/analytics/financial/details/`: cost per model, student or mentor over the range (those that
+    cost something), costliest first, ties by name, walked page by page; sessions: those whose
+    observations in the range cost something; `total_cost`: every row's; a filter keeps its own row."""
+    first, last = days(stack)
+    lo, hi = reference.day_ms(first.isoformat(), last.isoformat())
+    for org in sorted(stack.exp.orgs):
+        mine = [o for o in stack.obs if o.org == org and lo <= o.ts_ms < hi]
+        for group, attr in (("llm_model", "model"), ("username", "student"), ("mentor", "mentor")):
+            cost: Counter[str] = Counter()
+            per_session: Counter[tuple[str, str]] = Counter()
+            for o in mine:
+                key = getattr(o, attr)
+                if key is not None:
+                    cost[key] += o.nanos
+                    if o.session_id and o.mentor is not None:
+                        per_session[(key, o.session_id)] += o.nanos
+            sessions = Counter(key for (key, _), nanos in per_session.items() if nanos)
+            ranked = sorted(((k, n) for k, n in cost.items() if n), key=lambda kn: (-kn[1], kn[0]))
+            metrics = "total_cost" if group == "llm_model" else "total_cost,sessions"
+            rows: list[dict[str, Any]] = []
+            page, pages = 1, 1
+            while page <= pages:
+                r = stack.call("analytics_financial_details_retrieve", FINANCE_DETAILS, platform_key=org,
+                               group_by=group, metrics=metrics, date_filter="custom", start_date=first,
+                               end_date=last, limit=3, page=page)  # fmt: skip
+                got = ok(r, 200, M.FinanceDetailsResponse)
+                assert (got.page, got.limit, got.total_records) == (page, 3, len(ranked)), (org, group)
+                assert got.total_cost == money(sum(cost.values()), 5)
+                assert [m.name for m in got.metrics or []] == metrics.split(",")
+                rows += got.rows
+                pages = got.total_pages
+                page += 1
+            want: list[dict[str, Any]] = []
+            for k, n in ranked:
+                row: dict[str, Any] = {group: k, "total_cost": money(n, 5)}
+                if group == "mentor":
+                    row = {"mentor": k, "mentor_name": k, "total_cost": money(n, 5)}
+                if group != "llm_model":
+                    row["sessions"] = sessions[k]
+                want.append(row)
+            assert rows == want, (org, group)
+            k, n = ranked[0]
+            only = {"mentor_unique_id": uuid.UUID(k)} if group == "mentor" else {group: k}
+            r = stack.call("analytics_financial_details_retrieve", FINANCE_DETAILS, platform_key=org, group_by=group,
+                           date_filter="custom", start_date=first, end_date=last, **only)  # fmt: skip
+            got = ok(r, 200, M.FinanceDetailsResponse)
+            kept = {name: v for name, v in want[0].items() if name != "sessions"}
+            assert (got.rows, got.total_cost, got.total_records) == ([kept], money(n, 5), 1), (org, group)
+
+
+def test_analytics_financial_invoice_matches_reference(stack: Stack) -> None:
+    """`/api/analytics/financial/invoice/`: the period's cost (3 places), the sessions that cost something,
+    their students and the cost per session, and per mentor; for the platform and for one student; by
+    default the last 30 days up to today."""
+    first, last = days(stack)
+    lo, hi = reference.day_ms(first.isoformat(), last.isoformat())
+    for org in sorted(stack.exp.orgs):
+        students = [w["student"] for w in cost_filters(stack, org) if "student" in w]
+        for student in [None, *students]:
+            r = stack.call("analytics_financial_invoice_retrieve", INVOICE, platform_key=org, start_date=first,
+                           end_date=last, username=student)  # fmt: skip
+            got = ok(r, 200, M.InvoiceReportResponse)
+            per_session: Counter[tuple[str, str, str]] = Counter()
+            for o in stack.obs:
+                if o.org == org and lo <= o.ts_ms < hi and o.mentor is not None and student in (None, o.student):
+                    per_session[(o.mentor, o.session_id or "", o.student or "")] += o.nanos
+            billed = {k: n for k, n in per_session.items() if n}
+            total = spend(stack, first, last, org=org, student=student)
+            assert (got.entity.type, got.entity.username, got.entity.platform_key) == (
+                M.EntityTypeEnum.PLATFORM if student is None else M.EntityTypeEnum.USER, student, org)  # fmt: skip
+            assert (got.billing_period.start_date, got.billing_period.end_date, got.billing_period.days) == (
+                first, last, (last - first).days + 1)  # fmt: skip
+            per_session_cost = (Decimal(total) / Decimal(10**9) / len(billed)).quantize(
+                Decimal("0.001"), ROUND_HALF_EVEN
+            )
+            assert got.summary.to_dict() == {
+                "total_cost": money(total, 3), "total_sessions": len(billed),
+                "active_users": len({s for _, _, s in billed}), "cost_per_session": str(per_session_cost),
+            }, (org, student)  # fmt: skip
+            by_mentor: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+            for (mentor, _, _), n in billed.items():
+                by_mentor[mentor][0] += n
+                by_mentor[mentor][1] += 1
+            assert got.breakdown is not None
+            assert [(str(m.mentor), m.mentor_name, m.cost, m.sessions) for m in got.breakdown.by_mentor or []] == [
+                (m, m, money(n, 3), k) for m, (n, k) in sorted(by_mentor.items(), key=lambda mn: (-mn[1][0], mn[0]))
+            ], (org, student)  # fmt: skip
+            assert (got.breakdown.by_provider, got.breakdown.by_action) == (None, None)
+    r = stack.call("analytics_financial_invoice_retrieve", INVOICE, platform_key="acme-academy",
+                   include_breakdown=False)  # fmt: skip
+    got = ok(r, 200, M.InvoiceReportResponse)
+    start = TODAY - timedelta(days=29)
+    assert (got.billing_period.start_date, got.billing_period.end_date, got.breakdown) == (start, TODAY, None)
+    assert got.summary.total_cost == money(spend(stack, start, TODAY, org="acme-academy"), 3)
+    r = stack.call("analytics_financial_invoice_retrieve", INVOICE, platform_key="acme-academy", end_date=last)
+    got = ok(r, 200, M.InvoiceReportResponse)
+    start = last - timedelta(days=29)
+    assert (got.billing_period.start_date, got.billing_period.days) == (start, 30)
+    assert got.summary.total_cost == money(spend(stack, start, last, org="acme-academy"), 3)
+
+
+def test_analytics_financial_refusals_the_sdk_cannot_send(stack: Stack) -> None:
+    """Cost is kept by the hour: days of a zone that start on a half hour cannot be answered (a 400 naming
+    tz); an invoice is the org's or a student's, not a mentor's."""
+    for path in ("financial/?metric=total_costs&tz=Asia/Kolkata", "financial/details/?group_by=llm_model&tz=Asia/Kolkata",
+                 "financial/invoice/?tz=Asia/Kolkata", f"financial/invoice/?mentor_unique_id={uuid.uuid4()}"):  # fmt: skip
+        r = httpx.get(f"{stack.env.base}/api/analytics/{path}&platform_key=acme-academy",
+                      headers={"Authorization": f"Api-Token {stack.keys['admin']}"}, timeout=15)  # fmt: skip
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["parameter"] == path.rsplit("&", 1)[-1].split("?")[-1].split("=")[0], (path, r.text)
+
+
 PLATFORM_BAD = [
     ("analytics_sessions_retrieve", SESSIONS_CHART, {"date_filter": "1y"}, "date_filter"),
     ("analytics_sessions_retrieve", SESSIONS_CHART, {"granularity": "year"}, "granularity"),
@@ -807,7 +1024,24 @@ PLATFORM_BAD = [
     ("analytics_time_retrieve", BUSIEST, {"start_date": date(2020, 1, 1), "end_date": TODAY}, "start_date"),
     ("analytics_users_retrieve", CURRENT_USERS, {"metric": "everyone"}, "metric"),
     ("analytics_topics_retrieve", TOPICS_OVERVIEW, {"metric": "highlighted"}, "metric"),
+    ("analytics_financial_retrieve", FINANCE, {"metric": "daily_costs"}, "metric"),
+    ("analytics_financial_retrieve", FINANCE, {"provider": "openai"}, "provider"),
+    ("analytics_financial_retrieve", FINANCE, {"granularity": "hour"}, "granularity"),
+    ("analytics_financial_retrieve", FINANCE, {"fill_method": "linear"}, "fill_method"),
+    ("analytics_financial_retrieve", FINANCE, {"mentor_unique_id": uuid.uuid4(), "llm_model": "gpt-4o"}, "llm_model"),
+    ("analytics_financial_retrieve", FINANCE, {"usergroup_ids": [3]}, "usergroup_ids"),
+    ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"group_by": "provider"}, "group_by"),
+    ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"group_by": "action"}, "group_by"),
+    ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"group_by": "platform"}, "group_by"),
+    ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"metrics": "total_cost,last_active"}, "metrics"),
+    ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"metrics": "sessions"}, "metrics"),
+    ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"group_by": "mentor", "username": "x"}, "username"),
+    ("analytics_financial_invoice_retrieve", INVOICE, {"usergroup_ids": [1]}, "usergroup_ids"),
+    ("analytics_financial_invoice_retrieve", INVOICE, {"start_date": LATER, "end_date": EARLIER}, "end_date"),
 ]  # fmt: skip
+PLATFORM_REQUIRED = {"analytics_users_retrieve": {"metric": "active_users"},
+                     "analytics_financial_retrieve": {"metric": "total_costs"},
+                     "analytics_financial_details_retrieve": {"group_by": "llm_model"}}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -817,8 +1051,7 @@ PLATFORM_BAD = [
 def test_analytics_bad_parameter_is_400_naming_it(
     stack: Stack, method: str, types: dict[str, Any], query: dict[str, Any], param: str
 ) -> None:
-    if method == "analytics_users_retrieve":
-        query = {"metric": "active_users", **query}
+    query = {**PLATFORM_REQUIRED.get(method, {}), **query}
     with pytest.raises(BadRequestException) as info:
         stack.call(method, types, platform_key="acme-academy", **query)
     body = json.loads(info.value.body)

@@ -292,6 +292,22 @@ def usd(nanos: int) -> float:
     return float(Decimal(nanos) / NANOS)
 
 
+def decimal_text(numerator: int, denominator: int, places: int) -> str:
+    """numerator / denominator (denominator > 0) as a decimal string of exactly `places` places, rounded
+    half to even, computed exactly (integers, then a Decimal): `decimal_text(5, 2, 0)` is `2`,
+    `decimal_text(-1_500, 1_000_000, 3)` is `-0.002`."""
+    q, r = divmod(abs(numerator) * 10**places, denominator)
+    if 2 * r > denominator or (2 * r == denominator and q % 2):
+        q += 1
+    return f"{Decimal(f'{-q if numerator < 0 else q}E-{places}'):f}"  # from text: exact at any length
+
+
+def usd_text(nanos: int, places: int) -> str:
+    """Nano-dollars as the decimal string of USD the platform's finance answers carry (its pattern allows
+    `places` places), rounded half to even, never through a float: `usd_text(1_234_567, 5)` is `0.00123`."""
+    return decimal_text(nanos, 1_000_000_000, places)
+
+
 async def cost_fields(view: queries.View, org: str, start: datetime, end: datetime, prefix: str) -> dict[str, int]:
     """Sum over [start, end) of every bucket field starting with `prefix` (e.g. `cost|model|`), by the rest
     of the field's name; whole days from daily buckets, the edges from hourly ones."""
@@ -315,25 +331,42 @@ async def cost_of(view: queries.View, org: str, start: datetime, end: datetime, 
     return sum(queries.as_int(r) for r in replies)
 
 
-async def session_costs(view: queries.View, org: str, start: datetime, end: datetime) -> dict[tuple[str, str], int]:
-    """(mentor, session) -> cost of the session's observations in [start, end), exact to the hour like
-    every cost: the sessions come from the per-day sets of the days the range touches, their cost from
-    each session's cost by hour."""
+@dataclass(frozen=True, slots=True)
+class SessionCost:
+    """A session's cost over a range, with the student and mentor it counts for."""
+
+    session: str
+    student: str
+    mentor: str
+    nanos: int
+
+
+async def attributed_sessions(view: queries.View, org: str, start: datetime, end: datetime) -> list[SessionCost]:
+    """The sessions whose observations in [start, end) cost something, with that cost (exact to the hour
+    like every cost) and the student and mentor it counts for: the sessions come from the per-day sets of
+    the days the range touches, their cost from each session's cost by hour, their student from its
+    state."""
     redis, gen = view
     first = start.astimezone(UTC).date()
     last = (end.astimezone(UTC) - timedelta(microseconds=1)).date()
     if last < first:
-        return {}
+        return []
     merged = await queries.zunion(redis, [sessions_key(gen, org, day_index(d)) for d in days_between(first, last)])
     candidates = [pair for member, score in merged if int(score) and (pair := parse_session_member(member.decode()))]
     states = await queries.conversation_states(view, org, [conversation_digest(org, s) for _, s in candidates])
     lo, hi = hour_index(start.astimezone(UTC)), hour_index(end.astimezone(UTC))
-    out: dict[tuple[str, str], int] = {}
+    out = []
     for (mentor, session), state in zip(candidates, states, strict=True):
         nanos = sum(n for h, n in state.costs.items() if lo <= h < hi)
         if nanos:
-            out[(mentor, session)] = nanos
+            who = state.attribution()
+            out.append(SessionCost(session, "" if who is None else who[0], mentor, nanos))
     return out
+
+
+async def session_costs(view: queries.View, org: str, start: datetime, end: datetime) -> dict[tuple[str, str], int]:
+    """(mentor, session) -> cost of the session's observations in [start, end) (`attributed_sessions`)."""
+    return {(s.mentor, s.session): s.nanos for s in await attributed_sessions(view, org, start, end)}
 
 
 async def latest_trace(
