@@ -35,6 +35,8 @@ TZ = Annotated[
 
 FIRST_DAY = Annotated[str, Query(description="First day, YYYY-MM-DD.", **DATE)]
 LAST_DAY = Annotated[str, Query(description="Last day, YYYY-MM-DD.", **DATE)]
+SINCE_30_DAYS = Annotated[str | None, Query(description="First day, YYYY-MM-DD (default: 30 days ago).", **DATE)]
+UNTIL_TODAY = Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)]
 AGGREGATION = Annotated[
     str | None,
     Query(description="hourly, daily (default) or weekly.", json_schema_extra={"enum": list(sessions.AGGREGATIONS)}),
@@ -117,10 +119,8 @@ async def total_users_by_mentor(
     key: Caller,
     state: State,
     view: Served,
-    start_date: Annotated[
-        str | None, Query(description="First day, YYYY-MM-DD (default: 30 days ago).", **DATE)
-    ] = None,
-    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
+    start_date: SINCE_30_DAYS = None,
+    end_date: UNTIL_TODAY = None,
     mentor_id: Annotated[str | None, Query(description="Only students who wrote to this mentor.")] = None,
     aggregation: Annotated[
         str | None, Query(description="hourly or daily (default).", json_schema_extra={"enum": ["hourly", "daily"]})
@@ -253,10 +253,8 @@ async def topics_summary(
     key: Caller,
     state: State,
     view: Served,
-    start_date: Annotated[
-        str | None, Query(description="First day, YYYY-MM-DD (default: 30 days ago).", **DATE)
-    ] = None,
-    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
+    start_date: SINCE_30_DAYS = None,
+    end_date: UNTIL_TODAY = None,
     tz: TZ = None,
 ) -> list[dict[str, Any]]:
     """The 10 topics with the most conversations in the range (as `most-discussed-topics/`)."""
@@ -273,10 +271,8 @@ async def topic_statistics(
     key: Caller,
     state: State,
     view: Served,
-    start_date: Annotated[
-        str | None, Query(description="First day, YYYY-MM-DD (default: 30 days ago).", **DATE)
-    ] = None,
-    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
+    start_date: SINCE_30_DAYS = None,
+    end_date: UNTIL_TODAY = None,
     mentor_id: Annotated[str | None, Query(description="Only conversations with this mentor.")] = None,
     page: Annotated[str | None, Query(description="The page, from 1 (`last`: the last).")] = None,
     page_size: Annotated[str | None, Query(description="Topics per page (default 20, at most 100).")] = None,
@@ -401,7 +397,7 @@ async def chat_history_filter(
     start_date: Annotated[
         str | None, Query(description="First day, YYYY-MM-DD (default: the org's first day with a message).", **DATE)
     ] = None,
-    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
+    end_date: UNTIL_TODAY = None,
     mentor_id: Annotated[str | None, Query(description="Only this mentor's topics and students.")] = None,
     monthly_range: Annotated[
         str | None, Query(description="true: monthly date ranges; false (default): ISO weeks.")
@@ -502,7 +498,7 @@ async def top_students(
     view: Served,
     mentor_id: Annotated[str | None, Query(description="Only messages to this mentor.")] = None,
     start_date: Annotated[str | None, Query(description="First day, YYYY-MM-DD (default: all time).", **DATE)] = None,
-    end_date: Annotated[str | None, Query(description="Last day, YYYY-MM-DD (default: today).", **DATE)] = None,
+    end_date: UNTIL_TODAY = None,
     group_by: NO_EFFECT = None,
     tz: TZ = None,
 ) -> list[dict[str, Any]]:

@@ -91,7 +91,7 @@ async def financial(
     chosen = params.choice("metric", metric, FINANCE_METRICS, None) or "total_costs"
     granularity = params.choice("granularity", a.granularity, FINANCE_GRANULARITIES, "day")
     fill = params.choice("fill_method", fill_method, FILL_METHODS, "zero")
-    overtime_on = boolean("show_overtime", show_overtime, default=True)
+    overtime_on = params.flag("show_overtime", show_overtime, default=True)
     start, end, zone = await a.span(hourly=False)
     filtered = await cost_filter(a, llm_model, provider, username)
     first = {"total_costs": start, "weekly_costs": end - timedelta(days=end.weekday()),
@@ -144,7 +144,7 @@ async def financial(
 def percentage_change(now: int, then: int) -> float | None:
     """The change from `then` to `now` in percent, rounded half to even to 2 places (exactly, from the
     nano-dollar sums); None when `then` cost nothing (no percentage of nothing)."""
-    return None if then == 0 else float(llm_cost.decimal_text((now - then) * 100, then, 2))
+    return None if then == 0 else float(queries.decimal_text((now - then) * 100, then, 2))
 
 
 def series(by_day: dict[date, int], granularity: str) -> list[tuple[str, int]]:
@@ -265,7 +265,7 @@ async def financial_invoice(
         raise params.bad(
             "mentor_unique_id", "mentor_unique_id: an invoice is the org's or one student's (by_mentor breaks it down)"
         )
-    breakdown = boolean("include_breakdown", include_breakdown, default=True)
+    breakdown = params.flag("include_breakdown", include_breakdown, default=True)
     student = params.text("username", username)
     if a.date_filter is None and a.start_date is None:
         if a.end_date:
@@ -290,7 +290,7 @@ async def financial_invoice(
         "summary": {
             "total_cost": llm_cost.usd_text(total, INVOICE_PLACES), "total_sessions": len(sessions),
             "active_users": len(students),
-            "cost_per_session": llm_cost.decimal_text(total, len(sessions) * 1_000_000_000, INVOICE_PLACES)
+            "cost_per_session": queries.decimal_text(total, len(sessions) * 1_000_000_000, INVOICE_PLACES)
             if sessions else llm_cost.usd_text(0, INVOICE_PLACES),
         },
     }  # fmt: skip
@@ -352,17 +352,6 @@ async def cost_filter(
         else:
             out.model, out.field = value, llm_cost.cost_field("model", value)
     return out
-
-
-def boolean(name: str, value: str | None, *, default: bool) -> bool:
-    """true or false (as the SDK sends a bool; also 1 and 0); anything else is a 400 naming it."""
-    if value is None or value == "":
-        return default
-    if value.lower() in ("true", "1"):
-        return True
-    if value.lower() in ("false", "0"):
-        return False
-    raise params.bad(name, f"{name} must be true or false, got {value[:40]!r}")
 
 
 def chosen_filter(a: Ask) -> str:

@@ -10,6 +10,7 @@ an org touch only keys of its hash tag, so they work on Redis Cluster too.
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -189,3 +190,13 @@ async def pipelined(redis: Redis, calls: list[tuple[Any, ...]]) -> list[Any]:
             getattr(pipe, name)(*args)
         result: list[Any] = await pipe.execute()
         return result
+
+
+def decimal_text(numerator: int, denominator: int, places: int) -> str:
+    """numerator / denominator (denominator > 0) as a decimal string of exactly `places` places, rounded
+    half to even, computed exactly (integers, then a Decimal): `decimal_text(5, 2, 0)` is `2`,
+    `decimal_text(-1_500, 1_000_000, 3)` is `-0.002`."""
+    q, r = divmod(abs(numerator) * 10**places, denominator)
+    if 2 * r > denominator or (2 * r == denominator and q % 2):
+        q += 1
+    return f"{Decimal(f'{-q if numerator < 0 else q}E-{places}'):f}"  # from text: exact at any length

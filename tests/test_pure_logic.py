@@ -400,7 +400,7 @@ def test_this_month_and_the_month_before() -> None:
     ],
 )
 def test_decimal_text_rounds_exactly_half_to_even(numerator: int, denominator: int, places: int, text: str) -> None:
-    assert llm_cost.decimal_text(numerator, denominator, places) == text
+    assert queries.decimal_text(numerator, denominator, places) == text
 
 
 @pytest.mark.parametrize(

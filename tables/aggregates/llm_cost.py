@@ -292,20 +292,10 @@ def usd(nanos: int) -> float:
     return float(Decimal(nanos) / NANOS)
 
 
-def decimal_text(numerator: int, denominator: int, places: int) -> str:
-    """numerator / denominator (denominator > 0) as a decimal string of exactly `places` places, rounded
-    half to even, computed exactly (integers, then a Decimal): `decimal_text(5, 2, 0)` is `2`,
-    `decimal_text(-1_500, 1_000_000, 3)` is `-0.002`."""
-    q, r = divmod(abs(numerator) * 10**places, denominator)
-    if 2 * r > denominator or (2 * r == denominator and q % 2):
-        q += 1
-    return f"{Decimal(f'{-q if numerator < 0 else q}E-{places}'):f}"  # from text: exact at any length
-
-
 def usd_text(nanos: int, places: int) -> str:
     """Nano-dollars as the decimal string of USD the platform's finance answers carry (its pattern allows
     `places` places), rounded half to even, never through a float: `usd_text(1_234_567, 5)` is `0.00123`."""
-    return decimal_text(nanos, 1_000_000_000, places)
+    return queries.decimal_text(nanos, 1_000_000_000, places)
 
 
 async def cost_fields(view: queries.View, org: str, start: datetime, end: datetime, prefix: str) -> dict[str, int]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import Decimal
-from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -189,15 +187,10 @@ def statistics(counts: dict[str, list[int]]) -> list[dict[str, Any]]:
         _, _, judged, score, rated, high, low = counts[topic]
         rows.append({
             "name": topic, "conversations": conversations, "messages": messages,
-            "avg_sentiment": _two_places(Fraction(score, judged)) if judged else "",
-            "avg_user_rating": _two_places(Fraction((high << 32) + low, rated)) if rated else "",
+            "avg_sentiment": queries.decimal_text(score, judged, 2) if judged else "",
+            "avg_user_rating": queries.decimal_text((high << 32) + low, rated, 2) if rated else "",
         })  # fmt: skip
     return rows
-
-
-def _two_places(value: Fraction) -> str:
-    """Rounded half to even to hundredths, exactly (a rating's sum may pass a float's or a Decimal's digits)."""
-    return str(Decimal(f"{round(value * 100)}e-2"))
 
 
 async def topics_first_named(
