@@ -448,6 +448,33 @@ def periods_of(start: date, end: date, monthly: bool) -> list[tuple[date, date]]
     return out
 
 
+@router.get("/conversation-summary/", openapi_extra=answered_by(sessions.Sessions, first_seen.FirstSeen))
+async def conversation_summary(
+    org: ORG,
+    user_id: USER,
+    key: Caller,
+    state: State,
+    view: Served,
+    mentor_id: Annotated[str | None, Query(description="Only conversations with this mentor.")] = None,
+    group_by: NO_EFFECT = None,
+) -> dict[str, Any]:
+    """All time: the conversations (sessions, at their earliest message, with its mentor) and their human and
+    AI messages, of every UTC day kept since the org's first message."""
+    mentor = params.text("mentor_id", mentor_id)
+    names = [sessions.SESSIONS, sessions.MESSAGES, sessions.HUMAN]
+    if mentor is not None:
+        mentor = await queries.resolve(view, org, "mentor", mentor)
+        names = [sessions.mentor_field(name, mentor) for name in names]
+    since = await first_day(view, org, None)
+    if since is None:
+        return {"total_conversations": 0, "total_human_messages": 0, "total_ai_messages": 0}
+    today = local_today(None)
+    oldest = state.retention.oldest_daily(today)
+    rows = await queries.periods(view, org, max(since, oldest or since), today, False, None, names)
+    started, messages, human = (sum(column) for column in zip(*(sums for _, sums in rows), strict=True))
+    return {"total_conversations": started, "total_human_messages": human, "total_ai_messages": messages - human}
+
+
 @router.get("/sentiment-count/", openapi_extra=answered_by(sentiment.Sentiment))
 async def sentiment_count(
     org: ORG,

@@ -90,6 +90,10 @@ class Retention:
         """When the ids seen in a batch applied at now_ms may be forgotten."""
         return (now_ms + self.dedup_days * DAY_MS) // 1000
 
+    def oldest_daily(self, today: date) -> date | None:
+        """The first day whose daily buckets are kept, None when they are kept forever."""
+        return today - timedelta(days=self.daily_days - 1) if self.daily_days else None
+
     def check(self, start: date, today: date, *, hourly: bool, param: str = "start_date") -> None:
         """Refuse a range that starts before what the grain keeps, naming the parameter and the limit."""
         days = self.hourly_days if hourly else self.daily_days

@@ -361,7 +361,7 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
         "^/api/analytics/sessions/$", "^/api/analytics/conversations/$", "^/api/analytics/ratings/$",
         "^/api/analytics/time/$", "^/api/analytics/users/$", "^/api/analytics/topics/details/$",
         "most-discussed-topics/$", "topics/summary/$", "topic-statistics/$", "topic-overview/$",
-        "overview-summary/$", "^/api/analytics/topics/$", "chat-history-filter/$",
+        "overview-summary/$", "^/api/analytics/topics/$", "chat-history-filter/$", "conversation-summary/$",
         "^/api/analytics/financial/$", "^/api/analytics/financial/details/$", "^/api/analytics/financial/invoice/$",
         "usage-summary/$", "user-sentiment/$", "user-metrics-pie-chart/$",
     ])  # fmt: skip
@@ -416,3 +416,12 @@ def test_look_alike_topics_and_mentors_never_share_a_count() -> None:
     assert counted == want
     assert all(int(op[3]) == (2 if "|m|" not in op[1] else 1) for op in day)  # each its own, no two summed
     assert topics.parse_field("c2:a") is None and topics.parse_field("x1:a") is None  # not a whole field
+
+
+def test_a_sessions_human_messages_count_at_its_start() -> None:
+    """Beside its messages, a session's human messages count in the hour, half hour and day of its earliest
+    message, for the org and its first mentor (conversation-summary/ reads them)."""
+    assert [o for o in of(render(plan(events())), fields=("session_human",))] == [
+        f"HINCRBY aia:{{acme}}:{label} session_human{whose} 1"
+        for label in ("d:20261120", "h:2026112023", "hh:202611202330") for whose in ("", "|m|m1")
+    ]  # fmt: skip

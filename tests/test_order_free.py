@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from unittest import mock
@@ -151,6 +152,11 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
             out[f"topics {d} {mentor}"] = await topics.topic_counts(queries.View(redis, 0), ORG, d, d, mentor)
         d += timedelta(days=1)
     for mentor in (None, *MENTORS):
+        human = sessions.HUMAN if mentor is None else sessions.mentor_field(sessions.HUMAN, mentor)
+        out[f"session human {mentor}"] = await queries.periods(
+            queries.View(redis, 0), ORG, first, last, False, None, [human]
+        )
+    for mentor in (None, *MENTORS):
         named = await redis.zrange(topics.first_key(0, ORG, mentor), 0, -1, withscores=True)
         out[f"named topics {mentor}"] = {t.decode(): int(ms) for t, ms in named}
     for mentor in (None, *MENTORS):
@@ -263,6 +269,18 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
         for label, (n,) in got[f"sent {mentor}"]:
             hour = int(datetime.fromisoformat(label).timestamp()) // 3600
             assert n == by_hour[(ORG, mentor or "", hour)], (mentor, label)
+    starts = reference.session_starts(events)
+    seen: set[str] = set()
+    human: Counter[tuple[str, str]] = Counter()  # (day of the session's start, its first mentor or "")
+    for topic, e in events:
+        if topic == "chat-messages" and e["role"] == "human" and e["event_id"] not in seen:
+            seen.add(e["event_id"])
+            start = starts[(ORG, e["session_id"])]
+            for who in ("", start[3]):
+                human[(reference.day(start[0]), who)] += 1
+    for mentor in (None, *MENTORS):
+        for label, (n,) in got[f"session human {mentor}"]:
+            assert n == human[(label, mentor or "")], (mentor, label)
     first_named = reference.topics_first_named(events)
     for mentor in (None, *MENTORS):
         assert got[f"named topics {mentor}"] == first_named.get((ORG, mentor or ""), {}), mentor

@@ -66,6 +66,7 @@ TOPIC_OVERVIEW = {"200": "TopicStatisticsResponse"}
 OVERVIEW = {"200": "AnalyticsOverview"}
 TOPICS_OVERVIEW = {"200": "TopicsOverview"}
 HISTORY_FILTER = {"200": "ChatHistoryFilterData"}
+CONVERSATION_SUMMARY = {"200": "ConversationSummary"}
 SESSIONS_CHART = {"200": "SessionsChart"}
 CONVERSATIONS_CHART = {"200": "ConversationsChart"}
 RATINGS_CHART = {"200": "RatingsOvertime"}
@@ -630,6 +631,27 @@ def test_chat_history_filter_matches_reference(stack: Stack) -> None:
                                        - timedelta(days=1))]  # fmt: skip
                 else:
                     assert all(x[0].weekday() == 0 and (x[1] - x[0]).days == 6 for x in ranges)
+
+
+def test_conversation_summary_matches_reference(stack: Stack) -> None:
+    """`conversation-summary/`: all time, the conversations (sessions, with their earliest message's mentor)
+    and their human and AI messages."""
+    starts = reference.session_starts(stack.events)
+    roles: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    seen: set[tuple[str, str]] = set()
+    for t, e in stack.events:
+        if t == "chat-messages" and (e["org"], e["event_id"]) not in seen:
+            seen.add((e["org"], e["event_id"]))
+            roles[(e["org"], e["session_id"])][e["role"]] += 1
+    for org in sorted(stack.exp.orgs):
+        for mentor in ["", *stack.mentors(org)]:
+            mine = [roles[key] for key, start in starts.items() if key[0] == org and mentor in ("", start[3])]
+            r = stack.call("ai_analytics_orgs_users_conversation_summary_retrieve", CONVERSATION_SUMMARY, org=org,
+                           user_id=CALLER, mentor_id=mentor or None)  # fmt: skip
+            got = ok(r, 200, M.ConversationSummary)
+            assert (got.total_conversations, got.total_human_messages, got.total_ai_messages) == (
+                len(mine), sum(c["human"] for c in mine), sum(c["ai"] for c in mine)), (org, mentor)  # fmt: skip
+            assert got.total_human_messages and got.total_ai_messages
 
 
 # --- /api/analytics/: the org as platform_key ---------------------------------------------------------

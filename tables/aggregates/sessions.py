@@ -22,9 +22,11 @@ from tables.aggregates.base import Batch, Counted, Erased
 from tables.buckets import DAY_MS, HALF_MS, MINUTE_MS, Grain
 from tables.conversations import ConversationState
 
-# Bucket fields (hourly, half-hourly, daily): sessions started, their messages; a mentor's end in `|m|<mentor>`.
+# Bucket fields (hourly, half-hourly, daily): sessions started, their messages, the human ones of those; a
+# mentor's end in `|m|<mentor>`.
 SESSIONS = "sessions"
 MESSAGES = "messages"  # also per minute: every chat message by its own time (the alert rules)
+HUMAN = "session_human"  # (the top-students family's `human` counts human messages by their own day)
 SENT = "sent"  # hourly and half-hourly: every chat message by its own time (the weekday x hour heatmap)
 
 
@@ -33,7 +35,7 @@ def mentor_field(fld: str, mentor: str) -> str:
     return f"{fld}|m|{mentor}"
 
 
-# (half hour of a session's start, its first mentor or "") -> [sessions, messages] a batch adds there
+# (half hour of a session's start, its first mentor or "") -> [sessions, messages, human messages] a batch adds
 Deltas = dict[tuple[int, str], list[int]]
 
 
@@ -61,15 +63,15 @@ class Sessions:
             _session(deltas, before, -1)
             _session(deltas, after, 1)
         elif after.started_ms is not None and (n := after.human + after.ai - before.human - before.ai):
-            _session(deltas, after, 1, messages_only=n)
+            _session(deltas, after, 1, messages_only=(n, after.human - before.human))
 
     def flush(self, b: Batch, deltas: Deltas) -> None:
         """The sessions and messages summed per half hour and mentor, spread over the hour, half hour (for
         the days of zones half an hour off UTC) and day, for the org and for the mentor."""
-        for (half, mentor), (sessions, messages) in deltas.items():
-            fields = [(SESSIONS, sessions), (MESSAGES, messages)]
+        for (half, mentor), counts in deltas.items():
+            fields = list(zip((SESSIONS, MESSAGES, HUMAN), counts, strict=True))
             if mentor:
-                fields += [(mentor_field(SESSIONS, mentor), sessions), (mentor_field(MESSAGES, mentor), messages)]
+                fields += [(mentor_field(name, mentor), n) for name, n in fields]
             for grain, index in ((Grain.HOUR, half // 2), (Grain.HALF, half), (Grain.DAY, half * HALF_MS // DAY_MS)):
                 for fld, n in fields:
                     if n:
@@ -79,20 +81,25 @@ class Sessions:
         return Erased()  # counts without a name
 
 
-def _session(deltas: Deltas, conv: ConversationState, sign: int, *, messages_only: int = 0) -> None:
-    """What a conversation adds: one session and all its messages in the half hour of its earliest message
-    (`messages_only`: just that many more messages of the same session)."""
+def _session(
+    deltas: Deltas, conv: ConversationState, sign: int, *, messages_only: tuple[int, int] | None = None
+) -> None:
+    """What a conversation adds: one session and all its messages (and of those the human ones) in the half
+    hour of its earliest message (`messages_only`: just that many more messages, and human ones, of the
+    same session)."""
     if conv.started_ms is None:
         return
     slot = (conv.started_ms // HALF_MS, conv.first_mentor or "")
     counts = deltas.get(slot)
     if counts is None:
-        counts = deltas[slot] = [0, 0]
+        counts = deltas[slot] = [0, 0, 0]
     if messages_only:
-        counts[1] += messages_only
+        counts[1] += messages_only[0]
+        counts[2] += messages_only[1]
     else:
         counts[0] += sign
         counts[1] += sign * (conv.human + conv.ai)
+        counts[2] += sign * conv.human
 
 
 # --- reads -----------------------------------------------------------------------------------------
