@@ -417,6 +417,41 @@ async def serving_during_backfill(
                f"{longest[0][0] / 1000:,.1f} ms ({longest[0][1][:40]}...)" if longest else "none of 1 ms or more")  # fmt: skip
 
 
+def serving_endpoints(days: int, org: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The endpoints the serving section polls, over the last `days` days: name -> (path under the org's
+    `API_PATH`, or from the root when it starts with `/`; query)."""
+    end = datetime.now(UTC).date()
+    start = end - timedelta(days=days - 1)
+    rng = {"start_date": start.isoformat(), "end_date": end.isoformat()}
+    platform = {"platform_key": org, "date_filter": "custom", **rng}  # the /api/analytics/ family's org
+    return {
+        "average-messages-per-session": ("average-messages-per-session/", rng),
+        "conversation": ("conversation/", rng),
+        "total-users-by-mentor": ("total-users-by-mentor/", rng),
+        "chat-history": ("chat-history/", {**rng, "page_size": 20}),
+        "sentiment-count": ("sentiment-count/", {"period": "7d" if days <= 7 else "90d"}),
+        "tenant-cost": ("tenant-cost/", rng),
+        "top-students-by-chat-messages": ("top-students-by-chat-messages/", rng),
+        "rating-summary": ("rating-summary/", rng),
+        "usage-summary": ("usage-summary/", rng),
+        "user-sentiment": ("user-sentiment/", rng),
+        "user-metrics-pie-chart": ("user-metrics-pie-chart/", rng),
+        "most-discussed-topics": ("most-discussed-topics/", rng),
+        "topic-statistics": ("topic-statistics/", rng),
+        "topic-overview": ("topic-overview/", {}),
+        "overview-summary": ("overview-summary/", {}),
+        "conversation-summary": ("conversation-summary/", {}),
+        "chat-history-filter": ("chat-history-filter/", rng),
+        "/api/analytics/sessions": ("/api/analytics/sessions/", platform),
+        "/api/analytics/ratings": ("/api/analytics/ratings/", platform),
+        "/api/analytics/time": ("/api/analytics/time/", platform),
+        "/api/analytics/users": ("/api/analytics/users/", {**platform, "metric": "active_users"}),
+        "/api/analytics/topics": ("/api/analytics/topics/", platform),
+        "/api/analytics/topics/details": ("/api/analytics/topics/details/", platform),
+        "/api/analytics/financial": ("/api/analytics/financial/", {**platform, "metric": "total_costs"}),
+    }
+
+
 async def serving(
     api: Api,
     token: str,
@@ -429,19 +464,8 @@ async def serving(
 ) -> dict[str, tuple[float, float, int]]:
     """Per endpoint (`only`: those), (p50 ms, p99 ms, requests). `conditional`: each poller sends the ETag
     it last got as If-None-Match (a 304 counts as an answer), as a browser's dashboard does."""
-    end = datetime.now(UTC).date()
-    start = end - timedelta(days=days - 1)
-    rng = {"start_date": start.isoformat(), "end_date": end.isoformat()}
     base = f"{api.base}{API_PATH.format(org=SERVED_ORG)}"
-    endpoints: dict[str, tuple[str, dict[str, Any]]] = {
-        "average-messages-per-session": ("average-messages-per-session/", rng),
-        "conversation": ("conversation/", rng),
-        "total-users-by-mentor": ("total-users-by-mentor/", rng),
-        "chat-history": ("chat-history/", {**rng, "page_size": 20}),
-        "sentiment-count": ("sentiment-count/", {"period": "7d" if days <= 7 else "90d"}),
-        "tenant-cost": ("tenant-cost/", rng),
-        "top-students-by-chat-messages": ("top-students-by-chat-messages/", rng),
-    }
+    endpoints = serving_endpoints(days, SERVED_ORG)
     out = {}
     # aiohttp: httpx's pool managed under 100 req/s with 100 concurrent connections here, aiohttp 1,300.
     connector = aiohttp.TCPConnector(limit=pollers, force_close=False)
@@ -450,7 +474,8 @@ async def serving(
         for name, (path, params) in endpoints.items():
             if only and name not in only:
                 continue
-            latencies, errors = await _poll(client, base + path, params, seconds, pollers, interval, conditional)
+            url = api.base + path if path.startswith("/") else base + path
+            latencies, errors = await _poll(client, url, params, seconds, pollers, interval, conditional)
             if errors:
                 raise RuntimeError(f"{name}: {errors} non-200 answers")
             out[name] = (pct(latencies, 50), pct(latencies, 99), len(latencies))

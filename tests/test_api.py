@@ -310,6 +310,18 @@ def test_time_zone_days_and_the_org_default(env: Env) -> None:
     assert bad.returncode == 2 and "IANA" in bad.stderr
 
 
+@pytest.mark.parametrize("days", [7, 90])
+def test_every_endpoint_the_serving_benchmark_polls_answers(env: Env, days: int) -> None:
+    """bench/run.py's serving section polls these (and stops at a non-200): each answers 200 here."""
+    from bench.run import serving_endpoints
+
+    headers = {"Authorization": f"Api-Token {env.keys['admin']}"}
+    for name, (path, query) in serving_endpoints(days, "acme-academy").items():
+        url = env.base + path if path.startswith("/") else env.url("acme-academy", path.rstrip("/"))
+        r = httpx.get(url, params=query, headers=headers, timeout=30)
+        assert r.status_code == 200, (name, r.text[:300])
+
+
 def test_answers_naming_the_org_by_platform_key_are_cached_with_etags(env: Env) -> None:
     """`/api/analytics/` answers name their org by `platform_key`, or by the key's own org without one: each
     carries an ETag and gets 304 with it, like an answer under the org's path; another org's key is refused
