@@ -23,7 +23,7 @@ from api.state import AppState, Served, State
 from tables import ids, queries
 from tables.aggregates import first_seen, ratings, sessions, topics
 from tables.aggregates import top_students as top
-from tables.buckets import HALF_MS, Grain, local_today
+from tables.buckets import HALF_MS, Grain, local_today, require_whole_hours
 from tables.exceptions import QueryError
 
 router = APIRouter(prefix="/api/analytics", tags=["analytics by platform_key"])
@@ -182,6 +182,7 @@ async def busiest_time(a: Asked) -> dict[str, Any]:
     SDK types this answer as one cell, so it is the busiest one (ties: the earliest in the week); the
     whole grid is 168 of them. Hours are kept for the hourly retention: all_time reads those."""
     start, end, zone = await a.span(hourly=True)
+    require_whole_hours(start, end, zone, "messages by hour are")
     mentor = await a.mentor()
     fld = sessions.SENT if mentor is None else sessions.mentor_field(sessions.SENT, mentor)
     cells = [[0] * 24 for _ in range(7)]

@@ -209,6 +209,13 @@ def local_midnight(d: date, zone: ZoneInfo) -> int:
     return seconds
 
 
+def require_whole_hours(start: date, end: date, zone: ZoneInfo | None, what: str) -> None:
+    """Refuse, naming `tz`, a zone any of whose days from start to end starts on a half hour: `what` is kept
+    by the hour, not the half hour."""
+    if zone is not None and any(first % 3600 for _, first, _ in local_days(start, end, zone)):
+        raise QueryError("tz", f"tz {zone.key}: {what} kept by the hour, and its days start on a half hour")
+
+
 def local_midnight_hour(d: date, zone: ZoneInfo) -> int:
     """The UTC hour index at which local day d starts, for what is kept by the hour only (LLM costs): a zone
     half an hour off UTC is refused there, naming `tz`."""

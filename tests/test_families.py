@@ -201,13 +201,9 @@ def test_chat_history_encoding() -> None:
     ]
 
 
-def test_distinct_students_encoding() -> None:
-    assert of(render(plan(events())), keys=(":ds:",)) == [
-        "EXPIREAT aia:{acme}:ds:20261120  1829779200",
-        "EXPIREAT aia:{acme}:ds:20261120|m|m1  1829779200",
-        "SADD aia:{acme}:ds:20261120 ann ",
-        "SADD aia:{acme}:ds:20261120|m|m1 ann ",
-    ]
+def test_distinct_students_are_no_longer_written() -> None:
+    """The retired family writes nothing (its erasure still removes a student from sets written before)."""
+    assert of(render(plan(events())), keys=(":ds:",)) == []
 
 
 def test_first_seen_encoding() -> None:
@@ -370,13 +366,11 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
 
 
 def test_messages_count_in_their_own_hour_for_the_heatmap() -> None:
-    """Every chat message counts in the hour and half hour of its own time (not its session's start), for
-    the org and its mentor: what `/api/analytics/time/` reads."""
+    """Every chat message counts in the hour of its own time (not its session's start), for the org and its
+    mentor: what `/api/analytics/time/` reads (whole-hour zones only)."""
     assert [o for o in of(render(plan(events())), fields=("sent",)) if "sentiment" not in o] == [
         "HINCRBY aia:{acme}:h:2026112023 sent 2",
         "HINCRBY aia:{acme}:h:2026112023 sent|m|m1 2",
-        "HINCRBY aia:{acme}:hh:202611202330 sent 2",
-        "HINCRBY aia:{acme}:hh:202611202330 sent|m|m1 2",
     ]
 
 
@@ -386,7 +380,7 @@ def test_topics_encoding() -> None:
     ops = [o for o in of(render(plan(events())), keys=(":tp:",)) if not o.startswith("EXPIREAT")]
     assert ops == sorted(
         f"HINCRBY aia:{{acme}}:tp:{label}{whose} {kind}{topic} {n}"
-        for label in ("20261120", "2026112023", "202611202330")  # its day, hour and half hour
+        for label in ("20261120", "2026112023")  # its day and hour
         for whose in ("", "|m|m1")
         for topic in ("4:math", "7:algebra")
         for kind, n in (("c", 1), ("n", 2), ("s", 1), ("p", 1))  # a positive judgement; no rating
@@ -419,9 +413,8 @@ def test_look_alike_topics_and_mentors_never_share_a_count() -> None:
 
 
 def test_a_sessions_human_messages_count_at_its_start() -> None:
-    """Beside its messages, a session's human messages count in the hour, half hour and day of its earliest
-    message, for the org and its first mentor (conversation-summary/ reads them)."""
+    """Beside its messages, a session's human messages count in the day of its earliest message (all-time
+    answers read days only), for the org and its first mentor (conversation-summary/ reads them)."""
     assert [o for o in of(render(plan(events())), fields=("session_human",))] == [
-        f"HINCRBY aia:{{acme}}:{label} session_human{whose} 1"
-        for label in ("d:20261120", "h:2026112023", "hh:202611202330") for whose in ("", "|m|m1")
-    ]  # fmt: skip
+        f"HINCRBY aia:{{acme}}:d:20261120 session_human{whose} 1" for whose in ("", "|m|m1")
+    ]

@@ -24,8 +24,8 @@ from streams.exceptions import InvalidEvent
 from streams.schemas import MAX_TOKENS, MIN_TIME_MS, Limits, parse
 from streams.settings import ENGINES, Settings
 from tables import ids, keys, queries
-from tables.aggregates import chat_history, distinct_students, first_seen, llm_cost, top_students
-from tables.buckets import Grain, day_index
+from tables.aggregates import chat_history, first_seen, llm_cost, top_students
+from tables.buckets import Grain
 from tables.faults import is_data_fault
 from tests import reference
 from tests.support import WorkerProcess, demo_events, mismatches, read_compacted, read_topic, worker_and_producer
@@ -307,17 +307,6 @@ async def test_events_that_used_to_stop_the_worker_and_colliding_ids(hostile_wor
         await queries.resolve(queries.View(redis, 0), org, ids.MENTOR, history[slug_session_served]["mentor"])
         == slug_mentor_served
     )
-
-    # Distinct students: the hostile names counted as themselves, each mentor's set its own (`m|x` is not
-    # `m`; the mentor sent as slug-m's served UUID is not slug-m).
-    async def distinct(mentor: str | None = None) -> Any:
-        return (await distinct_students.distinct_students(queries.View(redis, 0), org, today, today, mentor))["total"]
-
-    assert await distinct() == len({"eve|top_students|x", "bob", "cat", "dan"})
-    assert (await distinct("m|x"), await distinct("m"), await distinct("m1")) == (1, 1, 1)
-    assert await distinct(slug_mentor_served) == 1 and await distinct(history[slug_session_served]["mentor"]) == 1
-    assert await redis.smembers(distinct_students.key(0, org, day_index(today), "m|x")) == {b"dan"}
-    assert await redis.smembers(distinct_students.key(0, org, day_index(today), "slug-m")) == {b"bob"}
 
     # total-users-by-mentor: students who sent a message, from the top-students sets, kept apart the same way.
     async def active(mentor: str | None = None, hourly: bool = False) -> list[int]:

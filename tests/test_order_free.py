@@ -32,7 +32,6 @@ from streams.settings import Settings
 from tables import ids, keys, queries
 from tables.aggregates import (
     chat_history,
-    distinct_students,
     first_seen,
     llm_cost,
     ratings,
@@ -162,10 +161,6 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
     for mentor in (None, *MENTORS):
         sent = sessions.SENT if mentor is None else sessions.mentor_field(sessions.SENT, mentor)
         out[f"sent {mentor}"] = await queries.periods(queries.View(redis, 0), ORG, first, last, True, None, [sent])
-    for mentor in (None, *MENTORS):
-        out[f"distinct {mentor}"] = await distinct_students.distinct_students(
-            queries.View(redis, 0), ORG, first, last, mentor
-        )
         # New and returning students: over every day, over each day, over each day to the last.
         spans = [(first, last)] + [(first + timedelta(days=i), last) for i in range(1, (last - first).days + 1)]
         spans += [(first + timedelta(days=i),) * 2 for i in range((last - first).days + 1)]
@@ -237,25 +232,6 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
         if name.startswith("top ") and name.endswith(" None") and name != "top all":
             day = name.split()[1]
             assert {r["username"]: r["chat_message_count"] for r in value} == dict(exp.human.get((ORG, day), {}))
-    for mentor in (None, *MENTORS):
-        distinct = got[f"distinct {mentor}"]
-        want_days = {d: exp.students.get((ORG, d, mentor or ""), set()) for d in (r["date"] for r in distinct["days"])}
-        assert {r["date"]: r["students"] for r in distinct["days"]} == {d: len(s) for d, s in want_days.items()}
-        assert distinct["total"] == len(set().union(*want_days.values())), mentor
-    for name, value in got.items():
-        if name.startswith("pie "):
-            _, a, b, mentor = name.split()
-            bounds = reference.day_ms(a, b)
-        elif name.startswith("local pie "):
-            _, _, a, mentor = name.split()
-            bounds = reference.day_ms(a, a, LOCAL_ZONE)
-        else:
-            continue
-        new, returning = reference.new_and_returning(exp, ORG, *bounds, "" if mentor == "None" else mentor)
-        counts = (value["new_users"]["count"], value["returning_users"]["count"])
-        assert counts == (new, returning), (name, counts, (new, returning))
-        shares = (value["new_users"]["percentage"], value["returning_users"]["percentage"])
-        assert shares == tuple(reference.shares([new, returning])), (name, shares)
     rated = reference.ratings(reference.conversations(events))
     for hourly in (False, True):
         for row in got[f"ratings {hourly}"]:

@@ -19,15 +19,15 @@ from redis.asyncio import Redis
 
 from tables import ids, queries
 from tables.aggregates.base import Batch, Counted, Erased
-from tables.buckets import DAY_MS, HALF_MS, MINUTE_MS, Grain
+from tables.buckets import DAY_MS, HALF_MS, HOUR_MS, MINUTE_MS, Grain
 from tables.conversations import ConversationState
 
 # Bucket fields (hourly, half-hourly, daily): sessions started, their messages, the human ones of those; a
 # mentor's end in `|m|<mentor>`.
 SESSIONS = "sessions"
 MESSAGES = "messages"  # also per minute: every chat message by its own time (the alert rules)
-HUMAN = "session_human"  # (the top-students family's `human` counts human messages by their own day)
-SENT = "sent"  # hourly and half-hourly: every chat message by its own time (the weekday x hour heatmap)
+HUMAN = "session_human"  # daily only (all-time reads); the top-students family's `human` is by own day
+SENT = "sent"  # hourly: every chat message by its own time (the weekday x hour heatmap; whole-hour zones)
 
 
 def mentor_field(fld: str, mentor: str) -> str:
@@ -43,17 +43,16 @@ class Sessions:
     name = "sessions"
 
     def fold(self, b: Batch, counted: Counted) -> Deltas:
-        """Every message in its minute, and in its hour and half hour for the org and its mentor. (Where a
+        """Every message in its minute, and in its hour for the org and its mentor. (Where a
         session starts and its counts per role are its conversation's: `ConversationState.add_message`;
         what they add is derived in `changed`.)"""
         messages = counted.messages
         for minute, n in Counter([ev.ts_ms // MINUTE_MS for ev, _, _ in messages]).items():
             b.add_at(Grain.MINUTE, minute, MESSAGES, n)  # Counter counts in C
-        for (half, mentor), n in Counter([(ev.ts_ms // HALF_MS, mentor) for ev, _, mentor in messages]).items():
-            for grain, index in ((Grain.HOUR, half // 2), (Grain.HALF, half)):
-                b.add_at(grain, index, SENT, n)
-                if mentor:
-                    b.add_at(grain, index, mentor_field(SENT, mentor), n)
+        for (hour, mentor), n in Counter([(ev.ts_ms // HOUR_MS, mentor) for ev, _, mentor in messages]).items():
+            b.add_at(Grain.HOUR, hour, SENT, n)
+            if mentor:
+                b.add_at(Grain.HOUR, hour, mentor_field(SENT, mentor), n)
         return {}
 
     def changed(self, b: Batch, deltas: Deltas, cid: str, before: ConversationState, after: ConversationState) -> None:
@@ -72,9 +71,10 @@ class Sessions:
             fields = list(zip((SESSIONS, MESSAGES, HUMAN), counts, strict=True))
             if mentor:
                 fields += [(mentor_field(name, mentor), n) for name, n in fields]
-            for grain, index in ((Grain.HOUR, half // 2), (Grain.HALF, half), (Grain.DAY, half * HALF_MS // DAY_MS)):
+            day = half * HALF_MS // DAY_MS
+            for grain, index in ((Grain.HOUR, half // 2), (Grain.HALF, half), (Grain.DAY, day)):
                 for fld, n in fields:
-                    if n:
+                    if n and (grain is Grain.DAY or not fld.startswith(HUMAN)):  # all-time reads: days only
                         b.add_at(grain, index, fld, n)
 
     async def erase(self, redis: Redis, gen: int, org: str, student: str) -> Erased:

@@ -1,4 +1,4 @@
-"""Topics: per topic, how many conversations and how many messages fall in each half hour, hour and day, for
+"""Topics: per topic, how many conversations and how many messages fall in each hour and day, for
 the org and for each mentor (what `most-discussed-topics/`, `topics/summary/` and
 `/api/analytics/topics/details/` read).
 
@@ -13,8 +13,8 @@ Beside the conversations and messages, the same conversations' sentiment and rat
 how many hold a sentiment and the sum of its score (positive 1, neutral 0, negative -1; their latest
 judgement), how many hold a rating and its sum (as high and low 32 bits, as the ratings family sums them).
 
-Keys: a hash per half hour, hour and day (`:tp:<label>`, a mentor's ending in `|m|<mentor>`), kept as long
-as the buckets of its grain. A field is a kind (`KINDS`), the topic's length in characters, `:` and the
+Keys: a hash per hour and day (`:tp:<label>`, a mentor's ending in `|m|<mentor>`), kept as long as the
+buckets of its grain: the days of a zone half an hour off UTC are refused (`tz`), as for costs. A field is a kind (`KINDS`), the topic's length in characters, `:` and the
 topic: the length says where a topic ends, so no topic is another's field whatever it holds.
 """
 
@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from tables import ids, keys, queries
 from tables.aggregates import ratings
 from tables.aggregates.base import Batch, Counted, Erased
-from tables.buckets import DAY_MS, HALF_MS, Grain
+from tables.buckets import DAY_MS, HALF_MS, Grain, require_whole_hours
 from tables.conversations import ConversationState
 
 # conversations, messages, conversations with a sentiment, its score's sum, conversations rated, the rating's
@@ -133,13 +133,13 @@ class Topics:
                             sums.deltas[slot] = sums.deltas.get(slot, 0) + n
 
     def flush(self, b: Batch, sums: Sums) -> None:
-        """Each count into the half hour, hour and day of the org's hashes and the mentor's; each topic's
+        """Each count into the hour and day of the org's hashes and the mentor's; each topic's
         first time into the org's and the mentor's sorted set (`ZADD LT`: the earliest ever)."""
         w, gen, org, retention = b.w, b.gen, b.org, b.retention
         for (half, mentor, fld), n in sums.deltas.items():
             if not n:
                 continue
-            for grain, index in ((Grain.HALF, half), (Grain.HOUR, half // 2), (Grain.DAY, half * HALF_MS // DAY_MS)):
+            for grain, index in ((Grain.HOUR, half // 2), (Grain.DAY, half * HALF_MS // DAY_MS)):
                 hkey = key(gen, org, grain, index, mentor)
                 w.hincr(hkey, fld, n)
                 w.expire_at(hkey, retention.expire_at_s(grain, index))
@@ -157,6 +157,7 @@ async def topic_counts(
     """topic -> its sums in `KINDS` order (conversations, messages, ...) over the days from start to end (the
     zone's), of the org or of one mentor; topics without a conversation left out."""
     redis, gen = view
+    require_whole_hours(start, end, zone, "topics are")
     if mentor_id is not None:
         mentor_id = await queries.resolve(view, org, ids.MENTOR, mentor_id)
     pieces = [piece for _, made_of in queries.period_pieces(start, end, False, zone) for piece in made_of]
