@@ -378,10 +378,10 @@ def month_bounds(today: date) -> tuple[tuple[date, date], tuple[date, date]]:
     return (first, today), (last_end.replace(day=1), last_end)
 
 
-def change_percent(now: int, then: int) -> float:
-    """The percentage change from then to now, rounded half to even to two places; 0 when then is 0 (no
-    percentage of nothing)."""
-    return 0.0 if then == 0 else float(round(Fraction(100 * (now - then), then), 2))
+def change_percent(now: int, then: int, places: int = 2) -> float:
+    """The percentage change from then to now, rounded half to even to `places` places (exactly: from the
+    fraction); 0 when then is 0 (no percentage of nothing)."""
+    return 0.0 if then == 0 else float(round(Fraction(100 * (now - then), then), places))
 
 
 @router.get(

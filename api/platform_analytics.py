@@ -201,7 +201,7 @@ async def users(
         Query(
             description="currently_active: students who sent a message since the start of the previous half "
             "hour (30 to 60 minutes); active_users: in the date_filter's days; active_users_last_30d: in the "
-            "last 30 days. `change`: the percentage change against the window just before, rounded (0 when "
+            "last 30 days. `change`: the percentage change against the window just before, rounded half to even (0 when "
             "that window had none). registered_users needs the platform's user registry: 400.",
             json_schema_extra={"enum": list(USER_METRICS)},
         ),
@@ -231,7 +231,7 @@ async def users(
             for first, last in ((start, end), (before, start - timedelta(days=1)))
         ]
     now, then = await queries.union_sizes(a.view.redis, windows)
-    return {"metric": chosen, "count": now, "change": percent_change(now, then)}
+    return {"metric": chosen, "count": now, "change": int(change_percent(now, then, places=0))}
 
 
 @router.get("/topics/", openapi_extra=answered_by(topics.Topics, sessions.Sessions, first_seen.FirstSeen))
@@ -307,14 +307,6 @@ async def topic_details(
             "next": n + 1 if n < pages else None, "previous": n - 1 if n > 1 else None,
         },
     }  # fmt: skip
-
-
-def percent_change(now: int, then: int) -> int:
-    """Rounded half away from zero; 0 when there was nothing before (no percentage of nothing)."""
-    if then == 0:
-        return 0
-    rounded = (abs(now - then) * 200 + then) // (2 * then)
-    return rounded if now >= then else -rounded
 
 
 # --- helpers -------------------------------------------------------------------------------------------

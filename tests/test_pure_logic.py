@@ -383,6 +383,8 @@ def test_this_month_and_the_month_before() -> None:
     )
     assert [change_percent(*p) for p in ((3, 0), (0, 0), (3, 3), (4, 3), (2, 3), (1, 8), (0, 7))] == [
         0.0, 0.0, 0.0, 33.33, -33.33, -87.5, -100.0]  # fmt: skip
+    # Whole percents (/api/analytics/users/): half to even, -12.5 to -12 and 62.5 to 62, -87.5 to -88.
+    assert [change_percent(*p, places=0) for p in ((7, 8), (13, 8), (1, 8))] == [-12.0, 62.0, -88.0]
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -778,7 +778,7 @@ def test_analytics_users_match_reference(stack: Stack) -> None:
             mine = [(student, ms) for o, m, student, ms in humans if o == org and mentor in ("", m)]
             on = [(student, datetime.fromtimestamp(ms / 1000, UTC).date()) for student, ms in mine]
             now, then = (len({s for s, d in on if d == day}) for day in (second, first))
-            change = 0 if then == 0 else int((Decimal(now - then) * 100 / then).to_integral_value(ROUND_HALF_UP))
+            change = 0 if then == 0 else round(Fraction(100 * (now - then), then))  # half to even
             got = current_users(stack, org, mentor, "active_users", date_filter="custom", start_date=second,
                                 end_date=second)  # fmt: skip
             assert (got.count, got.change) == (now, change), (org, mentor)
