@@ -14,8 +14,10 @@ how many hold a sentiment and the sum of its score (positive 1, neutral 0, negat
 judgement), how many hold a rating and its sum (as high and low 32 bits, as the ratings family sums them).
 
 Keys: a hash per hour and day (`:tp:<label>`, a mentor's ending in `|m|<mentor>`), kept as long as the
-buckets of its grain: the days of a zone half an hour off UTC are refused (`tz`), as for costs. A field is a kind (`KINDS`), the topic's length in characters, `:` and the
-topic: the length says where a topic ends, so no topic is another's field whatever it holds.
+buckets of its grain: the days of a zone half an hour off UTC are refused (`tz`), as for costs. A field is
+a kind (`KINDS`), the topic's length in characters, `:` and the topic: the length says where a topic ends,
+so no topic is another's field whatever it holds. And when each topic was first named (`tpfirst`, a
+sorted set topic -> the earliest message or record naming it, `ZADD ... LT`, never expiring).
 """
 
 from __future__ import annotations
