@@ -412,8 +412,9 @@ async def chat_history_filter(
     mentor = params.text("mentor_id", mentor_id)
     zone = await zone_of(state, org, tz)
     today = local_today(zone)
-    if start_date is None and end_date is None:
-        start, end = min(await first_day(view, org, zone) or today, today), today
+    if start_date is None and end_date is None:  # since the first message, or the oldest day kept
+        start = await first_day(view, org, zone) or today
+        start, end = min(max(start, oldest_kept(state, zone, hourly=False) or start), today), today
     else:
         start, end = params.date_range(start_date, end_date, required=False, today=today)
     check_retention(state, start, zone, hourly=False)
@@ -434,6 +435,15 @@ async def first_day(view: queries.View, org: str, zone: ZoneInfo | None) -> date
     before any."""
     ms = await first_seen.earliest_ms(view, org)
     return None if ms is None else datetime.fromtimestamp(ms / 1000, zone or UTC).date()
+
+
+def oldest_kept(state: AppState, zone: ZoneInfo | None, *, hourly: bool) -> date | None:
+    """The first day `check_retention` lets a range start on, None when days are kept forever."""
+    days = state.retention.hourly_days if hourly or zone is not None else state.retention.daily_days
+    if not days:
+        return None
+    oldest = local_today(None) - timedelta(days=days - 1)
+    return oldest if zone is None else oldest + timedelta(days=1)
 
 
 def periods_of(start: date, end: date, monthly: bool) -> list[tuple[date, date]]:

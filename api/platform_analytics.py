@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Query
 
 from api import params
-from api.analytics import TZ, change_percent, check_retention, first_day, months, zone_of
+from api.analytics import TZ, change_percent, check_retention, first_day, months, oldest_kept, zone_of
 from api.auth import PlatformOrg
 from api.cache import answered_by
 from api.state import AppState, Served, State
@@ -366,12 +366,3 @@ def grouped(
         for i, n in enumerate(sums):
             acc[i] += n
     return list(out.items())
-
-
-def oldest_kept(state: AppState, zone: ZoneInfo | None, *, hourly: bool) -> date | None:
-    """The first day `check_retention` lets a range start on, None when days are kept forever."""
-    days = state.retention.hourly_days if hourly or zone is not None else state.retention.daily_days
-    if not days:
-        return None
-    oldest = local_today(None) - timedelta(days=days - 1)
-    return oldest if zone is None else oldest + timedelta(days=1)
