@@ -66,16 +66,21 @@ class Sessions:
 
     def flush(self, b: Batch, deltas: Deltas) -> None:
         """The sessions and messages summed per half hour and mentor, spread over the hour, half hour (for
-        the days of zones half an hour off UTC) and day, for the org and for the mentor."""
-        for (half, mentor), counts in deltas.items():
-            fields = list(zip((SESSIONS, MESSAGES, HUMAN), counts, strict=True))
+        the days of zones half an hour off UTC) and day, for the org and for the mentor; the human messages
+        over the day only (read all time, by the day)."""
+        for (half, mentor), (sessions, messages, human) in deltas.items():
+            whose = [(SESSIONS, MESSAGES, HUMAN)]
             if mentor:
-                fields += [(mentor_field(name, mentor), n) for name, n in fields]
-            day = half * HALF_MS // DAY_MS
-            for grain, index in ((Grain.HOUR, half // 2), (Grain.HALF, half), (Grain.DAY, day)):
-                for fld, n in fields:
-                    if n and (grain is Grain.DAY or not fld.startswith(HUMAN)):  # all-time reads: days only
-                        b.add_at(grain, index, fld, n)
+                whose.append(
+                    (mentor_field(SESSIONS, mentor), mentor_field(MESSAGES, mentor), mentor_field(HUMAN, mentor))
+                )
+            for grain, index in ((Grain.HOUR, half // 2), (Grain.HALF, half), (Grain.DAY, half * HALF_MS // DAY_MS)):
+                for s_field, m_field, h_field in whose:
+                    for fld, n in ((s_field, sessions), (m_field, messages)):
+                        if n:
+                            b.add_at(grain, index, fld, n)
+                    if human and grain is Grain.DAY:
+                        b.add_at(grain, index, h_field, human)
 
     async def erase(self, redis: Redis, gen: int, org: str, student: str) -> Erased:
         return Erased()  # counts without a name
