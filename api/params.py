@@ -156,6 +156,19 @@ def positive_int(param: str, value: str | None, default: int, maximum: int | Non
     return n
 
 
+def whole_number(param: str, value: str | None) -> int | None:
+    """A whole number from 0 (a count a client bounds a result by), or None when not given."""
+    if value is None or value == "":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise bad(param, f"{param} must be a whole number, got {value[:40]!r}") from None
+    if n < 0:
+        raise bad(param, f"{param} must be at least 0, got {n}")
+    return n
+
+
 def text(param: str, value: str | None) -> str | None:
     if value is None or value == "":
         return None

@@ -359,6 +359,7 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
         "most-discussed-topics/$", "topics/summary/$", "topic-statistics/$", "topic-overview/$",
         "overview-summary/$", "^/api/analytics/topics/$", "chat-history-filter/$", "conversation-summary/$",
         "^/api/analytics/financial/$", "^/api/analytics/financial/details/$", "^/api/analytics/financial/invoice/$",
+        "^/api/analytics/messages/$",
         "usage-summary/$", "user-sentiment/$", "user-metrics-pie-chart/$",
     ])  # fmt: skip
     assert answered_by(sessions.Sessions) == {"x-answered-by": ["sessions"]}

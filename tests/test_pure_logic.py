@@ -7,6 +7,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -422,3 +423,25 @@ def test_decimal_text_rounds_exactly_half_to_even(numerator: int, denominator: i
 def test_usd_text_is_nano_dollars_as_a_decimal_string(nanos: int, places: int, text: str) -> None:
     assert llm_cost.usd_text(nanos, places) == text
     assert re.fullmatch(rf"-?\d+\.\d{{{places}}}", text)
+
+
+def test_a_sessions_cost_over_a_range_is_its_hours_in_it() -> None:
+    """A listed conversation's cost (`/api/analytics/messages/`): the session's cost by hour, the hours of
+    [start, end) only, both ends rounded down to their hour."""
+    hour = T0 // HOUR  # 23:00 UTC
+    state = ConversationState(costs={hour - 1: 5, hour: 7, hour + 1: 11})
+    at = lambda ms: datetime.fromtimestamp(ms / 1000, UTC)  # noqa: E731
+    assert llm_cost.session_cost(state, at(T0 - DAY), at(T0 + DAY)) == 23
+    assert llm_cost.session_cost(state, at(T0), at(T0 + HALF)) == 7  # 23:30 to 00:00: the 23:00 hour
+    assert llm_cost.session_cost(state, at(T0 + HALF), at(T0 + DAY)) == 11
+    assert llm_cost.session_cost(state, at(T0), at(T0)) == 0
+
+
+def test_a_zones_days_bound_the_chat_history_index() -> None:
+    """The listing's days are UTC's, or a zone's (its midnights, in ms; the end's last millisecond)."""
+    d = date(2026, 11, 20)
+    utc_lo, utc_hi = chat_history.index_range(chat_history.HistoryFilter(start=d, end=d))
+    assert (utc_lo, utc_hi) == (T0 - 23 * HOUR - HALF, T0 + HALF - 1)
+    ny = chat_history.index_range(chat_history.HistoryFilter(start=d, end=d, zone=ZoneInfo("America/New_York")))
+    assert ny == (utc_lo + 5 * HOUR, utc_hi + 5 * HOUR)
+    assert chat_history.index_range(chat_history.HistoryFilter()) == ("-inf", "+inf")

@@ -75,6 +75,7 @@ CURRENT_USERS = {"200": "CurrentUsersResponse", "400": None, "403": None, "500":
 FINANCE = {"200": "BaseFinanceResponse", "400": None, "403": None, "500": None}
 FINANCE_DETAILS = {"200": "FinanceDetailsResponse", "400": None, "403": None, "500": None}
 INVOICE = {"200": "InvoiceReportResponse", "400": None, "403": None, "500": None}
+CONVERSATION_LIST = {"200": "ConversationListResponse"}
 USAGE = {"200": "List[UserCountRecord]", "400": None, "404": None}
 USER_SENTIMENT = {"200": "SentimentSummary", "400": None, "404": None}
 PIE_CHART = {"200": "PieChartData", "400": None, "404": None}
@@ -1034,6 +1035,173 @@ def test_analytics_financial_refusals_the_sdk_cannot_send(stack: Stack) -> None:
         assert r.json()["parameter"] == path.rsplit("&", 1)[-1].split("?")[-1].split("=")[0], (path, r.text)
 
 
+# --- /api/analytics/messages/: the conversation list ------------------------------------------------------
+
+
+def message_counts(stack: Stack) -> dict[tuple[str, str], list[int]]:
+    """(org, session) -> [human, ai] messages, each event once."""
+    seen: set[tuple[str, str]] = set()
+    out: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for topic, e in stack.events:
+        if topic == "chat-messages" and (e["org"], e["event_id"]) not in seen:
+            seen.add((e["org"], e["event_id"]))
+            out[(e["org"], e["session_id"])][0 if e["role"] == "human" else 1] += 1
+    return out
+
+
+def listed(stack: Stack, org: str, first: date, last: date) -> list[dict[str, Any]]:
+    """The reference's conversation list of the UTC days: each conversation listed then (at its newest
+    record's `inserted_at`, else its first message's time), as `ConversationListItem` fields, newest first."""
+    lo, hi = reference.day_ms(first.isoformat(), last.isoformat())
+    counts = message_counts(stack)
+    scores = {"positive": 1, "neutral": 0, "negative": -1}
+    out = []
+    for cid, c in stack.conversations(org).items():
+        if c.inserted_ms is None or not lo <= c.inserted_ms < hi or (c.record or {}).get("deleted"):
+            continue
+        human, ai = counts[(org, cid)]
+        nanos = sum(o.nanos for o in stack.obs if o.org == org and o.session_id == cid and lo <= o.ts_ms < hi)
+        out.append({
+            "session": as_uuid(cid), "platform_key": org, "platform_name": org, "platform": 0,
+            "mentor": c.mentor, "mentor_unique_id": c.mentor,
+            "model": m if isinstance(m := (c.record or {}).get("model"), str) else "",
+            "username": c.student, "name": c.title or "", "topics": c.topics,
+            "message_count": human + ai, "user_queries": human, "assistant_responses": ai,
+            "sentiment": c.sentiment or None, "average_sentiment": scores.get(c.sentiment),
+            "created_at": c.inserted_ms, "cost": money(nanos, 6), "nanos": nanos,
+        })  # fmt: skip
+    return sorted(out, key=lambda row: -row["created_at"])
+
+
+def list_pages(stack: Stack, org: str, limit: int = 100, **query: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(summary, every item as `listed` describes it) of `/api/analytics/messages/`, walked page by page
+    through the SDK and parsed with its models."""
+    rows: list[dict[str, Any]] = []
+    page, pages, summary = 1, 1, None
+    while page <= pages:
+        r = stack.call("analytics_messages_retrieve", CONVERSATION_LIST, platform_key=org, limit=limit, page=page,
+                       **query)  # fmt: skip
+        got = ok(r, 200, M.ConversationListResponse)
+        assert all(isinstance(x, M.ConversationListItem) for x in got.results)
+        assert summary in (None, got.summary), "the summary changed while paging"
+        summary, pages = got.summary, got.pagination["total_pages"]
+        assert got.pagination == {
+            "count": summary["total_conversations"], "page": page, "limit": limit, "total_pages": pages,
+            "next": page + 1 if page < pages else None, "previous": page - 1 if page > 1 else None,
+        }  # fmt: skip
+        assert len(got.results) == (limit if page < pages else summary["total_conversations"] - (pages - 1) * limit)
+        for x, raw in zip(got.results, json.loads(r.raw_data)["results"], strict=True):
+            rows.append({
+                "session": x.session, "platform_key": x.platform_key, "platform_name": x.platform_name,
+                "platform": x.platform, "mentor": x.mentor, "mentor_unique_id": x.mentor_unique_id,
+                "model": x.model, "username": x.username, "name": x.name,
+                "topics": {t["name"] for t in x.topics}, "message_count": x.message_count,
+                "user_queries": x.user_queries, "assistant_responses": x.assistant_responses,
+                "sentiment": x.sentiment, "average_sentiment": x.average_sentiment,
+                "created_at": ms_of(x.created_at), "cost": x.cost, "nanos": raw["cost_nanos"],
+            })  # fmt: skip
+        page += 1
+    assert summary is not None
+    return summary, rows
+
+
+def summary_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    nanos = sum(row["nanos"] for row in rows)
+    return {
+        "total_conversations": len(rows), "total_messages": sum(row["message_count"] for row in rows),
+        "user_queries": sum(row["user_queries"] for row in rows),
+        "assistant_responses": sum(row["assistant_responses"] for row in rows),
+        "unique_users": len({row["username"] for row in rows}), "total_cost": money(nanos, 6), "cost_nanos": nanos,
+    }  # fmt: skip
+
+
+def same_list(got: list[dict[str, Any]], want: list[dict[str, Any]], what: Any) -> None:
+    """The same items, newest first (the order of conversations listed at the same millisecond is the
+    service's own)."""
+    assert [row["created_at"] for row in got] == sorted((row["created_at"] for row in got), reverse=True), what
+    key = lambda row: row["session"]  # noqa: E731
+    mine = sorted(({**row, "nanos": None} for row in got), key=key)
+    assert mine == sorted(({**row, "nanos": None} for row in want), key=key), what
+    assert sum(row["nanos"] for row in got) == sum(row["nanos"] for row in want), what
+
+
+def test_analytics_messages_match_reference(stack: Stack) -> None:
+    """`/api/analytics/messages/`: every conversation listed in the days (each org, a day alone), newest
+    first, as the SDK's `ConversationListItem`: the org, the mentor, the record's model and title, the
+    student, topics, messages per role, the latest sentiment and its score, the listing time, its LLM cost
+    over the range (6 places); the summary sums every one matched."""
+    first, last = days(stack)
+    for org in sorted(stack.exp.orgs):
+        for a, b in ((first, last), (last, last)):
+            want = listed(stack, org, a, b)
+            summary, got = list_pages(stack, org, start_date=a, end_date=b)
+            same_list(got, want, (org, a, b))
+            assert summary == summary_of(want), (org, a, b)
+        assert sum(row["nanos"] for row in listed(stack, org, first, last)) > 0, "the demo spends nothing"
+
+
+def test_analytics_messages_filters_and_paging(stack: Stack) -> None:
+    """Each filter keeps what the reference says: the mentor, the latest sentiment, a topic holding the text
+    (any case), the message counts (both bounds included), a search in the title or username (any case);
+    pages of three; a page past the last is a 404."""
+    first, last = days(stack)
+    org = "acme-academy"
+    every = listed(stack, org, first, last)
+    dates = {"start_date": first, "end_date": last}
+
+    def check(pred: Callable[[dict[str, Any]], bool], **query: Any) -> None:
+        want = [row for row in every if pred(row)]
+        assert 0 < len(want) < len(every), ("the filter would not discriminate", query)
+        summary, got = list_pages(stack, org, **dates, **query)
+        same_list(got, want, query)
+        assert summary == summary_of(want), query
+
+    for mentor in stack.mentors(org):
+        check(lambda row, m=mentor: row["mentor"] == m, mentor_unique_id=uuid.UUID(mentor))
+    check(lambda row: row["sentiment"] == "negative", sentiment="negative")
+    check(lambda row: any("gebr" in t for t in row["topics"]), topic="GEBR")
+    counts = sorted(row["message_count"] for row in every)
+    low, high = counts[len(counts) // 3], counts[2 * len(counts) // 3]
+    check(lambda row: row["message_count"] >= low, min_messages=low)
+    check(lambda row: row["message_count"] <= high, max_messages=high)
+    check(lambda row: low <= row["message_count"] <= high, min_messages=low, max_messages=high)
+    student = Counter(row["username"] for row in every).most_common(2)[1][0]
+    title_word = Counter(w for row in every for w in row["name"].split() if len(w) > 4).most_common(1)[0][0]
+    for needle in (student.casefold(), title_word.casefold()):
+        check(lambda row, n=needle: n in row["name"].casefold() or n in row["username"].casefold(),
+              search=needle.swapcase())  # fmt: skip
+    mentor = stack.mentors(org)[0]
+    check(lambda row: row["mentor"] == mentor and row["sentiment"] == "positive",
+          mentor_unique_id=uuid.UUID(mentor), sentiment="positive")  # fmt: skip
+    # Paged three at a time: the same list, in the same order as pages of a hundred.
+    _, by_three = list_pages(stack, org, limit=3, **dates)
+    _, by_hundred = list_pages(stack, org, **dates)
+    assert by_three == by_hundred and len(by_three) > 3
+    with pytest.raises(NotFoundException):  # past the last page, as Django REST framework answers
+        stack.call("analytics_messages_retrieve", CONVERSATION_LIST, platform_key=org, page=999, **dates)
+    # Nothing matched: one empty page.
+    r = stack.call("analytics_messages_retrieve", CONVERSATION_LIST, platform_key=org, search="no such text", **dates)
+    got = ok(r, 200, M.ConversationListResponse)
+    assert (got.results, got.summary["total_conversations"], got.pagination["total_pages"]) == ([], 0, 1)
+    # The default range: the last 7 days of the org (UTC).
+    week = listed(stack, org, TODAY - timedelta(days=6), TODAY)
+    _, got_week = list_pages(stack, org)
+    same_list(got_week, week, "7d")
+
+
+def test_analytics_messages_refusals_the_sdk_cannot_send(stack: Stack) -> None:
+    """What the SDK's own checks refuse before sending (limit out of 1–100, negative counts), a date filter
+    it has no parameter for, and a zone whose days start on a half hour (cost is kept by the hour): a 400
+    naming the parameter."""
+    for query, param in (("limit=0", "limit"), ("limit=101", "limit"), ("min_messages=-1", "min_messages"),
+                         ("max_messages=many", "max_messages"), ("date_filter=1y", "date_filter"),
+                         ("tz=Asia/Kolkata", "tz")):  # fmt: skip
+        r = httpx.get(f"{stack.env.base}/api/analytics/messages/?{query}&platform_key=acme-academy",
+                      headers={"Authorization": f"Api-Token {stack.keys['admin']}"}, timeout=15)  # fmt: skip
+        assert r.status_code == 400, (query, r.text)
+        assert r.json()["parameter"] == param, (query, r.text)
+
+
 PLATFORM_BAD = [
     ("analytics_sessions_retrieve", SESSIONS_CHART, {"date_filter": "1y"}, "date_filter"),
     ("analytics_sessions_retrieve", SESSIONS_CHART, {"granularity": "year"}, "granularity"),
@@ -1060,6 +1228,10 @@ PLATFORM_BAD = [
     ("analytics_financial_details_retrieve", FINANCE_DETAILS, {"group_by": "mentor", "username": "x"}, "username"),
     ("analytics_financial_invoice_retrieve", INVOICE, {"usergroup_ids": [1]}, "usergroup_ids"),
     ("analytics_financial_invoice_retrieve", INVOICE, {"start_date": LATER, "end_date": EARLIER}, "end_date"),
+    ("analytics_messages_retrieve", CONVERSATION_LIST, {"start_date": LATER, "end_date": EARLIER}, "end_date"),
+    ("analytics_messages_retrieve", CONVERSATION_LIST, {"min_messages": 5, "max_messages": 2}, "max_messages"),
+    ("analytics_messages_retrieve", CONVERSATION_LIST, {"sentiment": "angry"}, "sentiment"),
+    ("analytics_messages_retrieve", CONVERSATION_LIST, {"usergroup_ids": [4]}, "usergroup_ids"),
 ]  # fmt: skip
 PLATFORM_REQUIRED = {"analytics_users_retrieve": {"metric": "active_users"},
                      "analytics_financial_retrieve": {"metric": "total_costs"},

@@ -14,12 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 
 from streams.schemas import format_timestamp
 from tables import ids, keys, queries
 from tables.aggregates.base import Batch, Counted, Erased
+from tables.buckets import local_midnight
 from tables.conversations import ConversationState, addressed_digest
 
 # The mentor, topic and sentiment indexes (few values, many conversations each) are in shards.
@@ -91,6 +93,7 @@ class HistoryFilter:
     mentor: str | None = None
     sentiment: str | None = None
     topics: tuple[str, ...] = ()
+    zone: ZoneInfo | None = None  # start and end are this zone's days (UTC's without one)
 
 
 async def chat_history(
@@ -98,11 +101,57 @@ async def chat_history(
 ) -> tuple[int, list[dict[str, Any]]]:
     """(count, the page's conversations), newest first by inserted_at."""
     redis, gen = view
+    flt = await _resolved(view, org, flt)
+    lo, hi = index_range(flt)
+    if not _filters(flt):
+        index = index_key(gen, org)
+        count = int(await redis.zcount(index, lo, hi))
+        start = (page - 1) * page_size
+        members: Any = await redis.zrevrangebyscore(index, hi, lo, start=start, num=page_size)
+        digests = [int(m) for m in members]
+    else:
+        matched = await _filtered(view, org, flt, lo, hi)
+        count = len(matched)
+        digests = [d for _, d in matched[(page - 1) * page_size : page * page_size]]
+    return count, await _conversations(view, org, digests)
+
+
+async def listed(view: queries.View, org: str, flt: HistoryFilter, limit: int) -> list[int]:
+    """The digests of the conversations the filter lists, newest first by inserted_at (ties by digest), at
+    most `limit` + 1 (more than `limit` says there are more). Its Redis work: without a student, mentor,
+    sentiment or topic, one ZREVRANGEBYSCORE of at most `limit` + 1 members; with them, that of
+    `chat_history`'s filtered pages (the range of the index or the smallest filter, whichever is smaller,
+    each member checked against the others)."""
+    redis, gen = view
+    flt = await _resolved(view, org, flt)
+    lo, hi = index_range(flt)
+    if _filters(flt):
+        return [d for _, d in (await _filtered(view, org, flt, lo, hi))[: limit + 1]]
+    pairs: Any = await redis.zrevrangebyscore(index_key(gen, org), hi, lo, start=0, num=limit + 1, withscores=True)
+    return [d for _, d in sorted(((-float(score), int(m)) for m, score in pairs), key=lambda sd: (sd[0], str(sd[1])))]
+
+
+async def _resolved(view: queries.View, org: str, flt: HistoryFilter) -> HistoryFilter:
     if flt.mentor:
-        flt = replace(flt, mentor=await queries.resolve(view, org, ids.MENTOR, flt.mentor))
-    lo = "-inf" if flt.start is None else _ms(flt.start)
-    hi = "+inf" if flt.end is None else _ms(flt.end + timedelta(days=1)) - 1
-    index = index_key(gen, org)
+        return replace(flt, mentor=await queries.resolve(view, org, ids.MENTOR, flt.mentor))
+    return flt
+
+
+def index_range(flt: HistoryFilter) -> tuple[str | int, str | int]:
+    """The index's scores (inserted_at, ms) of the filter's days: UTC days, or the zone's."""
+    if flt.start is None:
+        lo: str | int = "-inf"
+    else:
+        lo = _ms(flt.start) if flt.zone is None else local_midnight(flt.start, flt.zone) * 1000
+    if flt.end is None:
+        hi: str | int = "+inf"
+    else:
+        after = flt.end + timedelta(days=1)
+        hi = (_ms(after) if flt.zone is None else local_midnight(after, flt.zone) * 1000) - 1
+    return lo, hi
+
+
+def _filters(flt: HistoryFilter) -> list[tuple[str, str]]:
     filters: list[tuple[str, str]] = []
     if flt.student:
         filters.append(("student", flt.student))
@@ -111,43 +160,53 @@ async def chat_history(
     if flt.sentiment:
         filters.append(("sentiment", flt.sentiment))
     filters.extend(("topic", t) for t in flt.topics)
-    if not filters:
-        count = int(await redis.zcount(index, lo, hi))
-        start = (page - 1) * page_size
-        members: Any = await redis.zrevrangebyscore(index, hi, lo, start=start, num=page_size)
-        digests = [int(m) for m in members]
+    return filters
+
+
+async def _filtered(
+    view: queries.View, org: str, flt: HistoryFilter, lo: str | int, hi: str | int
+) -> list[tuple[float, int]]:
+    """(inserted_at, digest) of every conversation in [lo, hi] in every filter's set, newest first (ties by
+    digest as text). Walks the smaller of the range's index and the smallest filter's sets, and checks the
+    other filters (and the range) against it."""
+    redis, gen = view
+    index = index_key(gen, org)
+    filters = _filters(flt)
+    shards = [filter_keys(gen, org, kind, value) for kind, value in filters]
+    sizes = await queries.pipelined(
+        redis, [("zcount", index, lo, hi), *(("scard", k) for keys_ in shards for k in keys_)]
+    )
+    in_range, totals, i = int(sizes[0]), [], 1
+    for keys_ in shards:
+        totals.append(sum(int(n) for n in sizes[i : i + len(keys_)]))
+        i += len(keys_)
+    smallest = totals.index(min(totals))
+    if in_range <= totals[smallest]:
+        pairs: Any = await redis.zrangebyscore(index, lo, hi, withscores=True)
+        candidates: list[Any] = [m for m, _ in pairs]
+        scores: list[Any] = [s for _, s in pairs]
+        smallest = -1
     else:
-        # Walk the smallest filter's sets, then check the others and the date range against it.
-        shards = [filter_keys(gen, org, kind, value) for kind, value in filters]
-        sizes = await queries.pipelined(redis, [("scard", k) for keys_ in shards for k in keys_])
-        totals, i = [], 0
-        for keys_ in shards:
-            totals.append(sum(int(n) for n in sizes[i : i + len(keys_)]))
-            i += len(keys_)
-        smallest = totals.index(min(totals))
         found = await queries.pipelined(redis, [("smembers", k) for k in shards[smallest]])
         candidates = [m for ms in found for m in ms]
-        if not candidates:
-            return 0, []
-        scores = await redis.zmscore(index, candidates)
-        keep = [s is not None for s in scores]
-        for n, (kind, value) in enumerate(filters):
-            if n == smallest:
-                continue
-            member_of = await queries.pipelined(
-                redis, [("sismember", filter_key(gen, org, kind, value, int(m)), m) for m in candidates]
-            )
-            keep = [k and bool(hit) for k, hit in zip(keep, member_of, strict=True)]
-        lo_f = float("-inf") if lo == "-inf" else float(lo)
-        hi_f = float("inf") if hi == "+inf" else float(hi)
-        matched = sorted(
-            ((score, int(m)) for m, score, ok in zip(candidates, scores, keep, strict=True)
-             if ok and score is not None and lo_f <= score <= hi_f),
-            key=lambda sd: (-sd[0], str(sd[1])),
-        )  # fmt: skip
-        count = len(matched)
-        digests = [d for _, d in matched[(page - 1) * page_size : page * page_size]]
-    return count, await _conversations(view, org, digests)
+        scores = await redis.zmscore(index, candidates) if candidates else []
+    if not candidates:
+        return []
+    keep = [s is not None for s in scores]
+    for n, (kind, value) in enumerate(filters):
+        if n == smallest:
+            continue
+        member_of = await queries.pipelined(
+            redis, [("sismember", filter_key(gen, org, kind, value, int(m)), m) for m in candidates]
+        )
+        keep = [k and bool(hit) for k, hit in zip(keep, member_of, strict=True)]
+    lo_f = float("-inf") if lo == "-inf" else float(lo)
+    hi_f = float("inf") if hi == "+inf" else float(hi)
+    return sorted(
+        ((score, int(m)) for m, score, ok in zip(candidates, scores, keep, strict=True)
+         if ok and score is not None and lo_f <= score <= hi_f),
+        key=lambda sd: (-sd[0], str(sd[1])),
+    )  # fmt: skip
 
 
 async def conversation(view: queries.View, org: str, conv_id: str) -> tuple[str, dict[str, Any], dict[str, Any]] | None:

@@ -344,14 +344,19 @@ async def attributed_sessions(view: queries.View, org: str, start: datetime, end
     merged = await queries.zunion(redis, [sessions_key(gen, org, day_index(d)) for d in days_between(first, last)])
     candidates = [pair for member, score in merged if int(score) and (pair := parse_session_member(member.decode()))]
     states = await queries.conversation_states(view, org, [conversation_digest(org, s) for _, s in candidates])
-    lo, hi = hour_index(start.astimezone(UTC)), hour_index(end.astimezone(UTC))
     out = []
     for (mentor, session), state in zip(candidates, states, strict=True):
-        nanos = sum(n for h, n in state.costs.items() if lo <= h < hi)
-        if nanos:
+        if nanos := session_cost(state, start, end):
             who = state.attribution()
             out.append(SessionCost(session, "" if who is None else who[0], mentor, nanos))
     return out
+
+
+def session_cost(state: ConversationState, start: datetime, end: datetime) -> int:
+    """Nano-dollars of a session's observations in [start, end), from its cost by hour: exact to the hour
+    (both ends rounded down to theirs), like every cost."""
+    lo, hi = hour_index(start.astimezone(UTC)), hour_index(end.astimezone(UTC))
+    return sum(n for h, n in state.costs.items() if lo <= h < hi)
 
 
 async def session_costs(view: queries.View, org: str, start: datetime, end: datetime) -> dict[tuple[str, str], int]:
