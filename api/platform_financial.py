@@ -258,15 +258,14 @@ async def financial_invoice(
         str | None, Query(description="The invoice of this student's sessions (default: the platform's).")
     ] = None,
 ) -> dict[str, Any]:
-    """The billing period's LLM cost (the org's, or one student's sessions'), the sessions that cost
-    something and their students, cost per session; broken down by mentor. The period defaults to the
+    """The billing period's LLM cost (the org's, or one student's or one mentor's sessions'), the sessions
+    that cost something and their students, cost per session; broken down by mentor. The period defaults to the
     last 30 days up to today (the org's); an end alone to the 30 days up to it."""
-    if params.text("mentor_unique_id", a.mentor_raw) is not None:
-        raise params.bad(
-            "mentor_unique_id", "mentor_unique_id: an invoice is the org's or one student's (by_mentor breaks it down)"
-        )
     breakdown = params.flag("include_breakdown", include_breakdown, default=True)
     student = params.text("username", username)
+    mentor = await a.mentor()
+    if mentor is not None and student is not None:
+        raise params.bad("username", "username: an invoice is the org's, one student's or one mentor's, not a pair's")
     if a.date_filter is None and a.start_date is None:
         if a.end_date:
             last = params.parse_date("end_date", a.end_date, required=True)
@@ -276,14 +275,20 @@ async def financial_invoice(
             a.date_filter = "30d"
     start, end, zone = await a.span(hourly=False)
     span = utc_span(start, end, zone)
-    fld = llm_cost.COST if student is None else llm_cost.cost_field("u", student)
+    fld = llm_cost.COST
+    if student is not None or mentor is not None:
+        fld = llm_cost.cost_field("u", student) if student is not None else llm_cost.cost_field("m", mentor or "")
     total = await llm_cost.cost_of(a.view, a.org, *span, fld)
-    sessions = [s for s in await llm_cost.attributed_sessions(a.view, a.org, *span) if student in (None, s.student)]
+    sessions = [
+        s
+        for s in await llm_cost.attributed_sessions(a.view, a.org, *span)
+        if student in (None, s.student) and mentor in (None, s.mentor)
+    ]
     students = {s.student for s in sessions if s.student}
     out: dict[str, Any] = {
         "entity": {
             "type": "platform" if student is None else "user", "username": student, "platform_key": a.org,
-            "display_name": a.org if student is None else f"{student} on {a.org}",
+            "display_name": a.org if student is None and mentor is None else f"{student or mentor} on {a.org}",
         },
         "billing_period": {"start_date": start.isoformat(), "end_date": end.isoformat(),
                            "days": (end - start).days + 1},
