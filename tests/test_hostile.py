@@ -412,7 +412,10 @@ def hostile_event(draw: Any, org: str) -> tuple[str, dict[str, Any]]:
     else:
         extra = {"id": session, "student": draw(hostile_names), "mentor": draw(hostile_names),
                  "metadata": nested(draw(st.integers(0, 30))), "title": draw(hostile_names),
-                 "inserted_at": ts - draw(st.integers(0, 86_400_000))}  # fmt: skip
+                 "inserted_at": ts - draw(st.integers(0, 86_400_000)),
+                 # the rating sums and the topics family: 64-bit extremes, look-alike values, separators in topics
+                 "rating": draw(st.sampled_from([0, 1, -1, 2**63 - 1, -(2**63), 2**64 - 1, True, "5", None, 1.5])),
+                 "topics": [{"name": n} for n in draw(st.lists(hostile_names, max_size=3))]}  # fmt: skip
     return topic, {**base, **extra}
 
 
