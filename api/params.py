@@ -142,13 +142,17 @@ def flag(param: str, value: str | None, default: bool = False) -> bool:
     return parsed
 
 
+def _whole(param: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise bad(param, f"{param} must be a whole number, got {value[:40]!r}") from None
+
+
 def positive_int(param: str, value: str | None, default: int, maximum: int | None = None) -> int:
     if value is None or value == "":
         return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise bad(param, f"{param} must be a whole number, got {value[:40]!r}") from None
+    n = _whole(param, value)
     if n < 1:
         raise bad(param, f"{param} must be at least 1, got {n}")
     if maximum is not None and n > maximum:
@@ -160,10 +164,7 @@ def whole_number(param: str, value: str | None) -> int | None:
     """A whole number from 0 (a count a client bounds a result by), or None when not given."""
     if value is None or value == "":
         return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise bad(param, f"{param} must be a whole number, got {value[:40]!r}") from None
+    n = _whole(param, value)
     if n < 0:
         raise bad(param, f"{param} must be at least 0, got {n}")
     return n

@@ -19,13 +19,12 @@ from api.cache import answered_by
 from api.platform_analytics import Asked
 from api.platform_financial import utc_span
 from tables import queries
-from tables.aggregates import chat_history, first_seen, llm_cost
+from tables.aggregates import chat_history, first_seen, llm_cost, topics
 from tables.conversations import ConversationState
 
 router = APIRouter(prefix="/api/analytics", tags=["analytics by platform_key"])
 
 SENTIMENTS = ("positive", "negative", "neutral")
-SCORES = {"positive": 1, "neutral": 0, "negative": -1}  # as topic-statistics scores a judgement
 COST_PLACES = 6  # a conversation costs fractions of a cent: micro-dollars show it
 PLATFORM = 0  # the platform's numeric platform id is in no event: a stable stand-in
 MAX_LISTED = 5_000  # conversations read per request (one HGET of its state each)
@@ -149,7 +148,7 @@ def list_item(org: str, row: dict[str, Any], conv: ConversationState, nanos: int
         "topics": row["topics"],
         "message_count": row["message_count"], "user_queries": row["message_count_human"],
         "assistant_responses": row["message_count_ai"],
-        "sentiment": conv.sentiment or None, "average_sentiment": SCORES.get(conv.sentiment or ""),
+        "sentiment": conv.sentiment or None, "average_sentiment": topics.SCORES.get(conv.sentiment or ""),
         "created_at": row["inserted_at"],
         "session": row["id"], "session_id": row["session_id"],
     }  # fmt: skip
