@@ -115,7 +115,10 @@ async def ask(
     ] = None,
     usergroup_ids: Annotated[
         str | None,
-        Query(description="User groups are in none of the topics: a filter by them cannot be answered (400)."),
+        Query(
+            description="User groups are in none of the topics: a filter by them cannot be answered (400).",
+            include_in_schema=False,  # the document lists what is answered; the refusal is in docs/platform.md
+        ),
     ] = None,
     tz: TZ = None,
 ) -> Ask:

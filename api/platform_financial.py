@@ -46,7 +46,11 @@ INVOICE_DAYS = 30
 
 PROVIDER = Annotated[
     str | None,
-    Query(description="An observation's provider is optional and not kept by the cost family: a 400.", max_length=256),
+    Query(
+        description="An observation's provider is optional and not kept by the cost family: a 400.",
+        max_length=256,
+        include_in_schema=False,  # the document lists what is answered; the refusal is in docs/platform.md
+    ),
 ]
 LLM_MODEL = Annotated[str | None, Query(description="Only this model's cost (as the observations name it).")]
 USERNAME = Annotated[str | None, Query(description="Only the cost of this student's sessions.")]
@@ -170,12 +174,15 @@ async def financial_details(
         str,
         Query(
             description="llm_model, username or mentor; provider, platform and action are not kept (400).",
-            json_schema_extra={"enum": [*GROUPS, *NOT_KEPT_GROUPS]},
+            json_schema_extra={"enum": list(GROUPS)},
         ),
     ],
     metrics: Annotated[
         str | None,
-        Query(description="Comma-separated: total_cost (default), sessions (username and mentor only)."),
+        Query(
+            description="Comma-separated: total_cost (default), sessions (username and mentor only).",
+            json_schema_extra={"pattern": f"^({'|'.join(DETAIL_METRICS)})(,({'|'.join(DETAIL_METRICS)}))*$"},
+        ),
     ] = None,
     page: Annotated[str | None, Query(description="The page, from 1.")] = None,
     limit: Annotated[str | None, Query(description="Rows per page, 1 to 100 (default 50).")] = None,
