@@ -19,7 +19,17 @@ from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import analytics, costs, erasure, history, ops, platform_analytics, platform_financial, platform_messages
+from api import (
+    analytics,
+    costs,
+    erasure,
+    history,
+    ops,
+    platform_analytics,
+    platform_financial,
+    platform_messages,
+    traces,
+)
 from api.cache import AnswerCache
 from api.errors import ApiError
 from api.metrics import Metrics
@@ -71,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(analytics.router, prefix=PREFIX, responses=ERRORS)
     app.include_router(history.router, prefix=PREFIX, responses=ERRORS)
     app.include_router(costs.router, prefix=PREFIX, responses=ERRORS)
+    app.include_router(traces.router, prefix=PREFIX, responses=ERRORS)
     app.include_router(costs.all_orgs_router, responses=ERRORS)
     app.include_router(platform_analytics.router, responses=ERRORS)
     app.include_router(platform_financial.router, responses=ERRORS)

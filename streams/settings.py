@@ -50,6 +50,10 @@ class Settings:
     # Daily (and weekly) aggregates are small: kept without expiry unless a number of days is set.
     daily_retention_days: int = 0
     dedup_window_days: int = 7
+    # Each LLM observation, and its trace, is listed by the observations and traces endpoints for this many
+    # days of event time (the newest of them: today and the days before); the observations hash keeps its
+    # entries for the longer of this and the dedup window.
+    observation_retention_days: int = 7
     # Chat history (conversations and their records) kept for this many days after the record's insertion
     # (or the first message, without a record); 0: kept forever. More than the dedup window when set.
     history_retention_days: int = 0
@@ -95,6 +99,7 @@ class Settings:
             "batch_size",
             "hourly_retention_days",
             "dedup_window_days",
+            "observation_retention_days",
             "dead_letter_retention_days",
         ):
             if getattr(self, name) < 1:

@@ -68,10 +68,18 @@ class Retention:
     hourly_days: int
     daily_days: int
     dedup_days: int
+    observation_days: int = 7  # observations and traces listed (AIA_OBSERVATION_RETENTION_DAYS)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Retention:
-        return cls(settings.hourly_retention_days, settings.daily_retention_days, settings.dedup_window_days)
+        return cls(
+            settings.hourly_retention_days, settings.daily_retention_days, settings.dedup_window_days,
+            settings.observation_retention_days,
+        )  # fmt: skip
+
+    def oldest_observation_day(self, today: int) -> int:
+        """The first day (an epoch day index) whose observations and traces are listed on day `today`."""
+        return today - self.observation_days + 1
 
     def expire_at_s(self, grain: Grain, index: int) -> int | None:
         """When a bucket's key expires: its end plus the retention of its grain (days and weeks: daily);

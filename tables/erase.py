@@ -12,7 +12,8 @@
      for the record's or the earliest message's student): the state (the record, with its email), every
      chat-history index entry, and the session's entries in the per-mentor session costs, each
      conversation by one guarded script (tables/lua/remove_conversation.lua: only if no batch wrote it
-     since it was read, else it is read again);
+     since it was read, else it is read again); then their sessions' traces (tables/traces.py): the trace
+     no longer names the session, and a trace no other session names is no longer listed;
    - what each aggregate family keeps that names them (`Family.erase`, tables/aggregates/): their
      per-student LLM cost fields in every hourly and daily bucket, their entries in every top-students set
      (hourly, daily, weekly, all time, per mentor), the days they chatted (distinct students), their first
@@ -44,7 +45,7 @@ import orjson
 from redis.asyncio import Redis
 
 from streams.topics import AGGREGATES, ERASURES
-from tables import keys
+from tables import keys, traces
 from tables.aggregates import FAMILIES, chat_history, llm_cost, top_students
 from tables.aggregates.base import SCAN_CHUNK, scan_batches
 from tables.conversations import ConversationState, prefix
@@ -259,14 +260,22 @@ async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, 
     # the removal (another event of its session) makes the script refuse, and it is read again, so no index
     # entry the batch added is left behind.
     remove = Script(redis, REMOVE_CONVERSATION_LUA)
+    sessions: set[tuple[str, str]] = set()  # (trace, session) of every trace of their sessions
     for digest in sorted(digests):
         bucket, fld = keys.conversation_bucket(gen, org, digest), keys.conversation_field(digest)
         while (held := await redis.hget(bucket, fld)) is not None:
             value = bytes(held)  # type: ignore[arg-type]
-            if int(await remove.run(*removal(gen, org, digest, ConversationState.unpack(value), prefix(value)[0]))):
+            state = ConversationState.unpack(value)
+            if int(await remove.run(*removal(gen, org, digest, state, prefix(value)[0]))):
                 out.conversations += publish
+                sessions.update((trace, state.cid) for trace in state.traces if state.cid)
                 break
     await redis.delete(chat_history.filter_key(gen, org, "student", student))
+    # Their sessions' traces no longer name the session, and one no other session names is no longer listed
+    # (its observations, which name no student, stay listed: tables/traces.py).
+    dropped = await traces.forget_sessions(redis, gen, org, sessions)
+    if publish:
+        out.what["traces"] = out.what.get("traces", 0) + dropped
 
     # Then what each family keeps that names them (tables/aggregates/: cost fields, top-students entries,
     # the days they chatted, their first message).

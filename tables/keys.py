@@ -117,6 +117,23 @@ def observations(gen: int, org: str) -> str:
     return org_key(gen, org, "ob")
 
 
+def observation_index(gen: int, org: str) -> str:
+    """Sorted set: each listed observation's event id -> the time of its applied version (ms), for the
+    observations endpoint; pruned past the observation retention (tables/traces.py)."""
+    return org_key(gen, org, "obi")
+
+
+def trace_index(gen: int, org: str) -> str:
+    """Sorted set: each listed trace's id -> the earliest time of its observations (ms, `ZADD LT`)."""
+    return org_key(gen, org, "tri")
+
+
+def trace_sessions(gen: int, org: str) -> str:
+    """Sorted set of `traces.trace_session(trace, session)`, all scored 0: the sessions a trace's observations
+    name, found by the trace's prefix (`ZRANGE BYLEX`)."""
+    return org_key(gen, org, "trs")
+
+
 def observations_before(gen: int, org: str) -> str:
     """The observations hash as kept before `observations`: fields the event ids as sent, values JSON. The
     state read moves each entry it meets to `observations` (tables/lua/read.lua); the pruning empties it

@@ -142,7 +142,7 @@ def test_sentiment_encoding() -> None:
 def test_llm_cost_encoding() -> None:
     assert of(
         render(plan(events())),
-        keys=(":costsess:", ":ob"),
+        keys=(":costsess:", ":ob", ":tr"),
         fields=("cost_nanos", "tokens_", "observations", "unpriced"),
     ) == [
         "EXPIREAT aia:{acme}:costsess:20261120  1829779200",
@@ -160,8 +160,14 @@ def test_llm_cost_encoding() -> None:
         "HINCRBY aia:{acme}:h:2026112023 observations 1",
         "HINCRBY aia:{acme}:h:2026112023 tokens_in 1000",
         "HINCRBY aia:{acme}:h:2026112023 tokens_out 500",
-        # 0x02, the arrival day 20777, then msgpack [1250, 1000, 500, 0, 1795217580000, 5, "gpt-4o", "s1"]
-        "HSET aia:{acme}:ob e5 020000512998cd04e2cd03e8cd01f400cf000001a1fb4e5fe005a66770742d346fa27331",
+        # 0x02, the arrival day 20777, then msgpack
+        # [1250, 1000, 500, 0, 1795217580000, 5, "gpt-4o", "s1", "t1", "generation", true]
+        "HSET aia:{acme}:ob e5 02000051299bcd04e2cd03e8cd01f400cf000001a1fb4e5fe005a66770742d346fa27331a27431"
+        "aa67656e65726174696f6ec3",
+        # listed (its day is within the observation retention): by its time, its trace by its first time
+        "ZADD aia:{acme}:obi e5 1795217580000",
+        "ZADD aia:{acme}:trs 2|t1|s1 0",  # the trace's session: the trace id's length, the trace, the session
+        "ZADD LT aia:{acme}:tri t1 1795217580000",
         "ZINCRBY aia:{acme}:costsess:20261120 2|m1|s1 1250",
     ]
 
@@ -361,6 +367,7 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
         "^/api/analytics/financial/$", "^/api/analytics/financial/details/$", "^/api/analytics/financial/invoice/$",
         "^/api/analytics/messages/$",
         "usage-summary/$", "user-sentiment/$", "user-metrics-pie-chart/$",
+        "observations/$", "observations/(?P<observation_id>[^/]+)/$", "traces/$", "traces/(?P<trace_id>[^/]+)/$",
     ])  # fmt: skip
     assert answered_by(sessions.Sessions) == {"x-answered-by": ["sessions"]}
     assert len({f.name for f in FAMILIES}) == len(FAMILIES)  # each family answers under its own name

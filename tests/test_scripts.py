@@ -18,10 +18,10 @@ from redis.exceptions import ResponseError
 from agents import alerts, rebuild
 from streams.schemas import format_timestamp
 from streams.settings import Settings
-from tables import changefeed, erase, keys, queries, state
+from tables import changefeed, erase, keys, queries, state, traces
 from tables.aggregates import chat_history, llm_cost, sessions, top_students
 from tables.aggregates.llm_cost import AppliedObservation
-from tables.buckets import Grain
+from tables.buckets import DAY_MS, Grain
 from tables.conversations import FORMAT, ConversationState, Digests, conversation_digest, event_digest, prefix
 from tables.scripts import Lua, Script, load
 from tables.writer import APPLY_LUA, OrgWrite, Writer
@@ -37,6 +37,7 @@ SCRIPTS: dict[str, Lua] = {
     "read": state.READ_LUA,
     "prune_observations": state.PRUNE_LUA,
     "prune_conversations": state.PRUNE_CONVERSATIONS_LUA,
+    "prune_traces": traces.PRUNE_TRACES_LUA,
     "save_progress": state.SAVE_PROGRESS_LUA,
     "remove_conversation": erase.REMOVE_CONVERSATION_LUA,
     "erase": erase.ERASE_LUA,
@@ -263,6 +264,32 @@ async def test_prune_forgets_observations_that_arrived_before_the_window(redis: 
     for key in (keys.observations(G, ORG), keys.observations_before(G, ORG)):
         kept = sorted(k if isinstance(k, bytes) else k.encode() for k in entries if k not in gone)
         assert sorted(await redis.hkeys(key)) == kept
+
+
+async def test_prune_traces_forgets_what_is_past_the_observation_retention(redis: Redis) -> None:
+    """Observations and traces timed before the first day kept go, with every session of each trace gone and
+    none of another's: trace ids that hold `|`, one whose id ends another's prefix, one not ASCII (its
+    length counted in bytes, as the script counts it)."""
+    day = 20_000
+    old, kept = (day - 1) * DAY_MS + 5, day * DAY_MS
+    session = llm_cost.trace_session
+    await redis.zadd(keys.observation_index(G, ORG), {"o-old": old, "o-kept": kept})
+    await redis.zadd(keys.trace_index(G, ORG), {"t|1": old, "t": kept, "té": old, "1": kept})
+    await redis.zadd(
+        keys.trace_sessions(G, ORG),
+        {session("t|1", "s1"): 0, session("t|1", "s2"): 0, session("t", "1|s"): 0, session("té", "s"): 0,
+         session("1", "t|1|s"): 0},
+    )  # fmt: skip
+    assert await traces.prune_traces(redis, G, ORG, day, chunk=1) == 3
+    assert await redis.zrange(keys.observation_index(G, ORG), 0, -1) == [b"o-kept"]
+    assert sorted(await redis.zrange(keys.trace_index(G, ORG), 0, -1)) == [b"1", b"t"]
+    assert sorted(await redis.zrange(keys.trace_sessions(G, ORG), 0, -1)) == sorted(
+        s.encode() for s in (session("t", "1|s"), session("1", "t|1|s"))
+    )
+    # An erased student's session: the trace no longer names it, and a trace no session names goes.
+    assert await traces.forget_sessions(redis, G, ORG, {("t", "1|s")}) == 1
+    assert await redis.zrange(keys.trace_index(G, ORG), 0, -1) == [b"1"]
+    assert await redis.zrange(keys.trace_sessions(G, ORG), 0, -1) == [session("1", "t|1|s").encode()]
 
 
 @pytest.mark.parametrize("form", ["header", "legacy"])

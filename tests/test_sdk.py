@@ -42,6 +42,7 @@ from iblai.rest import RESTResponse
 from infra.kafka import KafkaBroker
 from infra.procs import ROOT, cli_command
 from infra.redis import RedisServer
+from tables import ids
 from tests import reference
 from tests.support import Env, WorkerProcess, api_settings, create_keys, demo_events, produce, start_api, wait_applied
 
@@ -1654,6 +1655,138 @@ def test_costs_peruser_gives_the_users_latest_trace(stack: Stack) -> None:
                 assert (got.id, abs(ms_of(got.var_date) - latest.ts_ms) <= 1) == (latest.trace_id, True), (
                     org, student, got, latest
                 )  # fmt: skip
+
+
+OBSERVATIONS = {"200": "PaginatedObservationList", "400": None}
+OBSERVATION = {"200": "Observation", "404": None}
+TRACES = {"200": "PaginatedTraceList", "400": None}
+TRACE = {"200": "Trace", "404": None}
+
+
+def listed_days() -> list[int]:
+    """The first day listed (an epoch day index) under the default observation retention of 7 days, today's
+    and, for a run that passed midnight UTC since the events were applied, yesterday's."""
+    today = (datetime.now(UTC).date() - date(1970, 1, 1)).days
+    return [today - 6, today - 7]
+
+
+def reference_traces(stack: Stack, org: str, oldest_day: int) -> list[tuple[str, int, str | None, str | None]]:
+    """(trace id, first time, session, student) of every trace listed, oldest first, ties by id: the first
+    time and the sessions over every version and copy received (the least session counts), the student
+    that of the session's earliest message."""
+    starts = reference.session_starts(stack.events)
+    first: dict[str, int] = {}
+    named: dict[str, set[str]] = defaultdict(set)
+    for topic, e in stack.events:
+        t = reference.ts_ms(e["timestamp"])
+        if topic != "llm-observations" or e["org"] != org or t // 86_400_000 < oldest_day:
+            continue
+        first[e["trace_id"]] = min(t, first.get(e["trace_id"], t))
+        if e.get("session_id"):
+            named[e["trace_id"]].add(e["session_id"])
+    out = []
+    for trace_id, t in first.items():
+        session = min(((ids.normalize(s), s) for s in named[trace_id]), default=None)
+        start = starts.get((org, session[1])) if session is not None else None
+        out.append((trace_id, t, session and session[0], start[2] if start else None))
+    return sorted(out, key=lambda r: (r[1], r[0]))
+
+
+def every_page(stack: Stack, method: str, types: dict[str, Any], org: str, **q: Any) -> list[Any]:
+    """Every result of a limit/offset listing, following `next` as a client would."""
+    out: list[Any] = []
+    offset = 0
+    while True:
+        page = stack.call(method, types, org=org, user_id=CALLER, limit=100, offset=offset, **q).data
+        out += page.results
+        if page.next is None:
+            assert len(out) == page.count, (len(out), page.count)
+            return out
+        assert f"offset={offset + 100}" in page.next and "limit=100" in page.next, page.next
+        offset += 100
+
+
+def test_observations_list_and_retrieve_match_reference(stack: Stack) -> None:
+    org = "acme-academy"
+    got = every_page(stack, "ai_analytics_orgs_users_observations_list", OBSERVATIONS, org)
+    assert all(isinstance(o, M.Observation) for o in got)
+    listed = [[o for o in stack.obs if o.org == org and o.ts_ms // 86_400_000 >= day] for day in listed_days()]
+    want = [sorted(rows, key=lambda o: (o.ts_ms, o.event_id), reverse=True) for rows in listed]
+    assert [o.id for o in got] in [[o.event_id for o in rows] for rows in want], "not the listed ones, newest first"
+    by_id = {o.event_id: o for o in stack.obs if o.org == org}
+    assert len(got) > 100, "the demo must give more than a page"
+    for o in got:
+        ref = by_id[o.id]
+        assert (o.trace_id, o.provided_model_name, abs(ms_of(o.start_time) - ref.ts_ms) <= 1) == (
+            ref.trace_id, ref.model, True
+        ), (o, ref)  # fmt: skip
+        assert o.total_cost is None or Decimal(o.total_cost) * 10**9 == ref.nanos, (o.total_cost, ref.nanos)
+        assert (o.total_cost is None) == (json.loads(o.cost_details) == {}), o
+        usage = json.loads(o.usage_details)
+        assert usage["total"] == usage["input"] + usage["output"]
+    oldest = every_page(stack, "ai_analytics_orgs_users_observations_list", OBSERVATIONS, org, ordering="start_time")
+    assert [o.id for o in oldest] == [o.id for o in reversed(got)]
+
+    one = ok(stack.call("ai_analytics_orgs_users_observations_retrieve", OBSERVATION, id=got[0].id, org=org,
+                        user_id=CALLER), 200, M.Observation)  # fmt: skip
+    assert one == got[0]
+    with pytest.raises(NotFoundException):
+        stack.call("ai_analytics_orgs_users_observations_retrieve", OBSERVATION, id="no-such", org=org, user_id=CALLER)
+    # Another org's observation is not this org's.
+    other = next(o for o in stack.obs if o.org != org)
+    with pytest.raises(NotFoundException):
+        stack.call("ai_analytics_orgs_users_observations_retrieve", OBSERVATION, id=other.event_id, org=org,
+                   user_id=CALLER)  # fmt: skip
+
+    # A search: the id, trace, type or model, in any case.
+    needle = got[5].trace_id[:12].upper()
+    found = stack.call("ai_analytics_orgs_users_observations_list", OBSERVATIONS, org=org, user_id=CALLER,
+                       search=needle, limit=100).data  # fmt: skip
+    assert [o.id for o in found.results] == [o.id for o in got if needle.casefold() in o.trace_id.casefold()]
+
+
+def test_traces_list_and_retrieve_match_reference(stack: Stack) -> None:
+    for org in sorted(stack.exp.orgs):
+        got = every_page(stack, "ai_analytics_orgs_users_traces_list", TRACES, org)
+        served = [(t.id, ms_of(t.timestamp), t.session_id, t.user_id) for t in got]
+        wants = []
+        for day in listed_days():
+            rows = reversed(reference_traces(stack, org, day))
+            wants.append(
+                [(i, t, None if s is None else ids.served(org, ids.CONVERSATION, s), u) for i, t, s, u in rows]
+            )
+        assert served in wants, (org, served[:3], wants[0][:3])
+        oldest = every_page(stack, "ai_analytics_orgs_users_traces_list", TRACES, org, ordering="timestamp")
+        assert [t.id for t in oldest] == [t.id for t in reversed(got)]
+    org = "acme-academy"
+    got = every_page(stack, "ai_analytics_orgs_users_traces_list", TRACES, org)
+    assert any(t.session_id is None for t in got) and any(t.user_id for t in got)
+    one = ok(stack.call("ai_analytics_orgs_users_traces_retrieve", TRACE, id=got[3].id, org=org, user_id=CALLER),
+             200, M.Trace)  # fmt: skip
+    assert one == got[3]
+    with pytest.raises(NotFoundException):
+        stack.call("ai_analytics_orgs_users_traces_retrieve", TRACE, id="no-such", org=org, user_id=CALLER)
+    student = next(t.user_id for t in got if t.user_id)
+    found = stack.call("ai_analytics_orgs_users_traces_list", TRACES, org=org, user_id=CALLER, search=student.upper(),
+                       limit=100).data  # fmt: skip
+    assert found.results and all(student in (t.user_id, t.session_id, t.id) for t in found.results)
+    assert found.count == sum(1 for t in got if student.casefold() in " ".join(
+        x.casefold() for x in (t.id, t.session_id or "", t.user_id or "")))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [({"ordering": "name"}, "ordering"), ({"limit": "0"}, "limit"), ({"limit": "101"}, "limit"),
+     ({"offset": "-1"}, "offset"), ({"offset": "x"}, "offset")],
+)  # fmt: skip
+def test_observations_and_traces_refuse_bad_parameters(stack: Stack, query: dict[str, str], param: str) -> None:
+    for path in ("observations", "traces"):
+        r = httpx.get(stack.env.url("acme-academy", path), params=query,
+                      headers={"Authorization": f"Api-Token {stack.keys['admin']}"}, timeout=10)  # fmt: skip
+        assert r.status_code == 400 and param in r.json(), (path, r.status_code, r.text)
+    past = httpx.get(stack.env.url("acme-academy", "traces"), params={"offset": "1000000"},
+                     headers={"Authorization": f"Api-Token {stack.keys['admin']}"}, timeout=10)  # fmt: skip
+    assert past.status_code == 200 and past.json()["results"] == [] and past.json()["previous"], past.text
 
 
 def test_costs_pertenant_matches_reference(stack: Stack) -> None:

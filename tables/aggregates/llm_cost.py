@@ -65,6 +65,17 @@ def session_member(mentor: str, session: str) -> str:
     return f"{len(mentor)}|{mentor}|{session}"
 
 
+def trace_session(trace: str, session: str) -> str:
+    """A member of `keys.trace_sessions`: `trace_prefix(trace)` then the session, so a trace's members are
+    exactly those starting with its prefix, whatever `|` the ids hold."""
+    return trace_prefix(trace) + session
+
+
+def trace_prefix(trace: str) -> str:
+    """`<length of the trace id in UTF-8 bytes>|<trace>|` (bytes, as the pruning script counts them)."""
+    return f"{len(trace.encode())}|{trace}|"
+
+
 def parse_session_member(member: str) -> tuple[str, str] | None:
     """(mentor, session) of a `session_member`, None for anything else (a member written before the
     length prefix: `ai-analytics rebuild` rewrites those)."""
@@ -77,8 +88,8 @@ def parse_session_member(member: str) -> tuple[str, str] | None:
 
 # An applied observation's value in the observations hash (`keys.observations`): this byte, the day it
 # arrived (an unsigned 32-bit big-endian epoch day index, where the pruning script reads it), then the
-# msgpack array `[cost, in, out, unpriced, ts, offset, model, session]`, the session as its 16 bytes when it
-# is a UUID. A value kept before it is `[cost, in, out, unpriced, ts, offset, model, session, arrival day]`
+# msgpack array `[cost, in, out, unpriced, ts, offset, model, session, trace, type, cost given]`, the session
+# as its 16 bytes when it is a UUID (an array of 8, written before traces were served, is still read). A value kept before it is `[cost, in, out, unpriced, ts, offset, model, session, arrival day]`
 # as JSON text (it starts with `[`): still read.
 OBSERVATION_FORMAT = b"\x02"
 _ARRIVAL = struct.Struct(">I")
@@ -87,7 +98,10 @@ _ARRIVAL = struct.Struct(">I")
 @dataclass(frozen=True, slots=True)
 class AppliedObservation:
     """What the observations hash records for an applied observation: its contribution, its version, the
-    model and session it counts for, and the day it arrived (for pruning past the dedup window)."""
+    model and session it counts for, the day it arrived (for pruning past the dedup window and the
+    observation retention), and what the observations endpoints serve of it: its trace, its type and
+    whether its cost was given (not inferred from the price table). Those three are None in a value
+    written before they were kept."""
 
     cost: int
     input_tokens: int
@@ -98,6 +112,9 @@ class AppliedObservation:
     model: str
     session: str | None
     arrival_day: int
+    trace_id: str | None = None
+    kind: str | None = None
+    cost_given: bool | None = None
 
     def value(self) -> bytes:
         """`OBSERVATION_FORMAT`, the arrival day, then the msgpack array."""
@@ -109,7 +126,7 @@ class AppliedObservation:
             + _ARRIVAL.pack(self.arrival_day)
             + _PACK.encode(
                 (self.cost, self.input_tokens, self.output_tokens, self.unpriced, self.ts_ms, self.offset,
-                 self.model, session)
+                 self.model, session, self.trace_id, self.kind, self.cost_given)
             )
         )  # fmt: skip
 
@@ -119,10 +136,12 @@ class AppliedObservation:
         if value[:1] != OBSERVATION_FORMAT:
             return cls(*orjson.loads(value))
         (arrival_day,) = _ARRIVAL.unpack_from(value, 1)
-        cost, tokens_in, tokens_out, unpriced, ts_ms, offset, model, session = _UNPACK.decode(memoryview(value)[5:])
+        cost, tokens_in, tokens_out, unpriced, ts_ms, offset, model, session, *served = _UNPACK.decode(
+            memoryview(value)[5:]
+        )
         if isinstance(session, bytes):
             session = str(uuid.UUID(bytes=session))
-        return cls(cost, tokens_in, tokens_out, unpriced, ts_ms, offset, model, session, arrival_day)
+        return cls(cost, tokens_in, tokens_out, unpriced, ts_ms, offset, model, session, arrival_day, *served[:3])
 
 
 _PACK = msgspec.msgpack.Encoder()
@@ -139,7 +158,15 @@ class LlmCost:
         w, state = b.w, b.state
         applied = dict(state.observations)
         seen = keys.observations(b.gen, b.org)
+        listed, traces = keys.observation_index(b.gen, b.org), keys.trace_index(b.gen, b.org)
+        trace_sessions = keys.trace_sessions(b.gen, b.org)
+        oldest_listed = b.retention.oldest_observation_day(b.arrival_day)
         for ev in counted.observations:
+            listing = Grain.DAY.index(ev.ts_ms) >= oldest_listed  # listed by the observations and traces endpoints
+            if listing:  # every version received, applied or not: its trace's time and sessions are order-free
+                w.zadd_lt(traces, {ev.trace_id: ev.ts_ms})
+                if ev.session_id is not None:
+                    w.zadd(trace_sessions, trace_session(ev.trace_id, ids.normalize(ev.session_id)), 0)
             raw = applied.get(ev.event_id)
             prev = None if raw is None else AppliedObservation.parse(raw)
             new = _applied(ev, prev, b.arrival_day, b.prices)
@@ -150,6 +177,8 @@ class LlmCost:
                 b.count(ev)
             value = applied[ev.event_id] = new.value()
             w.mark_seen(seen, ev.event_id, state.observations.get(ev.event_id), value)
+            if listing:
+                w.zadd(listed, ev.event_id, new.ts_ms)
             for version, sign in ((prev, -1), (new, 1)):
                 if version is None:
                     continue
@@ -219,8 +248,9 @@ def _applied(
             cost, unpriced = 0, 1
     session = None if ev.session_id is None else ids.normalize(ev.session_id)
     return AppliedObservation(
-        cost, ev.input_tokens, ev.output_tokens, unpriced, ev.ts_ms, ev.src_offset, ev.model, session, arrival_day
-    )
+        cost, ev.input_tokens, ev.output_tokens, unpriced, ev.ts_ms, ev.src_offset, ev.model, session, arrival_day,
+        ev.trace_id, ev.type, ev.cost_nanos is not None,
+    )  # fmt: skip
 
 
 def attributed(cid: str, conv: ConversationState) -> dict[tuple[str, Grain, int, str], int]:
