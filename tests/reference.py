@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -215,6 +216,39 @@ def observations(events: list[tuple[str, dict[str, Any]]]) -> list[Observation]:
             )
         )
     return out
+
+
+def canonical_id(value: str) -> str:
+    """An id as the service keeps it: a UUID in its canonical spelling, anything else as given."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return value
+
+
+def traces(
+    events: list[tuple[str, dict[str, Any]]], org: str, oldest_day: int
+) -> list[tuple[str, int, str | None, str | None]]:
+    """(trace id, first time, session, student) of every trace of the org listed when `oldest_day` (an epoch
+    day index) is the first day kept, oldest first, ties by id: the first time and the sessions over every
+    version and copy of its observations received on a listed day (the least session, kept canonical,
+    counts), the student that of the session's earliest message."""
+    starts = session_starts(events)
+    first: dict[str, int] = {}
+    named: dict[str, set[str]] = defaultdict(set)
+    for topic, e in events:
+        t = ts_ms(e["timestamp"])
+        if topic != "llm-observations" or e["org"] != org or t // 86_400_000 < oldest_day:
+            continue
+        first[e["trace_id"]] = min(t, first.get(e["trace_id"], t))
+        if e.get("session_id"):
+            named[e["trace_id"]].add(e["session_id"])
+    out = []
+    for trace_id, t in first.items():
+        session = min(((canonical_id(s), s) for s in named[trace_id]), default=None)
+        start = starts.get((org, session[1])) if session is not None else None
+        out.append((trace_id, t, session and session[0], start[2] if start else None))
+    return sorted(out, key=lambda r: (r[1], r[0]))
 
 
 def cost_nanos(

@@ -160,6 +160,15 @@ def test_erase_a_student_while_their_events_arrive(
         victim_sessions = {e["session_id"] for _, e in victims_events if "session_id" in e}
         per_mentor = get("costs/permentor", **span).json()
         assert not {s["session_id"] for m in per_mentor["mentor_data"] for s in m["mentor_sessions"]} & victim_sessions
+        # Their traces no longer name them (nor, unless one of their sessions' observations came after the
+        # erasure, their sessions): docs/semantics.md.
+        assert audit["what"]["traces"] > 0
+        listed_traces, offset = [], 0
+        while offset == 0 or body["next"] is not None:
+            body = get("traces", limit=100, offset=offset).json()
+            listed_traces += body["results"]
+            offset += 100
+        assert len(listed_traces) == body["count"] > 0 and victim not in str(listed_traces)
 
         # Nothing in Redis names them, nor any latest record of the compacted aggregates topic.
         stored = asyncio.run(every_key_and_value(settings.redis_url, ORG))

@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 from streams.exceptions import InvalidEvent
 from streams.schemas import MAX_TOKENS, MIN_TIME_MS, Limits, parse
 from streams.settings import ENGINES, Settings
-from tables import ids, keys, queries
+from tables import ids, keys, queries, traces
 from tables.aggregates import chat_history, first_seen, llm_cost, top_students
 from tables.buckets import Grain
 from tables.faults import is_data_fault
@@ -460,11 +460,17 @@ async def test_generated_hostile_events_never_stop_the_worker_nor_touch_a_bystan
     await _send(producer, cfg, [e for pair in itertools.zip_longest(good, bystander) for e in pair if e is not None])
     exp = reference.expected(bystander)
 
+    # Every trace reads back with its own id, first time and session, whatever separators they hold.
+    oldest = Grain.DAY.index(int(datetime.now(UTC).timestamp() * 1000)) - 6
+    want_traces = [row[:3] for row in reference.traces(good, _org, oldest)]
+
     async def done() -> Any:
         dead = await _dead_letters(cfg)
         missing = [where for where in sent_bad if where not in dead]
         diff = await mismatches(redis, exp)
-        return True if not missing and not diff else (missing[:3], diff[:3])
+        listed = await traces.all_traces(queries.View(redis, 0), _org, newest_first=False)
+        wrong = [(t.trace_id, t.first_ms, t.session) for t in listed] != want_traces
+        return True if not missing and not diff and not wrong else (missing[:3], diff[:3], wrong)
 
     await _until(done, worker, timeout=60)
     dead = await _dead_letters(cfg)

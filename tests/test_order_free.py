@@ -29,7 +29,7 @@ from bench.throughput import messages, records
 from infra.redis import RedisServer
 from streams.deadletter import Record
 from streams.settings import Settings
-from tables import ids, keys, queries
+from tables import ids, keys, queries, traces
 from tables.aggregates import (
     chat_history,
     first_seen,
@@ -191,6 +191,12 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
                 queries.View(redis, 0), ORG, *span, llm_cost.cost_field(kind, value)
             )
     out["session costs"] = await llm_cost.session_costs(queries.View(redis, 0), ORG, *span)
+    listed = await traces.all_observations(queries.View(redis, 0), ORG, newest_first=False)
+    out["observations listed"] = [(o.event_id, o.applied.ts_ms, o.applied.cost, o.applied.trace_id) for o in listed]
+    out["traces listed"] = [
+        (t.trace_id, t.first_ms, t.session, t.student)
+        for t in await traces.all_traces(queries.View(redis, 0), ORG, newest_first=False)
+    ]
     filters = [chat_history.HistoryFilter()]
     filters += [chat_history.HistoryFilter(mentor=m) for m in MENTORS]
     filters += [chat_history.HistoryFilter(topics=(t,)) for t in TOPICS]
@@ -283,6 +289,11 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
                 who = name.split(" ", 2)[2]
                 want = sum(o.nanos for o in attributed if getattr(o, field) == who)
                 assert value == want, (name, value, want)
+    oldest = (NOW.date() - date(1970, 1, 1)).days - 6  # the default observation retention: every event
+    assert got["observations listed"] == sorted(
+        ((o.event_id, o.ts_ms, o.nanos, o.trace_id) for o in attributed), key=lambda o: (o[1], o[0])
+    )
+    assert got["traces listed"] == reference.traces(events, ORG, oldest)
     count, rows = got[f"history {chat_history.HistoryFilter()}"]
     assert count == len(exp.conversations[ORG])
     for rec in rows:

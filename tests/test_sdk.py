@@ -1670,28 +1670,6 @@ def listed_days() -> list[int]:
     return [today - 6, today - 7]
 
 
-def reference_traces(stack: Stack, org: str, oldest_day: int) -> list[tuple[str, int, str | None, str | None]]:
-    """(trace id, first time, session, student) of every trace listed, oldest first, ties by id: the first
-    time and the sessions over every version and copy received (the least session counts), the student
-    that of the session's earliest message."""
-    starts = reference.session_starts(stack.events)
-    first: dict[str, int] = {}
-    named: dict[str, set[str]] = defaultdict(set)
-    for topic, e in stack.events:
-        t = reference.ts_ms(e["timestamp"])
-        if topic != "llm-observations" or e["org"] != org or t // 86_400_000 < oldest_day:
-            continue
-        first[e["trace_id"]] = min(t, first.get(e["trace_id"], t))
-        if e.get("session_id"):
-            named[e["trace_id"]].add(e["session_id"])
-    out = []
-    for trace_id, t in first.items():
-        session = min(((ids.normalize(s), s) for s in named[trace_id]), default=None)
-        start = starts.get((org, session[1])) if session is not None else None
-        out.append((trace_id, t, session and session[0], start[2] if start else None))
-    return sorted(out, key=lambda r: (r[1], r[0]))
-
-
 def every_page(stack: Stack, method: str, types: dict[str, Any], org: str, **q: Any) -> list[Any]:
     """Every result of a limit/offset listing, following `next` as a client would."""
     out: list[Any] = []
@@ -1751,7 +1729,7 @@ def test_traces_list_and_retrieve_match_reference(stack: Stack) -> None:
         served = [(t.id, ms_of(t.timestamp), t.session_id, t.user_id) for t in got]
         wants = []
         for day in listed_days():
-            rows = reversed(reference_traces(stack, org, day))
+            rows = reversed(reference.traces(stack.events, org, day))
             wants.append(
                 [(i, t, None if s is None else ids.served(org, ids.CONVERSATION, s), u) for i, t, s, u in rows]
             )
