@@ -588,7 +588,7 @@ def test_dashboard_in_headless_chromium_shows_every_panel_with_live_data(env: En
 
     shot = ROOT / "docs" / "dashboard.png"
     url = f"{env.base}/dashboard/#org={org}&key={env.keys['admin']}"
-    page = Page(render(url, tmp_path / "all", screenshot=shot, size="1280,3760"))
+    page = Page(render(url, tmp_path / "all", screenshot=shot, size="1280,4300"))
     assert page.attrs["body"].get("data-loaded") == "true", page.text("error")
     all_sessions = check_scoped(page, {})
     assert "newest event applied" in page.text("freshness") and "days in UTC" in page.text("freshness")
@@ -627,6 +627,13 @@ def test_dashboard_in_headless_chromium_shows_every_panel_with_live_data(env: En
     assert by_user[0]["username"] in page.text("cost-users")
     latest = get("chat-history", page_size="10")["results"]
     assert page.attrs["convs"]["data-rows"] == str(len(latest)) and latest[0]["student"] in page.text("convs")
+    traces = get("traces", limit="8")["results"]
+    assert traces and page.attrs["traces"]["data-rows"] == str(len(traces)) and traces[0]["id"] in page.text("traces")
+    calls = [o for o in get("observations", search=traces[0]["id"], limit="100")["results"]
+             if o["trace_id"] == traces[0]["id"]]  # fmt: skip
+    assert page.attrs["trace-note"]["data-trace"] == traces[0]["id"]
+    assert calls and page.attrs["trace-calls"]["data-rows"] == str(len(calls))
+    assert calls[0]["provided_model_name"] in page.text("trace-calls")
     assert shot.stat().st_size > 10_000
 
     # A mentor's view: the selector lists the mentors the cost answers name; the scoped panels redraw for one.

@@ -11,7 +11,7 @@ const WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 const DAY_NAMES = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
 const HOURS = [...Array(24).keys()].map((h) => String(h).padStart(2, "0"));
 const COLORS = { accent: "#3763d8", line: "#d4483b", students: "#e08a1e", returning: "#8aa4ea", positive: "#2e9d62", neutral: "#a3a9b8", negative: "#d4483b" };
-const state = { org: "", key: "", mentor: "", timer: null, round: 0, busy: false, charts: {}, mentors: new Map(), listed: "" };
+const state = { org: "", key: "", mentor: "", trace: "", timer: null, round: 0, busy: false, charts: {}, mentors: new Map(), listed: "" };
 
 function params() {
   const out = new URLSearchParams(location.hash.slice(1));
@@ -371,11 +371,36 @@ async function conversationsPanel(c) {
   }
 }
 
+// The latest traces; the chosen one's (else the newest's) observations, found by a search for its id.
+async function tracesPanel(c) {
+  const traces = (await api("traces", { limit: 8 })).results;
+  if (c.stale()) return;
+  if (!traces.some((t) => t.id === state.trace)) state.trace = traces.length ? traces[0].id : "";
+  fillTable("traces", traces.map((t) => [t.timestamp.replace("T", " ").slice(0, 19), t.id, t.user_id || "–", t.session_id || "–"]));
+  document.querySelectorAll("#traces tbody tr").forEach((tr, i) => {
+    tr.classList.toggle("selected", traces[i].id === state.trace);
+    tr.onclick = () => { state.trace = traces[i].id; refresh(); };
+  });
+  const note = document.getElementById("trace-note");
+  if (!state.trace) { note.textContent = "no LLM call in the last 7 days"; fillTable("trace-calls", []); return; }
+  const found = await api("observations", { search: state.trace, limit: 100, ordering: "start_time" });
+  if (c.stale()) return;
+  const calls = found.results.filter((o) => o.trace_id === state.trace);
+  const nanos = calls.reduce((n, o) => n + (o.total_cost ? Math.round(Number(o.total_cost) * 1e9) : 0), 0);
+  note.textContent = `trace ${state.trace}: ${count(calls.length, "LLM call")}, ${usd(nanos / 1e9)}`;
+  note.dataset.trace = state.trace;
+  fillTable("trace-calls", calls.map((o) => {
+    const usage = JSON.parse(o.usage_details);
+    return [o.start_time.replace("T", " ").slice(0, 19), o.type, o.provided_model_name || "–", int(usage.input), int(usage.output),
+      o.total_cost === null ? "unpriced" : `$${o.total_cost}`];
+  }));
+}
+
 const PANELS = [sessionsPanel, activityPanel, heatmapPanel, busiestPanel, ratingsPanel, newUsersPanel, topicsPanel, sentimentPanel,
-  sentimentSharePanel, costPanel, costBreakdownPanels, topPanel, conversationsPanel];
+  sentimentSharePanel, costPanel, costBreakdownPanels, topPanel, tracesPanel, conversationsPanel];
 const PANEL_IDS = { sessionsPanel: "sessions-chart", activityPanel: "activity-chart", heatmapPanel: "heatmap-chart", busiestPanel: "busiest",
   ratingsPanel: "ratings-chart", newUsersPanel: "new-users-chart", topicsPanel: "topics-chart", sentimentPanel: "sentiment-chart",
-  sentimentSharePanel: "sentiment-share-chart", costPanel: "cost-chart", costBreakdownPanels: "cost-models-chart", topPanel: "top", conversationsPanel: "convs" };
+  sentimentSharePanel: "sentiment-share-chart", costPanel: "cost-chart", costBreakdownPanels: "cost-models-chart", topPanel: "top", tracesPanel: "traces", conversationsPanel: "convs" };
 
 // The mentor's view: the selector lists the mentors the cost and chat-history answers name; choosing one
 // adds mentor_id (mentor_unique_id in /api/analytics/) to the queries that take it (sessions, conversations,
