@@ -161,9 +161,8 @@ def test_llm_cost_encoding() -> None:
         "HINCRBY aia:{acme}:h:2026112023 tokens_in 1000",
         "HINCRBY aia:{acme}:h:2026112023 tokens_out 500",
         # 0x02, the arrival day 20777, then msgpack
-        # [1250, 1000, 500, 0, 1795217580000, 5, "gpt-4o", "s1", "t1", "generation", true]
-        "HSET aia:{acme}:ob e5 02000051299bcd04e2cd03e8cd01f400cf000001a1fb4e5fe005a66770742d346fa27331a27431"
-        "aa67656e65726174696f6ec3",
+        # [1250, 1000, 500, 0, 1795217580000, 5, "gpt-4o", "s1", "t1", 0 (a generation), true (cost given)]
+        "HSET aia:{acme}:ob e5 02000051299bcd04e2cd03e8cd01f400cf000001a1fb4e5fe005a66770742d346fa27331a2743100c3",
         # listed (its day is within the observation retention): by its time, its trace by its first time
         "ZADD aia:{acme}:obi e5 1795217580000",
         "ZADD aia:{acme}:trs 2|t1|s1 0",  # the trace's session: the trace id's length, the trace, the session

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import itertools
 import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -318,6 +319,12 @@ def test_an_observation_is_kept_under_a_field_no_other_id_shares_and_its_value_r
     for session in (None, uid, "s|1", uid.upper(), "", "x" * 1000):
         applied = AppliedObservation(2**63 - 1, 10**12, 0, 1, -(2**63), 2**63 - 1, "m|\u202e", session, 0)
         assert AppliedObservation.parse(applied.value()) == applied
+    # The trace (lowercase hex kept as its bytes) and type (the usual ones as a number) read back as sent.
+    traces = ["7a2bee8ab76a490fbbdbd6e4288cd909", "7A2BEE8A", "0", "00", "", "abc", uid, "t|1", "ff" * 64, "ff" * 65]
+    for trace, kind in itertools.product(traces, ("generation", "span", "event", "Generation", "", "0")):
+        for given in (True, False):
+            applied = AppliedObservation(1, 2, 3, 0, 5, 6, "m", uid, 7, trace, kind, given)
+            assert AppliedObservation.parse(applied.value()) == applied, (trace, kind)
     legacy = b'[1,2,3,0,5,6,"gpt-4o","s1",20777]'
     assert AppliedObservation.parse(legacy) == AppliedObservation(1, 2, 3, 0, 5, 6, "gpt-4o", "s1", 20777)
 

@@ -89,7 +89,9 @@ def parse_session_member(member: str) -> tuple[str, str] | None:
 # An applied observation's value in the observations hash (`keys.observations`): this byte, the day it
 # arrived (an unsigned 32-bit big-endian epoch day index, where the pruning script reads it), then the
 # msgpack array `[cost, in, out, unpriced, ts, offset, model, session, trace, type, cost given]`, the session
-# as its 16 bytes when it is a UUID (an array of 8, written before traces were served, is still read). A value kept before it is `[cost, in, out, unpriced, ts, offset, model, session, arrival day]`
+# as its 16 bytes when it is a UUID, the trace as the bytes it spells when it is lowercase hex, the type as
+# its index in `_KINDS` when it is one of them (an array of 8, written before traces were served, is still
+# read). A value kept before it is `[cost, in, out, unpriced, ts, offset, model, session, arrival day]`
 # as JSON text (it starts with `[`): still read.
 OBSERVATION_FORMAT = b"\x02"
 _ARRIVAL = struct.Struct(">I")
@@ -126,7 +128,8 @@ class AppliedObservation:
             + _ARRIVAL.pack(self.arrival_day)
             + _PACK.encode(
                 (self.cost, self.input_tokens, self.output_tokens, self.unpriced, self.ts_ms, self.offset,
-                 self.model, session, self.trace_id, self.kind, self.cost_given)
+                 self.model, session, _packed_trace(self.trace_id), _KIND_CODES.get(self.kind or "", self.kind),
+                 self.cost_given)
             )
         )  # fmt: skip
 
@@ -141,7 +144,27 @@ class AppliedObservation:
         )
         if isinstance(session, bytes):
             session = str(uuid.UUID(bytes=session))
-        return cls(cost, tokens_in, tokens_out, unpriced, ts_ms, offset, model, session, arrival_day, *served[:3])
+        trace, kind, cost_given = (*served, None, None, None)[:3]
+        if isinstance(trace, bytes):
+            trace = trace.hex()
+        if isinstance(kind, int):
+            kind = _KINDS[kind]
+        return cls(
+            cost, tokens_in, tokens_out, unpriced, ts_ms, offset, model, session, arrival_day, trace, kind, cost_given
+        )
+
+
+# Langfuse's trace ids are lowercase hex (32 digits): kept as the bytes they spell, half the size; any other
+# id as its text. The usual observation types as a small number, any other as its text.
+_HEX = frozenset("0123456789abcdef")
+_KINDS = ("generation", "span", "event")
+_KIND_CODES = {kind: i for i, kind in enumerate(_KINDS)}
+
+
+def _packed_trace(trace: str | None) -> str | bytes | None:
+    if trace and len(trace) % 2 == 0 and len(trace) <= 128 and _HEX.issuperset(trace):
+        return bytes.fromhex(trace)
+    return trace
 
 
 _PACK = msgspec.msgpack.Encoder()
