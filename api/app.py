@@ -29,6 +29,7 @@ from api import (
     platform_financial,
     platform_messages,
     traces,
+    transcripts,
 )
 from api.cache import AnswerCache
 from api.errors import ApiError
@@ -82,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(history.router, prefix=PREFIX, responses=ERRORS)
     app.include_router(costs.router, prefix=PREFIX, responses=ERRORS)
     app.include_router(traces.router, prefix=PREFIX, responses=ERRORS)
+    app.include_router(transcripts.router, prefix=PREFIX, responses=ERRORS)
+    app.include_router(transcripts.analytics_router, responses=ERRORS)
     app.include_router(costs.all_orgs_router, responses=ERRORS)
     app.include_router(platform_analytics.router, responses=ERRORS)
     app.include_router(platform_financial.router, responses=ERRORS)

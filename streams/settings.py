@@ -54,6 +54,10 @@ class Settings:
     # days of event time (the newest of them: today and the days before); the observations hash keeps its
     # entries for the longer of this and the dedup window.
     observation_retention_days: int = 7
+    # Transcripts: each chat message's content kept for this many days after its conversation's latest
+    # message arrived, for the transcripts and message-details endpoints; 0 (the default): message content is
+    # never stored.
+    transcript_days: int = 0
     # Chat history (conversations and their records) kept for this many days after the record's insertion
     # (or the first message, without a record); 0: kept forever. More than the dedup window when set.
     history_retention_days: int = 0
@@ -108,6 +112,10 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}ALERT_LEASE_SECONDS ({self.alert_lease_seconds}) must exceed {PREFIX}ALERT_INTERVAL "
                 f"({self.alert_interval}), which must not be negative"
+            )
+        if self.transcript_days < 0:
+            raise SettingsError(
+                f"{PREFIX}TRANSCRIPT_DAYS must be 0 (content never stored) or more, got {self.transcript_days}"
             )
         if self.daily_retention_days < 0:
             raise SettingsError(

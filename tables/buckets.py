@@ -69,12 +69,13 @@ class Retention:
     daily_days: int
     dedup_days: int
     observation_days: int = 7  # observations and traces listed (AIA_OBSERVATION_RETENTION_DAYS)
+    transcript_days: int = 0  # message content kept (AIA_TRANSCRIPT_DAYS); 0: never stored
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Retention:
         return cls(
             settings.hourly_retention_days, settings.daily_retention_days, settings.dedup_window_days,
-            settings.observation_retention_days,
+            settings.observation_retention_days, settings.transcript_days,
         )  # fmt: skip
 
     def oldest_observation_day(self, today: int) -> int:

@@ -46,7 +46,7 @@ from redis.asyncio import Redis
 
 from streams.topics import AGGREGATES, ERASURES
 from tables import keys, traces
-from tables.aggregates import FAMILIES, chat_history, llm_cost, top_students
+from tables.aggregates import FAMILIES, chat_history, llm_cost, top_students, transcripts
 from tables.aggregates.base import SCAN_CHUNK, scan_batches
 from tables.conversations import ConversationState, prefix
 from tables.generations import Generations
@@ -232,15 +232,16 @@ def _without(records: list[tuple[bytes, bytes]], erased: set[str]) -> list[tuple
 def removal(gen: int, org: str, digest: int, state: ConversationState, version: int) -> Call:
     """The call of remove_conversation.lua that removes the conversation `digest` of generation `gen`, read
     as `state` at `version` (its stored value's, `conversations.prefix`), from its bucket, the chat-history
-    index, its filter sets and its per-mentor session costs (an erased student's, or one past the history
-    retention, tables/state.expire_conversations)."""
+    index, its filter sets, its per-mentor session costs and its transcript (an erased student's, or one past
+    the history retention, tables/state.expire_conversations)."""
     filters = [chat_history.filter_key(gen, org, kind, value, digest) for kind, value in state.index_entries() if kind]
     costs = [llm_cost.sessions_key(gen, org, day) for day in sorted({hour // 24 for hour in state.costs})]
     member = llm_cost.session_member(state.first_mentor or "", state.cid or "")
     return (
-        [keys.conversation_bucket(gen, org, digest), chat_history.index_key(gen, org), *filters, *costs],
-        [keys.conversation_field(digest), version, digest, len(filters), member],
-    )
+        [keys.conversation_bucket(gen, org, digest), chat_history.index_key(gen, org), *filters, *costs,
+         transcripts.transcript_key(gen, org, digest)],
+        [keys.conversation_field(digest), version, digest, len(filters), member, 1],
+    )  # fmt: skip
 
 
 async def _remove(redis: Redis, gen: int, org: str, student: str, out: Erasure, *, publish: bool) -> None:

@@ -214,6 +214,29 @@ def test_bad_parameters_get_400_naming_them(env: Env, path: str, query: dict[str
     assert r.json()["detail"] and r.json()[param] == [r.json()["detail"]]  # Django REST framework's shapes
 
 
+def test_without_transcripts_no_content_is_stored_and_what_needs_it_says_so(env: Env) -> None:
+    """AIA_TRANSCRIPT_DAYS unset: the demo's messages carry content, none of it is in Redis, and the two
+    operations that need it answer 404 naming the setting (a platform_admin key; an analyst's is a 403)."""
+    org = "acme-academy"
+    r = env.get(org, "transcripts")
+    assert r.status_code == 404 and "AIA_TRANSCRIPT_DAYS" in r.json()["detail"], r.text
+    assert env.get(org, "transcripts", key="analyst").status_code == 403
+    conversation = env.get(org, "chat-history", page_size="1").json()["results"][0]["id"]
+    r = httpx.get(f"{env.base}/api/analytics/messages/details/", params={"platform_key": org, "session_id": conversation},
+                  headers={"Authorization": f"Api-Token {env.keys['admin']}"}, timeout=10)  # fmt: skip
+    assert r.status_code == 404 and "AIA_TRANSCRIPT_DAYS" in r.json()["detail"], r.text
+    assert any(e.get("content") for t, e in env.events if t == "chat-messages")
+
+    async def stored() -> list[bytes]:
+        redis = Redis.from_url(env.settings.redis_url)
+        try:
+            return [k async for k in redis.scan_iter(match="*:tx:*")]
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(stored()) == []
+
+
 def test_paging_follows_django_rest_framework(env: Env) -> None:
     org = "acme-academy"
     assert len(env.get(org, "chat-history", page_size="1000").json()["results"]) == min(

@@ -80,7 +80,8 @@ def test_every_other_operation_says_why_and_the_counts_are_the_pages() -> None:
     for mark in (SERVED, COMPUTABLE, NOT):
         bullet = re.search(rf"^- \*\*{re.escape(mark.strip('*'))}\*\*:(.*?)(?=^- |^$)", DOC, re.M | re.S)
         assert bullet, f"the introduction has no bullet for {mark}"
-        assert f" {statuses[mark]} operations" in " ".join(bullet.group(1).split()), (mark, statuses[mark])
+        n = statuses[mark]
+        assert f" {n} operation{'s' if n != 1 else ''}" in " ".join(bullet.group(1).split()), (mark, n)
     assert f"offers {len(doc)} operations" in " ".join(DOC.split())
 
 

@@ -18,7 +18,7 @@ from streams.prices import PriceTable
 from streams.schemas import ChatMessage, Conversation, Event, LlmObservation, SentimentEvent
 from tables.aggregates import FAMILIES, ratings, sessions, topics
 from tables.buckets import Retention
-from tables.conversations import ConversationState
+from tables.conversations import ConversationState, conversation_digest
 from tables.state import OrgState
 from tables.writer import OrgWrite
 
@@ -80,9 +80,9 @@ def events() -> list[Event]:
     ]
 
 
-def plan(items: list[Event]) -> OrgWrite:
-    planner = Planner(PriceTable.load(), Retention(hourly_days=90, daily_days=400, dedup_days=7))
-    return planner.plan("acme", items, OrgState(), T0, 0)
+def plan(items: list[Event], *, transcript_days: int = 0) -> OrgWrite:
+    retention = Retention(hourly_days=90, daily_days=400, dedup_days=7, transcript_days=transcript_days)
+    return Planner(PriceTable.load(), retention).plan("acme", items, OrgState(), T0, 0)
 
 
 def render(w: OrgWrite) -> list[tuple[str, str, str, str]]:
@@ -168,6 +168,20 @@ def test_llm_cost_encoding() -> None:
         "ZADD aia:{acme}:trs 2|t1|s1 0",  # the trace's session: the trace id's length, the trace, the session
         "ZADD LT aia:{acme}:tri t1 1795217580000",
         "ZINCRBY aia:{acme}:costsess:20261120 2|m1|s1 1250",
+    ]
+
+
+def test_transcripts_encoding_only_when_turned_on() -> None:
+    """AIA_TRANSCRIPT_DAYS 0: no message content anywhere in the write; N: each message's content in its
+    conversation's transcript (by the conversation's digest), expiring N days after the batch's day."""
+    contents = [ev if not isinstance(ev, ChatMessage) else msgspec.structs.replace(ev, content=f"said {ev.event_id}")
+                for ev in events()]  # fmt: skip
+    assert not [op for op in render(plan(contents)) if "said" in op[3] or ":tx:" in op[1]]
+    digest = conversation_digest("acme", "s1")
+    assert of(render(plan(contents, transcript_days=30)), keys=(":tx:",)) == [
+        f"EXPIREAT aia:{{acme}}:tx:{digest}  {(T0 // DAY + 1 + 30) * 86_400}",
+        f'HSET aia:{{acme}}:tx:{digest} e1 [{T0 + MINUTE},"human","said e1"]',
+        f'HSET aia:{{acme}}:tx:{digest} e2 [{T0},"ai","said e2"]',
     ]
 
 

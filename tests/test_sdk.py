@@ -10,6 +10,7 @@ module, over demo traffic plus a few observations without a session. Mentor ids 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
@@ -148,7 +149,8 @@ def sessionless(events: list[tuple[str, dict[str, Any]]], n: int) -> list[tuple[
 @pytest.fixture(scope="module")
 def stack(kafka: KafkaBroker, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("sdk")
-    settings = api_settings(kafka.bootstrap, redis_server.url, "sdk")
+    # Transcripts on (AIA_TRANSCRIPT_DAYS): the demo's messages carry content; test_api's stack keeps none.
+    settings = dataclasses.replace(api_settings(kafka.bootstrap, redis_server.url, "sdk"), transcript_days=7)
     events = demo_events(3000, seed=99)
     events += sessionless(events, 12)
     expected = reference.expected(events)
@@ -1765,6 +1767,94 @@ def test_observations_and_traces_refuse_bad_parameters(stack: Stack, query: dict
     past = httpx.get(stack.env.url("acme-academy", "traces"), params={"offset": "1000000"},
                      headers={"Authorization": f"Api-Token {stack.keys['admin']}"}, timeout=10)  # fmt: skip
     assert past.status_code == 200 and past.json()["results"] == [] and past.json()["previous"], past.text
+
+
+TRANSCRIPTS = {"200": "List[ConversationMessage]", "400": None, "403": None, "404": None}
+DETAIL = {"200": "ConversationDetailResponse", "400": None, "403": None, "404": None}
+
+
+def reference_messages(stack: Stack, org: str) -> dict[str, list[tuple[int, str, str, str]]]:
+    """Each session's messages with content (by the session's served UUID: the demo's are UUIDs), once per
+    event id, by (time, event id): (time, id, role, text)."""
+    out: dict[str, dict[str, tuple[int, str, str, str]]] = defaultdict(dict)
+    for topic, e in stack.events:
+        if topic == "chat-messages" and e["org"] == org and e.get("content") is not None:
+            out[reference.canonical_id(e["session_id"])].setdefault(e["event_id"], (reference.ts_ms(e["timestamp"]), e["event_id"], e["role"],
+                                                            e["content"]))  # fmt: skip
+    return {sid: sorted(msgs.values()) for sid, msgs in out.items()}
+
+
+def test_transcripts_list_each_conversation_with_its_first_message(stack: Stack) -> None:
+    org = "acme-academy"
+    got = ok_list(stack.call("ai_analytics_orgs_users_transcripts_list", TRANSCRIPTS, org=org, user_id=CALLER),
+                  M.ConversationMessage)  # fmt: skip
+    kept = reference_messages(stack, org)
+    history = every_history_page(stack, org)
+    assert [str(t.id) for t in got] == [str(c.id) for c in history if str(c.id) in kept], "not chat history's order"
+    by_id = {str(c.id): c for c in history}
+    for t in got:
+        row = by_id[str(t.id)]
+        messages = kept[str(row.id)]
+        assert t.first_message == next((m[3] for m in messages if m[2] == "human"), ""), str(row.id)
+        assert (t.user_id, t.message_count, t.user_sentiment) == (
+            row.student,
+            row.message_count_human + row.message_count_ai,
+            row.sentiment,
+        )
+    mentor = got[0]
+    one = ok_list(stack.call("ai_analytics_orgs_users_transcripts_list", TRANSCRIPTS, org=org, user_id=CALLER,
+                             mentor=str(by_id[str(mentor.id)].mentor)), M.ConversationMessage)  # fmt: skip
+    assert one and all(by_id[str(t.id)].mentor == by_id[str(mentor.id)].mentor for t in one)
+    with pytest.raises(ForbiddenException):  # what students wrote: a platform_admin key
+        stack.call("ai_analytics_orgs_users_transcripts_list", TRANSCRIPTS, key="analyst", org=org, user_id=CALLER)
+
+
+def every_history_page(stack: Stack, org: str) -> list[Any]:
+    out: list[Any] = []
+    page = 1
+    while True:
+        r = stack.call("ai_analytics_orgs_users_chat_history_list", HISTORY_LIST, org=org, user_id=CALLER, page=page,
+                       page_size=100).data  # fmt: skip
+        out += r.results
+        if r.next is None:
+            return out
+        page += 1
+
+
+def test_message_details_give_a_conversations_messages_in_pairs(stack: Stack) -> None:
+    org = "acme-academy"
+    kept = reference_messages(stack, org)
+    history = every_history_page(stack, org)
+    row = max((c for c in history if str(c.id) in kept), key=lambda c: (len(kept[str(c.id)]), str(c.id)))
+    r = stack.call("analytics_messages_details_retrieve", DETAIL, session_id=str(row.id), platform_key=org)
+    got = ok(r, 200, M.ConversationDetailResponse)
+    flat = []
+    for pair in got.messages:
+        flat += [("human", pair["human"])] if pair["human"] else []
+        flat += [("ai", m) for m in pair["ai"] or []]
+    want = kept[str(row.id)]
+    assert [(role, m["content"], m["event_id"]) for role, m in flat] == [(w[2], w[3], w[1]) for w in want]
+    assert all(pair["human"] or pair is got.messages[0] for pair in got.messages)  # a pair starts with a human one
+    assert (got.summary["session"], got.summary["message_count"]) == (
+        str(row.id),
+        row.message_count_human + row.message_count_ai,
+    )
+    # The messages of one day only; another mentor's conversation, an unknown one, a day without any: 404.
+    day = datetime.fromtimestamp(want[-1][0] / 1000, UTC).date()
+    on_day = [w for w in want if datetime.fromtimestamp(w[0] / 1000, UTC).date() == day]
+    r = stack.call("analytics_messages_details_retrieve", DETAIL, session_id=str(row.id), platform_key=org,
+                   start_date=day, end_date=day)  # fmt: skip
+    assert sum(bool(p["human"]) + len(p["ai"] or []) for p in r.data.messages) == len(on_day)
+    other_mentor = next(c.mentor for c in history if c.mentor != row.mentor)
+    for query in ({"mentor_unique_id": other_mentor}, {"session_id": str(uuid.uuid4())},
+                  {"start_date": date(2001, 1, 1), "end_date": date(2001, 1, 2)}):  # fmt: skip
+        with pytest.raises(NotFoundException):
+            stack.call("analytics_messages_details_retrieve", DETAIL, **{"session_id": str(row.id), "platform_key": org,
+                                                                          **query})  # fmt: skip
+    with pytest.raises(ForbiddenException):
+        stack.call(
+            "analytics_messages_details_retrieve", DETAIL, key="analyst", session_id=str(row.id), platform_key=org
+        )
 
 
 def test_costs_pertenant_matches_reference(stack: Stack) -> None:

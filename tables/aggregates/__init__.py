@@ -17,6 +17,7 @@ from tables.aggregates.sentiment import Sentiment
 from tables.aggregates.sessions import Sessions
 from tables.aggregates.top_students import TopStudents
 from tables.aggregates.topics import Topics
+from tables.aggregates.transcripts import Transcripts
 
 # Every family, in the order the planner calls them (any order gives the same writes).
 FAMILIES: tuple[Family[Any], ...] = (
@@ -29,4 +30,5 @@ FAMILIES: tuple[Family[Any], ...] = (
     Ratings(),
     Topics(),
     FirstSeen(),
+    Transcripts(),
 )
