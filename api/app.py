@@ -28,6 +28,7 @@ from api import (
     platform_analytics,
     platform_financial,
     platform_messages,
+    platform_users,
     traces,
     transcripts,
 )
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(platform_analytics.router, responses=ERRORS)
     app.include_router(platform_financial.router, responses=ERRORS)
     app.include_router(platform_messages.router, responses=ERRORS)
+    app.include_router(platform_users.router, responses=ERRORS)
     app.include_router(erasure.router, prefix=PREFIX, responses=ERRORS)
     app.include_router(ops.router)
 

@@ -450,6 +450,7 @@ def serving_endpoints(days: int, org: str) -> dict[str, tuple[str, dict[str, Any
         "/api/analytics/topics/details": ("/api/analytics/topics/details/", platform),
         "/api/analytics/financial": ("/api/analytics/financial/", {**platform, "metric": "total_costs"}),
         "/api/analytics/messages": ("/api/analytics/messages/", platform),
+        "/api/analytics/users/details": ("/api/analytics/users/details/", platform),
         "observations": ("observations/", {"limit": 20}),
         "traces": ("traces/", {"limit": 20}),
     }

@@ -133,6 +133,10 @@ class ConversationState(msgspec.Struct, array_like=True):
     # The newest record's rating (as served: an integer, 0 for none) that the ratings family summed for its
     # means; None in a state written before those sums (summed nowhere until a newer record or a rebuild).
     rating: int | None = None
+    # The latest time of the session's human messages (ms, a maximum: any order gives it), for a student's
+    # last activity (`/api/analytics/users/details/`); None in a state written before it was kept, and
+    # until a human message counts.
+    last_human_ms: int | None = None
 
     def pack(self) -> bytes:
         """The stored value: `HEADER` (the format byte, `version`, `last_day`), then the state in msgpack."""
@@ -156,6 +160,8 @@ class ConversationState(msgspec.Struct, array_like=True):
             self.first_mentor, self.first_student = mentor, ev.student
         if ev.role == "human":
             self.human += 1
+            if self.last_human_ms is None or ev.ts_ms > self.last_human_ms:
+                self.last_human_ms = ev.ts_ms
         else:
             self.ai += 1
         if ev.topics and not self.msg_topics.issuperset(ev.topics):

@@ -265,8 +265,8 @@ def test_first_seen_keeps_each_students_earliest_human_message_whatever_the_orde
 def test_conversation_store_encoding() -> None:
     """The conversation's value (`conversations.HEADER`: 0xC1, the version and the last day as 32-bit
     big-endian numbers; then its state in msgpack, its record deflated (`pack_record`), its event digests in
-    order, whether its record holds a rating and the rating summed last), the mentor's served UUID,
-    the org's meta."""
+    order, whether its record holds a rating, the rating summed last and its latest human message's time), the
+    mentor's served UUID, the org's meta."""
     assert of(render(plan(events())), keys=(":cv:", ":uuids", ":meta")) == [
         "HINCRBY aia:{acme}:meta events|chat-history 1",
         "HINCRBY aia:{acme}:meta events|chat-messages 2",
@@ -274,7 +274,7 @@ def test_conversation_store_encoding() -> None:
         "HINCRBY aia:{acme}:meta events|sentiment 1",
         "HINCRBY aia:{acme}:meta version 1",
         "HMAX aia:{acme}:meta last_event_ms 1795217580000",
-        "HSET aia:{acme}:cv:264 d1a4895e8a5da508 c10000000100005129dc001801cf000001a1fb4ba0c0a26532a26d31a3616e6e010191a46d617468a8706f73697469766593cf000001a1fb4d758003a2653393cf000001a1fb4ba0c004a26534a3616e6ea26d3191a7616c6765627261cf000001a1fb4ba0c0c281ce00079befcd04e281a27431cf000001a1fb4e5fe0c40801ab867b12e87900c4201f7e24023b50eaef49b7d57ffed16a345a80ad712e350b15916658fbd43a97b4cd5129a27331c200",
+        "HSET aia:{acme}:cv:264 d1a4895e8a5da508 c10000000100005129dc001901cf000001a1fb4ba0c0a26532a26d31a3616e6e010191a46d617468a8706f73697469766593cf000001a1fb4d758003a2653393cf000001a1fb4ba0c004a26534a3616e6ea26d3191a7616c6765627261cf000001a1fb4ba0c0c281ce00079befcd04e281a27431cf000001a1fb4e5fe0c40801ab867b12e87900c4201f7e24023b50eaef49b7d57ffed16a345a80ad712e350b15916658fbd43a97b4cd5129a27331c200cf000001a1fb4c8b20",
         "HSET aia:{acme}:uuids d567aef6-027c-584d-8df3-f4671aab54ac mentor|m1",
     ]
 

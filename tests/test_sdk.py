@@ -799,6 +799,72 @@ def test_analytics_users_match_reference(stack: Stack) -> None:
     assert json.loads(info.value.body)["parameter"] == "metric"
 
 
+USER_DETAIL = {"200": "UserDetail", "400": None, "403": None, "404": None}
+
+
+def test_analytics_users_details_match_reference(stack: Stack) -> None:
+    """`/api/analytics/users/details/`: per student active in the range (a human message), their human
+    messages in it, their sessions started in it (at their earliest message), their latest human message;
+    most messages first, ties by username, paged; the SDK's one `UserDetail` is the first row."""
+    first, _ = days(stack)
+    today = datetime.now(UTC).date()
+    starts = reference.session_starts(stack.events)
+    seen: set[str] = set()
+    humans = []
+    for t, e in stack.events:
+        if t == "chat-messages" and e["role"] == "human" and e["event_id"] not in seen:
+            seen.add(e["event_id"])
+            humans.append((e["org"], e["mentor_id"], e["student"], reference.ts_ms(e["timestamp"])))
+    lo = int(datetime(first.year, first.month, first.day, tzinfo=UTC).timestamp() * 1000)
+    for org in sorted(stack.exp.orgs)[:2]:
+        for mentor in ["", stack.mentors(org)[0]]:
+            messages = Counter(s for o, m, s, ms in humans if o == org and mentor in ("", m) and ms >= lo)
+            sessions = Counter(st for (o, _), (ms, _, st, m) in starts.items() if o == org and ms >= lo
+                               and mentor in ("", m))  # fmt: skip
+            last = {s: max(ms for o, _, x, ms in humans if o == org and x == s) for s in messages}
+            want = sorted(messages.items(), key=lambda kv: (-kv[1], kv[0]))
+            query = {"platform_key": org, "date_filter": "custom", "start_date": first, "end_date": today}
+            if mentor:
+                query["mentor_unique_id"] = mentor
+            got = ok(stack.call("analytics_users_details_retrieve", USER_DETAIL, limit=100, **query), 200, M.UserDetail)
+            raw = json.loads(stack.call("analytics_users_details_retrieve", USER_DETAIL, limit=100, **query).raw_data)
+            rows = raw["results"]
+            assert raw["total_records"] == len(want) and [(r["username"], r["messages"]) for r in rows] == want[:100]
+            emails: dict[str, tuple[int, str]] = {}
+            for c in stack.conversations(org).values():
+                email = (c.record or {}).get("email")
+                if (
+                    c.student
+                    and isinstance(email, str)
+                    and email
+                    and (c.inserted_ms or 0) > emails.get(c.student, (-1,))[0]
+                ):
+                    emails[c.student] = (c.inserted_ms or 0, email)
+            assert any(r["email"] for r in rows) or not emails
+            for r in rows:
+                assert r["email"] == emails.get(r["username"], (0, ""))[1], r
+                assert r["conversations"] == sessions[r["username"]], (org, mentor, r)
+                assert abs(ms_of(datetime.fromisoformat(r["last_activity"])) - last[r["username"]]) <= 1, r
+            assert (got.messages, got.conversations, got.full_name) == (
+                rows[0]["messages"],
+                rows[0]["conversations"],
+                "",
+            )
+    org = sorted(stack.exp.orgs)[0]
+    one = json.loads(stack.call("analytics_users_details_retrieve", USER_DETAIL, platform_key=org, limit=2,
+                                page=2, date_filter="all_time").raw_data)  # fmt: skip
+    assert (one["page"], one["limit"], len(one["results"])) == (2, 2, 2)
+    needle = one["results"][0]["username"]
+    found = json.loads(stack.call("analytics_users_details_retrieve", USER_DETAIL, platform_key=org,
+                                  search=needle.upper(), date_filter="all_time").raw_data)  # fmt: skip
+    assert found["results"] and all(needle.casefold() in r["username"].casefold() for r in found["results"])
+    with pytest.raises(ForbiddenException):  # emails: a platform_admin key
+        stack.call("analytics_users_details_retrieve", USER_DETAIL, key="analyst", platform_key="acme-academy")
+    with pytest.raises(NotFoundException):  # nobody active in those days
+        stack.call("analytics_users_details_retrieve", USER_DETAIL, platform_key=org, date_filter="custom",
+                   start_date=date(2026, 1, 1), end_date=date(2026, 1, 2))  # fmt: skip
+
+
 def test_analytics_platform_key_is_the_org(stack: Stack) -> None:
     """The org is `platform_key`, checked as a path's org is (403 for another org's key, 404 for an unknown
     org to an all-orgs key); without one, the key's own org; an all-orgs key must name one."""
