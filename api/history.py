@@ -98,11 +98,8 @@ async def chat_history(
 ) -> dict[str, Any]:
     """Conversations, newest first, with the platform's pagination envelope."""
     require_admin(key)
-    start = params.parse_date("start_date", start_date, required=False)
-    end = params.parse_date("end_date", end_date, required=False)
-    if start and end and end < start:
-        raise params.bad("end_date", f"end_date {end} is before start_date {start}")
-    topic_list = tuple(t.strip() for t in (params.text("topics", topics) or "").split(",") if t.strip())
+    start, end = params.optional_days(start_date, end_date)
+    topic_list = params.names("topics", topics)
     flt = history.HistoryFilter(
         start=start,
         end=end,

@@ -121,6 +121,21 @@ def date_range(
     return start, end
 
 
+def optional_days(start_raw: str | None, end_raw: str | None) -> tuple[date | None, date | None]:
+    """Optional first and last days (either may be left open); an end before the start is a 400 naming
+    end_date."""
+    start = parse_date("start_date", start_raw, required=False)
+    end = parse_date("end_date", end_raw, required=False)
+    if start and end and end < start:
+        raise bad("end_date", f"end_date {end} is before start_date {start}")
+    return start, end
+
+
+def names(param: str, value: str | None) -> tuple[str, ...]:
+    """A comma-separated list (topics), each name stripped, empty ones left out."""
+    return tuple(t.strip() for t in (text(param, value) or "").split(",") if t.strip())
+
+
 def choice(param: str, value: str | None, allowed: tuple[str, ...], default: str | None) -> str | None:
     if value is None or value == "":
         return default

@@ -29,6 +29,19 @@ LIMIT = Annotated[str | None, Query(description=f"Results per page, 1 to {MAX_LI
 OFFSET = Annotated[str | None, Query(description="The index of the first result, from 0.")]
 
 
+# The `ordering` of each listing: newest first by default.
+BY_START_TIME = Annotated[
+    str | None,
+    Query(alias="ordering", description="-start_time (default) or start_time.",
+          json_schema_extra={"enum": ["-start_time", "start_time"]}),
+]  # fmt: skip
+BY_TIMESTAMP = Annotated[
+    str | None,
+    Query(alias="ordering", description="-timestamp (default) or timestamp: a trace's first observation's time.",
+          json_schema_extra={"enum": ["-timestamp", "timestamp"]}),
+]  # fmt: skip
+
+
 def ordering(value: str | None, name: str) -> bool:
     """Newest first (`-<name>`, the default) or oldest first (`<name>`); anything else is a 400."""
     if value is None or value == "" or value == f"-{name}":
@@ -84,14 +97,7 @@ async def observation_list(
     view: Served,
     limit: LIMIT = None,
     offset: OFFSET = None,
-    ordering_: Annotated[
-        str | None,
-        Query(
-            alias="ordering",
-            description="-start_time (default, newest first) or start_time.",
-            json_schema_extra={"enum": ["-start_time", "start_time"]},
-        ),
-    ] = None,
+    ordering_: BY_START_TIME = None,
     search: Annotated[
         str | None, Query(description="Only observations whose id, trace, type or model holds this, in any case.")
     ] = None,
@@ -125,14 +131,7 @@ async def trace_list(
     view: Served,
     limit: LIMIT = None,
     offset: OFFSET = None,
-    ordering_: Annotated[
-        str | None,
-        Query(
-            alias="ordering",
-            description="-timestamp (default, newest first) or timestamp: a trace's time is its first observation's.",
-            json_schema_extra={"enum": ["-timestamp", "timestamp"]},
-        ),
-    ] = None,
+    ordering_: BY_TIMESTAMP = None,
     search: Annotated[
         str | None, Query(description="Only traces whose id, session or student holds this, in any case.")
     ] = None,

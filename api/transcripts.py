@@ -58,11 +58,8 @@ async def transcript_list(
     each with its first human message's text; at most 1,000 read (more: a 400 naming start_date)."""
     require_admin(key, "transcripts")
     require_transcripts(state)
-    start = params.parse_date("start_date", start_date, required=False)
-    end = params.parse_date("end_date", end_date, required=False)
-    if start and end and end < start:
-        raise params.bad("end_date", f"end_date {end} is before start_date {start}")
-    wanted = tuple(t.strip() for t in (params.text("topics", topics) or "").split(",") if t.strip())
+    start, end = params.optional_days(start_date, end_date)
+    wanted = params.names("topics", topics)
     flt = chat_history.HistoryFilter(start=start, end=end, mentor=params.text("mentor", mentor), topics=wanted)
     digests = await chat_history.listed(view, org, flt, MAX_LISTED)
     if len(digests) > MAX_LISTED:
@@ -107,10 +104,7 @@ async def conversation_detail(
     if usergroup_ids:
         raise params.bad("usergroup_ids", "usergroup_ids: user groups are in none of the topics; cannot filter by them")
     require_transcripts(state)
-    start = params.parse_date("start_date", start_date, required=False)
-    end = params.parse_date("end_date", end_date, required=False)
-    if start and end and end < start:
-        raise params.bad("end_date", f"end_date {end} is before start_date {start}")
+    start, end = params.optional_days(start_date, end_date)
     found = await chat_history.conversation(view, org, params.text("session_id", session_id) or "")
     if found is None:
         raise ApiError(404, "No conversation matches the given query.", param="session_id")
