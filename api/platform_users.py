@@ -33,6 +33,7 @@ router = APIRouter(prefix="/api/analytics", tags=["analytics by platform_key"])
 
 LIMIT, MAX_LIMIT = 20, 100
 MAX_CONVERSATIONS = 10_000  # one student's conversations read per request (a state each)
+MAX_SEARCHED = 2_000  # students a search reads the email of (their conversations each)
 
 
 @router.get("/users/details/")
@@ -72,6 +73,11 @@ async def user_details(
     needle = (params.text("search", search) or "").casefold()
     if needle:
         # An email is read per student: a search reads every active student's conversations.
+        if len(counts) > MAX_SEARCHED:
+            raise params.bad(
+                "search", f"search reads each active student's email; {len(counts):,} are active in the range, "
+                f"more than {MAX_SEARCHED:,}: narrow the range"
+            )  # fmt: skip
         found = []
         for row in counts:
             detail = await _detail(a, row["username"], span_ms, mentor)
