@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,15 @@ from tables.writer import OrgWrite, Writer
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 50
-MIN_SCRIPT_EVENTS = 50  # an org's part is never cut below this many events (`BatchProcessor._parts`)
+# The bound never cuts an org's part into slices of fewer events than about this (`BatchProcessor._parts`), and a
+# write of no more events is applied even over it (a chat-history record of the backfill plans ~40 operations).
+MIN_SCRIPT_EVENTS = 20
+# The operations per event a topic is first estimated at (`BatchProcessor._learn`): high, so a worker's first
+# parts are small rather than over the bound.
+FIRST_RATE = 25.0
+# Parts are cut to this share of `apply_script_ops` by the estimate, so that an estimate a little short (a
+# topic's operations per event vary by a fifth or so) rarely makes a write over the bound, planned again.
+FILL = 0.8
 
 
 def fault_reason(exc: BaseException) -> str:
@@ -150,9 +159,10 @@ class BatchProcessor:
         self.replication = Replication(redis, replicas, settings.redis_wait_timeout_ms)
         self.limits = Limits.from_settings(settings)
         self.planner = Planner(PriceTable.load(settings.price_table), Retention.from_settings(settings))
-        # Redis operations per event of the writes planned lately (`_learn`); it starts high, so a worker's
-        # first parts are small, not over the bound: dense traffic plans up to ~25 per event.
-        self._ops_per_event = 25.0
+        # Redis operations per event of each topic in the writes planned lately (`_learn`): what the parts
+        # are cut by (`_parts`). On the backfill a chat-history record plans ~40, a judgement ~27, an
+        # observation ~12, a chat message ~8 (its changefeed marks counted).
+        self._rates: dict[str, float] = {}
 
     async def validate(self, batch: Batch, *, step: int = 2000) -> Validated:
         """Parse every record: valid events by org, and dead letters. It yields every `step` records, so an
@@ -337,9 +347,11 @@ class BatchProcessor:
         inflight: Inflight | None = None
         read: Read | None = None
         try:
-            for k, part in enumerate(parts):
+            k = -1
+            while (k := k + 1) < len(parts):
+                part = parts[k]
                 after = {w.org: w for w in inflight[1]} if inflight else None
-                writes = await self.plan(part, now_ms, gens.current, after=after, read=read)
+                writes, rest = await self._plan_within(part, now_ms, gens.current, after=after, read=read)
                 read = None
                 if inflight is not None:
                     task, previous = inflight
@@ -347,6 +359,8 @@ class BatchProcessor:
                     if not await self._settle(await task, previous, now_ms, gens, result, done):
                         done += await self._apply(part, now_ms, gens, result, gens.current)  # planned again
                         continue
+                if rest:  # the events an org's write could not hold: applied next, before its next events
+                    parts[k + 1 : k + 1] = self._parts(rest, events=0)
                 for w in writes:
                     _guard_generations(w, gens)
                 # The next part's state is read before this part's apply reaches Redis, so the read does
@@ -425,20 +439,29 @@ class BatchProcessor:
         self, by_org: dict[str, list[Event]], now_ms: int, gens: Generations, result: BatchResult, gen: int
     ) -> list[tuple[OrgWrite, OrgState]]:
         """Plan and apply every org's write to generation `gen`, re-planning the orgs that conflict: in parts
-        of at most about `apply_script_ops` operations per org's script (`_parts`), one after the other."""
+        of at most `apply_script_ops` operations per org's script (`_parts`, `_plan_within`), one after the
+        other."""
         done: list[tuple[OrgWrite, OrgState]] = []
-        for part in self._parts(by_org, events=0):
-            done += await self._apply_part(part, now_ms, gens, result, gen)
+        parts = self._parts(by_org, events=0)
+        k = -1
+        while (k := k + 1) < len(parts):
+            applied, rest = await self._apply_part(parts[k], now_ms, gens, result, gen)
+            done += applied
+            if rest:  # the events an org's write could not hold: applied next, before its next events
+                parts[k + 1 : k + 1] = self._parts(rest, events=0)
         return done
 
     async def _apply_part(
         self, by_org: dict[str, list[Event]], now_ms: int, gens: Generations, result: BatchResult, gen: int
-    ) -> list[tuple[OrgWrite, OrgState]]:
+    ) -> tuple[list[tuple[OrgWrite, OrgState]], dict[str, list[Event]]]:
+        """Plan and apply one part (`_plan_within`), re-planning the orgs that conflict: what was applied, and
+        the events of the orgs whose writes could not hold them all (to apply next)."""
         pending = by_org
         done: list[tuple[OrgWrite, OrgState]] = []
+        left: dict[str, list[Event]] = {}
         for attempt in range(1, MAX_ATTEMPTS + 1):
             result.attempts = attempt
-            writes = await self.plan(pending, now_ms, gen)
+            writes, rest = await self._plan_within(pending, now_ms, gen)
             for w in writes:
                 _guard_generations(w, gens)
             states = {w.org: w.state for w in writes}
@@ -449,26 +472,87 @@ class BatchProcessor:
                 if w.org not in conflicts:
                     result.applied += w.events
                     done.append((w, states[w.org]))
+            left.update((org, items) for org, items in rest.items() if org not in conflicts)
             if not conflicts:
-                return done
+                return done, left
             log.debug("re-planning %d org(s) after conflicts: %s", len(conflicts), conflicts)
-            pending = {org: pending[org] for org in conflicts}
+            pending = {org: pending[org] for org in conflicts}  # all of their events, cut again
             await asyncio.sleep(0.002 * attempt)  # let the other writer finish before re-reading
         raise RuntimeError(f"gave up applying a batch after {MAX_ATTEMPTS} conflicting attempts: {conflicts}")
 
     def _parts(self, by_org: dict[str, list[Event]], events: int | None = None) -> list[dict[str, list[Event]]]:
-        """The batch's parts: about `apply_chunk` events each (`events`: instead), and no org's script over
-        about `apply_script_ops` operations, by the operations per event of the writes planned lately."""
+        """The batch's parts: about `apply_chunk` events each (`events`: instead), and no org's script
+        estimated over `apply_script_ops` operations, by the operations per event of each topic in the writes
+        planned lately (`_cost`); `_plan_within` holds a write that is over it anyway to the bound."""
         budget = self.settings.apply_script_ops
-        per_org = max(MIN_SCRIPT_EVENTS, int(budget / self._ops_per_event)) if budget else 0
-        return _parts(by_org, self.settings.apply_chunk if events is None else events, per_org)
+        size = self.settings.apply_chunk if events is None else events
+        return _parts(by_org, size, budget * FILL, self._cost if budget else None, MIN_SCRIPT_EVENTS)
 
-    def _learn(self, writes: list[OrgWrite]) -> None:
-        """Follow the operations per event of the writes planned (a moving average; the parts' bound)."""
-        ops = sum(w.operations() for w in writes)
-        events = sum(len(w.items) for w in writes)
-        if events:
-            self._ops_per_event = 0.7 * self._ops_per_event + 0.3 * max(0.1, ops / events)
+    def _cost(self, ev: Event) -> float:
+        """The operations an event is estimated to add to its org's script (`_learn`)."""
+        return self._rates.get(ev.src_topic, FIRST_RATE)
+
+    def _learn(self, w: OrgWrite, ops: int) -> None:
+        """Follow the operations per event of each topic in the writes planned: a write's operations against
+        what the rates predicted for its events, each topic's rate corrected by its share of the prediction
+        (a write of one topic, the usual one, moves that topic's rate 0.3 of the way to what it did: a moving
+        average)."""
+        rates = self._rates
+        counts: dict[str, int] = {}
+        for ev in w.items:
+            counts[ev.src_topic] = counts.get(ev.src_topic, 0) + 1
+        predicted = {topic: n * rates.get(topic, FIRST_RATE) for topic, n in counts.items()}
+        total = sum(predicted.values())
+        if total:
+            error = ops / total - 1
+            for topic, p in predicted.items():
+                rates[topic] = max(0.1, rates.get(topic, FIRST_RATE) * (1 + 0.3 * p / total * error))
+
+    async def _plan_within(
+        self,
+        by_org: dict[str, list[Event]],
+        now_ms: int,
+        gen: int,
+        after: dict[str, OrgWrite] | None = None,
+        read: Read | None = None,
+    ) -> tuple[list[OrgWrite], dict[str, list[Event]]]:
+        """`plan`, with every org's write held to `apply_script_ops` operations: an org whose write would do
+        more (with more than `MIN_SCRIPT_EVENTS` events) is planned again on its first events only, as many
+        as its write's operations spread by the rates say fit (again until it fits). Returns the writes, and
+        per such org the events left over, to be applied after these writes and before its next events. Each
+        write planned teaches the rates (`_learn`)."""
+        budget = self.settings.apply_script_ops
+        writes: list[OrgWrite] = []
+        rest: dict[str, list[Event]] = {}
+        planned = await self.plan(by_org, now_ms, gen, after=after, read=read)
+        while planned:
+            heads: dict[str, list[Event]] = {}
+            for w in planned:
+                ops = w.operations() + 1  # and the guard of the generations' version (`_guard_generations`)
+                self._learn(w, ops)
+                if budget and ops > budget and len(w.items) > MIN_SCRIPT_EVENTS:
+                    n = self._fitting(w.items, ops, budget * FILL)
+                    heads[w.org] = w.items[:n]
+                    rest[w.org] = w.items[n:] + rest.get(w.org, [])
+                else:
+                    writes.append(w)
+            if heads:
+                log.debug("%d org(s) planned over %d operations: planned again on fewer events", len(heads), budget)
+            planned = await self.plan(heads, now_ms, gen, after=after) if heads else []
+        return writes, rest
+
+    def _fitting(self, items: list[Event], ops: int, target: float) -> int:
+        """How many of the first items a write of `ops` operations for all of them holds within `target`: its
+        operations spread over the items by their rates (`_cost`); at least `MIN_SCRIPT_EVENTS`, never all."""
+        costs = [self._cost(ev) for ev in items]
+        scale = ops / sum(costs)
+        n, acc = 0, 0.0
+        for c in costs:
+            acc += c * scale
+            if acc > target:
+                break
+            n += 1
+        return min(len(items) - 1, max(MIN_SCRIPT_EVENTS, n))
 
     async def read(self, by_org: dict[str, list[Event]], gen: int) -> Read:
         """Every org's state in generation `gen`, in one round trip."""
@@ -506,7 +590,6 @@ class BatchProcessor:
             pending = retry
             if pending:
                 states = await self.reader.read({org: queries[org] for org in pending}, gen)
-        self._learn(writes)
         return writes
 
 
@@ -529,29 +612,57 @@ def _generations_changed(conflicts: dict[str, str]) -> bool:
     return any(keys.org_generations(org) in reason for org, reason in conflicts.items())
 
 
-def _parts(by_org: dict[str, list[Event]], size: int, per_org: int = 0) -> list[dict[str, list[Event]]]:
-    """The batch in parts of about `size` events (0: no bound) and at most about `per_org` events of one org
-    (0: no bound), each org's items kept in their order, so every partition's records stay in offset order
-    from part to part. An org is cut into as few slices as both bounds allow (its share of the `size`
-    parts, and what `per_org` needs), spread evenly over the parts: an org with few events is not cut
-    into many small scripts because a large one is."""
+def _parts(
+    by_org: dict[str, list[Event]],
+    size: int,
+    budget: float = 0,
+    cost: Callable[[Event], float] | None = None,
+    least: int = 1,
+) -> list[dict[str, list[Event]]]:
+    """The batch in parts of about `size` events (0: no bound) and no org's slice estimated at more than
+    `budget` (0: no bound) by `cost`, an event's estimated operations (None: each event 1, so `budget` is
+    a number of events), though the budget never cuts an org into more slices than one per `least` events;
+    each org's items kept in their order, so every partition's records stay in offset order from part to
+    part. An org is cut into as few slices as both bounds allow (its share of the `size` parts, and what
+    `budget` needs), of about equal estimated cost, spread evenly over the parts: an org with few events is
+    not cut into many small scripts because a large one is."""
     total = sum(len(items) for items in by_org.values())
     by_size = -(-total // size) if size > 0 else 1
-    slices = {
-        org: max(
-            -(-len(items) * by_size // total) if by_size > 1 else 1,
-            -(-len(items) // per_org) if per_org > 0 else 1,
-        )
-        for org, items in by_org.items()
-    }
+    slices: dict[str, int] = {}
+    costs: dict[str, list[float]] = {}
+    for org, items in by_org.items():
+        k = -(-len(items) * by_size // total) if by_size > 1 else 1
+        if budget > 0:
+            if cost is None:
+                need = -(-len(items) // int(budget))
+            else:
+                c = costs[org] = [cost(ev) for ev in items]
+                need = math.ceil(sum(c) / budget)
+            k = max(k, min(need, max(1, len(items) // least)))
+        slices[org] = k
     n = max(slices.values(), default=1)
     if n <= 1:
         return [by_org]
     parts: list[dict[str, list[Event]]] = [{} for _ in range(n)]
     for org, items in by_org.items():
         k = slices[org]
-        for j in range(k):
-            chunk = items[j * len(items) // k : (j + 1) * len(items) // k]
+        for j, chunk in enumerate(_cut(items, k, costs.get(org))):
             if chunk:
                 parts[j * n // k][org] = chunk
     return [part for part in parts if part]
+
+
+def _cut(items: list[Event], k: int, costs: list[float] | None) -> list[list[Event]]:
+    """The items in k slices in their order: of about equal cost (None: of equal numbers)."""
+    if costs is None or k <= 1:
+        return [items[j * len(items) // k : (j + 1) * len(items) // k] for j in range(k)]
+    total = sum(costs)
+    out: list[list[Event]] = []
+    start, acc = 0, 0.0
+    for i, c in enumerate(costs):
+        acc += c
+        if len(out) < k - 1 and acc >= total * (len(out) + 1) / k:
+            out.append(items[start : i + 1])
+            start = i + 1
+    out.append(items[start:])
+    return out

@@ -40,9 +40,12 @@ class Settings:
     # A batch is applied in parts of about this many events, each planned while Redis applies the one
     # before (0: in one part, nothing overlapped).
     apply_chunk: int = 10000
-    # No apply script of an org does more than about this many Redis operations (a batch's parts are cut
-    # smaller when an org's events would need more: readers wait behind a script while it runs); 0: no limit.
-    apply_script_ops: int = 3000
+    # No apply script of an org does more than this many Redis operations, the changefeed marks it writes
+    # counted (`OrgWrite.operations()`): readers wait behind a script while it runs. A batch's parts are cut by
+    # the operations each topic's events planned lately, and a write planned over the bound anyway is planned
+    # again on fewer events (agents/pipeline.py). About 2 µs each on the backfill, so ~3 ms a script at most
+    # when Redis has its core (`python -m bench.script_time`); 0: no limit.
+    apply_script_ops: int = 1500
     # How long the group waits for a worker that died without leaving before moving its partitions.
     session_timeout: float = 30.0
     heartbeat_interval: float = 3.0

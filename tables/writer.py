@@ -166,9 +166,14 @@ class OrgWrite:
             self.expires[self.k(key)] = epoch_s
 
     def operations(self) -> int:
-        """About how many Redis operations the apply script runs for this write (what bounds its time)."""
+        """About how many Redis operations the apply script runs for this write (what bounds its time): each
+        check, counter, member, field and expiry, and the changefeed mark of each published counter it changes
+        (`marked`: an HSET field each; a write to the generation a rebuild builds marks none, so it does
+        fewer). On the traffic model's backfill each costs Redis about 2 µs, the payload's decoding included
+        (`python -m bench.script_time`)."""
         return (
-            len(self.watermarks) * 2
+            self.marked()
+            + len(self.watermarks) * 2
             + len(self.guards)
             + len(self.convs) * 2
             + sum(len(ids) for ids in self.seen.values()) * 2
@@ -183,6 +188,17 @@ class OrgWrite:
             + sum(len(members) for members in self.sadds.values())
             + sum(len(members) for members in self.srems.values())
         )
+
+    def marked(self) -> int:
+        """How many changefeed marks the write leaves when it publishes: `len(self.marks())`, counted without
+        making them (before `payload()`)."""
+        hashes = {k for k, _ in self.hincrs}
+        published = {k for k in hashes if keys.published_kind(self._keys[k - 1]) == "h"}
+        n = sum(1 for (k, _), incr in self.hincrs.items() if incr and k in published)
+        for k, members in self.zincrs.items():
+            if keys.published_kind(self._keys[k - 1]) == "z" and any(members.values()):
+                n += 1
+        return n
 
     def marks(self) -> list[str]:
         """The changefeed marks (`keys.counter_mark`) of the published counters this write changes: hash

@@ -107,6 +107,20 @@ def of(ops: list[tuple[str, str, str, str]], *, keys: tuple[str, ...] = (), fiel
     return [" ".join(op) for op in ops if any(s in op[1] for s in keys) or any(op[2].startswith(f) for f in fields)]
 
 
+def test_operations_count_every_operation_of_the_script_and_the_changefeed_marks() -> None:
+    """`OrgWrite.operations()` (what bounds an apply script, agents/pipeline.py) counts each counter, member,
+    field, check and expiry the script runs, and each changefeed mark it writes (`marked`, which counts
+    `marks()` without making them; the marks, an HSET field each, are 12 % of a backfill script's time)."""
+    w = plan(events())
+    w.publish = True
+    w.payload()
+    marks = w.marks()
+    assert marks and w.marked() == len(marks)
+    hincrs = sum(1 for n in w.hincrs.values() if n)
+    assert len([m for m in marks if m.startswith("h")]) < hincrs  # the minute and half-hour buckets are not published
+    assert w.operations() >= len(render(w)) + len(marks)
+
+
 def test_sessions_encoding() -> None:
     assert of(render(plan(events())), fields=("sessions", "messages")) == [
         "HINCRBY aia:{acme}:d:20261120 messages 2",

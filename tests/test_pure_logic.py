@@ -308,6 +308,31 @@ def test_a_batch_is_cut_into_parts_that_keep_each_orgs_order_within_both_bounds(
         assert sum("small" in part for part in parts) == 1 and sum("mid" in part for part in parts) == 1
 
 
+@pytest.mark.parametrize(("size", "budget", "least"), [(0, 50, 1), (0, 50, 30), (30, 50, 1), (0, 25, 1), (0, 500, 1)])
+def test_a_batch_is_cut_by_the_estimated_cost_of_its_events(size: int, budget: int, least: int) -> None:
+    """`_parts` with a cost per event (agents/pipeline.py: the learned operations per event of its topic):
+    every org's items in their order over the parts; an org's slices of about equal cost, none over the
+    budget by more than one item's; as few as the budget needs (no more than one per `least` items), or
+    its share of the `size` parts; an org within both bounds is one slice."""
+    from agents.pipeline import _parts
+
+    def cost(item: Any) -> float:
+        return 10.0 if item < 10 else 1.0  # heavy events first (chat-history records, ~40 operations), then light
+
+    by_org: dict[str, list[Any]] = {"big": list(range(110)), "light": list(range(10, 40))}  # costs 200 and 30
+    parts = _parts(by_org, size, budget, cost, least)
+    for org, items in by_org.items():
+        assert [x for part in parts for x in part.get(org, [])] == items, org
+    by_size = -(-140 // size) if size else 1
+    for org, total in (("big", 200), ("light", 30)):
+        n = len(by_org[org])
+        share = -(-n * by_size // 140) if by_size > 1 else 1
+        slices = [part[org] for part in parts if org in part]
+        assert len(slices) == max(share, min(-(-total // budget), max(1, n // least))), (org, slices)
+        if least == 1:
+            assert all(sum(map(cost, s)) <= budget + 10 for s in slices), (org, slices)
+
+
 def test_an_observation_is_kept_under_a_field_no_other_id_shares_and_its_value_reads_back() -> None:
     """`keys.observation_field`: a canonical UUID as its 16 bytes; any other id as its UTF-8 (0xFF after
     it when that is 16 bytes long), so look-alikes (the UUID's bytes spelled as text, another spelling of
