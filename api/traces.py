@@ -113,7 +113,7 @@ async def observation_list(
     )  # fmt: skip
 
 
-@router.get("/observations/{observation_id}/", openapi_extra=answered_by(llm_cost.LlmCost))
+@router.get("/observations/{observation_id:path}/", openapi_extra=answered_by(llm_cost.LlmCost))
 async def observation_item(org: ORG, user_id: USER, key: Caller, view: Served, observation_id: str) -> dict[str, Any]:
     """One observation by its event id (a 404 when it is not listed)."""
     found = await traces.observation(view, org, observation_id)
@@ -147,7 +147,7 @@ async def trace_list(
     )  # fmt: skip
 
 
-@router.get("/traces/{trace_id}/", openapi_extra=answered_by(llm_cost.LlmCost, sessions.Sessions))
+@router.get("/traces/{trace_id:path}/", openapi_extra=answered_by(llm_cost.LlmCost, sessions.Sessions))
 async def trace_item(org: ORG, user_id: USER, key: Caller, view: Served, trace_id: str) -> dict[str, Any]:
     """One trace by its id (a 404 when it is not listed)."""
     found = await traces.trace(view, org, trace_id)

@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import iblai.models as M
@@ -153,6 +154,8 @@ def stack(kafka: KafkaBroker, redis_server: RedisServer, tmp_path_factory: pytes
     settings = dataclasses.replace(api_settings(kafka.bootstrap, redis_server.url, "sdk"), transcript_days=7)
     events = demo_events(3000, seed=99)
     events += sessionless(events, 12)
+    events += [(t, {**e, "org": "acme-academy", "event_id": f"obs/1|{e['event_id']}", "trace_id": "tr/1|x%2F ü/"})
+               for t, e in sessionless(events, 1)]  # ids holding `/`, `|`, `%2F`, a space, a non-ASCII letter  # fmt: skip
     expected = reference.expected(events)
 
     keys = asyncio.run(create_keys(settings))
@@ -1812,6 +1815,17 @@ def test_traces_list_and_retrieve_match_reference(stack: Stack) -> None:
     assert one == got[3]
     with pytest.raises(NotFoundException):
         stack.call("ai_analytics_orgs_users_traces_retrieve", TRACE, id="no-such", org=org, user_id=CALLER)
+    # Ids holding `/` and other separators: asked for encoded, and as they are.
+    admin = {"Authorization": f"Api-Token {stack.keys['admin']}"}
+    odd = next(e for t, e in stack.events if t == "llm-observations" and e["event_id"].startswith("obs/1|"))
+    for path, want in (
+        (f"traces/{odd['trace_id']}", odd["trace_id"]),
+        (f"observations/{odd['event_id']}", odd["event_id"]),
+    ):
+        for spelled in (quote(path, safe="/"), path.split("/", 1)[0] + "/" + quote(path.split("/", 1)[1], safe="")):
+            r = httpx.get(f"{stack.env.base}/api/ai-analytics/orgs/{org}/users/{CALLER}/{spelled}/", headers=admin,
+                          timeout=10)  # fmt: skip
+            assert r.status_code == 200 and r.json()["id"] == want, (spelled, r.status_code, r.text[:200])
     student = next(t.user_id for t in got if t.user_id)
     found = stack.call("ai_analytics_orgs_users_traces_list", TRACES, org=org, user_id=CALLER, search=student.upper(),
                        limit=100).data  # fmt: skip
