@@ -122,13 +122,20 @@ async def ask(
     ] = None,
     tz: TZ = None,
 ) -> Ask:
-    if usergroup_ids:
-        raise params.bad("usergroup_ids", "usergroup_ids: user groups are in none of the topics; cannot filter by them")
+    refuse_usergroups(usergroup_ids)
     chosen = params.choice("granularity", granularity, GRANULARITIES, "day") or "day"
     return Ask(state, view, org, date_filter, start_date, end_date, chosen, mentor_unique_id, tz)
 
 
 Asked = Annotated[Ask, Depends(ask)]
+
+
+def refuse_usergroups(usergroup_ids: str | None) -> None:
+    """The platform's user groups are in none of the topics: a filter by them is a 400 naming it."""
+    if usergroup_ids:
+        raise params.bad("usergroup_ids", "usergroup_ids: user groups are in none of the topics; cannot filter by them")
+
+
 METRIC_SESSIONS = Annotated[
     str | None,
     Query(description="sessions (default): sessions started per period; headline: the range's means.",

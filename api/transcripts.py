@@ -9,7 +9,7 @@ students wrote.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -17,12 +17,13 @@ from fastapi import APIRouter, Query, Request
 from api import params
 from api.auth import ORG, USER, Caller, PlatformOrg, caller, require_admin
 from api.errors import ApiError
+from api.platform_analytics import refuse_usergroups
 from api.platform_messages import list_item
 from api.state import AppState, Served, State
 from tables import ids, queries
 from tables.aggregates import chat_history, llm_cost
 from tables.aggregates import transcripts as tx
-from tables.conversations import conversation_digest
+from tables.buckets import DAY_MS, day_index
 
 router = APIRouter(tags=["transcripts"])
 analytics_router = APIRouter(prefix="/api/analytics", tags=["analytics by platform_key"])
@@ -101,26 +102,21 @@ async def conversation_detail(
     null, "ai": [...] or null}`); a 404 for an unknown conversation, another mentor's, or one with no
     message kept in the range."""
     require_admin(await caller(request, org, state), "message content")
-    if usergroup_ids:
-        raise params.bad("usergroup_ids", "usergroup_ids: user groups are in none of the topics; cannot filter by them")
+    refuse_usergroups(usergroup_ids)
     require_transcripts(state)
     start, end = params.optional_days(start_date, end_date)
-    found = await chat_history.conversation(view, org, params.text("session_id", session_id) or "")
-    if found is None:
+    conv = await chat_history.conversation_state(view, org, params.text("session_id", session_id) or "")
+    if conv is None or conv.cid is None:
         raise ApiError(404, "No conversation matches the given query.", param="session_id")
-    cid, _, row = found
+    cid = conv.cid
+    row = chat_history.served_conversation(org, cid, conv.record(), conv)
     if mentor_unique_id and await queries.resolve(view, org, ids.MENTOR, mentor_unique_id) != row["mentor_name"]:
         raise ApiError(404, "No conversation of this mentor matches the given query.", param="mentor_unique_id")
     (messages,) = await tx.transcripts(view, org, [cid])
-    lo_ms = _day_ms(start) if start else None
-    hi_ms = _day_ms(end + timedelta(days=1)) if end else None
+    lo_ms = day_index(start) * DAY_MS if start else None
+    hi_ms = (day_index(end) + 1) * DAY_MS if end else None
     messages = [m for m in messages if (lo_ms is None or m.ts_ms >= lo_ms) and (hi_ms is None or m.ts_ms < hi_ms)]
     if not messages:
         raise ApiError(404, "No message of this conversation is kept in the range.", param="session_id")
-    (conv,) = await queries.conversation_states(view, org, [conversation_digest(org, cid)])
     every_hour = llm_cost.session_cost(conv, datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
     return {"summary": list_item(org, row, conv, every_hour), "messages": tx.pairs(messages)}
-
-
-def _day_ms(d: date) -> int:
-    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)

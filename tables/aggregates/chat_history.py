@@ -212,11 +212,19 @@ async def _filtered(
 async def conversation(view: queries.View, org: str, conv_id: str) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
     """(the kept id, the stored record, the served conversation) of a conversation by the id a client
     sends (a served UUID or a kept id), or None when there is none (or it was deleted)."""
-    (conv,) = await queries.conversation_states(view, org, [addressed_digest(org, conv_id)])
-    if conv.deleted or (conv.record_version is None and conv.started_ms is None) or conv.cid is None:
+    conv = await conversation_state(view, org, conv_id)
+    if conv is None or conv.cid is None:
         return None
     stored = conv.record()
     return conv.cid, stored, served_conversation(org, conv.cid, stored, conv)
+
+
+async def conversation_state(view: queries.View, org: str, conv_id: str) -> ConversationState | None:
+    """The state of a conversation by the id a client sends, None when there is none (or it was deleted)."""
+    (conv,) = await queries.conversation_states(view, org, [addressed_digest(org, conv_id)])
+    if conv.deleted or (conv.record_version is None and conv.started_ms is None) or conv.cid is None:
+        return None
+    return conv
 
 
 async def _conversations(view: queries.View, org: str, digests: list[int]) -> list[dict[str, Any]]:

@@ -186,13 +186,14 @@ class LlmCost:
         oldest_listed = b.retention.oldest_observation_day(b.arrival_day)
         for ev in counted.observations:
             listing = Grain.DAY.index(ev.ts_ms) >= oldest_listed  # listed by the observations and traces endpoints
+            session = None if ev.session_id is None else ids.normalize(ev.session_id)
             if listing:  # every version received, applied or not: its trace's time and sessions are order-free
                 w.zadd_lt(traces, {ev.trace_id: ev.ts_ms})
-                if ev.session_id is not None:
-                    w.zadd(trace_sessions, trace_session(ev.trace_id, ids.normalize(ev.session_id)), 0)
+                if session is not None:
+                    w.zadd(trace_sessions, trace_session(ev.trace_id, session), 0)
             raw = applied.get(ev.event_id)
             prev = None if raw is None else AppliedObservation.parse(raw)
-            new = _applied(ev, prev, b.arrival_day, b.prices)
+            new = _applied(ev, session, prev, b.arrival_day, b.prices)
             if new is None:
                 continue
             w.events += 1
@@ -256,9 +257,10 @@ class LlmCost:
 
 
 def _applied(
-    ev: LlmObservation, prev: AppliedObservation | None, arrival_day: int, prices: PriceTable
+    ev: LlmObservation, session: str | None, prev: AppliedObservation | None, arrival_day: int, prices: PriceTable
 ) -> AppliedObservation | None:
-    """What the observations hash will record for the observation, or None when it changes nothing."""
+    """What the observations hash will record for the observation (`session`: its session as kept), or None
+    when it changes nothing."""
     if prev is not None and not is_newer(
         (ev.ts_ms, ev.src_offset, ev.event_id), (prev.ts_ms, prev.offset, ev.event_id)
     ):
@@ -269,7 +271,6 @@ def _applied(
         cost = prices.cost_nanos(ev.model, ev.input_tokens, ev.output_tokens)
         if cost is None:
             cost, unpriced = 0, 1
-    session = None if ev.session_id is None else ids.normalize(ev.session_id)
     return AppliedObservation(
         cost, ev.input_tokens, ev.output_tokens, unpriced, ev.ts_ms, ev.src_offset, ev.model, session, arrival_day,
         ev.trace_id, ev.type, ev.cost_nanos is not None,
