@@ -6,6 +6,7 @@ generated events with extreme values and odd characters in every identifier besi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import uuid
@@ -204,6 +205,8 @@ async def _until(check: Any, worker: WorkerProcess, timeout: float = 90) -> Any:
 
 @pytest.fixture
 async def hostile_worker(settings: Settings, topics: list[str], redis: Redis) -> Any:
+    # Transcripts on: hostile message content and event ids go through the transcripts family too.
+    settings = dataclasses.replace(settings, transcript_days=7)
     async with worker_and_producer(settings, "hostile") as (worker, producer):
         yield settings, producer, redis, worker
 
@@ -401,7 +404,8 @@ def hostile_event(draw: Any, org: str) -> tuple[str, dict[str, Any]]:
     session = draw(st.sampled_from(["s1", "s2"]) | hostile_names | st.just(ids.served(org, ids.CONVERSATION, "s1")))
     if topic == "chat-messages":
         extra: dict[str, Any] = {"session_id": session, "student": draw(hostile_names), "mentor_id": draw(hostile_names),
-                                 "role": draw(st.sampled_from(["human", "ai"])), "topics": draw(st.lists(hostile_names, max_size=3))}  # fmt: skip
+                                 "role": draw(st.sampled_from(["human", "ai"])), "topics": draw(st.lists(hostile_names, max_size=3)),
+                                 "content": draw(hostile_names | st.just("[" * 40 + "]" * 40))}  # fmt: skip
     elif topic == "sentiment":
         extra = {"session_id": session, "student": draw(hostile_names),
                  "sentiment": draw(st.sampled_from(["positive", "neutral", "negative"])), "score": draw(st.floats(allow_nan=False, allow_infinity=False))}  # fmt: skip
