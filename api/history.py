@@ -73,6 +73,15 @@ TOO_LARGE: dict[int | str, dict[str, Any]] = {
 }
 
 
+# The range of a list of conversations (chat history's and the transcripts'), by insertion.
+INSERTED_FROM = Annotated[
+    str | None, Query(description="Conversations inserted on or after, YYYY-MM-DD.", **params.DATE)
+]
+INSERTED_TO = Annotated[
+    str | None, Query(description="Conversations inserted on or before, YYYY-MM-DD.", **params.DATE)
+]
+
+
 @router.get("/chat-history/")
 async def chat_history(
     request: Request,
@@ -81,12 +90,8 @@ async def chat_history(
     key: Caller,
     state: State,
     view: Served,
-    start_date: Annotated[
-        str | None, Query(description="Conversations inserted on or after, YYYY-MM-DD.", **params.DATE)
-    ] = None,
-    end_date: Annotated[
-        str | None, Query(description="Conversations inserted on or before, YYYY-MM-DD.", **params.DATE)
-    ] = None,
+    start_date: INSERTED_FROM = None,
+    end_date: INSERTED_TO = None,
     filter_user_id: Annotated[str | None, Query(description="Only this student's conversations.")] = None,
     mentor: Annotated[str | None, Query(description="Only conversations with this mentor (its UUID).")] = None,
     sentiment: Annotated[str | None, Query(description="Only conversations whose latest sentiment is this.")] = None,

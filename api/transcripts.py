@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request
 from api import params
 from api.auth import ORG, USER, Caller, PlatformOrg, caller, require_admin
 from api.errors import ApiError
+from api.history import INSERTED_FROM, INSERTED_TO
 from api.platform_analytics import refuse_usergroups
 from api.platform_messages import list_item
 from api.state import AppState, Served, State
@@ -46,12 +47,8 @@ async def transcript_list(
     key: Caller,
     state: State,
     view: Served,
-    start_date: Annotated[
-        str | None, Query(description="Conversations listed on or after, YYYY-MM-DD.", **params.DATE)
-    ] = None,
-    end_date: Annotated[
-        str | None, Query(description="Conversations listed on or before, YYYY-MM-DD.", **params.DATE)
-    ] = None,
+    start_date: INSERTED_FROM = None,
+    end_date: INSERTED_TO = None,
     mentor: Annotated[str | None, Query(description="Only this mentor's conversations (its UUID).")] = None,
     topics: Annotated[str | None, Query(description="Comma-separated topics; all must match.")] = None,
 ) -> list[dict[str, Any]]:

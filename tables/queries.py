@@ -184,12 +184,19 @@ async def freshness(view: View, org: str) -> dict[str, Any]:
     }
 
 
+PIPELINE_CALLS = 1000  # commands per round trip: Redis runs a pipeline's commands back to back
+
+
 async def pipelined(redis: Redis, calls: list[tuple[Any, ...]]) -> list[Any]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for name, *args in calls:
-            getattr(pipe, name)(*args)
-        result: list[Any] = await pipe.execute()
-        return result
+    """Each call's answer, in order; sent in round trips of at most `PIPELINE_CALLS` commands, so a long
+    list (a student's thousands of conversations) never holds Redis for more than a few milliseconds."""
+    result: list[Any] = []
+    for i in range(0, len(calls), PIPELINE_CALLS):
+        async with redis.pipeline(transaction=False) as pipe:
+            for name, *args in calls[i : i + PIPELINE_CALLS]:
+                getattr(pipe, name)(*args)
+            result.extend(await pipe.execute())
+    return result
 
 
 def decimal_text(numerator: int, denominator: int, places: int) -> str:

@@ -17,6 +17,7 @@ erasure drops the erased student's sessions from their traces, and the traces no
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,14 +79,20 @@ async def observation_page(
 
 async def all_observations(view: queries.View, org: str, *, newest_first: bool) -> list[Listed]:
     """Every listed observation, by time (a search's input; the caller bounds it by `SEARCH_MAX`)."""
-    redis, gen = view
     out: list[Listed] = []
+    async for rows in _by_score(view[0], keys.observation_index(view[1], org), newest_first):
+        out += await _records(view, org, [event_id for event_id, _ in rows])
+    return out
+
+
+async def _by_score(redis: Redis, key: str, newest_first: bool) -> AsyncIterator[list[tuple[str, int]]]:
+    """A sorted set's members with their scores, in order, `CHUNK` at a time."""
     start = 0
     while True:
-        ids: Any = await redis.zrange(keys.observation_index(gen, org), start, start + CHUNK - 1, desc=newest_first)
-        out += await _records(view, org, [bytes(i).decode() for i in ids])
-        if len(ids) < CHUNK:
-            return out
+        rows: Any = await redis.zrange(key, start, start + CHUNK - 1, desc=newest_first, withscores=True)
+        yield [(bytes(member).decode(), int(score)) for member, score in rows]
+        if len(rows) < CHUNK:
+            return
         start += CHUNK
 
 
@@ -169,17 +176,10 @@ async def trace_page(view: queries.View, org: str, offset: int, limit: int, *, n
 
 async def all_traces(view: queries.View, org: str, *, newest_first: bool) -> list[TraceRow]:
     """Every listed trace by its first time (a search's input; the caller bounds it by `SEARCH_MAX`)."""
-    redis, gen = view
     out: list[TraceRow] = []
-    start = 0
-    while True:
-        rows: Any = await redis.zrange(
-            keys.trace_index(gen, org), start, start + CHUNK - 1, desc=newest_first, withscores=True
-        )
-        out += await _traces(view, org, [(bytes(t).decode(), int(s)) for t, s in rows])
-        if len(rows) < CHUNK:
-            return out
-        start += CHUNK
+    async for rows in _by_score(view[0], keys.trace_index(view[1], org), newest_first):
+        out += await _traces(view, org, rows)
+    return out
 
 
 async def trace(view: queries.View, org: str, trace_id: str) -> TraceRow | None:

@@ -253,7 +253,8 @@ def served_conversation(org: str, cid: str, record: dict[str, Any], conv: Conver
     The newest chat-history record supplies the platform's fields; the messages supply the student and
     mentor where no record names them, the per-role counts and further topics; sentiment is the latest
     judgement ("" when none). Ids are UUIDs (tables/ids.py; the kept ids are in `session_id` and
-    `mentor_name`). Message contents are not kept, so `messages` is an empty list ("[]")."""
+    `mentor_name`). `messages` is an empty list ("[]"): contents are kept only with transcripts turned on
+    (AIA_TRANSCRIPT_DAYS), and served then by transcripts/ and messages/details/, never in this record."""
     has_record = conv.record_version is not None
     mentor = (conv.mentor if has_record else conv.first_mentor) or ""
     student = (conv.student if has_record else conv.first_student) or ""
