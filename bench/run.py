@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
@@ -481,7 +482,7 @@ async def serving(
             url = api.base + path if path.startswith("/") else base + path
             latencies, errors = await _poll(client, url, params, seconds, pollers, interval, conditional)
             if errors:
-                raise RuntimeError(f"{name}: {errors} non-200 answers")
+                raise RuntimeError(f"{name}: {sum(errors.values())} non-200 answers: {dict(errors)}")
             out[name] = (pct(latencies, 50), pct(latencies, 99), len(latencies))
     return out
 
@@ -494,12 +495,12 @@ async def _poll(
     pollers: int,
     interval: float,
     conditional: bool = False,
-) -> tuple[list[float], int]:
+) -> tuple[list[float], Counter[str]]:
     """`pollers` concurrent pollers for `seconds`, each asking once every `interval` seconds (0: again as
-    soon as answered): every latency (ms) and the count of answers other than 200 (and 304 when
-    `conditional`)."""
+    soon as answered): every latency (ms) and the answers other than 200 (and 304 when `conditional`),
+    counted by status and the start of their body."""
     latencies: list[float] = []
-    errors = 0
+    errors: Counter[str] = Counter()
     began = time.perf_counter()
     deadline = began + seconds
 
@@ -514,9 +515,10 @@ async def _poll(
             t0 = time.perf_counter()
             headers = {"If-None-Match": etag} if conditional and etag else None
             async with client.get(url, params=params, headers=headers) as r:
-                await r.read()
+                body = await r.read()
             latencies.append((time.perf_counter() - t0) * 1000)
-            errors += r.status != 200 and not (conditional and r.status == 304)
+            if r.status != 200 and not (conditional and r.status == 304):
+                errors[f"{r.status} {body[:80]!r}"] += 1
             etag = r.headers.get("etag", etag)
 
     await asyncio.gather(*(poller(interval * i / pollers) for i in range(pollers)))
