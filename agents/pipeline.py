@@ -33,7 +33,7 @@ from streams.exceptions import InvalidEvent
 from streams.prices import PriceTable
 from streams.schemas import Event, Limits, parse
 from streams.settings import Settings
-from tables import keys
+from tables import generations, keys
 from tables.aggregates.base import NeedState
 from tables.buckets import Retention
 from tables.changefeed import Changefeed, orgs_with_marks
@@ -163,6 +163,7 @@ class BatchProcessor:
         # are cut by (`_parts`). On the backfill a chat-history record plans ~40, a judgement ~27, an
         # observation ~12, a chat message ~8 (its changefeed marks counted).
         self._rates: dict[str, float] = {}
+        self._months_marked = False  # generations.mark_months, before the first apply
 
     async def validate(self, batch: Batch, *, step: int = 2000) -> Validated:
         """Parse every record: valid events by org, and dead letters. It yields every `step` records, so an
@@ -281,6 +282,9 @@ class BatchProcessor:
         if validated.dead:
             # Before the batch's offsets can be committed, so no bad event is ever lost.
             await self.send_dead_letters(validated.dead)
+        if not self._months_marked:
+            await generations.mark_months(self.redis)
+            self._months_marked = True
         await self._register(validated.by_org)
         pending = Applying(validated)
         gens = await Generations.read(self.redis)

@@ -39,7 +39,7 @@ from streams import clients
 from streams.deadletter import DeadLetter, Record
 from streams.settings import Settings
 from streams.topics import INPUT_TOPICS
-from tables import keys, queries
+from tables import generations, keys, queries
 from tables.generations import Generations, status
 from tables.scripts import Script, load
 
@@ -106,7 +106,12 @@ class Rebuild:
                 until = {fld: ends[tp] for tp, fld in tps.items()}
                 await self.redis.hset(
                     keys.generations(),
-                    mapping={"until": orjson.dumps(until), "started_ms": int(time.time() * 1000)},
+                    mapping={
+                        "until": orjson.dumps(until),
+                        "started_ms": int(time.time() * 1000),
+                        # built from the topics by this code: its monthly sets are whole from the first month
+                        generations.months_field(target): 0,
+                    },
                 )
                 self.say(
                     f"rebuild: building generation {target} (serving {gens.current}) from {sum(until.values()):,} records"
@@ -224,6 +229,7 @@ async def copy_version(redis: Redis, version: int) -> None:
 async def drop_generation(redis: Redis, n: int, chunk: int = 1000) -> int:
     """Unlink every key of generation n (SCAN, never blocking Redis)."""
     dropped, batch = 0, []
+    await redis.hdel(keys.generations(), generations.months_field(n))
     async for key in redis.scan_iter(match=keys.generation_prefix(n) + "*", count=chunk):
         batch.append(key)
         if len(batch) >= chunk:

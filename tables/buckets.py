@@ -1,4 +1,4 @@
-"""UTC time buckets: the grains aggregates are kept at (minute, hour, day, week), their labels and how long
+"""UTC time buckets: the grains aggregates are kept at (minute, hour, day, week, month), their labels and how long
 each is kept (`Retention`, from settings); and local days (an IANA time zone's days as spans of UTC hours)."""
 
 from __future__ import annotations
@@ -29,23 +29,33 @@ class Grain(IntEnum):
     DAY = 2
     WEEK = 3
     HALF = 4  # half an hour: the edges of the days of zones half an hour off UTC (Asia/Kolkata)
+    MONTH = 5  # a calendar month (UTC): months since 1970-01 (top students' sets only)
 
     def index(self, ts_ms: int) -> int:
         """The index of the bucket holding ts_ms."""
         if self is Grain.WEEK:
             return week_start(ts_ms // DAY_MS)
+        if self is Grain.MONTH:
+            return month_index(day_at(ts_ms // DAY_MS))
         return ts_ms // _SPAN_MS[self]
 
     def start_ms(self, index: int) -> int:
+        if self is Grain.MONTH:
+            return day_index(month_first(index)) * DAY_MS
         return index * (DAY_MS if self is Grain.WEEK else _SPAN_MS[self])
 
     def end_s(self, index: int) -> int:
         """Epoch seconds at which the bucket ends."""
+        if self is Grain.MONTH:
+            return self.start_ms(index + 1) // 1000
         return (self.start_ms(index) + _SPAN_MS[self]) // 1000
 
     def label(self, index: int) -> str:
-        """`YYYYMMDDHH` for an hour, `YYYYMMDDHHMM` for a half hour, `YYYYMMDD` for a day, `wYYYYMMDD` (its Monday) for a week, the epoch
-        minute for a minute."""
+        """`YYYYMMDDHH` for an hour, `YYYYMMDDHHMM` for a half hour, `YYYYMMDD` for a day, `wYYYYMMDD` (its
+        Monday) for a week, `mYYYYMM` for a month, the epoch minute for a minute."""
+        if self is Grain.MONTH:
+            first = month_first(index)
+            return f"m{first.year:04d}{first.month:02d}"
         if self is Grain.HOUR:
             return hour_label(index)
         if self is Grain.HALF:
@@ -160,9 +170,38 @@ def hours_between(start: date, end: date) -> list[datetime]:
     return [first + timedelta(hours=i) for i in range(((end - start).days + 1) * 24)]
 
 
+def month_index(d: date) -> int:
+    """Months since 1970-01 (the MONTH grain's index of a date)."""
+    return (d.year - 1970) * 12 + d.month - 1
+
+
+def month_first(index: int) -> date:
+    """The first day of a MONTH grain index (the inverse of month_index)."""
+    years, month = divmod(index, 12)
+    return date(1970 + years, month + 1, 1)
+
+
 def week_start(day_index: int) -> int:
     """The day index of the Monday of that day's ISO week (day 0, 1970-01-01, was a Thursday)."""
     return day_index - (day_index + 3) % 7
+
+
+def split_months(start: date, end: date, first_month: int) -> tuple[list[int], list[tuple[date, date]]]:
+    """Cover start..end (both included) with whole calendar months (their indexes, from `first_month` on)
+    and the spans left over (at most two: before the first whole month, after the last)."""
+    months: list[int] = []
+    spans: list[tuple[date, date]] = []
+    d = start
+    while d <= end:
+        nxt = month_first(month_index(d) + 1)
+        if d.day == 1 and nxt - timedelta(days=1) <= end and month_index(d) >= first_month:
+            months.append(month_index(d))
+        elif spans and spans[-1][1] == d - timedelta(days=1):
+            spans[-1] = (spans[-1][0], min(end, nxt - timedelta(days=1)))
+        else:
+            spans.append((d, min(end, nxt - timedelta(days=1))))
+        d = nxt
+    return months, spans
 
 
 def split_weeks(start: date, end: date) -> tuple[list[date], list[date]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,7 @@ import orjson
 from redis.asyncio import Redis
 
 from tables import keys
+from tables.buckets import DAY_MS, day_at, month_index
 
 
 class GenerationsChanged(Exception):
@@ -61,3 +63,47 @@ async def status(redis: Redis) -> Status | None:
         orjson.loads(until) if until else {},
         {k.decode(): int(v) for k, v in done.items()},
     )
+
+
+# --- monthly sets: from which month a generation has them whole ------------------------------------------
+
+NO_MONTHS = 1 << 30  # no month is whole: the generation's month sets are never read
+_months_from: dict[int, int] = {}  # generation -> its first whole month, once known (it never changes)
+
+
+def months_field(gen: int) -> str:
+    """The field of `keys.generations()` holding the first month (a MONTH grain index) whose monthly sets of
+    generation `gen` hold every event of the month: 0 when that generation was built by code that writes
+    them from its first event, else the month after the one in which such code first applied to it."""
+    return f"months:{gen}"
+
+
+async def months_from(redis: Redis, gen: int) -> int:
+    """The first month whose monthly sets generation `gen` has whole (`NO_MONTHS` until a worker that
+    writes them has applied to it)."""
+    known = _months_from.get(gen)
+    if known is not None:
+        return known
+    value: Any = await redis.hget(keys.generations(), months_field(gen))
+    if value is None:
+        return NO_MONTHS
+    _months_from[gen] = int(value)
+    return _months_from[gen]
+
+
+async def mark_months(redis: Redis) -> None:
+    """Before a worker's first apply: for each generation there is without its `months_field`, set it (if
+    no other worker has) to 0 when the generation holds nothing yet (no org has applied to it), else to the
+    month after this one (the months before may hold events applied by code that did not write the sets)."""
+    gens = await Generations.read(redis)
+    for gen in {gens.current, *([] if gens.building is None else [gens.building])}:
+        if await redis.hexists(keys.generations(), months_field(gen)):
+            continue
+        orgs: Any = await redis.smembers(keys.orgs())
+        stored = False
+        for org in orgs:
+            if await redis.exists(keys.meta(gen, org.decode())):
+                stored = True
+                break
+        value = month_index(day_at(int(time.time() * 1000) // DAY_MS)) + 1 if stored else 0
+        await redis.hsetnx(keys.generations(), months_field(gen), value)

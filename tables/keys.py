@@ -327,8 +327,8 @@ def describe_counter(key: str, member: str, kind: str) -> tuple[str, dict[str, s
         return f"{org}|{member}|{grain}|{bucket}", {"org": org, "metric": member, "grain": grain, "bucket": bucket}
     if kind == "z" and grain == "top":
         day, _, mentor = bucket.partition("|m|")
-        if day == "all" or len(day) in (10, 12):
-            return None  # the all-time, hourly and half-hourly sets are served, not published
+        if day == "all" or day.startswith("m") or len(day) in (10, 12):
+            return None  # the all-time, monthly, hourly and half-hourly sets are served, not published
         metric = TOP_STUDENTS if not mentor else f"{TOP_STUDENTS}|m|{mentor}"
         grain, day = ("w", day[1:]) if day.startswith("w") else ("d", day)
         return f"{org}|{metric}|{grain}|{day}", {"org": org, "metric": metric, "grain": grain, "bucket": day}

@@ -207,6 +207,8 @@ def test_top_students_encoding() -> None:
         "EXPIREAT aia:{acme}:top:202611202330|m|m1  1802995200",
         "EXPIREAT aia:{acme}:top:2026112023|m|m1  1802995200",
         "EXPIREAT aia:{acme}:top:20261120|m|m1  1829779200",
+        "EXPIREAT aia:{acme}:top:m202611  1830643200",  # the month's end (Dec 1) plus the daily retention
+        "EXPIREAT aia:{acme}:top:m202611|m|m1  1830643200",
         "EXPIREAT aia:{acme}:top:w20261116  1829952000",
         "EXPIREAT aia:{acme}:top:w20261116|m|m1  1829952000",
         "HINCRBY aia:{acme}:d:20261120 human 1",
@@ -218,6 +220,8 @@ def test_top_students_encoding() -> None:
         "ZINCRBY aia:{acme}:top:20261120|m|m1 ann 1",
         "ZINCRBY aia:{acme}:top:all ann 1",
         "ZINCRBY aia:{acme}:top:all|m|m1 ann 1",
+        "ZINCRBY aia:{acme}:top:m202611 ann 1",
+        "ZINCRBY aia:{acme}:top:m202611|m|m1 ann 1",
         "ZINCRBY aia:{acme}:top:w20261116 ann 1",
         "ZINCRBY aia:{acme}:top:w20261116|m|m1 ann 1",
     ]

@@ -29,7 +29,7 @@ from bench.throughput import messages, records
 from infra.redis import RedisServer
 from streams.deadletter import DeadLetter, Record
 from streams.settings import Settings
-from tables import ids, keys, queries, traces
+from tables import generations, ids, keys, queries, traces
 from tables.aggregates import (
     chat_history,
     first_seen,
@@ -40,7 +40,7 @@ from tables.aggregates import (
     top_students,
     topics,
 )
-from tables.buckets import Grain, local_days, time_zone
+from tables.buckets import Grain, days_between, local_days, month_index, time_zone
 from tables.writer import OrgWrite, Writer
 from tests import reference
 from tests.support import apply_batches, as_records
@@ -319,6 +319,69 @@ def test_any_order_any_split_any_repetition_gives_the_same_answers(
     assert bounded == in_order
 
 
+async def test_monthly_sets_give_the_students_of_the_weeks_and_days_they_stand_for(redis_server: RedisServer) -> None:
+    """100 days of the traffic model, delivered in a random order with copies: top students and distinct
+    students over ranges holding whole months (read from the monthly sets) equal the independent count over
+    the events. Then the same records applied after a version that wrote no monthly sets (an org already
+    holding data): the months up to this one are read from weeks and days, with the same answers."""
+    msgs = messages("backfill", 8000, days=100)
+    recs = list(records(msgs, partitions=3))
+    humans: dict[str, dict[str, Counter[str]]] = {}  # org -> day -> student -> human messages
+    seen: set[str] = set()
+    for topic, _, value in msgs:
+        e = orjson.loads(value)
+        if topic == "chat-messages" and e["role"] == "human" and e["event_id"] not in seen:
+            seen.add(e["event_id"])
+            humans.setdefault(e["org"], {}).setdefault(reference.day(reference.ts_ms(e["timestamp"])), Counter())[
+                e["student"]
+            ] += 1
+    today = datetime.now(UTC).date()
+    last_month_end = today.replace(day=1) - timedelta(days=1)
+    ranges = [
+        (last_month_end.replace(day=1), last_month_end),
+        (today - timedelta(days=89), today),
+        ((last_month_end.replace(day=1) - timedelta(days=1)).replace(day=1), today),
+        (today - timedelta(days=60), today - timedelta(days=15)),
+    ]
+    redis = Redis.from_url(redis_server.url)
+
+    async def check(whole_months: bool) -> None:
+        generations._months_from.clear()
+        view = queries.View(redis, 0)
+        first_month = await generations.months_from(redis, 0)
+        used = False
+        for org in ("org-000", "org-003"):
+            for a, b in ranges:
+                want: Counter[str] = Counter()
+                for d in days_between(a, b):
+                    want.update(humans.get(org, {}).get(d.isoformat(), Counter()))
+                got = await top_students.top_students(view, org, a, b, limit=None)
+                assert [(r["username"], r["chat_message_count"]) for r in got] == sorted(
+                    want.items(), key=lambda kv: (-kv[1], kv[0])
+                ), (org, a, b)
+                zkeys = top_students.range_keys(0, org, a, b, None, None, first_month=first_month)
+                assert await queries.union_sizes(redis, [zkeys]) == [len(want)]
+                used |= any(":top:m" in k for k in zkeys)
+        assert used == whole_months
+
+    try:
+        generations._months_from.clear()
+        await apply_batches(redis, deliveries(recs, random.Random(5)), Settings())
+        assert await generations.months_from(redis, 0) == 0  # a fresh generation: every month whole
+        await check(whole_months=True)
+        # Data applied before monthly sets were written: the months up to this one are not whole.
+        await redis.flushall()
+        await redis.sadd(keys.orgs(), "org-000")
+        await redis.hset(keys.meta(0, "org-000"), keys.DATA_VERSION, 1)
+        generations._months_from.clear()
+        await apply_batches(redis, deliveries(recs, random.Random(6)), Settings(), flush=False)
+        assert await generations.months_from(redis, 0) == month_index(today) + 1
+        await check(whole_months=False)
+    finally:
+        generations._months_from.clear()
+        await redis.aclose()
+
+
 async def test_hostile_values_through_parts_cut_small_give_the_answers_of_one_uncut_apply(
     redis_server: RedisServer,
 ) -> None:
@@ -384,10 +447,11 @@ def differences(got: dict[bytes, Any], want: dict[bytes, Any]) -> dict[bytes, An
 
 async def dump_aggregates(redis: Redis) -> dict[bytes, Any]:
     """Every aggregate key's content (not the conversations, whose versions count writes, nor the
-    changefeed's marks, which count applies, nor the meta's data version and apply time)."""
+    changefeed's marks, which count applies, nor the meta's data version and apply time, nor the
+    generations hash, which says from which month a worker's monthly sets are whole)."""
     out: dict[bytes, Any] = {}
     async for key in redis.scan_iter(count=1000):
-        if b":cv:" in key or key.startswith(b"aia:cf:") or key == b"aia:erasure-secret":
+        if b":cv:" in key or key.startswith(b"aia:cf:") or key in (b"aia:erasure-secret", keys.generations().encode()):
             continue
         kind = await redis.type(key)
         if kind == b"hash":  # a counter taken back to 0 is no count: one part adds it, another takes it back

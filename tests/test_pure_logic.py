@@ -19,8 +19,20 @@ from streams.schemas import ChatMessage, LlmObservation
 from tables import keys, queries
 from tables.aggregates import chat_history, llm_cost, sessions, top_students
 from tables.aggregates.llm_cost import AppliedObservation, cost_buckets
-from tables.buckets import Grain, Retention, day_of, days_between, hour_of, hours_between, split_weeks
+from tables.buckets import (
+    Grain,
+    Retention,
+    day_of,
+    days_between,
+    hour_of,
+    hours_between,
+    month_first,
+    month_index,
+    split_months,
+    split_weeks,
+)
 from tables.conversations import ConversationState, Digests, conversation_digest, event_digest, is_newer, starts_earlier
+from tables.generations import NO_MONTHS
 from tables.state import OrgState
 from tables.writer import OrgWrite
 
@@ -181,7 +193,35 @@ def test_a_range_is_covered_by_whole_weeks_and_days_exactly_once(start: date, en
     assert len(mondays) + len(days) <= (end - start).days // 7 + 12
 
 
-def test_a_human_message_counts_in_its_half_hour_hour_day_and_week() -> None:
+@pytest.mark.parametrize(
+    ("start", "end", "first_month", "whole"),
+    [(date(2026, 11, 1), date(2026, 11, 30), 0, ["202611"]), (date(2026, 11, 1), date(2026, 11, 29), 0, []),
+     (date(2026, 9, 8), date(2026, 12, 6), 0, ["202610", "202611"]),
+     (date(2025, 12, 1), date(2026, 2, 28), 0, ["202512", "202601", "202602"]),
+     (date(2024, 2, 1), date(2024, 2, 29), 0, ["202402"]),  # a leap year's February
+     (date(2026, 9, 8), date(2026, 12, 6), month_index(date(2026, 11, 1)), ["202611"]),
+     (date(2026, 9, 1), date(2026, 12, 31), NO_MONTHS, []), (date(2026, 11, 22), date(2026, 11, 22), 0, [])],
+)  # fmt: skip
+def test_a_range_is_covered_by_whole_months_and_spans_exactly_once(
+    start: date, end: date, first_month: int, whole: list[str]
+) -> None:
+    """Whole calendar months (from `first_month` on) and the spans left over cover the range exactly once;
+    each month's grain index, label and bounds agree."""
+    months, rest = split_months(start, end, first_month)
+    assert [Grain.MONTH.label(m) for m in months] == [f"m{w}" for w in whole]
+    covered = [d for m in months for d in days_between(month_first(m), month_first(m + 1) - timedelta(days=1))]
+    covered += [d for a, b in rest for d in days_between(a, b)]
+    assert sorted(covered) == days_between(start, end)
+    assert len(rest) <= len(months) + 1
+    for m in months:
+        first = month_first(m)
+        ms = int(datetime(first.year, first.month, first.day, tzinfo=UTC).timestamp() * 1000)
+        assert Grain.MONTH.index(ms) == m == Grain.MONTH.index(ms + 27 * 86_400_000) == month_index(first)
+        assert Grain.MONTH.index(ms - 1) == m - 1 and Grain.MONTH.start_ms(m) == ms
+        assert Grain.MONTH.end_s(m) * 1000 == Grain.MONTH.start_ms(m + 1)
+
+
+def test_a_human_message_counts_in_its_half_hour_hour_day_week_and_month() -> None:
     w = planner().plan("acme", [msg("a", 1, T0)], OrgState(), T0, 0)
     w.payload()
     at = datetime.fromtimestamp(T0 / 1000, UTC)
@@ -196,6 +236,8 @@ def test_a_human_message_counts_in_its_half_hour_hour_day_and_week() -> None:
         "aia:{acme}:top:20261120|m|m1",
         "aia:{acme}:top:w20261116",
         "aia:{acme}:top:w20261116|m|m1",
+        "aia:{acme}:top:m202611",
+        "aia:{acme}:top:m202611|m|m1",
         "aia:{acme}:top:all",
         "aia:{acme}:top:all|m|m1",
     }

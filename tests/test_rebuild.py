@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from infra.kafka import KafkaBroker
 from infra.procs import ROOT, cli_command
 from infra.redis import RedisServer
-from tables import keys
+from tables import generations, keys
 from tests import reference
 from tests.support import Env, WorkerProcess, api_settings, create_keys, demo_events, produce, start_api, wait_applied
 
@@ -38,6 +38,15 @@ async def generation_keys(url: str, n: int) -> int:
     redis = Redis.from_url(url)
     try:
         return len([k async for k in redis.scan_iter(match=keys.generation_prefix(n) + "*", count=1000)])
+    finally:
+        await redis.aclose()
+
+
+async def months_marks(url: str) -> dict[str, bytes]:
+    redis = Redis.from_url(url)
+    try:
+        marks: dict[bytes, bytes] = await redis.hgetall(keys.generations())
+        return {k.decode(): v for k, v in marks.items() if k.startswith(b"months:")}
     finally:
         await redis.aclose()
 
@@ -122,6 +131,9 @@ def test_rebuild_during_live_traffic_interrupted_and_resumed(
         assert "aia_generation 1.0" in metrics and "aia_rebuild_records_left 0.0" in metrics
         assert asyncio.run(generation_keys(settings.redis_url, 0)) == 0  # the old generation is gone
         assert asyncio.run(generation_keys(settings.redis_url, 1)) > 0
+        # The rebuilt generation's monthly sets are whole from the first month; the old one's mark is gone.
+        marks = asyncio.run(months_marks(settings.redis_url))
+        assert marks.get(generations.months_field(1)) == b"0" and generations.months_field(0) not in marks, marks
         assert "continuity" not in worker.log_tail(400)
     finally:
         polling.set()

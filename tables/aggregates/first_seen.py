@@ -22,6 +22,7 @@ from tables.aggregates import top_students
 from tables.aggregates.base import Batch, Counted, Erased, remove_everywhere
 from tables.buckets import DAY_MS, day_index, local_days
 from tables.conversations import ConversationState
+from tables.generations import months_from
 
 # (mentor, or None for the org's set; student) -> the earliest human message of the batch (epoch ms)
 Firsts = dict[tuple[str | None, str], int]
@@ -101,7 +102,8 @@ async def new_and_returning(
         mentor_id = await queries.resolve(view, org, ids.MENTOR, mentor_id)
     first_ms, end_ms = range_ms(start, end, zone)
     new = int(await redis.zcount(key(gen, org, mentor_id), first_ms, f"({end_ms}"))
-    (active,) = await queries.union_sizes(redis, [top_students.range_keys(gen, org, start, end, mentor_id, zone)])
+    zkeys = top_students.range_keys(gen, org, start, end, mentor_id, zone, first_month=await months_from(redis, gen))
+    (active,) = await queries.union_sizes(redis, [zkeys])
     new = min(new, active)
     shares = queries.percentages([new, active - new])
     return {

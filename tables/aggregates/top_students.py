@@ -1,10 +1,10 @@
-"""Top students: human messages per student, in sorted sets per half hour, hour, day and ISO week, and of
-all time, for the org and for each mentor; and human messages per day (a bucket field). The same sets say
-how many students sent a message in each hour or day (`active_students`).
+"""Top students: human messages per student, in sorted sets per half hour, hour, day, ISO week and calendar
+month, and of all time, for the org and for each mentor; and human messages per day (a bucket field). The
+same sets say how many students sent a message in each hour or day (`active_students`).
 
 Each human message counts once for its student in the sets of its own time (a sum: any order gives the
-same sets). A long range unions weeks, not days (90 days: ~25 sets, not 90); a time zone's days take the
-half hours and hours at their edges.
+same sets). A long range unions months and weeks, not days (90 days: ~8 sets, not 90; a month's students
+are one set's size); a time zone's days take the half hours and hours at their edges.
 """
 
 from __future__ import annotations
@@ -18,18 +18,19 @@ from redis.asyncio import Redis
 
 from tables import ids, keys, queries
 from tables.aggregates.base import Batch, Counted, Erased, remove_everywhere
-from tables.buckets import DAY_MS, HALF_MS, Grain, cover, day_at, day_index, local_days, split_weeks
+from tables.buckets import DAY_MS, HALF_MS, Grain, cover, day_at, day_index, local_days, split_months, split_weeks
 from tables.conversations import ConversationState
+from tables.generations import months_from
 
 HUMAN = "human"  # daily bucket field: human messages
-GRAINS = (Grain.HALF, Grain.HOUR, Grain.DAY, Grain.WEEK)
+GRAINS = (Grain.HALF, Grain.HOUR, Grain.DAY, Grain.WEEK, Grain.MONTH)
 
 
 def key(gen: int, org: str, grain: Grain, index: int, mentor: str | None = None) -> str:
     """Sorted set student -> human messages, for an hour (`:top:YYYYMMDDHH`) or a half hour
     (`:top:YYYYMMDDHHMM`), kept as long as hourly buckets (the edges of a time zone's days), a day
-    (`:top:YYYYMMDD`) or an ISO week (`:top:wYYYYMMDD`, its Monday); a mentor's set ends in `|m|<mentor>`.
-    The daily and weekly sets are published (keys.describe_counter)."""
+    (`:top:YYYYMMDD`), an ISO week (`:top:wYYYYMMDD`, its Monday) or a calendar month (`:top:mYYYYMM`);
+    a mentor's set ends in `|m|<mentor>`. The daily and weekly sets are published (keys.describe_counter)."""
     base = keys.org_key(gen, org, f"top:{grain.label(index)}")
     return base if mentor is None else f"{base}|m|{mentor}"
 
@@ -99,11 +100,14 @@ class TopStudents:
 TOP_N = 20
 
 
-def range_keys(gen: int, org: str, start: date, end: date, mentor: str | None, zone: ZoneInfo | None) -> list[str]:
+def range_keys(
+    gen: int, org: str, start: date, end: date, mentor: str | None, zone: ZoneInfo | None, *, first_month: int
+) -> list[str]:
     """The sets whose union is the range's (days from start to end of the zone, UTC without one; the org's
-    or a mentor's, as kept): whole ISO weeks inside it from weekly sets, the days around them from daily
-    ones; in a zone other than UTC, the UTC hours (and half hours) at either edge of its days from hourly
-    (and half-hourly) ones."""
+    or a mentor's, as kept): whole calendar months inside it from monthly sets (from `first_month` on:
+    `generations.months_from`), whole ISO weeks of what is left from weekly sets, the days around them from
+    daily ones; in a zone other than UTC, the UTC hours (and half hours) at either edge of its days from
+    hourly (and half-hourly) ones."""
     edges: list[tuple[Grain, int]] = []
     if zone is not None:
         spans = local_days(start, end, zone)
@@ -112,9 +116,12 @@ def range_keys(gen: int, org: str, start: date, end: date, mentor: str | None, z
             start, end = date.max, date.min  # no whole UTC day inside: hours only
         else:
             start, end = day_at(utc_days[0]), day_at(utc_days[-1])
-    mondays, days = split_weeks(start, end) if start <= end else ([], [])
-    zkeys = [key(gen, org, Grain.WEEK, day_index(m), mentor) for m in mondays]
-    zkeys += [key(gen, org, Grain.DAY, day_index(d), mentor) for d in days]
+    months, rest = split_months(start, end, first_month) if start <= end else ([], [])
+    zkeys = [key(gen, org, Grain.MONTH, m, mentor) for m in months]
+    for a, b in rest:
+        mondays, days = split_weeks(a, b)
+        zkeys += [key(gen, org, Grain.WEEK, day_index(m), mentor) for m in mondays]
+        zkeys += [key(gen, org, Grain.DAY, day_index(d), mentor) for d in days]
     zkeys += [key(gen, org, grain, i, mentor) for grain, i in edges]
     return zkeys
 
@@ -136,7 +143,7 @@ async def top_students(
     if start is None or end is None:
         zkeys = [alltime_key(gen, org, mentor_id)]
     else:
-        zkeys = range_keys(gen, org, start, end, mentor_id, zone)
+        zkeys = range_keys(gen, org, start, end, mentor_id, zone, first_month=await months_from(redis, gen))
     merged = await queries.zunion(redis, zkeys)
     counts = [(member.decode(), int(score)) for member, score in merged]
     counts.sort(key=lambda kv: (-kv[1], kv[0]))
