@@ -152,11 +152,11 @@ class BatchProcessor:
         self.send_dead_letters = send_dead_letters
         self.send_changes = publish
         self.writer = Writer(redis)
-        self.fence = PublicationFence(redis, settings.erasure_secret)
-        self.changefeed = Changefeed(redis, self.fence)
-        self.reader = StateReader(redis)
         replicas = wait_replicas(settings.redis_url, settings.redis_wait_replicas)
         self.replication = Replication(redis, replicas, settings.redis_wait_timeout_ms)
+        self.fence = PublicationFence(redis, settings.erasure_secret, self.replication)
+        self.changefeed = Changefeed(redis, self.fence)
+        self.reader = StateReader(redis)
         self.limits = Limits.from_settings(settings)
         self.planner = Planner(PriceTable.load(settings.price_table), Retention.from_settings(settings))
         # Redis operations per event of each topic in the writes planned lately (`_learn`): what the parts

@@ -11,7 +11,7 @@ from fastapi import Path as PathParam
 from api.auth import ORG, USER, Caller, require_admin
 from api.state import State
 from streams.schemas import MAX_TEXT
-from tables import erase
+from tables import connections, erase
 
 router = APIRouter(tags=["erasure"])
 
@@ -35,14 +35,22 @@ async def erase_student(
     re-sent or replayed event of theirs is dropped. Answers the audit record (also written to the compacted
     `analytics-erasures` topic); `by` is the key's id."""
     require_admin(key, "erasing a student")
-    erasure = await erase.erase_student(
-        state.redis,
-        org,
-        student,
-        by=f"key:{key.id}",
-        now_ms=int(time.time() * 1000),
-        secret=state.settings.erasure_secret,
+    settings = state.settings
+    replication = connections.replication(
+        state.redis, settings.redis_url, settings.redis_wait_replicas, settings.redis_wait_timeout_ms
     )
+    try:
+        erasure = await erase.erase_student(
+            state.redis,
+            org,
+            student,
+            by=f"key:{key.id}",
+            now_ms=int(time.time() * 1000),
+            secret=settings.erasure_secret,
+            replication=replication,
+        )
+    finally:
+        await replication.aclose()
     for topic, record_key, value in await erase.publications(state.redis, erasure):
         await state.kafka.send(topic, value, key=record_key)
     return erasure.audit()

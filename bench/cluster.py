@@ -1,6 +1,7 @@
-"""Failovers on the cluster stack, measured from outside: a poller of the API and the helpers that find and
-kill the partition leader broker or a Redis primary. Used by bench/run.py's `cluster` section (how long
-answers stop) and by tests/test_cluster.py (that they come back exact)."""
+"""Failovers on the cluster stack, measured from outside: a poller of the API, an org's applying progress,
+and the helpers that find and kill (and leave down) the partition leader broker or a Redis primary. Used
+by bench/run.py's `cluster` section (how long answers and applying stop) and by tests/test_cluster.py
+(that they stop no longer than a failover's pause, and end exact)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from infra.kafka import KafkaCluster
 from infra.redis import RedisClusterNodes, cluster_nodes
 from streams import clients
 from streams.settings import Settings
+from tables import keys
 
 
 @dataclass
@@ -101,31 +103,47 @@ def failed_over(rnodes: RedisClusterNodes, dead_port: int) -> bool:
     )
 
 
-def rejoined_as_replica(port: int) -> bool:
-    return cluster_nodes(port).get(port) == "slave"
+async def kill_leader_broker(settings: Settings, kafka: KafkaCluster) -> tuple[float, int]:
+    """kill -9 the broker leading partition 0 of chat-messages and leave it down; returns when it was killed
+    (time.monotonic) and its node id."""
+    node_id = await leader_of(settings, "chat-messages", 0)
+    kafka.brokers[node_id - 1].kill()
+    return time.monotonic(), node_id
 
 
-async def bounce_leader_broker(settings: Settings, kafka: KafkaCluster, down_s: float = 8.0) -> float:
-    """kill -9 the broker leading partition 0 of chat-messages and start it again `down_s` later; returns
-    when it was killed (time.monotonic)."""
-    broker = kafka.brokers[await leader_of(settings, "chat-messages", 0) - 1]
-    broker.kill()
-    killed = time.monotonic()
-    await asyncio.sleep(down_s)
-    broker.start()
-    return killed
-
-
-async def fail_over_primary(redis: RedisCluster, rnodes: RedisClusterNodes, key: str) -> float:
-    """kill -9 the Redis primary holding `key`, wait until its replica has taken over, bring it back and
-    wait until it has rejoined as a replica; returns when it was killed (time.monotonic)."""
+async def kill_primary(redis: RedisCluster, rnodes: RedisClusterNodes, key: str) -> tuple[float, int]:
+    """kill -9 the Redis primary holding `key` and leave it down; returns when it was killed
+    (time.monotonic) and its port, once a replica has taken over."""
     holder = redis.get_node_from_key(key)
     assert holder is not None
     primary = next(node for node in rnodes.nodes if node.port == holder.port)
     primary.kill()
     killed = time.monotonic()
-    await until(lambda: failed_over(rnodes, primary.port), 30, "the replica taking over")
-    await asyncio.sleep(3)
-    primary.start()
-    await until(lambda: rejoined_as_replica(primary.port), 30, "the old primary as replica")
-    return killed
+    await until(lambda: failed_over(rnodes, primary.port), 30, "a replica taking over")
+    return killed, primary.port
+
+
+@dataclass
+class Progress:
+    """How far an org's applying has come (its chat messages counted in generation 0), sampled every 0.1 s."""
+
+    redis: RedisCluster
+    org: str
+    samples: list[tuple[float, int]] = field(default_factory=list)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                count = int(await self.redis.hget(keys.meta(0, self.org), "events|chat-messages") or 0)
+                self.samples.append((time.monotonic(), count))
+            except Exception:  # its primary away: no sample
+                pass
+            await asyncio.sleep(0.1)
+
+    def longest_gap(self, since: float, until_: float) -> float:
+        """The longest time between `since` and `until_` in which the count did not grow, in seconds."""
+        worst, last_change, last = 0.0, since, -1
+        for at, count in self.samples:
+            if since <= at <= until_ and count != last:
+                worst, last_change, last = max(worst, at - last_change), at, count
+        return max(worst, until_ - last_change)

@@ -102,6 +102,10 @@ class KafkaBroker(LocalServer):
             "log.retention.hours": "-1",
             # A restarted broker takes its partitions' leadership back soon (the failover tests restart one).
             "leader.imbalance.check.interval.seconds": "10",
+            # A broker that stops heartbeating is fenced, and its partitions get new leaders, after 3 s
+            # instead of 9 (Kafka's default): the pause in applying when a leader dies (docs/operations.md).
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "500",
         }
         path = self.data_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))

@@ -91,13 +91,15 @@ class RedisServer(LocalServer):
 
 @dataclass
 class RedisClusterNodes:
-    """Six `redis-server` cluster nodes on loopback, made a Redis Cluster of three primaries with one replica
-    each. A node stopped or killed and started again rejoins with what its `nodes.conf` says (a primary that
-    was failed over comes back as its replica's replica)."""
+    """Nine `redis-server` cluster nodes on loopback, made a Redis Cluster of three primaries with two
+    replicas each: a primary lost for good leaves its promoted replica a replica of its own, so the batches'
+    `WAIT 1` (docs/semantics.md) keeps being met. A node stopped or killed and started again rejoins with
+    what its `nodes.conf` says (a primary that was failed over comes back as a replica). A cluster made
+    before with fewer nodes gets the new ones added as replicas."""
 
     data_dir: Path
     primaries: int = 3
-    replicas: int = 1
+    replicas: int = 2
     base_port: int = 0  # nodes on base, base+1, ...; 0: free ports
     nodes: list[RedisServer] = field(default_factory=list, init=False)
 
@@ -125,11 +127,31 @@ class RedisClusterNodes:
                     f"redis-cli --cluster create failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
                 )
             (self.data_dir / "created").write_text("")
+        else:
+            self._add_missing_replicas(timeout)
         self.wait_ok(timeout)
 
-    def wait_ok(self, timeout: float = 60.0) -> None:
-        """Until every running node says the cluster is ok (every slot served by a reachable primary)."""
-        running = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+    def _add_missing_replicas(self, timeout: float) -> None:
+        """Nodes the cluster does not know (it was made with fewer) join it as replicas, each of the primary
+        with the fewest (`redis-cli --cluster add-node --cluster-slave`), once the cluster is ok."""
+        known = cluster_nodes(self.nodes[0].port)
+        missing = [n for n in self.nodes if n.port not in known]
+        if not missing:
+            return
+        self.wait_ok(timeout, [n for n in self.nodes if n.port in known])
+        cli = ensure_redis_cli()
+        for node in missing:
+            args = [cli, "--cluster", "add-node", f"127.0.0.1:{node.port}", f"127.0.0.1:{self.nodes[0].port}"]
+            result = subprocess.run([*args, "--cluster-slave"], capture_output=True, text=True, timeout=120)
+            if result.returncode != 0:
+                raise InfraError(
+                    f"redis-cli --cluster add-node failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+                )
+
+    def wait_ok(self, timeout: float = 60.0, nodes: list[RedisServer] | None = None) -> None:
+        """Until every running node (of `nodes`) says the cluster is ok (every slot served by a reachable
+        primary)."""
+        running = [n for n in nodes or self.nodes if n.proc is not None and n.proc.poll() is None]
         wait_until(
             lambda: all(cluster_info(n.port).get("cluster_state") == "ok" for n in running),
             proc=None, what="the Redis Cluster", log=running[0].log_file, timeout=timeout,

@@ -4,7 +4,7 @@
 producer), prints where everything is, and stays in the foreground; Ctrl-C (or `stack down` from another
 terminal) stops the children in reverse order and leaves no process behind. `up --cluster` starts three
 Kafka brokers (topics replicated three times, two in sync for a write) and a Redis Cluster of three
-primaries with a replica each instead, and two workers; its data is under `.stack/cluster/`.
+primaries with two replicas each instead, and two workers; its data is under `.stack/cluster/`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _say(msg: str) -> None:
     print(f"[stack] {msg}", flush=True)
 
 
-# The cluster stack's fixed ports: brokers 9092, 9094, 9096 (controllers one above), Redis nodes 7001-7006.
+# The cluster stack's fixed ports: brokers 9092, 9094, 9096 (controllers one above), Redis nodes 7001-7009.
 CLUSTER_KAFKA_PORT = 9092
 CLUSTER_REDIS_PORT = 7001
 
@@ -170,7 +170,7 @@ def status(settings: Settings) -> int:
     checks = [("kafka", kafka_port), ("redis", redis_port), ("api", settings.api_port)]
     if (STACK_DIR / "cluster").exists():
         checks += [(f"kafka-{i + 1}", CLUSTER_KAFKA_PORT + 2 * i) for i in range(3)]
-        checks += [(f"redis-{i + 1}", CLUSTER_REDIS_PORT + i) for i in range(6)]
+        checks += [(f"redis-{i + 1}", CLUSTER_REDIS_PORT + i) for i in range(RedisClusterNodes.primaries * 3)]
     for name, port in checks:
         _say(f"{name:8} 127.0.0.1:{port} {'up' if port_open(port) else 'down'}")
     return 0

@@ -88,6 +88,11 @@ def wait_replicas(url: str, setting: int) -> int:
     return 1 if RedisTarget.from_url(url).is_cluster else 0
 
 
+def replication(redis: Redis, url: str, setting: int, timeout_ms: int) -> Replication:
+    """The `Replication` a worker's batches and an erasure wait on (`wait_replicas` of the settings)."""
+    return Replication(redis, wait_replicas(url, setting), timeout_ms)
+
+
 class Replication:
     """Waits until the writes made to some orgs' keys are on `replicas` replicas (Redis's WAIT).
 

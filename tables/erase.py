@@ -48,6 +48,7 @@ from streams.topics import AGGREGATES, ERASURES
 from tables import keys, traces
 from tables.aggregates import FAMILIES, chat_history, llm_cost, top_students, transcripts
 from tables.aggregates.base import SCAN_CHUNK, scan_batches
+from tables.connections import Replication
 from tables.conversations import ConversationState, prefix
 from tables.generations import Generations
 from tables.scripts import Call, Script, load
@@ -118,19 +119,35 @@ class Tombstones:
         return {s for s, keyed, legacy in zip(students, flags[0::2], flags[1::2], strict=True) if keyed or legacy}
 
 
-async def erase_student(redis: Redis, org: str, student: str, *, by: str, now_ms: int, secret: str = "") -> Erasure:
+async def erase_student(
+    redis: Redis,
+    org: str,
+    student: str,
+    *,
+    by: str,
+    now_ms: int,
+    secret: str = "",
+    replication: Replication | None = None,
+) -> Erasure:
     """Tombstone the student, then remove every trace of them from the org's keys (see the module).
-    `secret`: `AIA_ERASURE_SECRET` (empty: the one kept in Redis)."""
+    `secret`: `AIA_ERASURE_SECRET` (empty: the one kept in Redis). `replication`: the tombstone is on that
+    many replicas before anything is removed, and the removals before the erasure is done, as a batch's
+    writes are before it counts as applied (NotReplicated when they are not: the erasure is to be run
+    again, and erasing twice is erasing once)."""
     tombstone = (await Tombstones.load(redis, secret)).of(org, student)
     out = Erasure(org, student, tombstone, now_ms, by)
     under_way = await Script(redis, ERASE_LUA).run(
         [keys.erasures(org), keys.publishing(org)], [tombstone, orjson.dumps({"at_ms": now_ms, "by": by})]
     )
+    if replication is not None:  # a failover now must not lose the tombstone the workers' fence reads
+        await replication.wait([org])
     gens = await Generations.read(redis)
     for n in (gens.current, gens.building):  # and the one a rebuild is building
         if n is not None:
             await _remove(redis, n, org, student, out, publish=n == gens.current)
     await _wait_for_publications(redis, org, [t.decode() for t in under_way[0::2]], [float(x) for x in under_way[1::2]])
+    if replication is not None:
+        await replication.wait([org])
     return out
 
 
@@ -160,14 +177,18 @@ class PublicationFence:
     """The workers' side of the fence above: `begin` an org's changefeed records (those naming an erased
     student left out), send them, then `end`."""
 
-    def __init__(self, redis: Redis, secret: str = "") -> None:
+    def __init__(self, redis: Redis, secret: str = "", replication: Replication | None = None) -> None:
         self.redis = redis
         self.script = Script(redis, PUBLISH_BEGIN_LUA)
         self.secret = secret
+        self.replication = replication
         self._tombstones: Tombstones | None = None
 
     async def begin(self, records: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], list[str], str]:
-        """The records to send (erased students' left out), the orgs and the token to `end`."""
+        """The records to send (erased students' left out), the orgs and the token to `end`. With a
+        `replication`, the publication's registration is on replicas before any record is sent: a failover
+        cannot lose it, so an erasure always waits for it (NotReplicated otherwise, the registration taken
+        back: nothing is sent)."""
         token = uuid.uuid4().hex
         by_org: dict[str, list[tuple[bytes, bytes]]] = {}
         for key, value in records:
@@ -186,6 +207,12 @@ class PublicationFence:
         for org, flags in zip(by_org, await self.script.run_many(calls), strict=True):
             erased = tombstones.erased(named[org], flags)
             out += _without(by_org[org], erased) if erased else by_org[org]
+        if self.replication is not None:
+            try:
+                await self.replication.wait(by_org)
+            except Exception:
+                await self.end(list(by_org), token)
+                raise
         return out, list(by_org), token
 
     async def tombstones(self) -> Tombstones:

@@ -49,14 +49,16 @@ def test_the_cluster_profile_is_three_brokers_and_a_redis_cluster() -> None:
     assert sorted(b["environment"]["KAFKA_NODE_ID"] for b in brokers) == ["1", "2", "3"]
     assert len({b["environment"]["KAFKA_CONTROLLER_QUORUM_VOTERS"] for b in brokers}) == 1
     assert all(b["environment"]["KAFKA_MIN_INSYNC_REPLICAS"] == "2" for b in brokers)
+    # A dead leader is fenced after 3 s, as on `stack up --cluster` (infra/kafka.py).
+    assert all(b["environment"]["KAFKA_BROKER_SESSION_TIMEOUT_MS"] == "3000" for b in brokers)
     nodes = [s for name, s in cluster.items() if name.startswith("redis-") and name != "redis-cluster-init"]
-    assert len(nodes) == 6 and all("--cluster-enabled" in n["command"] for n in nodes)
-    assert "--cluster-replicas 1" in " ".join(cluster["redis-cluster-init"]["command"])
+    assert len(nodes) == 9 and all("--cluster-enabled" in n["command"] for n in nodes)  # two replicas a primary
+    assert "--cluster-replicas 2" in " ".join(cluster["redis-cluster-init"]["command"])
     parser = build_parser()
     for name in ("cluster-worker", "cluster-api", "cluster-demo", "cluster-topics"):
         env = cluster[name]["environment"]
         assert parser.parse_args(cluster[name]["command"]).command, name
-        assert len(RedisTarget.from_url(env["AIA_REDIS_URL"]).cluster_nodes) == 6, name
+        assert len(RedisTarget.from_url(env["AIA_REDIS_URL"]).cluster_nodes) == 9, name
         assert len(env["AIA_KAFKA_BOOTSTRAP"].split(",")) == 3 and env["AIA_TOPIC_REPLICATION"] == "3", name
 
 

@@ -18,11 +18,12 @@ from redis.asyncio import Redis
 
 from agents.pipeline import Batch, BatchProcessor
 from infra.kafka import KafkaBroker
-from infra.procs import ROOT, cli_command
+from infra.procs import ROOT, cli_command, free_port
 from infra.redis import RedisServer
 from streams.settings import Settings
 from tables import keys
 from tables.aggregates import top_students
+from tables.connections import NotReplicated, Replication
 from tables.erase import PublicationFence, erase_student
 from tests import reference
 from tests.support import (
@@ -242,6 +243,54 @@ def test_a_batch_planned_before_an_erasure_cannot_write_after_it(redis_server: R
             assert await redis.zscore(top_students.alltime_key(0, "acme"), "ann") is None
             assert int(await redis.hget(keys.meta(0, "acme"), keys.ERASED_DROPPED) or 0) == 3
         finally:
+            await redis.aclose()
+
+    asyncio.run(run())
+
+
+def test_an_erasure_and_a_publication_are_on_a_replica_before_they_count(
+    redis_server: RedisServer, tmp_path: Any
+) -> None:
+    """As a batch's writes: with a replica required and none there, an erasure raises NotReplicated (to be
+    run again) and a publication's registration is taken back, nothing sent; with a replica attached, the
+    replica holds the tombstone, the removals and the registration once each call returns."""
+
+    async def run() -> None:
+        redis = Redis.from_url(redis_server.url)
+        replica = RedisServer(tmp_path / "replica", port=free_port())
+        follower: Redis | None = None
+        one = Replication(redis, 1, 300)
+        top = orjson.dumps({"metric": "top_students", "value": {"ann": 3, "bob": 2}})
+        records = [(b"acme|top_students|d|20261202", top)]
+        try:
+            await redis.flushall()
+            await redis.zadd(top_students.alltime_key(0, "acme"), {"ann": 3, "bob": 2})
+            with pytest.raises(NotReplicated):
+                await erase_student(redis, "acme", "ann", by="test", now_ms=int(time.time() * 1000), replication=one)
+            fence = PublicationFence(redis, replication=one)
+            with pytest.raises(NotReplicated):
+                await fence.begin(records)
+            assert await redis.zcard(keys.publishing("acme")) == 0  # taken back: no erasure waits for it
+            replica.start()
+            follower = Redis(port=replica.port)
+            await follower.replicaof("127.0.0.1", redis_server.port)
+            deadline = time.monotonic() + 30
+            while (await follower.info("replication")).get("master_link_status") != "up":
+                assert time.monotonic() < deadline, "the replica never caught up"
+                await asyncio.sleep(0.1)
+            await erase_student(redis, "acme", "ann", by="test", now_ms=int(time.time() * 1000), replication=one)
+            assert await follower.hlen(keys.erasures("acme")) >= 1  # the tombstone
+            assert await follower.zrange(top_students.alltime_key(0, "acme"), 0, -1) == [b"bob"]  # the removals
+            out, orgs, token = await fence.begin(records)
+            assert orjson.loads(out[0][1])["value"] == {"bob": 2}
+            assert await follower.zscore(keys.publishing("acme"), token) is not None  # the registration
+            await fence.end(orgs, token)
+        finally:
+            await one.aclose()
+            if follower is not None:
+                await follower.aclose()
+            replica.stop()
+            await redis.flushall()
             await redis.aclose()
 
     asyncio.run(run())
