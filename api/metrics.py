@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
 
-from tables import generations, keys, queries
+from tables import connections, generations, keys, queries
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ class Metrics:
                                 registry=self.registry)  # fmt: skip
         self.rebuild_left = Gauge("aia_rebuild_records_left", "Records a rebuild under way has still to read "
                                   "(0: none under way)", registry=self.registry)  # fmt: skip
+        self.redis_failing = Gauge("aia_redis_nodes_failing", "Redis Cluster nodes the others flag as failing "
+                                   "(0 on one server)", registry=self.registry)  # fmt: skip
+        self.redis_replicas = Gauge("aia_redis_primary_replicas", "Replicas (not failing) of each Redis Cluster "
+                                    "primary serving slots", ["primary"], registry=self.registry)  # fmt: skip
         self.engine = Gauge(
             "aia_faust_engine_records", "Faust-engine workers' counts, summed over the group: read, applied, skipped, "
             "dead, gaps (offset ranges Faust did not deliver), refetched (records read again directly), "
@@ -78,4 +82,13 @@ class Metrics:
                 self.engine.labels(fld.decode()).set(int(value))
         except Exception as exc:
             log.warning("applied counts unavailable: %r", exc)
+        try:
+            health = await connections.cluster_health(redis)
+            self.redis_replicas.clear()  # a primary failed over is no longer one
+            if health is not None:
+                self.redis_failing.set(len(health.failed))
+                for primary, n in health.replicas.items():
+                    self.redis_replicas.labels(primary).set(n)
+        except Exception as exc:
+            log.warning("Redis Cluster health unavailable: %r", exc)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

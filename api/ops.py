@@ -12,7 +12,7 @@ from fastapi.responses import ORJSONResponse, PlainTextResponse, Response
 
 from api.metrics import Metrics
 from api.state import State
-from tables import generations
+from tables import connections, generations
 
 router = APIRouter(tags=["operations"])
 
@@ -71,7 +71,9 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "Kafka or Redis unreachable."}})
 async def readyz(state: State) -> ORJSONResponse:
-    """Kafka and Redis are reachable."""
+    """Kafka and Redis are reachable. On a Redis Cluster, `redis_cluster` also says whether a node is
+    failing and whether a primary has fewer replicas than a batch waits for (its orgs are then not
+    applied): "ok" or "degraded: ..."; degraded is still ready (every org answers)."""
     checks: dict[str, str] = {}
     try:
         await asyncio.wait_for(state.redis.ping(), 2.0)
@@ -80,6 +82,14 @@ async def readyz(state: State) -> ORJSONResponse:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
     checks["kafka"] = await state.kafka.check()
     ok = all(v == "ok" for v in checks.values())
+    if connections.is_cluster(state.redis):
+        settings = state.settings
+        try:
+            health = await asyncio.wait_for(connections.cluster_health(state.redis), 2.0)
+            needed = connections.wait_replicas(settings.redis_url, settings.redis_wait_replicas)
+            checks["redis_cluster"] = health.summary(needed) if health is not None else "ok"
+        except Exception as exc:
+            checks["redis_cluster"] = f"unreachable: {type(exc).__name__}"
     return ORJSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
 
 

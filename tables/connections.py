@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlparse
 
+from redis._parsers.helpers import parse_cluster_nodes
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
@@ -86,6 +87,61 @@ def wait_replicas(url: str, setting: int) -> int:
     if setting >= 0:
         return setting
     return 1 if RedisTarget.from_url(url).is_cluster else 0
+
+
+@dataclass(frozen=True)
+class ClusterHealth:
+    """What a Redis Cluster's nodes say of each other (`CLUSTER NODES` of the first node that answers)."""
+
+    failed: tuple[str, ...]  # nodes flagged as failing (`fail` or `fail?`), by address
+    replicas: dict[str, int]  # each primary serving slots -> its replicas not failing
+
+    @classmethod
+    def parse(cls, nodes: dict[str, dict[str, Any]]) -> ClusterHealth:
+        """From redis-py's parsed `CLUSTER NODES` (address -> node_id, flags, master_id, slots, ...)."""
+        failing = {a for a, n in nodes.items() if "fail" in str(n.get("flags", ""))}
+        primaries = {
+            str(n["node_id"]): a for a, n in nodes.items()
+            if "master" in str(n.get("flags", "")) and a not in failing and n.get("slots")
+        }  # fmt: skip
+        replicas = dict.fromkeys(primaries.values(), 0)
+        for address, n in nodes.items():
+            if address not in failing and str(n.get("master_id")) in primaries:
+                replicas[primaries[str(n["master_id"])]] += 1
+        return cls(tuple(sorted(failing)), replicas)
+
+    def summary(self, needed: int) -> str:
+        """ "ok", or what is missing: failed nodes, and primaries with fewer than `needed` replicas (whose
+        orgs' batches cannot be counted applied until one is back)."""
+        short = sorted(a for a, n in self.replicas.items() if n < needed)
+        if not self.failed and not short:
+            return "ok"
+        parts = [f"{len(self.failed)} node(s) failing: {', '.join(self.failed)}"] if self.failed else []
+        if short:
+            parts.append(f"fewer than {needed} replica(s), its orgs not applied until one is back: {', '.join(short)}")
+        else:
+            parts.append(f"every primary has at least {needed} replica(s)")
+        return "degraded: " + "; ".join(parts)
+
+
+async def cluster_health(redis: Redis) -> ClusterHealth | None:
+    """The cluster's health as its nodes see it (None on one server), asking each known node in turn until
+    one answers; ConnectionError when none does."""
+    if not is_cluster(redis):
+        return None
+    cluster = cast(RedisCluster, redis)
+    for node in cluster.get_nodes():
+        try:
+            raw: Any = await cluster.execute_command("CLUSTER NODES", target_nodes=node)
+        except Exception:  # that node is away: the next one
+            continue
+        if isinstance(raw, (str, bytes)):
+            raw = parse_cluster_nodes(raw)  # type: ignore[no-untyped-call]
+        if isinstance(raw, dict) and len(raw) == 1 and isinstance(next(iter(raw.values())), dict):
+            only = next(iter(raw.values()))
+            raw = only if "node_id" not in only else raw  # {node name: parsed} or parsed itself
+        return ClusterHealth.parse(raw)
+    raise ConnectionError("no node of the Redis Cluster answers")
 
 
 def replication(redis: Redis, url: str, setting: int, timeout_ms: int) -> Replication:

@@ -121,6 +121,16 @@ async def test_a_redis_primary_and_a_leader_broker_kept_down_stop_nothing_for_lo
                 assert r.status_code == 200, (r.status_code, r.text, poller.answers[-20:])
                 assert r.json()["count"] == len(exp.conversations[org])
         assert all(gap < PAUSE_S for gap in gaps.values()), gaps
+        # What an operator sees meanwhile (docs/operations.md): the dead primary named, every primary with a
+        # replica again, so nothing waits on them.
+        async with httpx.AsyncClient(timeout=10) as client:
+            ready = (await client.get(f"{poller.base}/readyz")).json()
+            metrics = (await client.get(f"{poller.base}/metrics")).text
+        assert ready["redis_cluster"] == (
+            f"degraded: 1 node(s) failing: 127.0.0.1:{port}; every primary has at least 1 replica(s)"
+        ), ready
+        assert "aia_redis_nodes_failing 1.0" in metrics
+        assert metrics.count("aia_redis_primary_replicas{") == 3, metrics
     finally:
         stop.set()
         await asyncio.gather(*watching)

@@ -519,3 +519,34 @@ def test_a_zones_days_bound_the_chat_history_index() -> None:
     ny = chat_history.index_range(chat_history.HistoryFilter(start=d, end=d, zone=ZoneInfo("America/New_York")))
     assert ny == (utc_lo + 5 * HOUR, utc_hi + 5 * HOUR)
     assert chat_history.index_range(chat_history.HistoryFilter()) == ("-inf", "+inf")
+
+
+def test_cluster_health_names_failing_nodes_and_primaries_short_of_replicas() -> None:
+    """What /readyz and /metrics say of a Redis Cluster whose primary 7003 died: its replica 7007 was
+    promoted and kept the other replica; 7002 had lost one before."""
+    from redis._parsers.helpers import parse_cluster_nodes
+
+    from tables.connections import ClusterHealth
+
+    nodes = """\
+id1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+id2 127.0.0.1:7002@17002 master - 0 0 2 connected 5461-10922
+id3 127.0.0.1:7003@17003 master,fail - 0 0 3 disconnected
+id4 127.0.0.1:7004@17004 slave id1 0 0 1 connected
+id5 127.0.0.1:7005@17005 slave id1 0 0 1 connected
+id6 127.0.0.1:7006@17006 slave id2 0 0 2 connected
+id7 127.0.0.1:7007@17007 master - 0 0 4 connected 10923-16383
+id8 127.0.0.1:7008@17008 slave id7 0 0 4 connected
+id9 127.0.0.1:7009@17009 slave,fail id2 0 0 2 disconnected
+"""
+    health = ClusterHealth.parse(parse_cluster_nodes(nodes))  # type: ignore[no-untyped-call]
+    assert health.failed == ("127.0.0.1:7003", "127.0.0.1:7009")
+    assert health.replicas == {"127.0.0.1:7001": 2, "127.0.0.1:7002": 1, "127.0.0.1:7007": 1}
+    assert health.summary(1) == (
+        "degraded: 2 node(s) failing: 127.0.0.1:7003, 127.0.0.1:7009; every primary has at least 1 replica(s)"
+    )
+    assert "fewer than 2 replica(s), its orgs not applied until one is back: 127.0.0.1:7002, 127.0.0.1:7007" in (
+        health.summary(2)
+    )
+    healthy = ClusterHealth.parse(parse_cluster_nodes(nodes.replace(",fail", "")))  # type: ignore[no-untyped-call]
+    assert healthy.summary(1) == "ok" and healthy.failed == ()
