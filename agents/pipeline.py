@@ -37,7 +37,7 @@ from tables import generations, keys
 from tables.aggregates.base import NeedState
 from tables.buckets import Retention
 from tables.changefeed import Changefeed, orgs_with_marks
-from tables.connections import Replication, wait_replicas
+from tables.connections import replication
 from tables.erase import PublicationFence
 from tables.faults import is_data_fault
 from tables.generations import Generations, GenerationsChanged
@@ -152,8 +152,7 @@ class BatchProcessor:
         self.send_dead_letters = send_dead_letters
         self.send_changes = publish
         self.writer = Writer(redis)
-        replicas = wait_replicas(settings.redis_url, settings.redis_wait_replicas)
-        self.replication = Replication(redis, replicas, settings.redis_wait_timeout_ms)
+        self.replication = replication(redis, settings)
         self.fence = PublicationFence(redis, settings.erasure_secret, self.replication)
         self.changefeed = Changefeed(redis, self.fence)
         self.reader = StateReader(redis)

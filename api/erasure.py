@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter
@@ -11,7 +10,7 @@ from fastapi import Path as PathParam
 from api.auth import ORG, USER, Caller, require_admin
 from api.state import State
 from streams.schemas import MAX_TEXT
-from tables import connections, erase
+from tables import erase
 
 router = APIRouter(tags=["erasure"])
 
@@ -35,22 +34,7 @@ async def erase_student(
     re-sent or replayed event of theirs is dropped. Answers the audit record (also written to the compacted
     `analytics-erasures` topic); `by` is the key's id."""
     require_admin(key, "erasing a student")
-    settings = state.settings
-    replication = connections.replication(
-        state.redis, settings.redis_url, settings.redis_wait_replicas, settings.redis_wait_timeout_ms
-    )
-    try:
-        erasure = await erase.erase_student(
-            state.redis,
-            org,
-            student,
-            by=f"key:{key.id}",
-            now_ms=int(time.time() * 1000),
-            secret=settings.erasure_secret,
-            replication=replication,
-        )
-    finally:
-        await replication.aclose()
+    erasure = await erase.erase_waiting(state.redis, state.settings, org, student, by=f"key:{key.id}")
     for topic, record_key, value in await erase.publications(state.redis, erasure):
         await state.kafka.send(topic, value, key=record_key)
     return erasure.audit()

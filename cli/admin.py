@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 from redis.asyncio import Redis
 
@@ -109,21 +108,7 @@ async def _erase(redis: Redis, settings: Settings, args: argparse.Namespace) -> 
     if not ORG_RE.match(args.org) or not args.student:
         print("ai-analytics: --org is an org name and --student a username", file=sys.stderr)
         return 2
-    replication = connections.replication(
-        redis, settings.redis_url, settings.redis_wait_replicas, settings.redis_wait_timeout_ms
-    )
-    try:
-        erasure = await erase.erase_student(
-            redis,
-            args.org,
-            args.student,
-            by=f"cli:{args.by}",
-            now_ms=int(time.time() * 1000),
-            secret=settings.erasure_secret,
-            replication=replication,
-        )
-    finally:
-        await replication.aclose()
+    erasure = await erase.erase_waiting(redis, settings, args.org, args.student, by=f"cli:{args.by}")
     producer = clients.producer(settings.kafka_bootstrap, client_id=f"{settings.app_id}-erase")
     await producer.start()
     try:

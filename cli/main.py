@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--cluster",
         action="store_true",
-        help="three Kafka brokers and a Redis Cluster (three primaries, a replica each), two workers",
+        help="three Kafka brokers and a Redis Cluster (three primaries, two replicas each), two workers",
     )
     stack_sub.add_parser("down", help="stop a stack started by `stack up`")
     stack_sub.add_parser("status", help="which parts answer on their ports")

@@ -1,5 +1,5 @@
 """`redis-server` on loopback, installed from Debian's packages when the machine lacks it: one server, or a
-Redis Cluster of three primaries with a replica each (`redis-cli --cluster create`)."""
+Redis Cluster of three primaries with two replicas each (`redis-cli --cluster create`)."""
 
 from __future__ import annotations
 

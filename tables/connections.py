@@ -25,6 +25,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from streams.exceptions import SettingsError
+from streams.settings import Settings
 from tables import keys
 
 CLUSTER_SCHEME = "redis+cluster"
@@ -144,9 +145,12 @@ async def cluster_health(redis: Redis) -> ClusterHealth | None:
     raise ConnectionError("no node of the Redis Cluster answers")
 
 
-def replication(redis: Redis, url: str, setting: int, timeout_ms: int) -> Replication:
-    """The `Replication` a worker's batches and an erasure wait on (`wait_replicas` of the settings)."""
-    return Replication(redis, wait_replicas(url, setting), timeout_ms)
+def replication(redis: Redis, settings: Settings) -> Replication:
+    """The `Replication` a worker's batches and an erasure wait on (`AIA_REDIS_WAIT_REPLICAS`,
+    `AIA_REDIS_WAIT_TIMEOUT_MS`)."""
+    return Replication(
+        redis, wait_replicas(settings.redis_url, settings.redis_wait_replicas), settings.redis_wait_timeout_ms
+    )
 
 
 class Replication:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,8 +45,9 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from streams.settings import Settings
 from streams.topics import AGGREGATES, ERASURES
-from tables import keys, traces
+from tables import connections, keys, traces
 from tables.aggregates import FAMILIES, chat_history, llm_cost, top_students, transcripts
 from tables.aggregates.base import SCAN_CHUNK, scan_batches
 from tables.connections import Replication
@@ -149,6 +151,19 @@ async def erase_student(
     if replication is not None:
         await replication.wait([org])
     return out
+
+
+async def erase_waiting(redis: Redis, settings: Settings, org: str, student: str, *, by: str) -> Erasure:
+    """`erase_student` now, with the deployment's secret, waiting for the replicas a batch waits for
+    (`connections.replication`): what the API's DELETE and `ai-analytics erase` run."""
+    waiting = connections.replication(redis, settings)
+    try:
+        return await erase_student(
+            redis, org, student, by=by, now_ms=int(time.time() * 1000), secret=settings.erasure_secret,
+            replication=waiting,
+        )  # fmt: skip
+    finally:
+        await waiting.aclose()
 
 
 async def _wait_for_publications(redis: Redis, org: str, tokens: list[str], began: list[float]) -> None:
