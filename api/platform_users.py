@@ -105,16 +105,23 @@ async def _detail(a: Ask, student: str, span_ms: list[int], mentor: str | None) 
     record's email, from their conversations' states."""
     redis, gen = a.view
     digests = [int(d) for d in await redis.smembers(chat_history.filter_key(gen, a.org, "student", student))]
-    started, latest, email, newest_record = 0, 0, "", -1
+    started, latest = 0, 0
+    recorded: list[ConversationState] = []  # the conversations whose newest record is the student's
     for conv in await queries.conversation_states(a.view, a.org, digests):
         if conv.first_student == student:
             if conv.started_ms is not None and span_ms[0] <= conv.started_ms < span_ms[1]:
                 started += mentor is None or conv.first_mentor == mentor
             latest = max(latest, _last_human(conv))
-        if conv.record_version is not None and conv.student == student and (conv.inserted_ms or 0) > newest_record:
-            held = conv.record().get("email")
-            if isinstance(held, str) and held:
-                email, newest_record = held, conv.inserted_ms or 0
+        if conv.record_version is not None and conv.student == student:
+            recorded.append(conv)
+    # A record is inflated only until one with an email is found, newest first (a student's hundreds of
+    # conversations are one inflation, not hundreds).
+    email = ""
+    for conv in sorted(recorded, key=lambda c: c.inserted_ms or 0, reverse=True):
+        held = conv.record().get("email")
+        if isinstance(held, str) and held:
+            email = held
+            break
     return {
         "username": student, "email": email, "full_name": "", "conversations": started,
         "last_activity": format_timestamp(latest) if latest else None,
