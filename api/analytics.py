@@ -20,7 +20,6 @@ from tables import queries
 from tables.aggregates import first_seen, llm_cost, ratings, sentiment, sessions, topics
 from tables.aggregates import top_students as top
 from tables.buckets import local_today, time_zone
-from tables.generations import months_from
 
 router = APIRouter(tags=["analytics"])
 DATE, DATE_TIME = params.DATE, params.DATE_TIME
@@ -355,8 +354,7 @@ async def overview_summary(
         ))  # fmt: skip
         figures["conversation_volume"].append(started)
         figures["user_rating"].append(rated)
-        whole_from = await months_from(view.redis, view.gen)
-        keys_of = top.range_keys(view.gen, org, first, end, mentor, zone, first_month=whole_from)
+        keys_of = await top.view_range_keys(view, org, first, end, mentor, zone)
         figures["users"].extend(await queries.union_sizes(view.redis, [keys_of]))
         figures["topics"].append(len(await topics.topic_counts(view, org, first, end, mentor, zone)))
     return {name: {"total": now, "change": change_percent(now, then)} for name, (now, then) in figures.items()}

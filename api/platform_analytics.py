@@ -25,7 +25,6 @@ from tables.aggregates import first_seen, ratings, sessions, topics
 from tables.aggregates import top_students as top
 from tables.buckets import HALF_MS, Grain, local_today, require_whole_hours
 from tables.exceptions import QueryError
-from tables.generations import months_from
 
 router = APIRouter(prefix="/api/analytics", tags=["analytics by platform_key"])
 
@@ -237,9 +236,8 @@ async def users(
             check_retention(a.state, before, zone, hourly=False)
         except QueryError as exc:
             raise params.bad("date_filter", f"the change compares with the days from {before}: {exc.message}") from None
-        months = await months_from(a.view.redis, gen)
         windows = [
-            top.range_keys(gen, org, first, last, mentor, zone, first_month=months)
+            await top.view_range_keys(a.view, org, first, last, mentor, zone)
             for first, last in ((start, end), (before, start - timedelta(days=1)))
         ]
     now, then = await queries.union_sizes(a.view.redis, windows)

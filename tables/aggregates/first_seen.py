@@ -22,7 +22,6 @@ from tables.aggregates import top_students
 from tables.aggregates.base import Batch, Counted, Erased, remove_everywhere
 from tables.buckets import DAY_MS, day_index, local_days
 from tables.conversations import ConversationState
-from tables.generations import months_from
 
 # (mentor, or None for the org's set; student) -> the earliest human message of the batch (epoch ms)
 Firsts = dict[tuple[str | None, str], int]
@@ -102,7 +101,7 @@ async def new_and_returning(
         mentor_id = await queries.resolve(view, org, ids.MENTOR, mentor_id)
     first_ms, end_ms = range_ms(start, end, zone)
     new = int(await redis.zcount(key(gen, org, mentor_id), first_ms, f"({end_ms}"))
-    zkeys = top_students.range_keys(gen, org, start, end, mentor_id, zone, first_month=await months_from(redis, gen))
+    zkeys = await top_students.view_range_keys(view, org, start, end, mentor_id, zone)
     (active,) = await queries.union_sizes(redis, [zkeys])
     new = min(new, active)
     shares = queries.percentages([new, active - new])

@@ -126,6 +126,14 @@ def range_keys(
     return zkeys
 
 
+async def view_range_keys(
+    view: queries.View, org: str, start: date, end: date, mentor: str | None, zone: ZoneInfo | None
+) -> list[str]:
+    """`range_keys` of the generation served, its monthly sets read from the month they are whole."""
+    redis, gen = view
+    return range_keys(gen, org, start, end, mentor, zone, first_month=await months_from(redis, gen))
+
+
 async def top_students(
     view: queries.View,
     org: str,
@@ -143,7 +151,7 @@ async def top_students(
     if start is None or end is None:
         zkeys = [alltime_key(gen, org, mentor_id)]
     else:
-        zkeys = range_keys(gen, org, start, end, mentor_id, zone, first_month=await months_from(redis, gen))
+        zkeys = await view_range_keys(view, org, start, end, mentor_id, zone)
     merged = await queries.zunion(redis, zkeys)
     counts = [(member.decode(), int(score)) for member, score in merged]
     counts.sort(key=lambda kv: (-kv[1], kv[0]))
