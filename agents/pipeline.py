@@ -162,7 +162,7 @@ class BatchProcessor:
         # are cut by (`_parts`). On the backfill a chat-history record plans ~40, a judgement ~27, an
         # observation ~12, a chat message ~8 (its changefeed marks counted).
         self._rates: dict[str, float] = {}
-        self._months_marked = False  # generations.mark_months, before the first apply
+        self._generations_marked = False  # generations.mark_generations, before the first apply
 
     async def validate(self, batch: Batch, *, step: int = 2000) -> Validated:
         """Parse every record: valid events by org, and dead letters. It yields every `step` records, so an
@@ -281,9 +281,9 @@ class BatchProcessor:
         if validated.dead:
             # Before the batch's offsets can be committed, so no bad event is ever lost.
             await self.send_dead_letters(validated.dead)
-        if not self._months_marked:
-            await generations.mark_months(self.redis)
-            self._months_marked = True
+        if not self._generations_marked:
+            await generations.mark_generations(self.redis)
+            self._generations_marked = True
         await self._register(validated.by_org)
         pending = Applying(validated)
         gens = await Generations.read(self.redis)

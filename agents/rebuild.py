@@ -104,15 +104,10 @@ class Rebuild:
                 await copy_version(self.redis, int(version))
                 ends = await consumer.end_offsets(list(tps)) if tps else {}
                 until = {fld: ends[tp] for tp, fld in tps.items()}
-                await self.redis.hset(
-                    keys.generations(),
-                    mapping={
-                        "until": orjson.dumps(until),
-                        "started_ms": int(time.time() * 1000),
-                        # built from the topics by this code: its monthly sets are whole from the first month
-                        generations.months_field(target): 0,
-                    },
-                )
+                fields: dict[str, bytes | int] = {"until": orjson.dumps(until), "started_ms": int(time.time() * 1000)}
+                # built from the topics by this code: its monthly sets and its student activity whole
+                fields.update(generations.whole_marks(target))
+                await self.redis.hset(keys.generations(), mapping=fields)  # type: ignore[arg-type]
                 self.say(
                     f"rebuild: building generation {target} (serving {gens.current}) from {sum(until.values()):,} records"
                 )
@@ -229,7 +224,7 @@ async def copy_version(redis: Redis, version: int) -> None:
 async def drop_generation(redis: Redis, n: int, chunk: int = 1000) -> int:
     """Unlink every key of generation n (SCAN, never blocking Redis)."""
     dropped, batch = 0, []
-    await redis.hdel(keys.generations(), generations.months_field(n))
+    await redis.hdel(keys.generations(), *generations.marks(n))
     async for key in redis.scan_iter(match=keys.generation_prefix(n) + "*", count=chunk):
         batch.append(key)
         if len(batch) >= chunk:

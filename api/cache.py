@@ -11,8 +11,9 @@ parameter (the key's own org without one). So this middleware, for those GETs on
 - reads, in one round trip, what the `caller` dependency reads (the key and whether the org exists)
   plus the org's versions; a request that the route would refuse (no key, another org's key, an unknown
   org) goes to the route, which says why, and nothing is cached or served from the cache for it;
-- names the answer by an `ETag` (a digest of generation, versions, half hour, host, path and the parsed query: a
-  parameter given twice is left to the route, which refuses it); a request whose
+- names the answer by an `ETag` (a digest of generation, versions, half hour, host, path, the parsed query
+  and, for a route whose answer depends on it, the key's role: a parameter given twice is left to the
+  route, which refuses it); a request whose
   `If-None-Match` holds it gets `304 Not Modified` with no body;
 - serves the answer from a bounded in-process cache when it has it, else lets the route compute it and
   keeps a 200's body; requests for an answer being computed wait for that computation (a hundred
@@ -45,21 +46,24 @@ from tables.aggregates import FAMILIES
 from tables.aggregates.base import Family
 
 ANSWERED_BY = "x-answered-by"
+PER_ROLE = "x-answered-per-role"
 PLATFORM_KEY = "platform_key"  # the org of a route without `{org}` in its path (api/auth.platform_org)
 
 
-def answered_by(*families: type[Family[Any]]) -> dict[str, Any]:
+def answered_by(*families: type[Family[Any]], per_role: bool = False) -> dict[str, Any]:
     """A route's `openapi_extra` saying that its answer is read from these aggregate families alone, so it
-    is a function of the org's data and the query (not of the clock, as freshness is, nor of the caller's
-    role, as chat history is): the cache keeps such answers (an org-scoped GET, its `{org}` in the path).
-    OpenAPI shows it as `x-answered-by`."""
-    return {ANSWERED_BY: [family.name for family in families]}
+    is a function of the org's data and the query (not of the clock, as freshness is): the cache keeps such
+    answers (an org-scoped GET, its `{org}` in the path), shared by every key that may read the org.
+    `per_role`: the answer also depends on the key's role (users/details/ shows emails to a platform_admin
+    only), and is kept once per role. OpenAPI shows them as `x-answered-by` and `x-answered-per-role`."""
+    return {ANSWERED_BY: [family.name for family in families], **({PER_ROLE: True} if per_role else {})}
 
 
-def cached_routes(app: Any) -> list[re.Pattern[str]]:
-    """The path patterns of the GETs marked `answered_by`, read from the app's OpenAPI document (where the
-    routers' prefixes are applied): each must name known families and its org, as an `{org}` path
-    parameter or a `platform_key` query parameter (whose default is the key's own org)."""
+def cached_routes(app: Any) -> list[tuple[re.Pattern[str], bool]]:
+    """The path patterns of the GETs marked `answered_by`, each with whether its answers are kept per role,
+    read from the app's OpenAPI document (where the routers' prefixes are applied): each must name known
+    families and its org, as an `{org}` path parameter or a `platform_key` query parameter (whose default
+    is the key's own org)."""
     names = {family.name for family in FAMILIES}
     out = []
     for path, operations in app.openapi()["paths"].items():
@@ -72,7 +76,7 @@ def cached_routes(app: Any) -> list[re.Pattern[str]]:
         query = {p["name"] for p in operations["get"].get("parameters", []) if p.get("in") == "query"}
         if "org" not in convertors and PLATFORM_KEY not in query:
             raise ValueError(f"{path} is not scoped to an org: its answers cannot be cached")
-        out.append(pattern)
+        out.append((pattern, bool(operations["get"].get(PER_ROLE))))
     return out
 
 
@@ -87,25 +91,27 @@ class AnswerCache:
         self.entries: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # etag -> (content-type, body)
         self.computing: dict[str, asyncio.Future[None]] = {}  # etag -> done when its first request is answered
         self.hits = self.misses = self.not_modified = 0
-        self.routes: list[re.Pattern[str]] | None = None  # read from the app's routes at the first request
+        # read from the app's routes at the first request: (pattern, kept per role)
+        self.routes: list[tuple[re.Pattern[str], bool]] | None = None
 
-    def _org(self, scope: dict[str, Any]) -> str | None:
-        """The org of a GET to a cached route ("" for the API key's own), else None."""
+    def _org(self, scope: dict[str, Any]) -> tuple[str, bool] | None:
+        """The org of a GET to a cached route ("" for the API key's own) and whether its answers are kept
+        per role, else None."""
         if scope["type"] != "http" or scope["method"] != "GET":
             return None
         if self.routes is None:
             self.routes = cached_routes(scope["app"])
-        for pattern in self.routes:
+        for pattern, per_role in self.routes:
             if match := pattern.match(scope["path"]):
                 if "org" in pattern.groupindex:
-                    return match.group("org")
+                    return match.group("org"), per_role
                 pairs, _ = parse_query(scope.get("query_string", b""))
-                return next((value for name, value in pairs if name == PLATFORM_KEY), "")
+                return next((value for name, value in pairs if name == PLATFORM_KEY), ""), per_role
         return None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        org = self._org(scope)
-        etag = await self._etag(scope, org) if org is not None else None
+        route = self._org(scope)
+        etag = await self._etag(scope, *route) if route is not None else None
         if etag is None:
             await self.app(scope, receive, send)
             return
@@ -161,7 +167,7 @@ class AnswerCache:
 
         return wrapped
 
-    async def _etag(self, scope: dict[str, Any], org: str) -> str | None:
+    async def _etag(self, scope: dict[str, Any], org: str, per_role: bool) -> str | None:
         """The answer's name, or None when the route must answer (a refused caller, Redis away)."""
         try:
             token = _token(Headers(scope=scope))
@@ -186,7 +192,7 @@ class AnswerCache:
                 raw_key, exists, version, erased, zone = await pipe.execute()
         except Exception:
             return None
-        if raw_key is None or not exists or not _key(raw_key).allows_org(org):
+        if raw_key is None or not exists or not (key := _key(raw_key)).allows_org(org):
             return None
         query = _query(scope)
         if query is None:
@@ -197,7 +203,7 @@ class AnswerCache:
         host = Headers(scope=scope).get("host", "")  # paged answers link their next page on the host asked
         name = "\0".join(
             str(part) for part in
-            (keys.meta(gen, org), version, erased, zone, clock, host, scope["path"], query)
+            (keys.meta(gen, org), version, erased, zone, clock, host, key.role if per_role else "", scope["path"], query)
         )  # fmt: skip
         return '"' + blake2b(name.encode(), digest_size=12).hexdigest() + '"'
 

@@ -6,36 +6,46 @@ first student's (so the SDK's model parses it, and reads the most active student
 `results`, with the paging beside it (`page`, `limit`, `total_pages`, `total_records`).
 
 Read from the top-students family (human messages per student per day or hour: who was active and how
-much) and, for the page's students only, from their conversations (the chat-history student index and
-each conversation's state: sessions started in the range, the latest human message, the newest record's
-email). Emails are what chat-history records say of a student: a platform_admin key, as chat history, and
-the answer is not kept by the answer cache (which does not key on the caller's role).
+much), and for the page's students only from the student-activity family (sessions started in the range,
+the latest human message: tables/aggregates/student_activity.py) and the chat-history index (their
+conversations newest first, read until a record holds an email). A generation that held data before the
+student-activity family was written reads each student's conversations instead (`_Details`). Emails are
+what chat-history records say of a student: a platform_admin key, as chat history; the answer cache keys
+answers on the caller's role, so it keeps this one too.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
 from api import params
 from api.auth import caller, require_admin
+from api.cache import answered_by
 from api.errors import ApiError
 from api.platform_analytics import Ask, Asked
 from api.platform_financial import utc_span
 from streams.schemas import format_timestamp
-from tables import queries
-from tables.aggregates import chat_history
+from tables import generations, queries
+from tables.aggregates import chat_history, student_activity
 from tables.aggregates import top_students as top
 from tables.conversations import ConversationState
 
 router = APIRouter(prefix="/api/analytics", tags=["analytics by platform_key"])
 
 LIMIT, MAX_LIMIT = 20, 100
-MAX_SEARCHED = 2_000  # students a search reads the email of (their conversations each)
+MAX_SEARCHED = 2_000  # students a search reads the email of
+EMAIL_READS = 16  # conversations read at a time looking for a student's newest email
 
 
-@router.get("/users/details/")
+@router.get(
+    "/users/details/",
+    openapi_extra=answered_by(
+        top.TopStudents, student_activity.StudentActivity, chat_history.ChatHistory, per_role=True
+    ),
+)
 async def user_details(
     request: Request,
     a: Asked,
@@ -70,18 +80,19 @@ async def user_details(
     mentor = await a.mentor()
     counts = await top.top_students(a.view, a.org, start, end, mentor, limit=None, zone=zone)
     needle = (params.text("search", search) or "").casefold()
+    details = _Details(a, span_ms, mentor, await generations.activity_whole(a.view.redis, a.view.gen))
     if needle:
-        # An email is read per student: a search reads every active student's conversations.
+        # An email is read per student: a search reads every active student's.
         if len(counts) > MAX_SEARCHED:
             raise params.bad(
                 "search", f"search reads each active student's email; {len(counts):,} are active in the range, "
                 f"more than {MAX_SEARCHED:,}: narrow the range"
             )  # fmt: skip
         found = []
-        for row in counts:
-            detail = await _detail(a, row["username"], span_ms, mentor)
-            if needle in row["username"].casefold() or needle in detail["email"].casefold():
-                found.append({**detail, "messages": row["chat_message_count"]})
+        emails = await details.emails([row["username"] for row in counts])
+        for row, email in zip(counts, emails, strict=True):
+            if needle in row["username"].casefold() or needle in email.casefold():
+                found.append({"username": row["username"], "messages": row["chat_message_count"], "email": email})
         rows = found
     else:
         rows = [{"username": row["username"], "messages": row["chat_message_count"]} for row in counts]
@@ -89,10 +100,7 @@ async def user_details(
         raise ApiError(404, "No student sent a message in the range.", param="date_filter")
     pages = max(1, -(-len(rows) // per_page))
     n = params.page_number(page, pages)
-    results = []
-    for row in rows[(n - 1) * per_page : n * per_page]:
-        detail = row if "email" in row else {**await _detail(a, row["username"], span_ms, mentor), **row}
-        results.append(detail)
+    results = await details.rows(rows[(n - 1) * per_page : n * per_page])
     first = results[0]
     return {
         **{k: first[k] for k in ("email", "full_name", "messages", "conversations", "last_activity")},
@@ -100,32 +108,88 @@ async def user_details(
     }  # fmt: skip
 
 
-async def _detail(a: Ask, student: str, span_ms: list[int], mentor: str | None) -> dict[str, Any]:
-    """One student's conversations started in [span), their latest human message and their newest
-    record's email, from their conversations' states."""
-    redis, gen = a.view
-    digests = [int(d) for d in await redis.smembers(chat_history.filter_key(gen, a.org, "student", student))]
-    started, latest = 0, 0
-    recorded: list[ConversationState] = []  # the conversations whose newest record is the student's
-    for conv in await queries.conversation_states(a.view, a.org, digests):
-        if conv.first_student == student:
-            if conv.started_ms is not None and span_ms[0] <= conv.started_ms < span_ms[1]:
-                started += mentor is None or conv.first_mentor == mentor
-            latest = max(latest, _last_human(conv))
-        if conv.record_version is not None and conv.student == student:
-            recorded.append(conv)
-    # A record is inflated only until one with an email is found, newest first (a student's hundreds of
-    # conversations are one inflation, not hundreds).
-    email = ""
-    for conv in sorted(recorded, key=lambda c: c.inserted_ms or 0, reverse=True):
-        held = conv.record().get("email")
-        if isinstance(held, str) and held:
-            email = held
-            break
-    return {
-        "username": student, "email": email, "full_name": "", "conversations": started,
-        "last_activity": format_timestamp(latest) if latest else None,
-    }  # fmt: skip
+@dataclass(frozen=True)
+class _Details:
+    """What a page shows of its students beyond their messages. From the student-activity family when the
+    generation has it whole (`generations.activity_whole`): each student's sessions started in the range
+    and latest human message, a few keys per page; else from each student's conversations (a generation
+    that held data before that family was written, until a rebuild)."""
+
+    a: Ask
+    span_ms: list[int]
+    mentor: str | None
+    whole: bool
+
+    async def rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows (username, messages, maybe email) with their email, sessions and last activity."""
+        students = [row["username"] for row in rows]
+        if not self.whole:
+            return [{**await self._from_conversations(row["username"]), **row} for row in rows]
+        span = (self.span_ms[0], self.span_ms[1])
+        known = await student_activity.activity(self.a.view, self.a.org, students, span, self.mentor)
+        missing = [row["username"] for row in rows if "email" not in row]
+        emails = dict(zip(missing, await self.emails(missing), strict=True))
+        return [
+            {"username": row["username"], "email": emails.get(row["username"], ""), "full_name": "",
+             "conversations": started, "last_activity": format_timestamp(last) if last else None, **row}
+            for row, (started, last) in zip(rows, known, strict=True)
+        ]  # fmt: skip
+
+    async def emails(self, students: list[str]) -> list[str]:
+        """Each student's newest chat-history record's email ("" without one): the student's conversations
+        in the chat-history index's order (newest inserted_at first, one ZINTER of the student's index and
+        the org's), read a few at a time until a record of theirs holds one."""
+        if not self.whole:
+            return [(await self._from_conversations(student))["email"] for student in students]
+        redis, gen = self.a.view
+        out = []
+        for student in students:
+            index = {
+                chat_history.index_key(gen, self.a.org): 1,
+                chat_history.filter_key(gen, self.a.org, "student", student): 0,
+            }
+            listed: Any = await redis.zinter(index, withscores=True)
+            newest = [int(m) for m, _ in sorted(listed, key=lambda ms: (ms[1], ms[0]), reverse=True)]
+            out.append(await self._newest_email(student, newest))
+        return out
+
+    async def _newest_email(self, student: str, newest: list[int]) -> str:
+        for i in range(0, len(newest), EMAIL_READS):
+            for conv in await queries.conversation_states(self.a.view, self.a.org, newest[i : i + EMAIL_READS]):
+                held = (
+                    conv.record().get("email") if conv.record_version is not None and conv.student == student else None
+                )
+                if isinstance(held, str) and held:
+                    return held
+        return ""
+
+    async def _from_conversations(self, student: str) -> dict[str, Any]:
+        """One student's conversations started in [span), their latest human message and their newest
+        record's email, from their conversations' states."""
+        a, span_ms, mentor = self.a, self.span_ms, self.mentor
+        redis, gen = a.view
+        digests = [int(d) for d in await redis.smembers(chat_history.filter_key(gen, a.org, "student", student))]
+        started, latest = 0, 0
+        recorded: list[ConversationState] = []  # the conversations whose newest record is the student's
+        for conv in await queries.conversation_states(a.view, a.org, digests):
+            if conv.first_student == student:
+                if conv.started_ms is not None and span_ms[0] <= conv.started_ms < span_ms[1]:
+                    started += mentor is None or conv.first_mentor == mentor
+                latest = max(latest, _last_human(conv))
+            if conv.record_version is not None and conv.student == student:
+                recorded.append(conv)
+        # A record is inflated only until one with an email is found, newest first (a student's hundreds of
+        # conversations are one inflation, not hundreds).
+        email = ""
+        for conv in sorted(recorded, key=lambda c: c.inserted_ms or 0, reverse=True):
+            held = conv.record().get("email")
+            if isinstance(held, str) and held:
+                email = held
+                break
+        return {
+            "username": student, "email": email, "full_name": "", "conversations": started,
+            "last_activity": format_timestamp(latest) if latest else None,
+        }  # fmt: skip
 
 
 def _last_human(conv: ConversationState) -> int:

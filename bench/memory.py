@@ -37,6 +37,8 @@ def kind_of(key: str) -> str:
     rest = key[key.index("}") + 1 :].lstrip(":") if "}" in key else key.split(":", 1)[-1]
     if rest.startswith("cx:"):  # a chat-history filter index: `cx:<field>:<value>:<bucket>`
         return f"cx:{rest.split(':')[1]}:*"
+    if rest.startswith("starts:"):  # a student's session starts: `starts:<student>`
+        return "starts:*"
     kind = _DIGITS.sub("#", rest.split("|", 1)[0])
     return kind or "(org root)"
 

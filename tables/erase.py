@@ -17,7 +17,8 @@
    - what each aggregate family keeps that names them (`Family.erase`, tables/aggregates/): their
      per-student LLM cost fields in every hourly and daily bucket, their entries in every top-students set
      (hourly, daily, weekly, all time, per mentor), the days they chatted (distinct students), their first
-     message (the first-seen sets of the org and of its mentors).
+     message (the first-seen sets of the org and of its mentors), the sessions they started and their
+     latest message (student activity).
 3. Then the compacted `analytics-aggregates` topic hears of it (`publications`): a Kafka tombstone for each
    published counter a family removed (their cost counters), the new value of each published set it
    changed (the top-students sets). A worker may have applied a batch just
@@ -48,7 +49,7 @@ from redis.asyncio import Redis
 from streams.settings import Settings
 from streams.topics import AGGREGATES, ERASURES
 from tables import connections, keys, traces
-from tables.aggregates import FAMILIES, chat_history, llm_cost, top_students, transcripts
+from tables.aggregates import FAMILIES, chat_history, llm_cost, student_activity, top_students, transcripts
 from tables.aggregates.base import SCAN_CHUNK, scan_batches
 from tables.connections import Replication
 from tables.conversations import ConversationState, prefix
@@ -275,14 +276,16 @@ def removal(gen: int, org: str, digest: int, state: ConversationState, version: 
     """The call of remove_conversation.lua that removes the conversation `digest` of generation `gen`, read
     as `state` at `version` (its stored value's, `conversations.prefix`), from its bucket, the chat-history
     index, its filter sets, its per-mentor session costs and its transcript (an erased student's, or one past
-    the history retention, tables/state.expire_conversations)."""
+    the history retention, tables/state.expire_conversations), and from its student's session starts."""
     filters = [chat_history.filter_key(gen, org, kind, value, digest) for kind, value in state.index_entries() if kind]
     costs = [llm_cost.sessions_key(gen, org, day) for day in sorted({hour // 24 for hour in state.costs})]
     member = llm_cost.session_member(state.first_mentor or "", state.cid or "")
+    starts = student_activity.starts_key(gen, org, state.first_student or "")
+    started = student_activity.starts_member(digest, state.first_mentor or "")
     return (
-        [keys.conversation_bucket(gen, org, digest), chat_history.index_key(gen, org), *filters, *costs,
+        [keys.conversation_bucket(gen, org, digest), chat_history.index_key(gen, org), starts, *filters, *costs,
          transcripts.transcript_key(gen, org, digest)],
-        [keys.conversation_field(digest), version, digest, len(filters), member, 1],
+        [keys.conversation_field(digest), version, digest, len(filters), member, 1, started],
     )  # fmt: skip
 
 

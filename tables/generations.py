@@ -65,10 +65,11 @@ async def status(redis: Redis) -> Status | None:
     )
 
 
-# --- monthly sets: from which month a generation has them whole ------------------------------------------
+# --- what a generation has whole: monthly sets from some month, the student activity from the start ----
 
 NO_MONTHS = 1 << 30  # no month is whole: the generation's month sets are never read
 _months_from: dict[int, int] = {}  # generation -> its first whole month, once known (it never changes)
+_activity_whole: set[int] = set()  # generations whose student activity is known whole (it stays so)
 
 
 def months_field(gen: int) -> str:
@@ -76,6 +77,23 @@ def months_field(gen: int) -> str:
     generation `gen` hold every event of the month: 0 when that generation was built by code that writes
     them from its first event, else the month after the one in which such code first applied to it."""
     return f"months:{gen}"
+
+
+def activity_field(gen: int) -> str:
+    """The field of `keys.generations()` saying whether generation `gen`'s student activity
+    (tables/aggregates/student_activity.py) holds every event: 1 when code that writes it applied the
+    generation's first event (or rebuilt it), 0 when the generation held events before."""
+    return f"activity:{gen}"
+
+
+def marks(gen: int) -> list[str]:
+    """Every field of `keys.generations()` that describes generation `gen` (dropped with it)."""
+    return [months_field(gen), activity_field(gen)]
+
+
+def whole_marks(gen: int) -> dict[str, int]:
+    """The marks of a generation built from its first event by this code (a rebuild's)."""
+    return {months_field(gen): 0, activity_field(gen): 1}
 
 
 async def months_from(redis: Redis, gen: int) -> int:
@@ -91,13 +109,27 @@ async def months_from(redis: Redis, gen: int) -> int:
     return _months_from[gen]
 
 
-async def mark_months(redis: Redis) -> None:
-    """Before a worker's first apply: for each generation there is without its `months_field`, set it (if
-    no other worker has) to 0 when the generation holds nothing yet (no org has applied to it), else to the
-    month after this one (the months before may hold events applied by code that did not write the sets)."""
+async def activity_whole(redis: Redis, gen: int) -> bool:
+    """Whether generation `gen`'s student activity holds every event (False until a worker that writes it
+    has applied to it, and for good when the generation held events before)."""
+    if gen in _activity_whole:
+        return True
+    value: Any = await redis.hget(keys.generations(), activity_field(gen))
+    whole = bool(value == b"1")
+    if whole:
+        _activity_whole.add(gen)
+    return whole
+
+
+async def mark_generations(redis: Redis) -> None:
+    """Before a worker's first apply: for each generation there is without its marks, set them (each only
+    if no other worker has): when the generation holds nothing yet (no org has applied to it), whole
+    (`whole_marks`); else its monthly sets from the month after this one (the months before may hold events
+    applied by code that did not write the sets) and its student activity not whole."""
     gens = await Generations.read(redis)
     for gen in {gens.current, *([] if gens.building is None else [gens.building])}:
-        if await redis.hexists(keys.generations(), months_field(gen)):
+        held: Any = await redis.hmget(keys.generations(), marks(gen))
+        if all(value is not None for value in held):
             continue
         orgs: Any = await redis.smembers(keys.orgs())
         stored = False
@@ -105,5 +137,10 @@ async def mark_months(redis: Redis) -> None:
             if await redis.exists(keys.meta(gen, org.decode())):
                 stored = True
                 break
-        value = month_index(day_at(int(time.time() * 1000) // DAY_MS)) + 1 if stored else 0
-        await redis.hsetnx(keys.generations(), months_field(gen), value)
+        if stored:
+            month = month_index(day_at(int(time.time() * 1000) // DAY_MS)) + 1
+            values = {months_field(gen): month, activity_field(gen): 0}
+        else:
+            values = whole_marks(gen)
+        for fld, value in values.items():
+            await redis.hsetnx(keys.generations(), fld, value)

@@ -28,7 +28,7 @@ from infra.browser import render
 from infra.kafka import KafkaBroker
 from infra.procs import ROOT, cli_command
 from infra.redis import RedisServer
-from tables import keys, queries
+from tables import generations, keys, queries
 from tests import reference
 from tests.support import (
     Env,
@@ -257,16 +257,49 @@ async def test_users_details_search_is_bounded_and_long_reads_go_in_short_round_
     """`users/details/` in-process over the stack's Redis, with its bounds made small: a search over more
     active students than `MAX_SEARCHED` is a 400 naming `search` (the page without a search is still
     answered), and reads cut into round trips of two commands (`queries.PIPELINE_CALLS`) give the answer the
-    running API gives."""
+    running API gives. A generation whose student activity is not whole (data applied before it was
+    written) is read from the conversations, with the same answers: all time, one mentor's days, a search."""
     from api import platform_users
     from api.app import create_app
 
     org = "acme-academy"
     query = {"platform_key": org, "date_filter": "all_time", "limit": "100"}
     headers = {"Authorization": f"Api-Token {env.keys['admin']}"}
+    chats = [e for t, e in env.events if t == "chat-messages" and e["org"] == org]
+    mentor = Counter(e["mentor_id"] for e in chats).most_common(1)[0][0]
+    day = sorted(reference.day(reference.ts_ms(e["timestamp"])) for e in chats)[len(chats) // 2]
+    asked = [
+        query,
+        {**query, "search": chats[0]["student"][:4].upper()},
+        {**query, "mentor_unique_id": mentor},
+        {**query, "date_filter": "custom", "start_date": day, "end_date": day, "mentor_unique_id": mentor},
+    ]
     async with httpx.AsyncClient(timeout=10) as running:
-        served = await running.get(f"{env.base}/api/analytics/users/details/", params=query, headers=headers)
+        answers = [
+            await running.get(f"{env.base}/api/analytics/users/details/", params=q, headers=headers) for q in asked
+        ]
+    served = answers[0]
     assert served.status_code == 200 and served.json()["total_records"] > 3, served.text
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+    redis = Redis.from_url(env.settings.redis_url)
+    try:  # written by this code from the generation's first event
+        assert await generations.activity_whole(redis, await generations.current(redis))
+    finally:
+        await redis.aclose()
+    slow = create_app(env.settings)
+
+    async def not_whole(redis: Redis, gen: int) -> bool:
+        return False
+
+    with monkeypatch.context() as patched:
+        patched.setattr(generations, "activity_whole", not_whole)
+        async with (
+            slow.router.lifespan_context(slow),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=slow), base_url=env.base) as client,
+        ):
+            for q, want in zip(asked, answers, strict=True):
+                r = await client.get("/api/analytics/users/details/", params=q, headers=headers)
+                assert (r.status_code, r.json()) == (want.status_code, want.json()), q
     monkeypatch.setattr(queries, "PIPELINE_CALLS", 2)
     monkeypatch.setattr(platform_users, "MAX_SEARCHED", served.json()["total_records"] - 1)
     app = create_app(env.settings)

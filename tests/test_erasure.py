@@ -132,6 +132,7 @@ def test_erase_a_student_while_their_events_arrive(
         audit = asyncio.run(produce_and_erase())
         assert audit["org"] == ORG and audit["by"].startswith("key:") and audit["what"]["conversations"] > 0
         assert audit["what"]["first_seen_entries"] > 0  # the org's first-seen set and their mentors'
+        assert audit["what"]["last_activity"] == 1  # their latest message (student activity)
         settled(base, keys_made["admin"], orgs)
         # The same events again (a producer's retry, a replay): still dropped.
         asyncio.run(produce(settings, victims_events, seconds=1))

@@ -383,8 +383,11 @@ def test_a_newer_record_moves_or_takes_back_the_rating(newer: dict[str, Any], wa
 
 def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None:
     """The answer cache's routes are those marked `answered_by` (each an org's GET): the analytics and cost
-    views, not freshness (the clock), chat history (the caller's role) nor the all-orgs cost."""
-    patterns = [p.pattern.replace("\\", "") for p in cached_routes(create_app())]
+    views (users/details/ kept per role: a platform_admin's answer is never another role's), not freshness
+    (the clock), chat history nor the all-orgs cost."""
+    routes = cached_routes(create_app())
+    patterns = [p.pattern.replace("\\", "") for p, _ in routes]
+    assert [p.pattern for p, per_role in routes if per_role] == ["^/api/analytics/users/details/$"]
     tails = sorted(p.split("/users/(?P<user_id>[^/]+)/")[-1] for p in patterns)
     assert tails == sorted([
         "average-messages-per-session/$", "sentiment-count/$", "tenant-cost/$", "top-students-by-chat-messages/$",
@@ -396,7 +399,7 @@ def test_the_cache_keeps_the_answers_of_the_routes_the_families_answer() -> None
         "most-discussed-topics/$", "topics/summary/$", "topic-statistics/$", "topic-overview/$",
         "overview-summary/$", "^/api/analytics/topics/$", "chat-history-filter/$", "conversation-summary/$",
         "^/api/analytics/financial/$", "^/api/analytics/financial/details/$", "^/api/analytics/financial/invoice/$",
-        "^/api/analytics/messages/$",
+        "^/api/analytics/messages/$", "^/api/analytics/users/details/$",
         "usage-summary/$", "user-sentiment/$", "user-metrics-pie-chart/$",
         "observations/$", "observations/(?P<observation_id>[^/]+)/$", "traces/$", "traces/(?P<trace_id>[^/]+)/$",
     ])  # fmt: skip

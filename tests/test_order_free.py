@@ -37,10 +37,11 @@ from tables.aggregates import (
     ratings,
     sentiment,
     sessions,
+    student_activity,
     top_students,
     topics,
 )
-from tables.buckets import Grain, days_between, local_days, month_index, time_zone
+from tables.buckets import DAY_MS, Grain, days_between, local_days, month_index, time_zone
 from tables.writer import OrgWrite, Writer
 from tests import reference
 from tests.support import apply_batches, as_records
@@ -197,6 +198,17 @@ async def answers(redis: Redis, first: date, last: date) -> dict[str, Any]:
         (t.trace_id, t.first_ms, t.session, t.student)
         for t in await traces.all_traces(queries.View(redis, 0), ORG, newest_first=False)
     ]
+    # Per student: sessions started in each day and in the whole range, to each mentor; latest message.
+    first_ms, days_n = (first - date(1970, 1, 1)).days * DAY_MS, (last - first).days + 2
+    spans_ms = [(first_ms, first_ms + days_n * DAY_MS)]
+    spans_ms += [(first_ms + i * DAY_MS, first_ms + (i + 1) * DAY_MS) for i in range(days_n)]
+    out["activity"] = {
+        (span_ms, mentor): await student_activity.activity(
+            queries.View(redis, 0), ORG, [f"stu{i}" for i in range(4)], span_ms, mentor
+        )
+        for span_ms in spans_ms
+        for mentor in (None, *MENTORS)
+    }
     filters = [chat_history.HistoryFilter()]
     filters += [chat_history.HistoryFilter(mentor=m) for m in MENTORS]
     filters += [chat_history.HistoryFilter(topics=(t,)) for t in TOPICS]
@@ -263,6 +275,21 @@ def check_reference(got: dict[str, Any], exp: reference.Expected, events: list[t
     for mentor in (None, *MENTORS):
         for label, (n,) in got[f"session human {mentor}"]:
             assert n == human[(label, mentor or "")], (mentor, label)
+    # Per student: sessions started in each span (to each mentor), and their latest human message.
+    latest: dict[str, int] = {}
+    for topic, e in events:
+        if topic == "chat-messages" and e["role"] == "human" and e["org"] == ORG:
+            latest[e["student"]] = max(latest.get(e["student"], 0), reference.ts_ms(e["timestamp"]))
+    for (span, mentor), value in got["activity"].items():
+        want = [
+            (
+                sum(1 for (o, _), (ms, _, st, m) in starts.items()
+                    if o == ORG and st == f"stu{i}" and span[0] <= ms < span[1] and mentor in (None, m)),
+                latest.get(f"stu{i}"),
+            )
+            for i in range(4)
+        ]  # fmt: skip
+        assert value == want, (span, mentor, value, want)
     first_named = reference.topics_first_named(events)
     for mentor in (None, *MENTORS):
         assert got[f"named topics {mentor}"] == first_named.get((ORG, mentor or ""), {}), mentor

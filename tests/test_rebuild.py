@@ -42,11 +42,11 @@ async def generation_keys(url: str, n: int) -> int:
         await redis.aclose()
 
 
-async def months_marks(url: str) -> dict[str, bytes]:
+async def generation_marks(url: str) -> dict[str, bytes]:
     redis = Redis.from_url(url)
     try:
         marks: dict[bytes, bytes] = await redis.hgetall(keys.generations())
-        return {k.decode(): v for k, v in marks.items() if k.startswith(b"months:")}
+        return {k.decode(): v for k, v in marks.items() if k.startswith((b"months:", b"activity:"))}
     finally:
         await redis.aclose()
 
@@ -131,9 +131,10 @@ def test_rebuild_during_live_traffic_interrupted_and_resumed(
         assert "aia_generation 1.0" in metrics and "aia_rebuild_records_left 0.0" in metrics
         assert asyncio.run(generation_keys(settings.redis_url, 0)) == 0  # the old generation is gone
         assert asyncio.run(generation_keys(settings.redis_url, 1)) > 0
-        # The rebuilt generation's monthly sets are whole from the first month; the old one's mark is gone.
-        marks = asyncio.run(months_marks(settings.redis_url))
-        assert marks.get(generations.months_field(1)) == b"0" and generations.months_field(0) not in marks, marks
+        # The rebuilt generation's monthly sets are whole from the first month, its student activity whole;
+        # the old one's marks are gone.
+        marks = asyncio.run(generation_marks(settings.redis_url))
+        assert marks == {generations.months_field(1): b"0", generations.activity_field(1): b"1"}, marks
         assert "continuity" not in worker.log_tail(400)
     finally:
         polling.set()

@@ -19,7 +19,7 @@ from agents import alerts, rebuild
 from streams.schemas import format_timestamp
 from streams.settings import Settings
 from tables import changefeed, erase, keys, queries, state, traces
-from tables.aggregates import chat_history, llm_cost, sessions, top_students, transcripts
+from tables.aggregates import chat_history, llm_cost, sessions, student_activity, top_students, transcripts
 from tables.aggregates.llm_cost import AppliedObservation
 from tables.buckets import DAY_MS, Grain
 from tables.conversations import FORMAT, ConversationState, Digests, conversation_digest, event_digest, prefix
@@ -317,13 +317,15 @@ async def listed(redis: Redis) -> list[Any]:
         await redis.smembers(chat_history.filter_key(G, ORG, "topic", "algebra", digest)),
         await redis.zrange(llm_cost.sessions_key(G, ORG, 0), 0, -1),
         await redis.hgetall(transcripts.transcript_key(G, ORG, digest)),
+        await redis.zrange(student_activity.starts_key(G, ORG, "s1"), 0, -1),
     ]
 
 
 async def stored_conversation(redis: Redis, form: str) -> tuple[ConversationState, list[Any]]:
-    """A conversation listed in the index, a topic filter and the session costs of day 0, with a transcript."""
+    """A conversation listed in the index, a topic filter, the session costs of day 0 and its student's
+    session starts, with a transcript."""
     digest = conversation_digest(ORG, "c1")
-    held = conversation(3, msg_topics=frozenset({"algebra"}), costs={5: 10}, first_mentor="m1")
+    held = conversation(3, msg_topics=frozenset({"algebra"}), costs={5: 10}, first_mentor="m1", first_student="s1")
     await redis.hset(
         keys.conversation_bucket(G, ORG, digest),
         keys.conversation_field(digest),
@@ -333,6 +335,7 @@ async def stored_conversation(redis: Redis, form: str) -> tuple[ConversationStat
     await redis.sadd(chat_history.filter_key(G, ORG, "topic", "algebra", digest), str(digest))
     await redis.zadd(llm_cost.sessions_key(G, ORG, 0), {llm_cost.session_member("m1", "c1"): 10})
     await redis.hset(transcripts.transcript_key(G, ORG, digest), "e0", '[1000, "human", "hello"]')
+    await redis.zadd(student_activity.starts_key(G, ORG, "s1"), {student_activity.starts_member(digest, "m1"): 1_000})
     return held, await listed(redis)
 
 
@@ -345,7 +348,7 @@ async def test_remove_conversation_removes_it_everywhere_unless_written_since(re
     assert await script.run(*erase.removal(G, ORG, digest, held, 2)) == 0  # read at another version
     assert await listed(redis) == before
     assert await state.expire_conversations(redis, G, ORG, before_ms=1_001) == 1
-    assert await listed(redis) == [None, [], set(), [], {}]
+    assert await listed(redis) == [None, [], set(), [], {}, []]
 
 
 async def test_save_progress_never_lowers_an_offset(redis: Redis) -> None:

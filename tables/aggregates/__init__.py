@@ -15,6 +15,7 @@ from tables.aggregates.llm_cost import LlmCost
 from tables.aggregates.ratings import Ratings
 from tables.aggregates.sentiment import Sentiment
 from tables.aggregates.sessions import Sessions
+from tables.aggregates.student_activity import StudentActivity
 from tables.aggregates.top_students import TopStudents
 from tables.aggregates.topics import Topics
 from tables.aggregates.transcripts import Transcripts
@@ -31,4 +32,5 @@ FAMILIES: tuple[Family[Any], ...] = (
     Topics(),
     FirstSeen(),
     Transcripts(),
+    StudentActivity(),
 )
