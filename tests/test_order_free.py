@@ -42,6 +42,7 @@ from tables.aggregates import (
     topics,
 )
 from tables.buckets import DAY_MS, Grain, days_between, local_days, month_index, time_zone
+from tables.conversations import conversation_digest
 from tables.writer import OrgWrite, Writer
 from tests import reference
 from tests.support import apply_batches, as_records
@@ -456,6 +457,19 @@ async def test_hostile_values_through_parts_cut_small_give_the_answers_of_one_un
     assert len(scripts) > 500  # the cut apply ran as many small scripts
     assert cut_dead == uncut_dead
     assert cut == uncut
+    # Each look-alike student has their own sessions and latest message, none of another's.
+    starts = reference.session_starts(bystander)
+    humans = [(e["student"], reference.ts_ms(e["timestamp"])) for _, e in bystander if e["role"] == "human"]
+    latest = {s: max(ms for who, ms in humans if who == s) for s in odd}
+    for student in odd:
+        sessions = dict(cut[student_activity.starts_key(0, "by", student).encode()])
+        got = {(int(d), m.decode()): ms for (d, _, m), ms in ((k.partition(b"|"), v) for k, v in sessions.items())}
+        want = {(conversation_digest("by", ids.normalize(sid)), ids.normalize(m)): float(ms)
+                for (_, sid), (ms, _, st, m) in starts.items() if st == student}  # fmt: skip
+        assert got == want and len(want) == 1, (student, got, want)
+    assert cut[student_activity.last_key(0, "by").encode()] == {
+        s.encode(): str(ms).encode() for s, ms in latest.items()
+    }
 
 
 def differences(got: dict[bytes, Any], want: dict[bytes, Any]) -> dict[bytes, Any]:
@@ -589,7 +603,6 @@ async def test_observations_kept_before_their_packed_form_still_count_once(redis
 async def test_conversations_quiet_past_the_dedup_window_forget_their_event_ids(redis_server: RedisServer) -> None:
     """A conversation keeps the digests of the events it counted until it has been quiet for the dedup window;
     then they go (a re-send counts again, as past the window it should), and nothing else changes."""
-    from tables.conversations import conversation_digest
     from tables.state import prune_conversations
 
     def chat(event_id: str, session: str) -> tuple[str, dict[str, Any]]:
