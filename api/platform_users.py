@@ -137,31 +137,34 @@ class _Details:
 
     async def emails(self, students: list[str]) -> list[str]:
         """Each student's newest chat-history record's email ("" without one): the student's conversations
-        in the chat-history index's order (newest inserted_at first, one ZINTER of the student's index and
-        the org's), read a few at a time until a record of theirs holds one."""
+        in the chat-history index's order (newest inserted_at first: one ZINTER of the student's index with
+        the org's), read `EMAIL_READS` at a time until a record of theirs holds one; every student's first
+        few in one pipeline."""
         if not self.whole:
             return [(await self._from_conversations(student))["email"] for student in students]
         redis, gen = self.a.view
-        out = []
-        for student in students:
-            index = {
-                chat_history.index_key(gen, self.a.org): 1,
-                chat_history.filter_key(gen, self.a.org, "student", student): 0,
-            }
-            listed: Any = await redis.zinter(index, withscores=True)
-            newest = [int(m) for m, _ in sorted(listed, key=lambda ms: (ms[1], ms[0]), reverse=True)]
-            out.append(await self._newest_email(student, newest))
-        return out
-
-    async def _newest_email(self, student: str, newest: list[int]) -> str:
-        for i in range(0, len(newest), EMAIL_READS):
-            for conv in await queries.conversation_states(self.a.view, self.a.org, newest[i : i + EMAIL_READS]):
-                held = (
-                    conv.record().get("email") if conv.record_version is not None and conv.student == student else None
+        index = chat_history.index_key(gen, self.a.org)
+        calls = [("zinter", {index: 1, chat_history.filter_key(gen, self.a.org, "student", s): 0}, None, True)
+                 for s in students]  # fmt: skip
+        newest = [
+            [int(m) for m, _ in sorted(listed, key=lambda ms: (ms[1], ms[0]), reverse=True)]
+            for listed in await queries.pipelined(redis, calls)
+        ]
+        firsts = await queries.conversation_states(
+            self.a.view, self.a.org, [d for n in newest for d in n[:EMAIL_READS]]
+        )
+        out, at = [], 0
+        for student, digests in zip(students, newest, strict=True):
+            read = firsts[at : at + min(len(digests), EMAIL_READS)]
+            at += len(read)
+            i, email = EMAIL_READS, _email(student, read)
+            while email is None and i < len(digests):
+                email = _email(
+                    student, await queries.conversation_states(self.a.view, self.a.org, digests[i : i + EMAIL_READS])
                 )
-                if isinstance(held, str) and held:
-                    return held
-        return ""
+                i += EMAIL_READS
+            out.append(email or "")
+        return out
 
     async def _from_conversations(self, student: str) -> dict[str, Any]:
         """One student's conversations started in [span), their latest human message and their newest
@@ -180,16 +183,22 @@ class _Details:
                 recorded.append(conv)
         # A record is inflated only until one with an email is found, newest first (a student's hundreds of
         # conversations are one inflation, not hundreds).
-        email = ""
-        for conv in sorted(recorded, key=lambda c: c.inserted_ms or 0, reverse=True):
-            held = conv.record().get("email")
-            if isinstance(held, str) and held:
-                email = held
-                break
+        email = _email(student, sorted(recorded, key=lambda c: c.inserted_ms or 0, reverse=True)) or ""
         return {
             "username": student, "email": email, "full_name": "", "conversations": started,
             "last_activity": format_timestamp(latest) if latest else None,
         }  # fmt: skip
+
+
+def _email(student: str, convs: list[ConversationState]) -> str | None:
+    """The email of the first of these conversations (newest first) whose record is the student's and
+    holds one, else None."""
+    for conv in convs:
+        if conv.record_version is not None and conv.student == student:
+            held = conv.record().get("email")
+            if isinstance(held, str) and held:
+                return held
+    return None
 
 
 def _last_human(conv: ConversationState) -> int:
