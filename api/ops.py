@@ -71,25 +71,25 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "Kafka or Redis unreachable."}})
 async def readyz(state: State) -> ORJSONResponse:
-    """Kafka and Redis are reachable. On a Redis Cluster, `redis_cluster` also says whether a node is
-    failing and whether a primary has fewer replicas than a batch waits for (its orgs are then not
-    applied): "ok" or "degraded: ..."; degraded is still ready (every org answers)."""
+    """Kafka and Redis are reachable. On a Redis Cluster, Redis is reachable when any node answers (the
+    client follows the slots to the others), and `redis_cluster` also says whether a node is failing and
+    whether a primary has fewer replicas than a batch waits for (its orgs are then not applied): "ok" or
+    "degraded: ..."; degraded is still ready (every org answers)."""
     checks: dict[str, str] = {}
+    health: connections.ClusterHealth | None = None
     try:
-        await asyncio.wait_for(state.redis.ping(), 2.0)
+        if connections.is_cluster(state.redis):  # asks each node in turn until one answers
+            health = await asyncio.wait_for(connections.cluster_health(state.redis), 2.0)
+        else:
+            await asyncio.wait_for(state.redis.ping(), 2.0)
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
     checks["kafka"] = await state.kafka.check()
     ok = all(v == "ok" for v in checks.values())
     if connections.is_cluster(state.redis):
-        settings = state.settings
-        try:
-            health = await asyncio.wait_for(connections.cluster_health(state.redis), 2.0)
-            needed = connections.wait_replicas(settings.redis_url, settings.redis_wait_replicas)
-            checks["redis_cluster"] = health.summary(needed) if health is not None else "ok"
-        except Exception as exc:
-            checks["redis_cluster"] = f"unreachable: {type(exc).__name__}"
+        needed = connections.wait_replicas(state.settings.redis_url, state.settings.redis_wait_replicas)
+        checks["redis_cluster"] = checks["redis"] if health is None else health.summary(needed)
     return ORJSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
 
 

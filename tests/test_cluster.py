@@ -126,6 +126,7 @@ async def test_a_redis_primary_and_a_leader_broker_kept_down_stop_nothing_for_lo
         async with httpx.AsyncClient(timeout=10) as client:
             ready = (await client.get(f"{poller.base}/readyz")).json()
             metrics = (await client.get(f"{poller.base}/metrics")).text
+        assert (ready["status"], ready["redis"]) == ("ok", "ok"), ready  # whichever node was the client's default
         assert ready["redis_cluster"] == (
             f"degraded: 1 node(s) failing: 127.0.0.1:{port}; every primary has at least 1 replica(s)"
         ), ready
