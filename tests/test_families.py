@@ -94,6 +94,7 @@ def render(w: OrgWrite) -> list[tuple[str, str, str, str]]:
     out += [("SADD", k[i - 1], m, "") for i, ms in w.sadds.items() for m in ms]
     out += [("SREM", k[i - 1], m, "") for i, ms in w.srems.items() for m in ms]
     out += [("ZADD", k[i - 1], m, repr(s)) for (i, m), s in w.zadds.items()]
+    out += [("ZREM", k[i - 1], m, "") for (i, m) in w.zrems]
     out += [("ZADD LT", k[i - 1], m, str(s)) for i, ms in w.zmins.items() for m, s in ms.items()]
     out += [("EXPIREAT", k[i - 1], "", str(ts)) for i, ts in w.expires.items()]
     out += [("HSET", k[i - 1], f.hex(), v.hex()) for (i, f), (_, v) in w.convs.items()]
@@ -278,6 +279,39 @@ def test_first_seen_keeps_each_students_earliest_human_message_whatever_the_orde
         f"ZADD LT aia:{{acme}}:first|m|m1 \u200bann {T0 + 4 * MINUTE}",
         f"ZADD LT aia:{{acme}}:first|m|m2 ann {T0 + 2 * MINUTE}",
     ]
+
+
+def test_student_activity_encoding() -> None:
+    """The session's member (`<conversation digest>|<mentor>`) in its first message's student's set, scored by
+    its start (the AI's message, a minute before the human one, starts it: it is the student's too), and the
+    student's latest human message, a maximum in the org's hash; neither expires."""
+    digest = conversation_digest("acme", "s1")
+    assert of(render(plan(events())), keys=(":starts:", ":last")) == [
+        f"HMAX aia:{{acme}}:last ann {T0 + MINUTE}",
+        f"ZADD aia:{{acme}}:starts:ann {digest}|m1 {T0}",
+    ]
+
+
+def test_a_session_moved_by_an_earlier_message_leaves_its_old_students_set() -> None:
+    """A message of another student and mentor, earlier than the session's start, moves the session: its
+    member leaves the old student's set and joins the new one's at the new start; the old student's latest
+    message stays (a maximum is never lowered)."""
+    held = planner_state(events())
+    earlier = ChatMessage(event_id="e0", org="acme", timestamp=T0 - MINUTE, ts_ms=T0 - MINUTE, session_id="s1",
+                          student="a|m|b", mentor_id="m|2", role="human", src_topic="chat-messages",
+                          src_offset=9)  # type: ignore[arg-type]  # fmt: skip
+    w = Planner(PriceTable.load(), Retention(90, 400, 7)).plan("acme", [earlier], OrgState(convs=held), T0, 0)
+    digest = conversation_digest("acme", "s1")
+    assert of(render(w), keys=(":starts:", ":last")) == [
+        f"HMAX aia:{{acme}}:last a|m|b {T0 - MINUTE}",
+        f"ZADD aia:{{acme}}:starts:a|m|b {digest}|m|2 {T0 - MINUTE}",
+        f"ZREM aia:{{acme}}:starts:ann {digest}|m1 ",
+    ]
+
+
+def planner_state(items: list[Event]) -> dict[str, ConversationState]:
+    """The conversations as a plan of these events leaves them."""
+    return dict(plan(items).conv_after)
 
 
 def test_conversation_store_encoding() -> None:
