@@ -351,7 +351,8 @@ async def test_monthly_sets_give_the_students_of_the_weeks_and_days_they_stand_f
     """100 days of the traffic model, delivered in a random order with copies: top students and distinct
     students over ranges holding whole months (read from the monthly sets) equal the independent count over
     the events. Then the same records applied after a version that wrote no monthly sets (an org already
-    holding data): the months up to this one are read from weeks and days, with the same answers."""
+    holding data): the months up to this one are read from weeks and days, with the same answers, and the
+    student activity is marked not whole (users/details reads the conversations instead)."""
     msgs = messages("backfill", 8000, days=100)
     recs = list(records(msgs, partitions=3))
     humans: dict[str, dict[str, Counter[str]]] = {}  # org -> day -> student -> human messages
@@ -396,6 +397,7 @@ async def test_monthly_sets_give_the_students_of_the_weeks_and_days_they_stand_f
         generations._months_from.clear()
         await apply_batches(redis, deliveries(recs, random.Random(5)), Settings())
         assert await generations.months_from(redis, 0) == 0  # a fresh generation: every month whole
+        assert await generations.activity_whole(redis, 0)  # and the student activity whole
         await check(whole_months=True)
         # Data applied before monthly sets were written: the months up to this one are not whole.
         await redis.flushall()
@@ -404,6 +406,8 @@ async def test_monthly_sets_give_the_students_of_the_weeks_and_days_they_stand_f
         generations._months_from.clear()
         await apply_batches(redis, deliveries(recs, random.Random(6)), Settings(), flush=False)
         assert await generations.months_from(redis, 0) == month_index(today) + 1
+        generations._activity_whole.clear()
+        assert not await generations.activity_whole(redis, 0)  # users/details reads the conversations
         await check(whole_months=False)
     finally:
         generations._months_from.clear()
