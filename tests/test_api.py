@@ -280,6 +280,11 @@ async def test_users_details_search_is_bounded_and_long_reads_go_in_short_round_
         ]
     served = answers[0]
     assert served.status_code == 200 and served.json()["total_records"] > 3, served.text
+    # The admin's answer is kept per role: the same query by an analyst of the org is refused, not served it.
+    async with httpx.AsyncClient(timeout=10) as running:
+        analyst = {"Authorization": f"Api-Token {env.keys['analyst']}"}
+        refused = await running.get(f"{env.base}/api/analytics/users/details/", params=query, headers=analyst)
+    assert refused.status_code == 403 and "etag" not in refused.headers, refused.text
     assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
     redis = Redis.from_url(env.settings.redis_url)
     try:  # written by this code from the generation's first event
